@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Set up and run taskledger with nothing but Python 3.11+.
+
+python3 dev.py run     # virtualenv, install, .env with local secrets, migrate, start
+python3 dev.py test    # virtualenv, install, lint, format check, types, tests
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".taskledger-install"
+
+
+def ensure_environment() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before any check
+        sys.exit("taskledger needs Python 3.11 or newer")
+    if not (BIN / "python").exists():
+        print("dev.py: creating .venv", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text() != wanted:
+        print("dev.py: installing taskledger and its dependencies", flush=True)
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        run(BIN / "python", "-m", "pip", "install", "--quiet", "-e", ".[dev]")
+        STAMP.write_text(wanted)
+
+
+def run(*args: object) -> None:
+    code = subprocess.call([str(a) for a in args], cwd=ROOT)  # noqa: S603 - our own tools
+    if code != 0:
+        sys.exit(code)
+
+
+def test(extra: list[str]) -> None:
+    run(BIN / "ruff", "check", ".")
+    run(BIN / "ruff", "format", "--check", ".")
+    run(BIN / "mypy")
+    run(BIN / "pytest", *(extra or ["-q"]))
+
+
+def main() -> None:
+    command, extra = (sys.argv[1:2] or ["run"])[0], sys.argv[2:]
+    if command not in {"run", "test"}:
+        sys.exit(__doc__)
+    ensure_environment()
+    if command == "test":
+        test(extra)
+    else:
+        run(BIN / "taskledger", "run", *extra)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The admin API (bearer token): register tasks, attach provider ids, read a task's story."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.callbacks import parse_json, read_body
+from receiver.errors import Conflict, NotFound, Unauthenticated, Unprocessable
+from receiver.tokens import CallbackTokens
+from schemas.errors import TaskConflict, TaskNotFound
+from schemas.settings import ProviderSettings, Settings
+from schemas.store import LedgerStore, NewTask
+
+ADMIN_BODY_LIMIT_BYTES = 256 * 1024
+MAX_TEXT = 200
+
+
+def require_admin(request: Request) -> None:
+    expected = request.app.state.settings.admin_token
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        offered.strip().encode(), expected.encode()
+    ):
+        raise Unauthenticated("a valid admin bearer token is required")
+
+
+async def create_task(request: Request) -> Response:
+    require_admin(request)
+    settings: Settings = request.app.state.settings
+    body = parse_json(request, await read_body(request, ADMIN_BODY_LIMIT_BYTES))
+    provider = _configured(settings, body.get("provider"))
+    new = NewTask(
+        provider=provider.name,
+        owner=_text(body, "owner"),
+        model=_text(body, "model"),
+        request=_object(body, "request"),
+        provider_task_id=_text(body, "provider_task_id") or None,
+        expected_seconds=provider.expected_seconds,
+    )
+    store: LedgerStore = request.app.state.store
+    try:
+        row = await store.register(new)
+    except TaskConflict as exc:
+        raise Conflict(str(exc), provider=provider.name) from None
+    return JSONResponse(task_json(row, callback_url(request, provider, row["ref"])), 201)
+
+
+async def attach_task_id(request: Request) -> Response:
+    require_admin(request)
+    ref = request.path_params["ref"]
+    body = parse_json(request, await read_body(request, ADMIN_BODY_LIMIT_BYTES))
+    task_id = _text(body, "provider_task_id")
+    if not task_id:
+        raise Unprocessable("provider_task_id is required")
+    store: LedgerStore = request.app.state.store
+    task = await store.get(ref)
+    if task is None:
+        raise NotFound("no task has this ref", task_ref=ref)
+    provider = request.app.state.settings.provider(task["provider"])
+    try:
+        row = await store.attach(ref, task_id, provider.kind)
+    except TaskConflict as exc:
+        raise Conflict(str(exc), task_ref=ref) from None
+    except TaskNotFound:
+        raise NotFound("no task has this ref", task_ref=ref) from None
+    return JSONResponse(task_json(row))
+
+
+async def show_task(request: Request) -> Response:
+    require_admin(request)
+    ref = request.path_params["ref"]
+    store: LedgerStore = request.app.state.store
+    row = await store.get(ref)
+    if row is None:
+        raise NotFound("no task has this ref", task_ref=ref)
+    timeline = await store.timeline(ref)
+    return JSONResponse({**task_json(row), "timeline": jsonable(timeline)})
+
+
+def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
+    """Where the provider should call back: our signed per-task URL, or the project webhook."""
+    settings: Settings = request.app.state.settings
+    if provider.kind.signs_callbacks:
+        return f"{settings.public_base_url}/webhooks/{provider.name}"
+    tokens: CallbackTokens = request.app.state.inbox.tokens
+    return f"{settings.public_base_url}/callbacks/{provider.name}/{tokens.make(ref, provider.name)}"
+
+
+def task_json(row: dict[str, Any], url: str | None = None) -> dict[str, Any]:
+    shown = {k: v for k, v in row.items() if k not in ("authority", "lease_owner", "lease_until")}
+    if url is not None:
+        shown["callback_url"] = url
+    return {key: jsonable(value) for key, value in shown.items()}
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def _configured(settings: Settings, name: object) -> ProviderSettings:
+    provider = settings.provider(name) if isinstance(name, str) else None
+    if provider is None:
+        known = ", ".join(sorted(settings.providers))
+        raise Unprocessable(f"provider must be one of: {known}")
+    return provider
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise Unprocessable(f"{name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Unprocessable(f"{name} must be a JSON object")
+    return value

@@ -1,0 +1,194 @@
+"""The callback routes: authenticate, parse, hand to the writer, answer after commit.
+
+`POST /callbacks/{provider}/{token}` takes unsigned callbacks bound by our URL token;
+`POST /webhooks/{source}` takes Standard Webhooks signed events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from receiver.errors import (
+    BodyTooLarge,
+    Forbidden,
+    MalformedBody,
+    NotJson,
+    Unauthenticated,
+    UnknownRoute,
+)
+from receiver.metrics import ReceiverMetrics
+from receiver.signatures import SignatureVerifier
+from receiver.tokens import CallbackTokens
+from receiver.writer import GroupCommitWriter
+from schemas.errors import WireFormatError
+from schemas.ledger import Auth, Delivery, Stored
+from schemas.settings import ProviderSettings, Settings
+from schemas.states import Outcome
+from schemas.store import Clock
+from schemas.wire import WireFormat, normalize_callback
+
+log = structlog.get_logger("taskledger.receiver")
+KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbox:
+    """What the callback routes need, built once at start-up."""
+
+    settings: Settings
+    tokens: CallbackTokens
+    verifiers: dict[str, SignatureVerifier]
+    writer: GroupCommitWriter
+    metrics: ReceiverMetrics
+    clock: Clock
+
+    @classmethod
+    def build(
+        cls, settings: Settings, writer: GroupCommitWriter, metrics: ReceiverMetrics, clock: Clock
+    ) -> Inbox:
+        verifiers = {
+            name: SignatureVerifier(p.webhook_secrets, clock, settings.webhook_tolerance_seconds)
+            for name, p in settings.providers.items()
+            if p.kind.signs_callbacks and p.webhook_secrets
+        }
+        return cls(
+            settings, CallbackTokens(settings.callback_secrets), verifiers, writer, metrics, clock
+        )
+
+
+async def receive_callback(request: Request) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    started = time.perf_counter()
+    provider = _provider(inbox, request.path_params["provider"], signed=False)
+    body = await read_body(request, inbox.settings.max_body_bytes)
+    binding = inbox.tokens.verify(request.path_params["token"])
+    if binding is None or binding.provider != provider.name:
+        raise Unauthenticated("the callback token is not valid for this provider")
+    payload = parse_json(request, body)
+    delivery = _delivery(
+        inbox,
+        request,
+        provider,
+        body,
+        payload,
+        Auth.TOKEN,
+        key=hashlib.sha256(body).hexdigest(),
+        task_ref=binding.task_ref,
+    )
+    return await _store(inbox, delivery, started)
+
+
+async def receive_webhook(request: Request) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    started = time.perf_counter()
+    provider = _provider(inbox, request.path_params["source"], signed=True)
+    body = await read_body(request, inbox.settings.max_body_bytes)
+    webhook_id = inbox.verifiers[provider.name].verify(body, request.headers)
+    if webhook_id is None:
+        raise Unauthenticated("the webhook signature does not verify")
+    payload = parse_json(request, body)
+    delivery = _delivery(inbox, request, provider, body, payload, Auth.SIGNATURE, key=webhook_id)
+    return await _store(inbox, delivery, started)
+
+
+def _provider(inbox: Inbox, name: str, *, signed: bool) -> ProviderSettings:
+    provider = inbox.settings.provider(name)
+    if provider is None or provider.kind.signs_callbacks is not signed:
+        raise UnknownRoute("no such provider on this route", provider=name)
+    if signed and name not in inbox.verifiers:
+        raise UnknownRoute("no webhook secret is configured for this source", provider=name)
+    return provider
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(request: Request, body: bytes) -> dict[str, Any]:
+    """A JSON object from the body; 415 when the sender says it is something else."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise NotJson("the body must be application/json")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedBody("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise MalformedBody("the body must be a JSON object")
+    return payload
+
+
+def _delivery(
+    inbox: Inbox,
+    request: Request,
+    provider: ProviderSettings,
+    body: bytes,
+    payload: dict[str, Any],
+    auth: Auth,
+    *,
+    key: str,
+    task_ref: str | None = None,
+) -> Delivery:
+    try:
+        observation = normalize_callback(WireFormat(provider.kind), payload)
+    except WireFormatError as exc:
+        raise MalformedBody(str(exc), provider=provider.name) from None
+    headers = {
+        name: request.headers[name][:200] for name in KEPT_HEADERS if name in request.headers
+    }
+    return Delivery(
+        provider=provider.name,
+        delivery_key=key,
+        body=body,
+        headers=headers,
+        auth=auth,
+        observation=observation,
+        received_at=inbox.clock(),
+        task_ref=task_ref,
+    )
+
+
+async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:
+    stored = await inbox.writer.submit(delivery)
+    if stored.refused:
+        raise Forbidden(
+            "the callback names a task that is not the token's",
+            provider=delivery.provider,
+            task_ref=stored.task_ref,
+        )
+    elapsed = time.perf_counter() - started
+    inbox.metrics.deliveries.labels(delivery.provider, stored.outcome.value).inc()
+    inbox.metrics.ingest_seconds.observe(elapsed)
+    log.info(
+        "delivery_stored",
+        provider=delivery.provider,
+        task_ref=stored.task_ref,
+        delivery_key=delivery.delivery_key[:64],
+        outcome=stored.outcome.value,
+        ms=round(elapsed * 1000, 2),
+    )
+    return _answer(stored)
+
+
+def _answer(stored: Stored) -> Response:
+    status = 202 if stored.outcome is Outcome.UNMATCHED else 200
+    return JSONResponse({"outcome": stored.outcome.value}, status_code=status)

@@ -1,0 +1,61 @@
+"""The receiver's errors; each maps to one HTTP answer in `app.py`'s exception handlers."""
+
+from __future__ import annotations
+
+
+class ReceiverError(Exception):
+    """Root of the receiver's errors: carries the HTTP status and a stable reason code."""
+
+    status_code = 400
+    reason = "bad_request"
+
+    def __init__(
+        self, message: str, *, provider: str | None = None, task_ref: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.task_ref = task_ref
+
+
+class MalformedBody(ReceiverError):
+    status_code, reason = 400, "malformed"
+
+
+class Unauthenticated(ReceiverError):
+    status_code, reason = 401, "unauthenticated"
+
+
+class Forbidden(ReceiverError):
+    status_code, reason = 403, "forbidden"
+
+
+class UnknownRoute(ReceiverError):
+    status_code, reason = 404, "unknown_provider"
+
+
+class NotFound(ReceiverError):
+    status_code, reason = 404, "not_found"
+
+
+class Conflict(ReceiverError):
+    status_code, reason = 409, "conflict"
+
+
+class BodyTooLarge(ReceiverError):
+    status_code, reason = 413, "too_large"
+
+
+class NotJson(ReceiverError):
+    status_code, reason = 415, "not_json"
+
+
+class Unprocessable(ReceiverError):
+    status_code, reason = 422, "invalid"
+
+
+class Overloaded(ReceiverError):
+    """Storage unavailable or the writer saturated: the sender should retry later."""
+
+    status_code, reason = 503, "unavailable"
+    retry_after_seconds = 5

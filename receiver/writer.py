@@ -1,0 +1,102 @@
+"""Group commit: deliveries of many concurrent requests share one transaction (one fsync).
+
+Each request awaits its own result; the queue is bounded so that a slow or absent
+database turns into fast 503s instead of unbounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import structlog
+
+from receiver.errors import Overloaded
+from schemas.errors import StorageUnavailable
+from schemas.ledger import Delivery, Stored
+
+Ingest = Callable[[Sequence[Delivery]], Awaitable[list[Stored]]]
+BatchObserver = Callable[[int], None]
+
+log = structlog.get_logger("taskledger.writer")
+_Item = tuple[Delivery, "asyncio.Future[Stored]"]
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        ingest: Ingest,
+        *,
+        queue_size: int = 4096,
+        batch_size: int = 256,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self._ingest = ingest
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._on_batch = on_batch or (lambda _size: None)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="taskledger-writer")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def submit(self, delivery: Delivery) -> Stored:
+        """Queue one delivery and wait until its batch is committed."""
+        if self._task is None or self._task.done():
+            raise Overloaded("the writer is not running")
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait((delivery, future))
+        except asyncio.QueueFull:
+            raise Overloaded("the writer queue is full") from None
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception:
+                # The loop must outlive anything a batch does; its requests get a 503.
+                _fail(batch, Overloaded("writer error"))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        self._on_batch(len(batch))
+        try:
+            results = await self._ingest([delivery for delivery, _ in batch])
+        except Exception as exc:
+            _fail(batch, Overloaded("storage unavailable"))
+            expected = isinstance(exc, StorageUnavailable)
+            log.warning(
+                "batch_failed",
+                size=len(batch),
+                error=type(exc).__name__,
+                detail=str(exc) if expected else None,
+                exc_info=not expected,
+            )
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def _fail(batch: list[_Item], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)

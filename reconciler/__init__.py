@@ -1,0 +1,1 @@
+"""The reconciler: polls providers for tasks whose callbacks are missing or unconfirmed."""

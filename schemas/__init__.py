@@ -1,0 +1,1 @@
+"""The shared kernel of taskledger: tables, states and merge rule, wire formats, the store."""

@@ -1,0 +1,77 @@
+"""The database engine: URL normalization, SQLite pragmas and write transactions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+READ_ONLY = {"taskledger_read_only": True}
+
+
+def normalize_url(url: str) -> str:
+    """Pick the async driver for a plain `sqlite:` or `postgresql:` URL."""
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+    name = "postgresql" if parsed.drivername == "postgres" else parsed.drivername
+    return parsed.set(drivername=driver.get(name, name)).render_as_string(hide_password=False)
+
+
+def create_engine(
+    url: str,
+    *,
+    synchronous: str = "FULL",
+    pool_size: int = 10,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> AsyncEngine:
+    """An async engine for the ledger; SQLite gets WAL, a busy timeout and durable commits."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, synchronous, busy_timeout_ms)
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        json_serializer=_dumps,
+    )
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def _sqlite_engine(url: str, synchronous: str, busy_timeout_ms: int) -> AsyncEngine:
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, json_serializer=_dumps, pool_size=5, max_overflow=5)
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transactions out of the driver's hands so that BEGIN is ours (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        # A writer takes the lock up front (no deadlocking read-to-write upgrade);
+        # readers that say so start a deferred transaction and never block writers.
+        read_only = connection.get_execution_options().get("taskledger_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -1,0 +1,49 @@
+"""structlog set-up shared by both processes: JSON lines to stdout, readable on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+# Keys that may carry secrets or customer content; dropped from every event.
+REDACTED_KEYS = frozenset(
+    {"token", "secret", "signature", "authorization", "prompt", "body", "url", "callback_url"}
+)
+
+
+def configure(level: str = "info", json: bool | None = None) -> None:
+    """Route structlog and stdlib logging to stdout at `level`."""
+    as_json = (not sys.stdout.isatty()) if json is None else json
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            drop_sensitive,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=_stdout_logger,
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stdout, force=True)
+
+
+def _stdout_logger(*_args: object) -> structlog.PrintLogger:
+    """Print to whatever `sys.stdout` is now (servers and tests may swap it)."""
+    return structlog.PrintLogger(sys.stdout)
+
+
+def drop_sensitive(
+    _logger: object, _method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    for key in REDACTED_KEYS.intersection(event):
+        event[key] = "[redacted]"
+    return event

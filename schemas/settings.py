@@ -1,0 +1,164 @@
+"""Configuration read once from the environment (`TASKLEDGER_*`) by each entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.errors import ConfigError
+from schemas.wire import WireFormat
+
+PREFIX = "TASKLEDGER_"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskledger.db"
+DEFAULT_PROVIDERS = "openai,apidot,vidgo,evolink,aivideoapi"
+DEFAULT_KIND_BY_NAME = {
+    "openai": WireFormat.OPENAI,
+    "replicate": WireFormat.OPENAI,
+    "apidot": WireFormat.APIDOT,
+    "vidgo": WireFormat.APIDOT,
+    "evolink": WireFormat.EVOLINK,
+    "aivideoapi": WireFormat.EVOLINK,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """One provider account: its wire format, endpoint, secrets and polling limits."""
+
+    name: str
+    kind: WireFormat
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    expected_seconds: float = 300.0
+    max_age_seconds: float = 86_400.0
+    rate_limit_per_second: float = 5.0
+    concurrency: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    public_base_url: str = "http://127.0.0.1:8000"
+    callback_secrets: tuple[str, ...] = field(default=(), repr=False)
+    admin_token: str = field(default="", repr=False)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    webhook_tolerance_seconds: float = 300.0
+    max_body_bytes: int = 1 << 20
+    writer_queue_size: int = 4096
+    writer_batch_size: int = 256
+    sqlite_synchronous: str = "FULL"
+    sqlite_busy_timeout_ms: int = 5_000
+    log_level: str = "info"
+    log_json: bool | None = None
+    poll_interval_seconds: float = 1.0
+    reconciler_batch_size: int = 500
+    lease_seconds: float = 60.0
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        env = _Env(environ)
+        return cls(
+            database_url=env.text("DATABASE_URL", DEFAULT_DATABASE_URL),
+            public_base_url=env.text("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/"),
+            callback_secrets=env.required_list("CALLBACK_SECRETS"),
+            admin_token=env.required_text("ADMIN_TOKEN"),
+            providers=_providers(env),
+            webhook_tolerance_seconds=env.number("WEBHOOK_TOLERANCE_SECONDS", 300.0),
+            max_body_bytes=int(env.number("MAX_BODY_BYTES", 1 << 20)),
+            writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", 4096)),
+            writer_batch_size=int(env.number("WRITER_BATCH_SIZE", 256)),
+            sqlite_synchronous=env.choice(
+                "SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
+            ),
+            sqlite_busy_timeout_ms=int(env.number("SQLITE_BUSY_TIMEOUT_MS", 5_000)),
+            log_level=env.text("LOG_LEVEL", "info").lower(),
+            log_json=env.flag("LOG_JSON"),
+            poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", 1.0),
+            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 500)),
+            lease_seconds=env.number("LEASE_SECONDS", 60.0),
+        )
+
+    def provider(self, name: str) -> ProviderSettings | None:
+        return self.providers.get(name)
+
+
+def _providers(env: _Env) -> dict[str, ProviderSettings]:
+    names = [n for n in env.text("PROVIDERS", DEFAULT_PROVIDERS).split(",") if n.strip()]
+    return {name.strip().lower(): _provider(env, name.strip().lower()) for name in names}
+
+
+def _provider(env: _Env, name: str) -> ProviderSettings:
+    key = f"PROVIDER_{name.upper()}_"
+    default_kind = DEFAULT_KIND_BY_NAME.get(name)
+    kind_text = env.text(key + "KIND", default_kind.value if default_kind else "")
+    try:
+        kind = WireFormat(kind_text)
+    except ValueError:
+        raise ConfigError(
+            f"{PREFIX}{key}KIND must be one of {', '.join(WireFormat)} (got {kind_text!r})",
+            provider=name,
+        ) from None
+    return ProviderSettings(
+        name=name,
+        kind=kind,
+        base_url=env.text(key + "BASE_URL", "").rstrip("/"),
+        api_key=env.text(key + "API_KEY", ""),
+        webhook_secrets=env.list(key + "WEBHOOK_SECRETS"),
+        expected_seconds=env.number(key + "EXPECTED_SECONDS", 300.0),
+        max_age_seconds=env.number(key + "MAX_AGE_SECONDS", 86_400.0),
+        rate_limit_per_second=env.number(key + "RATE_LIMIT", 5.0),
+        concurrency=int(env.number(key + "CONCURRENCY", 8)),
+    )
+
+
+class _Env:
+    """Typed reads of `TASKLEDGER_*` variables with errors that name the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str) -> str:
+        value = self._environ.get(PREFIX + name, "").strip()
+        return value or default
+
+    def required_text(self, name: str) -> str:
+        value = self.text(name, "")
+        if not value:
+            raise ConfigError(f"{PREFIX}{name} is required and not set")
+        return value
+
+    def list(self, name: str) -> tuple[str, ...]:
+        return tuple(item.strip() for item in self.text(name, "").split(",") if item.strip())
+
+    def required_list(self, name: str) -> tuple[str, ...]:
+        values = self.list(name)
+        if not values:
+            raise ConfigError(
+                f"{PREFIX}{name} is required and not set (comma-separated, newest first)"
+            )
+        return values
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a number (got {raw!r})") from None
+        if value <= 0:
+            raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default).upper()
+        if value not in allowed:
+            raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(allowed)} (got {value!r})")
+        return value
+
+    def flag(self, name: str) -> bool | None:
+        raw = self.text(name, "").lower()
+        if not raw:
+            return None
+        return raw in {"1", "true", "yes", "on"}

@@ -1,0 +1,173 @@
+"""Task states, their order, and the pure merge rule every write goes through.
+
+The rule is a join: the ledger keeps the greatest report by `precedence`, so any
+order and any repetition of the same reports ends in the same task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+
+class State(StrEnum):
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+
+
+class Source(StrEnum):
+    """Who told us: a callback (signed or not), a status poll, our own API, or expiry."""
+
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    API = "api"
+    EXPIRY = "expiry"
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    CONFIRMED = "confirmed"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    CONFLICT = "conflict"
+    UNMATCHED = "unmatched"
+    ERROR = "error"
+
+
+RANK: dict[State, int] = {
+    State.SUBMITTED: 0,
+    State.QUEUED: 1,
+    State.RUNNING: 2,
+    State.SUCCEEDED: 3,
+    State.FAILED: 3,
+    State.CANCELLED: 3,
+    State.LOST: 3,
+}
+TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED, State.LOST})
+REAL_TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+# Between two different real terminal states from equally trusted sources the
+# ledger must still pick one, the same one whatever the arrival order: a success
+# carries the produced media, so it is kept over a failure, a failure over a cancel.
+_TERMINAL_ORDER: dict[State, int] = {
+    State.LOST: 0,
+    State.CANCELLED: 1,
+    State.FAILED: 2,
+    State.SUCCEEDED: 3,
+}
+
+# How much a report of a terminal state is trusted: the provider's status endpoint
+# beats a signed callback, which beats a callback bound only by our URL token;
+# expiry is our own guess and loses to every real report.
+_AUTHORITY_EXPIRY = 0
+_AUTHORITY_UNSIGNED = 1
+_AUTHORITY_SIGNED = 2
+_AUTHORITY_PROVIDER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One thing a source said about a task: its state, progress and result."""
+
+    state: State
+    source: Source
+    signed: bool = True
+    progress: int = 0
+    result: dict[str, Any] | None = None
+
+    @property
+    def authority(self) -> int:
+        if self.source is Source.EXPIRY:
+            return _AUTHORITY_EXPIRY
+        if self.source is Source.WEBHOOK:
+            return _AUTHORITY_SIGNED if self.signed else _AUTHORITY_UNSIGNED
+        return _AUTHORITY_PROVIDER
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The ledger's current view of a task, as far as the merge rule cares."""
+
+    state: State = State.SUBMITTED
+    progress: int = 0
+    result: dict[str, Any] | None = None
+    source: Source = Source.API
+    authority: int = _AUTHORITY_PROVIDER
+    conflict: bool = False
+
+    @property
+    def confirmed(self) -> bool:
+        """A terminal state counts once a signed callback or the provider's endpoint said it."""
+        return self.state not in REAL_TERMINAL or self.authority >= _AUTHORITY_SIGNED
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    snapshot: Snapshot
+
+    def changes_state(self, before: Snapshot) -> bool:
+        return self.snapshot.state is not before.state
+
+    def changes_task(self, before: Snapshot) -> bool:
+        return self.snapshot != before
+
+
+def precedence(state: State, progress: int, authority: int) -> tuple[int, int, int]:
+    """The total order of reports: rank, then trust and tie-break for terminals, else progress."""
+    if state in TERMINAL:
+        return (RANK[state], authority, _TERMINAL_ORDER[state])
+    return (RANK[state], 0, progress)
+
+
+def merge(current: Snapshot, report: Report) -> Decision:
+    """Fold one report into the current snapshot. Pure: no I/O, no clock."""
+    progress = max(current.progress, _clamp(report.progress))
+    conflict = _contradicts(current.state, report.state)
+    mine = precedence(current.state, current.progress, current.authority)
+    theirs = precedence(report.state, _clamp(report.progress), report.authority)
+    if theirs > mine:
+        won = Snapshot(
+            state=report.state,
+            progress=progress,
+            result=report.result if report.result is not None else current.result,
+            source=report.source,
+            authority=report.authority,
+            conflict=current.conflict or conflict,
+        )
+        return Decision(_outcome_of_win(current, won, conflict), won)
+    kept = replace(current, progress=progress, conflict=current.conflict or conflict)
+    if conflict:
+        return Decision(Outcome.CONFLICT, kept)
+    if theirs == mine or (report.state is current.state and current.state in TERMINAL):
+        return Decision(Outcome.DUPLICATE, _fill_result(kept, report))
+    return Decision(Outcome.STALE, kept)
+
+
+def _outcome_of_win(current: Snapshot, won: Snapshot, conflict: bool) -> Outcome:
+    if conflict:
+        return Outcome.CONFLICT
+    if won.state is current.state and won.state in TERMINAL:
+        return Outcome.CONFIRMED
+    return Outcome.APPLIED
+
+
+def _fill_result(kept: Snapshot, report: Report) -> Snapshot:
+    """A repeat of the same state may carry the result the first report lacked."""
+    if kept.result is None and report.result is not None and report.state is kept.state:
+        return replace(kept, result=report.result)
+    return kept
+
+
+def _contradicts(a: State, b: State) -> bool:
+    return a in REAL_TERMINAL and b in REAL_TERMINAL and a is not b
+
+
+def _clamp(progress: int) -> int:
+    return min(100, max(0, progress))

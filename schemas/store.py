@@ -1,0 +1,434 @@
+"""The ledger store: the only place that speaks SQL or opens a transaction.
+
+`ingest` is the one write path of both processes: it stores deliveries and polls,
+merges them into their tasks and appends transitions, all in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.database import READ_ONLY
+from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
+from schemas.fold import Fold, TaskWork, Writes
+from schemas.ledger import Auth, Delivery, Evidence, Stored
+from schemas.states import Snapshot, Source, State
+from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
+from schemas.wire import WireFormat, normalize_callback
+
+Clock = Callable[[], datetime]
+INGEST_ATTEMPTS = 3
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    provider: str
+    owner: str = ""
+    model: str = ""
+    request: dict[str, Any] | None = None
+    provider_task_id: str | None = None
+    expected_seconds: float = 300.0
+
+
+def new_ref(now: datetime) -> str:
+    """A sortable task ref: 48 bits of milliseconds, then 60 random bits, in Crockford base32."""
+    value = (int(now.timestamp() * 1000) << 60) | secrets.randbits(60)
+    chars = []
+    for _ in range(22):
+        value, digit = divmod(value, 32)
+        chars.append(_CROCKFORD[digit])
+    return "tl_" + "".join(reversed(chars))
+
+
+class LedgerStore:
+    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+        self.engine = engine
+        self.clock = clock
+        self._lock_rows = engine.dialect.name == "postgresql"
+
+    # -- the write path --------------------------------------------------------
+
+    async def ingest(self, evidence: Sequence[Evidence]) -> list[Stored]:
+        """Store and merge a batch in one transaction; a lost unique race retries the batch."""
+        for attempt in range(1, INGEST_ATTEMPTS + 1):
+            try:
+                async with self._write() as conn:
+                    return await conn.run_sync(self._ingest, list(evidence), self.clock())
+            except _UniqueRace:
+                if attempt == INGEST_ATTEMPTS:
+                    raise StorageUnavailable("ingest kept racing another writer") from None
+                await asyncio.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    def _ingest(self, conn: sa.Connection, items: list[Evidence], now: datetime) -> list[Stored]:
+        tasks = self._lock_tasks(conn, items)
+        existing = self._existing_deliveries(conn, items)
+        fold = Fold(tasks, existing, now)
+        results = [fold.apply(item) for item in items]
+        fold.finish()
+        try:
+            self._flush(conn, fold.writes, fold.changed_tasks(), now)
+        except IntegrityError as exc:
+            raise _UniqueRace() from exc
+        return results
+
+    def _lock_tasks(self, conn: sa.Connection, items: list[Evidence]) -> list[dict[str, Any]]:
+        refs = {item.task_ref for item in items if item.task_ref is not None}
+        pairs = {
+            (item.provider, item.observation.provider_task_id)
+            for item in items
+            if isinstance(item, Delivery) and item.task_ref is None
+        }
+        clauses = [TASK.c.ref.in_(refs)] if refs else []
+        if pairs:
+            clauses.append(sa.tuple_(TASK.c.provider, TASK.c.provider_task_id).in_(pairs))
+        if not clauses:
+            return []
+        query = sa.select(TASK).where(sa.or_(*clauses)).order_by(TASK.c.ref)
+        if self._lock_rows:
+            query = query.with_for_update()
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+    @staticmethod
+    def _existing_deliveries(
+        conn: sa.Connection, items: list[Evidence]
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        keys = {(i.provider, i.delivery_key) for i in items if isinstance(i, Delivery)}
+        if not keys:
+            return {}
+        query = sa.select(
+            DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
+        ).where(sa.tuple_(DELIVERY.c.provider, DELIVERY.c.delivery_key).in_(keys))
+        return {(r.provider, r.delivery_key): dict(r._mapping) for r in conn.execute(query)}
+
+    def _flush(
+        self, conn: sa.Connection, writes: Writes, tasks: list[TaskWork], now: datetime
+    ) -> None:
+        _insert_returning_ids(conn, DELIVERY, writes.deliveries)
+        _insert_returning_ids(conn, OBSERVATION, writes.observations)
+        if writes.duplicates:
+            conn.execute(
+                _COUNT_DUPLICATE,
+                [
+                    {"k_provider": p, "k_key": k, "k_count": n, "k_now": now}
+                    for (p, k), n in writes.duplicates.items()
+                ],
+            )
+        if tasks:
+            conn.execute(_UPDATE_TASK, [_task_params(work.row) for work in tasks])
+        if writes.transitions:
+            conn.execute(
+                TRANSITION.insert(),
+                [
+                    {
+                        "task_ref": t.task_ref,
+                        "from_state": t.from_state,
+                        "to_state": t.to_state,
+                        "source": t.source,
+                        "source_id": str(t.source_row["id"]) if t.source_row else None,
+                        "at": t.at,
+                    }
+                    for t in writes.transitions
+                ],
+            )
+
+    # -- registration ----------------------------------------------------------
+
+    async def register(self, new: NewTask) -> dict[str, Any]:
+        """Create a task in `submitted`, with its first poll due after the expected duration."""
+        now = self.clock()
+        row = _new_task_row(new, now)
+        try:
+            async with self._write() as conn:
+                await conn.execute(TASK.insert().values(row))
+                await conn.execute(
+                    TRANSITION.insert().values(
+                        task_ref=row["ref"],
+                        from_state=None,
+                        to_state=State.SUBMITTED.value,
+                        source=Source.API.value,
+                        source_id=None,
+                        at=now,
+                    )
+                )
+        except _UniqueRace:
+            raise TaskConflict(
+                "another task already has this provider task id", provider=new.provider
+            ) from None
+        return row
+
+    async def attach(self, ref: str, provider_task_id: str, kind: WireFormat) -> dict[str, Any]:
+        """Record the provider's task id, then fold in callbacks that arrived before it."""
+        async with self._write() as conn:
+            task = await self._task_for_update(conn, ref)
+            known = task["provider_task_id"]
+            if known not in (None, provider_task_id):
+                raise TaskConflict("the task already has another provider task id", task_ref=ref)
+            if known is None:
+                await conn.execute(
+                    TASK.update()
+                    .where(TASK.c.ref == ref)
+                    .values(provider_task_id=provider_task_id, version=TASK.c.version + 1)
+                )
+            early = await self._unmatched(conn, task["provider"], provider_task_id)
+        if early:
+            await self._replay(ref, kind, early)
+        row = await self.get(ref)
+        assert row is not None
+        return row
+
+    async def _task_for_update(self, conn: AsyncConnection, ref: str) -> dict[str, Any]:
+        query = sa.select(TASK).where(TASK.c.ref == ref)
+        if self._lock_rows:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).mappings().first()
+        if row is None:
+            raise TaskNotFound("no task has this ref", task_ref=ref)
+        return dict(row)
+
+    @staticmethod
+    async def _unmatched(
+        conn: AsyncConnection, provider: str, provider_task_id: str
+    ) -> list[dict[str, Any]]:
+        query = (
+            sa.select(DELIVERY)
+            .where(DELIVERY.c.provider == provider)
+            .where(DELIVERY.c.provider_task_id == provider_task_id)
+            .where(DELIVERY.c.task_ref.is_(None))
+            .order_by(DELIVERY.c.id)
+        )
+        return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def _replay(self, ref: str, kind: WireFormat, early: list[dict[str, Any]]) -> None:
+        """Fold unmatched deliveries into their task now that it is known."""
+        async with self._write() as conn:
+            await conn.run_sync(self._replay_sync, ref, kind, early, self.clock())
+
+    def _replay_sync(
+        self,
+        conn: sa.Connection,
+        ref: str,
+        kind: WireFormat,
+        early: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        tasks = [dict(r) for r in conn.execute(sa.select(TASK).where(TASK.c.ref == ref)).mappings()]
+        fold = Fold(tasks, {}, now)
+        for row in early:
+            observation = normalize_callback(kind, orjson.loads(row["body"]))
+            stored = fold.apply(
+                Delivery(
+                    provider=row["provider"],
+                    delivery_key=row["delivery_key"],
+                    body=row["body"],
+                    headers=row["headers"] or {},
+                    auth=Auth(row["auth"]),
+                    observation=observation,
+                    received_at=row["received_at"],
+                    task_ref=ref,
+                )
+            )
+            pending = fold.writes.deliveries.pop()
+            pending["id"] = row["id"]
+            conn.execute(
+                DELIVERY.update()
+                .where(DELIVERY.c.id == row["id"])
+                .values(task_ref=ref, outcome=stored.outcome.value)
+            )
+        fold.finish()
+        fold.writes.deliveries.clear()
+        self._flush(conn, fold.writes, fold.changed_tasks(), now)
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, ref: str) -> dict[str, Any] | None:
+        async with self._read() as conn:
+            row = (await conn.execute(sa.select(TASK).where(TASK.c.ref == ref))).mappings().first()
+        return dict(row) if row else None
+
+    async def timeline(self, ref: str) -> dict[str, list[dict[str, Any]]]:
+        """A task's deliveries, polls and transitions, each in the order they happened."""
+        async with self._read() as conn:
+            deliveries = await conn.execute(
+                sa.select(*[c for c in DELIVERY.c if c.name != "body"])
+                .where(DELIVERY.c.task_ref == ref)
+                .order_by(DELIVERY.c.id)
+            )
+            polls = await conn.execute(
+                sa.select(OBSERVATION)
+                .where(OBSERVATION.c.task_ref == ref)
+                .order_by(OBSERVATION.c.id)
+            )
+            transitions = await conn.execute(
+                sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref).order_by(TRANSITION.c.seq)
+            )
+            return {
+                "deliveries": [dict(r) for r in deliveries.mappings()],
+                "polls": [dict(r) for r in polls.mappings()],
+                "transitions": [dict(r) for r in transitions.mappings()],
+            }
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # -- transactions ----------------------------------------------------------
+
+    def _write(self) -> _Transaction:
+        return _Transaction(self.engine, read_only=False)
+
+    def _read(self) -> _Transaction:
+        return _Transaction(self.engine, read_only=True)
+
+
+class _UniqueRace(Exception):
+    """Another writer inserted the same unique key first; the batch is retried."""
+
+
+class _Transaction:
+    """`async with`: a connection in a transaction, with database errors made ours."""
+
+    def __init__(self, engine: AsyncEngine, *, read_only: bool) -> None:
+        self._engine = engine
+        self._read_only = read_only
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        try:
+            conn = await self._engine.connect()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        try:
+            if self._read_only:
+                conn = await conn.execution_options(**READ_ONLY)
+            await conn.begin()
+        except (SQLAlchemyError, OSError) as exc:
+            await _discard(conn)
+            await _close(conn)
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self._conn is not None
+        conn, self._conn = self._conn, None
+        try:
+            if exc is None:
+                await conn.commit()
+            else:
+                await conn.rollback()
+        except (SQLAlchemyError, OSError) as error:
+            await _discard(conn)
+            if exc is None:
+                raise StorageUnavailable(f"commit failed: {type(error).__name__}") from error
+        finally:
+            await _close(conn)
+        _translate(exc)
+
+
+def _translate(exc: BaseException | None) -> None:
+    if exc is None or isinstance(exc, LedgerError | _UniqueRace):
+        return
+    if isinstance(exc, IntegrityError):
+        raise _UniqueRace() from exc
+    if isinstance(exc, SQLAlchemyError | OSError):
+        raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Drop a connection whose state is unknown; it is broken already if this fails."""
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        await conn.invalidate()
+
+
+async def _close(conn: AsyncConnection) -> None:
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        await conn.close()
+
+
+def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    statement = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+    params = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+    for row, (row_id,) in zip(rows, conn.execute(statement, params), strict=True):
+        row["id"] = row_id
+
+
+_TASK_FIELDS = (
+    "provider_task_id",
+    "state",
+    "progress",
+    "result",
+    "state_source",
+    "authority",
+    "confirmed",
+    "conflict",
+    "version",
+    "updated_at",
+    "last_event_at",
+    "terminal_at",
+    "next_poll_at",
+    "poll_attempts",
+    "lease_owner",
+    "lease_until",
+)
+_UPDATE_TASK = (
+    TASK.update()
+    .where(TASK.c.ref == sa.bindparam("t_ref"))
+    .values({name: sa.bindparam("t_" + name) for name in _TASK_FIELDS})
+)
+_COUNT_DUPLICATE = (
+    DELIVERY.update()
+    .where(DELIVERY.c.provider == sa.bindparam("k_provider"))
+    .where(DELIVERY.c.delivery_key == sa.bindparam("k_key"))
+    .values(
+        duplicate_count=DELIVERY.c.duplicate_count + sa.bindparam("k_count"),
+        last_seen_at=sa.bindparam("k_now"),
+    )
+)
+
+
+def _task_params(row: dict[str, Any]) -> dict[str, Any]:
+    params = {"t_" + name: row[name] for name in _TASK_FIELDS}
+    params["t_ref"] = row["ref"]
+    return params
+
+
+def _new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
+    return {
+        "ref": new_ref(now),
+        "provider": new.provider,
+        "provider_task_id": new.provider_task_id,
+        "owner": new.owner,
+        "model": new.model,
+        "request": new.request,
+        "state": State.SUBMITTED.value,
+        "progress": 0,
+        "result": None,
+        "state_source": Source.API.value,
+        "authority": Snapshot().authority,
+        "confirmed": True,
+        "conflict": False,
+        "version": 1,
+        "created_at": now,
+        "updated_at": now,
+        "last_event_at": None,
+        "terminal_at": None,
+        "next_poll_at": now + timedelta(seconds=new.expected_seconds),
+        "poll_attempts": 0,
+        "lease_owner": None,
+        "lease_until": None,
+    }

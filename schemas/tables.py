@@ -1,0 +1,137 @@
+"""The ledger's tables: tasks, deliveries (callbacks), observations (polls) and transitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on every backend (SQLite drops tzinfo)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants 64 bits.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _when(nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index))
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(sa_column=sa.Column(sa.JSON(), nullable=nullable))
+
+
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "task"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "provider_task_id", name="uq_task_provider_task_id"),
+        sa.Index(
+            "ix_task_due",
+            "next_poll_at",
+            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
+            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
+        ),
+        sa.Index("ix_task_created_at", "created_at"),
+    )
+
+    ref: str = Field(primary_key=True, max_length=40)
+    provider: str = Field(max_length=64)
+    provider_task_id: str | None = Field(default=None, max_length=200)
+    owner: str = Field(default="", max_length=200)
+    model: str = Field(default="", max_length=200)
+    request: dict[str, Any] | None = _json()
+    state: str = Field(max_length=16)
+    progress: int = 0
+    result: dict[str, Any] | None = _json()
+    state_source: str = Field(max_length=16)
+    authority: int = 0
+    confirmed: bool = True
+    conflict: bool = False
+    version: int = 1
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+    last_event_at: datetime | None = _when(nullable=True)
+    terminal_at: datetime | None = _when(nullable=True)
+    next_poll_at: datetime | None = _when(nullable=True)
+    poll_attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _when(nullable=True)
+
+
+class DeliveryRow(SQLModel, table=True):
+    __tablename__ = "delivery"
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "delivery_key", name="uq_delivery_key"),
+        sa.Index("ix_delivery_task_ref", "task_ref"),
+        sa.Index("ix_delivery_unmatched", "provider", "provider_task_id"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    provider: str = Field(max_length=64)
+    delivery_key: str = Field(max_length=200)
+    task_ref: str | None = Field(default=None, foreign_key="task.ref", max_length=40)
+    provider_task_id: str | None = Field(default=None, max_length=200)
+    body: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    headers: dict[str, Any] | None = _json()
+    auth: str = Field(max_length=16)
+    state: str | None = Field(default=None, max_length=16)
+    outcome: str = Field(max_length=16)
+    duplicate_count: int = 0
+    received_at: datetime = _when()
+    last_seen_at: datetime = _when()
+
+
+class ObservationRow(SQLModel, table=True):
+    __tablename__ = "observation"
+    __table_args__ = (sa.Index("ix_observation_task_ref", "task_ref"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    task_ref: str = Field(foreign_key="task.ref", max_length=40)
+    observed_at: datetime = _when()
+    http_status: int | None = None
+    state: str | None = Field(default=None, max_length=16)
+    progress: int | None = None
+    body: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    outcome: str = Field(max_length=16)
+
+
+class TransitionRow(SQLModel, table=True):
+    __tablename__ = "transition"
+    __table_args__ = (sa.Index("ix_transition_task_ref", "task_ref"),)
+
+    seq: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    task_ref: str = Field(foreign_key="task.ref", max_length=40)
+    from_state: str | None = Field(default=None, max_length=16)
+    to_state: str = Field(max_length=16)
+    source: str = Field(max_length=16)
+    source_id: str | None = Field(default=None, max_length=200)
+    at: datetime = _when()
+
+
+METADATA = SQLModel.metadata
+TASK = METADATA.tables["task"]
+DELIVERY = METADATA.tables["delivery"]
+OBSERVATION = METADATA.tables["observation"]
+TRANSITION = METADATA.tables["transition"]

@@ -1,0 +1,146 @@
+"""Simulator configuration: frozen dataclasses for task lifecycles and injected faults.
+
+Every rate is a probability in [0, 1]; every duration carries its unit (`_s` = seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMATS: tuple[str, ...] = ("openai", "apidot", "evolink")
+GATEWAY_FORMATS: tuple[str, ...] = ("apidot", "evolink")
+OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
+
+
+class SimulatorError(ValueError):
+    """Root error of the simulator: a configuration or control request it cannot accept."""
+
+    def __init__(self, message: str, *, field_name: str | None = None) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection rates and parameters; all faults are off by default."""
+
+    drop_rate: float = 0.0
+    duplicate_rate: float = 0.0
+    delay_rate: float = 0.0
+    max_callback_delay_s: float = 1.0
+    reorder_rate: float = 0.0
+    bad_signature_rate: float = 0.0
+    poll_429_rate: float = 0.0
+    poll_500_rate: float = 0.0
+    poll_slow_rate: float = 0.0
+    slow_poll_s: float = 1.0
+    poll_timeout_rate: float = 0.0
+    timeout_poll_s: float = 30.0
+    retry_after_s: int = 1
+    rate_limit_rps: Mapping[str, float] = field(default_factory=dict)
+    down: bool = False
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            if item.name.endswith("_rate"):
+                check_rate(item.name, getattr(self, item.name))
+        for name in ("max_callback_delay_s", "slow_poll_s", "timeout_poll_s", "retry_after_s"):
+            if getattr(self, name) < 0:
+                raise SimulatorError(f"{name} must not be negative", field_name=name)
+        for fmt, rps in self.rate_limit_rps.items():
+            if fmt not in FORMATS or rps <= 0:
+                raise SimulatorError(f"bad rate limit {fmt}={rps}", field_name="rate_limit_rps")
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """How long tasks take and how they end (outcome weights need not sum to 1)."""
+
+    min_duration_s: float = 2.0
+    max_duration_s: float = 10.0
+    max_queued_share: float = 0.3
+    succeeded_weight: float = 0.8
+    failed_weight: float = 0.15
+    cancelled_weight: float = 0.05
+    progress_callbacks: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_duration_s <= self.max_duration_s:
+            raise SimulatorError("need 0 <= min_duration_s <= max_duration_s")
+        check_rate("max_queued_share", self.max_queued_share)
+        weights = (self.succeeded_weight, self.failed_weight, self.cancelled_weight)
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise SimulatorError("outcome weights must be >= 0 with a positive sum")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one simulator server needs; `time_scale` multiplies all retry backoffs."""
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    api_key: str | None = None
+    seed: int = 0
+    time_scale: float = 1.0
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+    faults: Faults = field(default_factory=Faults)
+    webhook_retry_delays_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    callback_retry_delays_s: tuple[float, ...] = (1.0, 2.0, 4.0)
+    callback_timeout_s: float = 10.0
+    media_base_url: str = "https://media.simulator.invalid"
+    apidot_files_under_output: bool = False
+
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_secret:
+            raise SimulatorError("webhook_url needs webhook_secret", field_name="webhook_secret")
+        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
+            raise SimulatorError("webhook_secret must start with whsec_")
+        if self.time_scale <= 0:
+            raise SimulatorError("time_scale must be positive", field_name="time_scale")
+
+
+def check_rate(name: str, value: float) -> None:
+    """Raise unless `value` is a probability."""
+    if not 0.0 <= value <= 1.0:
+        raise SimulatorError(f"{name} must be within [0, 1], got {value}", field_name=name)
+
+
+def update_faults(current: Faults, changes: Mapping[str, Any]) -> Faults:
+    """Return `current` with the fields named in `changes` replaced (omitted fields are kept)."""
+    known = {item.name: item for item in dataclasses.fields(Faults)}
+    values: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in known:
+            raise SimulatorError(f"unknown fault {name!r}", field_name=name)
+        values[name] = coerce_fault(name, value)
+    return dataclasses.replace(current, **values)
+
+
+def coerce_fault(name: str, value: Any) -> Any:
+    """Check the JSON type of one fault value and convert it to the field's type."""
+    if name == "down":
+        if not isinstance(value, bool):
+            raise SimulatorError("down must be a boolean", field_name=name)
+        return value
+    if name == "rate_limit_rps":
+        if not isinstance(value, dict):
+            raise SimulatorError("rate_limit_rps must be an object", field_name=name)
+        return {str(fmt): float(coerce_number(name, rps)) for fmt, rps in value.items()}
+    number = coerce_number(name, value)
+    return int(number) if name == "retry_after_s" else float(number)
+
+
+def coerce_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SimulatorError(f"{name} must be a number", field_name=name)
+    return float(value)
+
+
+def faults_as_dict(faults: Faults) -> dict[str, Any]:
+    """JSON-ready view of `faults`."""
+    data = dataclasses.asdict(faults)
+    data["rate_limit_rps"] = dict(faults.rate_limit_rps)
+    return data

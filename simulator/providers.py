@@ -1,0 +1,208 @@
+"""Provider routes: OpenAI videos, APIDot/Vidgo and EvoLink, each speaking its own wire format.
+
+Every route answers 503 while the simulator is down and 401 without a bearer key; status
+polls also pass the poll faults, and are counted (with their in-flight concurrency).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from simulator import formats
+from simulator.lifecycle import SimTask
+from simulator.simulation import Simulator
+from simulator.submissions import PARSERS, SubmissionError
+
+MAX_LIST_LIMIT = 100
+FAKE_MP4_BYTES = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+
+
+def json_response(
+    body: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
+
+
+def bearer_ok(request: Request, api_key: str | None) -> bool:
+    """A non-empty bearer token, equal to `api_key` when one is configured."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    return api_key is None or hmac.compare_digest(token.strip(), api_key)
+
+
+class ProviderRoutes:
+    """What the three formats share: guards, submit parsing, counted and faulted polls."""
+
+    fmt = ""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def routes(self) -> list[BaseRoute]:
+        raise NotImplementedError
+
+    def error(
+        self, status_code: int, code: str, message: str, retry_after_s: int | None = None
+    ) -> Response:
+        headers = {"retry-after": str(retry_after_s)} if retry_after_s is not None else None
+        return json_response(
+            formats.error_body(self.fmt, status_code, code, message), status_code, headers
+        )
+
+    def guard(self, request: Request) -> Response | None:
+        """503 while down, 401 without a valid bearer key, else None."""
+        if self.sim.faults().down:
+            return self.error(503, "service_unavailable", "The service is temporarily unavailable.")
+        if not bearer_ok(request, self.sim.config.api_key):
+            return self.error(401, "authentication_error", "Missing or invalid API key.")
+        return None
+
+    async def create(self, request: Request) -> SimTask | Response:
+        """The new task, or the error answer to a refused or malformed submit."""
+        refusal = self.guard(request)
+        if refusal is not None:
+            return refusal
+        try:
+            submission = PARSERS[self.fmt](orjson.loads(await request.body()))
+        except orjson.JSONDecodeError:
+            return self.error(400, "invalid_request", "The body is not valid JSON.")
+        except SubmissionError as exc:
+            return self.error(400, "invalid_request", str(exc))
+        return self.sim.submit(self.fmt, submission)
+
+    async def poll(self, request: Request) -> Response:
+        """`GET` a task's status, counted per task while in flight."""
+        task_id = request.path_params["task_id"]
+        key = self.sim.counters.poll_started(self.fmt, task_id, self.sim.clock())
+        status_code = 500
+        try:
+            response = await self._answer_poll(request, task_id)
+            status_code = response.status_code
+            return response
+        finally:
+            self.sim.counters.poll_finished(key, status_code)
+
+    async def _answer_poll(self, request: Request, task_id: str) -> Response:
+        counts = self.sim.counters.polls
+        refusal = self.guard(request)
+        if refusal is not None:
+            counts["unavailable" if refusal.status_code == 503 else "unauthorized"] += 1
+            return refusal
+        refused = await self.sim.polls.check(self.fmt, request)
+        if refused is not None:
+            return self.error(
+                refused.status_code, refused.code, refused.message, refused.retry_after_s
+            )
+        task = self.sim.get(self.fmt, task_id)
+        if task is None:
+            counts["not_found"] += 1
+            return self.error(404, "not_found", f"Task {task_id} was not found.")
+        counts["ok"] += 1
+        return json_response(self.sim.render(task, self.sim.clock()))
+
+
+class OpenAIRoutes(ProviderRoutes):
+    """`/v1/videos` create, retrieve, list and content, as the OpenAI Videos API."""
+
+    fmt = "openai"
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/videos", self.submit, methods=["POST"]),
+            Route("/v1/videos", self.list_videos, methods=["GET"]),
+            Route("/v1/videos/{task_id}", self.poll, methods=["GET"]),
+            Route("/v1/videos/{task_id}/content", self.content, methods=["GET"]),
+        ]
+
+    async def submit(self, request: Request) -> Response:
+        task = await self.create(request)
+        if isinstance(task, Response):
+            return task
+        return json_response(formats.openai_video(task, task.schedule.submitted_at))
+
+    async def list_videos(self, request: Request) -> Response:
+        """`?after=&limit=&order=asc|desc` → `{object, data, first_id, last_id, has_more}`."""
+        refusal = self.guard(request)
+        if refusal is not None:
+            return refusal
+        query = request.query_params
+        order, after = query.get("order", "desc"), query.get("after")
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            return self.error(400, "invalid_request", "limit must be an integer.")
+        if order not in ("asc", "desc") or not 1 <= limit <= MAX_LIST_LIMIT:
+            return self.error(400, "invalid_request", "Bad order or limit.")
+        return json_response(self._page(order, after, limit))
+
+    def _page(self, order: str, after: str | None, limit: int) -> dict[str, Any]:
+        tasks = self.sim.tasks(self.fmt)
+        if order == "desc":
+            tasks.reverse()
+        ids = [task.task_id for task in tasks]
+        start = ids.index(after) + 1 if after in ids else 0
+        page = tasks[start : start + limit]
+        now = self.sim.clock()
+        return {
+            "object": "list",
+            "data": [formats.openai_video(task, now) for task in page],
+            "first_id": page[0].task_id if page else None,
+            "last_id": page[-1].task_id if page else None,
+            "has_more": start + limit < len(tasks),
+        }
+
+    async def content(self, request: Request) -> Response:
+        refusal = self.guard(request)
+        if refusal is not None:
+            return refusal
+        task = self.sim.get(self.fmt, request.path_params["task_id"])
+        if task is None or task.state_word(self.sim.clock()) != "completed":
+            return self.error(404, "not_found", "No finished video with this id.")
+        return Response(FAKE_MP4_BYTES, media_type="video/mp4")
+
+
+class ApidotRoutes(ProviderRoutes):
+    """`/api/generate/submit` and `/api/generate/status/{task_id}`, as APIDot and Vidgo."""
+
+    fmt = "apidot"
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/api/generate/submit", self.submit, methods=["POST"]),
+            Route("/api/generate/status/{task_id}", self.poll, methods=["GET"]),
+        ]
+
+    async def submit(self, request: Request) -> Response:
+        task = await self.create(request)
+        if isinstance(task, Response):
+            return task
+        return json_response(formats.apidot_submitted(task))
+
+
+class EvolinkRoutes(ProviderRoutes):
+    """`/v1/videos/generations` and `/v1/tasks/{task_id}`, as EvoLink and AI Video API."""
+
+    fmt = "evolink"
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/videos/generations", self.submit, methods=["POST"]),
+            Route("/v1/tasks/{task_id}", self.poll, methods=["GET"]),
+        ]
+
+    async def submit(self, request: Request) -> Response:
+        task = await self.create(request)
+        if isinstance(task, Response):
+            return task
+        body = formats.evolink_task(
+            task, task.schedule.submitted_at, self.sim.config.media_base_url
+        )
+        return json_response(body)

@@ -1,0 +1,224 @@
+"""The `Simulator`: tasks of every format, their due callbacks, faults in force, and counters.
+
+State answers are computed from each task's schedule and the injected clock; a ticker
+turns schedule events (running, terminal) into callback deliveries when they fall due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from simulator import formats
+from simulator.callbacks import CallbackSender, Delivery
+from simulator.config import FORMATS, GATEWAY_FORMATS, OUTCOMES, Faults, SimConfig, SimulatorError
+from simulator.config import update_faults as merge_faults
+from simulator.lifecycle import SimTask, draw_schedule, finish_now, ground_truth, normalize_outcome
+from simulator.polls import PollGate
+from simulator.stats import Stats
+from simulator.submissions import Submission
+
+TICK_SECONDS = 0.01
+PROGRESS, TERMINAL = 0, 1  # event kinds; at equal times "running" fires before "terminal"
+
+
+class UnknownTaskError(SimulatorError):
+    """No task with this id exists in this format."""
+
+
+class TaskEndedError(SimulatorError):
+    """The task has already reached its final state."""
+
+
+class Simulator:
+    """Fake providers' shared state; `start()` and `aclose()` bracket its background work."""
+
+    def __init__(self, config: SimConfig, *, clock: Callable[[], float] | None = None) -> None:
+        self.config = config
+        self.clock: Callable[[], float] = clock or time.time
+        self.counters = Stats()
+        self._faults = config.faults
+        self._rng = random.Random(config.seed)
+        self._fault_rng = random.Random(config.seed + 1)
+        self._tasks: dict[str, SimTask] = {}
+        self._order: dict[str, list[str]] = {fmt: [] for fmt in FORMATS}
+        self._events: list[tuple[float, int, int, str]] = []
+        self._sequence = 0
+        self._held: dict[str, Delivery] = {}
+        self.polls = PollGate(self.counters, self._fault_rng, self.clock, self.faults)
+        self.sender = CallbackSender(
+            config, self.counters, self._fault_rng, self.clock, self.faults
+        )
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.sender.start()
+        self._ticker = asyncio.create_task(self._tick_forever())
+
+    async def aclose(self) -> None:
+        """Stop the ticker, cancel the callbacks still being sent, close the HTTP client."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.sender.aclose()
+
+    async def drain(self) -> None:
+        """Wait for every callback being sent right now (including its retries) to end."""
+        await self.sender.drain()
+
+    # -- faults ------------------------------------------------------------------------
+
+    def faults(self) -> Faults:
+        return self._faults
+
+    def set_faults(self, faults: Faults) -> None:
+        self._faults = faults
+
+    def update_faults(self, changes: Mapping[str, Any]) -> Faults:
+        """Replace the named fault fields, keep the others; returns the faults now in force."""
+        self._faults = merge_faults(self._faults, changes)
+        return self._faults
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def submit(self, fmt: str, submission: Submission) -> SimTask:
+        """Create a task with a fresh random schedule and queue its callbacks."""
+        now = self.clock()
+        task_id = formats.new_task_id(fmt, self._rng, now)
+        while f"{fmt}/{task_id}" in self._tasks:
+            task_id = formats.new_task_id(fmt, self._rng, now)
+        schedule = draw_schedule(self._rng, self.config.lifecycle, fmt, now)
+        task = SimTask(
+            fmt, task_id, submission.model, submission.request, submission.callback_url, schedule
+        )
+        self._tasks[task.key] = task
+        self._order[fmt].append(task_id)
+        self.counters.submits_by_format[fmt] += 1
+        self._schedule_events(task)
+        return task
+
+    def get(self, fmt: str, task_id: str) -> SimTask | None:
+        return self._tasks.get(f"{fmt}/{task_id}")
+
+    def tasks(self, fmt: str) -> list[SimTask]:
+        """Tasks of one format, oldest first."""
+        return [self._tasks[f"{fmt}/{task_id}"] for task_id in self._order[fmt]]
+
+    def finish(self, fmt: str, task_id: str, outcome: str | None = None) -> SimTask:
+        """End a task now (optionally with another outcome); its callbacks follow at once."""
+        task = self.get(fmt, task_id)
+        if task is None:
+            raise UnknownTaskError(f"no {fmt} task {task_id}")
+        if outcome is not None and outcome not in OUTCOMES:
+            raise SimulatorError(f"outcome must be one of {list(OUTCOMES)}", field_name="outcome")
+        now = self.clock()
+        if task.phase(now) == "terminal":
+            raise TaskEndedError(f"{fmt} task {task_id} has already ended")
+        task.schedule = finish_now(task.schedule, now, outcome and normalize_outcome(fmt, outcome))
+        self._push(task.schedule.terminal_at, TERMINAL, task.key)
+        return task
+
+    def truth(self) -> list[dict[str, Any]]:
+        """Ground truth of every task, in submission order per format."""
+        now = self.clock()
+        return [ground_truth(task, now) for task in self._tasks.values()]
+
+    def stats(self, *, poll_times: bool = False) -> dict[str, Any]:
+        data = self.counters.as_dict(poll_times=poll_times)
+        data["callbacks"]["pending"] = self.sender.pending
+        return data
+
+    def render(self, task: SimTask, now: float) -> dict[str, Any]:
+        """The status body the task's format answers with at `now`."""
+        if task.fmt == "openai":
+            return formats.openai_video(task, now)
+        if task.fmt == "apidot":
+            nested = self.config.apidot_files_under_output
+            return formats.apidot_status(task, now, self.config.media_base_url, nested=nested)
+        return formats.evolink_task(task, now, self.config.media_base_url)
+
+    # -- callbacks ---------------------------------------------------------------------
+
+    def _schedule_events(self, task: SimTask) -> None:
+        if self._destination(task) is None:
+            return
+        if task.fmt in GATEWAY_FORMATS and self.config.lifecycle.progress_callbacks:
+            self._push(task.schedule.started_at, PROGRESS, task.key)
+        self._push(task.schedule.terminal_at, TERMINAL, task.key)
+
+    def _destination(self, task: SimTask) -> str | None:
+        return self.config.webhook_url if task.fmt == "openai" else task.callback_url
+
+    def _push(self, due: float, kind: int, key: str) -> None:
+        self._sequence += 1
+        heapq.heappush(self._events, (due, kind, self._sequence, key))
+
+    async def _tick_forever(self) -> None:
+        while True:
+            self.dispatch_due()
+            await asyncio.sleep(TICK_SECONDS)
+
+    def dispatch_due(self) -> int:
+        """Send the callbacks of every event due by now; returns how many events fired."""
+        now, fired = self.clock(), 0
+        while self._events and self._events[0][0] <= now:
+            _, kind, _, key = heapq.heappop(self._events)
+            task = self._tasks[key]
+            fired += (
+                self._fire_terminal(task, now)
+                if kind == TERMINAL
+                else self._fire_progress(task, now)
+            )
+        return fired
+
+    def _fire_progress(self, task: SimTask, now: float) -> bool:
+        at = running_instant(task, now)
+        if task.progress_sent or task.terminal_sent or at is None:
+            return False
+        task.progress_sent = True
+        delivery = self._delivery(task, at)
+        if self._fault_rng.random() < self._faults.reorder_rate:
+            self.counters.callbacks["reordered"] += 1
+            self._held[task.key] = delivery
+        else:
+            self.sender.send(delivery, after=task.key)
+        return True
+
+    def _fire_terminal(self, task: SimTask, now: float) -> bool:
+        if task.terminal_sent or task.phase(now) != "terminal":
+            return False
+        task.terminal_sent = True
+        held = self._held.pop(task.key, None)
+        self.sender.send(self._delivery(task, now), *([held] if held else []), after=task.key)
+        return True
+
+    def _delivery(self, task: SimTask, now: float) -> Delivery:
+        url = self._destination(task)
+        if url is None:
+            raise SimulatorError(f"{task.key} has no callback destination")
+        if task.fmt != "openai":
+            return Delivery(task.fmt, task.task_id, url, orjson.dumps(self.render(task, now)))
+        event_id, webhook_id = formats.new_event_ids(self._rng)
+        body = orjson.dumps(formats.openai_event(task, event_id))
+        return Delivery(task.fmt, task.task_id, url, body, webhook_id)
+
+
+def running_instant(task: SimTask, now: float) -> float | None:
+    """`now` if the task is running, else an instant early in its running phase (if any).
+
+    A late tick may find a task already ended; its running callback still says running.
+    """
+    if task.phase(now) == "running":
+        return now
+    schedule = task.schedule
+    at = schedule.started_at + (schedule.terminal_at - schedule.started_at) / 100
+    return at if task.phase(at) == "running" else None

@@ -1,0 +1,136 @@
+"""The ledger store's one write path, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from schemas.ledger import Auth, Delivery, Expiry, Poll
+from schemas.states import Outcome, State
+from schemas.store import LedgerStore, NewTask
+from schemas.wire import Observation
+from tests.conftest import FakeClock
+
+
+def callback(ref: str, key: str, state: State, now: datetime, task_id: str = "t-1") -> Delivery:
+    return Delivery(
+        provider="apidot",
+        delivery_key=key,
+        body=b"{}",
+        headers={},
+        auth=Auth.TOKEN,
+        observation=Observation(task_id, state, 50),
+        received_at=now,
+        task_ref=ref,
+    )
+
+
+def poll(ref: str, state: State, now: datetime) -> Poll:
+    return Poll(
+        task_ref=ref,
+        observed_at=now,
+        next_poll_at=None,
+        http_status=200,
+        observation=Observation("t-1", state, 100),
+        body="{}",
+    )
+
+
+async def registered(store: LedgerStore) -> str:
+    row = await store.register(NewTask(provider="apidot", provider_task_id="t-1"))
+    return str(row["ref"])
+
+
+async def test_one_batch_counts_repeats_of_a_key_as_duplicates(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    same = callback(ref, "k", State.RUNNING, clock())
+    results = await store.ingest([same, same, same])
+    assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.DUPLICATE]
+    deliveries = (await store.timeline(ref))["deliveries"]
+    assert [(d["outcome"], d["duplicate_count"]) for d in deliveries] == [("applied", 2)]
+
+
+async def test_each_change_bumps_the_version_once_per_batch(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    await store.ingest([callback(ref, "a", State.RUNNING, clock())])
+    await store.ingest([callback(ref, "b", State.SUCCEEDED, clock())])
+    task = await store.get(ref)
+    assert task is not None
+    assert (task["version"], task["state"]) == (3, "succeeded")
+
+
+async def test_poll_that_contradicts_a_callback_wins_and_records_the_conflict(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    await store.ingest([callback(ref, "a", State.SUCCEEDED, clock())])
+    clock.advance(5)
+    [stored] = await store.ingest([poll(ref, State.FAILED, clock())])
+    task = await store.get(ref)
+    assert task is not None
+    assert stored.outcome is Outcome.CONFLICT
+    assert (task["state"], task["conflict"], task["confirmed"]) == ("failed", True, True)
+    transitions = [(t["to_state"], t["source"]) for t in (await store.timeline(ref))["transitions"]]
+    assert transitions == [("submitted", "api"), ("succeeded", "webhook"), ("failed", "poll")]
+
+
+async def test_unconfirmed_terminal_callback_is_due_for_a_poll_at_once(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    await store.ingest([callback(ref, "a", State.SUCCEEDED, clock())])
+    task = await store.get(ref)
+    assert task is not None
+    assert (task["confirmed"], task["next_poll_at"]) == (False, clock())
+
+
+async def test_agreeing_poll_confirms_and_stops_polling(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    await store.ingest([callback(ref, "a", State.SUCCEEDED, clock())])
+    [stored] = await store.ingest([poll(ref, State.SUCCEEDED, clock())])
+    task = await store.get(ref)
+    assert task is not None
+    assert stored.outcome is Outcome.CONFIRMED
+    assert (task["confirmed"], task["next_poll_at"], task["poll_attempts"]) == (True, None, 1)
+
+
+async def test_expiry_marks_lost_and_a_late_callback_still_overrides(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    await store.ingest([Expiry(task_ref=ref, at=clock(), reason="no answer for 24 h")])
+    lost = await store.get(ref)
+    assert lost is not None
+    assert (lost["state"], lost["result"]) == ("lost", {"lost_reason": "no answer for 24 h"})
+    await store.ingest([callback(ref, "late", State.SUCCEEDED, clock())])
+    task = await store.get(ref)
+    assert task is not None
+    assert task["state"] == "succeeded"
+
+
+async def test_failed_poll_is_recorded_without_touching_the_state(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await registered(store)
+    later = clock()
+    await store.ingest(
+        [
+            Poll(
+                task_ref=ref,
+                observed_at=later,
+                next_poll_at=later,
+                http_status=500,
+                error="server error",
+            )
+        ]
+    )
+    timeline = await store.timeline(ref)
+    assert [(p["outcome"], p["http_status"]) for p in timeline["polls"]] == [("error", 500)]
+    task = await store.get(ref)
+    assert task is not None
+    assert (task["state"], task["poll_attempts"]) == ("submitted", 1)

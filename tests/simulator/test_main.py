@@ -1,0 +1,37 @@
+"""The command line."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator import SimConfig
+from simulator.__main__ import build_parser, config_from_args, main
+from tests.simulator.support import SECRET
+
+
+def parse(*argv: str) -> SimConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_flags_build_the_config() -> None:
+    config = parse(
+        "--webhook-url", "http://127.0.0.1:8000/webhooks/openai", "--webhook-secret", SECRET,
+        "--drop-rate", "0.2", "--retry-after-s", "3", "--max-duration-s", "12",
+        "--progress-callbacks", "--down", "--time-scale", "0.1",
+    )  # fmt: skip
+    assert config.faults.drop_rate == 0.2
+    assert config.faults.retry_after_s == 3
+    assert config.faults.down is True
+    assert config.lifecycle.max_duration_s == 12
+    assert config.lifecycle.progress_callbacks is True
+    assert config.time_scale == 0.1
+
+
+def test_rate_limit_flag_is_repeatable() -> None:
+    config = parse("--rate-limit", "openai=2", "--rate-limit", "apidot=0.5")
+    assert dict(config.faults.rate_limit_rps) == {"openai": 2.0, "apidot": 0.5}
+
+
+def test_malformed_rate_limit_stops_with_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        main(["--rate-limit", "openai"])

@@ -1,0 +1,48 @@
+"""Throwaway databases for tests: a SQLite file, or a PostgreSQL database made and dropped."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+PG_HOST = os.environ.get("TASKLEDGER_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TASKLEDGER_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TASKLEDGER_TEST_PG_USER", "postgres")
+BACKENDS = ("sqlite", "postgresql")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@asynccontextmanager
+async def temporary_database(backend: str, directory: Path) -> AsyncIterator[str]:
+    """Yield the URL of a new, empty database that is removed afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
+        return
+    name = f"taskledger_test_{secrets.token_hex(6)}"
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _admin_connection() -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=5
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        if in_ci():
+            pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {exc}")
