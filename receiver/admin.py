@@ -11,10 +11,10 @@ from starlette.responses import JSONResponse, Response
 
 from receiver.callbacks import parse_json, read_body
 from receiver.errors import Conflict, NotFound, Unauthenticated, Unprocessable
-from receiver.tokens import CallbackTokens
 from schemas.errors import TaskConflict, TaskNotFound
 from schemas.settings import ProviderSettings, Settings
 from schemas.store import LedgerStore, NewTask
+from schemas.tokens import CallbackTokens
 
 ADMIN_BODY_LIMIT_BYTES = 256 * 1024
 MAX_TEXT = 200
@@ -41,13 +41,16 @@ async def create_task(request: Request) -> Response:
         request=_object(body, "request"),
         provider_task_id=_text(body, "provider_task_id") or None,
         expected_seconds=provider.expected_seconds,
+        submit=_submit_flag(body, provider),
     )
     store: LedgerStore = request.app.state.store
     try:
         row = await store.register(new)
     except TaskConflict as exc:
         raise Conflict(str(exc), provider=provider.name) from None
-    return JSONResponse(task_json(row, callback_url(request, provider, row["ref"])), 201)
+    # Submitting is the reconciler's job (an outbox): the answer comes before the provider's.
+    status = 202 if new.submit else 201
+    return JSONResponse(task_json(row, callback_url(request, provider, row["ref"])), status)
 
 
 async def attach_task_id(request: Request) -> Response:
@@ -79,7 +82,9 @@ async def show_task(request: Request) -> Response:
     if row is None:
         raise NotFound("no task has this ref", task_ref=ref)
     timeline = await store.timeline(ref)
-    return JSONResponse({**task_json(row), "timeline": jsonable(timeline)})
+    provider = request.app.state.settings.provider(row["provider"])
+    url = callback_url(request, provider, ref) if provider else None
+    return JSONResponse({**task_json(row, url), "timeline": jsonable(timeline)})
 
 
 def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
@@ -114,6 +119,17 @@ def _configured(settings: Settings, name: object) -> ProviderSettings:
         known = ", ".join(sorted(settings.providers))
         raise Unprocessable(f"provider must be one of: {known}")
     return provider
+
+
+def _submit_flag(body: dict[str, Any], provider: ProviderSettings) -> bool:
+    submit = body.get("submit", False)
+    if not isinstance(submit, bool):
+        raise Unprocessable("submit must be true or false")
+    if submit and not provider.base_url:
+        raise Unprocessable(f"provider {provider.name} has no base URL: taskledger cannot submit")
+    if submit and body.get("provider_task_id"):
+        raise Unprocessable("a task submitted by taskledger gets its provider task id from it")
+    return submit
 
 
 def _text(body: dict[str, Any], name: str) -> str:

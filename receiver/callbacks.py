@@ -26,13 +26,13 @@ from receiver.errors import (
 )
 from receiver.metrics import ReceiverMetrics
 from receiver.signatures import SignatureVerifier
-from receiver.tokens import CallbackTokens
 from receiver.writer import GroupCommitWriter
 from schemas.errors import WireFormatError
 from schemas.ledger import Auth, Delivery, Stored
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
 from schemas.store import Clock
+from schemas.tokens import CallbackTokens
 from schemas.wire import WireFormat, normalize_callback
 
 log = structlog.get_logger("taskledger.receiver")

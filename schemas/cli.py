@@ -19,6 +19,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from schemas.database import create_engine
+from schemas.demo import run_demo
 from schemas.errors import ConfigError
 from schemas.migrate import upgrade
 from schemas.settings import DEFAULT_DATABASE_URL, PREFIX
@@ -38,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--host", default="127.0.0.1")
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
+    demo = commands.add_parser("demo", help="simulator + receiver + reconciler, faults on")
+    demo.add_argument("--tasks", type=int, default=300)
     args = parser.parse_args(argv)
     try:
         return _dispatch(args)
@@ -51,6 +54,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         asyncio.run(_upgrade(load_environ()))
         print("taskledger: database is at the current migration")
         return 0
+    if args.command == "demo":
+        return run_demo(args.tasks)
     if args.command == "init-env":
         write_env_file(ENV_FILE)
         return 0

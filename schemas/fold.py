@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from schemas.ledger import Delivery, Evidence, Expiry, Poll, Stored, report_of, settled
+from schemas.ledger import (
+    Delivery,
+    Evidence,
+    Expiry,
+    Poll,
+    Stored,
+    Submission,
+    SubmissionStatus,
+    report_of,
+    settled,
+)
 from schemas.states import TERMINAL, Outcome, Report, Snapshot, Source, State, merge
 
 BODY_KEEP_CHARS = 4_000
@@ -88,6 +98,8 @@ class Fold:
             return self._delivery(item)
         if isinstance(item, Poll):
             return self._poll(item)
+        if isinstance(item, Submission):
+            return self._submission(item)
         return self._expiry(item)
 
     def changed_tasks(self) -> list[TaskWork]:
@@ -109,7 +121,9 @@ class Fold:
         report = report_of(item.observation, Source.WEBHOOK, signed=item.signed)
         outcome = self._merge(work, report, row, Source.WEBHOOK)
         row["outcome"] = outcome.value
-        work.poll_now = work.poll_now or item.observation.needs_fetch
+        # A thin event lacks the result, an unsigned terminal one needs confirming: ask now.
+        unconfirmed = work.snapshot.state in TERMINAL and not work.snapshot.confirmed
+        work.poll_now = work.poll_now or item.observation.needs_fetch or unconfirmed
         return Stored(outcome, work.ref, work.snapshot.state)
 
     def _duplicate(self, key: KEY_LABEL) -> Stored:
@@ -207,6 +221,23 @@ class Fold:
         self._reschedule(work, None)
         return Stored(outcome, work.ref, work.snapshot.state)
 
+    def _submission(self, item: Submission) -> Stored:
+        work = self.tasks.get(item.task_ref)
+        if work is None:
+            return Stored(Outcome.UNMATCHED, refusal="unknown_task")
+        work.row["submission"] = item.status.value
+        outcome = Outcome.ERROR
+        if item.observation is not None:
+            if work.row["provider_task_id"] is None:
+                work.row["provider_task_id"] = item.observation.provider_task_id
+            outcome = self._merge(work, report_of(item.observation, Source.API), None, Source.API)
+        elif item.status is SubmissionStatus.REJECTED:
+            report = Report(State.FAILED, Source.API, result={"error": {"message": item.error}})
+            outcome = self._merge(work, report, None, Source.API)
+        self._reschedule(work, item.next_poll_at)
+        work.row["poll_attempts"] = 0
+        return Stored(outcome, work.ref, work.snapshot.state)
+
     # -- the merge -------------------------------------------------------------
 
     def _merge(
@@ -251,7 +282,7 @@ class Fold:
         for work in self.changed_tasks():
             work.row["version"] = work.row["version"] + 1
             work.row["updated_at"] = self.now
-            if work.poll_now or (work.snapshot.state in TERMINAL and not work.snapshot.confirmed):
+            if work.poll_now:
                 work.row["next_poll_at"] = self.now
             elif settled(work.snapshot) or work.snapshot.state is State.LOST:
                 work.row["next_poll_at"] = None

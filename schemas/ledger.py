@@ -61,7 +61,26 @@ class Expiry:
     reason: str
 
 
-Evidence = Delivery | Poll | Expiry
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What came of submitting a task to its provider on the owner's behalf."""
+
+    task_ref: str
+    at: datetime
+    status: SubmissionStatus
+    next_poll_at: datetime | None
+    observation: Observation | None = None
+    error: str | None = None
+
+
+class SubmissionStatus(StrEnum):
+    PENDING = "pending"  # not sent yet, or refused in a way worth trying again
+    SENT = "sent"
+    REJECTED = "rejected"  # the provider refused it: the task failed
+    UNKNOWN = "unknown"  # it may have reached the provider: never sent twice
+
+
+Evidence = Delivery | Poll | Expiry | Submission
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ class Settings:
     poll_interval_seconds: float = 1.0
     reconciler_batch_size: int = 500
     lease_seconds: float = 60.0
+    reconciler_metrics_port: int | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -77,6 +78,7 @@ class Settings:
             poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", 1.0),
             reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 500)),
             lease_seconds=env.number("LEASE_SECONDS", 60.0),
+            reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
         )
 
     def provider(self, name: str) -> ProviderSettings | None:
@@ -150,6 +152,14 @@ class _Env:
         if value <= 0:
             raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
         return value
+
+    def port(self, name: str) -> int | None:
+        raw = self.text(name, "")
+        if not raw:
+            return None
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise ConfigError(f"{PREFIX}{name} must be a TCP port number (got {raw!r})")
+        return int(raw)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.text(name, default).upper()

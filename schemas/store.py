@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.database import READ_ONLY
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
-from schemas.ledger import Auth, Delivery, Evidence, Stored
-from schemas.states import Snapshot, Source, State
+from schemas.ledger import Auth, Delivery, Evidence, Stored, SubmissionStatus
+from schemas.states import REAL_TERMINAL, Snapshot, Source, State
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
 
@@ -40,6 +40,7 @@ class NewTask:
     request: dict[str, Any] | None = None
     provider_task_id: str | None = None
     expected_seconds: float = 300.0
+    submit: bool = False
 
 
 def new_ref(now: datetime) -> str:
@@ -149,7 +150,7 @@ class LedgerStore:
     async def register(self, new: NewTask) -> dict[str, Any]:
         """Create a task in `submitted`, with its first poll due after the expected duration."""
         now = self.clock()
-        row = _new_task_row(new, now)
+        row = new_task_row(new, now)
         try:
             async with self._write() as conn:
                 await conn.execute(TASK.insert().values(row))
@@ -251,6 +252,58 @@ class LedgerStore:
         fold.writes.deliveries.clear()
         self._flush(conn, fold.writes, fold.changed_tasks(), now)
 
+    # -- claims (the reconciler) ----------------------------------------------
+
+    async def claim_due(
+        self, owner: str, provider: str, limit: int, lease_seconds: float
+    ) -> list[dict[str, Any]]:
+        """Lease up to `limit` of `provider`'s tasks whose poll is due, oldest due first.
+
+        The partial index on (provider, next_poll_at) holds only tasks with a poll
+        scheduled, so the cost follows the due tasks, not the ledger's size.
+        """
+        now = self.clock()
+        async with self._write() as conn:
+            query = _due_query(provider, now, limit)
+            if self._lock_rows:
+                query = query.with_for_update(skip_locked=True)
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+            if rows:
+                until = now + timedelta(seconds=lease_seconds)
+                await conn.execute(
+                    TASK.update()
+                    .where(TASK.c.ref.in_([r["ref"] for r in rows]))
+                    .values(lease_owner=owner, lease_until=until)
+                )
+        return rows
+
+    async def release(self, owner: str) -> int:
+        """Give back every lease `owner` still holds (a clean shutdown)."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                TASK.update()
+                .where(TASK.c.lease_owner == owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+        return int(result.rowcount)
+
+    async def explain_due(self, provider: str, limit: int) -> str:
+        """The database's plan for the due-task query, for tests and operators."""
+        query = _due_query(provider, self.clock(), limit)
+        compiled = query.compile(self.engine.sync_engine, compile_kwargs={"literal_binds": True})
+        prefix = "EXPLAIN QUERY PLAN " if self.engine.dialect.name == "sqlite" else "EXPLAIN "
+        async with self._read() as conn:
+            rows = await conn.exec_driver_sql(prefix + str(compiled))
+            return "\n".join(" ".join(str(part) for part in row) for row in rows)
+
+    async def oldest_open_since(self) -> datetime | None:
+        """When the oldest task still waiting for a poll was created."""
+        async with self._read() as conn:
+            oldest = await conn.scalar(
+                sa.select(sa.func.min(TASK.c.created_at)).where(TASK.c.next_poll_at.is_not(None))
+            )
+        return oldest if isinstance(oldest, datetime) else None
+
     # -- reads -----------------------------------------------------------------
 
     async def get(self, ref: str) -> dict[str, Any] | None:
@@ -279,6 +332,39 @@ class LedgerStore:
                 "polls": [dict(r) for r in polls.mappings()],
                 "transitions": [dict(r) for r in transitions.mappings()],
             }
+
+    async def summary(self) -> dict[str, Any]:
+        """Ledger-wide counts: tasks by state, open, duplicates, conflicts, poll recoveries."""
+        terminal = [s.value for s in REAL_TERMINAL]
+        async with self._read() as conn:
+            by_state = await conn.execute(
+                sa.select(TASK.c.state, sa.func.count()).group_by(TASK.c.state)
+            )
+            states = {state: int(n) for state, n in by_state}
+            open_tasks = await conn.scalar(
+                sa.select(sa.func.count()).where(TASK.c.next_poll_at.is_not(None))
+            )
+            duplicates = await conn.scalar(sa.select(sa.func.sum(DELIVERY.c.duplicate_count)))
+            conflicts = await conn.scalar(sa.select(sa.func.count()).where(TASK.c.conflict))
+            recovered = await conn.scalar(
+                sa.select(sa.func.count(sa.distinct(TRANSITION.c.task_ref)))
+                .where(TRANSITION.c.source == Source.POLL.value)
+                .where(TRANSITION.c.to_state.in_(terminal))
+            )
+        return {
+            "tasks": sum(states.values()),
+            "by_state": states,
+            "open": int(open_tasks or 0),
+            "duplicates": int(duplicates or 0),
+            "conflicts": int(conflicts or 0),
+            "recovered_by_poll": int(recovered or 0),
+        }
+
+    async def final_states(self) -> list[tuple[str | None, str]]:
+        """(provider task id, state) of every task: for audits against a provider's records."""
+        async with self._read() as conn:
+            rows = await conn.execute(sa.select(TASK.c.provider_task_id, TASK.c.state))
+            return [(task_id, state) for task_id, state in rows]
 
     async def ping(self) -> None:
         async with self._read() as conn:
@@ -368,6 +454,7 @@ def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[
 
 
 _TASK_FIELDS = (
+    "submission",
     "provider_task_id",
     "state",
     "progress",
@@ -401,13 +488,37 @@ _COUNT_DUPLICATE = (
 )
 
 
+def _due_query(provider: str, now: datetime, limit: int) -> sa.Select[Any]:
+    return (
+        sa.select(
+            TASK.c.ref,
+            TASK.c.provider,
+            TASK.c.provider_task_id,
+            TASK.c.state,
+            TASK.c.confirmed,
+            TASK.c.model,
+            TASK.c.request,
+            TASK.c.created_at,
+            TASK.c.poll_attempts,
+            TASK.c.submission,
+            TASK.c.result,
+        )
+        .where(TASK.c.provider == provider)
+        .where(TASK.c.next_poll_at.is_not(None))
+        .where(TASK.c.next_poll_at <= now)
+        .where(sa.or_(TASK.c.lease_until.is_(None), TASK.c.lease_until < now))
+        .order_by(TASK.c.next_poll_at)
+        .limit(limit)
+    )
+
+
 def _task_params(row: dict[str, Any]) -> dict[str, Any]:
     params = {"t_" + name: row[name] for name in _TASK_FIELDS}
     params["t_ref"] = row["ref"]
     return params
 
 
-def _new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
+def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
     return {
         "ref": new_ref(now),
         "provider": new.provider,
@@ -427,8 +538,9 @@ def _new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "last_event_at": None,
         "terminal_at": None,
-        "next_poll_at": now + timedelta(seconds=new.expected_seconds),
+        "next_poll_at": now if new.submit else now + timedelta(seconds=new.expected_seconds),
         "poll_attempts": 0,
         "lease_owner": None,
         "lease_until": None,
+        "submission": SubmissionStatus.PENDING.value if new.submit else None,
     }

@@ -48,6 +48,7 @@ class TaskRow(SQLModel, table=True):
         sa.UniqueConstraint("provider", "provider_task_id", name="uq_task_provider_task_id"),
         sa.Index(
             "ix_task_due",
+            "provider",
             "next_poll_at",
             sqlite_where=sa.text("next_poll_at IS NOT NULL"),
             postgresql_where=sa.text("next_poll_at IS NOT NULL"),
@@ -77,6 +78,8 @@ class TaskRow(SQLModel, table=True):
     poll_attempts: int = 0
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until: datetime | None = _when(nullable=True)
+    # Set when taskledger itself submits the task: pending, sent, rejected or unknown.
+    submission: str | None = Field(default=None, max_length=16)
 
 
 class DeliveryRow(SQLModel, table=True):

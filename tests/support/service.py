@@ -80,5 +80,8 @@ async def running_service(
     port = port or free_port()
     settings = replace(settings, public_base_url=f"http://127.0.0.1:{port}")
     app = create_app(settings, clock=clock)
-    async with serve(app, port=port) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+    async with (
+        serve(app, port=port) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+    ):
         yield Service(base_url, http)

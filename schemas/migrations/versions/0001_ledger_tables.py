@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("poll_attempts", sa.Integer(), nullable=False),
         sa.Column("lease_owner", sa.String(length=100), nullable=True),
         sa.Column("lease_until", UTCDateTime(), nullable=True),
+        sa.Column("submission", sa.String(length=16), nullable=True),
         sa.PrimaryKeyConstraint("ref"),
         sa.UniqueConstraint("provider", "provider_task_id", name="uq_task_provider_task_id"),
     )
@@ -50,7 +51,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_task_created_at", ["created_at"], unique=False)
         batch_op.create_index(
             "ix_task_due",
-            ["next_poll_at"],
+            ["provider", "next_poll_at"],
             unique=False,
             sqlite_where=sa.text("next_poll_at IS NOT NULL"),
             postgresql_where=sa.text("next_poll_at IS NOT NULL"),

@@ -1,0 +1,320 @@
+"""HTTP to the providers: status polls and submits, rate limited and retried by policy.
+
+The only place that catches httpx errors; they leave as `ProviderError` subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import httpx
+import orjson
+import structlog
+
+from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
+from reconciler.limits import Clock, RateLimiter, Sleep
+from reconciler.retry import RetryPolicy
+from schemas.errors import WireFormatError
+from schemas.settings import ProviderSettings
+from schemas.wire import (
+    Observation,
+    WireFormat,
+    build_submit_body,
+    normalize_status,
+    parse_submit_response,
+    status_path,
+    submit_path,
+)
+
+BODY_MAX_CHARS = 4000
+CONNECT_TIMEOUT_SECONDS = 5.0
+READ_TIMEOUT_SECONDS = 15.0
+POOL_TIMEOUT_SECONDS = 5.0
+TIMEOUT = httpx.Timeout(
+    READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS, pool=POOL_TIMEOUT_SECONDS
+)
+# The request never left this process: repeating it cannot create anything twice.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A configuration fault (bad base URL, unusable API key): asking again will not help.
+_UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+log = structlog.get_logger("taskledger.reconciler")
+
+_Parser = Callable[[WireFormat, object], Observation]
+_E = TypeVar("_E", bound=ProviderError)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """One status poll: the normalized observation and, for the audit, what the provider said."""
+
+    observation: Observation
+    http_status: int
+    body: str
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProviderClient:
+    """One provider account's API: `fetch_status` and `submit`, within its `RateLimiter`."""
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        http: httpx.AsyncClient,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+        sleep: Sleep = asyncio.sleep,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.policy = policy
+        self._http = http
+        self._sleep = sleep
+        self._clock = clock
+        self._headers = {"accept": "application/json"}
+        if settings.api_key:
+            self._headers["authorization"] = f"Bearer {settings.api_key}"
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    async def fetch_status(self, provider_task_id: str) -> StatusAnswer:
+        """Poll one task. Transport errors, timeouts and 5xx are retried up to
+        `policy.attempts` times with backoff; a 429 pauses the limiter and raises
+        `RateLimited`; any other refusal raises `Rejected` at once."""
+        path = self._status_path(provider_task_id)
+
+        async def send() -> httpx.Response:
+            return await self._send("GET", path, idempotent=True)
+
+        response = await self._with_retries(send, (ProviderUnavailable,))
+        observation = self._parse(normalize_status, response, retryable=True)
+        if observation.provider_task_id != provider_task_id:
+            raise self._error(BadAnswer, "answered about another task", response, retryable=True)
+        return StatusAnswer(observation, response.status_code, _trimmed(response))
+
+    async def submit(
+        self, model: str, request: dict[str, object], callback_url: str | None
+    ) -> Observation:
+        """Create a task; the observation carries the provider's task id.
+
+        A duplicate submission costs money, so only failures that prove the provider made
+        nothing are retried: connection errors (the request never left) and 429 (refused;
+        retried once the limiter's pause ends, when that is within `policy.max_delay_seconds`).
+        A timeout, a broken connection or a 5xx after sending may have created a task: it
+        raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
+        (`BadAnswer`); the caller must find out from the provider before submitting again.
+        """
+        path = submit_path(self.settings.kind)
+        body = build_submit_body(self.settings.kind, model, request, callback_url)
+
+        async def send() -> httpx.Response:
+            return await self._send("POST", path, idempotent=False, json=body)
+
+        response = await self._with_retries(send, (ProviderUnavailable, RateLimited))
+        return self._parse(parse_submit_response, response, retryable=False)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def _with_retries(
+        self,
+        send: Callable[[], Awaitable[httpx.Response]],
+        retry_on: tuple[type[ProviderError], ...],
+    ) -> httpx.Response:
+        attempt = 1
+        while True:
+            try:
+                return await send()
+            except retry_on as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+                log.info(
+                    "provider_call_retried",
+                    provider=self.name,
+                    attempt=attempt,
+                    status_code=exc.status_code,
+                    error=type(exc).__name__,
+                    delay_seconds=round(delay, 3),
+                )
+            await self._sleep(delay)
+            attempt += 1
+
+    def _retry_delay(self, exc: ProviderError, attempt: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up and raise."""
+        if not exc.retryable or attempt >= self.policy.attempts:
+            return None
+        if isinstance(exc, RateLimited):
+            # The limiter is paused for the whole Retry-After: the next slot waits for it.
+            too_long = (exc.retry_after_seconds or 0.0) > self.policy.max_delay_seconds
+            return None if too_long else 0.0
+        backoff = self.policy.backoff(attempt)
+        asked = exc.retry_after_seconds or 0.0
+        return min(max(backoff, asked), self.policy.max_delay_seconds)
+
+    async def _send(
+        self, method: str, path: str, *, idempotent: bool, json: object = None
+    ) -> httpx.Response:
+        """One request within the limiter; any non-2xx answer raises."""
+        url = self.settings.base_url + path
+        try:
+            async with self.limiter.slot():
+                response = await self._http.request(method, url, headers=self._headers, json=json)
+        except _UNSENDABLE as exc:
+            raise self._failure(Rejected, "request cannot be sent", exc, False) from exc
+        except _NOT_SENT as exc:
+            raise self._failure(ProviderUnavailable, "cannot connect", exc, True) from exc
+        except httpx.TimeoutException as exc:
+            raise self._failure(ProviderUnavailable, "timed out", exc, idempotent) from exc
+        except httpx.HTTPError as exc:
+            raise self._failure(ProviderUnavailable, "transport failed", exc, idempotent) from exc
+        self._check(response, idempotent=idempotent)
+        return response
+
+    def _check(self, response: httpx.Response, *, idempotent: bool) -> None:
+        code = response.status_code
+        if 200 <= code < 300:
+            return
+        if code == httpx.codes.TOO_MANY_REQUESTS:
+            raise self._rate_limited(response)
+        if code >= httpx.codes.INTERNAL_SERVER_ERROR:
+            asked = self._retry_after(response) if "retry-after" in response.headers else None
+            raise self._error(
+                ProviderUnavailable,
+                "server error",
+                response,
+                retryable=idempotent,
+                retry_after_seconds=asked,
+            )
+        raise self._error(Rejected, "refused the request", response, retryable=False)
+
+    def _rate_limited(self, response: httpx.Response) -> RateLimited:
+        seconds = self._retry_after(response)
+        self.limiter.pause(seconds)
+        log.warning("provider_rate_limited", provider=self.name, retry_after_seconds=seconds)
+        return self._error(RateLimited, "rate limited", response, retry_after_seconds=seconds)
+
+    def _retry_after(self, response: httpx.Response) -> float:
+        header = response.headers.get("retry-after")
+        return self.policy.retry_after(header, _server_time(response) or self._clock())
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _status_path(self, provider_task_id: str) -> str:
+        try:
+            return status_path(self.settings.kind, provider_task_id)
+        except WireFormatError as exc:
+            raise Rejected(
+                f"{self.name}: {exc}", provider=self.name, provider_task_id=provider_task_id
+            ) from exc
+
+    def _parse(self, parser: _Parser, response: httpx.Response, *, retryable: bool) -> Observation:
+        try:
+            return parser(self.settings.kind, orjson.loads(response.content))
+        except orjson.JSONDecodeError as exc:
+            error = self._error(BadAnswer, "body is not JSON", response, retryable=retryable)
+            raise error from exc
+        except WireFormatError as exc:
+            raise self._error(BadAnswer, str(exc), response, retryable=retryable) from exc
+
+    def _error(
+        self,
+        kind: type[_E],
+        what: str,
+        response: httpx.Response,
+        *,
+        retryable: bool = True,
+        retry_after_seconds: float | None = None,
+    ) -> _E:
+        """An error about an answer, carrying its status and its trimmed body."""
+        return kind(
+            f"{self.name}: {what} (HTTP {response.status_code})",
+            provider=self.name,
+            status_code=response.status_code,
+            retry_after_seconds=retry_after_seconds,
+            retryable=retryable,
+            body=_trimmed(response),
+        )
+
+    def _failure(self, kind: type[_E], what: str, exc: Exception, retryable: bool) -> _E:
+        """An error about a request that got no answer (never quoting the URL)."""
+        return kind(
+            f"{self.name}: {what} ({type(exc).__name__})", provider=self.name, retryable=retryable
+        )
+
+
+class ProviderClients:
+    """One `ProviderClient` per provider with a base URL, sharing one `httpx.AsyncClient`."""
+
+    def __init__(self, clients: Mapping[str, ProviderClient]) -> None:
+        self._clients = dict(clients)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        providers: Iterable[ProviderSettings],
+        *,
+        policy: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> AsyncIterator[ProviderClients]:
+        """Clients for `providers` (those without a base URL are left out), each with its own
+        shared `RateLimiter`; the HTTP client closes when the block exits."""
+        usable = [provider for provider in providers if provider.base_url]
+        async with new_http_client(usable, transport) as http:
+            clients = {
+                provider.name: ProviderClient(
+                    provider,
+                    http,
+                    RateLimiter.for_provider(provider, clock=clock, sleep=sleep),
+                    policy or RetryPolicy(),
+                    sleep,
+                )
+                for provider in usable
+            }
+            yield cls(clients)
+
+    def get(self, name: str) -> ProviderClient | None:
+        return self._clients.get(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._clients)
+
+
+def new_http_client(
+    providers: Iterable[ProviderSettings], transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An HTTP client with our timeouts and a pool as large as all providers' concurrency."""
+    size = max(1, sum(provider.concurrency for provider in providers))
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    return httpx.AsyncClient(timeout=TIMEOUT, limits=limits, transport=transport)
+
+
+def _trimmed(response: httpx.Response) -> str:
+    return response.text[:BODY_MAX_CHARS]
+
+
+def _server_time(response: httpx.Response) -> datetime | None:
+    """The answer's `Date` header: the instant an HTTP-date Retry-After counts from."""
+    header = response.headers.get("date", "")
+    try:
+        moment = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the reconciler, on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+PASS_BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+
+
+class ReconcilerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.polls = Counter(
+            "taskledger_polls_total",
+            "Status polls, by provider and result.",
+            ["provider", "result"],
+            registry=self.registry,
+        )
+        self.submits = Counter(
+            "taskledger_submits_total",
+            "Submissions to providers, by provider and result.",
+            ["provider", "result"],
+            registry=self.registry,
+        )
+        self.recoveries = Counter(
+            "taskledger_recoveries_total",
+            "Tasks whose terminal state came from a poll, not a callback.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.conflicts = Counter(
+            "taskledger_conflicts_total",
+            "Polls that contradicted a callback.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.lost = Counter(
+            "taskledger_lost_total",
+            "Tasks given up as lost after their maximum age.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.oldest_open_seconds = Gauge(
+            "taskledger_oldest_open_task_age_seconds",
+            "Age of the oldest task still waiting for an answer.",
+            registry=self.registry,
+        )
+        self.pass_seconds = Histogram(
+            "taskledger_reconciler_pass_seconds",
+            "Duration of one reconciler pass.",
+            buckets=PASS_BUCKETS_SECONDS,
+            registry=self.registry,
+        )
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

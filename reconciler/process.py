@@ -1,0 +1,353 @@
+"""The reconciler loop: claim due tasks, ask their providers, fold the answers in.
+
+Each pass claims due tasks per provider under a lease, polls (or submits) them
+within the provider's limits, and writes the results through the store's one
+write path in small batches. A stop request finishes in-flight calls, skips the
+rest and gives the leases back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from reconciler.clients import ProviderClient, ProviderClients
+from reconciler.errors import ProviderError, RateLimited
+from reconciler.metrics import ReconcilerMetrics
+from reconciler.retry import RetryPolicy
+from schemas.errors import StorageUnavailable
+from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
+from schemas.settings import ProviderSettings, Settings
+from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, State
+from schemas.store import LedgerStore
+from schemas.tokens import CallbackTokens
+
+log = structlog.get_logger("taskledger.reconciler")
+FLUSH_EVERY_SECONDS = 0.25
+FLUSH_AT_ITEMS = 200
+MAX_POLL_DELAY_SECONDS = 3600.0
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass
+class PassReport:
+    claimed: int = 0
+    polled: int = 0
+    submitted: int = 0
+    recovered: int = 0
+    conflicts: int = 0
+    lost: int = 0
+    errors: int = 0
+    skipped: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: PassReport) -> None:
+        for name in (
+            "claimed",
+            "polled",
+            "submitted",
+            "recovered",
+            "conflicts",
+            "lost",
+            "errors",
+            "skipped",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: LedgerStore,
+        clients: ProviderClients,
+        *,
+        clock: Callable[[], datetime],
+        policy: RetryPolicy | None = None,
+        metrics: ReconcilerMetrics | None = None,
+        owner: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clients = clients
+        self.clock = clock
+        self.policy = policy or RetryPolicy()
+        self.metrics = metrics or ReconcilerMetrics()
+        self.owner = owner or new_owner()
+        self.stopping = asyncio.Event()
+        self._tokens = CallbackTokens(settings.callback_secrets)
+        self._outages = 0
+
+    async def run(self) -> None:
+        """Pass after pass until `stopping` is set; then give back every lease.
+
+        An unreachable database pauses the loop with backoff; it never ends it.
+        """
+        log.info("reconciler_started", owner=self.owner, providers=list(self.clients.names))
+        try:
+            while not self.stopping.is_set():
+                await self._idle(await self._pass_or_pause())
+        finally:
+            await self._release()
+
+    async def _release(self) -> None:
+        try:
+            released = await self.store.release(self.owner)
+        except StorageUnavailable:
+            log.warning("leases_left_to_expire", owner=self.owner)
+            return
+        log.info("reconciler_stopped", owner=self.owner, released=released)
+
+    async def _pass_or_pause(self) -> float:
+        """Run one pass; how long to rest before the next one."""
+        try:
+            report = await self.run_pass()
+        except StorageUnavailable as exc:
+            self._outages += 1
+            pause = self.policy.backoff(self._outages) + self.settings.poll_interval_seconds
+            log.warning("pass_failed", owner=self.owner, error=str(exc), retry_in_s=round(pause, 2))
+            return pause
+        self._outages = 0
+        return 0.0 if report.claimed else self.settings.poll_interval_seconds
+
+    async def _idle(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+    async def run_pass(self) -> PassReport:
+        started = time.perf_counter()
+        providers = [p for p in self.settings.providers.values() if self.clients.get(p.name)]
+        reports = await asyncio.gather(*[self._provider_pass(p) for p in providers])
+        total = PassReport()
+        for report in reports:
+            total.add(report)
+        await self._observe_backlog()
+        elapsed = time.perf_counter() - started
+        self.metrics.pass_seconds.observe(elapsed)
+        if total.claimed:
+            log.info(
+                "pass_finished",
+                owner=self.owner,
+                claimed=total.claimed,
+                polled=total.polled,
+                submitted=total.submitted,
+                recovered=total.recovered,
+                conflicts=total.conflicts,
+                lost=total.lost,
+                errors=total.errors,
+                skipped=total.skipped,
+                ms=round(elapsed * 1000, 1),
+            )
+        return total
+
+    async def _observe_backlog(self) -> None:
+        oldest = await self.store.oldest_open_since()
+        age = (self.clock() - oldest).total_seconds() if oldest else 0.0
+        self.metrics.oldest_open_seconds.set(max(0.0, age))
+
+    async def _provider_pass(self, provider: ProviderSettings) -> PassReport:
+        client = self.clients.get(provider.name)
+        assert client is not None
+        claims = await self.store.claim_due(
+            self.owner, provider.name, self._claim_limit(provider), self.settings.lease_seconds
+        )
+        report = PassReport(claimed=len(claims))
+        if claims:
+            batch = _Batch(self.store, report, self.metrics, provider.name)
+            await asyncio.gather(*[self._reconcile(c, client, provider, batch) for c in claims])
+            await batch.flush()
+        return report
+
+    def _claim_limit(self, provider: ProviderSettings) -> int:
+        """No more than the provider's limits let us finish well within one lease."""
+        within_lease = math.ceil(provider.rate_limit_per_second * self.settings.lease_seconds / 2)
+        return max(1, min(self.settings.reconciler_batch_size, within_lease))
+
+    async def _reconcile(
+        self,
+        claim: dict[str, Any],
+        client: ProviderClient,
+        provider: ProviderSettings,
+        batch: _Batch,
+    ) -> None:
+        if self.stopping.is_set():
+            batch.report.skipped += 1
+            return
+        evidence = await self._evidence(claim, client, provider)
+        await batch.add(claim, evidence)
+
+    async def _evidence(
+        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+    ) -> Evidence:
+        now = self.clock()
+        too_old = now >= claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
+        if too_old and claim["state"] not in REAL_TERMINAL:
+            return Expiry(claim["ref"], now, _lost_reason(provider, claim))
+        if claim["submission"] == SubmissionStatus.PENDING.value:
+            return await self._submit(claim, client, provider)
+        if claim["provider_task_id"] is None:
+            return Poll(
+                claim["ref"],
+                now,
+                self._next_poll(claim, provider, now),
+                error="no provider task id to poll yet",
+            )
+        return await self._poll(claim, client, provider)
+
+    async def _poll(
+        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+    ) -> Poll:
+        try:
+            answer = await client.fetch_status(claim["provider_task_id"])
+        except ProviderError as exc:
+            self.metrics.polls.labels(provider.name, type(exc).__name__).inc()
+            now = self.clock()
+            retry_at = self._capped(claim, provider, now, self._after_error(exc, claim))
+            return Poll(
+                claim["ref"],
+                now,
+                retry_at,
+                http_status=exc.status_code,
+                body=exc.body,
+                error=str(exc),
+            )
+        self.metrics.polls.labels(provider.name, "ok").inc()
+        now = self.clock()
+        return Poll(
+            claim["ref"],
+            now,
+            self._next_poll(claim, provider, now),
+            observation=answer.observation,
+            http_status=answer.http_status,
+            body=answer.body,
+        )
+
+    def _after_error(self, exc: ProviderError, claim: dict[str, Any]) -> float:
+        if isinstance(exc, RateLimited) and exc.retry_after_seconds:
+            return exc.retry_after_seconds
+        attempt = claim["poll_attempts"] + 1
+        if exc.retryable:
+            return self.policy.backoff(attempt) + self.policy.min_poll_delay_seconds
+        # A refusal will not change soon: ask again rarely instead of in a storm.
+        return self.policy.next_poll_delay(attempt + 4, 60.0, MAX_POLL_DELAY_SECONDS)
+
+    def _next_poll(
+        self, claim: dict[str, Any], provider: ProviderSettings, now: datetime
+    ) -> datetime:
+        delay = self.policy.next_poll_delay(
+            claim["poll_attempts"], provider.expected_seconds, MAX_POLL_DELAY_SECONDS
+        )
+        return self._capped(claim, provider, now, delay)
+
+    @staticmethod
+    def _capped(
+        claim: dict[str, Any], provider: ProviderSettings, now: datetime, delay: float
+    ) -> datetime:
+        """`now + delay`, but never past the task's maximum age: expiry must not wait."""
+        deadline: datetime = claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
+        return min(now + timedelta(seconds=delay), max(deadline, now))
+
+    async def _submit(
+        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+    ) -> Submission:
+        url = None
+        if not provider.kind.signs_callbacks:
+            token = self._tokens.make(claim["ref"], provider.name)
+            url = f"{self.settings.public_base_url}/callbacks/{provider.name}/{token}"
+        try:
+            observation = await client.submit(claim["model"], claim["request"] or {}, url)
+        except ProviderError as exc:
+            return self._submit_failed(claim, provider, exc)
+        self.metrics.submits.labels(provider.name, "sent").inc()
+        now = self.clock()
+        first_poll = now + timedelta(seconds=provider.expected_seconds)
+        return Submission(
+            claim["ref"], now, SubmissionStatus.SENT, first_poll, observation=observation
+        )
+
+    def _submit_failed(
+        self, claim: dict[str, Any], provider: ProviderSettings, exc: ProviderError
+    ) -> Submission:
+        now = self.clock()
+        if exc.retryable:
+            status, retry = SubmissionStatus.PENDING, self._after_error(exc, claim)
+        elif exc.status_code is not None and 400 <= exc.status_code < 500:
+            status, retry = SubmissionStatus.REJECTED, None
+        else:
+            status, retry = SubmissionStatus.UNKNOWN, provider.expected_seconds
+        self.metrics.submits.labels(provider.name, status.value).inc()
+        next_poll = now + timedelta(seconds=retry) if retry is not None else None
+        return Submission(claim["ref"], now, status, next_poll, error=str(exc))
+
+
+class _Batch:
+    """Collects a pass's evidence and writes it in small transactions as it comes."""
+
+    def __init__(
+        self, store: LedgerStore, report: PassReport, metrics: ReconcilerMetrics, provider: str
+    ) -> None:
+        self.store = store
+        self.report = report
+        self.metrics = metrics
+        self.provider = provider
+        self._pending: list[tuple[dict[str, Any], Evidence]] = []
+        self._last_flush = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def add(self, claim: dict[str, Any], evidence: Evidence) -> None:
+        self._pending.append((claim, evidence))
+        due = time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS
+        if due or len(self._pending) >= FLUSH_AT_ITEMS:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            pending, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+            if pending:
+                results = await self.store.ingest([evidence for _, evidence in pending])
+                for (claim, evidence), stored in zip(pending, results, strict=True):
+                    self._count(claim, evidence, stored)
+
+    def _count(self, claim: dict[str, Any], evidence: Evidence, stored: Stored) -> None:
+        report = self.report
+        report.outcomes[stored.outcome.value] = report.outcomes.get(stored.outcome.value, 0) + 1
+        if isinstance(evidence, Expiry):
+            report.lost += stored.state is State.LOST
+            self.metrics.lost.labels(self.provider).inc(stored.state is State.LOST)
+            return
+        if isinstance(evidence, Submission):
+            report.submitted += evidence.status is SubmissionStatus.SENT
+            return
+        report.polled += 1
+        report.errors += stored.outcome is Outcome.ERROR
+        if stored.outcome is Outcome.CONFLICT:
+            report.conflicts += 1
+            self.metrics.conflicts.labels(self.provider).inc()
+        if claim["state"] not in TERMINAL and stored.state in REAL_TERMINAL:
+            report.recovered += 1
+            self.metrics.recoveries.labels(self.provider).inc()
+
+
+def _lost_reason(provider: ProviderSettings, claim: dict[str, Any]) -> str:
+    hours = provider.max_age_seconds / 3600
+    if claim["provider_task_id"] is None:
+        return f"no provider task id was ever recorded within {hours:g} h"
+    return f"the provider gave no final state within {hours:g} h"

@@ -1,0 +1,234 @@
+"""`taskledger demo`: the simulator, receiver and reconciler on loopback, with faults on.
+
+Every process runs as it would in production (subprocesses, HTTP between them);
+the demo only submits tasks through the API and reads the ledger at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from schemas.database import create_engine
+from schemas.migrate import upgrade
+from schemas.store import LedgerStore
+
+PROVIDERS = {"openai": "openai", "apidot": "apidot", "evolink": "evolink"}
+FAULTS = {
+    "--drop-rate": "0.3",
+    "--duplicate-rate": "0.1",
+    "--reorder-rate": "0.1",
+    "--bad-signature-rate": "0.05",
+    "--delay-rate": "0.1",
+    "--max-callback-delay-s": "1",
+    "--poll-429-rate": "0.05",
+    "--poll-500-rate": "0.05",
+}
+SETTLE_TIMEOUT_SECONDS = 180
+
+
+def run_demo(tasks: int = 300) -> int:
+    with tempfile.TemporaryDirectory(prefix="taskledger-demo-") as workdir:
+        return asyncio.run(_demo(Path(workdir), tasks))
+
+
+async def _demo(workdir: Path, count: int) -> int:
+    ports = {"sim": _free_port(), "web": _free_port()}
+    env = _environment(workdir, ports)
+    engine = create_engine(env["TASKLEDGER_DATABASE_URL"])
+    await upgrade(engine)
+    store = LedgerStore(engine, _utc_now)
+    print(f"taskledger demo: {count} tasks across {', '.join(PROVIDERS)}, with faults:")
+    print("  " + ", ".join(f"{k.strip('-')}={v}" for k, v in FAULTS.items()))
+    with _processes(env, ports):
+        web = f"http://127.0.0.1:{ports['web']}"
+        async with httpx.AsyncClient(base_url=web, timeout=10) as http:
+            await _wait_ready(http)
+            await _submit(http, env["TASKLEDGER_ADMIN_TOKEN"], count)
+            summary = await _follow(store, count)
+            rejected = _rejections((await http.get("/metrics")).text)
+        truth = await _truth(f"http://127.0.0.1:{ports['sim']}")
+    matches = await _matches(store, truth)
+    await engine.dispose()
+    _report(summary, rejected, matches, count)
+    return 0 if matches == count else 1
+
+
+def _environment(workdir: Path, ports: Mapping[str, int]) -> dict[str, str]:
+    sim = f"http://127.0.0.1:{ports['sim']}"
+    env = {
+        "TASKLEDGER_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+        "TASKLEDGER_PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['web']}",
+        "TASKLEDGER_ADMIN_TOKEN": secrets.token_urlsafe(16),
+        "TASKLEDGER_CALLBACK_SECRETS": secrets.token_urlsafe(16),
+        "TASKLEDGER_PROVIDERS": ",".join(PROVIDERS),
+        "TASKLEDGER_LOG_LEVEL": "warning",
+        "TASKLEDGER_POLL_INTERVAL_SECONDS": "0.2",
+        "PATH": str(Path(sys.executable).parent),
+    }
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    env["TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS"] = secret
+    for name in PROVIDERS:
+        key = f"TASKLEDGER_PROVIDER_{name.upper()}_"
+        env |= {
+            key + "BASE_URL": f"{sim}/{name}",
+            key + "API_KEY": "sk-demo",
+            key + "EXPECTED_SECONDS": "4",
+            key + "RATE_LIMIT": "100",
+            key + "CONCURRENCY": "16",
+        }
+    return env
+
+
+@contextmanager
+def _processes(env: dict[str, str], ports: Mapping[str, int]) -> Iterator[None]:
+    secret = env["TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS"]
+    commands = [
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--port",
+            str(ports["sim"]),
+            "--api-key",
+            "sk-demo",
+            "--webhook-url",
+            f"{env['TASKLEDGER_PUBLIC_BASE_URL']}/webhooks/openai",
+            "--webhook-secret",
+            secret,
+            "--min-duration-s",
+            "1",
+            "--max-duration-s",
+            "8",
+            "--progress-callbacks",
+            "--time-scale",
+            "0.3",
+            "--seed",
+            str(secrets.randbelow(1000)),
+            *[part for flag, value in FAULTS.items() for part in (flag, value)],
+        ],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "receiver.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["web"]),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        [sys.executable, "-m", "reconciler"],
+    ]
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in commands]  # noqa: S603
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def _wait_ready(http: httpx.AsyncClient) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if (await http.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit("taskledger demo: the receiver did not become ready")
+
+
+async def _submit(http: httpx.AsyncClient, token: str, count: int) -> None:
+    names = list(PROVIDERS)
+    headers = {"authorization": f"Bearer {token}"}
+
+    async def one(i: int) -> None:
+        body = {
+            "provider": names[i % len(names)],
+            "owner": "demo",
+            "model": "sora-2",
+            "submit": True,
+            "request": {"prompt": f"demo clip {i}", "duration": 4},
+        }
+        answer = await http.post("/v1/tasks", json=body, headers=headers)
+        answer.raise_for_status()
+
+    for start in range(0, count, 50):
+        await asyncio.gather(*[one(i) for i in range(start, min(count, start + 50))])
+    print(f"submitted {count} tasks through POST /v1/tasks (submit: true)")
+
+
+async def _follow(store: LedgerStore, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + SETTLE_TIMEOUT_SECONDS
+    while True:
+        summary = await store.summary()
+        settled = summary["tasks"] - summary["open"]
+        states = ", ".join(f"{k} {v}" for k, v in sorted(summary["by_state"].items()))
+        print(f"\r  settled {settled:>4}/{count}  [{states}]".ljust(100), end="", flush=True)
+        if settled >= count or time.monotonic() > deadline:
+            print()
+            return summary
+        await asyncio.sleep(1)
+
+
+async def _truth(sim: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=sim) as http:
+        tasks = (await http.get("/_sim/truth")).json()["tasks"]
+    return {t["task_id"]: t["normalized"] for t in tasks}
+
+
+async def _matches(store: LedgerStore, truth: Mapping[str, str]) -> int:
+    rows = await store.final_states()
+    return sum(1 for task_id, state in rows if truth.get(task_id or "") == state)
+
+
+def _rejections(metrics: str) -> int:
+    total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("taskledger_rejections_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def _report(summary: dict[str, Any], rejected: int, matches: int, count: int) -> None:
+    print("\nreport")
+    for state, n in sorted(summary["by_state"].items()):
+        print(f"  {state:<28}{n:>6}")
+    print(f"  {'recovered only by polling':<28}{summary['recovered_by_poll']:>6}")
+    print(f"  {'duplicate deliveries absorbed':<28}{summary['duplicates']:>6}")
+    print(f"  {'forged or bad callbacks refused':<28}{rejected:>6}")
+    print(f"  {'conflicts resolved':<28}{summary['conflicts']:>6}")
+    print(f"  {'match the provider truth':<28}{matches:>6} of {count}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,164 @@
+"""The whole system against the simulator: the ledger converges on the providers' truth."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from schemas.states import RANK, State
+from simulator import Faults, Lifecycle, SimConfig
+from tests.support.senders import apidot_body
+from tests.support.system import running_system
+
+FAST = Lifecycle(min_duration_s=0.3, max_duration_s=1.5, progress_callbacks=True)
+HOSTILE = Faults(
+    drop_rate=0.3,
+    duplicate_rate=0.1,
+    reorder_rate=0.1,
+    bad_signature_rate=0.05,
+    delay_rate=0.1,
+    max_callback_delay_s=0.5,
+    poll_429_rate=0.025,
+    poll_500_rate=0.025,
+)
+JSON = {"content-type": "application/json"}
+
+
+def assert_forward_only(transitions: dict[str, list[dict[str, Any]]]) -> int:
+    """Every task's transitions climb the lattice, each state at most once; returns the count."""
+    total = 0
+    for ref, steps in transitions.items():
+        states = [State(step["to_state"]) for step in steps]
+        assert len(states) == len(set(states)), (ref, states)
+        ranks = [RANK[s] for s in states]
+        assert ranks == sorted(ranks), (ref, states)
+        total += len(steps)
+    return total
+
+
+async def test_thousand_tasks_with_hostile_faults_end_in_the_simulators_truth(
+    database_url: str,
+) -> None:
+    config = SimConfig(seed=7, time_scale=0.05, lifecycle=FAST, faults=HOSTILE)
+    async with running_system(database_url, config) as system:
+        refs = []
+        for provider in ("openai", "apidot", "evolink"):
+            refs += await system.submit(provider, 334 if provider == "openai" else 333)
+        tasks = await system.settle(len(refs), within_seconds=150)
+        truth = await system.truth()
+        transitions = await system.transitions()
+        stats = await system.stats()
+    assert len(tasks) == 1000
+    mismatches = [
+        (t["ref"], t["state"], truth.get(t["provider_task_id"]))
+        for t in tasks
+        if t["state"] != truth.get(t["provider_task_id"]) or not t["confirmed"]
+    ]
+    assert mismatches == []
+    moves = assert_forward_only(transitions)
+    print(
+        f"\n1000 tasks: {Counter(t['state'] for t in tasks)}, {moves} transitions, "
+        f"{system.unavailable} registrations retried after 503, "
+        f"callbacks {stats['callbacks']}, polls {stats['polls']}"
+    )
+
+
+async def test_two_reconcilers_never_poll_one_task_at_once_and_survive_a_crash(
+    database_url: str,
+) -> None:
+    config = SimConfig(
+        seed=3,
+        time_scale=0.05,
+        lifecycle=FAST,
+        faults=Faults(drop_rate=1.0, poll_slow_rate=0.2, slow_poll_s=0.2),
+    )
+    async with running_system(database_url, config, reconcilers=2) as system:
+        refs = await system.submit("apidot", 150)
+        await asyncio.sleep(1.5)
+        _, crashed = system.reconcilers.pop(0)
+        crashed.cancel()  # dies mid-pass: its leases are never given back
+        tasks = await system.settle(len(refs), within_seconds=60)
+        stats = await system.stats()
+        truth = await system.truth()
+    assert all(t["state"] == truth[t["provider_task_id"]] for t in tasks)
+    assert max(stats["max_in_flight_per_task"].values()) == 1
+
+
+async def test_polls_never_exceed_the_providers_rate_limit(database_url: str) -> None:
+    config = SimConfig(seed=5, time_scale=0.05, lifecycle=FAST, faults=Faults(drop_rate=1.0))
+    async with running_system(database_url, config, rate_limit_per_second=8.0) as system:
+        refs = await system.submit("evolink", 40)
+        await system.settle(len(refs), within_seconds=60)
+        stats = await system.stats()
+    assert stats["polls_by_format"]["evolink"] >= 40
+    assert stats["max_polls_in_1s"]["evolink"] <= 8
+
+
+async def test_forged_callback_contradicting_the_provider_ends_in_the_providers_favour(
+    database_url: str,
+) -> None:
+    config = SimConfig(
+        seed=11,
+        time_scale=0.05,
+        lifecycle=Lifecycle(
+            min_duration_s=0.3,
+            max_duration_s=0.5,
+            succeeded_weight=1.0,
+            failed_weight=0.0,
+            cancelled_weight=0.0,
+        ),
+        faults=Faults(drop_rate=1.0),
+    )
+    async with running_system(database_url, config) as system:
+        [ref] = await system.submit("apidot", 1)
+        task = await _wait_for_task_id(system.service, ref)
+        forged = apidot_body(task["provider_task_id"], "failed")
+        answer = await system.service.http.post(
+            httpx.URL(task["callback_url"]).path, content=forged, headers=JSON
+        )
+        assert answer.status_code == 200
+        await system.settle(1, within_seconds=30)
+        shown = await system.service.task(ref)
+    assert (shown["state"], shown["conflict"], shown["confirmed"]) == ("succeeded", True, True)
+    sources = [(t["to_state"], t["source"]) for t in shown["timeline"]["transitions"]]
+    assert sources[-2:] == [("failed", "webhook"), ("succeeded", "poll")]
+
+
+async def test_unsigned_terminal_callback_is_confirmed_by_a_poll(database_url: str) -> None:
+    config = SimConfig(
+        seed=13, time_scale=0.05, lifecycle=Lifecycle(min_duration_s=0.2, max_duration_s=0.3)
+    )
+    async with running_system(database_url, config, expected_seconds=30.0) as system:
+        [ref] = await system.submit("evolink", 1)
+        await system.settle(1, within_seconds=30)
+        shown = await system.service.task(ref)
+    deliveries = shown["timeline"]["deliveries"]
+    polls = [p for p in shown["timeline"]["polls"] if p["outcome"] == "confirmed"]
+    assert shown["confirmed"] is True
+    assert deliveries
+    assert polls
+    assert polls[0]["observed_at"] > deliveries[0]["received_at"]
+
+
+async def test_task_whose_provider_never_answers_becomes_lost_with_a_reason(
+    database_url: str,
+) -> None:
+    config = SimConfig(seed=17, time_scale=0.05)
+    async with running_system(database_url, config, max_age_seconds=2.0) as system:
+        task = await system.service.register("apidot", provider_task_id="task-never-heard-of")
+        await system.settle(1, within_seconds=30)
+        shown = await system.service.task(task["ref"])
+    assert shown["state"] == "lost"
+    assert "no final state" in shown["result"]["lost_reason"]
+
+
+async def _wait_for_task_id(service: Any, ref: str) -> dict[str, Any]:
+    async with asyncio.timeout(20):
+        while True:
+            task: dict[str, Any] = await service.task(ref)
+            if task["provider_task_id"]:
+                return task
+            await asyncio.sleep(0.1)

@@ -1,0 +1,133 @@
+"""The per-provider limiter: sliding-window rate, concurrency cap and 429 pauses, on fake time."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+
+import pytest
+
+from reconciler.limits import RateLimiter
+from schemas.settings import ProviderSettings
+from schemas.wire import WireFormat
+from tests.support.fake_time import FakeTime
+
+
+def limiter(time: FakeTime, rate: float, concurrency: int = 100) -> RateLimiter:
+    return RateLimiter(rate, concurrency, clock=time.clock, sleep=time.sleep)
+
+
+async def start_times(limiter: RateLimiter, time: FakeTime, callers: int) -> list[float]:
+    """When each of `callers` concurrent callers got its slot."""
+    starts: list[float] = []
+
+    async def call() -> None:
+        async with limiter.slot():
+            starts.append(time.clock())
+
+    await asyncio.gather(*(call() for _ in range(callers)))
+    return sorted(starts)
+
+
+def most_in_any_window(starts: list[float], seconds: float) -> int:
+    return max(sum(1 for s in starts if first <= s < first + seconds) for first in starts)
+
+
+@pytest.mark.parametrize("rate", [1, 3, 5, 2.5, 0.5, 0.2], ids=lambda r: f"{r}rps")
+async def test_no_one_second_window_sees_more_than_the_rate(rate: float) -> None:
+    time = FakeTime()
+    starts = await start_times(limiter(time, rate), time, callers=25)
+    assert most_in_any_window(starts, 1.0) <= max(1, math.floor(rate))
+
+
+async def test_fractional_rate_below_one_spaces_starts_by_its_period() -> None:
+    time = FakeTime()
+    starts = await start_times(limiter(time, 0.5), time, callers=4)
+    assert all(later - earlier >= 2.0 for earlier, later in itertools.pairwise(starts))
+
+
+async def test_a_full_window_starts_without_waiting() -> None:
+    time = FakeTime()
+    await start_times(limiter(time, 3), time, callers=3)
+    assert time.sleeps == []
+
+
+async def test_waiting_callers_start_as_soon_as_the_window_allows() -> None:
+    time = FakeTime()
+    starts = await start_times(limiter(time, 3), time, callers=9)
+    assert starts[-1] - starts[0] < 2.2
+
+
+async def test_concurrent_requests_never_exceed_the_concurrency_cap() -> None:
+    gate = limiter(FakeTime(), rate=1000, concurrency=2)
+    in_flight, most, done = 0, 0, 0
+
+    async def call() -> None:
+        nonlocal in_flight, most, done
+        async with gate.slot():
+            in_flight += 1
+            most = max(most, in_flight)
+            for _ in range(5):
+                await asyncio.sleep(0)
+            in_flight -= 1
+            done += 1
+
+    await asyncio.gather(*(call() for _ in range(7)))
+    assert (most, done) == (2, 7)
+
+
+async def test_a_failing_request_gives_its_concurrency_slot_back() -> None:
+    gate = limiter(FakeTime(), rate=1000, concurrency=1)
+    with pytest.raises(RuntimeError):
+        async with gate.slot():
+            raise RuntimeError("request failed")
+    async with asyncio.timeout(1), gate.slot():
+        pass
+
+
+async def test_pause_holds_the_next_start_until_it_ends() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=1000)
+    gate.pause(7)
+    starts = await start_times(gate, time, callers=1)
+    assert starts == [pytest.approx(1007.0)]
+
+
+async def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=1000)
+    gate.pause(10)
+    gate.pause(2)
+    assert gate.paused_until == 1010.0
+
+
+async def test_pause_starting_while_a_caller_waits_for_the_window_holds_it_too() -> None:
+    time = FakeTime()
+
+    async def sleep_and_get_paused(seconds: float) -> None:
+        if not time.sleeps:
+            gate.pause(30)
+        await time.sleep(seconds)
+
+    gate = RateLimiter(1, 10, clock=time.clock, sleep=sleep_and_get_paused)
+    starts = await start_times(gate, time, callers=2)
+    assert starts[1] >= 1030.0
+
+
+def test_limiter_for_provider_takes_its_rate_and_concurrency() -> None:
+    settings = ProviderSettings(
+        "apidot", WireFormat.APIDOT, rate_limit_per_second=2.5, concurrency=3
+    )
+    gate = RateLimiter.for_provider(settings)
+    assert (gate.limit, gate.concurrency) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("rate", "concurrency"),
+    [(0, 1), (-1, 1), (math.inf, 1), (math.nan, 1), (1, 0)],
+    ids=["zero-rate", "negative-rate", "infinite-rate", "nan-rate", "zero-concurrency"],
+)
+def test_limiter_refuses_limits_that_cannot_be_kept(rate: float, concurrency: int) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        RateLimiter(rate, concurrency)

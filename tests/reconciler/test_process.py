@@ -1,0 +1,90 @@
+"""`python -m reconciler` as a process: SIGTERM finishes in-flight polls and gives leases back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from schemas.database import create_engine
+from schemas.migrate import upgrade
+from schemas.store import LedgerStore, NewTask
+from schemas.tables import TASK
+from simulator import Faults, Lifecycle, SimConfig, create_app
+from tests.support.servers import serve
+from tests.support.system import utc_now
+
+SLOW = SimConfig(
+    api_key="sk-test",
+    lifecycle=Lifecycle(min_duration_s=60, max_duration_s=90),
+    faults=Faults(poll_slow_rate=1.0, slow_poll_s=1.0),
+)
+
+
+async def test_sigterm_finishes_in_flight_polls_releases_leases_and_exits_zero(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engine = create_engine(url)
+    await upgrade(engine)
+    async with serve(create_app(SLOW)) as sim_url, httpx.AsyncClient(base_url=sim_url) as http:
+        await _register_running_tasks(LedgerStore(engine, utc_now), http, 12)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "reconciler",
+            env=_environ(url, sim_url),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await _wait_for_polls_in_flight(http)
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    async with engine.connect() as conn:
+        leased = await conn.scalar(sa.select(sa.func.count()).where(TASK.c.lease_owner.isnot(None)))
+        polled = await conn.scalar(sa.select(sa.func.count()).where(TASK.c.poll_attempts > 0))
+    await engine.dispose()
+    assert process.returncode == 0, output.decode()
+    assert b"reconciler_stopped" in output
+    assert leased == 0
+    assert polled is not None
+    assert polled >= 1
+
+
+async def _register_running_tasks(store: LedgerStore, http: httpx.AsyncClient, n: int) -> None:
+    for _ in range(n):
+        answer = await http.post(
+            "/apidot/api/generate/submit",
+            headers={"authorization": "Bearer sk-test"},
+            json={"model": "sora-2-official", "input": {"prompt": "x", "duration": 4}},
+        )
+        task_id = answer.json()["data"]["task_id"]
+        await store.register(
+            NewTask(provider="apidot", provider_task_id=task_id, expected_seconds=0.001)
+        )
+
+
+async def _wait_for_polls_in_flight(http: httpx.AsyncClient) -> None:
+    async with asyncio.timeout(20):
+        while (await http.get("/_sim/stats")).json()["in_flight"] == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def _environ(url: str, sim_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TASKLEDGER_DATABASE_URL": url,
+        "TASKLEDGER_ADMIN_TOKEN": "t",
+        "TASKLEDGER_CALLBACK_SECRETS": "s",
+        "TASKLEDGER_PROVIDERS": "apidot",
+        "TASKLEDGER_PROVIDER_APIDOT_BASE_URL": f"{sim_url}/apidot",
+        "TASKLEDGER_PROVIDER_APIDOT_API_KEY": "sk-test",
+        "TASKLEDGER_PROVIDER_APIDOT_RATE_LIMIT": "100",
+        "TASKLEDGER_PROVIDER_APIDOT_CONCURRENCY": "4",
+        "TASKLEDGER_LOG_JSON": "true",
+    }
