@@ -133,7 +133,7 @@ class Reconciler:
 
     async def run_pass(self) -> PassReport:
         started = time.perf_counter()
-        providers = [p for p in self.settings.providers.values() if self.clients.get(p.name)]
+        providers = list(self.settings.providers.values())
         reports = await asyncio.gather(*[self._provider_pass(p) for p in providers])
         total = PassReport()
         for report in reports:
@@ -164,7 +164,6 @@ class Reconciler:
 
     async def _provider_pass(self, provider: ProviderSettings) -> PassReport:
         client = self.clients.get(provider.name)
-        assert client is not None
         claims = await self.store.claim_due(
             self.owner, provider.name, self._claim_limit(provider), self.settings.lease_seconds
         )
@@ -183,7 +182,7 @@ class Reconciler:
     async def _reconcile(
         self,
         claim: dict[str, Any],
-        client: ProviderClient,
+        client: ProviderClient | None,
         provider: ProviderSettings,
         batch: _Batch,
     ) -> None:
@@ -194,12 +193,16 @@ class Reconciler:
         await batch.add(claim, evidence)
 
     async def _evidence(
-        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+        self, claim: dict[str, Any], client: ProviderClient | None, provider: ProviderSettings
     ) -> Evidence:
         now = self.clock()
         too_old = now >= claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
         if too_old and claim["state"] not in REAL_TERMINAL:
             return Expiry(claim["ref"], now, _lost_reason(provider, claim))
+        if client is None:
+            # Without a base URL only the callbacks and expiry can settle the task.
+            deadline = self._capped(claim, provider, now, provider.max_age_seconds)
+            return Poll(claim["ref"], now, deadline, error="no base URL configured to poll")
         if claim["submission"] == SubmissionStatus.PENDING.value:
             return await self._submit(claim, client, provider)
         if claim["provider_task_id"] is None:

@@ -11,11 +11,16 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+from reconciler.clients import ProviderClients
+from reconciler.process import Reconciler
 from schemas.database import create_engine
 from schemas.migrate import upgrade
+from schemas.settings import ProviderSettings, Settings
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import TASK
+from schemas.wire import WireFormat
 from simulator import Faults, Lifecycle, SimConfig, create_app
+from tests.conftest import FakeClock
 from tests.support.servers import serve
 from tests.support.system import utc_now
 
@@ -88,3 +93,22 @@ def _environ(url: str, sim_url: str) -> dict[str, str]:
         "TASKLEDGER_PROVIDER_APIDOT_CONCURRENCY": "4",
         "TASKLEDGER_LOG_JSON": "true",
     }
+
+
+async def test_task_of_a_provider_without_base_url_still_expires_to_lost(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    provider = ProviderSettings("apidot", WireFormat.APIDOT, expected_seconds=1, max_age_seconds=60)
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"apidot": provider})
+    row = await store.register(
+        NewTask(provider="apidot", provider_task_id="t-1", expected_seconds=1)
+    )
+    async with ProviderClients.open(settings.providers.values()) as clients:
+        reconciler = Reconciler(settings, store, clients, clock=clock)
+        clock.advance(2)
+        first = await reconciler.run_pass()
+        clock.advance(60)
+        second = await reconciler.run_pass()
+    task = await store.get(row["ref"])
+    assert task is not None
+    assert (first.lost, second.lost, task["state"]) == (0, 1, "lost")
