@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver import admin, health
+from receiver import admin, health, openapi, queries
 from receiver.callbacks import Inbox, receive_callback, receive_webhook
 from receiver.errors import Overloaded, ReceiverError
 from receiver.metrics import ReceiverMetrics
@@ -49,14 +49,17 @@ def create_app(
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         )
         store = LedgerStore(engine, clock)
+        changes = queries.ChangeSignal()
         writer = GroupCommitWriter(
             store.ingest,
             queue_size=settings.writer_queue_size,
             batch_size=settings.writer_batch_size,
             on_batch=metrics.batch_size.observe,
+            on_commit=changes.notify,
         )
         await writer.start()
         app.state.store = store
+        app.state.changes = changes
         app.state.inbox = Inbox.build(settings, writer, metrics, clock)
         gc.freeze()  # start-up objects live forever: keep them out of every collection
         log.info("receiver_started", providers=sorted(settings.providers))
@@ -77,6 +80,7 @@ def create_app(
         },
     )
     app.state.settings = settings
+    app.state.openapi = openapi.document()
     app.state.metrics = metrics
     return app
 
@@ -86,11 +90,16 @@ def routes() -> list[Route]:
         Route("/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
         Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
         Route("/v1/tasks", admin.create_task, methods=["POST"]),
+        Route("/v1/tasks", queries.list_tasks, methods=["GET"]),
+        Route("/v1/changes", queries.changes, methods=["GET"]),
+        Route("/v1/audit", queries.audit, methods=["GET"]),
+        Route("/v1/export", queries.export, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.show_task, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.attach_task_id, methods=["PATCH"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
     ]
 
 

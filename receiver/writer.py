@@ -31,11 +31,13 @@ class GroupCommitWriter:
         queue_size: int = 4096,
         batch_size: int = 256,
         on_batch: BatchObserver | None = None,
+        on_commit: BatchObserver | None = None,
     ) -> None:
         self._ingest = ingest
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._on_batch = on_batch or (lambda _size: None)
+        self._on_commit = on_commit or (lambda _size: None)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -91,6 +93,7 @@ class GroupCommitWriter:
                 exc_info=not expected,
             )
             return
+        self._on_commit(len(batch))
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

@@ -21,7 +21,16 @@ from schemas.ledger import (
     report_of,
     settled,
 )
-from schemas.states import TERMINAL, Outcome, Report, Snapshot, Source, State, merge
+from schemas.states import (
+    REAL_TERMINAL,
+    TERMINAL,
+    Outcome,
+    Report,
+    Snapshot,
+    Source,
+    State,
+    merge,
+)
 
 BODY_KEEP_CHARS = 4_000
 KEY_LABEL = tuple[str, str]
@@ -255,6 +264,8 @@ class Fold:
         if after.state is not before.state:
             if after.state in TERMINAL:
                 work.row["terminal_at"] = self.now
+            if source is Source.POLL and _first_real_end(before, after):
+                work.row["recovered"] = True
             self.writes.transitions.append(
                 Transition(
                     work.ref,
@@ -286,3 +297,7 @@ class Fold:
                 work.row["next_poll_at"] = self.now
             elif settled(work.snapshot) or work.snapshot.state is State.LOST:
                 work.row["next_poll_at"] = None
+
+
+def _first_real_end(before: Snapshot, after: Snapshot) -> bool:
+    return after.state in REAL_TERMINAL and before.state not in REAL_TERMINAL

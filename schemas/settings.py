@@ -34,6 +34,7 @@ class ProviderSettings:
     max_age_seconds: float = 86_400.0
     rate_limit_per_second: float = 5.0
     concurrency: int = 8
+    price_per_second: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,7 @@ def _provider(env: _Env, name: str) -> ProviderSettings:
         max_age_seconds=env.number(key + "MAX_AGE_SECONDS", 86_400.0),
         rate_limit_per_second=env.number(key + "RATE_LIMIT", 5.0),
         concurrency=int(env.number(key + "CONCURRENCY", 8)),
+        price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
     )
 
 

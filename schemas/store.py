@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,16 +19,18 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.database import READ_ONLY
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Auth, Delivery, Evidence, Stored, SubmissionStatus
-from schemas.states import REAL_TERMINAL, Snapshot, Source, State
+from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
 
 Clock = Callable[[], datetime]
 INGEST_ATTEMPTS = 3
+FEED_LOCK_KEY = 0x7A5C_1ED6  # "taskledger" change feed, for pg_advisory_xact_lock
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -117,6 +119,8 @@ class LedgerStore:
     def _flush(
         self, conn: sa.Connection, writes: Writes, tasks: list[TaskWork], now: datetime
     ) -> None:
+        if writes.transitions:
+            self._order_transitions(conn)
         _insert_returning_ids(conn, DELIVERY, writes.deliveries)
         _insert_returning_ids(conn, OBSERVATION, writes.observations)
         if writes.duplicates:
@@ -145,6 +149,18 @@ class LedgerStore:
                 ],
             )
 
+    def _order_transitions(self, conn: sa.Connection) -> None:
+        """Make `seq` order commit order, so a change feed reader never skips a late commit.
+
+        PostgreSQL hands out sequence numbers at insert time, not at commit: without this,
+        seq 11 could become visible before seq 10, and a reader at `after=11` would never
+        see 10. Transactions that append transitions take this lock before writing anything
+        (no lock-order cycle with row or unique-key waits) and hold it to commit. SQLite
+        already runs one writer at a time.
+        """
+        if self._lock_rows:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+
     # -- registration ----------------------------------------------------------
 
     async def register(self, new: NewTask) -> dict[str, Any]:
@@ -153,6 +169,7 @@ class LedgerStore:
         row = new_task_row(new, now)
         try:
             async with self._write() as conn:
+                await conn.run_sync(self._order_transitions)
                 await conn.execute(TASK.insert().values(row))
                 await conn.execute(
                     TRANSITION.insert().values(
@@ -360,6 +377,105 @@ class LedgerStore:
             "recovered_by_poll": int(recovered or 0),
         }
 
+    async def list_tasks(
+        self, where: TaskFilter, limit: int, after: tuple[datetime, str] | None = None
+    ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+        """One page of tasks, newest first (oldest first for `stuck`), keyset-paginated."""
+        query = sa.select(TASK).where(*_task_conditions(where)).limit(limit + 1)
+        key = (TASK.c.created_at, TASK.c.ref)
+        if where.stuck:
+            query = query.order_by(*key)
+            if after:
+                query = query.where(sa.tuple_(*key) > after)
+        else:
+            query = query.order_by(*(column.desc() for column in key))
+            if after:
+                query = query.where(sa.tuple_(*key) < after)
+        async with self._read() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, ((rows[-1]["created_at"], rows[-1]["ref"]) if more else None)
+
+    async def changes(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Transitions after `after` in seq order, each with its task's current state."""
+        query = (
+            sa.select(
+                TRANSITION,
+                TASK.c.provider,
+                TASK.c.provider_task_id,
+                TASK.c.state.label("task_state"),
+                TASK.c.result,
+            )
+            .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
+            .where(TRANSITION.c.seq > after)
+            .order_by(TRANSITION.c.seq)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def pages(
+        self, where: TaskFilter, page_size: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Every task matching `where`, oldest first, a page (one short query) at a time."""
+        after: tuple[datetime, str] | None = None
+        key = (TASK.c.created_at, TASK.c.ref)
+        while True:
+            query = sa.select(TASK).where(*_task_conditions(where)).order_by(*key).limit(page_size)
+            if after:
+                query = query.where(sa.tuple_(*key) > after)
+            async with self._read() as conn:
+                rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+            if not rows:
+                return
+            yield rows
+            after = (rows[-1]["created_at"], rows[-1]["ref"])
+
+    async def audit(
+        self, since: datetime | None, until: datetime | None, prices: Mapping[str, float | None]
+    ) -> dict[str, Any]:
+        """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost."""
+        where = TaskFilter(since=since, until=until)
+        audits: dict[str, ProviderAudit] = {}
+        buckets: list[dict[str, Any]] = []
+        async for rows in self.pages(where):
+            for row in rows:
+                audits.setdefault(row["provider"], ProviderAudit(row["provider"])).add(row)
+            buckets += hour_buckets(rows)
+        for provider, duplicates, unmatched in await self._delivery_counts(since, until):
+            audit = audits.setdefault(provider, ProviderAudit(provider))
+            audit.duplicates, audit.unmatched = duplicates, unmatched
+        ordered = [audits[name] for name in sorted(audits)]
+        return {
+            "since": since.isoformat() if since else None,
+            "until": until.isoformat() if until else None,
+            "providers": [a.summary(prices.get(a.provider)) for a in ordered],
+            "buckets": _merge_buckets(buckets),
+            "time_to_terminal_histogram": histogram(ordered),
+        }
+
+    async def _delivery_counts(
+        self, since: datetime | None, until: datetime | None
+    ) -> list[tuple[str, int, int]]:
+        """(provider, duplicate deliveries, unmatched deliveries) received in the window."""
+        window = []
+        if since:
+            window.append(DELIVERY.c.received_at >= since)
+        if until:
+            window.append(DELIVERY.c.received_at < until)
+        query = (
+            sa.select(
+                DELIVERY.c.provider,
+                sa.func.coalesce(sa.func.sum(DELIVERY.c.duplicate_count), 0),
+                sa.func.count().filter(DELIVERY.c.task_ref.is_(None)),
+            )
+            .where(*window)
+            .group_by(DELIVERY.c.provider)
+        )
+        async with self._read() as conn:
+            return [(p, int(d), int(u)) for p, d, u in await conn.execute(query)]
+
     async def final_states(self) -> list[tuple[str | None, str]]:
         """(provider task id, state) of every task: for audits against a provider's records."""
         async with self._read() as conn:
@@ -463,6 +579,7 @@ _TASK_FIELDS = (
     "authority",
     "confirmed",
     "conflict",
+    "recovered",
     "version",
     "updated_at",
     "last_event_at",
@@ -486,6 +603,51 @@ _COUNT_DUPLICATE = (
         last_seen_at=sa.bindparam("k_now"),
     )
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    state: str | None = None
+    provider: str | None = None
+    owner: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    conflict: bool | None = None
+    recovered: bool | None = None
+    stuck: bool = False
+
+
+def _task_conditions(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    for column, value in (
+        (TASK.c.state, where.state),
+        (TASK.c.provider, where.provider),
+        (TASK.c.owner, where.owner),
+        (TASK.c.conflict, where.conflict),
+        (TASK.c.recovered, where.recovered),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.since:
+        conditions.append(TASK.c.created_at >= where.since)
+    if where.until:
+        conditions.append(TASK.c.created_at < where.until)
+    if where.stuck:
+        conditions.append(TASK.c.state.not_in([s.value for s in TERMINAL]))
+    return conditions
+
+
+def _merge_buckets(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pages may split one hour's counts; add them back together."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for bucket in buckets:
+        key = (bucket["start"], bucket["provider"])
+        if key in merged:
+            for outcome in ("succeeded", "failed", "cancelled", "lost"):
+                merged[key][outcome] += bucket[outcome]
+        else:
+            merged[key] = dict(bucket)
+    return [merged[key] for key in sorted(merged)]
 
 
 def _due_query(provider: str, now: datetime, limit: int) -> sa.Select[Any]:
@@ -533,6 +695,7 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "authority": Snapshot().authority,
         "confirmed": True,
         "conflict": False,
+        "recovered": False,
         "version": 1,
         "created_at": now,
         "updated_at": now,

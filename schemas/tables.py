@@ -69,6 +69,8 @@ class TaskRow(SQLModel, table=True):
     authority: int = 0
     confirmed: bool = True
     conflict: bool = False
+    # The first real final state came from a poll: the callback was missed (or late).
+    recovered: bool = False
     version: int = 1
     created_at: datetime = _when()
     updated_at: datetime = _when()

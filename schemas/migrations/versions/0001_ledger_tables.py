@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("authority", sa.Integer(), nullable=False),
         sa.Column("confirmed", sa.Boolean(), nullable=False),
         sa.Column("conflict", sa.Boolean(), nullable=False),
+        sa.Column("recovered", sa.Boolean(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),

@@ -1,0 +1,233 @@
+"""The read side of the admin API: task lists, the change feed, the audit and exports."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from receiver.admin import require_admin, task_json
+from receiver.errors import Unprocessable
+from schemas.settings import Settings
+from schemas.store import LedgerStore, TaskFilter
+
+MAX_PAGE = 500
+MAX_WAIT_SECONDS = 30.0
+FEED_RECHECK_SECONDS = 0.5
+EXPORT_COLUMNS = (
+    "ref",
+    "provider",
+    "provider_task_id",
+    "owner",
+    "model",
+    "state",
+    "progress",
+    "state_source",
+    "confirmed",
+    "conflict",
+    "recovered",
+    "created_at",
+    "terminal_at",
+    "result_urls",
+    "error_code",
+    "error_message",
+)
+
+
+class ChangeSignal:
+    """Wakes long-polling feed readers when this process commits; others are polled."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self, *_args: object) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+
+
+async def list_tasks(request: Request) -> Response:
+    require_admin(request)
+    params = request.query_params
+    where = task_filter(params)
+    limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
+    store: LedgerStore = request.app.state.store
+    rows, after = await store.list_tasks(where, limit, _cursor(params.get("cursor")))
+    return JSONResponse(
+        {"tasks": [task_json(row) for row in rows], "next_cursor": _encode_cursor(after)}
+    )
+
+
+async def changes(request: Request) -> Response:
+    require_admin(request)
+    params = request.query_params
+    after = _integer(params.get("after"), "after", 0, 0, 2**62)
+    limit = _integer(params.get("limit"), "limit", 100, 1, MAX_PAGE)
+    wait = _number(params.get("wait"), "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
+    store: LedgerStore = request.app.state.store
+    signal: ChangeSignal = request.app.state.changes
+    deadline = asyncio.get_running_loop().time() + wait
+    rows = await store.changes(after, limit)
+    while not rows and (left := deadline - asyncio.get_running_loop().time()) > 0:
+        await signal.wait(min(left, FEED_RECHECK_SECONDS))
+        rows = await store.changes(after, limit)
+    last = rows[-1]["seq"] if rows else after
+    return JSONResponse({"changes": [_change_json(r) for r in rows], "last_seq": last})
+
+
+async def audit(request: Request) -> Response:
+    require_admin(request)
+    params = request.query_params
+    settings: Settings = request.app.state.settings
+    prices = {name: p.price_per_second for name, p in settings.providers.items()}
+    store: LedgerStore = request.app.state.store
+    summary = await store.audit(
+        _when(params.get("since"), "since"), _when(params.get("until"), "until"), prices
+    )
+    return JSONResponse(summary)
+
+
+async def export(request: Request) -> Response:
+    require_admin(request)
+    params = request.query_params
+    kind = params.get("format", "jsonl")
+    if kind not in ("jsonl", "csv"):
+        raise Unprocessable("format must be jsonl or csv")
+    store: LedgerStore = request.app.state.store
+    pages = store.pages(task_filter(params))
+    body = _jsonl(pages) if kind == "jsonl" else _csv(pages)
+    media = "application/x-ndjson" if kind == "jsonl" else "text/csv; charset=utf-8"
+    return StreamingResponse(body, media_type=media)
+
+
+async def _jsonl(pages: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    async for rows in pages:
+        yield b"".join(orjson.dumps(export_row(row)) + b"\n" for row in rows)
+
+
+async def _csv(pages: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    yield (",".join(EXPORT_COLUMNS) + "\r\n").encode()
+    async for rows in pages:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, EXPORT_COLUMNS, extrasaction="ignore")
+        for row in rows:
+            writer.writerow({k: _cell(v) for k, v in export_row(row).items()})
+        yield buffer.getvalue().encode()
+
+
+def export_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A task's outcome, flat: what an export consumer needs, nothing secret."""
+    result = row["result"] or {}
+    error = result.get("error") or {}
+    return {
+        **{k: row[k] for k in EXPORT_COLUMNS if k in row},
+        "created_at": row["created_at"].isoformat(),
+        "terminal_at": row["terminal_at"].isoformat() if row["terminal_at"] else None,
+        "result_urls": result.get("urls", []),
+        "error_code": error.get("code"),
+        "error_message": error.get("message"),
+    }
+
+
+def _cell(value: Any) -> Any:
+    return " ".join(value) if isinstance(value, list) else value
+
+
+def task_filter(params: Any) -> TaskFilter:
+    return TaskFilter(
+        state=params.get("state") or None,
+        provider=params.get("provider") or None,
+        owner=params.get("owner") or None,
+        since=_when(params.get("since"), "since"),
+        until=_when(params.get("until"), "until"),
+        conflict=_flag(params.get("conflict"), "conflict"),
+        recovered=_flag(params.get("recovered"), "recovered"),
+        stuck=bool(_flag(params.get("stuck"), "stuck")),
+    )
+
+
+def _change_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": row["seq"],
+        "task_ref": row["task_ref"],
+        "from_state": row["from_state"],
+        "to_state": row["to_state"],
+        "source": row["source"],
+        "source_id": row["source_id"],
+        "at": row["at"].isoformat(),
+        "task": {
+            "provider": row["provider"],
+            "provider_task_id": row["provider_task_id"],
+            "state": row["task_state"],
+            "result": row["result"],
+        },
+    }
+
+
+def _when(raw: str | None, name: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise Unprocessable(f"{name} must be an ISO-8601 time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _flag(raw: str | None, name: str) -> bool | None:
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise Unprocessable(f"{name} must be true or false")
+
+
+def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise Unprocessable(f"{name} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _number(raw: str | None, name: str, default: float, low: float, high: float) -> float:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Unprocessable(f"{name} must be a number") from None
+    if not low <= value <= high:
+        raise Unprocessable(f"{name} must be from {low:g} to {high:g}")
+    return value
+
+
+def _encode_cursor(after: tuple[datetime, str] | None) -> str | None:
+    if after is None:
+        return None
+    return base64.urlsafe_b64encode(orjson.dumps([after[0].isoformat(), after[1]])).decode()
+
+
+def _cursor(raw: str | None) -> tuple[datetime, str] | None:
+    if not raw:
+        return None
+    try:
+        when, ref = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
+        return datetime.fromisoformat(when), str(ref)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise Unprocessable("cursor is not one this API returned") from None
