@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".taskledger-install"
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 def ensure_environment() -> None:
@@ -40,10 +42,29 @@ def run(*args: object) -> None:
         sys.exit(code)
 
 
+def ensure_chromium() -> None:
+    """The dashboard's browser test drives Debian's Chromium (nothing is downloaded)."""
+    if CHROMIUM.exists():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None or getattr(os, "geteuid", lambda: -1)() != 0:
+        print(f"dev.py: {CHROMIUM} is missing; as root on Debian, dev.py installs it", flush=True)
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "chromium"]):
+        print(f"dev.py: {' '.join(args)}", flush=True)
+        code = subprocess.call(args, env=env)  # noqa: S603 - the system's own apt-get
+        if code != 0:
+            sys.exit(f"dev.py: `{' '.join(args)}` failed (exit {code}): cannot install Chromium")
+    if not CHROMIUM.exists():
+        sys.exit(f"dev.py: apt-get installed chromium, but {CHROMIUM} is still missing")
+
+
 def test(extra: list[str]) -> None:
     run(BIN / "ruff", "check", ".")
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy")
+    ensure_chromium()
     run(BIN / "pytest", *(extra or ["-q"]))
 
 

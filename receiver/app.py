@@ -6,7 +6,7 @@ import gc
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 from starlette.applications import Starlette
@@ -14,22 +14,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver import admin, health, openapi, queries
+from receiver import admin, health, openapi, queries, ui
 from receiver.callbacks import Inbox, receive_callback, receive_webhook
 from receiver.errors import Overloaded, ReceiverError
 from receiver.metrics import ReceiverMetrics
 from receiver.writer import GroupCommitWriter
 from schemas import logs
+from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.errors import StorageUnavailable
 from schemas.settings import Settings
 from schemas.store import LedgerStore
 
 log = structlog.get_logger("taskledger.receiver")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def create_app(
@@ -80,7 +77,7 @@ def create_app(
         },
     )
     app.state.settings = settings
-    app.state.openapi = openapi.document()
+    app.state.openapi = openapi.document(ui.OPENAPI_PATHS)
     app.state.metrics = metrics
     return app
 
@@ -100,6 +97,7 @@ def routes() -> list[Route]:
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        *ui.routes(),
     ]
 
 

@@ -27,11 +27,11 @@ from receiver.errors import (
 from receiver.metrics import ReceiverMetrics
 from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
+from schemas.clock import Clock
 from schemas.errors import WireFormatError
 from schemas.ledger import Auth, Delivery, Stored
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
-from schemas.store import Clock
 from schemas.tokens import CallbackTokens
 from schemas.wire import WireFormat, normalize_callback
 

@@ -1,4 +1,4 @@
-"""The `taskledger` command: database upgrades and running the processes of the Procfile."""
+"""The `taskledger` command: database upgrades, the Procfile's processes, the read commands."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import httpx
 from dotenv import dotenv_values
 
+from schemas import console
 from schemas.database import create_engine
 from schemas.demo import run_demo
 from schemas.errors import ConfigError
@@ -28,7 +30,22 @@ ENV_FILE = Path(".env")
 PROCFILE = Path("Procfile")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
+    """Run one command; `transport` answers the read commands' HTTP (tests pass a mock)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command in console.COMMANDS:
+            return console.run(args, load_environ(), transport)
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"taskledger: {exc}", file=sys.stderr)
+        return 2
+    except console.CommandError as exc:
+        print(f"taskledger: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taskledger", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     db = commands.add_parser("db", help="database maintenance").add_subparsers(
@@ -41,12 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
     demo = commands.add_parser("demo", help="simulator + receiver + reconciler, faults on")
     demo.add_argument("--tasks", type=int, default=300)
-    args = parser.parse_args(argv)
-    try:
-        return _dispatch(args)
-    except ConfigError as exc:
-        print(f"taskledger: {exc}", file=sys.stderr)
-        return 2
+    console.add_commands(commands)
+    return parser
 
 
 def _dispatch(args: argparse.Namespace) -> int:

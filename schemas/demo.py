@@ -16,12 +16,12 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.migrate import upgrade
 from schemas.store import LedgerStore
@@ -50,7 +50,7 @@ async def _demo(workdir: Path, count: int) -> int:
     env = _environment(workdir, ports)
     engine = create_engine(env["TASKLEDGER_DATABASE_URL"])
     await upgrade(engine)
-    store = LedgerStore(engine, _utc_now)
+    store = LedgerStore(engine, utc_now)
     print(f"taskledger demo: {count} tasks across {', '.join(PROVIDERS)}, with faults:")
     print("  " + ", ".join(f"{k.strip('-')}={v}" for k, v in FAULTS.items()))
     with _processes(env, ports):
@@ -228,7 +228,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)

@@ -136,7 +136,7 @@ def merge(current: Snapshot, report: Report) -> Decision:
         won = Snapshot(
             state=report.state,
             progress=progress,
-            result=report.result if report.result is not None else current.result,
+            result=_result_after(current, report),
             source=report.source,
             authority=report.authority,
             conflict=current.conflict or conflict,
@@ -171,3 +171,10 @@ def _contradicts(a: State, b: State) -> bool:
 
 def _clamp(progress: int) -> int:
     return min(100, max(0, progress))
+
+
+def _result_after(current: Snapshot, report: Report) -> dict[str, Any] | None:
+    """A new state brings its own result; a stronger repeat of the same state may lack one."""
+    if report.result is None and report.state is current.state:
+        return current.result
+    return report.result

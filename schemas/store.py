@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
+from schemas.clock import Clock
 from schemas.database import READ_ONLY
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
@@ -28,7 +29,6 @@ from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
 
-Clock = Callable[[], datetime]
 INGEST_ATTEMPTS = 3
 FEED_LOCK_KEY = 0x7A5C_1ED6  # "taskledger" change feed, for pg_advisory_xact_lock
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -10,13 +11,14 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.cli import main
 from schemas.ledger import Poll
 from schemas.states import State
 from schemas.store import LedgerStore
 from schemas.wire import Observation
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body, openai_event, signed_headers
-from tests.support.service import Service, running_service, settings_for
+from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
 
 JSON = {"content-type": "application/json"}
 
@@ -157,3 +159,33 @@ async def test_openapi_describes_every_route(service: Service) -> None:
     served = {(r.path, m.lower()) for r in routes() for m in (r.methods or ()) if m != "HEAD"}
     assert spec["openapi"] == "3.1.0"
     assert served - documented == set()
+
+
+async def test_taskledger_show_tells_the_same_story_in_order(
+    service: Service, clock: FakeClock, engine: AsyncEngine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = await service.register("apidot", provider_task_id="t-story")
+    running = apidot_body("t-story", "running", 20)
+    for _ in range(3):
+        await callback(service, task, running)
+    clock.advance(5)
+    await callback(service, task, apidot_body("t-story", "failed"))
+    clock.advance(5)
+    await poll(engine, clock, str(task["ref"]), State.SUCCEEDED)
+    capsys.readouterr()
+    argv = ["show", str(task["ref"]), "--url", service.base_url, "--token", ADMIN_TOKEN]
+    assert await asyncio.to_thread(main, argv) == 0
+    shown = capsys.readouterr().out
+    print(shown)
+    story = [
+        "registered",
+        "duplicates=2",
+        "submitted → running via webhook",
+        "running → failed via webhook",
+        "outcome=conflict",
+        "failed → succeeded via poll",
+    ]
+    positions = [shown.find(mark) for mark in story]
+    assert -1 not in positions, (story, positions)
+    assert positions == sorted(positions)
+    assert "callbacks/apidot" not in shown

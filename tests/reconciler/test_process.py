@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
+from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.migrate import upgrade
 from schemas.settings import ProviderSettings, Settings
@@ -22,7 +23,6 @@ from schemas.wire import WireFormat
 from simulator import Faults, Lifecycle, SimConfig, create_app
 from tests.conftest import FakeClock
 from tests.support.servers import serve
-from tests.support.system import utc_now
 
 SLOW = SimConfig(
     api_key="sk-test",

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ import sqlalchemy as sa
 from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
 from reconciler.retry import RetryPolicy
+from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.settings import ProviderSettings, Settings
 from schemas.store import LedgerStore
@@ -29,10 +29,6 @@ FORMATS = {"openai": WireFormat.OPENAI, "apidot": WireFormat.APIDOT, "evolink": 
 FAST_POLICY = RetryPolicy(
     attempts=2, base_delay_seconds=0.05, max_delay_seconds=0.5, min_poll_delay_seconds=0.3
 )
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def system_settings(database_url: str, sim_url: str, **provider: Any) -> Settings:

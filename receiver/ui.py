@@ -1,0 +1,236 @@
+"""The read-only operator dashboard at `/ui`: its page, static files and session cookie.
+
+A browser cannot send the admin bearer token on navigation, so `POST /ui/login` trades the
+token for a signed, HttpOnly, SameSite=Strict session cookie that `/ui` and the `/v1` reads accept.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from itsdangerous import BadData, TimestampSigner
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from receiver.callbacks import read_body
+from receiver.errors import NotFound, Unauthenticated, Unprocessable
+from schemas.settings import Settings
+
+SESSION_COOKIE = "taskledger_session"
+SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
+SESSION_SALT = "taskledger.ui.session"
+LOGIN_BODY_LIMIT_BYTES = 4096
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_FILES = {
+    "ui.js": "text/javascript; charset=utf-8",
+    "ui.css": "text/css; charset=utf-8",
+}
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+LOGIN_STYLE = (
+    "body{font:15px system-ui,sans-serif;max-width:22rem;margin:4rem auto;color:#1f2933}"
+    "input,button{font:inherit;padding:.4rem;margin:.2rem 0;width:100%;box-sizing:border-box}"
+    ".error{color:#b42318}"
+)
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>taskledger: sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<style>{style}</style></head>
+<body><h1>taskledger</h1>{message}
+<form method="post" action="/ui/login">
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
+<button type="submit">Sign in</button>
+</form></body></html>
+"""
+
+
+def _csp(style_source: str) -> str:
+    return (
+        "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:;"
+        f" style-src {style_source}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+_LOGIN_STYLE_HASH = base64.b64encode(hashlib.sha256(LOGIN_STYLE.encode()).digest()).decode()
+PAGE_HEADERS = {
+    "Content-Security-Policy": _csp("'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+LOGIN_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": _csp(f"'sha256-{_LOGIN_STYLE_HASH}'")}
+
+
+_HTML_401 = {"description": "not signed in: a sign-in form", "content": {"text/html": {}}}
+OPENAPI_PATHS = {
+    "/ui": {
+        "get": {
+            "summary": "The operator dashboard (admin bearer token or session cookie)",
+            "responses": {"200": {"description": "the page"}, "401": _HTML_401},
+        }
+    },
+    "/ui/login": {
+        "post": {
+            "summary": "Trade the admin token (form field `token`) for a 12 h session cookie",
+            "responses": {"303": {"description": "signed in: go to /ui"}, "401": _HTML_401},
+        }
+    },
+    "/ui/logout": {
+        "post": {
+            "summary": "End the session",
+            "responses": {"303": {"description": "signed out: go to /ui"}},
+        }
+    },
+    "/ui/static/{name}": {
+        "get": {
+            "summary": "The dashboard's script and style sheet",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "the file"},
+                "401": {"description": "not signed in"},
+                "404": {"description": "no such file"},
+            },
+        }
+    },
+}
+
+
+class _ClockedSigner(TimestampSigner):
+    """A `TimestampSigner` that reads the app's clock instead of `time.time()`."""
+
+    def __init__(self, secret: str, clock: Callable[[], datetime]) -> None:
+        super().__init__(secret, salt=SESSION_SALT)
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock().timestamp())
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/ui", show_dashboard, methods=["GET"]),
+        Route("/ui/login", log_in, methods=["POST"]),
+        Route("/ui/logout", log_out, methods=["POST"]),
+        Route("/ui/static/{name}", serve_static, methods=["GET"]),
+    ]
+
+
+def session_is_valid(request: Request) -> bool:
+    """True when the request carries an unexpired session cookie; only for reads (GET, HEAD).
+
+    The cookie never authorizes a write: the dashboard only reads, so a forged cross-site
+    request could gain nothing from it even where SameSite is not enforced.
+    """
+    offered = request.cookies.get(SESSION_COOKIE)
+    signer = _signer(request)
+    if not offered or signer is None or request.method not in SAFE_METHODS:
+        return False
+    try:
+        signer.unsign(offered, max_age=SESSION_MAX_AGE_SECONDS)
+    except BadData:
+        return False
+    return True
+
+
+def token_is_valid(settings: Settings, offered: str) -> bool:
+    expected = settings.admin_token
+    return bool(expected) and hmac.compare_digest(offered.encode(), expected.encode())
+
+
+def bearer_is_valid(request: Request) -> bool:
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_is_valid(
+        request.app.state.settings, offered.strip()
+    )
+
+
+def is_operator(request: Request) -> bool:
+    return bearer_is_valid(request) or session_is_valid(request)
+
+
+async def show_dashboard(request: Request) -> Response:
+    if not is_operator(request):
+        return login_page(None)
+    return FileResponse(STATIC_DIR / "ui.html", media_type="text/html", headers=PAGE_HEADERS)
+
+
+async def serve_static(request: Request) -> Response:
+    if not is_operator(request):
+        raise Unauthenticated("sign in at /ui first")
+    name = request.path_params["name"]
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=PAGE_HEADERS)
+
+
+async def log_in(request: Request) -> Response:
+    """Trade the admin token (form field `token`) for a session cookie, then go to `/ui`."""
+    offered = await _form_token(request)
+    signer = _signer(request)
+    if signer is None or not token_is_valid(request.app.state.settings, offered):
+        return login_page("That token is not the admin token.")
+    response = RedirectResponse("/ui", status_code=303, headers=PAGE_HEADERS)
+    response.set_cookie(
+        SESSION_COOKIE,
+        signer.sign(secrets.token_urlsafe(16)).decode(),
+        max_age=SESSION_MAX_AGE_SECONDS,
+        path="/",
+        secure=_is_https(request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+async def log_out(request: Request) -> Response:
+    response = RedirectResponse("/ui", status_code=303, headers=PAGE_HEADERS)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", secure=_is_https(request), httponly=True, samesite="strict"
+    )
+    return response
+
+
+def login_page(message: str | None) -> HTMLResponse:
+    """The 401 answer of `/ui`: a form that posts the token to `/ui/login`."""
+    shown = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
+    body = LOGIN_PAGE.format(style=LOGIN_STYLE, message=shown)
+    return HTMLResponse(body, status_code=401, headers=LOGIN_HEADERS)
+
+
+async def _form_token(request: Request) -> str:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise Unprocessable("the login form must be application/x-www-form-urlencoded")
+    body = await read_body(request, LOGIN_BODY_LIMIT_BYTES)
+    try:
+        fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise Unprocessable("the login form is not valid") from None
+    return fields.get("token", [""])[0].strip()
+
+
+def _signer(request: Request) -> _ClockedSigner | None:
+    """The session signer, keyed by the admin token: a new token ends every session."""
+    settings: Settings = request.app.state.settings
+    if not settings.admin_token:
+        return None
+    return _ClockedSigner(settings.admin_token, request.app.state.inbox.clock)
+
+
+def _is_https(request: Request) -> bool:
+    settings: Settings = request.app.state.settings
+    return request.url.scheme == "https" or settings.public_base_url.startswith("https://")
