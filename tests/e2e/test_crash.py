@@ -1,0 +1,143 @@
+"""kill -9 the receiver under load, repeatedly: every acknowledged delivery survives."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from schemas.clock import utc_now
+from schemas.database import create_engine
+from schemas.store import LedgerStore, NewTask
+from schemas.tables import DELIVERY
+from schemas.tokens import CallbackTokens
+from tests.support.senders import apidot_body
+from tests.support.servers import free_port
+from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, migrate
+
+TASKS = 600
+KILLS = 3
+
+
+async def test_acknowledged_deliveries_survive_repeated_kill_9(database_url: str) -> None:
+    await migrate(database_url)
+    engine = create_engine(database_url)
+    requests = await register(LedgerStore(engine, utc_now), TASKS)
+    port = free_port()
+    acknowledged: set[str] = set()
+    pending = list(requests)
+    for round_ in range(KILLS + 1):
+        async with receiver(database_url, port) as process:
+            sent = asyncio.create_task(send_all(port, pending, acknowledged))
+            if round_ < KILLS:
+                await asyncio.sleep(0.6)
+                process.send_signal(signal.SIGKILL)
+            await sent
+        pending = [r for r in pending if r[2] not in acknowledged]
+    stored = await stored_keys(engine)
+    await engine.dispose()
+    print(
+        f"\ncrash: {len(acknowledged)} acknowledged, {len(acknowledged & stored)} stored, "
+        f"{KILLS} kill -9"
+    )
+    assert len(acknowledged) == TASKS
+    assert acknowledged <= stored
+    assert integrity(database_url) == "ok"
+
+
+async def register(store: LedgerStore, n: int) -> list[tuple[str, bytes, str]]:
+    tokens = CallbackTokens(CALLBACK_SECRETS)
+    requests = []
+    for i in range(n):
+        row = await store.register(NewTask(provider="apidot", provider_task_id=f"c-{i}"))
+        body = apidot_body(f"c-{i}", "finished", 100)
+        path = f"/callbacks/apidot/{tokens.make(row['ref'], 'apidot')}"
+        requests.append((path, body, hashlib.sha256(body).hexdigest()))
+    return requests
+
+
+async def send_all(port: int, requests: list[tuple[str, bytes, str]], acked: set[str]) -> None:
+    limits = asyncio.Semaphore(16)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+
+        async def one(path: str, body: bytes, key: str) -> None:
+            async with limits:
+                try:
+                    answer = await http.post(
+                        path, content=body, headers={"content-type": "application/json"}
+                    )
+                except httpx.TransportError:
+                    return
+                if answer.status_code == 200:
+                    acked.add(key)
+
+        await asyncio.gather(*[one(*request) for request in requests])
+
+
+@asynccontextmanager
+async def receiver(database_url: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = {
+        **os.environ,
+        "TASKLEDGER_DATABASE_URL": database_url,
+        "TASKLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TASKLEDGER_CALLBACK_SECRETS": ",".join(CALLBACK_SECRETS),
+        "TASKLEDGER_PROVIDERS": "apidot",
+        "TASKLEDGER_LOG_LEVEL": "warning",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "receiver.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await ready(port)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=20)
+
+
+async def ready(port: int) -> None:
+    async with asyncio.timeout(20), httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def stored_keys(engine: sa.ext.asyncio.AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(sa.select(DELIVERY.c.delivery_key))).scalars())
+
+
+def integrity(database_url: str) -> str:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return "ok"
+    with sqlite3.connect(url.database or "") as conn:
+        return str(conn.execute("PRAGMA integrity_check").fetchone()[0])
