@@ -112,3 +112,57 @@ async def test_task_of_a_provider_without_base_url_still_expires_to_lost(
     task = await store.get(row["ref"])
     assert task is not None
     assert (first.lost, second.lost, task["state"]) == (0, 1, "lost")
+
+
+async def test_leases_of_a_reconciler_killed_mid_pass_expire_and_another_finishes(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engine = create_engine(url)
+    await upgrade(engine)
+    quick = SimConfig(
+        api_key="sk-test",
+        lifecycle=Lifecycle(min_duration_s=0.2, max_duration_s=0.5),
+        faults=Faults(poll_slow_rate=1.0, slow_poll_s=0.5),
+    )
+    env_extra = {"TASKLEDGER_LEASE_SECONDS": "2", "TASKLEDGER_POLL_INTERVAL_SECONDS": "0.2"}
+    async with serve(create_app(quick)) as sim_url, httpx.AsyncClient(base_url=sim_url) as http:
+        await _register_running_tasks(LedgerStore(engine, utc_now), http, 12)
+        env = {**_environ(url, sim_url), **env_extra}
+        doomed = await _reconciler(env)
+        await _wait_for_polls_in_flight(http)
+        doomed.kill()  # SIGKILL: no chance to give the leases back
+        await doomed.wait()
+        held = await _count(engine, TASK.c.lease_owner.isnot(None))
+        survivor = await _reconciler(env)
+        try:
+            async with asyncio.timeout(30):
+                while await _count(engine, TASK.c.next_poll_at.isnot(None)):  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(survivor.wait(), timeout=20)
+        truth = {
+            t["task_id"]: t["normalized"] for t in (await http.get("/_sim/truth")).json()["tasks"]
+        }
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(TASK.c.provider_task_id, TASK.c.state))).all()
+    await engine.dispose()
+    assert held > 0
+    assert {task_id: state for task_id, state in rows} == truth
+
+
+async def _reconciler(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "reconciler",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def _count(engine: sa.ext.asyncio.AsyncEngine, condition: sa.ColumnElement[bool]) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).where(condition)) or 0)
