@@ -6,20 +6,16 @@ import asyncio
 import os
 import signal
 import sys
-from datetime import UTC, datetime
 
 from reconciler.clients import ProviderClients
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.process import Reconciler
 from schemas import logs
+from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from schemas.store import LedgerStore
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 async def serve(settings: Settings) -> None:

@@ -21,6 +21,7 @@ import structlog
 from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import Clock, RateLimiter, Sleep
 from reconciler.retry import RetryPolicy
+from schemas.clock import utc_now
 from schemas.errors import WireFormatError
 from schemas.settings import ProviderSettings
 from schemas.wire import (
@@ -58,10 +59,6 @@ class StatusAnswer:
     observation: Observation
     http_status: int
     body: str
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class ProviderClient:
