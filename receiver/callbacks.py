@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.errors import (
+    BodyTimeout,
     BodyTooLarge,
     Forbidden,
     MalformedBody,
@@ -36,6 +38,8 @@ from schemas.tokens import CallbackTokens
 from schemas.wire import WireFormat, normalize_callback
 
 log = structlog.get_logger("taskledger.receiver")
+# Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
+BODY_TIMEOUT_SECONDS = 10.0
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
 
 
@@ -68,7 +72,9 @@ async def receive_callback(request: Request) -> Response:
     inbox: Inbox = request.app.state.inbox
     started = time.perf_counter()
     provider = _provider(inbox, request.path_params["provider"], signed=False)
-    body = await read_body(request, inbox.settings.max_body_bytes)
+    body = await read_body(
+        request, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
+    )
     binding = inbox.tokens.verify(request.path_params["token"])
     if binding is None or binding.provider != provider.name:
         raise Unauthenticated("the callback token is not valid for this provider")
@@ -90,7 +96,9 @@ async def receive_webhook(request: Request) -> Response:
     inbox: Inbox = request.app.state.inbox
     started = time.perf_counter()
     provider = _provider(inbox, request.path_params["source"], signed=True)
-    body = await read_body(request, inbox.settings.max_body_bytes)
+    body = await read_body(
+        request, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
+    )
     webhook_id = inbox.verifiers[provider.name].verify(body, request.headers)
     if webhook_id is None:
         raise Unauthenticated("the webhook signature does not verify")
@@ -108,11 +116,21 @@ def _provider(inbox: Inbox, name: str, *, signed: bool) -> ProviderSettings:
     return provider
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refused as soon as it is known to exceed `limit` bytes."""
+async def read_body(
+    request: Request, limit: int, within_seconds: float = BODY_TIMEOUT_SECONDS
+) -> bytes:
+    """The raw body, refused once it exceeds `limit` bytes or takes over `within_seconds`."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(within_seconds):
+            return await _read_limited(request, limit)
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -42,6 +42,12 @@ class Conflict(ReceiverError):
     status_code, reason = 409, "conflict"
 
 
+class BodyTimeout(ReceiverError):
+    """The sender took too long to send its body (a slow or stalled client)."""
+
+    status_code, reason = 408, "body_timeout"
+
+
 class BodyTooLarge(ReceiverError):
     status_code, reason = 413, "too_large"
 

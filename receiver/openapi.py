@@ -29,6 +29,7 @@ _REASONS = {
     401: "not authenticated",
     403: "another task's callback",
     404: "unknown provider, source or task",
+    408: "body not received in time",
     409: "conflicts with the ledger",
     413: "body too large",
     415: "not JSON",
@@ -55,7 +56,7 @@ CALLBACK = {
         "parameters": _path("provider", "token"),
         "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
         "responses": {
-            **_answers(400, 401, 403, 404, 413, 415, 503),
+            **_answers(400, 401, 403, 404, 408, 413, 415, 503),
             "202": {"description": "authenticated, kept as unmatched"},
         },
     }
@@ -70,7 +71,7 @@ WEBHOOK = {
         ],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
         "responses": {
-            **_answers(400, 401, 404, 413, 415, 503),
+            **_answers(400, 401, 404, 408, 413, 415, 503),
             "202": {"description": "authenticated, kept as unmatched"},
         },
     }

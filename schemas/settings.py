@@ -46,6 +46,7 @@ class Settings:
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     webhook_tolerance_seconds: float = 300.0
     max_body_bytes: int = 1 << 20
+    body_timeout_seconds: float = 10.0
     writer_queue_size: int = 4096
     writer_batch_size: int = 256
     sqlite_synchronous: str = "FULL"
@@ -68,6 +69,7 @@ class Settings:
             providers=_providers(env),
             webhook_tolerance_seconds=env.number("WEBHOOK_TOLERANCE_SECONDS", 300.0),
             max_body_bytes=int(env.number("MAX_BODY_BYTES", 1 << 20)),
+            body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", 10.0),
             writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", 4096)),
             writer_batch_size=int(env.number("WRITER_BATCH_SIZE", 256)),
             sqlite_synchronous=env.choice(
