@@ -111,7 +111,8 @@ class ProviderClient:
         A duplicate submission costs money, so only failures that prove the provider made
         nothing are retried: connection errors (the request never left) and 429 (refused;
         retried once the limiter's pause ends, when that is within `policy.max_delay_seconds`).
-        A timeout, a broken connection or a 5xx after sending may have created a task: it
+        A 503 (the provider says it handled nothing) is retried like a connection error.
+        A timeout, a broken connection or another 5xx after sending may have created a task: it
         raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
         (`BadAnswer`); the caller must find out from the provider before submitting again.
         """
@@ -193,7 +194,8 @@ class ProviderClient:
                 ProviderUnavailable,
                 "server error",
                 response,
-                retryable=idempotent,
+                # 503 says the request was not handled at all: safe to send again.
+                retryable=idempotent or code == httpx.codes.SERVICE_UNAVAILABLE,
                 retry_after_seconds=asked,
             )
         raise self._error(Rejected, "refused the request", response, retryable=False)

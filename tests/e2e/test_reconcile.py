@@ -162,3 +162,25 @@ async def _wait_for_task_id(service: Any, ref: str) -> dict[str, Any]:
             if task["provider_task_id"]:
                 return task
             await asyncio.sleep(0.1)
+
+
+async def test_provider_down_for_a_while_is_caught_up_when_it_returns(
+    database_url: str,
+) -> None:
+    config = SimConfig(seed=19, time_scale=0.05, lifecycle=FAST, faults=Faults(drop_rate=1.0))
+    async with running_system(database_url, config) as system:
+        refs = await system.submit("evolink", 30)
+        async with asyncio.timeout(20):
+            while any(t["provider_task_id"] is None for t in await system.tasks()):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        system.simulator.update_faults({"down": True})
+        settled_before = sum(t["next_poll_at"] is None for t in await system.tasks())
+        await asyncio.sleep(4)
+        settled_during = sum(t["next_poll_at"] is None for t in await system.tasks())
+        system.simulator.update_faults({"down": False})
+        tasks = await system.settle(len(refs), within_seconds=60)
+        truth = await system.truth()
+        polls = (await system.stats())["polls"]
+    assert settled_during == settled_before
+    assert polls["unavailable"] > 0
+    assert all(t["state"] == truth[t["provider_task_id"]] for t in tasks)
