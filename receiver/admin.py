@@ -58,7 +58,7 @@ async def create_task(request: Request) -> Response:
 
 async def attach_task_id(request: Request) -> Response:
     require_admin(request)
-    ref = request.path_params["ref"]
+    ref = task_ref(request)
     body = parse_json(request, await read_body(request, ADMIN_BODY_LIMIT_BYTES))
     task_id = _text(body, "provider_task_id")
     if not task_id:
@@ -79,7 +79,7 @@ async def attach_task_id(request: Request) -> Response:
 
 async def show_task(request: Request) -> Response:
     require_admin(request)
-    ref = request.path_params["ref"]
+    ref = task_ref(request)
     store: LedgerStore = request.app.state.store
     row = await store.get(ref)
     if row is None:
@@ -88,6 +88,14 @@ async def show_task(request: Request) -> Response:
     provider = request.app.state.settings.provider(row["provider"])
     url = callback_url(request, provider, ref) if provider else None
     return JSONResponse({**task_json(row, url), "timeline": jsonable(timeline)})
+
+
+def task_ref(request: Request) -> str:
+    """The `{ref}` of the path; one PostgreSQL cannot even compare (NUL) names no task."""
+    ref: str = request.path_params["ref"]
+    if "\x00" in ref:
+        raise NotFound("no task has this ref")
+    return ref
 
 
 def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
@@ -139,8 +147,8 @@ def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name, "")
     if value is None:
         return ""
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise Unprocessable(f"{name} must be a string of at most {MAX_TEXT} characters")
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        raise Unprocessable(f"{name} must be a string of at most {MAX_TEXT} characters, no NUL")
     return value
 
 

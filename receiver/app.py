@@ -76,6 +76,8 @@ def create_app(
             Exception: _unexpected,
         },
     )
+    # Never a redirect: a sender that follows a 307 from `/webhooks/openai/` may not resend.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.openapi = openapi.document(ui.OPENAPI_PATHS)
     app.state.metrics = metrics

@@ -41,6 +41,9 @@ log = structlog.get_logger("taskledger.receiver")
 # Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
 BODY_TIMEOUT_SECONDS = 10.0
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+# The ledger's columns: `delivery.delivery_key` and `provider_task_id` hold 200 characters.
+KEY_MAX_CHARS = 200
+TASK_ID_MAX_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +106,16 @@ async def receive_webhook(request: Request) -> Response:
     if webhook_id is None:
         raise Unauthenticated("the webhook signature does not verify")
     payload = parse_json(request, body)
-    delivery = _delivery(inbox, request, provider, body, payload, Auth.SIGNATURE, key=webhook_id)
+    key = delivery_key(webhook_id)
+    delivery = _delivery(inbox, request, provider, body, payload, Auth.SIGNATURE, key=key)
     return await _store(inbox, delivery, started)
+
+
+def delivery_key(webhook_id: str) -> str:
+    """The `webhook-id` itself, or its digest when it is longer than the ledger keeps."""
+    if len(webhook_id) <= KEY_MAX_CHARS:
+        return webhook_id
+    return "sha256:" + hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _provider(inbox: Inbox, name: str, *, signed: bool) -> ProviderSettings:
@@ -170,6 +181,12 @@ def _delivery(
         observation = normalize_callback(WireFormat(provider.kind), payload)
     except WireFormatError as exc:
         raise MalformedBody(str(exc), provider=provider.name) from None
+    task_id = observation.provider_task_id
+    if len(task_id) > TASK_ID_MAX_CHARS or "\x00" in task_id:  # PostgreSQL text holds no NUL
+        raise MalformedBody(
+            f"the task id must be at most {TASK_ID_MAX_CHARS} characters, without NUL",
+            provider=provider.name,
+        )
     headers = {
         name: request.headers[name][:200] for name in KEPT_HEADERS if name in request.headers
     }

@@ -148,9 +148,9 @@ def _cell(value: Any) -> Any:
 
 def task_filter(params: Any) -> TaskFilter:
     return TaskFilter(
-        state=params.get("state") or None,
-        provider=params.get("provider") or None,
-        owner=params.get("owner") or None,
+        state=_text(params.get("state"), "state"),
+        provider=_text(params.get("provider"), "provider"),
+        owner=_text(params.get("owner"), "owner"),
         since=_when(params.get("since"), "since"),
         until=_when(params.get("until"), "until"),
         conflict=_flag(params.get("conflict"), "conflict"),
@@ -175,6 +175,13 @@ def _change_json(row: dict[str, Any]) -> dict[str, Any]:
             "result": row["result"],
         },
     }
+
+
+def _text(raw: str | None, name: str) -> str | None:
+    """A text filter; PostgreSQL cannot compare text holding NUL, so neither do we."""
+    if raw and "\x00" in raw:
+        raise Unprocessable(f"{name} must not contain NUL")
+    return raw or None
 
 
 def _when(raw: str | None, name: str) -> datetime | None:
@@ -228,6 +235,8 @@ def _cursor(raw: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         when, ref = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
+        if "\x00" in str(ref):
+            raise ValueError("NUL in the cursor's ref")
         return datetime.fromisoformat(when), str(ref)
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise Unprocessable("cursor is not one this API returned") from None

@@ -45,7 +45,7 @@ class Observation:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-ID_MAX_CHARS = 256
+ID_MAX_CHARS = 200  # the ledger columns hold 200
 CODE_MAX_CHARS = 100
 MESSAGE_MAX_CHARS = 1000
 URL_MAX_CHARS = 4096
