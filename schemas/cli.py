@@ -1,4 +1,5 @@
-"""The `taskledger` command: database upgrades, the Procfile's processes, the read commands."""
+"""The `taskledger` command: database upgrades, pruning and backups, the Procfile's processes,
+the read commands."""
 
 from __future__ import annotations
 
@@ -18,16 +19,35 @@ from pathlib import Path
 
 import httpx
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
 
 from schemas import console
-from schemas.database import create_engine
+from schemas.clock import utc_now
+from schemas.database import create_engine, normalize_url
 from schemas.demo import run_demo
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, LedgerError
 from schemas.migrate import upgrade
-from schemas.settings import DEFAULT_DATABASE_URL, PREFIX
+from schemas.retention import PruneReport, RetentionPolicy
+from schemas.settings import DEFAULT_DATABASE_URL, PREFIX, retention_policy
+from schemas.store import LedgerStore, backup_sqlite
 
 ENV_FILE = Path(".env")
 PROCFILE = Path("Procfile")
+PRUNE_HELP = """\
+Remove old evidence of finished tasks, a few hundred rows per short transaction,
+while the service runs. Polls and callback bodies go after TASKLEDGER_RETENTION_DAYS
+(30); callback rows, with the keys that detect resends, go only after
+max(TASKLEDGER_RETENTION_DAYS, TASKLEDGER_DEDUP_KEEP_DAYS) (7 at least). Open tasks,
+tasks themselves and their transitions (the audit trail) are never pruned.
+"""
+BACKUP_HELP = """\
+Copy the SQLite database named by TASKLEDGER_DATABASE_URL to PATH while the service
+runs (one consistent snapshot), then check the copy and print its row counts.
+For PostgreSQL use pg_dump.
+
+To restore: stop the service, replace the database file with the copy, delete any
+stale -wal and -shm files beside it, then start the service.
+"""
 
 
 def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
@@ -52,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         dest="db_command", required=True
     )
     db.add_parser("upgrade", help="apply the schema migrations")
+    _add_prune(db)
+    _add_backup(db)
     run = commands.add_parser("run", help="start every process of the Procfile")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--host", default="127.0.0.1")
@@ -62,11 +84,49 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_prune(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    prune = db.add_parser(
+        "prune",
+        help="remove old evidence of finished tasks",
+        description=PRUNE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("--dry-run", action="store_true", help="count, change nothing")
+    prune.add_argument(
+        "--retention-days", type=_days, help="override TASKLEDGER_RETENTION_DAYS (30)"
+    )
+    prune.add_argument("--batch-size", type=_positive_int, default=500, help="rows per transaction")
+
+
+def _add_backup(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    backup = db.add_parser(
+        "backup",
+        help="copy the SQLite database online and check the copy",
+        description=BACKUP_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    backup.add_argument("path", type=Path, help="where to write the copy (must not exist)")
+
+
+def _days(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of days: {raw!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {raw!r}")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number: {raw!r}")
+    return int(raw)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "db":
-        asyncio.run(_upgrade(load_environ()))
-        print("taskledger: database is at the current migration")
-        return 0
+        return _database(args, load_environ())
     if args.command == "demo":
         return run_demo(args.tasks)
     if args.command == "init-env":
@@ -85,11 +145,87 @@ def load_environ() -> dict[str, str]:
 
 
 async def _upgrade(environ: Mapping[str, str]) -> None:
-    engine = create_engine(environ.get(PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL)
+    engine = create_engine(_database_url(environ))
     try:
         await upgrade(engine)
     finally:
         await engine.dispose()
+
+
+def _database_url(environ: Mapping[str, str]) -> str:
+    return environ.get(PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    try:
+        if args.db_command == "prune":
+            policy = retention_policy(environ, retention_days=args.retention_days)
+            report = asyncio.run(_prune(environ, policy, args.batch_size, args.dry_run))
+            print(format_prune(report, policy))
+            return 0
+        if args.db_command == "backup":
+            return _backup(environ, args.path)
+    except LedgerError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        print(f"taskledger: {exc}", file=sys.stderr)
+        return 1
+    asyncio.run(_upgrade(environ))
+    print("taskledger: database is at the current migration")
+    return 0
+
+
+async def _prune(
+    environ: Mapping[str, str], policy: RetentionPolicy, batch_size: int, dry_run: bool
+) -> PruneReport:
+    engine = create_engine(_database_url(environ))
+    try:
+        store = LedgerStore(engine, utc_now)
+        cutoffs = policy.cutoffs(store.clock())
+        return await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
+    finally:
+        await engine.dispose()
+
+
+def format_prune(report: PruneReport, policy: RetentionPolicy) -> str:
+    verb = "would prune (dry run)" if report.dry_run else "pruned"
+    rows = [
+        ("bodies stripped", report.bodies_stripped),
+        ("deliveries deleted", report.deliveries_deleted),
+        ("observations deleted", report.observations_deleted),
+        ("batches", report.batches),
+    ]
+    head = (
+        f"taskledger: {verb}, retention {policy.retention_days:g} days,"
+        f" dedup keys kept {max(policy.retention_days, policy.dedup_keep_days):g} days"
+    )
+    return "\n".join([head, *(f"  {name:<22}{count:>10}" for name, count in rows)])
+
+
+def _backup(environ: Mapping[str, str], target: Path) -> int:
+    source = sqlite_path(_database_url(environ))
+    if target.exists():
+        print(f"taskledger: {target} already exists; choose a new path", file=sys.stderr)
+        return 1
+    report = backup_sqlite(source, target)
+    print(f"taskledger: backed up {source} to {target}")
+    print(f"  integrity_check       {report.integrity}")
+    for table, count in report.counts.items():
+        print(f"  {table:<22}{count:>10}")
+    return 0
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a SQLite database URL; anything else is refused (use pg_dump)."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        raise ConfigError(
+            f"db backup copies the embedded SQLite database; {PREFIX}DATABASE_URL names"
+            f" {parsed.get_backend_name()}: use pg_dump"
+        )
+    if not parsed.database or parsed.database == ":memory:":
+        raise ConfigError(f"{PREFIX}DATABASE_URL names no SQLite file to back up")
+    return Path(parsed.database)
 
 
 def write_env_file(path: Path) -> None:

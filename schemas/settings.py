@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
+from schemas.retention import MIN_DEDUP_KEEP_DAYS, RETENTION_DAYS, RetentionPolicy
 from schemas.wire import WireFormat
 
 PREFIX = "TASKLEDGER_"
@@ -57,6 +58,7 @@ class Settings:
     reconciler_batch_size: int = 500
     lease_seconds: float = 60.0
     reconciler_metrics_port: int | None = None
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -82,10 +84,32 @@ class Settings:
             reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 500)),
             lease_seconds=env.number("LEASE_SECONDS", 60.0),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
+            retention=retention_policy(environ),
         )
 
     def provider(self, name: str) -> ProviderSettings | None:
         return self.providers.get(name)
+
+
+def retention_policy(
+    environ: Mapping[str, str], *, retention_days: float | None = None
+) -> RetentionPolicy:
+    """`TASKLEDGER_RETENTION_DAYS` (30) and `TASKLEDGER_DEDUP_KEEP_DAYS` (7, at least 7).
+
+    Needs no secret, so `taskledger db prune` runs with the database URL alone;
+    `retention_days` (the command's option) wins over the environment.
+    """
+    env = _Env(environ)
+    days = (
+        env.number("RETENTION_DAYS", RETENTION_DAYS) if retention_days is None else retention_days
+    )
+    keep = env.number("DEDUP_KEEP_DAYS", MIN_DEDUP_KEEP_DAYS)
+    if keep < MIN_DEDUP_KEEP_DAYS:
+        raise ConfigError(
+            f"{PREFIX}DEDUP_KEEP_DAYS must be at least {MIN_DEDUP_KEEP_DAYS:g}, longer than"
+            f" any provider retries a callback (got {keep:g})"
+        )
+    return RetentionPolicy(retention_days=days, dedup_keep_days=keep)
 
 
 def _providers(env: _Env) -> dict[str, ProviderSettings]:

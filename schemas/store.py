@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from schemas.database import READ_ONLY
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Auth, Delivery, Evidence, Stored, SubmissionStatus
+from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
@@ -486,6 +490,69 @@ class LedgerStore:
         async with self._read() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
+    # -- retention -------------------------------------------------------------
+
+    async def prune(
+        self, cutoffs: RetentionCutoffs, *, batch_size: int = 500, dry_run: bool = False
+    ) -> PruneReport:
+        """Remove finished tasks' old evidence, `batch_size` rows per short write transaction.
+
+        Deliveries last seen before `cutoffs.keys_before` go (unmatched ones too); younger
+        ones of tasks finished before `cutoffs.bodies_before` keep their dedup key and
+        counters but lose body and headers; their polls go. Open tasks' evidence, tasks
+        and transitions are never touched. A dry run counts and changes nothing.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive (got {batch_size})")
+        stages = _prune_stages(cutoffs)
+        if dry_run:
+            counts = [await self._count_prunable(stage) for stage in stages]
+            batches = sum(math.ceil(count / batch_size) for count in counts)
+        else:
+            done = [await self._prune_stage(stage, batch_size) for stage in stages]
+            counts = [count for count, _ in done]
+            batches = sum(stage_batches for _, stage_batches in done)
+        deleted, stripped, polls = counts
+        return PruneReport(
+            bodies_stripped=stripped,
+            deliveries_deleted=deleted,
+            observations_deleted=polls,
+            batches=batches,
+            dry_run=dry_run,
+        )
+
+    async def _prune_stage(self, stage: _PruneStage, batch_size: int) -> tuple[int, int]:
+        """(rows changed, write transactions): ids are read without a lock, then written."""
+        changed = batches = after = 0
+        while True:
+            ids = await self._prunable_ids(stage, after, batch_size)
+            if not ids:
+                break
+            async with self._write() as conn:
+                result = await conn.execute(stage.statement(ids))
+            changed += int(result.rowcount)
+            batches += 1
+            after = ids[-1]
+            if len(ids) < batch_size:
+                break
+        return changed, batches
+
+    async def _prunable_ids(self, stage: _PruneStage, after: int, limit: int) -> list[int]:
+        id_column = stage.table.c.id
+        query = (
+            sa.select(id_column)
+            .where(id_column > after, stage.where)
+            .order_by(id_column)
+            .limit(limit)
+        )
+        async with self._read() as conn:
+            return [int(row_id) for row_id in (await conn.scalars(query))]
+
+    async def _count_prunable(self, stage: _PruneStage) -> int:
+        query = sa.select(sa.func.count()).select_from(stage.table).where(stage.where)
+        async with self._read() as conn:
+            return int(await conn.scalar(query) or 0)
+
     # -- transactions ----------------------------------------------------------
 
     def _write(self) -> _Transaction:
@@ -707,3 +774,137 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "lease_until": None,
         "submission": SubmissionStatus.PENDING.value if new.submit else None,
     }
+
+
+# -- retention ----------------------------------------------------------------
+
+_TERMINAL_STATES = sorted(state.value for state in TERMINAL)
+
+
+@dataclass(frozen=True, slots=True)
+class _PruneStage:
+    """Rows of `table` matching `where` are deleted, or (`strip`) lose body and headers."""
+
+    table: sa.Table
+    where: sa.ColumnElement[bool]
+    strip: bool = False
+
+    def statement(self, ids: list[int]) -> sa.Update | sa.Delete:
+        # The condition is checked again: a row may have changed since it was read.
+        where = sa.and_(self.table.c.id.in_(ids), self.where)
+        if self.strip:
+            return self.table.update().where(where).values(body=b"", headers=sa.null())
+        return self.table.delete().where(where)
+
+
+def _prune_stages(cutoffs: RetentionCutoffs) -> tuple[_PruneStage, _PruneStage, _PruneStage]:
+    """Delete old deliveries, then strip younger ones, then delete polls (in that order)."""
+    keys_expired = sa.and_(
+        DELIVERY.c.last_seen_at < cutoffs.keys_before,
+        sa.or_(
+            DELIVERY.c.task_ref.is_(None),
+            _finished_before(DELIVERY.c.task_ref, cutoffs.keys_before),
+        ),
+    )
+    body_expired = sa.and_(
+        DELIVERY.c.last_seen_at < cutoffs.bodies_before,
+        _finished_before(DELIVERY.c.task_ref, cutoffs.bodies_before),
+        sa.or_(DELIVERY.c.body != b"", DELIVERY.c.headers.is_not(None)),
+        sa.not_(keys_expired),
+    )
+    polls_expired = sa.and_(
+        OBSERVATION.c.observed_at < cutoffs.bodies_before,
+        _finished_before(OBSERVATION.c.task_ref, cutoffs.bodies_before),
+    )
+    return (
+        _PruneStage(DELIVERY, keys_expired),
+        _PruneStage(DELIVERY, body_expired, strip=True),
+        _PruneStage(OBSERVATION, polls_expired),
+    )
+
+
+def _finished_before(task_ref: sa.Column[Any], cutoff: datetime) -> sa.ColumnElement[bool]:
+    """The row's task reached a terminal state before `cutoff` and is still terminal."""
+    return sa.exists().where(
+        TASK.c.ref == task_ref,
+        TASK.c.state.in_(_TERMINAL_STATES),
+        TASK.c.terminal_at < cutoff,
+    )
+
+
+# -- backups (SQLite) ---------------------------------------------------------
+
+_BACKUP_COUNTS = {
+    "task": "SELECT count(*) FROM task",
+    "delivery": "SELECT count(*) FROM delivery",
+    "transition": "SELECT count(*) FROM transition",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    """A checked SQLite copy: `integrity_check`'s answer, foreign key faults, row counts."""
+
+    path: Path
+    integrity: str
+    foreign_key_faults: int
+    counts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return self.integrity == "ok" and self.foreign_key_faults == 0
+
+
+def backup_sqlite(source: Path, target: Path) -> BackupReport:
+    """Copy a live SQLite ledger to `target` as one consistent snapshot, then check the copy.
+
+    Blocking: call it from a thread in async code. Under WAL the service keeps writing
+    meanwhile. The copy is a single self-contained file (rollback journal mode); a copy
+    that fails its check is left beside `target` as `*.partial` and reported.
+    To restore: stop the service, replace the database file with the copy, delete any
+    stale `-wal` and `-shm` files beside it, then start the service.
+    """
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    try:
+        _copy_sqlite(source, partial)
+        report = check_sqlite(partial)
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise StorageUnavailable(f"backup failed: {exc}") from exc
+    if not report.ok:
+        raise StorageUnavailable(
+            f"backup copy failed its check ({report.integrity}, "
+            f"{report.foreign_key_faults} foreign key faults): left at {partial}"
+        )
+    partial.replace(target)
+    return BackupReport(target, report.integrity, report.foreign_key_faults, report.counts)
+
+
+def check_sqlite(path: Path) -> BackupReport:
+    """`PRAGMA integrity_check`, `PRAGMA foreign_key_check` and row counts of a SQLite file."""
+    try:
+        with contextlib.closing(_open_sqlite(path, "ro")) as conn:
+            integrity = "; ".join(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
+            faults = len(conn.execute("PRAGMA foreign_key_check").fetchall())
+            counts = {
+                name: int(conn.execute(sql).fetchone()[0]) for name, sql in _BACKUP_COUNTS.items()
+            }
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"cannot check {path.name}: {exc}") from exc
+    return BackupReport(path, integrity, faults, counts)
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """One backup step (all pages): a single read snapshot, so a consistent copy."""
+    with (
+        contextlib.closing(_open_sqlite(source, "rw")) as src,
+        contextlib.closing(sqlite3.connect(target)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+
+
+def _open_sqlite(path: Path, mode: str) -> sqlite3.Connection:
+    """Open an existing database file (`mode` "ro" or "rw"); never create one."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode={mode}", uri=True)
