@@ -28,12 +28,19 @@ async def temporary_database(backend: str, directory: Path) -> AsyncIterator[str
         yield f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
         return
     name = f"taskledger_test_{secrets.token_hex(6)}"
-    admin = await _admin_connection()
+    await _admin(f'CREATE DATABASE "{name}"')
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
         yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # A fresh connection: the test may have restarted the server meanwhile.
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _admin(statement: str) -> None:
+    admin = await _admin_connection()
+    try:
+        await admin.execute(statement)
+    finally:
         await admin.close()
 
 
