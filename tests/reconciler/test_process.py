@@ -115,9 +115,9 @@ async def test_task_of_a_provider_without_base_url_still_expires_to_lost(
 
 
 async def test_leases_of_a_reconciler_killed_mid_pass_expire_and_another_finishes(
-    tmp_path: Path,
+    database_url: str,
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    url = database_url
     engine = create_engine(url)
     await upgrade(engine)
     quick = SimConfig(
