@@ -92,18 +92,18 @@ class LedgerStore:
         return results
 
     def _lock_tasks(self, conn: sa.Connection, items: list[Evidence]) -> list[dict[str, Any]]:
+        """The batch's tasks, locked in ref order (one global order: no deadlocks)."""
         refs = {item.task_ref for item in items if item.task_ref is not None}
         pairs = {
             (item.provider, item.observation.provider_task_id)
             for item in items
             if isinstance(item, Delivery) and item.task_ref is None
         }
-        clauses = [TASK.c.ref.in_(refs)] if refs else []
         if pairs:
-            clauses.append(sa.tuple_(TASK.c.provider, TASK.c.provider_task_id).in_(pairs))
-        if not clauses:
+            refs |= _refs_of(conn, pairs)
+        if not refs:
             return []
-        query = sa.select(TASK).where(sa.or_(*clauses)).order_by(TASK.c.ref)
+        query = sa.select(TASK).where(TASK.c.ref.in_(refs)).order_by(TASK.c.ref)
         if self._lock_rows:
             query = query.with_for_update()
         return [dict(row) for row in conn.execute(query).mappings()]
@@ -117,8 +117,9 @@ class LedgerStore:
             return {}
         query = sa.select(
             DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
-        ).where(sa.tuple_(DELIVERY.c.provider, DELIVERY.c.delivery_key).in_(keys))
-        return {(r.provider, r.delivery_key): dict(r._mapping) for r in conn.execute(query)}
+        ).where(*_pair_in(DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
+        rows = {(r.provider, r.delivery_key): dict(r._mapping) for r in conn.execute(query)}
+        return {key: row for key, row in rows.items() if key in keys}
 
     def _flush(
         self, conn: sa.Connection, writes: Writes, tasks: list[TaskWork], now: datetime
@@ -715,6 +716,26 @@ def _merge_buckets(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             merged[key] = dict(bucket)
     return [merged[key] for key in sorted(merged)]
+
+
+def _pair_in(
+    first: sa.ColumnElement[Any], second: sa.ColumnElement[Any], pairs: set[tuple[str, str]]
+) -> list[sa.ColumnElement[bool]]:
+    """`first IN (...) AND second IN (...)`: both databases walk the two-column index.
+
+    A row-value `(a, b) IN (VALUES ...)` reads the same, but SQLite answers it by
+    scanning the whole table: ingest then slowed down as the ledger grew. The
+    caller drops the few cross-product rows that are not among `pairs`.
+    """
+    return [first.in_({a for a, _ in pairs}), second.in_({b for _, b in pairs})]
+
+
+def _refs_of(conn: sa.Connection, pairs: set[tuple[str, str]]) -> set[str]:
+    """The refs of the tasks known by (provider, provider task id)."""
+    query = sa.select(TASK.c.ref, TASK.c.provider, TASK.c.provider_task_id).where(
+        *_pair_in(TASK.c.provider, TASK.c.provider_task_id, pairs)
+    )
+    return {ref for ref, provider, task_id in conn.execute(query) if (provider, task_id) in pairs}
 
 
 def _due_query(provider: str, now: datetime, limit: int) -> sa.Select[Any]:

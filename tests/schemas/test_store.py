@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
+import sqlalchemy as sa
+
+from schemas.database import create_engine
 from schemas.ledger import Auth, Delivery, Expiry, Poll
+from schemas.migrate import upgrade
 from schemas.states import Outcome, State
 from schemas.store import LedgerStore, NewTask
 from schemas.wire import Observation
@@ -134,3 +139,38 @@ async def test_failed_poll_is_recorded_without_touching_the_state(
     task = await store.get(ref)
     assert task is not None
     assert (task["state"], task["poll_attempts"]) == ("submitted", 1)
+
+
+async def test_ingest_reads_by_index_never_by_scanning_a_table(tmp_path: Path) -> None:
+    """Ingest cost must not grow with the ledger: every lookup it makes is an index search."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await upgrade(engine)
+    store = LedgerStore(engine, FakeClock())
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    ref = await registered(store)
+    signed = Delivery(
+        provider="openai",
+        delivery_key="msg_1",
+        body=b"{}",
+        headers={},
+        auth=Auth.SIGNATURE,
+        observation=Observation("video_1", State.SUCCEEDED),
+        received_at=store.clock(),
+    )
+    await store.ingest([callback(ref, "a", State.RUNNING, store.clock()), signed])
+    sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    plans = []
+    async with engine.connect() as conn:
+        for statement in statements:
+            literal = statement.replace("?", "'x'")
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + literal)
+            plans += [str(row[-1]) for row in rows]
+    await engine.dispose()
+    assert plans
+    assert [p for p in plans if p.startswith("SCAN") and "CONSTANT ROW" not in p] == []
