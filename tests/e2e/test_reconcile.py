@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+from prometheus_client import generate_latest
 
 from schemas.states import RANK, State
 from simulator import Faults, Lifecycle, SimConfig
@@ -51,6 +52,7 @@ async def test_thousand_tasks_with_hostile_faults_end_in_the_simulators_truth(
         truth = await system.truth()
         transitions = await system.transitions()
         stats = await system.stats()
+        metrics = generate_latest(system.reconcilers[0][0].metrics.registry).decode()
     assert len(tasks) == 1000
     mismatches = [
         (t["ref"], t["state"], truth.get(t["provider_task_id"]))
@@ -59,6 +61,11 @@ async def test_thousand_tasks_with_hostile_faults_end_in_the_simulators_truth(
     ]
     assert mismatches == []
     moves = assert_forward_only(transitions)
+    recovered = sum(t["recovered"] for t in tasks)
+    assert 'taskledger_recoveries_total{provider="apidot"}' in metrics
+    assert recovered > 0
+    assert 'taskledger_polls_total{provider="evolink",result="ok"}' in metrics
+    assert "taskledger_oldest_open_task_age_seconds" in metrics
     print(
         f"\n1000 tasks: {Counter(t['state'] for t in tasks)}, {moves} transitions, "
         f"{system.unavailable} registrations retried after 503, "

@@ -19,6 +19,8 @@ from tests.support.servers import free_port, serve
 
 ADMIN_TOKEN = "admin-token-for-tests"
 CALLBACK_SECRETS = ("callback-secret-new", "callback-secret-old")
+# Drop idle connections before uvicorn does (5 s): reusing one it is closing is a ReadError.
+KEEPALIVE = httpx.Limits(keepalive_expiry=1.0)
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:
@@ -82,6 +84,6 @@ async def running_service(
     app = create_app(settings, clock=clock)
     async with (
         serve(app, port=port) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+        httpx.AsyncClient(base_url=base_url, timeout=30, limits=KEEPALIVE) as http,
     ):
         yield Service(base_url, http)
