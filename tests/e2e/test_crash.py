@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -21,7 +20,7 @@ from schemas.store import LedgerStore, NewTask
 from schemas.tables import DELIVERY
 from schemas.tokens import CallbackTokens
 from tests.support.senders import apidot_body
-from tests.support.servers import free_port
+from tests.support.servers import free_port, receiver_process
 from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, migrate
 
 TASKS = 600
@@ -93,41 +92,8 @@ async def receiver(database_url: str, port: int) -> AsyncIterator[asyncio.subpro
         "TASKLEDGER_PROVIDERS": "apidot",
         "TASKLEDGER_LOG_LEVEL": "warning",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "receiver.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        await ready(port)
+    async with receiver_process(env, port) as process:
         yield process
-    finally:
-        if process.returncode is None:
-            process.terminate()
-        await asyncio.wait_for(process.wait(), timeout=20)
-
-
-async def ready(port: int) -> None:
-    async with asyncio.timeout(20), httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
 
 
 async def stored_keys(engine: sa.ext.asyncio.AsyncEngine) -> set[str]:

@@ -9,19 +9,16 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from schemas.database import create_engine
 from schemas.tables import DELIVERY, TASK, TRANSITION
 from simulator import Faults, Lifecycle, SimConfig, create_app
 from tests.e2e.test_reconcile import assert_forward_only
-from tests.support.databases import temporary_database
 from tests.support.senders import WEBHOOK_SECRET, apidot_body
-from tests.support.servers import free_port, serve
+from tests.support.servers import free_port, receiver_process, serve
 from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, migrate
 
 TASKS_PER_PROVIDER = 60
@@ -71,37 +68,7 @@ async def process(*args: str, env: dict[str, str]) -> AsyncIterator[None]:
 
 
 async def receiver_up(stack: AsyncExitStack, env: dict[str, str], port: int, workers: int) -> None:
-    await stack.enter_async_context(
-        process(
-            "-m",
-            "uvicorn",
-            "receiver.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--no-access-log",
-            env=env,
-        )
-    )
-    async with asyncio.timeout(30), httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-
-
-@pytest.fixture
-async def database_url(tmp_path: Path) -> AsyncIterator[str]:
-    """PostgreSQL only: several writers on one database is the PostgreSQL deployment."""
-    async with temporary_database("postgresql", tmp_path) as url:
-        yield url
+    await stack.enter_async_context(receiver_process(env, port, workers))
 
 
 async def test_two_receivers_and_two_reconcilers_keep_one_consistent_ledger(
