@@ -56,7 +56,10 @@ async def _demo(workdir: Path, count: int) -> int:
     with _processes(env, ports):
         web = f"http://127.0.0.1:{ports['web']}"
         async with httpx.AsyncClient(base_url=web, timeout=10) as http:
-            await _wait_ready(http)
+            try:
+                await wait_ready(http)
+            except TimeoutError as exc:
+                raise SystemExit(f"taskledger demo: {exc}") from None
             await _submit(http, env["TASKLEDGER_ADMIN_TOKEN"], count)
             summary = await _follow(store, count)
             rejected = _rejections((await http.get("/metrics")).text)
@@ -149,16 +152,17 @@ def _processes(env: dict[str, str], ports: Mapping[str, int]) -> Iterator[None]:
                 proc.kill()
 
 
-async def _wait_ready(http: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + 30
+async def wait_ready(http: httpx.AsyncClient, within_seconds: float = 30) -> None:
+    """Until the receiver's `/readyz` answers 200 (database reachable and migrated)."""
+    deadline = time.monotonic() + within_seconds
     while time.monotonic() < deadline:
         try:
             if (await http.get("/readyz")).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        await asyncio.sleep(0.2)
-    raise SystemExit("taskledger demo: the receiver did not become ready")
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"the receiver was not ready within {within_seconds:g} s")
 
 
 async def _submit(http: httpx.AsyncClient, token: str, count: int) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from schemas.demo import wait_ready as ready
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -78,11 +80,5 @@ async def receiver_process(
 
 
 async def wait_ready(base_url: str, within_seconds: float = 30) -> None:
-    async with asyncio.timeout(within_seconds), httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(f"{base_url}/readyz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=base_url) as http:
+        await ready(http, within_seconds)
