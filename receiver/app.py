@@ -64,6 +64,7 @@ def create_app(
             yield
         finally:
             await writer.stop()
+            await store.close()
             await engine.dispose()
             log.info("receiver_stopped")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,35 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 READ_ONLY = {"taskledger_read_only": True}
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteFile:
+    """A SQLite ledger file and the pragmas every connection to it runs with."""
+
+    path: str
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+
+    def configure(self, connection: Any) -> None:
+        """WAL, durable commits, a busy timeout, foreign keys; BEGIN is ours, not the driver's."""
+        connection.isolation_level = None
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={self.synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    def connect(self) -> sqlite3.Connection:
+        """A plain `sqlite3` connection, configured like the engine's."""
+        connection = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
+        self.configure(connection)
+        return connection
+
+
+# The file behind each SQLite engine, for the store's direct writer (see `sqlite_file`).
+_FILES: weakref.WeakKeyDictionary[sa.Engine, SqliteFile] = weakref.WeakKeyDictionary()
 
 
 def normalize_url(url: str) -> str:
@@ -46,22 +78,23 @@ def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def sqlite_file(engine: AsyncEngine) -> SqliteFile | None:
+    """The file and pragmas of an engine made by `create_engine`; None for anything else."""
+    return _FILES.get(engine.sync_engine)
+
+
 def _sqlite_engine(url: str, synchronous: str, busy_timeout_ms: int) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, json_serializer=_dumps, pool_size=5, max_overflow=5)
+    file = SqliteFile(database or ":memory:", synchronous.upper(), busy_timeout_ms)
+    if database and database != ":memory:":
+        _FILES[engine.sync_engine] = file
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transactions out of the driver's hands so that BEGIN is ours (below).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        file.configure(dbapi_connection)
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -24,12 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.clock import Clock
-from schemas.database import READ_ONLY
+from schemas.database import READ_ONLY, sqlite_file
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Auth, Delivery, Evidence, Stored, SubmissionStatus
 from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
+from schemas.store_sqlite import SqliteSession, SqliteWriter, UniqueRace
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
 
@@ -63,98 +64,40 @@ class LedgerStore:
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self.engine = engine
         self.clock = clock
-        self._lock_rows = engine.dialect.name == "postgresql"
+        self.locks_rows = engine.dialect.name == "postgresql"
+        file = sqlite_file(engine)
+        self._sqlite = SqliteWriter(file) if file is not None else None
 
     # -- the write path --------------------------------------------------------
 
     async def ingest(self, evidence: Sequence[Evidence]) -> list[Stored]:
         """Store and merge a batch in one transaction; a lost unique race retries the batch."""
+        items = list(evidence)
         for attempt in range(1, INGEST_ATTEMPTS + 1):
             try:
-                async with self._write() as conn:
-                    return await conn.run_sync(self._ingest, list(evidence), self.clock())
-            except _UniqueRace:
+                return await self._ingest_once(items, self.clock())
+            except UniqueRace:
                 if attempt == INGEST_ATTEMPTS:
                     raise StorageUnavailable("ingest kept racing another writer") from None
                 await asyncio.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
-    def _ingest(self, conn: sa.Connection, items: list[Evidence], now: datetime) -> list[Stored]:
-        tasks = self._lock_tasks(conn, items)
-        existing = self._existing_deliveries(conn, items)
-        fold = Fold(tasks, existing, now)
-        results = [fold.apply(item) for item in items]
-        fold.finish()
-        try:
-            self._flush(conn, fold.writes, fold.changed_tasks(), now)
-        except IntegrityError as exc:
-            raise _UniqueRace() from exc
-        return results
-
-    def _lock_tasks(self, conn: sa.Connection, items: list[Evidence]) -> list[dict[str, Any]]:
-        """The batch's tasks, locked in ref order (one global order: no deadlocks)."""
-        refs = {item.task_ref for item in items if item.task_ref is not None}
-        pairs = {
-            (item.provider, item.observation.provider_task_id)
-            for item in items
-            if isinstance(item, Delivery) and item.task_ref is None
-        }
-        if pairs:
-            refs |= _refs_of(conn, pairs)
-        if not refs:
-            return []
-        query = sa.select(TASK).where(TASK.c.ref.in_(refs)).order_by(TASK.c.ref)
-        if self._lock_rows:
-            query = query.with_for_update()
-        return [dict(row) for row in conn.execute(query).mappings()]
-
-    @staticmethod
-    def _existing_deliveries(
-        conn: sa.Connection, items: list[Evidence]
-    ) -> dict[tuple[str, str], dict[str, Any]]:
-        keys = {(i.provider, i.delivery_key) for i in items if isinstance(i, Delivery)}
-        if not keys:
-            return {}
-        query = sa.select(
-            DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
-        ).where(*_pair_in(DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
-        rows = {(r.provider, r.delivery_key): dict(r._mapping) for r in conn.execute(query)}
-        return {key: row for key, row in rows.items() if key in keys}
-
-    def _flush(
-        self, conn: sa.Connection, writes: Writes, tasks: list[TaskWork], now: datetime
-    ) -> None:
-        if writes.transitions:
-            self._order_transitions(conn)
-        _insert_returning_ids(conn, DELIVERY, writes.deliveries)
-        _insert_returning_ids(conn, OBSERVATION, writes.observations)
-        if writes.duplicates:
-            conn.execute(
-                _COUNT_DUPLICATE,
-                [
-                    {"k_provider": p, "k_key": k, "k_count": n, "k_now": now}
-                    for (p, k), n in writes.duplicates.items()
-                ],
+    async def _ingest_once(self, items: list[Evidence], now: datetime) -> list[Stored]:
+        if self._sqlite is not None:
+            return await self._sqlite.run(
+                lambda conn: _ingest(SqliteSession(conn, _TASK_FIELDS), items, now)
             )
-        if tasks:
-            conn.execute(_UPDATE_TASK, [_task_params(work.row) for work in tasks])
-        if writes.transitions:
-            conn.execute(
-                TRANSITION.insert(),
-                [
-                    {
-                        "task_ref": t.task_ref,
-                        "from_state": t.from_state,
-                        "to_state": t.to_state,
-                        "source": t.source,
-                        "source_id": str(t.source_row["id"]) if t.source_row else None,
-                        "at": t.at,
-                    }
-                    for t in writes.transitions
-                ],
+        async with self._write() as conn:
+            return await conn.run_sync(
+                lambda sync: _ingest(_AlchemySession(self, sync), items, now)
             )
 
-    def _order_transitions(self, conn: sa.Connection) -> None:
+    async def close(self) -> None:
+        """Stop the SQLite writer thread, if any (the engine is the caller's to dispose)."""
+        if self._sqlite is not None:
+            await self._sqlite.close()
+
+    def order_transitions(self, conn: sa.Connection) -> None:
         """Make `seq` order commit order, so a change feed reader never skips a late commit.
 
         PostgreSQL hands out sequence numbers at insert time, not at commit: without this,
@@ -163,7 +106,7 @@ class LedgerStore:
         (no lock-order cycle with row or unique-key waits) and hold it to commit. SQLite
         already runs one writer at a time.
         """
-        if self._lock_rows:
+        if self.locks_rows:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
 
     # -- registration ----------------------------------------------------------
@@ -174,7 +117,7 @@ class LedgerStore:
         row = new_task_row(new, now)
         try:
             async with self._write() as conn:
-                await conn.run_sync(self._order_transitions)
+                await conn.run_sync(self.order_transitions)
                 await conn.execute(TASK.insert().values(row))
                 await conn.execute(
                     TRANSITION.insert().values(
@@ -186,7 +129,7 @@ class LedgerStore:
                         at=now,
                     )
                 )
-        except _UniqueRace:
+        except UniqueRace:
             raise TaskConflict(
                 "another task already has this provider task id", provider=new.provider
             ) from None
@@ -214,7 +157,7 @@ class LedgerStore:
 
     async def _task_for_update(self, conn: AsyncConnection, ref: str) -> dict[str, Any]:
         query = sa.select(TASK).where(TASK.c.ref == ref)
-        if self._lock_rows:
+        if self.locks_rows:
             query = query.with_for_update()
         row = (await conn.execute(query)).mappings().first()
         if row is None:
@@ -272,7 +215,7 @@ class LedgerStore:
             )
         fold.finish()
         fold.writes.deliveries.clear()
-        self._flush(conn, fold.writes, fold.changed_tasks(), now)
+        _AlchemySession(self, conn).flush(fold.writes, fold.changed_tasks(), now)
 
     # -- claims (the reconciler) ----------------------------------------------
 
@@ -287,7 +230,7 @@ class LedgerStore:
         now = self.clock()
         async with self._write() as conn:
             query = _due_query(provider, now, limit)
-            if self._lock_rows:
+            if self.locks_rows:
                 query = query.with_for_update(skip_locked=True)
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
             if rows:
@@ -563,10 +506,6 @@ class LedgerStore:
         return _Transaction(self.engine, read_only=True)
 
 
-class _UniqueRace(Exception):
-    """Another writer inserted the same unique key first; the batch is retried."""
-
-
 class _Transaction:
     """`async with`: a connection in a transaction, with database errors made ours."""
 
@@ -609,10 +548,10 @@ class _Transaction:
 
 
 def _translate(exc: BaseException | None) -> None:
-    if exc is None or isinstance(exc, LedgerError | _UniqueRace):
+    if exc is None or isinstance(exc, LedgerError | UniqueRace):
         return
     if isinstance(exc, IntegrityError):
-        raise _UniqueRace() from exc
+        raise UniqueRace() from exc
     if isinstance(exc, SQLAlchemyError | OSError):
         raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
 
@@ -795,6 +734,99 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
         "lease_until": None,
         "submission": SubmissionStatus.PENDING.value if new.submit else None,
     }
+
+
+# -- the ingest, on either session ---------------------------------------------
+
+
+class _IngestSession(Protocol):
+    """What an ingest asks of the database, inside its one transaction."""
+
+    def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]: ...
+
+    def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]: ...
+
+    def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None: ...
+
+
+def _ingest(session: _IngestSession, items: list[Evidence], now: datetime) -> list[Stored]:
+    """Load what the batch touches, fold it in memory, write every decision."""
+    refs = {item.task_ref for item in items if item.task_ref is not None}
+    pairs = {
+        (item.provider, item.observation.provider_task_id)
+        for item in items
+        if isinstance(item, Delivery) and item.task_ref is None
+    }
+    keys = {(i.provider, i.delivery_key) for i in items if isinstance(i, Delivery)}
+    # Tasks first, in ref order (one global lock order on PostgreSQL: no deadlocks).
+    fold = Fold(session.tasks(refs, pairs), session.deliveries(keys), now)
+    results = [fold.apply(item) for item in items]
+    fold.finish()
+    session.flush(fold.writes, fold.changed_tasks(), now)
+    return results
+
+
+class _AlchemySession:
+    """The ingest's statements through SQLAlchemy Core (PostgreSQL, and replays)."""
+
+    def __init__(self, store: LedgerStore, conn: sa.Connection) -> None:
+        self._store = store
+        self._conn = conn
+
+    def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        """The batch's tasks, locked in ref order on PostgreSQL."""
+        if pairs:
+            refs = refs | _refs_of(self._conn, pairs)
+        if not refs:
+            return []
+        query = sa.select(TASK).where(TASK.c.ref.in_(refs)).order_by(TASK.c.ref)
+        if self._store.locks_rows:
+            query = query.with_for_update()
+        return [dict(row) for row in self._conn.execute(query).mappings()]
+
+    def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        if not keys:
+            return {}
+        query = sa.select(
+            DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
+        ).where(*_pair_in(DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
+        rows = {(r.provider, r.delivery_key): dict(r._mapping) for r in self._conn.execute(query)}
+        return {key: row for key, row in rows.items() if key in keys}
+
+    def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
+        conn = self._conn
+        if writes.transitions:
+            self._store.order_transitions(conn)
+        try:
+            _insert_returning_ids(conn, DELIVERY, writes.deliveries)
+            _insert_returning_ids(conn, OBSERVATION, writes.observations)
+            if writes.duplicates:
+                conn.execute(
+                    _COUNT_DUPLICATE,
+                    [
+                        {"k_provider": p, "k_key": k, "k_count": n, "k_now": now}
+                        for (p, k), n in writes.duplicates.items()
+                    ],
+                )
+            if tasks:
+                conn.execute(_UPDATE_TASK, [_task_params(work.row) for work in tasks])
+            if writes.transitions:
+                conn.execute(
+                    TRANSITION.insert(),
+                    [
+                        {
+                            "task_ref": t.task_ref,
+                            "from_state": t.from_state,
+                            "to_state": t.to_state,
+                            "source": t.source,
+                            "source_id": str(t.source_row["id"]) if t.source_row else None,
+                            "at": t.at,
+                        }
+                        for t in writes.transitions
+                    ],
+                )
+        except IntegrityError as exc:
+            raise UniqueRace() from exc
 
 
 # -- retention ----------------------------------------------------------------

@@ -48,5 +48,7 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def store(engine: AsyncEngine, clock: FakeClock) -> LedgerStore:
-    return LedgerStore(engine, clock)
+async def store(engine: AsyncEngine, clock: FakeClock) -> AsyncIterator[LedgerStore]:
+    store = LedgerStore(engine, clock)
+    yield store
+    await store.close()

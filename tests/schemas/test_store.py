@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-import sqlalchemy as sa
+import pytest
 
-from schemas.database import create_engine
+from schemas.database import SqliteFile, create_engine
 from schemas.ledger import Auth, Delivery, Expiry, Poll
 from schemas.migrate import upgrade
 from schemas.states import Outcome, State
@@ -141,18 +142,22 @@ async def test_failed_poll_is_recorded_without_touching_the_state(
     assert (task["state"], task["poll_attempts"]) == ("submitted", 1)
 
 
-async def test_ingest_reads_by_index_never_by_scanning_a_table(tmp_path: Path) -> None:
+async def test_ingest_reads_by_index_never_by_scanning_a_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ingest cost must not grow with the ledger: every lookup it makes is an index search."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
     await upgrade(engine)
-    store = LedgerStore(engine, FakeClock())
     statements: list[str] = []
+    connect = SqliteFile.connect
 
-    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append(statement)
+    def traced(file: SqliteFile) -> sqlite3.Connection:
+        conn = connect(file)
+        conn.set_trace_callback(statements.append)
+        return conn
 
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", record)
+    monkeypatch.setattr(SqliteFile, "connect", traced)
+    store = LedgerStore(engine, FakeClock())
     ref = await registered(store)
     signed = Delivery(
         provider="openai",
@@ -164,12 +169,14 @@ async def test_ingest_reads_by_index_never_by_scanning_a_table(tmp_path: Path) -
         received_at=store.clock(),
     )
     await store.ingest([callback(ref, "a", State.RUNNING, store.clock()), signed])
-    sa.event.remove(engine.sync_engine, "before_cursor_execute", record)
+    await store.ingest([callback(ref, "a", State.RUNNING, store.clock())])  # a duplicate
+    await store.close()
+    lookups = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "UPDATE"))]
+    assert any(s.upper().startswith("UPDATE DELIVERY") for s in lookups)
     plans = []
     async with engine.connect() as conn:
-        for statement in statements:
-            literal = statement.replace("?", "'x'")
-            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + literal)
+        for statement in lookups:
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement)
             plans += [str(row[-1]) for row in rows]
     await engine.dispose()
     assert plans
