@@ -21,6 +21,7 @@ BatchObserver = Callable[[int], None]
 
 log = structlog.get_logger("taskledger.writer")
 _Item = tuple[Delivery, "asyncio.Future[Stored]"]
+LINGER_TURNS = 8
 
 
 class GroupCommitWriter:
@@ -66,9 +67,7 @@ class GroupCommitWriter:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < self._batch_size and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await self._gather()
             try:
                 await self._commit(batch)
             except Exception:
@@ -77,6 +76,27 @@ class GroupCommitWriter:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _gather(self) -> list[_Item]:
+        """The next batch: what is queued, plus what keeps arriving while the loop turns.
+
+        Each commit costs an fsync, so a batch waits a few loop iterations for the
+        requests already on the wire, and stops as soon as an iteration brings none.
+        """
+        batch = [await self._queue.get()]
+        for _ in range(LINGER_TURNS):
+            arrived = self._take(batch)
+            if not arrived or len(batch) >= self._batch_size:
+                break
+            await asyncio.sleep(0)
+        return batch
+
+    def _take(self, batch: list[_Item]) -> int:
+        taken = 0
+        while len(batch) < self._batch_size and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+            taken += 1
+        return taken
 
     async def _commit(self, batch: list[_Item]) -> None:
         self._on_batch(len(batch))

@@ -25,20 +25,22 @@ class SqliteFile:
     synchronous: str = "FULL"
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
 
-    def configure(self, connection: Any) -> None:
+    def configure(self, connection: Any, busy_timeout_ms: int | None = None) -> None:
         """WAL, durable commits, a busy timeout, foreign keys; BEGIN is ours, not the driver's."""
+        busy = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         connection.isolation_level = None
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={self.synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         """A plain `sqlite3` connection, configured like the engine's."""
-        connection = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
-        self.configure(connection)
+        busy = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
+        connection = sqlite3.connect(self.path, timeout=busy / 1000, check_same_thread=False)
+        self.configure(connection, busy)
         return connection
 
 

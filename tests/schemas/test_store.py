@@ -151,8 +151,8 @@ async def test_ingest_reads_by_index_never_by_scanning_a_table(
     statements: list[str] = []
     connect = SqliteFile.connect
 
-    def traced(file: SqliteFile) -> sqlite3.Connection:
-        conn = connect(file)
+    def traced(file: SqliteFile, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        conn = connect(file, busy_timeout_ms)
         conn.set_trace_callback(statements.append)
         return conn
 
