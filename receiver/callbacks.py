@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from receiver.errors import (
@@ -142,14 +142,20 @@ async def read_body(
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
+    # ASGI messages straight from `receive`: a small body is one message, no generator.
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"the body exceeds {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def parse_json(request: Request, body: bytes) -> dict[str, Any]:
@@ -211,8 +217,7 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:
             task_ref=stored.task_ref,
         )
     elapsed = time.perf_counter() - started
-    inbox.metrics.deliveries.labels(delivery.provider, stored.outcome.value).inc()
-    inbox.metrics.ingest_seconds.observe(elapsed)
+    inbox.metrics.delivered(delivery.provider, stored.outcome.value, elapsed)
     log.info(
         "delivery_stored",
         provider=delivery.provider,

@@ -39,5 +39,15 @@ class ReceiverMetrics:
             registry=self.registry,
         )
 
+        self._delivered: dict[tuple[str, str], Counter] = {}
+
+    def delivered(self, provider: str, outcome: str, seconds: float) -> None:
+        """Count one stored delivery (label children are looked up once, then kept)."""
+        child = self._delivered.get((provider, outcome))
+        if child is None:
+            child = self._delivered[provider, outcome] = self.deliveries.labels(provider, outcome)
+        child.inc()
+        self.ingest_seconds.observe(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

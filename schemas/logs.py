@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import orjson
 import structlog
 
 # Keys that may carry secrets or customer content; dropped from every event.
@@ -17,7 +18,9 @@ def configure(level: str = "info", json: bool | None = None) -> None:
     """Route structlog and stdlib logging to stdout at `level`."""
     as_json = (not sys.stdout.isatty()) if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer(_json_line)
+        if as_json
+        else structlog.dev.ConsoleRenderer()
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
@@ -34,6 +37,10 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stdout, force=True)
+
+
+def _json_line(event: structlog.typing.EventDict, **_options: object) -> str:
+    return orjson.dumps(event, default=repr).decode()
 
 
 def _stdout_logger(*_args: object) -> structlog.PrintLogger:
