@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import orjson
@@ -82,7 +83,8 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _codec(column: sa.Column[Any]) -> tuple[Encoder, Decoder]:
+def _codec(column: sa.Column[Any]) -> tuple[Encoder, Decoder] | None:
+    """How a column's values are stored, when not as they are."""
     kind = column.type
     if isinstance(kind, UTCDateTime):
         return _encode_when, _decode_when
@@ -90,40 +92,57 @@ def _codec(column: sa.Column[Any]) -> tuple[Encoder, Decoder]:
         return _encode_json, _decode_json
     if isinstance(kind, sa.Boolean):
         return _encode_bool, _decode_bool
-    return _same, _same
+    return None
+
+
+class _Row:
+    """Encodes dicts into parameter lists for a fixed list of columns."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str]) -> None:
+        self.names = list(names)
+        self._get = itemgetter(*names)
+        codecs = [_codec(table.c[name]) for name in names]
+        self._convert = [(i, codec[0]) for i, codec in enumerate(codecs) if codec is not None]
+
+    def encode(self, row: dict[str, Any]) -> list[Any]:
+        values = list(self._get(row))
+        for i, encode in self._convert:
+            values[i] = encode(values[i])
+        return values
 
 
 class _Table:
     """A table's column names, SQL fragments and codecs, computed once."""
 
     def __init__(self, table: sa.Table) -> None:
+        self.table = table
         self.name = _QUOTE(table.name)
         self.columns = [column.name for column in table.c]
-        self.encoders = {column.name: _codec(column)[0] for column in table.c}
-        self.decoders = [_codec(column)[1] for column in table.c]
         self.select = ", ".join(_QUOTE(name) for name in self.columns)
+        self._decoders = [
+            (column.name, codec[1]) for column in table.c if (codec := _codec(column)) is not None
+        ]
+
+    def row(self, names: Sequence[str]) -> _Row:
+        return _Row(self.table, names)
 
     def insert(self, names: Sequence[str]) -> str:
         marks = ", ".join("?" for _ in names)
         return f"INSERT INTO {self.name} ({', '.join(_QUOTE(n) for n in names)}) VALUES ({marks})"
 
-    def decode(self, values: Iterable[Any]) -> dict[str, Any]:
-        return {
-            name: decode(value)
-            for name, decode, value in zip(self.columns, self.decoders, values, strict=True)
-        }
-
-    def encode(self, row: dict[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
-        encoders = self.encoders
-        return tuple(encoders[name](row[name]) for name in names)
+    def decode(self, values: Sequence[Any]) -> dict[str, Any]:
+        row = dict(zip(self.columns, values, strict=True))
+        for name, decode in self._decoders:
+            row[name] = decode(row[name])
+        return row
 
 
 _TASKS = _Table(TASK)
 _DELIVERIES = _Table(DELIVERY)
 _OBSERVATIONS = _Table(OBSERVATION)
 _TRANSITIONS = _Table(TRANSITION)
-_DELIVERY_FIELDS = [name for name in _DELIVERIES.columns if name != "id"]
-_OBSERVATION_FIELDS = [name for name in _OBSERVATIONS.columns if name != "id"]
+_NEW_DELIVERY = _DELIVERIES.row(_DELIVERIES.columns)
+_NEW_OBSERVATION = _OBSERVATIONS.row(_OBSERVATIONS.columns)
 _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
 
 
@@ -136,7 +155,7 @@ class SqliteSession:
 
     def __init__(self, conn: sqlite3.Connection, task_fields: Sequence[str]) -> None:
         self._conn = conn
-        self._task_fields = task_fields
+        self._task_row = _TASKS.row([*task_fields, "ref"])
         assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in task_fields)
         self._update_task = f"UPDATE task SET {assigns} WHERE ref = ?"
 
@@ -185,8 +204,8 @@ class SqliteSession:
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
         conn = self._conn
-        self._insert(_DELIVERIES, _DELIVERY_FIELDS, writes.deliveries)
-        self._insert(_OBSERVATIONS, _OBSERVATION_FIELDS, writes.observations)
+        self._insert(_DELIVERIES, _NEW_DELIVERY, writes.deliveries)
+        self._insert(_OBSERVATIONS, _NEW_OBSERVATION, writes.observations)
         if writes.duplicates:
             stamp = _encode_when(now)
             conn.executemany(
@@ -195,11 +214,8 @@ class SqliteSession:
                 [(n, stamp, p, k) for (p, k), n in writes.duplicates.items()],
             )
         if tasks:
-            fields = self._task_fields
-            conn.executemany(
-                self._update_task,
-                [(*_TASKS.encode(work.row, fields), work.row["ref"]) for work in tasks],
-            )
+            encode = self._task_row.encode
+            conn.executemany(self._update_task, [encode(work.row) for work in tasks])
         if writes.transitions:
             conn.executemany(
                 _TRANSITIONS.insert(_TRANSITION_FIELDS),
@@ -216,16 +232,14 @@ class SqliteSession:
                 ],
             )
 
-    def _insert(self, table: _Table, names: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    def _insert(self, table: _Table, new: _Row, rows: list[dict[str, Any]]) -> None:
         """Insert rows with ids handed out here: the write lock is ours, so max(id) is stable."""
         if not rows:
             return
         (last,) = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {table.name}").fetchone()
         for offset, row in enumerate(rows, start=1):
             row["id"] = last + offset
-        self._conn.executemany(
-            table.insert(["id", *names]), [table.encode(row, ["id", *names]) for row in rows]
-        )
+        self._conn.executemany(table.insert(new.names), [new.encode(row) for row in rows])
 
 
 class SqliteWriter:
