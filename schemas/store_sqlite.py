@@ -42,6 +42,7 @@ from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UTCDateTime
 T = TypeVar("T")
 Encoder = Callable[[Any], Any]
 Decoder = Callable[[Any], Any]
+WRITER_CACHE_KIB = 32 * 1024
 _QUOTE = sqlite_dialect.dialect().identifier_preparer.quote
 
 
@@ -268,6 +269,8 @@ class SqliteWriter:
         try:
             if self._conn is None:
                 self._conn = self._file.connect(busy_timeout_ms=0)
+                # The hot pages of a large ledger (index interiors, recent rows) stay cached.
+                self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
