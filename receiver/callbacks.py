@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from receiver.errors import (
     BodyTimeout,
@@ -229,6 +229,10 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:
     return _answer(stored)
 
 
+# The few answers a stored delivery can get, rendered once.
+_ANSWERS = {outcome: orjson.dumps({"outcome": outcome.value}) for outcome in Outcome}
+
+
 def _answer(stored: Stored) -> Response:
     status = 202 if stored.outcome is Outcome.UNMATCHED else 200
-    return JSONResponse({"outcome": stored.outcome.value}, status_code=status)
+    return Response(_ANSWERS[stored.outcome], status, media_type="application/json")
