@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -181,3 +181,41 @@ async def test_ingest_reads_by_index_never_by_scanning_a_table(
     await engine.dispose()
     assert plans
     assert [p for p in plans if p.startswith("SCAN") and "CONSTANT ROW" not in p] == []
+
+
+async def test_what_ingest_writes_reads_back_the_same_through_sqlalchemy(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """SQLite's direct writer and SQLAlchemy agree on every stored form (times, JSON, flags)."""
+    clock.now = clock.now.replace(microsecond=123456)
+    ref = await registered(store)
+    finished = Delivery(
+        provider="apidot",
+        delivery_key="k-done",
+        body=b'{"done": true}',
+        headers={"content-type": "application/json"},
+        auth=Auth.TOKEN,
+        observation=Observation("t-1", State.SUCCEEDED, 100, result_urls=("https://cdn/x.mp4",)),
+        received_at=clock(),
+        task_ref=ref,
+    )
+    clock.advance(1.5)
+    await store.ingest([finished])
+    task = await store.get(ref)
+    assert task is not None
+    assert task["state"] == "succeeded"
+    assert (task["updated_at"], task["terminal_at"], task["last_event_at"]) == (clock(),) * 3
+    assert task["updated_at"].tzinfo is not None
+    assert task["result"]["urls"] == ["https://cdn/x.mp4"]
+    assert (task["confirmed"], task["conflict"], task["recovered"]) == (False, False, False)
+    assert task["request"] is None
+    assert task["version"] == 2
+    (delivery,) = (await store.timeline(ref))["deliveries"]
+    assert delivery["headers"] == {"content-type": "application/json"}
+    assert delivery["received_at"] == clock() - timedelta(seconds=1.5)
+    assert (delivery["outcome"], delivery["auth"]) == ("applied", "token")
+    # A second batch reads the first one's row back through the direct path and merges on it.
+    await store.ingest([poll(ref, State.SUCCEEDED, clock())])
+    again = await store.get(ref)
+    assert again is not None
+    assert (again["confirmed"], again["result"]) == (True, task["result"])
