@@ -103,8 +103,15 @@ class GroupCommitWriter:
         try:
             results = await self._ingest([delivery for delivery, _ in batch])
         except Exception as exc:
-            _fail(batch, Overloaded("storage unavailable"))
             expected = isinstance(exc, StorageUnavailable)
+            if not expected and len(batch) > 1:
+                # Not the database: some delivery broke the batch. Each gets its own try,
+                # so one poison delivery cannot turn its neighbours away.
+                log.warning("batch_split", size=len(batch), error=type(exc).__name__)
+                for item in batch:
+                    await self._commit([item])
+                return
+            _fail(batch, Overloaded("storage unavailable"))
             log.warning(
                 "batch_failed",
                 size=len(batch),

@@ -91,3 +91,31 @@ async def test_stopped_writer_refuses() -> None:
     writer = GroupCommitWriter(Recorder())
     with pytest.raises(Overloaded):
         await writer.submit(delivery("a"))
+
+
+async def test_one_poison_delivery_fails_alone_and_its_batch_is_stored() -> None:
+    stored: list[str] = []
+
+    async def ingest(items: Sequence[Delivery]) -> list[Stored]:
+        if any(d.delivery_key == "poison" for d in items):
+            raise ValueError("cannot store this one")
+        stored.extend(d.delivery_key for d in items)
+        return [Stored(Outcome.APPLIED, d.delivery_key) for d in items]
+
+    gate = asyncio.Event()
+
+    async def gated(items: Sequence[Delivery]) -> list[Stored]:
+        await gate.wait()
+        return await ingest(items)
+
+    writer = GroupCommitWriter(gated)
+    await writer.start()
+    keys = ["a", "poison", "b", "c"]
+    sent = [asyncio.create_task(writer.submit(delivery(k))) for k in keys]
+    await asyncio.sleep(0.01)
+    gate.set()
+    answers = await asyncio.gather(*sent, return_exceptions=True)
+    await writer.stop()
+    assert isinstance(answers[1], Overloaded)
+    assert [a.task_ref for a in answers if isinstance(a, Stored)] == ["a", "b", "c"]
+    assert stored == ["a", "b", "c"]
