@@ -228,7 +228,8 @@ def summarize(label: str, outcomes: list[dict[str, Any]]) -> CaseResult:
     )
     case.notes.append(
         f"reconciler concurrency {CONCURRENCY}; its configured rate equals the simulator's "
-        "limit (it keeps a 50 ms margin per window); timed from its `reconciler_started` line"
+        "limit (each poll holds its place from its start until one window after its answer); "
+        "timed from its `reconciler_started` line"
     )
     return case
 

@@ -14,21 +14,25 @@ from contextlib import asynccontextmanager
 
 from schemas.settings import ProviderSettings
 
-# Requests are timed when they start here, but counted when they arrive at the provider:
-# widening our window by a little keeps network jitter from pushing two starts into one window.
-WINDOW_MARGIN_SECONDS = 0.05
+# Clock readings on both sides of a loopback or LAN hop can differ by this much.
+WINDOW_MARGIN_SECONDS = 0.005
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
 class RateLimiter:
-    """At most `rate_per_second` request starts in any sliding 1-second window, at most
-    `concurrency` requests in flight, and none at all while paused.
+    """At most `rate_per_second` requests in any sliding 1-second window *as the provider
+    counts them*, at most `concurrency` requests in flight, and none at all while paused.
 
-    A whole rate R allows R starts per window of 1 s; a fractional rate allows
-    max(1, floor(R)) starts per window of max(1, floor(R) / R) seconds (0.5 => one per 2 s),
-    so no 1-second window ever holds more than max(1, floor(R)) starts.
+    The provider counts a request when it handles it, which is some time between our start
+    and the answer's arrival: a loaded event loop can hold a started request for tens of
+    milliseconds. So a request takes its place in the window when it starts and keeps it
+    until one window after its answer came back. Any window the provider sees then holds
+    at most the limit, whatever the delay on the way; it costs only the request's latency.
+
+    A whole rate R allows R requests per window of 1 s; a fractional rate allows
+    max(1, floor(R)) per window of max(1, floor(R) / R) seconds (0.5 => one per 2 s).
     """
 
     def __init__(
@@ -49,7 +53,9 @@ class RateLimiter:
         self.concurrency = concurrency
         self._clock = clock
         self._sleep = sleep
-        self._starts: deque[float] = deque()
+        self._ended: deque[float] = deque()  # answers' arrival times, oldest first
+        self._flying = 0  # started, no answer yet
+        self._answered = asyncio.Event()
         self._paused_until = -math.inf
         self._in_flight = asyncio.Semaphore(concurrency)
         self._turn = asyncio.Lock()
@@ -79,19 +85,33 @@ class RateLimiter:
         """Wait for a concurrency slot, then for the rate window and any pause; hold the slot."""
         async with self._in_flight:
             await self._admit()
-            yield
+            try:
+                yield
+            finally:
+                self._flying -= 1
+                self._ended.append(self._clock())
+                self._answered.set()
 
     async def _admit(self) -> None:
-        """Record this request's start once the window and the pause allow it (callers queue)."""
+        """Count this request in once the window and the pause allow it (callers queue)."""
         async with self._turn:
             while (wait := self._wait_seconds(self._clock())) > 0:
-                await self._sleep(wait)
-            self._starts.append(self._clock())
+                if math.isinf(wait):
+                    # The window is full of requests still in flight: wait for an answer.
+                    self._answered.clear()
+                    await self._answered.wait()
+                else:
+                    await self._sleep(wait)
+            self._flying += 1
 
     def _wait_seconds(self, now: float) -> float:
-        while self._starts and self._starts[0] + self.window_seconds <= now:
-            self._starts.popleft()
+        ended = self._ended
+        while ended and ended[0] + self.window_seconds <= now:
+            ended.popleft()
         wait = self._paused_until - now
-        if len(self._starts) >= self.limit:
-            wait = max(wait, self._starts[0] + self.window_seconds - now)
+        excess = self._flying + len(ended) - self.limit
+        if excess >= 0:
+            # Enough answers must leave the window; with too many in flight, none suffices.
+            leaves = ended[excess] + self.window_seconds - now if excess < len(ended) else math.inf
+            wait = max(wait, leaves)
         return wait

@@ -23,7 +23,7 @@ from schemas.states import State
 from schemas.wire import WireFormat
 from simulator import Lifecycle, SimConfig, create_app
 from tests.support.fake_time import FakeTime
-from tests.support.servers import serve
+from tests.support.servers import free_port, serve
 
 OPENAI, APIDOT, EVOLINK = WireFormat.OPENAI, WireFormat.APIDOT, WireFormat.EVOLINK
 BASE_URL = "https://provider.example/base"
@@ -414,6 +414,19 @@ async def test_clients_keep_concurrent_polls_within_the_providers_concurrency() 
         assert client is not None
         await asyncio.gather(*(client.fetch_status(VIDEO_ID) for _ in range(8)))
     assert most == 2
+
+
+async def test_real_transports_report_an_unreachable_provider_as_unavailable() -> None:
+    """Polls (aiohttp's pool) and submits (httpcore's) both fail as retryable: nothing left."""
+    settings = provider_settings("openai", OPENAI, f"http://127.0.0.1:{free_port()}")
+    async with ProviderClients.open([settings], policy=RetryPolicy(attempts=1)) as clients:
+        client = clients.get("openai")
+        assert client is not None
+        with pytest.raises(ProviderUnavailable) as polled:
+            await client.fetch_status(VIDEO_ID)
+        with pytest.raises(ProviderUnavailable) as submitted:
+            await client.submit("sora-2", {"prompt": "a cat"}, None)
+    assert (polled.value.retryable, submitted.value.retryable) == (True, True)
 
 
 # -- against the simulator -------------------------------------------------------------

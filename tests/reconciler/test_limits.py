@@ -59,6 +59,42 @@ async def test_waiting_callers_start_as_soon_as_the_window_allows() -> None:
     assert starts[-1] - starts[0] < 2.2
 
 
+async def test_a_slow_answer_keeps_its_place_until_one_window_after_it_came() -> None:
+    """The provider may count a request as late as its answer: the window runs from there."""
+    time = FakeTime()
+    gate = limiter(time, rate=1)
+    async with gate.slot():
+        time.now += 0.4  # the answer took 0.4 s
+    starts = await start_times(gate, time, callers=1)
+    assert starts == [pytest.approx(1000.4 + gate.window_seconds)]
+
+
+async def test_a_full_window_of_requests_in_flight_waits_for_an_answer() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=2)
+    answered = asyncio.Event()
+    order: list[str] = []
+
+    async def slow() -> None:
+        async with gate.slot():
+            await answered.wait()
+            order.append("answered")
+
+    async def third() -> None:
+        async with gate.slot():
+            order.append("third started")
+
+    callers = [asyncio.create_task(slow()) for _ in range(2)]
+    late = asyncio.create_task(third())
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert order == []  # no time passed; the third did not start while two were in flight
+    answered.set()
+    await asyncio.gather(*callers, late)
+    assert order == ["answered", "answered", "third started"]
+    assert time.now >= 1000.0 + gate.window_seconds
+
+
 async def test_concurrent_requests_never_exceed_the_concurrency_cap() -> None:
     gate = limiter(FakeTime(), rate=1000, concurrency=2)
     in_flight, most, done = 0, 0, 0
