@@ -11,10 +11,12 @@ batch runs as one synchronous call inside `BEGIN IMMEDIATE ... COMMIT`.
 Why not a writer thread: `sqlite3` releases the GIL around every statement, and a
 thread that wants it back while the event loop is busy waits up to the interpreter's
 switch interval (5 ms) each time. Measured: a batch of 16 took 3.5 ms with an idle
-loop and 150 ms with a busy one. On the loop's own thread a batch costs its CPU time
-and one fsync, and nothing else. A lock held by another process is waited for with
-`asyncio.sleep`, never by blocking the loop (the connection's busy timeout is 0).
-Everything else, and PostgreSQL, goes through SQLAlchemy.
+loop and 150 ms with a busy one. So the statements run on the loop's own thread, and
+only the `COMMIT` (the fsync, about 1 ms, with no Python in it) goes to a thread of
+its own: the loop reads and parses the next requests meanwhile, one GIL hand-back
+per batch instead of one per statement. A lock held by another process is waited
+for with `asyncio.sleep`, never by blocking the loop (the connection's busy timeout
+is 0). Everything else, and PostgreSQL, goes through SQLAlchemy.
 
 Every statement below is assembled only from the tables' own column names and `?`
 placeholders; values are always bound, never formatted in (hence the S608 waivers).
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -50,6 +54,9 @@ class UniqueRace(Exception):
     """A unique key was taken by another writer first: the caller retries the batch."""
 
 
+# A batch writes the same instants many times (its `now`, unchanged task times): the
+# conversions are cached.
+@functools.lru_cache(maxsize=4096)
 def _encode_when(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -60,6 +67,7 @@ def _encode_when(value: datetime | None) -> str | None:
     return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
 
 
+@functools.lru_cache(maxsize=4096)
 def _decode_when(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
@@ -119,10 +127,6 @@ class _Table:
         self.table = table
         self.name = _QUOTE(table.name)
         self.columns = [column.name for column in table.c]
-        self.select = ", ".join(_QUOTE(name) for name in self.columns)
-        self._decoders = [
-            (column.name, codec[1]) for column in table.c if (codec := _codec(column)) is not None
-        ]
 
     def row(self, names: Sequence[str]) -> _Row:
         return _Row(self.table, names)
@@ -131,8 +135,22 @@ class _Table:
         marks = ", ".join("?" for _ in names)
         return f"INSERT INTO {self.name} ({', '.join(_QUOTE(n) for n in names)}) VALUES ({marks})"
 
+    def reader(self, names: Sequence[str]) -> _Reader:
+        return _Reader(self.table, names)
+
+
+class _Reader:
+    """Decodes result rows of a fixed list of columns into dicts."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.select = ", ".join(_QUOTE(name) for name in names)
+        self._decoders = [
+            (name, codec[1]) for name in names if (codec := _codec(table.c[name])) is not None
+        ]
+
     def decode(self, values: Sequence[Any]) -> dict[str, Any]:
-        row = dict(zip(self.columns, values, strict=True))
+        row = dict(zip(self.names, values, strict=True))
         for name, decode in self._decoders:
             row[name] = decode(row[name])
         return row
@@ -157,6 +175,8 @@ class SqliteSession:
     def __init__(self, conn: sqlite3.Connection, task_fields: Sequence[str]) -> None:
         self._conn = conn
         self._task_row = _TASKS.row([*task_fields, "ref"])
+        # What the fold reads and writes back; not the request, owner or timestamps of creation.
+        self._task_reader = _TASKS.reader(["ref", "provider", *task_fields])
         assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in task_fields)
         self._update_task = f"UPDATE task SET {assigns} WHERE ref = ?"
 
@@ -176,10 +196,11 @@ class SqliteSession:
             return []
         ordered = sorted(refs)
         rows = self._conn.execute(
-            f"SELECT {_TASKS.select} FROM task WHERE ref IN ({_marks(len(ordered))}) ORDER BY ref",
+            f"SELECT {self._task_reader.select} FROM task "
+            f"WHERE ref IN ({_marks(len(ordered))}) ORDER BY ref",
             ordered,
         )
-        return [_TASKS.decode(row) for row in rows]
+        return [self._task_reader.decode(row) for row in rows]
 
     def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
         if not keys:
@@ -244,25 +265,33 @@ class SqliteSession:
 
 
 class SqliteWriter:
-    """One connection; each call is one write transaction, run on the caller's thread."""
+    """One connection; each call is one write transaction: its statements on the caller's
+    thread, its commit on the writer's own thread. Calls run one at a time."""
 
     def __init__(self, file: SqliteFile) -> None:
         self._file = file
         self._conn: sqlite3.Connection | None = None
+        self._turn = asyncio.Lock()
+        self._committer: ThreadPoolExecutor | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a write transaction, waiting (without blocking) for the write lock."""
+        async with self._turn:
+            conn = await self._begin_when_free()
+            result = self._work(conn, work)
+            await self._commit(conn)
+            return result
+
+    async def _begin_when_free(self) -> sqlite3.Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._file.busy_timeout_ms / 1000
         delay = 0.001
-        while True:
-            conn = self._begin()
-            if conn is not None:
-                return self._finish(conn, work)
+        while (conn := self._begin()) is None:
             if loop.time() >= deadline:
                 raise StorageUnavailable("database unavailable: the write lock stayed busy")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
+        return conn
 
     def _begin(self) -> sqlite3.Connection | None:
         """A connection inside `BEGIN IMMEDIATE`, or None while another writer holds the lock."""
@@ -282,18 +311,38 @@ class SqliteWriter:
             raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
         return self._conn
 
-    def _finish(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _work(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            result = work(conn)
-            conn.execute("COMMIT")
+            return work(conn)
         except BaseException as exc:
-            self._rollback(conn)
-            if isinstance(exc, sqlite3.IntegrityError):
-                raise UniqueRace() from exc
-            if isinstance(exc, sqlite3.Error):
-                raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
+            self._failed(conn, exc)
             raise
-        return result
+
+    async def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT on the committer thread; a cancelled caller still waits for it to end,
+        since the connection must not be touched while it runs."""
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix="taskledger-commit")
+        done = asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await done
+            if conn.in_transaction:
+                self._rollback(conn)
+            raise
+        except BaseException as exc:
+            self._failed(conn, exc)
+            raise
+
+    def _failed(self, conn: sqlite3.Connection, exc: BaseException) -> None:
+        """Roll back, then say why in the store's terms."""
+        self._rollback(conn)
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise UniqueRace() from exc
+        if isinstance(exc, sqlite3.Error):
+            raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
@@ -310,4 +359,8 @@ class SqliteWriter:
                 conn.close()
 
     async def close(self) -> None:
-        self._drop()
+        async with self._turn:
+            self._drop()
+            committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.shutdown(wait=True)

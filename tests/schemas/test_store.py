@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -219,3 +221,43 @@ async def test_what_ingest_writes_reads_back_the_same_through_sqlalchemy(
     again = await store.get(ref)
     assert again is not None
     assert (again["confirmed"], again["result"]) == (True, task["result"])
+
+
+async def test_concurrent_ingests_on_one_store_all_commit(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """Batches from several callers at once take turns on the one write connection."""
+    ref = await registered(store)
+    batches = [[callback(ref, f"k{i}", State.RUNNING, clock())] for i in range(6)]
+    results = await asyncio.gather(*(store.ingest(batch) for batch in batches))
+    outcomes = sorted(r.outcome.value for (r,) in results)
+    assert outcomes == ["applied"] + ["duplicate"] * 5  # the same report five more times
+    assert len((await store.timeline(ref))["deliveries"]) == 6
+
+
+async def test_an_ingest_cancelled_anywhere_commits_all_of_its_batch_or_none(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """Cancelled before, during or after its commit, a batch is whole or absent; the store
+    goes on working, and a resend of every batch stores each delivery exactly once."""
+    ref = await registered(store)
+    batches = [
+        [callback(ref, f"c{turns}-{i}", State.RUNNING, clock()) for i in range(3)]
+        for turns in range(12)
+    ]
+    for turns, batch in enumerate(batches):
+        ingest = asyncio.ensure_future(store.ingest(batch))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        ingest.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ingest
+    keys = [d["delivery_key"] for d in (await store.timeline(ref))["deliveries"]]
+    by_batch = [sum(key.startswith(f"c{turns}-") for key in keys) for turns in range(12)]
+    assert set(by_batch) <= {0, 3}
+    for batch in batches:
+        await store.ingest(batch)
+    stored = (await store.timeline(ref))["deliveries"]
+    assert sorted(d["delivery_key"] for d in stored) == sorted(
+        item.delivery_key for batch in batches for item in batch
+    )
