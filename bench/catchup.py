@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -108,10 +109,11 @@ def open_tasks(url: str) -> int:
     )
 
 
-def started_at(proc: Process, deadline: float) -> float:
-    """When the reconciler logged `reconciler_started` (seen by polling its log)."""
+def started_at(proc: Process, deadline: float, log_offset: int) -> float:
+    """When the reconciler logged `reconciler_started` (seen by polling its log past
+    `log_offset`: the file also holds earlier runs of the same plan)."""
     while time.monotonic() < deadline:
-        if "reconciler_started" in proc.log_tail(100_000):
+        if "reconciler_started" in proc.log_since(log_offset):
             return time.monotonic()
         if proc.popen.poll() is not None:
             raise RuntimeError(f"the reconciler exited:\n{proc.log_tail()}")
@@ -119,11 +121,11 @@ def started_at(proc: Process, deadline: float) -> float:
     raise RuntimeError("the reconciler did not start")
 
 
-def settle(url: str, proc: Process, plan: Plan) -> dict[str, Any]:
+def settle(url: str, proc: Process, plan: Plan, log_offset: int) -> dict[str, Any]:
     """Wait until no task is left to poll, or give up at 1.5 x the bound + 30 s."""
     spawned = time.monotonic()
     bound = plan.tasks / (plan.rate or TARGET_UNLIMITED_PER_SECOND)
-    began = started_at(proc, spawned + 60)
+    began = started_at(proc, spawned + 60, log_offset)
     deadline = began + 1.5 * bound + 30
     left = plan.tasks
     while time.monotonic() < deadline and left > 0:
@@ -152,14 +154,20 @@ def one_plan(ctx: Context, make_url: UrlFactory, plan: Plan) -> dict[str, Any]:
         env = reconciler_env(ctx, url, sim, plan)
         command = [sys.executable, "-m", "reconciler"]
         logs = ctx.scratch("logs")
-        with process(f"reconciler-{plan.label}", command, env, ctx.cores.server, logs) as proc:
-            outcome = settle(url, proc, plan)
+        name = f"reconciler-{plan.label}"
+        log_offset = log_size(logs / f"{name}.log")
+        with process(name, command, env, ctx.cores.server, logs) as proc:
+            outcome = settle(url, proc, plan, log_offset)
         stats = httpx.get(sim.url + "/_sim/stats", timeout=30).json()
     polls = stats.get("polls", {})
     outcome.update(plan=plan.label, tasks=plan.tasks, rate=plan.rate, sim_polls=polls)
     outcome["loadavg"] = ctx.note_load(f"catchup-{plan.label}")
     print(f"  {plan.label}: {json.dumps(outcome)}", flush=True)
     return outcome
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
 
 
 def sqlite_urls(ctx: Context) -> UrlFactory:

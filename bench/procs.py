@@ -78,6 +78,13 @@ class Process:
     def peak_mb(self) -> float:
         return proc_status_kb(self.pid, "VmHWM") / 1024
 
+    def log_since(self, offset: int) -> str:
+        """What the log holds past byte `offset`."""
+        with contextlib.suppress(OSError), open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+        return ""
+
     def log_tail(self, chars: int = 2000) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-chars:]

@@ -36,6 +36,8 @@ log = structlog.get_logger("taskledger.reconciler")
 FLUSH_EVERY_SECONDS = 0.25
 FLUSH_AT_ITEMS = 200
 MAX_POLL_DELAY_SECONDS = 3600.0
+# The oldest-open-task gauge reads the ledger; once per scrape-sized interval is plenty.
+BACKLOG_EVERY_SECONDS = 10.0
 
 
 def new_owner() -> str:
@@ -90,6 +92,7 @@ class Reconciler:
         self.stopping = asyncio.Event()
         self._tokens = CallbackTokens(settings.callback_secrets)
         self._outages = 0
+        self._backlog_seen_at = -math.inf
 
     async def run(self) -> None:
         """Pass after pass until `stopping` is set; then give back every lease.
@@ -138,7 +141,8 @@ class Reconciler:
         total = PassReport()
         for report in reports:
             total.add(report)
-        await self._observe_backlog()
+        if time.monotonic() - self._backlog_seen_at >= BACKLOG_EVERY_SECONDS:
+            await self._observe_backlog()
         elapsed = time.perf_counter() - started
         self.metrics.pass_seconds.observe(elapsed)
         if total.claimed:
@@ -158,6 +162,7 @@ class Reconciler:
         return total
 
     async def _observe_backlog(self) -> None:
+        self._backlog_seen_at = time.monotonic()
         oldest = await self.store.oldest_open_since()
         age = (self.clock() - oldest).total_seconds() if oldest else 0.0
         self.metrics.oldest_open_seconds.set(max(0.0, age))

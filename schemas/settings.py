@@ -55,7 +55,7 @@ class Settings:
     log_level: str = "info"
     log_json: bool | None = None
     poll_interval_seconds: float = 1.0
-    reconciler_batch_size: int = 500
+    reconciler_batch_size: int = 2000
     lease_seconds: float = 60.0
     reconciler_metrics_port: int | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
@@ -81,7 +81,7 @@ class Settings:
             log_level=env.text("LOG_LEVEL", "info").lower(),
             log_json=env.flag("LOG_JSON"),
             poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", 1.0),
-            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 500)),
+            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 2000)),
             lease_seconds=env.number("LEASE_SECONDS", 60.0),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
             retention=retention_policy(environ),

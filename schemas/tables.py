@@ -89,7 +89,14 @@ class DeliveryRow(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("provider", "delivery_key", name="uq_delivery_key"),
         sa.Index("ix_delivery_task_ref", "task_ref"),
-        sa.Index("ix_delivery_unmatched", "provider", "provider_task_id"),
+        # Only the deliveries whose task was not known yet: they wait for `PATCH` to replay.
+        sa.Index(
+            "ix_delivery_unmatched",
+            "provider",
+            "provider_task_id",
+            sqlite_where=sa.text("task_ref IS NULL"),
+            postgresql_where=sa.text("task_ref IS NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
