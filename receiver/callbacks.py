@@ -193,9 +193,7 @@ def _delivery(
             f"the task id must be at most {TASK_ID_MAX_CHARS} characters, without NUL",
             provider=provider.name,
         )
-    headers = {
-        name: request.headers[name][:200] for name in KEPT_HEADERS if name in request.headers
-    }
+    headers = kept_headers(request.scope["headers"])
     return Delivery(
         provider=provider.name,
         delivery_key=key,
@@ -206,6 +204,20 @@ def _delivery(
         received_at=inbox.clock(),
         task_ref=task_ref,
     )
+
+
+def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The first value of each header worth keeping, capped; one pass over the ASGI list
+    (whose names the server gives in lower case)."""
+    kept: dict[str, str] = {}
+    for raw_name, raw_value in raw:
+        name = raw_name.decode("latin-1")
+        if name in _KEPT and name not in kept:
+            kept[name] = raw_value.decode("latin-1")[:200]
+    return kept
+
+
+_KEPT = frozenset(KEPT_HEADERS)
 
 
 async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:

@@ -43,9 +43,23 @@ def _json_line(event: structlog.typing.EventDict, **_options: object) -> str:
     return orjson.dumps(event, default=repr).decode()
 
 
-def _stdout_logger(*_args: object) -> structlog.PrintLogger:
-    """Print to whatever `sys.stdout` is now (servers and tests may swap it)."""
-    return structlog.PrintLogger(sys.stdout)
+class _Stdout:
+    """Writes each line to whatever `sys.stdout` is at that moment (servers and tests swap
+    it), and flushes it, so a line is visible as soon as it is logged."""
+
+    def msg(self, message: str) -> None:
+        out = sys.stdout
+        out.write(message + "\n")
+        out.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = failure = msg
+
+
+_STDOUT = _Stdout()
+
+
+def _stdout_logger(*_args: object) -> _Stdout:
+    return _STDOUT
 
 
 def drop_sensitive(
