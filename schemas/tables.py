@@ -42,17 +42,17 @@ def _json(nullable: bool = True) -> Any:
     return Field(sa_column=sa.Column(sa.JSON(), nullable=nullable))
 
 
+def _partial_index(name: str, *columns: str, where: str) -> sa.Index:
+    """An index of only the rows matching `where`, on both backends."""
+    condition = sa.text(where)
+    return sa.Index(name, *columns, sqlite_where=condition, postgresql_where=condition)
+
+
 class TaskRow(SQLModel, table=True):
     __tablename__ = "task"
     __table_args__ = (
         sa.UniqueConstraint("provider", "provider_task_id", name="uq_task_provider_task_id"),
-        sa.Index(
-            "ix_task_due",
-            "provider",
-            "next_poll_at",
-            sqlite_where=sa.text("next_poll_at IS NOT NULL"),
-            postgresql_where=sa.text("next_poll_at IS NOT NULL"),
-        ),
+        _partial_index("ix_task_due", "provider", "next_poll_at", where="next_poll_at IS NOT NULL"),
         sa.Index("ix_task_created_at", "created_at"),
     )
 
@@ -90,12 +90,8 @@ class DeliveryRow(SQLModel, table=True):
         sa.UniqueConstraint("provider", "delivery_key", name="uq_delivery_key"),
         sa.Index("ix_delivery_task_ref", "task_ref"),
         # Only the deliveries whose task was not known yet: they wait for `PATCH` to replay.
-        sa.Index(
-            "ix_delivery_unmatched",
-            "provider",
-            "provider_task_id",
-            sqlite_where=sa.text("task_ref IS NULL"),
-            postgresql_where=sa.text("task_ref IS NULL"),
+        _partial_index(
+            "ix_delivery_unmatched", "provider", "provider_task_id", where="task_ref IS NULL"
         ),
     )
 
