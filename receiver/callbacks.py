@@ -41,6 +41,7 @@ log = structlog.get_logger("taskledger.receiver")
 # Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
 BODY_TIMEOUT_SECONDS = 10.0
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+_KEPT = frozenset(KEPT_HEADERS)
 # The ledger's columns: `delivery.delivery_key` and `provider_task_id` hold 200 characters.
 KEY_MAX_CHARS = 200
 TASK_ID_MAX_CHARS = 200
@@ -215,9 +216,6 @@ def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
         if name in _KEPT and name not in kept:
             kept[name] = raw_value.decode("latin-1")[:200]
     return kept
-
-
-_KEPT = frozenset(KEPT_HEADERS)
 
 
 async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:

@@ -54,8 +54,8 @@ def main() -> int:
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop where it is installed (it is with uvicorn's standard extras; not on Windows):
-    the same loop the receiver runs on, and about a third less CPU per poll."""
+    """uvloop where it is installed (it is with uvicorn's standard extras; not on Windows),
+    the loop the receiver runs on too; asyncio's own elsewhere."""
     try:
         import uvloop
     except ImportError:

@@ -103,7 +103,7 @@ class ProviderClient:
         path = self._status_path(provider_task_id)
 
         async def send() -> httpx.Response:
-            return await self._send("GET", path, idempotent=True)
+            return await self._send(self._http, "GET", path, idempotent=True)
 
         response = await self._with_retries(send, (ProviderUnavailable,))
         observation = self._parse(normalize_status, response, retryable=True)
@@ -128,9 +128,7 @@ class ProviderClient:
         body = build_submit_body(self.settings.kind, model, request, callback_url)
 
         async def send() -> httpx.Response:
-            return await self._send(
-                "POST", path, idempotent=False, json=body, http=self._submit_http
-            )
+            return await self._send(self._submit_http, "POST", path, idempotent=False, json=body)
 
         response = await self._with_retries(send, (ProviderUnavailable, RateLimited))
         return self._parse(parse_submit_response, response, retryable=False)
@@ -175,16 +173,15 @@ class ProviderClient:
 
     async def _send(
         self,
+        http: httpx.AsyncClient,
         method: str,
         path: str,
         *,
         idempotent: bool,
         json: object = None,
-        http: httpx.AsyncClient | None = None,
     ) -> httpx.Response:
-        """One request within the limiter; any non-2xx answer raises."""
+        """One request on `http`, within the limiter; any non-2xx answer raises."""
         url = self.settings.base_url + path
-        http = http or self._http
         try:
             async with self.limiter.slot():
                 response = await http.request(method, url, headers=self._headers, json=json)
