@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 import weakref
 from dataclasses import dataclass
@@ -36,6 +38,21 @@ class SqliteFile:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    def write_gate(self) -> asyncio.Lock:
+        """The lock every writer to this file in this process holds for its transaction.
+
+        SQLite's busy handler is a polling loop with no queue: writers of one process that
+        meet on the write lock sleep and retry, and under load one of them can lose every
+        retry until its busy timeout. Writers of one process therefore queue here, in
+        order, and meet the busy handler only across processes (receiver and reconciler).
+        """
+        gates = _GATES.setdefault(asyncio.get_running_loop(), {})
+        key = os.path.realpath(self.path)
+        gate = gates.get(key)
+        if gate is None:
+            gate = gates[key] = asyncio.Lock()
+        return gate
+
     def connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         """A plain `sqlite3` connection, configured like the engine's."""
         busy = self.busy_timeout_ms if busy_timeout_ms is None else busy_timeout_ms
@@ -44,6 +61,10 @@ class SqliteFile:
         return connection
 
 
+# Per event loop (a lock serves one loop) and per file: see `SqliteFile.write_gate`.
+_GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
 # The file behind each SQLite engine, for the store's direct writer (see `sqlite_file`).
 _FILES: weakref.WeakKeyDictionary[sa.Engine, SqliteFile] = weakref.WeakKeyDictionary()
 

@@ -513,8 +513,21 @@ class _Transaction:
         self._engine = engine
         self._read_only = read_only
         self._conn: AsyncConnection | None = None
+        self._file = None if read_only else sqlite_file(engine)
+        self._held: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncConnection:
+        if self._file is not None:  # SQLite writers of this process take turns
+            gate = self._file.write_gate()
+            await gate.acquire()
+            self._held = gate
+        try:
+            return await self._open()
+        except BaseException:
+            self._release()
+            raise
+
+    async def _open(self) -> AsyncConnection:
         try:
             conn = await self._engine.connect()
         except (SQLAlchemyError, OSError) as exc:
@@ -544,7 +557,13 @@ class _Transaction:
                 raise StorageUnavailable(f"commit failed: {type(error).__name__}") from error
         finally:
             await _close(conn)
+            self._release()
         _translate(exc)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
 
 
 def _translate(exc: BaseException | None) -> None:

@@ -271,12 +271,11 @@ class SqliteWriter:
     def __init__(self, file: SqliteFile) -> None:
         self._file = file
         self._conn: sqlite3.Connection | None = None
-        self._turn = asyncio.Lock()
         self._committer: ThreadPoolExecutor | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a write transaction, waiting (without blocking) for the write lock."""
-        async with self._turn:
+        async with self._file.write_gate():
             conn = await self._begin_when_free()
             result = self._work(conn, work)
             await self._commit(conn)
@@ -359,7 +358,7 @@ class SqliteWriter:
                 conn.close()
 
     async def close(self) -> None:
-        async with self._turn:
+        async with self._file.write_gate():
             self._drop()
             committer, self._committer = self._committer, None
         if committer is not None:

@@ -261,3 +261,31 @@ async def test_an_ingest_cancelled_anywhere_commits_all_of_its_batch_or_none(
     assert sorted(d["delivery_key"] for d in stored) == sorted(
         item.delivery_key for batch in batches for item in batch
     )
+
+
+async def test_writers_of_one_process_queue_for_sqlite_instead_of_timing_out(
+    tmp_path: Path,
+) -> None:
+    """Two stores on one file (receiver and reconciler in one process), writing at once with
+    a 1 ms busy timeout: every registration and ingest waits its turn and commits."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    engines = [create_engine(url, busy_timeout_ms=1) for _ in range(2)]
+    await upgrade(engines[0])
+    registrar, receiver = (LedgerStore(engine, FakeClock()) for engine in engines)
+    try:
+        ref = await registered(registrar)
+        now = receiver.clock()
+        registrations = [
+            registrar.register(NewTask(provider="apidot", provider_task_id=f"r-{i}"))
+            for i in range(30)
+        ]
+        ingests = [
+            receiver.ingest([callback(ref, f"k{i}", State.RUNNING, now)]) for i in range(30)
+        ]
+        results = await asyncio.gather(*registrations, *ingests, return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert len((await receiver.timeline(ref))["deliveries"]) == 30
+    finally:
+        for store, engine in zip((registrar, receiver), engines, strict=True):
+            await store.close()
+            await engine.dispose()
