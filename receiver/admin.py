@@ -32,10 +32,15 @@ def require_admin(request: Request) -> None:
         raise Unauthenticated("a valid admin bearer token is required")
 
 
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await read_body(request.receive, request.headers, ADMIN_BODY_LIMIT_BYTES)
+    return parse_json(request.headers, body)
+
+
 async def create_task(request: Request) -> Response:
     require_admin(request)
     settings: Settings = request.app.state.settings
-    body = parse_json(request, await read_body(request, ADMIN_BODY_LIMIT_BYTES))
+    body = await _json_body(request)
     provider = _configured(settings, body.get("provider"))
     new = NewTask(
         provider=provider.name,
@@ -59,7 +64,7 @@ async def create_task(request: Request) -> Response:
 async def attach_task_id(request: Request) -> Response:
     require_admin(request)
     ref = task_ref(request)
-    body = parse_json(request, await read_body(request, ADMIN_BODY_LIMIT_BYTES))
+    body = await _json_body(request)
     task_id = _text(body, "provider_task_id")
     if not task_id:
         raise Unprocessable("provider_task_id is required")

@@ -11,12 +11,14 @@ from datetime import datetime
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from receiver import admin, health, openapi, queries, ui
-from receiver.callbacks import Inbox, receive_callback, receive_webhook
-from receiver.errors import Overloaded, ReceiverError
+from receiver import admin, callbacks, health, openapi, queries, ui
+from receiver.answers import answer_of, refusal
+from receiver.callbacks import Inbox
+from receiver.errors import ReceiverError
 from receiver.metrics import ReceiverMetrics
 from receiver.writer import GroupCommitWriter
 from schemas import logs
@@ -29,9 +31,23 @@ from schemas.store import LedgerStore
 log = structlog.get_logger("taskledger.receiver")
 
 
+class ReceiverApp(Starlette):
+    """Starlette, except that a callback POST goes straight to its endpoint: the one
+    route senders load skips the middleware stack and the router's scan of every route
+    (the same endpoints are also routes below, for the rare path the shortcut passes)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = callbacks.match(scope)
+        if endpoint is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await endpoint(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now
-) -> Starlette:
+) -> ReceiverApp:
     """Build the app; without `settings` it reads `TASKLEDGER_*` (uvicorn's `--factory`)."""
     if settings is None:
         settings = Settings.from_environ(os.environ)
@@ -68,13 +84,15 @@ def create_app(
             await engine.dispose()
             log.info("receiver_stopped")
 
-    app = Starlette(
+    app = ReceiverApp(
         routes=routes(),
         lifespan=lifespan,
+        # Refusals and storage failures are answered by ExceptionMiddleware; anything else
+        # (a bug) by ServerErrorMiddleware, which also lets the server log it.
         exception_handlers={
             ReceiverError: _refused,
-            StorageUnavailable: _unavailable,
-            Exception: _unexpected,
+            StorageUnavailable: _refused,
+            Exception: _refused,
         },
     )
     # Never a redirect: a sender that follows a 307 from `/webhooks/openai/` may not resend.
@@ -87,8 +105,8 @@ def create_app(
 
 def routes() -> list[Route]:
     return [
-        Route("/callbacks/{provider}/{token}", receive_callback, methods=["POST"]),
-        Route("/webhooks/{source}", receive_webhook, methods=["POST"]),
+        Route("/callbacks/{provider}/{token}", callbacks.CALLBACK, methods=["POST"]),
+        Route("/webhooks/{source}", callbacks.WEBHOOK, methods=["POST"]),
         Route("/v1/tasks", admin.create_task, methods=["POST"]),
         Route("/v1/tasks", queries.list_tasks, methods=["GET"]),
         Route("/v1/changes", queries.changes, methods=["GET"]),
@@ -105,43 +123,6 @@ def routes() -> list[Route]:
 
 
 async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ReceiverError)
-    _count_rejection(request, exc.reason)
-    headers = {}
-    if isinstance(exc, Overloaded):
-        headers["Retry-After"] = str(exc.retry_after_seconds)
-    return JSONResponse(
-        {"error": exc.reason, "message": exc.message}, exc.status_code, headers=headers
-    )
-
-
-async def _unavailable(request: Request, exc: Exception) -> Response:
-    return await _refused(request, Overloaded(f"storage unavailable: {exc}"))
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    """A bug must not read as "disable this endpoint": the sender retries a 503."""
-    log.error(
-        "request_crashed", path_kind=_route_kind(request), error=type(exc).__name__, exc_info=exc
-    )
-    return await _refused(request, Overloaded("unexpected error"))
-
-
-def _count_rejection(request: Request, reason: str) -> None:
-    kind = _route_kind(request)
-    if kind not in ("callback", "webhook"):
-        return
-    name = request.path_params.get("provider") or request.path_params.get("source", "")
-    settings: Settings = request.app.state.settings
-    label = name if name in settings.providers else "unknown"
-    request.app.state.metrics.rejections.labels(label, reason).inc()
-    log.info("delivery_refused", provider=label, reason=reason)
-
-
-def _route_kind(request: Request) -> str:
-    path = request.url.path
-    if path.startswith("/callbacks/"):
-        return "callback"
-    if path.startswith("/webhooks/"):
-        return "webhook"
-    return "other"
+    """Every error of the other routes: the same answers as the callback endpoints give."""
+    answer = answer_of(refusal(exc, "other"))
+    return Response(answer.body, answer.status, answer.headers, "application/json")

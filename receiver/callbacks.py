@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import structlog
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
+from receiver.answers import Answer, answer_of, refusal
 from receiver.errors import (
     BodyTimeout,
     BodyTooLarge,
@@ -31,7 +34,7 @@ from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
 from schemas.clock import Clock
 from schemas.errors import WireFormatError
-from schemas.ledger import Auth, Delivery, Stored
+from schemas.ledger import Auth, Delivery
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
 from schemas.tokens import CallbackTokens
@@ -71,21 +74,53 @@ class Inbox:
             settings, CallbackTokens(settings.callback_secrets), verifiers, writer, metrics, clock
         )
 
+    def refused(self, name: str, reason: str) -> None:
+        """Count and log a refused delivery; a name we do not serve is "unknown"."""
+        label = name if name in self.settings.providers else "unknown"
+        self.metrics.rejections.labels(label, reason).inc()
+        log.info("delivery_refused", provider=label, reason=reason)
 
-async def receive_callback(request: Request) -> Response:
-    inbox: Inbox = request.app.state.inbox
+
+Handle = Callable[[Inbox, Scope, Receive], Awaitable[Answer]]
+
+
+class CallbackEndpoint:
+    """One callback route as a plain ASGI app: no Request object and no middleware on the
+    hottest path; it maps its own refusals to answers (`receiver.answers`)."""
+
+    def __init__(self, kind: str, param: str, handle: Handle) -> None:
+        self.kind = kind
+        self._param = param
+        self._handle = handle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        inbox: Inbox = scope["app"].state.inbox
+        try:
+            answer = await self._handle(inbox, scope, receive)
+        except ClientDisconnect:
+            return  # nobody to answer; nothing was stored
+        except Exception as exc:
+            error = refusal(exc, self.kind)
+            inbox.refused(scope["path_params"].get(self._param, ""), error.reason)
+            answer = answer_of(error)
+        await answer.send(send)
+
+
+async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answer:
     started = time.perf_counter()
-    provider = _provider(inbox, request.path_params["provider"], signed=False)
+    params = scope["path_params"]
+    provider = _provider(inbox, params["provider"], signed=False)
+    headers = Headers(scope=scope)
     body = await read_body(
-        request, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
+        receive, headers, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
     )
-    binding = inbox.tokens.verify(request.path_params["token"])
+    binding = inbox.tokens.verify(params["token"])
     if binding is None or binding.provider != provider.name:
         raise Unauthenticated("the callback token is not valid for this provider")
-    payload = parse_json(request, body)
+    payload = parse_json(headers, body)
     delivery = _delivery(
         inbox,
-        request,
+        scope,
         provider,
         body,
         payload,
@@ -96,20 +131,39 @@ async def receive_callback(request: Request) -> Response:
     return await _store(inbox, delivery, started)
 
 
-async def receive_webhook(request: Request) -> Response:
-    inbox: Inbox = request.app.state.inbox
+async def receive_webhook(inbox: Inbox, scope: Scope, receive: Receive) -> Answer:
     started = time.perf_counter()
-    provider = _provider(inbox, request.path_params["source"], signed=True)
+    provider = _provider(inbox, scope["path_params"]["source"], signed=True)
+    headers = Headers(scope=scope)
     body = await read_body(
-        request, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
+        receive, headers, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
     )
-    webhook_id = inbox.verifiers[provider.name].verify(body, request.headers)
+    webhook_id = inbox.verifiers[provider.name].verify(body, headers)
     if webhook_id is None:
         raise Unauthenticated("the webhook signature does not verify")
-    payload = parse_json(request, body)
+    payload = parse_json(headers, body)
     key = delivery_key(webhook_id)
-    delivery = _delivery(inbox, request, provider, body, payload, Auth.SIGNATURE, key=key)
+    delivery = _delivery(inbox, scope, provider, body, payload, Auth.SIGNATURE, key=key)
     return await _store(inbox, delivery, started)
+
+
+CALLBACK = CallbackEndpoint("callback", "provider", receive_callback)
+WEBHOOK = CallbackEndpoint("webhook", "source", receive_webhook)
+
+
+def match(scope: Scope) -> CallbackEndpoint | None:
+    """The endpoint of a `POST /callbacks/{provider}/{token}` or `/webhooks/{source}`
+    (path parameters set in the scope, as Starlette's router would), else None."""
+    if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
+        return None
+    parts = scope["path"].split("/")
+    if len(parts) == 4 and parts[1] == "callbacks" and parts[2] and parts[3]:
+        scope["path_params"] = {"provider": parts[2], "token": parts[3]}
+        return CALLBACK
+    if len(parts) == 3 and parts[1] == "webhooks" and parts[2]:
+        scope["path_params"] = {"source": parts[2]}
+        return WEBHOOK
+    return None
 
 
 def delivery_key(webhook_id: str) -> str:
@@ -129,25 +183,28 @@ def _provider(inbox: Inbox, name: str, *, signed: bool) -> ProviderSettings:
 
 
 async def read_body(
-    request: Request, limit: int, within_seconds: float = BODY_TIMEOUT_SECONDS
+    receive: Receive,
+    headers: Headers,
+    limit: int,
+    within_seconds: float = BODY_TIMEOUT_SECONDS,
 ) -> bytes:
     """The raw body, refused once it exceeds `limit` bytes or takes over `within_seconds`."""
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body exceeds {limit} bytes")
     try:
         async with asyncio.timeout(within_seconds):
-            return await _read_limited(request, limit)
+            return await _read_limited(receive, limit)
     except TimeoutError:
         raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
+async def _read_limited(receive: Receive, limit: int) -> bytes:
     # ASGI messages straight from `receive`: a small body is one message, no generator.
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
         chunk: bytes = message.get("body", b"")
@@ -159,9 +216,9 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def parse_json(request: Request, body: bytes) -> dict[str, Any]:
+def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
     """A JSON object from the body; 415 when the sender says it is something else."""
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise NotJson("the body must be application/json")
     try:
@@ -175,7 +232,7 @@ def parse_json(request: Request, body: bytes) -> dict[str, Any]:
 
 def _delivery(
     inbox: Inbox,
-    request: Request,
+    scope: Scope,
     provider: ProviderSettings,
     body: bytes,
     payload: dict[str, Any],
@@ -194,7 +251,7 @@ def _delivery(
             f"the task id must be at most {TASK_ID_MAX_CHARS} characters, without NUL",
             provider=provider.name,
         )
-    headers = kept_headers(request.scope["headers"])
+    headers = kept_headers(scope["headers"])
     return Delivery(
         provider=provider.name,
         delivery_key=key,
@@ -218,7 +275,7 @@ def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return kept
 
 
-async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:
+async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
     stored = await inbox.writer.submit(delivery)
     if stored.refused:
         raise Forbidden(
@@ -236,13 +293,13 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Response:
         outcome=stored.outcome.value,
         ms=round(elapsed * 1000, 2),
     )
-    return _answer(stored)
+    return _ANSWERS[stored.outcome]
 
 
 # The few answers a stored delivery can get, rendered once.
-_ANSWERS = {outcome: orjson.dumps({"outcome": outcome.value}) for outcome in Outcome}
-
-
-def _answer(stored: Stored) -> Response:
-    status = 202 if stored.outcome is Outcome.UNMATCHED else 200
-    return Response(_ANSWERS[stored.outcome], status, media_type="application/json")
+_ANSWERS = {
+    outcome: Answer(
+        202 if outcome is Outcome.UNMATCHED else 200, orjson.dumps({"outcome": outcome.value})
+    )
+    for outcome in Outcome
+}

@@ -215,7 +215,7 @@ async def _form_token(request: Request) -> str:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
         raise Unprocessable("the login form must be application/x-www-form-urlencoded")
-    body = await read_body(request, LOGIN_BODY_LIMIT_BYTES)
+    body = await read_body(request.receive, request.headers, LOGIN_BODY_LIMIT_BYTES)
     try:
         fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
     except (UnicodeDecodeError, ValueError):

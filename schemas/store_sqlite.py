@@ -163,22 +163,35 @@ _TRANSITIONS = _Table(TRANSITION)
 _NEW_DELIVERY = _DELIVERIES.row(_DELIVERIES.columns)
 _NEW_OBSERVATION = _OBSERVATIONS.row(_OBSERVATIONS.columns)
 _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
+_INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
+_INSERTS = {
+    _DELIVERIES.name: _DELIVERIES.insert(_NEW_DELIVERY.names),
+    _OBSERVATIONS.name: _OBSERVATIONS.insert(_NEW_OBSERVATION.names),
+}
 
 
 def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+@functools.cache
+def _task_statements(task_fields: tuple[str, ...]) -> tuple[_Row, _Reader, str]:
+    """How a batch writes and reads the task fields it folds, built once per field list:
+    not the request, owner or timestamps of creation, which ingest never changes."""
+    assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in task_fields)
+    return (
+        _TASKS.row([*task_fields, "ref"]),
+        _TASKS.reader(["ref", "provider", *task_fields]),
+        f"UPDATE task SET {assigns} WHERE ref = ?",
+    )
+
+
 class SqliteSession:
     """The three steps of an ingest (load tasks, load deliveries, write) on one connection."""
 
-    def __init__(self, conn: sqlite3.Connection, task_fields: Sequence[str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, task_fields: tuple[str, ...]) -> None:
         self._conn = conn
-        self._task_row = _TASKS.row([*task_fields, "ref"])
-        # What the fold reads and writes back; not the request, owner or timestamps of creation.
-        self._task_reader = _TASKS.reader(["ref", "provider", *task_fields])
-        assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in task_fields)
-        self._update_task = f"UPDATE task SET {assigns} WHERE ref = ?"
+        self._task_row, self._task_reader, self._update_task = _task_statements(task_fields)
 
     def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
         refs = set(refs)
@@ -240,7 +253,7 @@ class SqliteSession:
             conn.executemany(self._update_task, [encode(work.row) for work in tasks])
         if writes.transitions:
             conn.executemany(
-                _TRANSITIONS.insert(_TRANSITION_FIELDS),
+                _INSERT_TRANSITION,
                 [
                     (
                         t.task_ref,
@@ -261,7 +274,7 @@ class SqliteSession:
         (last,) = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {table.name}").fetchone()
         for offset, row in enumerate(rows, start=1):
             row["id"] = last + offset
-        self._conn.executemany(table.insert(new.names), [new.encode(row) for row in rows])
+        self._conn.executemany(_INSERTS[table.name], [new.encode(row) for row in rows])
 
 
 class SqliteWriter:

@@ -1,0 +1,73 @@
+"""Log lines reach stdout: one flush per event-loop turn on a loop, at once elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+import structlog
+
+from schemas import logs
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.flushed = ""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self.flushed = self.getvalue()
+
+
+def capture(monkeypatch: pytest.MonkeyPatch) -> CountingStream:
+    """Stdout swapped in the test's own phase (pytest's capture swaps it between phases)."""
+    logs.configure("info", json=True)
+    stream = CountingStream()
+    monkeypatch.setattr("sys.stdout", stream)
+    return stream
+
+
+async def test_lines_of_one_loop_turn_go_out_in_one_flush_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = capture(monkeypatch)
+    log = structlog.get_logger("test")
+    for i in range(5):
+        log.info("delivery_stored", n=i)
+    assert stream.flushes == 0
+    await asyncio.sleep(0)
+    assert stream.flushes == 1
+    assert stream.flushed.count("delivery_stored") == 5
+    log.info("delivery_stored", n=5)
+    await asyncio.sleep(0)
+    assert stream.flushes == 2
+
+
+async def test_a_flush_left_due_on_an_ended_loop_does_not_hold_back_later_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = capture(monkeypatch)
+
+    def on_a_loop_that_ends_at_once() -> None:
+        loop = asyncio.new_event_loop()
+
+        async def log_and_return() -> None:
+            structlog.get_logger("test").info("first")
+
+        loop.run_until_complete(log_and_return())  # the due flush never runs
+        loop.close()
+
+    await asyncio.to_thread(on_a_loop_that_ends_at_once)
+    structlog.get_logger("test").info("second")
+    await asyncio.sleep(0)
+    assert "second" in stream.flushed
+
+
+def test_a_line_logged_off_any_loop_is_flushed_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = capture(monkeypatch)
+    structlog.get_logger("test").info("receiver_stopped")
+    assert stream.flushes == 1
+    assert "receiver_stopped" in stream.flushed
