@@ -42,6 +42,8 @@ class TaskWork:
 
     row: dict[str, Any]
     snapshot: Snapshot
+    # The row as loaded, to write back only what the batch changed.
+    loaded: dict[str, Any]
     changed: bool = False
     # Set when a thin or unconfirmed report means the provider should be asked now.
     poll_now: bool = False
@@ -56,7 +58,12 @@ class TaskWork:
             authority=row["authority"],
             conflict=row["conflict"],
         )
-        return cls(row=dict(row), snapshot=snapshot)
+        return cls(row=dict(row), snapshot=snapshot, loaded=row)
+
+    def changed_fields(self, fields: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of `fields` whose value the batch changed, in the order given."""
+        row, loaded = self.row, self.loaded
+        return tuple(name for name in fields if row[name] != loaded[name])
 
     @property
     def ref(self) -> str:

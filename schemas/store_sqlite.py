@@ -175,15 +175,18 @@ def _marks(count: int) -> str:
 
 
 @functools.cache
-def _task_statements(task_fields: tuple[str, ...]) -> tuple[_Row, _Reader, str]:
-    """How a batch writes and reads the task fields it folds, built once per field list:
-    not the request, owner or timestamps of creation, which ingest never changes."""
-    assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in task_fields)
-    return (
-        _TASKS.row([*task_fields, "ref"]),
-        _TASKS.reader(["ref", "provider", *task_fields]),
-        f"UPDATE task SET {assigns} WHERE ref = ?",
-    )
+def _task_reader(task_fields: tuple[str, ...]) -> _Reader:
+    """What the fold reads of a task: not the request, owner or time of creation, which
+    ingest never changes."""
+    return _TASKS.reader(["ref", "provider", *task_fields])
+
+
+@functools.cache
+def _task_update(changed: tuple[str, ...]) -> tuple[str, _Row]:
+    """An UPDATE of just these columns, and its parameters' encoder (a handful of shapes
+    recur: a progress report sets four columns, not eighteen and their indexes)."""
+    assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in changed)
+    return f"UPDATE task SET {assigns} WHERE ref = ?", _TASKS.row([*changed, "ref"])
 
 
 class SqliteSession:
@@ -191,7 +194,8 @@ class SqliteSession:
 
     def __init__(self, conn: sqlite3.Connection, task_fields: tuple[str, ...]) -> None:
         self._conn = conn
-        self._task_row, self._task_reader, self._update_task = _task_statements(task_fields)
+        self._task_fields = task_fields
+        self._task_reader = _task_reader(task_fields)
 
     def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
         refs = set(refs)
@@ -248,9 +252,7 @@ class SqliteSession:
                 "WHERE provider = ? AND delivery_key = ?",
                 [(n, stamp, p, k) for (p, k), n in writes.duplicates.items()],
             )
-        if tasks:
-            encode = self._task_row.encode
-            conn.executemany(self._update_task, [encode(work.row) for work in tasks])
+        self._update_tasks(tasks)
         if writes.transitions:
             conn.executemany(
                 _INSERT_TRANSITION,
@@ -266,6 +268,16 @@ class SqliteSession:
                     for t in writes.transitions
                 ],
             )
+
+    def _update_tasks(self, tasks: list[TaskWork]) -> None:
+        """Each task's changed columns only, one statement per set of columns."""
+        by_shape: dict[tuple[str, ...], list[TaskWork]] = {}
+        for work in tasks:
+            by_shape.setdefault(work.changed_fields(self._task_fields), []).append(work)
+        for changed, works in by_shape.items():
+            if changed:
+                statement, row = _task_update(changed)
+                self._conn.executemany(statement, [row.encode(work.row) for work in works])
 
     def _insert(self, table: _Table, new: _Row, rows: list[dict[str, Any]]) -> None:
         """Insert rows with ids handed out here: the write lock is ours, so max(id) is stable."""

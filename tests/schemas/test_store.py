@@ -43,6 +43,20 @@ def poll(ref: str, state: State, now: datetime) -> Poll:
     )
 
 
+def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement the SQLite direct writer runs from now on, in order."""
+    statements: list[str] = []
+    connect = SqliteFile.connect
+
+    def traced(file: SqliteFile, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+        conn = connect(file, busy_timeout_ms)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(SqliteFile, "connect", traced)
+    return statements
+
+
 async def registered(store: LedgerStore) -> str:
     row = await store.register(NewTask(provider="apidot", provider_task_id="t-1"))
     return str(row["ref"])
@@ -150,15 +164,7 @@ async def test_ingest_reads_by_index_never_by_scanning_a_table(
     """Ingest cost must not grow with the ledger: every lookup it makes is an index search."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
     await upgrade(engine)
-    statements: list[str] = []
-    connect = SqliteFile.connect
-
-    def traced(file: SqliteFile, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
-        conn = connect(file, busy_timeout_ms)
-        conn.set_trace_callback(statements.append)
-        return conn
-
-    monkeypatch.setattr(SqliteFile, "connect", traced)
+    statements = traced_statements(monkeypatch)
     store = LedgerStore(engine, FakeClock())
     ref = await registered(store)
     signed = Delivery(
@@ -183,6 +189,28 @@ async def test_ingest_reads_by_index_never_by_scanning_a_table(
     await engine.dispose()
     assert plans
     assert [p for p in plans if p.startswith("SCAN") and "CONSTANT ROW" not in p] == []
+
+
+async def test_a_progress_report_rewrites_only_the_task_columns_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Indexed columns left as they were (provider task id, next poll) are not written, so
+    their indexes are not touched; what did change is stored."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}")
+    await upgrade(engine)
+    statements = traced_statements(monkeypatch)
+    store = LedgerStore(engine, FakeClock())
+    ref = await registered(store)
+    await store.ingest([callback(ref, "a", State.RUNNING, store.clock())])
+    task = await store.get(ref)
+    await store.close()
+    await engine.dispose()
+    (update,) = [s for s in statements if s.startswith("UPDATE task")]
+    assigned = update.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+    assert "provider_task_id" not in assigned
+    assert '"progress"' in assigned or "progress =" in assigned
+    assert task is not None
+    assert (task["state"], task["progress"], task["version"]) == ("running", 50, 2)
 
 
 async def test_what_ingest_writes_reads_back_the_same_through_sqlalchemy(
@@ -279,9 +307,7 @@ async def test_writers_of_one_process_queue_for_sqlite_instead_of_timing_out(
             registrar.register(NewTask(provider="apidot", provider_task_id=f"r-{i}"))
             for i in range(30)
         ]
-        ingests = [
-            receiver.ingest([callback(ref, f"k{i}", State.RUNNING, now)]) for i in range(30)
-        ]
+        ingests = [receiver.ingest([callback(ref, f"k{i}", State.RUNNING, now)]) for i in range(30)]
         results = await asyncio.gather(*registrations, *ingests, return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
         assert len((await receiver.timeline(ref))["deliveries"]) == 30
