@@ -556,8 +556,10 @@ class _Transaction:
             if exc is None:
                 raise StorageUnavailable(f"commit failed: {type(error).__name__}") from error
         finally:
-            await _close(conn)
-            self._release()
+            try:
+                await _close(conn)
+            finally:  # even when cancelled while closing: other writers wait on the gate
+                self._release()
         _translate(exc)
 
     def _release(self) -> None:
