@@ -536,10 +536,14 @@ class _Transaction:
             if self._read_only:
                 conn = await conn.execution_options(**READ_ONLY)
             await conn.begin()
-        except (SQLAlchemyError, OSError) as exc:
+        except BaseException as exc:
+            # Failed or cancelled mid-BEGIN: a BEGIN IMMEDIATE may hold SQLite's write lock,
+            # and a connection left open would keep it from every other writer.
             await _discard(conn)
             await _close(conn)
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            if isinstance(exc, SQLAlchemyError | OSError):
+                raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise
         self._conn = conn
         return conn
 

@@ -315,3 +315,24 @@ async def test_writers_of_one_process_queue_for_sqlite_instead_of_timing_out(
         for store, engine in zip((registrar, receiver), engines, strict=True):
             await store.close()
             await engine.dispose()
+
+
+async def test_a_registration_cancelled_anywhere_leaves_writing_open_to_others(
+    store: LedgerStore,
+) -> None:
+    """Cancelled at any point of its transaction (a reconciler killed mid-pass, a client
+    gone), a writer gives back the write gate and its connection: the next writes commit."""
+    committed = []
+    for turns in range(40):
+        doomed = asyncio.ensure_future(
+            store.register(NewTask(provider="apidot", provider_task_id=f"doomed-{turns}"))
+        )
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        doomed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await doomed
+        async with asyncio.timeout(10):
+            row = await store.register(NewTask(provider="apidot", provider_task_id=f"next-{turns}"))
+        committed.append(row["ref"])
+    assert all([await store.get(ref) for ref in committed])
