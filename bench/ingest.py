@@ -24,7 +24,7 @@ from bench import ledger
 from bench.baselines import NAIVE_DATABASE_URL
 from bench.context import Context
 from bench.load import Load, LoadResult, run_load
-from bench.procs import RssSampler, Server, uvicorn_server
+from bench.procs import RssSampler, Server, cpu_seconds, uvicorn_server
 from bench.report import NONE, CaseResult, Check, Spread, number, ratio
 
 RECEIVER_APP = "receiver.app:create_app"
@@ -145,7 +145,8 @@ class Matrix:
 
     def load(
         self, handler: Handler, connections: int, namespace: str, seconds: int
-    ) -> tuple[LoadResult, float]:
+    ) -> tuple[LoadResult, float, float]:
+        """The run's result, the server's peak RSS (MB) and its CPU per request (µs)."""
         data = self.data_for(handler, namespace, seconds)
         load = Load(
             handler.server.url,
@@ -156,15 +157,19 @@ class Matrix:
             namespace=namespace,
             core=self.ctx.cores.client,
         )
+        cpu_before = cpu_seconds(handler.server.pid)
         with RssSampler(handler.server.pid) as rss:
             result = run_load(load)
-        return result, rss.max_mb
+        cpu = cpu_seconds(handler.server.pid) - cpu_before
+        return result, rss.max_mb, cpu * 1e6 / max(result.requests, 1)
 
     def one_run(self, handler: Handler, connections: int, run: int) -> dict[str, Any]:
         prefix = f"{self.label}{handler.key}c{connections}r{run}"
         self.load(handler, connections, prefix + "w", self.ctx.warmup_seconds)
         namespace = prefix + "m"
-        result, rss_mb = self.load(handler, connections, namespace, self.ctx.duration_seconds)
+        result, rss_mb, cpu_us = self.load(
+            handler, connections, namespace, self.ctx.duration_seconds
+        )
         stored = settled_count(handler.stored, namespace) if handler.stored else None
         return {
             **result.as_dict(),
@@ -172,6 +177,7 @@ class Matrix:
             "stored": stored,
             "missing": max(0, result.ok - stored) if stored is not None else None,
             "rss_max_mb": round(rss_mb, 1),
+            "cpu_us_per_request": round(cpu_us, 1),
             "loadavg": self.ctx.note_load(namespace),
         }
 
@@ -261,6 +267,7 @@ HEADER = [
     "stored",
     "missing",
     "max RSS MB",
+    "server CPU µs/req",
 ]
 
 
@@ -313,6 +320,7 @@ def _row(
         number(sum(stored)) if counted else NONE,
         number(sum(run["missing"] for run in runs)) if counted else NONE,
         number(max(run["rss_max_mb"] for run in runs)),
+        spread(runs, "cpu_us_per_request").text(0),
     ]
 
 

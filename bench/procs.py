@@ -50,6 +50,18 @@ def pinned(command: Sequence[str], core: str | None) -> list[str]:
     return ["taskset", "-c", core, *command] if core is not None else list(command)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads, from /proc/PID/stat; 0 once
+    the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # After the command's closing parenthesis, utime and stime are the 12th and 13th fields.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_status_kb(pid: int, field: str) -> int:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM); 0 once the process is gone."""
     try:
