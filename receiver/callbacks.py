@@ -26,6 +26,7 @@ from receiver.errors import (
     Forbidden,
     MalformedBody,
     NotJson,
+    Overloaded,
     Unauthenticated,
     UnknownRoute,
 )
@@ -94,7 +95,10 @@ class CallbackEndpoint:
         self._handle = handle
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        inbox: Inbox = scope["app"].state.inbox
+        inbox: Inbox | None = getattr(scope["app"].state, "inbox", None)
+        if inbox is None:  # start-up has not finished: the sender retries a 503
+            await answer_of(Overloaded("the receiver is starting")).send(send)
+            return
         try:
             answer = await self._handle(inbox, scope, receive)
         except ClientDisconnect:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from receiver.app import create_app
 from tests.conftest import FakeClock
 from tests.support.senders import (
     OLD_WEBHOOK_SECRET,
@@ -172,3 +173,21 @@ async def test_resent_gateway_callback_counts_a_duplicate(service: Service) -> N
         assert (await service.http.post(url, content=body, headers=JSON)).status_code == 200
     deliveries = (await service.task(task["ref"]))["timeline"]["deliveries"]
     assert [(d["outcome"], d["duplicate_count"]) for d in deliveries] == [("applied", 2)]
+
+
+async def test_callback_before_start_up_finished_is_503_with_retry_after(
+    database_url: str,
+) -> None:
+    """A callback that reaches the app before its lifespan start-up (nothing to store it
+    with yet) is told to retry, not answered 500."""
+    app = create_app(settings_for(database_url))  # lifespan not run
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.post(
+            "/callbacks/apidot/some-token",
+            content=apidot_body("task-early", "running", 10),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "unavailable"
