@@ -3,7 +3,7 @@ callback endpoints, which answer over raw ASGI."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 import structlog
@@ -18,23 +18,29 @@ _JSON = (b"content-type", b"application/json")
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A complete JSON answer, ready to send as two ASGI messages."""
+    """A complete JSON answer; its ASGI header list is built once, with the answer."""
 
     status: int
     body: bytes
     retry_after_seconds: int | None = None
+    _raw_headers: tuple[tuple[bytes, bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        extra = [(name.lower().encode(), value.encode()) for name, value in self.headers.items()]
+        raw = (_JSON, (b"content-length", str(len(self.body)).encode()), *extra)
+        object.__setattr__(self, "_raw_headers", raw)  # shared by every send: never mutated
 
     @property
     def headers(self) -> dict[str, str]:
+        """The headers beyond the content's own (for a Starlette `Response`)."""
         if self.retry_after_seconds is None:
             return {}
         return {"Retry-After": str(self.retry_after_seconds)}
 
     async def send(self, send: Send) -> None:
-        headers = [_JSON, (b"content-length", str(len(self.body)).encode())]
-        if self.retry_after_seconds is not None:
-            headers.append((b"retry-after", str(self.retry_after_seconds).encode()))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": self.status, "headers": self._raw_headers}
+        )
         await send({"type": "http.response.body", "body": self.body})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import weakref
@@ -47,7 +48,7 @@ class SqliteFile:
         order, and meet the busy handler only across processes (receiver and reconciler).
         """
         gates = _GATES.setdefault(asyncio.get_running_loop(), {})
-        key = os.path.realpath(self.path)
+        key = _real_path(self.path)
         gate = gates.get(key)
         if gate is None:
             gate = gates[key] = asyncio.Lock()
@@ -59,6 +60,12 @@ class SqliteFile:
         connection = sqlite3.connect(self.path, timeout=busy / 1000, check_same_thread=False)
         self.configure(connection, busy)
         return connection
+
+
+@functools.cache
+def _real_path(path: str) -> str:
+    """One name per file, however it was spelt (resolved once, not on every write)."""
+    return os.path.realpath(path)
 
 
 # Per event loop (a lock serves one loop) and per file: see `SqliteFile.write_gate`.

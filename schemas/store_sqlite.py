@@ -160,14 +160,21 @@ _TASKS = _Table(TASK)
 _DELIVERIES = _Table(DELIVERY)
 _OBSERVATIONS = _Table(OBSERVATION)
 _TRANSITIONS = _Table(TRANSITION)
-_NEW_DELIVERY = _DELIVERIES.row(_DELIVERIES.columns)
-_NEW_OBSERVATION = _OBSERVATIONS.row(_OBSERVATIONS.columns)
+
+
+class _NewRows:
+    """Whole new rows of a table: their encoder and their INSERT, built once."""
+
+    def __init__(self, table: _Table) -> None:
+        self.table = table.name
+        self.row = table.row(table.columns)
+        self.insert = table.insert(table.columns)
+
+
+_NEW_DELIVERIES = _NewRows(_DELIVERIES)
+_NEW_OBSERVATIONS = _NewRows(_OBSERVATIONS)
 _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
-_INSERTS = {
-    _DELIVERIES.name: _DELIVERIES.insert(_NEW_DELIVERY.names),
-    _OBSERVATIONS.name: _OBSERVATIONS.insert(_NEW_OBSERVATION.names),
-}
 
 
 def _marks(count: int) -> str:
@@ -243,8 +250,8 @@ class SqliteSession:
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
         conn = self._conn
-        self._insert(_DELIVERIES, _NEW_DELIVERY, writes.deliveries)
-        self._insert(_OBSERVATIONS, _NEW_OBSERVATION, writes.observations)
+        self._insert(_NEW_DELIVERIES, writes.deliveries)
+        self._insert(_NEW_OBSERVATIONS, writes.observations)
         if writes.duplicates:
             stamp = _encode_when(now)
             conn.executemany(
@@ -279,14 +286,14 @@ class SqliteSession:
                 statement, row = _task_update(changed)
                 self._conn.executemany(statement, [row.encode(work.row) for work in works])
 
-    def _insert(self, table: _Table, new: _Row, rows: list[dict[str, Any]]) -> None:
+    def _insert(self, new: _NewRows, rows: list[dict[str, Any]]) -> None:
         """Insert rows with ids handed out here: the write lock is ours, so max(id) is stable."""
         if not rows:
             return
-        (last,) = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {table.name}").fetchone()
+        (last,) = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {new.table}").fetchone()
         for offset, row in enumerate(rows, start=1):
             row["id"] = last + offset
-        self._conn.executemany(_INSERTS[table.name], [new.encode(row) for row in rows])
+        self._conn.executemany(new.insert, [new.row.encode(row) for row in rows])
 
 
 class SqliteWriter:
