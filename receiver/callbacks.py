@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from receiver import deadlines
 from receiver.answers import Answer, answer_of, refusal
 from receiver.errors import (
     BodyTimeout,
@@ -197,8 +197,9 @@ async def read_body(
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body exceeds {limit} bytes")
     try:
-        async with asyncio.timeout(within_seconds):
-            return await _read_limited(receive, limit)
+        return await deadlines.of_running_loop().within(
+            within_seconds, _read_limited(receive, limit)
+        )
     except TimeoutError:
         raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
 
@@ -289,7 +290,9 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
         )
     elapsed = time.perf_counter() - started
     inbox.metrics.delivered(delivery.provider, stored.outcome.value, elapsed)
-    log.info(
+    # Every stored delivery is in the ledger and in the metrics; a line for each at info
+    # would cost the hot path more than its merge does, so it is a debug line.
+    log.debug(
         "delivery_stored",
         provider=delivery.provider,
         task_ref=stored.task_ref,
