@@ -67,6 +67,7 @@ def create_app(
             store.ingest,
             queue_size=settings.writer_queue_size,
             batch_size=settings.writer_batch_size,
+            concurrency=settings.writer_concurrency or store.ingest_writers,
             on_batch=metrics.batch_size.observe,
             on_commit=changes.notify,
         )

@@ -1,7 +1,11 @@
 """Group commit: deliveries of many concurrent requests share one transaction (one fsync).
 
 Each request awaits its own result; the queue is bounded so that a slow or absent
-database turns into fast 503s instead of unbounded memory.
+database turns into fast 503s instead of unbounded memory. With `concurrency` above one,
+that many batches are in flight at once, each in its own transaction: on PostgreSQL a
+batch spends most of its time waiting on round trips and the commit, and one batch at a
+time would bound throughput by that latency, not by the CPU. (SQLite takes one writer at
+a time, so there one is enough.)
 """
 
 from __future__ import annotations
@@ -31,32 +35,39 @@ class GroupCommitWriter:
         *,
         queue_size: int = 4096,
         batch_size: int = 256,
+        concurrency: int = 1,
         on_batch: BatchObserver | None = None,
         on_commit: BatchObserver | None = None,
     ) -> None:
         self._ingest = ingest
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
+        self._concurrency = max(1, concurrency)
         self._on_batch = on_batch or (lambda _size: None)
         self._on_commit = on_commit or (lambda _size: None)
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="taskledger-writer")
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"taskledger-writer-{i}")
+            for i in range(self._concurrency)
+        ]
 
     async def stop(self) -> None:
         """Commit what is queued, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
         await self._queue.join()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
     async def submit(self, delivery: Delivery) -> Stored:
         """Queue one delivery and wait until its batch is committed."""
-        if self._task is None or self._task.done():
+        if not self._tasks or self._tasks[0].done():
             raise Overloaded("the writer is not running")
         future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
         try:

@@ -50,6 +50,8 @@ class Settings:
     body_timeout_seconds: float = 10.0
     writer_queue_size: int = 4096
     writer_batch_size: int = 256
+    # Batches committed at once; None: what the database does best (see LedgerStore).
+    writer_concurrency: int | None = None
     sqlite_synchronous: str = "FULL"
     sqlite_busy_timeout_ms: int = 5_000
     log_level: str = "info"
@@ -74,6 +76,7 @@ class Settings:
             body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", 10.0),
             writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", 4096)),
             writer_batch_size=int(env.number("WRITER_BATCH_SIZE", 256)),
+            writer_concurrency=int(env.number("WRITER_CONCURRENCY", 0)) or None,
             sqlite_synchronous=env.choice(
                 "SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
             ),

@@ -60,6 +60,9 @@ def new_ref(now: datetime) -> str:
     return "tl_" + "".join(reversed(chars))
 
 
+POSTGRES_INGEST_WRITERS = 4
+
+
 class LedgerStore:
     def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
         self.engine = engine
@@ -67,6 +70,13 @@ class LedgerStore:
         self.locks_rows = engine.dialect.name == "postgresql"
         file = sqlite_file(engine)
         self._sqlite = SqliteWriter(file) if file is not None else None
+
+    @property
+    def ingest_writers(self) -> int:
+        """How many ingest batches are worth committing at once. SQLite takes one writer at
+        a time; on PostgreSQL a batch mostly waits on round trips and its commit, which
+        other batches can overlap (tasks are locked in ref order, keys in key order)."""
+        return POSTGRES_INGEST_WRITERS if self.locks_rows else 1
 
     # -- the write path --------------------------------------------------------
 
@@ -592,6 +602,10 @@ async def _close(conn: AsyncConnection) -> None:
         await conn.close()
 
 
+def _delivery_key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["provider"], row["delivery_key"]
+
+
 def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -823,14 +837,16 @@ class _AlchemySession:
         if writes.transitions:
             self._store.order_transitions(conn)
         try:
-            _insert_returning_ids(conn, DELIVERY, writes.deliveries)
+            # Keys in key order: batches committing at once then wait on each other's new
+            # or counted keys in one order, never in a cycle.
+            _insert_returning_ids(conn, DELIVERY, sorted(writes.deliveries, key=_delivery_key))
             _insert_returning_ids(conn, OBSERVATION, writes.observations)
             if writes.duplicates:
                 conn.execute(
                     _COUNT_DUPLICATE,
                     [
                         {"k_provider": p, "k_key": k, "k_count": n, "k_now": now}
-                        for (p, k), n in writes.duplicates.items()
+                        for (p, k), n in sorted(writes.duplicates.items())
                     ],
                 )
             if tasks:

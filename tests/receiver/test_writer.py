@@ -10,8 +10,9 @@ import pytest
 
 from receiver.errors import Overloaded
 from receiver.writer import GroupCommitWriter
-from schemas.errors import StorageUnavailable
+from schemas.errors import ConfigError, StorageUnavailable
 from schemas.ledger import Auth, Delivery, Stored
+from schemas.settings import Settings
 from schemas.states import Outcome, State
 from schemas.wire import Observation
 
@@ -119,3 +120,53 @@ async def test_one_poison_delivery_fails_alone_and_its_batch_is_stored() -> None
     assert isinstance(answers[1], Overloaded)
     assert [a.task_ref for a in answers if isinstance(a, Stored)] == ["a", "b", "c"]
     assert stored == ["a", "b", "c"]
+
+
+async def test_with_concurrency_several_batches_commit_at_once() -> None:
+    in_flight: list[list[str]] = []
+    all_in = asyncio.Event()
+
+    async def ingest(items: Sequence[Delivery]) -> list[Stored]:
+        in_flight.append([d.delivery_key for d in items])
+        if len(in_flight) == 3:
+            all_in.set()
+        await all_in.wait()  # only returns once three batches are open together
+        return [Stored(Outcome.APPLIED, d.delivery_key) for d in items]
+
+    writer = GroupCommitWriter(ingest, concurrency=3)
+    await writer.start()
+    sent = []
+    for i in range(3):  # one at a time: each batch takes the one delivery queued
+        sent.append(asyncio.create_task(writer.submit(delivery(f"k{i}"))))
+        await asyncio.sleep(0.01)
+    results = await asyncio.wait_for(asyncio.gather(*sent), timeout=5)
+    await writer.stop()
+    assert sorted(in_flight) == [["k0"], ["k1"], ["k2"]]
+    assert [r.task_ref for r in results] == ["k0", "k1", "k2"]
+
+
+async def test_stop_commits_what_every_writer_holds() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    writer = GroupCommitWriter(recorder, concurrency=2)
+    await writer.start()
+    sent = [asyncio.create_task(writer.submit(delivery(f"k{i}"))) for i in range(5)]
+    await asyncio.sleep(0.01)
+    stopping = asyncio.create_task(writer.stop())
+    await asyncio.sleep(0.01)
+    assert not stopping.done()
+    recorder.gate.set()
+    await asyncio.wait_for(stopping, timeout=5)
+    assert sorted(k for batch in recorder.batches for k in batch) == [f"k{i}" for i in range(5)]
+    assert all(r.outcome is Outcome.APPLIED for r in await asyncio.gather(*sent))
+    with pytest.raises(Overloaded):
+        await writer.submit(delivery("late"))
+
+
+def test_writer_concurrency_is_read_from_the_environment_or_left_to_the_database() -> None:
+    environ = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKEN": "a" * 32}
+    assert Settings.from_environ(environ).writer_concurrency is None
+    three = {**environ, "TASKLEDGER_WRITER_CONCURRENCY": "3"}
+    assert Settings.from_environ(three).writer_concurrency == 3
+    with pytest.raises(ConfigError, match="TASKLEDGER_WRITER_CONCURRENCY"):
+        Settings.from_environ({**environ, "TASKLEDGER_WRITER_CONCURRENCY": "0"})

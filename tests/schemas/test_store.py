@@ -9,12 +9,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from schemas.database import SqliteFile, create_engine
 from schemas.ledger import Auth, Delivery, Expiry, Poll
 from schemas.migrate import upgrade
 from schemas.states import Outcome, State
-from schemas.store import LedgerStore, NewTask
+from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask
+from schemas.tables import DELIVERY
 from schemas.wire import Observation
 from tests.conftest import FakeClock
 
@@ -336,3 +338,42 @@ async def test_a_registration_cancelled_anywhere_leaves_writing_open_to_others(
             row = await store.register(NewTask(provider="apidot", provider_task_id=f"next-{turns}"))
         committed.append(row["ref"])
     assert all([await store.get(ref) for ref in committed])
+
+
+async def test_batches_committing_at_once_with_the_same_keys_in_any_order_never_deadlock(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """Two receivers (or one with several writers) may hold the same resent keys in opposite
+    orders; each key ends stored once, and neither batch fails on a lock cycle."""
+    first = await store.register(NewTask(provider="apidot", provider_task_id="t-x"))
+    second = await store.register(NewTask(provider="apidot", provider_task_id="t-y"))
+    # Both tasks running already: the rounds append no transition, so take no feed lock.
+    await store.ingest(
+        [
+            callback(first["ref"], "start-x", State.RUNNING, clock(), "t-x"),
+            callback(second["ref"], "start-y", State.RUNNING, clock(), "t-y"),
+        ]
+    )
+    for round_ in range(2):  # 2,000 rows: each INSERT runs in parts, and the parts interleave
+        keys = [f"r{round_}-k{i:04d}" for i in range(2000)]
+        ahead = [callback(first["ref"], k, State.RUNNING, clock(), "t-x") for k in keys]
+        behind = [callback(second["ref"], k, State.RUNNING, clock(), "t-y") for k in reversed(keys)]
+        await asyncio.wait_for(
+            asyncio.gather(store.ingest(ahead), store.ingest(behind)), timeout=60
+        )
+        async with store.engine.connect() as conn:
+            rows, repeats = (
+                await conn.execute(
+                    sa.select(sa.func.count(), sa.func.sum(DELIVERY.c.duplicate_count)).where(
+                        DELIVERY.c.delivery_key.like(f"r{round_}-%")
+                    )
+                )
+            ).one()
+        assert (rows, repeats) == (len(keys), len(keys))
+
+
+def test_postgresql_commits_several_ingest_batches_at_once_and_sqlite_one(
+    store: LedgerStore,
+) -> None:
+    expected = 1 if store.engine.dialect.name == "sqlite" else POSTGRES_INGEST_WRITERS
+    assert store.ingest_writers == expected
