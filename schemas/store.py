@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -697,7 +698,10 @@ def _merge_buckets(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _pair_in(
-    first: sa.ColumnElement[Any], second: sa.ColumnElement[Any], pairs: set[tuple[str, str]]
+    conn: sa.Connection,
+    first: sa.ColumnElement[Any],
+    second: sa.ColumnElement[Any],
+    pairs: set[tuple[str, str]],
 ) -> list[sa.ColumnElement[bool]]:
     """`first IN (...) AND second IN (...)`: both databases walk the two-column index.
 
@@ -705,13 +709,28 @@ def _pair_in(
     scanning the whole table: ingest then slowed down as the ledger grew. The
     caller drops the few cross-product rows that are not among `pairs`.
     """
-    return [first.in_({a for a, _ in pairs}), second.in_({b for _, b in pairs})]
+    return [
+        _one_of(conn, first, {a for a, _ in pairs}),
+        _one_of(conn, second, {b for _, b in pairs}),
+    ]
+
+
+def _one_of(
+    conn: sa.Connection, column: sa.ColumnElement[Any], values: set[str]
+) -> sa.ColumnElement[bool]:
+    """`column IN (...)`; on PostgreSQL `column = ANY($1)`, one statement text whatever the
+    number of values, so the server plans it once per connection rather than once for
+    every batch size it meets."""
+    if conn.dialect.name != "postgresql":
+        return column.in_(values)
+    array = sa.bindparam(None, sorted(values), type_=postgresql.ARRAY(sa.String()), unique=True)
+    return column == sa.any_(array)
 
 
 def _refs_of(conn: sa.Connection, pairs: set[tuple[str, str]]) -> set[str]:
     """The refs of the tasks known by (provider, provider task id)."""
     query = sa.select(TASK.c.ref, TASK.c.provider, TASK.c.provider_task_id).where(
-        *_pair_in(TASK.c.provider, TASK.c.provider_task_id, pairs)
+        *_pair_in(conn, TASK.c.provider, TASK.c.provider_task_id, pairs)
     )
     return {ref for ref, provider, task_id in conn.execute(query) if (provider, task_id) in pairs}
 
@@ -818,7 +837,7 @@ class _AlchemySession:
             refs = refs | _refs_of(self._conn, pairs)
         if not refs:
             return []
-        query = sa.select(TASK).where(TASK.c.ref.in_(refs)).order_by(TASK.c.ref)
+        query = sa.select(TASK).where(_one_of(self._conn, TASK.c.ref, refs)).order_by(TASK.c.ref)
         if self._store.locks_rows:
             query = query.with_for_update()
         return [dict(row) for row in self._conn.execute(query).mappings()]
@@ -828,7 +847,7 @@ class _AlchemySession:
             return {}
         query = sa.select(
             DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
-        ).where(*_pair_in(DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
+        ).where(*_pair_in(self._conn, DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
         rows = {(r.provider, r.delivery_key): dict(r._mapping) for r in self._conn.execute(query)}
         return {key: row for key, row in rows.items() if key in keys}
 
