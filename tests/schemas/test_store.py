@@ -19,6 +19,7 @@ from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask
 from schemas.tables import DELIVERY
 from schemas.wire import Observation
 from tests.conftest import FakeClock
+from tests.support.databases import temporary_database
 
 
 def callback(ref: str, key: str, state: State, now: datetime, task_id: str = "t-1") -> Delivery:
@@ -377,3 +378,37 @@ def test_postgresql_commits_several_ingest_batches_at_once_and_sqlite_one(
 ) -> None:
     expected = 1 if store.engine.dialect.name == "sqlite" else POSTGRES_INGEST_WRITERS
     assert store.ingest_writers == expected
+
+
+async def test_postgresql_ingest_reads_with_the_same_statements_whatever_the_batch_size(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The server plans a statement once per connection: batches of every size share them.
+    (SQLite ingest runs statements of its own, in schemas/store_sqlite.py.)"""
+    reads: set[str] = set()
+
+    def seen(*args: object) -> None:
+        statement = str(args[2])
+        if statement.lstrip().upper().startswith("SELECT") and "advisory" not in statement:
+            reads.add(statement)
+
+    async with temporary_database("postgresql", tmp_path) as url:
+        engine = create_engine(url)
+        await upgrade(engine)
+        store = LedgerStore(engine, clock)
+        try:
+            refs = [
+                (await store.register(NewTask(provider="apidot", provider_task_id=f"t-{i}")))["ref"]
+                for i in range(6)
+            ]
+            sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+            for size in range(1, 7):
+                batch = [
+                    callback(refs[i], f"s{size}-{i}", State.RUNNING, clock(), f"t-{i}")
+                    for i in range(size)
+                ]
+                await store.ingest(batch)
+        finally:
+            await store.close()
+            await engine.dispose()
+    assert len(reads) == 2  # the batch's tasks, and its keys already stored
