@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import ingest, ledger
 from bench.context import Context
-from bench.load import Load, run_load
+from bench.load import Load
 from bench.procs import Server, uvicorn_server
 from bench.report import NONE, CaseResult, Check, Spread, number, ratio
 from schemas.states import Source
@@ -46,8 +46,12 @@ def storm(ctx: Context, server: Server, data: Path, tasks: int, namespace: str) 
     load = Load(
         server.url, "dupes", data, CONNECTIONS, MAX_SECONDS, namespace, limit, ctx.cores.client
     )
-    result = run_load(load)
-    return {**result.as_dict(), "loadavg": ctx.note_load(namespace)}
+    result, cpu_us = ingest.load_with_cpu(load, server)
+    return {
+        **result.as_dict(),
+        "cpu_us_per_request": round(cpu_us, 1),
+        "loadavg": ctx.note_load(namespace),
+    }
 
 
 def proof(url: str, prefix: str) -> dict[str, int]:
@@ -98,6 +102,7 @@ HEADER = [
     "req/s",
     "vs no-op",
     "p99 ms",
+    "server CPU µs/req",
     "distinct state changes",
     "transitions",
     "stored deliveries",
@@ -122,7 +127,7 @@ def summarize(runs: list[dict[str, Any]]) -> CaseResult:
     case.rows.append(_row("no-op Starlette", runs, "noop", noop, noop))
     case.rows.append(
         [
-            *_row("taskledger, token callback", runs, "taskledger", mine, noop)[:6],
+            *_row("taskledger, token callback", runs, "taskledger", mine, noop)[:7],
             number(changes),
             number(transitions),
             number(stored),
@@ -150,5 +155,6 @@ def _row(label: str, runs: list[dict[str, Any]], key: str, rps: Spread, noop: Sp
         rps.text(),
         f"{ratio(rps.median, noop.median):.0%}",
         Spread.of([run[key]["p99_ms"] for run in runs]).text(1),
+        Spread.of([run[key]["cpu_us_per_request"] for run in runs]).text(0),
         *[NONE] * 4,
     ]

@@ -58,7 +58,17 @@ def run_growth(ctx: Context) -> CaseResult:
     return summarize(results)
 
 
-HEADER = ["ledger tasks", "req/s", "vs smallest", "p50 ms", "p99 ms", "2xx", "stored", "missing"]
+HEADER = [
+    "ledger tasks",
+    "req/s",
+    "vs smallest",
+    "p50 ms",
+    "p99 ms",
+    "server CPU µs/req",
+    "2xx",
+    "stored",
+    "missing",
+]
 
 
 def summarize(results: list[dict[str, Any]]) -> CaseResult:
@@ -79,6 +89,7 @@ def summarize(results: list[dict[str, Any]]) -> CaseResult:
                 f"{ratio(rps.median, base):.0%}",
                 Spread.of([run["p50_ms"] for run in runs]).text(1),
                 Spread.of([run["p99_ms"] for run in runs]).text(1),
+                Spread.of([run["cpu_us_per_request"] for run in runs]).text(0),
                 number(sum(run["ok_2xx"] for run in runs)),
                 number(sum(run["stored"] for run in runs)),
                 number(sum(run["missing"] for run in runs)),

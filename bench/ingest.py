@@ -101,6 +101,14 @@ def settled_count(count: Counter, namespace: str) -> int:
     return previous
 
 
+def load_with_cpu(load: Load, server: Server) -> tuple[LoadResult, float]:
+    """One wrk run, and the CPU the server spent on it per request (µs): steadier than
+    throughput when other work shares the machine."""
+    before = cpu_seconds(server.pid)
+    result = run_load(load)
+    return result, (cpu_seconds(server.pid) - before) * 1e6 / max(result.requests, 1)
+
+
 # -- servers ----------------------------------------------------------------------
 
 
@@ -157,11 +165,9 @@ class Matrix:
             namespace=namespace,
             core=self.ctx.cores.client,
         )
-        cpu_before = cpu_seconds(handler.server.pid)
         with RssSampler(handler.server.pid) as rss:
-            result = run_load(load)
-        cpu = cpu_seconds(handler.server.pid) - cpu_before
-        return result, rss.max_mb, cpu * 1e6 / max(result.requests, 1)
+            result, cpu_us = load_with_cpu(load, handler.server)
+        return result, rss.max_mb, cpu_us
 
     def one_run(self, handler: Handler, connections: int, run: int) -> dict[str, Any]:
         prefix = f"{self.label}{handler.key}c{connections}r{run}"
