@@ -76,6 +76,15 @@ _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.L
 _FILES: weakref.WeakKeyDictionary[sa.Engine, SqliteFile] = weakref.WeakKeyDictionary()
 
 
+# Every statement planned for its own parameters. asyncpg prepares each statement once per
+# connection, and PostgreSQL's default then settles on one generic plan after five runs,
+# costed on the statistics of that moment: a ledger that started empty (or whose
+# statistics lag, autovacuum being off or behind) kept reading its deliveries by
+# sequential scan as they grew into the hundreds of thousands. Planning these short
+# statements costs far less than one such scan.
+POSTGRES_SESSION = {"plan_cache_mode": "force_custom_plan"}
+
+
 def normalize_url(url: str) -> str:
     """Pick the async driver for a plain `sqlite:` or `postgresql:` URL."""
     parsed = make_url(url)
@@ -101,6 +110,7 @@ def create_engine(
         max_overflow=pool_size,
         pool_pre_ping=True,
         json_serializer=_dumps,
+        connect_args={"server_settings": POSTGRES_SESSION},
     )
 
 

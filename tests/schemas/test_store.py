@@ -412,3 +412,18 @@ async def test_postgresql_ingest_reads_with_the_same_statements_whatever_the_bat
             await store.close()
             await engine.dispose()
     assert len(reads) == 2  # the batch's tasks, and its keys already stored
+
+
+async def test_postgresql_connections_plan_every_statement_for_its_own_parameters(
+    tmp_path: Path,
+) -> None:
+    """A generic plan costed while the ledger was empty read deliveries by sequential scan
+    ever after (see `POSTGRES_SESSION`); every connection opts out of generic plans."""
+    async with temporary_database("postgresql", tmp_path) as url:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                mode = (await conn.execute(sa.text("SHOW plan_cache_mode"))).scalar_one()
+        finally:
+            await engine.dispose()
+    assert mode == "force_custom_plan"
