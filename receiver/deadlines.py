@@ -24,8 +24,8 @@ class Deadlines:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: dict[asyncio.Task[object], float] = {}
-        self._expired: set[asyncio.Task[object]] = set()
+        # A reading task's deadline, or None once the sweep has cancelled it for being late.
+        self._due: dict[asyncio.Task[object], float | None] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
 
@@ -42,13 +42,12 @@ class Deadlines:
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if task in self._expired and task.uncancel() <= cancelling:
+            if self._due[task] is None and task.uncancel() <= cancelling:
                 raise TimeoutError() from None
             raise
         finally:
             # Synchronous from here on: the sweep cannot cancel this task any more.
             del self._due[task]
-            self._expired.discard(task)
 
     def _add(self, task: asyncio.Task[object], deadline: float) -> None:
         self._due[task] = deadline
@@ -66,10 +65,11 @@ class Deadlines:
         now = self._loop.time()
         earliest = float("inf")
         for task, deadline in self._due.items():
+            if deadline is None:
+                continue  # cancelled already, still unwinding
             if deadline <= now:
-                if task not in self._expired:
-                    self._expired.add(task)
-                    task.cancel()
+                self._due[task] = None  # a value, not a key: safe while iterating
+                task.cancel()
             elif deadline < earliest:
                 earliest = deadline
         if earliest != float("inf"):
