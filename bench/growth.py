@@ -1,13 +1,15 @@
 """Case 3, growth: ingest throughput and p99 as the ledger grows to 10k, 100k and 1M tasks.
 
-The ledger is grown by bulk inserts (each task with one earlier delivery and its first
-transition, as a ledger in use holds) while the receiver is stopped; callbacks then go to
-tasks picked at random across the whole ledger. The baseline is the smallest ledger.
+Each size has its own ledger, grown by bulk inserts (each task with one earlier delivery and
+its first transition, as a ledger in use holds) while no receiver runs; callbacks then go to
+tasks picked at random across the whole ledger. The baseline is the smallest ledger, measured
+in the same rounds as the others.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import Any
 
 from bench import ingest, ledger
@@ -22,7 +24,8 @@ QUICK_SIZES = (10_000, 100_000)
 TARGETS = 2_000
 
 
-def measure_size(ctx: Context, url: str, size: int) -> dict[str, Any]:
+def one_run(ctx: Context, url: str, size: int, run: int) -> dict[str, Any]:
+    """A receiver on the ledger of `size` tasks, and one warmed-up run against it."""
     targets = ledger.sample_targets(url, ctx.secrets, TARGETS)
     data = ingest.write_gateway_data(ctx.scratch("data") / f"growth-{size}.tsv", targets)
     env = ctx.secrets.receiver_env(url)
@@ -33,29 +36,37 @@ def measure_size(ctx: Context, url: str, size: int) -> dict[str, Any]:
         handler = ingest.Handler(
             "token", "taskledger", server, "gateway", ingest.stored_by_body(url, "delivery")
         )
-        matrix = Matrix(ctx, [handler], data, [], f"growth{size}")
-        runs = [matrix.one_run(handler, CONNECTIONS, run) for run in range(ctx.runs)]
-    for run in runs:
-        print(
-            f"  {size:>9,} tasks: {run['rps']:,.0f} req/s, p99 {run['p99_ms']:.1f} ms", flush=True
+        result = Matrix(ctx, [handler], data, [], f"growth{size}").one_run(
+            handler, CONNECTIONS, run
         )
-    return {"size": size, "runs": runs}
+    print(
+        f"  {size:>9,} tasks: {result['rps']:,.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
+        f"{result['cpu_us_per_request']:.0f} µs CPU/req",
+        flush=True,
+    )
+    return result
 
 
 def run_growth(ctx: Context) -> CaseResult:
-    url_dir = ctx.scratch("growth")
+    """One ledger per size, then the runs interleaved across sizes (10k, 100k, 1M, 10k,
+    ...): on a shared machine the load of the moment then falls on every size alike,
+    where measuring each size's runs back to back would put minutes of drift into the
+    ratio."""
+    directory = ctx.scratch("growth")
     sizes = QUICK_SIZES if ctx.quick else SIZES
-    results = []
-    with ledger.sqlite_url(url_dir, "ledger") as url:
-        ledger.migrate(url)
-        current = 0
+    urls = {}
+    with ExitStack() as stack:
         for size in sizes:
+            url = urls[size] = stack.enter_context(ledger.sqlite_url(directory, f"ledger{size}"))
+            ledger.migrate(url)
             began = time.monotonic()
-            ledger.grow(url, size - current, ledger.Growth())
-            current = size
+            ledger.grow(url, size, ledger.Growth())
             print(f"  grown to {size:,} tasks in {time.monotonic() - began:.0f} s", flush=True)
-            results.append(measure_size(ctx, url, size))
-    return summarize(results)
+        runs: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+        for run in range(ctx.runs):
+            for size in sizes:
+                runs[size].append(one_run(ctx, urls[size], size, run))
+    return summarize([{"size": size, "runs": runs[size]} for size in sizes])
 
 
 HEADER = [
@@ -104,6 +115,11 @@ def summarize(results: list[dict[str, Any]]) -> CaseResult:
             f"{share:.0%}",
             met,
         )
+    )
+    rounds = zip(results[0]["runs"], largest["runs"], strict=True)
+    paired = ", ".join(f"{ratio(big['rps'], small['rps']):.0%}" for small, big in rounds)
+    case.notes.append(
+        f"{largest['size']:,} tasks against {results[0]['size']:,}, round by round: {paired}"
     )
     case.notes.append(
         "each grown task also has one delivery and one transition, so the delivery table "
