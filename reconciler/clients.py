@@ -47,6 +47,14 @@ POOL_TIMEOUT_SECONDS = 5.0
 TIMEOUT = httpx.Timeout(
     READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS, pool=POOL_TIMEOUT_SECONDS
 )
+# A submit must not go out on a connection the server may be closing as idle: it would fail
+# after sending (a read error) and leave the task's creation unknown. Servers close idle
+# connections after as little as 2 s (gunicorn) or 5 s (uvicorn, Node.js, Apache), and a
+# connection kept as long as that races the close; measured against uvicorn with httpx's
+# default of 5 s, 7 of 600 submits sent after 4.9-5.15 s idle failed so. A submit opens a new
+# connection after 1 s idle instead. (Polls are retried after such a failure.)
+SUBMIT_KEEPALIVE_SECONDS = 1.0
+KEEPALIVE_SECONDS = 5.0  # httpx's default
 # The request never left this process: repeating it cannot create anything twice.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # A configuration fault (bad base URL, unusable API key): asking again will not help.
@@ -293,7 +301,7 @@ class ProviderClients:
         poll_transport = transport or AiohttpTransport(limits=pool_limits(usable))
         async with (
             new_http_client(usable, poll_transport) as polls,
-            new_http_client(usable, transport) as submits,
+            new_http_client(usable, transport, SUBMIT_KEEPALIVE_SECONDS) as submits,
         ):
             clients = {
                 provider.name: ProviderClient(
@@ -317,15 +325,22 @@ class ProviderClients:
 
 
 def new_http_client(
-    providers: Iterable[ProviderSettings], transport: httpx.AsyncBaseTransport | None = None
+    providers: Iterable[ProviderSettings],
+    transport: httpx.AsyncBaseTransport | None = None,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
 ) -> httpx.AsyncClient:
     """An HTTP client with our timeouts and a pool as large as all providers' concurrency."""
-    return httpx.AsyncClient(timeout=TIMEOUT, limits=pool_limits(providers), transport=transport)
+    limits = pool_limits(providers, keepalive_seconds)
+    return httpx.AsyncClient(timeout=TIMEOUT, limits=limits, transport=transport)
 
 
-def pool_limits(providers: Iterable[ProviderSettings]) -> httpx.Limits:
+def pool_limits(
+    providers: Iterable[ProviderSettings], keepalive_seconds: float = KEEPALIVE_SECONDS
+) -> httpx.Limits:
     size = max(1, sum(provider.concurrency for provider in providers))
-    return httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    return httpx.Limits(
+        max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_seconds
+    )
 
 
 def _trimmed(response: httpx.Response) -> str:

@@ -301,6 +301,11 @@ class Reconciler:
         else:
             status, retry = SubmissionStatus.UNKNOWN, provider.expected_seconds
         self.metrics.submits.labels(provider.name, status.value).inc()
+        if status is not SubmissionStatus.PENDING:
+            # Its ledger row keeps the outcome, not the cause: the operator reads it here.
+            log.warning(
+                "submit_failed", task_ref=claim["ref"], submission=status.value, error=str(exc)
+            )
         next_poll = now + timedelta(seconds=retry) if retry is not None else None
         return Submission(claim["ref"], now, status, next_poll, error=str(exc))
 

@@ -48,7 +48,7 @@ async def test_thousand_tasks_with_hostile_faults_end_in_the_simulators_truth(
         refs = []
         for provider in ("openai", "apidot", "evolink"):
             refs += await system.submit(provider, 334 if provider == "openai" else 333)
-        tasks = await system.settle(len(refs), within_seconds=150)
+        tasks = await system.settle(len(refs), within_seconds=90)
         truth = await system.truth()
         transitions = await system.transitions()
         stats = await system.stats()

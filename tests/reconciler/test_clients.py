@@ -13,8 +13,17 @@ from email.utils import format_datetime
 import httpx
 import orjson
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from reconciler.clients import BODY_MAX_CHARS, ProviderClient, ProviderClients
+from reconciler.clients import (
+    BODY_MAX_CHARS,
+    SUBMIT_KEEPALIVE_SECONDS,
+    ProviderClient,
+    ProviderClients,
+)
 from reconciler.errors import BadAnswer, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import RateLimiter
 from reconciler.retry import DEFAULT_RETRY_AFTER_SECONDS, RetryPolicy
@@ -427,6 +436,31 @@ async def test_real_transports_report_an_unreachable_provider_as_unavailable() -
         with pytest.raises(ProviderUnavailable) as submitted:
             await client.submit("sora-2", {"prompt": "a cat"}, None)
     assert (polled.value.retryable, submitted.value.retryable) == (True, True)
+
+
+async def test_submits_open_a_new_connection_rather_than_reuse_one_idle_past_a_second() -> None:
+    """A server may be closing a connection idle for its keep-alive time (5 s for uvicorn)
+    just as a submit goes out on it; the submit would fail after sending and the task's
+    creation be unknown. Submits therefore never reuse a connection idle past 1 s."""
+    ports: list[int] = []
+
+    async def create(request: Request) -> Response:
+        assert request.client is not None
+        ports.append(request.client.port)
+        return JSONResponse({"id": VIDEO_ID, "object": "video", "status": "queued"})
+
+    app = Starlette(routes=[Route("/v1/videos", create, methods=["POST"])])
+    async with serve(app) as server:
+        settings = provider_settings("openai", OPENAI, server)
+        async with ProviderClients.open([settings]) as clients:
+            client = clients.get("openai")
+            assert client is not None
+            await client.submit("sora-2", {"prompt": "a cat"}, None)
+            await client.submit("sora-2", {"prompt": "a cat"}, None)  # at once: same connection
+            await asyncio.sleep(SUBMIT_KEEPALIVE_SECONDS + 0.3)  # idle, but not to uvicorn's 5 s
+            await client.submit("sora-2", {"prompt": "a cat"}, None)
+    assert ports[0] == ports[1]
+    assert ports[2] != ports[1]
 
 
 # -- against the simulator -------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy as sa
+import structlog.testing
 
 from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
@@ -166,3 +167,52 @@ async def _reconciler(env: dict[str, str]) -> asyncio.subprocess.Process:
 async def _count(engine: sa.ext.asyncio.AsyncEngine, condition: sa.ColumnElement[bool]) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(sa.select(sa.func.count()).where(condition)) or 0)
+
+
+async def test_a_submit_that_may_have_reached_the_provider_is_never_sent_again(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """A 500 after sending: the task may exist at the provider, so it is `unknown`, logged
+    with its cause, never submitted twice, and left to its callback or to expiry."""
+    provider = ProviderSettings(
+        "evolink",
+        WireFormat.EVOLINK,
+        base_url="https://provider.example",
+        expected_seconds=1,
+        max_age_seconds=60,
+    )
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"evolink": provider})
+    row = await store.register(
+        NewTask(provider="evolink", model="sora-2", request={"prompt": "x"}, submit=True)
+    )
+    sent: list[httpx.Request] = []
+
+    def provider_answers(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(500, json={"error": {"message": "internal"}})
+
+    transport = httpx.MockTransport(provider_answers)
+    async with ProviderClients.open(settings.providers.values(), transport=transport) as clients:
+        reconciler = Reconciler(settings, store, clients, clock=clock)
+        with structlog.testing.capture_logs() as logs:
+            await reconciler.run_pass()
+        for _ in range(4):
+            clock.advance(10)
+            await reconciler.run_pass()
+        unknown = await store.get(row["ref"])
+        clock.advance(30)
+        await reconciler.run_pass()
+    final = await store.get(row["ref"])
+    assert [request.method for request in sent] == ["POST"]
+    assert unknown is not None
+    assert (unknown["submission"], unknown["state"], unknown["provider_task_id"]) == (
+        "unknown",
+        "submitted",
+        None,
+    )
+    [failed] = [line for line in logs if line["event"] == "submit_failed"]
+    assert failed["task_ref"] == row["ref"]
+    assert failed["submission"] == "unknown"
+    assert "server error" in failed["error"]
+    assert final is not None
+    assert final["state"] == "lost"

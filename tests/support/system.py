@@ -18,7 +18,7 @@ from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.settings import ProviderSettings, Settings
 from schemas.store import LedgerStore
-from schemas.tables import TASK, TRANSITION
+from schemas.tables import OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat
 from simulator import SimConfig, Simulator, create_app
 from tests.support.senders import WEBHOOK_SECRET
@@ -106,14 +106,34 @@ class System:
         return by_task
 
     async def settle(self, count: int, within_seconds: float) -> list[dict[str, Any]]:
-        """Wait until `count` tasks are final and confirmed (or lost); return every task."""
-        async with asyncio.timeout(within_seconds):
-            while True:
-                tasks = await self.tasks()
-                done = [t for t in tasks if t["next_poll_at"] is None]
-                if len(done) >= count:
-                    return tasks
-                await asyncio.sleep(0.25)
+        """Wait until `count` tasks are final and confirmed (or lost); return every task.
+
+        Past `within_seconds` it fails naming the tasks still open and their latest polls,
+        so a straggler can be told apart from a slow run."""
+        deadline = asyncio.get_running_loop().time() + within_seconds
+        while True:
+            tasks = await self.tasks()
+            open_tasks = [t for t in tasks if t["next_poll_at"] is not None]
+            if len(tasks) - len(open_tasks) >= count:
+                return tasks
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(await self._describe(open_tasks, count, within_seconds))
+            await asyncio.sleep(0.25)
+
+    async def _describe(self, open_tasks: list[dict[str, Any]], count: int, within: float) -> str:
+        lines = [f"{len(open_tasks)} of {count} tasks still open after {within} s:"]
+        async with self.engine.connect() as conn:
+            for task in open_tasks[:5]:
+                fields = ("ref", "provider", "provider_task_id", "state", "submission")
+                lines.append("  " + ", ".join(f"{name}={task[name]!r}" for name in fields))
+                polls = await conn.execute(
+                    sa.select(OBSERVATION.c.outcome, OBSERVATION.c.http_status, OBSERVATION.c.error)
+                    .where(OBSERVATION.c.task_ref == task["ref"])
+                    .order_by(OBSERVATION.c.id.desc())
+                    .limit(3)
+                )
+                lines += [f"    latest poll: {dict(row)}" for row in polls.mappings()]
+        return "\n".join(lines)
 
     async def truth(self) -> dict[str, str]:
         async with httpx.AsyncClient(base_url=self.sim_url) as http:
