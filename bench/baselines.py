@@ -3,13 +3,22 @@
 `noop_app`: Starlette reads the body and answers 200 (the HTTP floor).
 `naive_app`: the obvious durable handler, an SQLModel session per request that inserts the
 delivery and commits (SQLite in WAL with synchronous=FULL, or PostgreSQL), then answers 200.
-Both take any POST path; `GET /healthz` says they are up.
+`floor_app`: the least a durable handler can do here: each body is queued to one writer
+thread that inserts whatever has queued (a body and its hash, nothing else: no
+authentication, parsing, ledger or index beyond the key) and commits it in one SQLite
+transaction (WAL, synchronous=FULL); each request answers once its body is committed. It
+shows how near the no-op any handler that stores a delivery durably can come on this machine.
+All take any POST path; `GET /healthz` says they are up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import queue
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -26,6 +35,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 NAIVE_DATABASE_URL = "BENCH_NAIVE_DATABASE_URL"
+FLOOR_DATABASE_URL = "BENCH_FLOOR_DATABASE_URL"
+FLOOR_TABLE = "floor_delivery"
 
 
 class NaiveDelivery(SQLModel, table=True):
@@ -118,3 +129,64 @@ def _task_id(payload: Any) -> str | None:
         value = data.get("task_id") or data.get("id")
         return str(value) if value else None
     return None
+
+
+# A queued body: its key, the body, and the request's future with its loop.
+_Queued = tuple[str, bytes, "asyncio.Future[None]"]
+
+
+def floor_app() -> Starlette:
+    path = sa.engine.make_url(os.environ[FLOOR_DATABASE_URL]).database
+    if not path:
+        raise ValueError(f"{FLOOR_DATABASE_URL} must name an SQLite file")
+    bodies: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+
+    def write(loop: asyncio.AbstractEventLoop) -> None:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS floor_delivery "
+            "(id INTEGER PRIMARY KEY, delivery_key TEXT UNIQUE NOT NULL, body BLOB NOT NULL)"
+        )
+        while (first := bodies.get()) is not None:
+            batch = [first]
+            while not bodies.empty() and (item := bodies.get_nowait()) is not None:
+                batch.append(item)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR IGNORE INTO floor_delivery (delivery_key, body) VALUES (?, ?)",
+                [(key, body) for key, body, _ in batch],
+            )
+            conn.execute("COMMIT")
+            loop.call_soon_threadsafe(_resolve, [future for _, _, future in batch])
+        conn.close()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        writer = threading.Thread(target=write, args=(asyncio.get_running_loop(),), daemon=True)
+        writer.start()
+        try:
+            yield
+        finally:
+            bodies.put(None)
+            await asyncio.to_thread(writer.join)
+
+    async def store(request: Request) -> Response:
+        body = await request.body()
+        future = asyncio.get_running_loop().create_future()
+        bodies.put((hashlib.sha256(body).hexdigest(), body, future))
+        await future
+        return PlainTextResponse("ok")
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/{path:path}", store, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -21,7 +21,7 @@ import orjson
 from standardwebhooks import Webhook
 
 from bench import ledger
-from bench.baselines import NAIVE_DATABASE_URL
+from bench.baselines import FLOOR_DATABASE_URL, FLOOR_TABLE, NAIVE_DATABASE_URL
 from bench.context import Context
 from bench.load import Load, LoadResult, run_load
 from bench.procs import RssSampler, Server, cpu_seconds, uvicorn_server
@@ -30,6 +30,7 @@ from bench.report import NONE, CaseResult, Check, Spread, number, ratio
 RECEIVER_APP = "receiver.app:create_app"
 NOOP_APP = "bench.baselines:noop_app"
 NAIVE_APP = "bench.baselines:naive_app"
+FLOOR_APP = "bench.baselines:floor_app"
 SIGNED_PER_SECOND_CAP = 9_000  # pre-signed requests per second of a run, more than it can take
 CONCURRENCY = (16, 64)
 Counter = Callable[[str], int]
@@ -51,6 +52,7 @@ class Servers:
     receiver: Server
     noop: Server
     naive: Server
+    floor: Server | None = None  # SQLite only: the floor is a property of the machine
 
 
 def write_gateway_data(path: Path, targets: Sequence[ledger.Target]) -> Path:
@@ -113,7 +115,9 @@ def load_with_cpu(load: Load, server: Server) -> tuple[LoadResult, float]:
 
 
 @contextmanager
-def running_servers(ctx: Context, receiver_url: str, naive_url: str) -> Iterator[Servers]:
+def running_servers(
+    ctx: Context, receiver_url: str, naive_url: str, floor_url: str | None = None
+) -> Iterator[Servers]:
     ledger.migrate(receiver_url)
     logs = ctx.scratch("logs")
     core = ctx.cores.server
@@ -126,7 +130,11 @@ def running_servers(ctx: Context, receiver_url: str, naive_url: str) -> Iterator
         noop = stack.enter_context(uvicorn_server("noop", NOOP_APP, {}, core, logs))
         naive_env = {NAIVE_DATABASE_URL: naive_url}
         naive = stack.enter_context(uvicorn_server("naive", NAIVE_APP, naive_env, core, logs))
-        yield Servers(receiver, noop, naive)
+        floor = None
+        if floor_url is not None:
+            floor_env = {FLOOR_DATABASE_URL: floor_url}
+            floor = stack.enter_context(uvicorn_server("floor", FLOOR_APP, floor_env, core, logs))
+        yield Servers(receiver, noop, naive, floor)
 
 
 # -- runs -------------------------------------------------------------------------
@@ -206,9 +214,23 @@ def _progress(label: str, handler: Handler, connections: int, result: dict[str, 
     )
 
 
-def handlers_for(servers: Servers, receiver_url: str, naive_url: str) -> list[Handler]:
+def handlers_for(
+    servers: Servers, receiver_url: str, naive_url: str, floor_url: str | None = None
+) -> list[Handler]:
+    floor = []
+    if servers.floor is not None and floor_url is not None:
+        floor = [
+            Handler(
+                "floor",
+                "durable floor: raw bodies, group commit",
+                servers.floor,
+                "gateway",
+                stored_by_body(floor_url, FLOOR_TABLE),
+            )
+        ]
     return [
         Handler("noop", "no-op Starlette", servers.noop, "gateway"),
+        *floor,
         Handler(
             "naive",
             "naive SQLModel session per request",
@@ -233,15 +255,18 @@ def handlers_for(servers: Servers, receiver_url: str, naive_url: str) -> list[Ha
     ]
 
 
-def run_ingest(ctx: Context, receiver_url: str, naive_url: str, label: str) -> CaseResult:
-    """Case 1 on the database behind `receiver_url` (the naive handler uses `naive_url`)."""
+def run_ingest(
+    ctx: Context, receiver_url: str, naive_url: str, label: str, floor_url: str | None = None
+) -> CaseResult:
+    """Case 1 on the database behind `receiver_url` (the naive handler uses `naive_url`, the
+    durable floor, when measured, `floor_url`)."""
     tasks = 1_000 if ctx.quick else 2_000
-    with running_servers(ctx, receiver_url, naive_url) as servers:
+    with running_servers(ctx, receiver_url, naive_url, floor_url) as servers:
         admin = ctx.secrets.admin
         gateway = ledger.register(servers.receiver.url, admin, ledger.GATEWAY, tasks, "gw")
         signed = ledger.register(servers.receiver.url, admin, ledger.SIGNED, tasks, "video")
         data = write_gateway_data(ctx.scratch("data") / f"gateway-{label}.tsv", gateway)
-        handlers = handlers_for(servers, receiver_url, naive_url)
+        handlers = handlers_for(servers, receiver_url, naive_url, floor_url)
         runs = Matrix(ctx, handlers, data, signed, label).run_all()
         batches = writer_batches(servers.receiver)
     return summarize(label, handlers, runs, batches)
@@ -305,7 +330,25 @@ def summarize(
         f"group commit: {batches['batches']:,.0f} batches, mean {batches['mean_batch']:.1f} "
         "deliveries per batch (whole case, warm-ups included)"
     )
+    if "floor" in runs:
+        case.notes.append(floor_note(runs))
     return case
+
+
+def floor_note(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> str:
+    """How near the no-op the durable floor comes, and taskledger's share of the floor."""
+    parts = []
+    for connections in CONCURRENCY:
+        noop, floor, token, signed = (
+            spread(runs[key][connections], "rps").median
+            for key in ("noop", "floor", "token", "signed")
+        )
+        parts.append(
+            f"c={connections}: the floor {ratio(floor, noop):.0%} of the no-op; taskledger "
+            f"{ratio(token, floor):.0%} (token) and {ratio(signed, floor):.0%} (signed) "
+            "of the floor"
+        )
+    return "durable floor (raw bodies, group commit, no ledger): " + "; ".join(parts)
 
 
 def _row(

@@ -37,8 +37,9 @@ def sqlite_ingest(ctx: Context) -> CaseResult:
     with (
         ledger.sqlite_url(directory, "ledger") as receiver_url,
         ledger.sqlite_url(directory, "naive") as naive_url,
+        ledger.sqlite_url(directory, "floor") as floor_url,
     ):
-        return ingest.run_ingest(ctx, receiver_url, naive_url, "SQLite")
+        return ingest.run_ingest(ctx, receiver_url, naive_url, "SQLite", floor_url)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
