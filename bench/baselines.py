@@ -131,7 +131,7 @@ def _task_id(payload: Any) -> str | None:
     return None
 
 
-# A queued body: its key, the body, and the request's future with its loop.
+# A queued body: its key, the body, and the future its request awaits (None stops the writer).
 _Queued = tuple[str, bytes, "asyncio.Future[None]"]
 
 
