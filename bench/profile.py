@@ -1,7 +1,8 @@
 """`python -m bench.profile [--seconds N] [--connections C] [--mode M] [--database D]`.
 
 Profiles the receiver under wrk load with py-spy (installed into this venv with pip when
-missing) and prints the functions with the most samples, by own time and including callees.
+missing) and prints the functions with the most samples: by own time, then thread by thread
+(the event loop, the SQLite commit thread) including callees.
 The collapsed stacks are kept in `bench/results/profile-<database>-<mode>.txt`.
 """
 
@@ -53,6 +54,7 @@ def record(server: Server, seconds: int, out: Path) -> subprocess.Popen[bytes]:
         "--output",
         str(out),
         "--nonblocking",
+        "--threads",
     ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
@@ -94,6 +96,55 @@ def print_top(title: str, counts: Counter[str], total: int) -> None:
     print(f"\n{title}")
     for name, count in counts.most_common(TOP):
         print(f"  {count / total:6.1%}  {name}")
+
+
+# The frames that start the server (under every sample of its main thread): left out of the
+# per-thread lists, which are for finding work.
+STARTUP_CHAIN = (
+    "_run_module_as_main ",
+    "_run_code ",
+    "<module> (uvicorn",
+    "Command.",
+    "Context.invoke ",
+    "main (uvicorn",
+    "run (uvicorn",
+    "Server.run (uvicorn",
+    "asyncio_run ",
+    "Runner.run ",
+)
+
+
+def by_thread(collapsed: str) -> dict[str, str]:
+    """The collapsed stacks grouped by thread name (py-spy's `--threads` puts
+    `thread (id): name` first): uvicorn's event loop runs in `MainThread`, SQLite's commits in
+    `taskledger-commit_0`."""
+    groups: dict[str, list[str]] = {}
+    for line in collapsed.splitlines():
+        if line.strip():
+            first = line.split(";", 1)[0]
+            name = first.partition(": ")[2] if first.startswith("thread (") else "all threads"
+            groups.setdefault(name, []).append(line)
+    return {name: "\n".join(lines) for name, lines in groups.items()}
+
+
+def print_thread(name: str, collapsed: str, all_samples: int) -> None:
+    """One thread group's share of the samples and its top functions including callees,
+    without the frames every one of its samples has (the server's start-up chain)."""
+    total, _, inclusive = top_entries(collapsed)
+    if total < all_samples / 100:
+        return  # a thread that barely ran
+    informative = Counter(
+        {
+            frame: n
+            for frame, n in inclusive.items()
+            if n < total and not frame.startswith(STARTUP_CHAIN)
+        }
+    )
+    print_top(
+        f"{name}: {total / all_samples:.0%} of samples; including callees, as a share of its own",
+        informative,
+        total,
+    )
 
 
 def database_url(ctx: Context, database: str) -> AbstractContextManager[str]:
@@ -157,10 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="taskledger-profile-") as workdir:
         ctx = Context(Path(workdir))
         out = profile(ctx, args.seconds, args.connections, args.mode, args.database)
-    total, own, inclusive = top_entries(out.read_text())
+    collapsed = out.read_text()
+    total, own, _ = top_entries(collapsed)
     print(f"{total} samples; stacks in {out}")
     print_top("own time (top of stack)", own, total)
-    print_top("including callees", inclusive, total)
+    threads = by_thread(collapsed)
+    for name in sorted(threads, key=lambda name: -top_entries(threads[name])[0]):
+        print_thread(name, threads[name], total)
     return 0
 
 
