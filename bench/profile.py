@@ -127,10 +127,9 @@ def by_thread(collapsed: str) -> dict[str, str]:
     return {name: "\n".join(lines) for name, lines in groups.items()}
 
 
-def print_thread(name: str, collapsed: str, all_samples: int) -> None:
+def print_thread(name: str, total: int, inclusive: Counter[str], all_samples: int) -> None:
     """One thread group's share of the samples and its top functions including callees,
     without the frames every one of its samples has (the server's start-up chain)."""
-    total, _, inclusive = top_entries(collapsed)
     if total < all_samples / 100:
         return  # a thread that barely ran
     informative = Counter(
@@ -212,9 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     total, own, _ = top_entries(collapsed)
     print(f"{total} samples; stacks in {out}")
     print_top("own time (top of stack)", own, total)
-    threads = by_thread(collapsed)
-    for name in sorted(threads, key=lambda name: -top_entries(threads[name])[0]):
-        print_thread(name, threads[name], total)
+    threads = [(name, *top_entries(stacks)) for name, stacks in by_thread(collapsed).items()]
+    for name, samples, _, inclusive in sorted(threads, key=lambda thread: -thread[1]):
+        print_thread(name, samples, inclusive, total)
     return 0
 
 
