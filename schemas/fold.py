@@ -12,6 +12,7 @@ from typing import Any
 
 from schemas.ledger import (
     Delivery,
+    DeliveryId,
     Evidence,
     Expiry,
     Poll,
@@ -33,7 +34,6 @@ from schemas.states import (
 )
 
 BODY_KEEP_CHARS = 4_000
-KEY_LABEL = tuple[str, str]
 
 
 @dataclass(slots=True)
@@ -86,7 +86,7 @@ class Writes:
 
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
-    duplicates: dict[KEY_LABEL, int] = field(default_factory=dict)
+    duplicates: dict[DeliveryId, int] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
 
 
@@ -96,7 +96,7 @@ class Fold:
     def __init__(
         self,
         tasks: list[dict[str, Any]],
-        existing: dict[KEY_LABEL, dict[str, Any]],
+        existing: dict[DeliveryId, dict[str, Any]],
         now: datetime,
     ) -> None:
         self.now = now
@@ -124,7 +124,7 @@ class Fold:
     # -- callbacks -------------------------------------------------------------
 
     def _delivery(self, item: Delivery) -> Stored:
-        key = (item.provider, item.delivery_key)
+        key = item.identity
         if key in self._existing:
             return self._duplicate(key)
         work, refusal = self._owner_of(item)
@@ -142,7 +142,7 @@ class Fold:
         work.poll_now = work.poll_now or item.observation.needs_fetch or unconfirmed
         return Stored(outcome, work.ref, work.snapshot.state)
 
-    def _duplicate(self, key: KEY_LABEL) -> Stored:
+    def _duplicate(self, key: DeliveryId) -> Stored:
         self.writes.duplicates[key] = self.writes.duplicates.get(key, 0) + 1
         first = self._existing[key]
         state = State(first["state"]) if first.get("state") else None

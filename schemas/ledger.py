@@ -13,6 +13,9 @@ from typing import Any
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
 from schemas.wire import Observation
 
+# What makes a delivery unique in the ledger: provider, provider's task id, message key.
+DeliveryId = tuple[str, str, str]
+
 
 class Auth(StrEnum):
     """How a delivery proved it came from the provider."""
@@ -37,6 +40,10 @@ class Delivery:
     @property
     def signed(self) -> bool:
         return self.auth is Auth.SIGNATURE
+
+    @property
+    def identity(self) -> DeliveryId:
+        return self.provider, self.observation.provider_task_id, self.delivery_key
 
 
 @dataclass(frozen=True, slots=True)

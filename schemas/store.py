@@ -28,7 +28,7 @@ from schemas.clock import Clock
 from schemas.database import READ_ONLY, sqlite_file
 from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
 from schemas.fold import Fold, TaskWork, Writes
-from schemas.ledger import Auth, Delivery, Evidence, Stored, SubmissionStatus
+from schemas.ledger import Auth, Delivery, DeliveryId, Evidence, Stored, SubmissionStatus
 from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
 from schemas.store_sqlite import SqliteSession, SqliteWriter, UniqueRace
@@ -290,9 +290,11 @@ class LedgerStore:
     async def timeline(self, ref: str) -> dict[str, list[dict[str, Any]]]:
         """A task's deliveries, polls and transitions, each in the order they happened."""
         async with self._read() as conn:
+            # Through the task: its provider id leads to its deliveries by the unique index.
             deliveries = await conn.execute(
                 sa.select(*[c for c in DELIVERY.c if c.name != "body"])
-                .where(DELIVERY.c.task_ref == ref)
+                .select_from(DELIVERY.join(TASK, _same_provider_task))
+                .where(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
                 .order_by(DELIVERY.c.id)
             )
             polls = await conn.execute(
@@ -603,8 +605,8 @@ async def _close(conn: AsyncConnection) -> None:
         await conn.close()
 
 
-def _delivery_key(row: dict[str, Any]) -> tuple[str, str]:
-    return row["provider"], row["delivery_key"]
+def _delivery_id(row: dict[str, Any]) -> DeliveryId:
+    return row["provider"], row["provider_task_id"], row["delivery_key"]
 
 
 def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -644,6 +646,7 @@ _UPDATE_TASK = (
 _COUNT_DUPLICATE = (
     DELIVERY.update()
     .where(DELIVERY.c.provider == sa.bindparam("k_provider"))
+    .where(DELIVERY.c.provider_task_id == sa.bindparam("k_task_id"))
     .where(DELIVERY.c.delivery_key == sa.bindparam("k_key"))
     .values(
         duplicate_count=DELIVERY.c.duplicate_count + sa.bindparam("k_count"),
@@ -727,6 +730,39 @@ def _one_of(
     return column == sa.any_(array)
 
 
+_same_provider_task = sa.and_(
+    DELIVERY.c.provider == TASK.c.provider,
+    DELIVERY.c.provider_task_id == TASK.c.provider_task_id,
+)
+_DELIVERY_SEEN = (
+    DELIVERY.c.provider,
+    DELIVERY.c.provider_task_id,
+    DELIVERY.c.delivery_key,
+    DELIVERY.c.task_ref,
+    DELIVERY.c.state,
+)
+
+
+def _stored_deliveries(conn: sa.Connection, keys: set[DeliveryId]) -> sa.Select[Any]:
+    """The stored deliveries among `keys`. On PostgreSQL the keys arrive as three arrays
+    (one statement text for any number of them) and each row of their `unnest` probes the
+    unique index once; SQLite's own ingest path has its equivalent in `store_sqlite`."""
+    columns = DELIVERY.c.provider, DELIVERY.c.provider_task_id, DELIVERY.c.delivery_key
+    if conn.dialect.name != "postgresql":
+        return sa.select(*_DELIVERY_SEEN).where(sa.tuple_(*columns).in_(sorted(keys)))
+    arrays = [
+        sa.bindparam(None, [key[i] for key in keys], type_=postgresql.ARRAY(sa.String()))
+        for i in range(3)
+    ]
+    wanted = (
+        sa.func.unnest(*arrays)
+        .table_valued("provider", "provider_task_id", "delivery_key")
+        .render_derived(name="wanted")
+    )
+    on = sa.and_(*(column == wanted.c[column.name] for column in columns))
+    return sa.select(*_DELIVERY_SEEN).select_from(DELIVERY.join(wanted, on))
+
+
 def _refs_of(conn: sa.Connection, pairs: set[tuple[str, str]]) -> set[str]:
     """The refs of the tasks known by (provider, provider task id)."""
     query = sa.select(TASK.c.ref, TASK.c.provider, TASK.c.provider_task_id).where(
@@ -802,7 +838,7 @@ class _IngestSession(Protocol):
 
     def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]: ...
 
-    def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]: ...
+    def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]: ...
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None: ...
 
@@ -815,7 +851,7 @@ def _ingest(session: _IngestSession, items: list[Evidence], now: datetime) -> li
         for item in items
         if isinstance(item, Delivery) and item.task_ref is None
     }
-    keys = {(i.provider, i.delivery_key) for i in items if isinstance(i, Delivery)}
+    keys = {item.identity for item in items if isinstance(item, Delivery)}
     # Tasks first, in ref order (one global lock order on PostgreSQL: no deadlocks).
     fold = Fold(session.tasks(refs, pairs), session.deliveries(keys), now)
     results = [fold.apply(item) for item in items]
@@ -842,14 +878,13 @@ class _AlchemySession:
             query = query.with_for_update()
         return [dict(row) for row in self._conn.execute(query).mappings()]
 
-    def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
         if not keys:
             return {}
-        query = sa.select(
-            DELIVERY.c.provider, DELIVERY.c.delivery_key, DELIVERY.c.task_ref, DELIVERY.c.state
-        ).where(*_pair_in(self._conn, DELIVERY.c.provider, DELIVERY.c.delivery_key, keys))
-        rows = {(r.provider, r.delivery_key): dict(r._mapping) for r in self._conn.execute(query)}
-        return {key: row for key, row in rows.items() if key in keys}
+        rows = [
+            dict(row) for row in self._conn.execute(_stored_deliveries(self._conn, keys)).mappings()
+        ]
+        return {_delivery_id(row): row for row in rows}
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
         conn = self._conn
@@ -858,14 +893,14 @@ class _AlchemySession:
         try:
             # Keys in key order: batches committing at once then wait on each other's new
             # or counted keys in one order, never in a cycle.
-            _insert_returning_ids(conn, DELIVERY, sorted(writes.deliveries, key=_delivery_key))
+            _insert_returning_ids(conn, DELIVERY, sorted(writes.deliveries, key=_delivery_id))
             _insert_returning_ids(conn, OBSERVATION, writes.observations)
             if writes.duplicates:
                 conn.execute(
                     _COUNT_DUPLICATE,
                     [
-                        {"k_provider": p, "k_key": k, "k_count": n, "k_now": now}
-                        for (p, k), n in sorted(writes.duplicates.items())
+                        {"k_provider": p, "k_task_id": t, "k_key": k, "k_count": n, "k_now": now}
+                        for (p, t, k), n in sorted(writes.duplicates.items())
                     ],
                 )
             if tasks:

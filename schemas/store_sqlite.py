@@ -41,6 +41,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Writes
+from schemas.ledger import DeliveryId
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UTCDateTime
 
 T = TypeVar("T")
@@ -184,6 +185,15 @@ _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
 
 
+_STORED_DELIVERIES = (
+    "SELECT d.provider, d.provider_task_id, d.delivery_key, d.task_ref, d.state "
+    "FROM json_each(?) AS k JOIN delivery AS d "
+    "ON d.provider = json_extract(k.value, '$[0]') "
+    "AND d.provider_task_id = json_extract(k.value, '$[1]') "
+    "AND d.delivery_key = json_extract(k.value, '$[2]')"
+)
+
+
 def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
@@ -233,26 +243,21 @@ class SqliteSession:
         )
         return [self._task_reader.decode(row) for row in rows]
 
-    def deliveries(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
+        """The batch's deliveries already stored: one index probe per key, driven by the
+        keys themselves (`IN` lists on three columns would probe their cross product)."""
         if not keys:
             return {}
-        providers = sorted({provider for provider, _ in keys})
-        names = sorted({key for _, key in keys})
-        rows = self._conn.execute(
-            "SELECT provider, delivery_key, task_ref, state FROM delivery "
-            f"WHERE provider IN ({_marks(len(providers))}) "
-            f"AND delivery_key IN ({_marks(len(names))})",
-            [*providers, *names],
-        )
+        rows = self._conn.execute(_STORED_DELIVERIES, (orjson.dumps(list(keys)).decode(),))
         return {
-            (provider, key): {
+            (provider, task_id, key): {
                 "provider": provider,
+                "provider_task_id": task_id,
                 "delivery_key": key,
                 "task_ref": ref,
                 "state": state,
             }
-            for provider, key, ref, state in rows
-            if (provider, key) in keys
+            for provider, task_id, key, ref, state in rows
         }
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
@@ -263,8 +268,8 @@ class SqliteSession:
             stamp = _encode_when(now)
             conn.executemany(
                 "UPDATE delivery SET duplicate_count = duplicate_count + ?, last_seen_at = ? "
-                "WHERE provider = ? AND delivery_key = ?",
-                [(n, stamp, p, k) for (p, k), n in writes.duplicates.items()],
+                "WHERE provider = ? AND provider_task_id = ? AND delivery_key = ?",
+                [(n, stamp, *key) for key, n in writes.duplicates.items()],
             )
         self._update_tasks(tasks)
         if writes.transitions:

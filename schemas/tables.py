@@ -86,12 +86,13 @@ class TaskRow(SQLModel, table=True):
 
 class DeliveryRow(SQLModel, table=True):
     __tablename__ = "delivery"
+    # A delivery is known by the provider's task id and its message's key. The one unique
+    # index turns a resend into a counted duplicate, and its prefix finds a task's
+    # deliveries, matched or still waiting for `PATCH`: every delivery a task holds carries
+    # the task's provider id. Each index is one more scattered page a delivery dirties.
     __table_args__ = (
-        sa.UniqueConstraint("provider", "delivery_key", name="uq_delivery_key"),
-        sa.Index("ix_delivery_task_ref", "task_ref"),
-        # Only the deliveries whose task was not known yet: they wait for `PATCH` to replay.
-        _partial_index(
-            "ix_delivery_unmatched", "provider", "provider_task_id", where="task_ref IS NULL"
+        sa.UniqueConstraint(
+            "provider", "provider_task_id", "delivery_key", name="uq_delivery_task_key"
         ),
     )
 
@@ -99,7 +100,7 @@ class DeliveryRow(SQLModel, table=True):
     provider: str = Field(max_length=64)
     delivery_key: str = Field(max_length=200)
     task_ref: str | None = Field(default=None, foreign_key="task.ref", max_length=40)
-    provider_task_id: str | None = Field(default=None, max_length=200)
+    provider_task_id: str = Field(max_length=200)
     body: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     headers: dict[str, Any] | None = _json()
     auth: str = Field(max_length=16)

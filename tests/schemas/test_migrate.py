@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.database import create_engine
 from schemas.migrate import current_revision, head_revision, upgrade
-from schemas.tables import DELIVERY
+from schemas.tables import DELIVERY, METADATA, TASK
 from tests.conftest import FakeClock
 
 DELIVERY_ROW = {
@@ -47,26 +54,105 @@ async def test_upgrade_from_the_first_revision_keeps_deliveries_and_is_at_head(
         await engine.dispose()
 
 
-async def test_unmatched_deliveries_are_found_by_their_partial_index(database_url: str) -> None:
-    """Only deliveries without a task are in `ix_delivery_unmatched`, and the lookup uses it."""
+async def _plan(engine: AsyncEngine, query: sa.Select[Any]) -> str:
+    """The database's plan for `query` (PostgreSQL told to avoid a sequential scan, which
+    it prefers on a table this small)."""
+    compiled = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled)
+            return " ".join(str(row[-1]) for row in rows)
+        await conn.exec_driver_sql("SET enable_seqscan = off")
+        rows = await conn.exec_driver_sql("EXPLAIN " + compiled)
+        return " ".join(str(row[0]) for row in rows)
+
+
+def _uses_the_delivery_key(engine: AsyncEngine, plan: str) -> bool:
+    if engine.dialect.name == "sqlite":  # a unique constraint's index has SQLite's own name
+        return "delivery USING INDEX sqlite_autoindex_delivery" in plan
+    return "uq_delivery_task_key" in plan
+
+
+async def test_a_tasks_deliveries_and_the_unmatched_ones_are_found_by_the_unique_key(
+    database_url: str,
+) -> None:
+    """The one unique index serves the lookups the two dropped indexes served."""
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
-        query = (
+        unmatched = (
             sa.select(DELIVERY.c.id)
             .where(DELIVERY.c.provider == "openai")
             .where(DELIVERY.c.provider_task_id == "video_1")
             .where(DELIVERY.c.task_ref.is_(None))
         )
-        compiled = str(query.compile(engine.sync_engine, compile_kwargs={"literal_binds": True}))
+        timeline = (
+            sa.select(DELIVERY.c.id)
+            .select_from(
+                DELIVERY.join(
+                    TASK,
+                    sa.and_(
+                        DELIVERY.c.provider == TASK.c.provider,
+                        DELIVERY.c.provider_task_id == TASK.c.provider_task_id,
+                    ),
+                )
+            )
+            .where(TASK.c.ref == "tl_1", DELIVERY.c.task_ref == "tl_1")
+        )
+        for query in (unmatched, timeline):
+            plan = await _plan(engine, query)
+            assert _uses_the_delivery_key(engine, plan), plan
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_to_one_delivery_key_drops_the_old_indexes_and_keys_by_task(
+    database_url: str, clock: FakeClock
+) -> None:
+    """0003: deliveries stored under 0002 keep their rows and their duplicate protection;
+    the same message key now may recur for another task, never for the same one."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine, "0002")
+        row = {**DELIVERY_ROW, "received_at": clock(), "last_seen_at": clock()}
+        async with engine.begin() as conn:
+            await conn.execute(
+                DELIVERY.insert(), [{**row, "delivery_key": "msg_1", "provider_task_id": "video_1"}]
+            )
+        await upgrade(engine, "0003")
         async with engine.connect() as conn:
-            if engine.dialect.name == "sqlite":
-                rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled)
-                plan = " ".join(str(row[-1]) for row in rows)
-            else:
-                await conn.exec_driver_sql("SET enable_seqscan = off")
-                rows = await conn.exec_driver_sql("EXPLAIN " + compiled)
-                plan = " ".join(str(row[0]) for row in rows)
-        assert "ix_delivery_unmatched" in plan
+            indexes = await conn.run_sync(
+                lambda sync: {i["name"] for i in sa.inspect(sync).get_indexes("delivery")}
+            )
+        assert not indexes & {"ix_delivery_task_ref", "ix_delivery_unmatched"}
+        async with engine.begin() as conn:
+            await conn.execute(
+                DELIVERY.insert(), [{**row, "delivery_key": "msg_1", "provider_task_id": "video_2"}]
+            )
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    DELIVERY.insert(),
+                    [{**row, "delivery_key": "msg_1", "provider_task_id": "video_1"}],
+                )
+        async with engine.connect() as conn:
+            count = await conn.scalar(sa.select(sa.func.count()).select_from(DELIVERY))
+        assert count == 2
+    finally:
+        await engine.dispose()
+
+
+async def test_the_migrations_build_exactly_the_tables_the_code_declares(
+    database_url: str,
+) -> None:
+    """No drift: what `upgrade` makes compares equal to `schemas.tables`."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), METADATA)
+            )
+        assert differences == []
     finally:
         await engine.dispose()
