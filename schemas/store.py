@@ -31,7 +31,13 @@ from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Auth, Delivery, DeliveryId, Evidence, Stored, SubmissionStatus
 from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
-from schemas.store_sqlite import SqliteSession, SqliteWriter, UniqueRace
+from schemas.store_sqlite import (
+    STORED_DELIVERIES,
+    SqliteSession,
+    SqliteWriter,
+    UniqueRace,
+    keys_json,
+)
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat, normalize_callback
 
@@ -743,13 +749,13 @@ _DELIVERY_SEEN = (
 )
 
 
-def _stored_deliveries(conn: sa.Connection, keys: set[DeliveryId]) -> sa.Select[Any]:
-    """The stored deliveries among `keys`. On PostgreSQL the keys arrive as three arrays
-    (one statement text for any number of them) and each row of their `unnest` probes the
-    unique index once; SQLite's own ingest path has its equivalent in `store_sqlite`."""
-    columns = DELIVERY.c.provider, DELIVERY.c.provider_task_id, DELIVERY.c.delivery_key
+def _stored_deliveries(conn: sa.Connection, keys: set[DeliveryId]) -> sa.Executable:
+    """The stored deliveries among `keys`, one index probe a key. On PostgreSQL the keys
+    arrive as three arrays (one statement text for any number of them) and each row of
+    their `unnest` probes the unique index; SQLite walks a JSON array of them."""
     if conn.dialect.name != "postgresql":
-        return sa.select(*_DELIVERY_SEEN).where(sa.tuple_(*columns).in_(sorted(keys)))
+        return sa.text(STORED_DELIVERIES).bindparams(keys=keys_json(keys))
+    columns = DELIVERY.c.provider, DELIVERY.c.provider_task_id, DELIVERY.c.delivery_key
     arrays = [
         sa.bindparam(None, [key[i] for key in keys], type_=postgresql.ARRAY(sa.String()))
         for i in range(3)

@@ -185,13 +185,20 @@ _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
 
 
-_STORED_DELIVERIES = (
+# The batch's deliveries already stored: each of the batch's keys (a JSON array of
+# [provider, provider task id, key] in the one parameter) probes the unique index once,
+# where `IN` lists on three columns would probe their cross product.
+STORED_DELIVERIES = (
     "SELECT d.provider, d.provider_task_id, d.delivery_key, d.task_ref, d.state "
-    "FROM json_each(?) AS k JOIN delivery AS d "
+    "FROM json_each(:keys) AS k JOIN delivery AS d "
     "ON d.provider = json_extract(k.value, '$[0]') "
     "AND d.provider_task_id = json_extract(k.value, '$[1]') "
     "AND d.delivery_key = json_extract(k.value, '$[2]')"
 )
+
+
+def keys_json(keys: set[DeliveryId]) -> str:
+    return orjson.dumps(sorted(keys)).decode()
 
 
 def _marks(count: int) -> str:
@@ -244,11 +251,9 @@ class SqliteSession:
         return [self._task_reader.decode(row) for row in rows]
 
     def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
-        """The batch's deliveries already stored: one index probe per key, driven by the
-        keys themselves (`IN` lists on three columns would probe their cross product)."""
         if not keys:
             return {}
-        rows = self._conn.execute(_STORED_DELIVERIES, (orjson.dumps(list(keys)).decode(),))
+        rows = self._conn.execute(STORED_DELIVERIES, {"keys": keys_json(keys)})
         return {
             (provider, task_id, key): {
                 "provider": provider,

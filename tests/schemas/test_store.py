@@ -16,7 +16,7 @@ from schemas.database import SqliteFile, create_engine
 from schemas.ledger import Auth, Delivery, Expiry, Poll
 from schemas.migrate import upgrade
 from schemas.states import Outcome, State
-from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask
+from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask, _AlchemySession
 from schemas.tables import DELIVERY
 from schemas.wire import Observation
 from tests.conftest import FakeClock
@@ -98,6 +98,26 @@ async def test_a_message_key_is_unique_within_a_provider_task_not_across_tasks(
         deliveries = (await store.timeline(ref))["deliveries"]
         counts.append([(d["provider_task_id"], d["duplicate_count"]) for d in deliveries])
     assert counts == [[("t-1", 0)], [("t-2", 1)]]
+
+
+async def test_the_core_session_finds_stored_deliveries_by_their_identity(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """The SQLAlchemy session's duplicate check (PostgreSQL's path; SQLite's too, should
+    anything take it there) finds exactly the stored keys among those it is given."""
+    ref = await registered(store)
+    stored = callback(ref, "k-1", State.RUNNING, clock())
+    await store.ingest([stored])
+    absent = {("apidot", "t-1", "k-2"), ("apidot", "t-2", "k-1"), ("evolink", "t-1", "k-1")}
+    async with store.engine.connect() as conn:
+        found = await conn.run_sync(
+            lambda sync: _AlchemySession(store, sync).deliveries({stored.identity, *absent})
+        )
+    assert list(found) == [stored.identity]
+    assert (found[stored.identity]["task_ref"], found[stored.identity]["state"]) == (
+        ref,
+        "running",
+    )
 
 
 async def test_each_change_bumps_the_version_once_per_batch(
