@@ -757,8 +757,8 @@ def _stored_deliveries(conn: sa.Connection, keys: set[DeliveryId]) -> sa.Executa
         return sa.text(STORED_DELIVERIES).bindparams(keys=keys_json(keys))
     columns = DELIVERY.c.provider, DELIVERY.c.provider_task_id, DELIVERY.c.delivery_key
     arrays = [
-        sa.bindparam(None, [key[i] for key in keys], type_=postgresql.ARRAY(sa.String()))
-        for i in range(3)
+        sa.bindparam(None, list(values), type_=postgresql.ARRAY(sa.String()))
+        for values in zip(*keys, strict=True)
     ]
     wanted = (
         sa.func.unnest(*arrays)

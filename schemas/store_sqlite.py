@@ -198,7 +198,7 @@ STORED_DELIVERIES = (
 
 
 def keys_json(keys: set[DeliveryId]) -> str:
-    return orjson.dumps(sorted(keys)).decode()
+    return orjson.dumps(list(keys)).decode()
 
 
 def _marks(count: int) -> str:
