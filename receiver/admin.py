@@ -72,9 +72,8 @@ async def attach_task_id(request: Request) -> Response:
     task = await store.get(ref)
     if task is None:
         raise NotFound("no task has this ref", task_ref=ref)
-    provider = request.app.state.settings.provider(task["provider"])
     try:
-        row = await store.attach(ref, task_id, provider.kind)
+        row = await store.attach(ref, task_id)
     except TaskConflict as exc:
         raise Conflict(str(exc), task_ref=ref) from None
     except TaskNotFound:

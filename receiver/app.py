@@ -10,6 +10,7 @@ from datetime import datetime
 
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -18,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import admin, callbacks, health, openapi, queries, ui
 from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
+from receiver.deadlines import AnswerDeadline
 from receiver.errors import ReceiverError
 from receiver.metrics import ReceiverMetrics
 from receiver.writer import GroupCommitWriter
@@ -61,7 +63,7 @@ def create_app(
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.sqlite_busy_timeout_ms,
         )
-        store = LedgerStore(engine, clock)
+        store = LedgerStore(engine, clock, settings.readers)
         changes = queries.ChangeSignal()
         writer = GroupCommitWriter(
             store.ingest,
@@ -70,6 +72,7 @@ def create_app(
             concurrency=settings.writer_concurrency or store.ingest_writers,
             on_batch=metrics.batch_size.observe,
             on_commit=changes.notify,
+            answer_within=settings.answer_deadline_seconds,
         )
         await writer.start()
         app.state.store = store
@@ -88,6 +91,8 @@ def create_app(
     app = ReceiverApp(
         routes=routes(),
         lifespan=lifespan,
+        # Admin writes answer within the same deadline as callbacks, counted from arrival.
+        middleware=[Middleware(AnswerDeadline, seconds=settings.answer_deadline_seconds)],
         # Refusals and storage failures are answered by ExceptionMiddleware; anything else
         # (a bug) by ServerErrorMiddleware, which also lets the server log it.
         exception_handlers={

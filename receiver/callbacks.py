@@ -34,12 +34,10 @@ from receiver.metrics import ReceiverMetrics
 from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
 from schemas.clock import Clock
-from schemas.errors import WireFormatError
-from schemas.ledger import Auth, Delivery
+from schemas.ledger import NOT_JSON, Auth, Delivery, read_delivery
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
 from schemas.tokens import CallbackTokens
-from schemas.wire import WireFormat, normalize_callback
 
 log = structlog.get_logger("taskledger.receiver")
 # Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
@@ -121,13 +119,11 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
     binding = inbox.tokens.verify(params["token"])
     if binding is None or binding.provider != provider.name:
         raise Unauthenticated("the callback token is not valid for this provider")
-    payload = parse_json(headers, body)
     delivery = _delivery(
         inbox,
         scope,
         provider,
         body,
-        payload,
         Auth.TOKEN,
         key=hashlib.sha256(body).hexdigest(),
         task_ref=binding.task_ref,
@@ -145,9 +141,8 @@ async def receive_webhook(inbox: Inbox, scope: Scope, receive: Receive) -> Answe
     webhook_id = inbox.verifiers[provider.name].verify(body, headers)
     if webhook_id is None:
         raise Unauthenticated("the webhook signature does not verify")
-    payload = parse_json(headers, body)
     key = delivery_key(webhook_id)
-    delivery = _delivery(inbox, scope, provider, body, payload, Auth.SIGNATURE, key=key)
+    delivery = _delivery(inbox, scope, provider, body, Auth.SIGNATURE, key=key)
     return await _store(inbox, delivery, started)
 
 
@@ -240,33 +235,31 @@ def _delivery(
     scope: Scope,
     provider: ProviderSettings,
     body: bytes,
-    payload: dict[str, Any],
     auth: Auth,
     *,
     key: str,
     task_ref: str | None = None,
 ) -> Delivery:
-    try:
-        observation = normalize_callback(WireFormat(provider.kind), payload)
-    except WireFormatError as exc:
-        raise MalformedBody(str(exc), provider=provider.name) from None
-    task_id = observation.provider_task_id
-    if len(task_id) > TASK_ID_MAX_CHARS or "\x00" in task_id:  # PostgreSQL text holds no NUL
-        raise MalformedBody(
-            f"the task id must be at most {TASK_ID_MAX_CHARS} characters, without NUL",
-            provider=provider.name,
-        )
-    headers = kept_headers(scope["headers"])
-    return Delivery(
+    """An authenticated delivery, read as far as it can be: one that cannot be read is kept
+    all the same, raw, with the reason (whatever its content type says, it is tried as JSON)."""
+    delivery = Delivery(
         provider=provider.name,
         delivery_key=key,
         body=body,
-        headers=headers,
+        headers=kept_headers(scope["headers"]),
         auth=auth,
-        observation=observation,
+        observation=None,
         received_at=inbox.clock(),
         task_ref=task_ref,
     )
+    return read_delivery(delivery, provider.reader, _payload(body))
+
+
+def _payload(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return NOT_JSON
 
 
 def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -281,7 +274,9 @@ def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
-    stored = await inbox.writer.submit(delivery)
+    stored = await inbox.writer.submit(
+        delivery, arrived=started, within=inbox.settings.answer_deadline_seconds
+    )
     if stored.refused:
         raise Forbidden(
             "the callback names a task that is not the token's",
@@ -290,6 +285,15 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
         )
     elapsed = time.perf_counter() - started
     inbox.metrics.delivered(delivery.provider, stored.outcome.value, elapsed)
+    if delivery.unread is not None and stored.outcome is not Outcome.DUPLICATE:
+        inbox.metrics.unrecognized.labels(delivery.provider, delivery.unread.reason).inc()
+        log.info(
+            "delivery_kept_unread",
+            provider=delivery.provider,
+            task_ref=stored.task_ref,
+            outcome=stored.outcome.value,
+            reason=delivery.unread.reason,
+        )
     # Every stored delivery is in the ledger and in the metrics; a line for each at info
     # would cost the hot path more than its merge does, so it is a debug line.
     log.debug(
@@ -303,10 +307,12 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
     return _ANSWERS[stored.outcome]
 
 
+# Kept, and folded in once its task (or the task's provider id) is known: 202 Accepted.
+_NOT_YET_FOLDED = frozenset({Outcome.UNMATCHED, Outcome.HELD})
 # The few answers a stored delivery can get, rendered once.
 _ANSWERS = {
     outcome: Answer(
-        202 if outcome is Outcome.UNMATCHED else 200, orjson.dumps({"outcome": outcome.value})
+        202 if outcome in _NOT_YET_FOLDED else 200, orjson.dumps({"outcome": outcome.value})
     )
     for outcome in Outcome
 }

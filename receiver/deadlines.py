@@ -1,4 +1,5 @@
-"""Deadlines for reading a request body, at the cost of a dict entry per request.
+"""Deadlines for reading a request body or awaiting its answer, at the cost of a dict entry
+per request; and the write deadline of the admin routes (`AnswerDeadline`).
 
 `asyncio.timeout` arms and cancels a timer for every use: about 4 µs on uvloop, paid by
 every callback although nearly all bodies arrive in the first message. Here each event
@@ -15,6 +16,10 @@ import asyncio
 import weakref
 from collections.abc import Awaitable
 from typing import TypeVar
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from schemas.write_deadline import write_deadline
 
 T = TypeVar("T")
 
@@ -34,11 +39,15 @@ class Deadlines:
 
     async def within(self, seconds: float, awaitable: Awaitable[T]) -> T:
         """Await `awaitable` in the current task; `TimeoutError` once `seconds` have passed."""
+        return await self.by(self._loop.time() + seconds, awaitable)
+
+    async def by(self, deadline: float, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable` in the current task; `TimeoutError` at loop time `deadline`."""
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a deadline needs a task to cancel")
         cancelling = task.cancelling()
-        self._add(task, self._loop.time() + seconds)
+        self._add(task, deadline)
         try:
             return await awaitable
         except asyncio.CancelledError:
@@ -88,3 +97,20 @@ def of_running_loop() -> Deadlines:
     if deadlines is None:
         deadlines = _BY_LOOP[loop] = Deadlines(loop)
     return deadlines
+
+
+class AnswerDeadline:
+    """ASGI middleware: the writes of a request give up waiting for the database
+    `seconds` after it arrived (`schemas.write_deadline`), so that its answer, stored or
+    503, comes in time whatever is queued ahead of it."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with write_deadline(asyncio.get_running_loop().time() + self.seconds):
+            await self.app(scope, receive, send)

@@ -26,6 +26,12 @@ class ReceiverMetrics:
             ["provider", "reason"],
             registry=self.registry,
         )
+        self.unrecognized = Counter(
+            "taskledger_unrecognized_deliveries_total",
+            "Authenticated callbacks kept raw because their body could not be read.",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
         self.ingest_seconds = Histogram(
             "taskledger_ingest_seconds",
             "Time from request start to committed answer.",

@@ -30,7 +30,7 @@ _REASONS = {
     403: "another task's callback",
     404: "unknown provider, source or task",
     408: "body not received in time",
-    409: "conflicts with the ledger",
+    409: "conflicts with the ledger (a callback: it breaks a unique key, alone)",
     413: "body too large",
     415: "not JSON",
     422: "invalid parameters",
@@ -50,30 +50,57 @@ def _path(*names: str) -> list[dict[str, Any]]:
     ]
 
 
+# Authenticated means kept: 200 (folded in, or kept as `unrecognized` or `ignored`) and 202
+# (kept as `unmatched` or `held`) both carry `{"outcome": ...}`; nothing else is refused
+# but authentication, another task's body, and transport.
+OUTCOME = {
+    "type": "object",
+    "properties": {
+        "outcome": {
+            "type": "string",
+            "enum": [
+                "applied",
+                "confirmed",
+                "duplicate",
+                "stale",
+                "conflict",
+                "unrecognized",
+                "ignored",
+                "unmatched",
+                "held",
+            ],
+        }
+    },
+    "required": ["outcome"],
+}
+KEPT = {
+    "200": {
+        "description": "stored (folded in, or kept raw as unrecognized or ignored)",
+        "content": {"application/json": {"schema": OUTCOME}},
+    },
+    "202": {
+        "description": "stored, folded in later (unmatched, or held for the submit answer)",
+        "content": {"application/json": {"schema": OUTCOME}},
+    },
+}
 CALLBACK = {
     "post": {
         "summary": "Unsigned provider callback, bound to its task by the URL token",
         "parameters": _path("provider", "token"),
         "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-        "responses": {
-            **_answers(400, 401, 403, 404, 408, 413, 415, 503),
-            "202": {"description": "authenticated, kept as unmatched"},
-        },
+        "responses": {**_answers(401, 403, 404, 408, 409, 413, 503), **KEPT},
     }
 }
 WEBHOOK = {
     "post": {
-        "summary": "Standard Webhooks signed event (OpenAI, Replicate, ...)",
+        "summary": "Standard Webhooks signed event (OpenAI, any Standard Webhooks sender)",
         "parameters": _path("source")
         + [
             {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
             for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
         ],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-        "responses": {
-            **_answers(400, 401, 404, 408, 413, 415, 503),
-            "202": {"description": "authenticated, kept as unmatched"},
-        },
+        "responses": {**_answers(401, 404, 408, 409, 413, 503), **KEPT},
     }
 }
 PATHS: dict[str, Any] = {
@@ -195,6 +222,8 @@ COMPONENTS = {
                 "progress": {"type": "integer"},
                 "confirmed": {"type": "boolean"},
                 "conflict": {"type": "boolean"},
+                "submission": {"type": ["string", "null"]},
+                "attention": {"type": ["string", "null"]},
                 "callback_url": {"type": "string"},
             },
         },

@@ -6,26 +6,46 @@ that many batches are in flight at once, each in its own transaction: on Postgre
 batch spends most of its time waiting on round trips and the commit, and one batch at a
 time would bound throughput by that latency, not by the CPU. (SQLite takes one writer at
 a time, so there one is enough.)
+
+Each request is answered within its deadline, counted from its arrival, whatever is queued
+ahead of it: past it the request gets `Overloaded` (503) while its delivery may still be
+in a batch, and a delivery whose deadline has passed before its batch begins is dropped
+(its sender was told to retry; nothing was promised). A batch waits for the database,
+this process's other writers and SQLite's write lock included, at most until the earliest
+deadline among its deliveries (`schemas.write_deadline`). A 2xx is only ever an answer
+to a committed delivery; a 503 may answer one that commits after all (the sender's retry
+is then a counted duplicate).
+
+The writer also remembers whether the database refused its latest batch for a reason
+other than being busy (a full disk, a read-only database): `/readyz` reports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from receiver.errors import Overloaded
-from schemas.errors import StorageUnavailable
+from receiver import deadlines
+from receiver.errors import Conflict, Overloaded
+from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.ledger import Delivery, Stored
+from schemas.write_deadline import WriteBusy, write_deadline
 
 Ingest = Callable[[Sequence[Delivery]], Awaitable[list[Stored]]]
 BatchObserver = Callable[[int], None]
 
 log = structlog.get_logger("taskledger.writer")
-_Item = tuple[Delivery, "asyncio.Future[Stored]"]
+# A delivery, the future its request awaits, and the loop time its answer is due by.
+_Item = tuple[Delivery, "asyncio.Future[Stored]", float]
 LINGER_TURNS = 8
+ANSWER_WITHIN_SECONDS = 5.0
+# How long a refused batch keeps `/readyz` at 503 when no later batch says otherwise: a
+# receiver taken out of rotation gets no callbacks to find out that the database is back.
+REFUSAL_SHOWN_SECONDS = 30.0
 
 
 class GroupCommitWriter:
@@ -38,8 +58,11 @@ class GroupCommitWriter:
         concurrency: int = 1,
         on_batch: BatchObserver | None = None,
         on_commit: BatchObserver | None = None,
+        answer_within: float = ANSWER_WITHIN_SECONDS,
     ) -> None:
         self._ingest = ingest
+        self._answer_within = answer_within
+        self._refused: tuple[float, str] | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._concurrency = max(1, concurrency)
@@ -65,16 +88,40 @@ class GroupCommitWriter:
                 await task
         self._tasks = []
 
-    async def submit(self, delivery: Delivery) -> Stored:
-        """Queue one delivery and wait until its batch is committed."""
+    async def submit(
+        self, delivery: Delivery, *, arrived: float | None = None, within: float | None = None
+    ) -> Stored:
+        """Queue one delivery and wait until its batch is committed; `Overloaded` if that has
+        not happened `within` seconds (default: the writer's `answer_within`) after the
+        request `arrived` (its `time.perf_counter()`; default: now)."""
         if not self._tasks or self._tasks[0].done():
             raise Overloaded("the writer is not running")
-        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self._answer_within if within is None else within)
+        if arrived is not None:
+            deadline -= time.perf_counter() - arrived
+            if deadline <= loop.time():
+                raise Overloaded("the answer deadline passed before the delivery was read")
+        future: asyncio.Future[Stored] = loop.create_future()
         try:
-            self._queue.put_nowait((delivery, future))
+            self._queue.put_nowait((delivery, future, deadline))
         except asyncio.QueueFull:
             raise Overloaded("the writer queue is full") from None
-        return await future
+        try:
+            return await deadlines.of_running_loop().by(deadline, future)
+        except TimeoutError:
+            raise Overloaded("the delivery was not stored within the answer deadline") from None
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the database refused the latest batch, other than by being busy; None once a
+        batch commits, or `REFUSAL_SHOWN_SECONDS` after the refusal."""
+        if self._refused is None:
+            return None
+        at, reason = self._refused
+        if asyncio.get_running_loop().time() - at > REFUSAL_SHOWN_SECONDS:
+            return None
+        return reason
 
     async def _run(self) -> None:
         while True:
@@ -109,11 +156,16 @@ class GroupCommitWriter:
             taken += 1
         return taken
 
-    async def _commit(self, batch: list[_Item]) -> None:
+    async def _commit(self, items: list[_Item]) -> None:
+        batch = _unexpired(items, asyncio.get_running_loop().time())
+        if not batch:
+            return
         self._on_batch(len(batch))
         try:
-            results = await self._ingest([delivery for delivery, _ in batch])
+            with write_deadline(min(deadline for _, _, deadline in batch)):
+                results = await self._ingest([delivery for delivery, _, _ in batch])
         except Exception as exc:
+            self._note_failure(exc)
             expected = isinstance(exc, StorageUnavailable)
             if not expected and len(batch) > 1:
                 # Not the database: some delivery broke the batch. Each gets its own try,
@@ -121,6 +173,11 @@ class GroupCommitWriter:
                 log.warning("batch_split", size=len(batch), error=type(exc).__name__)
                 for item in batch:
                     await self._commit([item])
+                return
+            if isinstance(exc, ConstraintViolation):
+                # This one delivery breaks a unique key: it alone is refused, precisely.
+                _fail(batch, Conflict("the delivery conflicts with what the ledger holds"))
+                log.warning("delivery_conflicted", provider=batch[0][0].provider)
                 return
             _fail(batch, Overloaded("storage unavailable"))
             log.warning(
@@ -131,13 +188,33 @@ class GroupCommitWriter:
                 exc_info=not expected,
             )
             return
+        self._refused = None
         self._on_commit(len(batch))
-        for (_, future), result in zip(batch, results, strict=True):
+        for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
 
+    def _note_failure(self, exc: Exception) -> None:
+        """Remember a refusal by the database; a busy one, or a bug, says nothing of it."""
+        if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy):
+            self._refused = (asyncio.get_running_loop().time(), str(exc))
+
+
+def _unexpired(batch: list[_Item], now: float) -> list[_Item]:
+    """The items still awaited in time; the others' requests have had, or now get, a 503."""
+    live = []
+    for item in batch:
+        _, future, deadline = item
+        if future.done():
+            continue  # its request was answered at its deadline
+        if deadline <= now:
+            future.set_exception(Overloaded("the answer deadline passed before the write"))
+            continue
+        live.append(item)
+    return live
+
 
 def _fail(batch: list[_Item], error: Exception) -> None:
-    for _, future in batch:
+    for _, future, _ in batch:
         if not future.done():
             future.set_exception(error)

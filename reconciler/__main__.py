@@ -32,7 +32,11 @@ async def serve(settings: Settings) -> None:
     try:
         async with ProviderClients.open(settings.providers.values()) as clients:
             reconciler = Reconciler(
-                settings, LedgerStore(engine, utc_now), clients, clock=utc_now, metrics=metrics
+                settings,
+                LedgerStore(engine, utc_now, settings.readers),
+                clients,
+                clock=utc_now,
+                metrics=metrics,
             )
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -32,12 +32,12 @@ from schemas.errors import WireFormatError
 from schemas.settings import ProviderSettings
 from schemas.wire import (
     Observation,
-    WireFormat,
     build_submit_body,
     normalize_status,
     parse_submit_response,
     status_path,
     submit_path,
+    task_id_hint,
 )
 
 BODY_MAX_CHARS = 4000
@@ -59,20 +59,30 @@ KEEPALIVE_SECONDS = 5.0  # httpx's default
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # A configuration fault (bad base URL, unusable API key): asking again will not help.
 _UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+# A body in the provider's envelope whose code is not 200: the provider's own refusal, an
+# error like a non-2xx answer, not a body we cannot read.
+_REFUSED_IN_BODY = "provider_error"
+API_VERSION_PREFIX = "/v1"
 
 log = structlog.get_logger("taskledger.reconciler")
 
-_Parser = Callable[[WireFormat, object], Observation]
 _E = TypeVar("_E", bound=ProviderError)
 
 
 @dataclass(frozen=True, slots=True)
 class StatusAnswer:
-    """One status poll: the normalized observation and, for the audit, what the provider said."""
+    """One status poll: the normalized observation and, for the audit, what the provider said.
 
-    observation: Observation
+    A 2xx JSON answer that does not normalize (an unknown status word, a missing field) has
+    no `observation`: `unrecognized` is the reason code (`WireFormatError.reason`, e.g.
+    `unknown_status`) and `detail` says more; the caller records it and asks again later.
+    """
+
+    observation: Observation | None
     http_status: int
     body: str
+    unrecognized: str | None = None
+    detail: str | None = None
 
 
 class ProviderClient:
@@ -107,16 +117,29 @@ class ProviderClient:
     async def fetch_status(self, provider_task_id: str) -> StatusAnswer:
         """Poll one task. Transport errors, timeouts and 5xx are retried up to
         `policy.attempts` times with backoff; a 429 pauses the limiter and raises
-        `RateLimited`; any other refusal raises `Rejected` at once."""
+        `RateLimited`; any other refusal raises `Rejected` at once.
+
+        A 2xx answer that is not JSON, names another task, or carries the provider's error
+        code in its envelope raises `BadAnswer` (retryable); JSON that does not normalize
+        is answered with `unrecognized` set and no observation.
+        """
         path = self._status_path(provider_task_id)
 
         async def send() -> httpx.Response:
             return await self._send(self._http, "GET", path, idempotent=True)
 
         response = await self._with_retries(send, (ProviderUnavailable,))
-        observation = self._parse(normalize_status, response, retryable=True)
-        if observation.provider_task_id != provider_task_id:
-            raise self._error(BadAnswer, "answered about another task", response, retryable=True)
+        body = self._json(response, retryable=True)
+        try:
+            observation = normalize_status(
+                self.settings.kind,
+                body,
+                result_ttl_seconds=self.settings.result_ttl_seconds,
+                now=self._clock(),
+            )
+        except WireFormatError as exc:
+            return self._unrecognized(provider_task_id, response, body, exc)
+        self._check_task(provider_task_id, observation.provider_task_id, response)
         return StatusAnswer(observation, response.status_code, _trimmed(response))
 
     async def submit(
@@ -139,7 +162,11 @@ class ProviderClient:
             return await self._send(self._submit_http, "POST", path, idempotent=False, json=body)
 
         response = await self._with_retries(send, (ProviderUnavailable, RateLimited))
-        return self._parse(parse_submit_response, response, retryable=False)
+        answer = self._json(response, retryable=False)
+        try:
+            return parse_submit_response(self.settings.kind, answer)
+        except WireFormatError as exc:
+            raise self._error(BadAnswer, str(exc), response, retryable=False) from exc
 
     # -- sending ------------------------------------------------------------------------
 
@@ -189,7 +216,7 @@ class ProviderClient:
         json: object = None,
     ) -> httpx.Response:
         """One request on `http`, within the limiter; any non-2xx answer raises."""
-        url = self.settings.base_url + path
+        url = join_url(self.settings.base_url, path)
         try:
             async with self.limiter.slot():
                 response = await http.request(method, url, headers=self._headers, json=json)
@@ -242,14 +269,31 @@ class ProviderClient:
                 f"{self.name}: {exc}", provider=self.name, provider_task_id=provider_task_id
             ) from exc
 
-    def _parse(self, parser: _Parser, response: httpx.Response, *, retryable: bool) -> Observation:
+    def _json(self, response: httpx.Response, *, retryable: bool) -> object:
         try:
-            return parser(self.settings.kind, orjson.loads(response.content))
+            body: object = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
             error = self._error(BadAnswer, "body is not JSON", response, retryable=retryable)
             raise error from exc
-        except WireFormatError as exc:
-            raise self._error(BadAnswer, str(exc), response, retryable=retryable) from exc
+        return body
+
+    def _unrecognized(
+        self, task_id: str, response: httpx.Response, body: object, exc: WireFormatError
+    ) -> StatusAnswer:
+        """A status body we cannot read: kept for the ledger, unless it is no status at all."""
+        if exc.reason == _REFUSED_IN_BODY:
+            raise self._error(BadAnswer, str(exc), response, retryable=True) from exc
+        named = task_id_hint(self.settings.kind, body)
+        if named is not None:
+            self._check_task(task_id, named, response)
+        log.warning("provider_answer_unrecognized", provider=self.name, reason=exc.reason)
+        return StatusAnswer(
+            None, response.status_code, _trimmed(response), unrecognized=exc.reason, detail=str(exc)
+        )
+
+    def _check_task(self, asked: str, answered: str, response: httpx.Response) -> None:
+        if answered != asked:
+            raise self._error(BadAnswer, "answered about another task", response, retryable=True)
 
     def _error(
         self,
@@ -341,6 +385,15 @@ def pool_limits(
     return httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_seconds
     )
+
+
+def join_url(base_url: str, path: str) -> str:
+    """The provider's URL for `path`. A base URL given with the API version, as the OpenAI
+    SDK takes it (`https://api.openai.com/v1`), does not repeat it before a `/v1/...` path."""
+    base = base_url.rstrip("/")
+    if path.startswith(API_VERSION_PREFIX + "/") and base.endswith(API_VERSION_PREFIX):
+        base = base.removesuffix(API_VERSION_PREFIX)
+    return base + path
 
 
 def _trimmed(response: httpx.Response) -> str:

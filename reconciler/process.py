@@ -21,11 +21,12 @@ from typing import Any
 
 import structlog
 
-from reconciler.clients import ProviderClient, ProviderClients
+from reconciler.clients import ProviderClient, ProviderClients, StatusAnswer
 from reconciler.errors import ProviderError, RateLimited
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.retry import RetryPolicy
-from schemas.errors import StorageUnavailable
+from schemas.errors import ConstraintViolation, StorageUnavailable
+from schemas.fold import UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, State
@@ -36,6 +37,11 @@ log = structlog.get_logger("taskledger.reconciler")
 FLUSH_EVERY_SECONDS = 0.25
 FLUSH_AT_ITEMS = 200
 MAX_POLL_DELAY_SECONDS = 3600.0
+# A final state no poll confirmed: past the task's maximum age it is asked at most this
+# many times in all (on the usual backoff), then left flagged for an operator.
+UNCONFIRMED_POLL_LIMIT = 12
+UNCONFIRMED = "the provider never confirmed the final state a callback reported"
+INTERRUPTED_SUBMIT = "the reconciler sending it stopped before the answer was recorded"
 # The oldest-open-task gauge reads the ledger; once per scrape-sized interval is plenty.
 BACKLOG_EVERY_SECONDS = 10.0
 
@@ -193,6 +199,10 @@ class Reconciler:
     ) -> None:
         if self.stopping.is_set():
             batch.report.skipped += 1
+            if claim["submission"] == SubmissionStatus.PENDING.value:
+                # Claimed for sending but never sent: give it back as it was.
+                now = self.clock()
+                await batch.add(claim, Submission(claim["ref"], now, SubmissionStatus.PENDING, now))
             return
         evidence = await self._evidence(claim, client, provider)
         await batch.add(claim, evidence)
@@ -204,6 +214,13 @@ class Reconciler:
         too_old = now >= claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
         if too_old and claim["state"] not in REAL_TERMINAL:
             return Expiry(claim["ref"], now, _lost_reason(provider, claim))
+        if claim["submission"] == SubmissionStatus.SENDING.value:
+            # Claimed for sending by a reconciler that stopped before recording the answer.
+            return Submission(
+                claim["ref"], now, SubmissionStatus.UNKNOWN, now, error=INTERRUPTED_SUBMIT
+            )
+        if too_old and claim["poll_attempts"] >= UNCONFIRMED_POLL_LIMIT:
+            return Poll(claim["ref"], now, None, error=UNCONFIRMED, attention=UNCONFIRMED)
         if client is None:
             # Without a base URL only the callbacks and expiry can settle the task.
             deadline = self._capped(claim, provider, now, provider.max_age_seconds)
@@ -236,7 +253,8 @@ class Reconciler:
                 body=exc.body,
                 error=str(exc),
             )
-        self.metrics.polls.labels(provider.name, "ok").inc()
+        outcome = "ok" if answer.unrecognized is None else "unrecognized"
+        self.metrics.polls.labels(provider.name, outcome).inc()
         now = self.clock()
         return Poll(
             claim["ref"],
@@ -245,6 +263,7 @@ class Reconciler:
             observation=answer.observation,
             http_status=answer.http_status,
             body=answer.body,
+            unrecognized=_why_unread(answer),
         )
 
     def _after_error(self, exc: ProviderError, claim: dict[str, Any]) -> float:
@@ -268,7 +287,10 @@ class Reconciler:
     def _capped(
         claim: dict[str, Any], provider: ProviderSettings, now: datetime, delay: float
     ) -> datetime:
-        """`now + delay`, but never past the task's maximum age: expiry must not wait."""
+        """`now + delay`, but never past the task's maximum age: expiry must not wait. A task
+        that is final already (unconfirmed) has no expiry to wait for: it backs off."""
+        if claim["state"] in REAL_TERMINAL:
+            return now + timedelta(seconds=delay)
         deadline: datetime = claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
         return min(now + timedelta(seconds=delay), max(deadline, now))
 
@@ -335,9 +357,25 @@ class _Batch:
             pending, self._pending = self._pending, []
             self._last_flush = time.monotonic()
             if pending:
-                results = await self.store.ingest([evidence for _, evidence in pending])
-                for (claim, evidence), stored in zip(pending, results, strict=True):
-                    self._count(claim, evidence, stored)
+                await self._write(pending)
+
+    async def _write(self, pending: list[tuple[dict[str, Any], Evidence]]) -> None:
+        """One transaction; should the batch break a unique key, each item alone, so that
+        one faulty answer never drops its neighbours (a lost submit answer would mean a
+        task the provider bills but the ledger cannot follow)."""
+        try:
+            results = await self.store.ingest([evidence for _, evidence in pending])
+        except ConstraintViolation:
+            if len(pending) == 1:
+                claim, _ = pending[0]
+                log.error("evidence_refused", task_ref=claim["ref"], provider=self.provider)
+                self.report.errors += 1
+                return
+            for item in pending:
+                await self._write([item])
+            return
+        for (claim, evidence), stored in zip(pending, results, strict=True):
+            self._count(claim, evidence, stored)
 
     def _count(self, claim: dict[str, Any], evidence: Evidence, stored: Stored) -> None:
         report = self.report
@@ -359,8 +397,16 @@ class _Batch:
             self.metrics.recoveries.labels(self.provider).inc()
 
 
+def _why_unread(answer: StatusAnswer) -> str | None:
+    if answer.unrecognized is None:
+        return None
+    return f"{answer.unrecognized} ({answer.detail})" if answer.detail else answer.unrecognized
+
+
 def _lost_reason(provider: ProviderSettings, claim: dict[str, Any]) -> str:
     hours = provider.max_age_seconds / 3600
+    if (claim["attention"] or "").startswith(UNRECOGNIZED_ATTENTION):
+        return f"{UNRECOGNIZED_ATTENTION} within {hours:g} h ({claim['attention']})"
     if claim["provider_task_id"] is None:
         return f"no provider task id was ever recorded within {hours:g} h"
     return f"the provider gave no final state within {hours:g} h"

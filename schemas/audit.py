@@ -25,6 +25,10 @@ class ProviderAudit:
     conflicts: int = 0
     duplicates: int = 0
     unmatched: int = 0
+    # Authenticated deliveries kept raw: unreadable, or about no task we follow.
+    unrecognized: int = 0
+    ignored: int = 0
+    needs_attention: int = 0
     durations: list[float] = field(default_factory=list)
     billable_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -33,6 +37,7 @@ class ProviderAudit:
         self.by_state[row["state"]] += 1
         self.recovered_by_poll += bool(row["recovered"])
         self.conflicts += bool(row["conflict"])
+        self.needs_attention += bool(row.get("attention"))
         if row["state"] in REAL_TERMINAL and row["terminal_at"]:
             self.durations.append((row["terminal_at"] - row["created_at"]).total_seconds())
         if row["state"] == State.SUCCEEDED:
@@ -61,6 +66,9 @@ class ProviderAudit:
             "conflicts": self.conflicts,
             "lost": self.by_state[State.LOST.value],
             "unmatched": self.unmatched,
+            "unrecognized": self.unrecognized,
+            "ignored": self.ignored,
+            "needs_attention": self.needs_attention,
             "time_to_terminal_seconds": quantiles(self.durations),
             "billable_seconds": dict(sorted(self.billable_seconds.items())),
             "cost": round(total_seconds * price_per_second, 4) if price_per_second else None,

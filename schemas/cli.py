@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -28,11 +29,19 @@ from schemas.demo import run_demo
 from schemas.errors import ConfigError, LedgerError
 from schemas.migrate import upgrade
 from schemas.retention import PruneReport, RetentionPolicy
-from schemas.settings import DEFAULT_DATABASE_URL, PREFIX, retention_policy
+from schemas.settings import DEFAULT_DATABASE_URL, PREFIX, provider_readers, retention_policy
+from schemas.states import Outcome
 from schemas.store import LedgerStore, backup_sqlite
 
 ENV_FILE = Path(".env")
 PROCFILE = Path("Procfile")
+REFOLD_HELP = """\
+Reads every delivery kept as `unrecognized` (authenticated, but its body could not be
+read when it came) with the current code, and folds in those it can read now. Run it
+after an upgrade that learns a provider's new status word or shape. It is idempotent: a
+delivery folded in is no longer unrecognized, and no transition is written twice.
+"""
+
 PRUNE_HELP = """\
 Remove old evidence of finished tasks, a few hundred rows per short transaction,
 while the service runs. Polls and callback bodies go after TASKLEDGER_RETENTION_DAYS
@@ -74,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="apply the schema migrations")
     _add_prune(db)
     _add_backup(db)
+    _add_refold(db)
     run = commands.add_parser("run", help="start every process of the Procfile")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--host", default="127.0.0.1")
@@ -106,6 +116,28 @@ def _add_backup(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     backup.add_argument("path", type=Path, help="where to write the copy (must not exist)")
+
+
+def _add_refold(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    refold = db.add_parser(
+        "refold",
+        help="read deliveries kept as unrecognized again, fold in what can now be read",
+        description=REFOLD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    refold.add_argument("--provider", help="only this provider's deliveries")
+    refold.add_argument(
+        "--since", type=_moment, help="only deliveries received at or after (ISO 8601, UTC)"
+    )
+    refold.add_argument("--dry-run", action="store_true", help="report, change nothing")
+
+
+def _moment(raw: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {raw!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _days(raw: str) -> float:
@@ -165,6 +197,10 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return 0
         if args.db_command == "backup":
             return _backup(environ, args.path)
+        if args.db_command == "refold":
+            counts = asyncio.run(_refold(environ, args.provider, args.since, args.dry_run))
+            print(format_refold(counts, args.dry_run))
+            return 0
     except LedgerError as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -185,6 +221,26 @@ async def _prune(
         return await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
     finally:
         await engine.dispose()
+
+
+async def _refold(
+    environ: Mapping[str, str], provider: str | None, since: datetime | None, dry_run: bool
+) -> dict[str, int]:
+    engine = create_engine(_database_url(environ))
+    try:
+        store = LedgerStore(engine, utc_now, provider_readers(environ))
+        return await store.refold(provider=provider, since=since, dry_run=dry_run)
+    finally:
+        await engine.dispose()
+
+
+def format_refold(counts: dict[str, int], dry_run: bool) -> str:
+    verb = "would refold (dry run)" if dry_run else "refolded"
+    seen = counts.get("seen", 0)
+    kept = counts.get(Outcome.UNRECOGNIZED.value, 0)
+    lines = [f"taskledger: {verb} {seen} unrecognized deliveries; {seen - kept} now read"]
+    lines += [f"  {name:<14}{n:>8}" for name, n in sorted(counts.items()) if name != "seen"]
+    return "\n".join(lines)
 
 
 def format_prune(report: PruneReport, policy: RetentionPolicy) -> str:

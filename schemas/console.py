@@ -277,6 +277,7 @@ TASK_COLUMNS = (
     "created",
     "terminal",
     "provider task id",
+    "attention",
 )
 
 
@@ -330,6 +331,7 @@ def task_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
             clock_text(task.get("created_at")),
             clock_text(task.get("terminal_at")),
             text(task.get("provider_task_id")),
+            text(task.get("attention")),
         )
     return table
 
@@ -380,6 +382,7 @@ def task_facts(task: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("conflict", yes_no(task.get("conflict"))),
         ("recovered by poll", yes_no(task.get("recovered"))),
         ("submission", text(task.get("submission")) or "by the owner"),
+        ("needs attention", text(task.get("attention"))),
         ("result", result_summary(task.get("result"))),
         ("created", clock_text(task.get("created_at"), precise=True)),
         ("last event", clock_text(task.get("last_event_at"), precise=True)),
@@ -446,6 +449,7 @@ def delivery_entry(delivery: Mapping[str, Any]) -> Entry:
     fields = {
         "state": delivery.get("state"),
         "outcome": delivery.get("outcome"),
+        "reason": delivery.get("reason"),
         "auth": delivery.get("auth"),
         "key": _short(text(delivery.get("delivery_key"))),
     }
@@ -539,6 +543,9 @@ def audit_rows(providers: list[dict[str, Any]]) -> list[tuple[str, Figure]]:
         ("missed callback rate", lambda p: rate(p.get("missed_callback_rate"))),
         ("duplicate deliveries", _field("duplicates")),
         ("unmatched deliveries", _field("unmatched")),
+        ("unrecognized deliveries", _field("unrecognized")),
+        ("ignored deliveries", _field("ignored")),
+        ("tasks needing attention", _field("needs_attention")),
         ("conflicts", _field("conflicts")),
         ("lost", _field("lost")),
         ("time to terminal, median", _nested("time_to_terminal_seconds", "median", duration)),

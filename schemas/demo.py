@@ -36,6 +36,12 @@ FAULTS = {
     "--max-callback-delay-s": "1",
     "--poll-429-rate": "0.05",
     "--poll-500-rate": "0.05",
+    # What real providers do that a reader must survive: kept, never refused.
+    "--unknown-status-rate": "0.05",
+    "--non-video-event-rate": "0.05",
+    "--cancel-spelling-rate": "0.5",
+    "--envelope-rate": "0.3",
+    "--wrong-task-id-rate": "0.02",
 }
 SETTLE_TIMEOUT_SECONDS = 180
 

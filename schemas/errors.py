@@ -19,11 +19,36 @@ class ConfigError(LedgerError):
 
 
 class WireFormatError(LedgerError):
-    """A provider body does not match its documented wire format."""
+    """A provider body does not match its documented wire format.
+
+    `reason` is a short, stable code for metrics and the ledger (`unknown_status`,
+    `unknown_event`, `ignored_event`, `not_object`, `bad_field`, ...); the message says more.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str = "bad_field",
+        task_ref: str | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message, task_ref=task_ref, provider=provider)
+        self.reason = reason
+
+
+class IgnoredEvent(WireFormatError):
+    """A signed event about something other than a task (OpenAI sends every event type a
+    project subscribes to): acknowledged and kept, never folded in."""
 
 
 class StorageUnavailable(LedgerError):
     """The database could not be reached or refused the write; retry later."""
+
+
+class ConstraintViolation(LedgerError):
+    """A write broke a unique key on every try: the evidence itself is at fault, not the
+    database; its neighbours in a batch are written without it."""
 
 
 class TaskNotFound(LedgerError):

@@ -6,19 +6,24 @@ decided in one transaction. No SQL and no clock here: `now` is given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from schemas.ledger import (
+    Auth,
     Delivery,
     DeliveryId,
     Evidence,
     Expiry,
     Poll,
+    Reader,
     Stored,
     Submission,
     SubmissionStatus,
+    Unread,
+    read_delivery,
     report_of,
     settled,
 )
@@ -32,8 +37,15 @@ from schemas.states import (
     State,
     merge,
 )
+from schemas.wire import Observation
 
 BODY_KEEP_CHARS = 4_000
+REASON_MAX_CHARS = 200
+HELD_REASON = "held until the submit answer settles the task's provider id"
+FOREIGN_REASON = "names a task id that is not its task's"
+# A task flagged so says why in `attention`; a readable answer clears it.
+UNRECOGNIZED_ATTENTION = "provider answers unrecognized"
+_AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.SENDING.value})
 
 
 @dataclass(slots=True)
@@ -47,6 +59,8 @@ class TaskWork:
     changed: bool = False
     # Set when a thin or unconfirmed report means the provider should be asked now.
     poll_now: bool = False
+    # Transitions this batch appended: the version moves at least as often as the state.
+    transitions: int = 0
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> TaskWork:
@@ -80,11 +94,27 @@ class Transition:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """Whose a delivery is: its task (None: no task known), or why it may not touch the
+    task it names; `held` while the task's provider id waits for the submit answer."""
+
+    work: TaskWork | None
+    refusal: str | None = None
+    held: bool = False
+
+
+def _identity(row: dict[str, Any]) -> DeliveryId:
+    return row["provider"], row["provider_task_id"], row["delivery_key"]
+
+
 @dataclass(slots=True)
 class Writes:
     """Everything one batch writes; rows are dicts ready for executemany."""
 
     deliveries: list[dict[str, Any]] = field(default_factory=list)
+    # Stored deliveries folded in again: `id` and the columns that changed.
+    delivery_updates: list[dict[str, Any]] = field(default_factory=list)
     observations: list[dict[str, Any]] = field(default_factory=list)
     duplicates: dict[DeliveryId, int] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
@@ -98,8 +128,15 @@ class Fold:
         tasks: list[dict[str, Any]],
         existing: dict[DeliveryId, dict[str, Any]],
         now: datetime,
+        *,
+        held: Mapping[str, list[dict[str, Any]]] | None = None,
+        unmatched: Mapping[tuple[str, str], list[dict[str, Any]]] | None = None,
+        readers: Mapping[str, Reader] | None = None,
     ) -> None:
         self.now = now
+        self._held = dict(held or {})
+        self._unmatched = dict(unmatched or {})
+        self._readers = readers or {}
         self.tasks = {row["ref"]: TaskWork.of(row) for row in tasks}
         self._by_provider_id = {
             (w.row["provider"], w.row["provider_task_id"]): w
@@ -124,23 +161,47 @@ class Fold:
     # -- callbacks -------------------------------------------------------------
 
     def _delivery(self, item: Delivery) -> Stored:
+        # Ownership first: a body naming another task is refused before anything is
+        # stored or counted, even when it repeats a delivery that task already holds.
+        claim = self._owner_of(item)
+        if claim.refusal:
+            return Stored(Outcome.UNMATCHED, refusal=claim.refusal)
         key = item.identity
         if key in self._existing:
             return self._duplicate(key)
-        work, refusal = self._owner_of(item)
-        if refusal:
-            return Stored(Outcome.UNMATCHED, refusal=refusal)
-        row = self._delivery_row(item, work)
+        row = self._delivery_row(item, claim.work)
         self._existing[key] = row
-        if work is None:
-            return Stored(Outcome.UNMATCHED)
-        report = report_of(item.observation, Source.WEBHOOK, signed=item.signed)
-        outcome = self._merge(work, report, row, Source.WEBHOOK)
+        outcome = self._fold_delivery(item, claim, row)
+        work = claim.work
+        return Stored(outcome, work.ref if work else None, work.snapshot.state if work else None)
+
+    def _fold_delivery(self, item: Delivery, claim: _Claim, row: dict[str, Any]) -> Outcome:
+        """Merge a delivery into its task where it can be; say what became of it in `row`."""
+        work = claim.work
+        outcome, reason = self._unfolded(item, claim)
+        if outcome is None and work is not None and item.observation is not None:
+            report = report_of(item.observation, Source.WEBHOOK, signed=item.signed)
+            outcome = self._merge(work, report, row, Source.WEBHOOK)
+            # A thin event lacks the result, an unsigned terminal one needs confirming.
+            unconfirmed = work.snapshot.state in TERMINAL and not work.snapshot.confirmed
+            work.poll_now = work.poll_now or item.observation.needs_fetch or unconfirmed
+        elif outcome is Outcome.UNRECOGNIZED and work is not None:
+            work.poll_now = work.changed = True  # the provider's endpoint may say what it meant
+        outcome = outcome or Outcome.UNMATCHED
         row["outcome"] = outcome.value
-        # A thin event lacks the result, an unsigned terminal one needs confirming: ask now.
-        unconfirmed = work.snapshot.state in TERMINAL and not work.snapshot.confirmed
-        work.poll_now = work.poll_now or item.observation.needs_fetch or unconfirmed
-        return Stored(outcome, work.ref, work.snapshot.state)
+        row["reason"] = reason
+        row["task_ref"] = work.ref if work else None
+        return outcome
+
+    @staticmethod
+    def _unfolded(item: Delivery, claim: _Claim) -> tuple[Outcome | None, str | None]:
+        """Why a delivery is kept without being merged, if it is."""
+        if item.unread is not None:
+            kept = Outcome.IGNORED if item.unread.ignored else Outcome.UNRECOGNIZED
+            return kept, item.unread.detail[:REASON_MAX_CHARS]
+        if claim.held:
+            return Outcome.HELD, HELD_REASON
+        return None, None
 
     def _duplicate(self, key: DeliveryId) -> Stored:
         self.writes.duplicates[key] = self.writes.duplicates.get(key, 0) + 1
@@ -148,48 +209,106 @@ class Fold:
         state = State(first["state"]) if first.get("state") else None
         return Stored(Outcome.DUPLICATE, first.get("task_ref"), state)
 
-    def _owner_of(self, item: Delivery) -> tuple[TaskWork | None, str | None]:
+    def _owner_of(self, item: Delivery) -> _Claim:
         """The task a delivery belongs to, or why it may not touch the one it names."""
-        task_id = item.observation.provider_task_id
+        task_id = item.provider_task_id
         if item.task_ref is None:
-            return self._by_provider_id.get((item.provider, task_id)), None
+            return _Claim(self._by_provider_id.get((item.provider, task_id)) if task_id else None)
         work = self.tasks.get(item.task_ref)
         if work is None:
-            return None, None
+            return _Claim(None)
         if work.row["provider"] != item.provider:
-            return None, "wrong_provider"
+            return _Claim(None, "wrong_provider")
         known = work.row["provider_task_id"]
-        if known is None:
-            return self._adopt(work, task_id)
-        return (work, None) if known == task_id else (None, "foreign_task")
+        if not task_id or known == task_id:
+            return _Claim(work)  # a body that names no task is its token's
+        holder = self._by_provider_id.get((item.provider, task_id))
+        if known is not None or (holder is not None and holder is not work):
+            return _Claim(None, "foreign_task")
+        if item.observation is None:
+            return _Claim(work)  # unread: it proposes nothing
+        if work.row["submission"] in _AWAITING_ANSWER:
+            # The submit answer is on its way and is the authority for the id.
+            return _Claim(work, held=True)
+        self._adopt(work, task_id)
+        return _Claim(work)
 
-    def _adopt(self, work: TaskWork, task_id: str) -> tuple[TaskWork | None, str | None]:
-        """The callback beat the submit response: the task learns its provider id here."""
-        holder = self._by_provider_id.get((work.row["provider"], task_id))
-        if holder is not None and holder is not work:
-            return None, "foreign_task"
+    def _adopt(self, work: TaskWork, task_id: str) -> None:
+        """The task learns its provider id (from the submit answer, or a callback)."""
         work.row["provider_task_id"] = task_id
         work.changed = True
         self._by_provider_id[(work.row["provider"], task_id)] = work
-        return work, None
 
     def _delivery_row(self, item: Delivery, work: TaskWork | None) -> dict[str, Any]:
+        observation = item.observation
         row: dict[str, Any] = {
             "provider": item.provider,
             "delivery_key": item.delivery_key,
             "task_ref": work.ref if work else None,
-            "provider_task_id": item.observation.provider_task_id,
+            "provider_task_id": item.provider_task_id,
             "body": item.body,
             "headers": item.headers,
             "auth": item.auth.value,
-            "state": item.observation.state.value,
+            "state": observation.state.value if observation else None,
             "outcome": Outcome.UNMATCHED.value,
+            "reason": None,
             "duplicate_count": 0,
             "received_at": item.received_at,
             "last_seen_at": item.received_at,
         }
         self.writes.deliveries.append(row)
         return row
+
+    # -- deliveries stored earlier, read again -----------------------------------
+
+    def refold(self, row: dict[str, Any]) -> Outcome:
+        """Fold a stored delivery in again (unmatched, held or unrecognized before), read
+        with the current code: an update of its row, never a second row."""
+        item = reread(row, self._readers)
+        claim = self._owner_of(item)
+        change: dict[str, Any] = {"id": row["id"], "task_ref": row["task_ref"]}
+        self.writes.delivery_updates.append(change)
+        if claim.refusal:
+            change.update(outcome=Outcome.FOREIGN.value, reason=FOREIGN_REASON)
+            return Outcome.FOREIGN
+        if item.identity != _identity(row) and item.identity in self._existing:
+            change.update(outcome=Outcome.DUPLICATE.value, reason="stored again under its task id")
+            return Outcome.DUPLICATE
+        change["provider_task_id"] = item.provider_task_id
+        change["state"] = item.observation.state.value if item.observation else None
+        self._existing[item.identity] = change
+        return self._fold_delivery(item, claim, change)
+
+    def attach(self, ref: str, provider_task_id: str) -> None:
+        """The user's word for a task's provider id: recorded, and the callbacks held for
+        the task settled by it."""
+        work = self.tasks[ref]
+        if work.row["provider_task_id"] is None:
+            self._adopt(work, provider_task_id)
+        self._settle_held(work, SubmissionStatus.SENT)
+
+    def _settle_held(self, work: TaskWork, status: SubmissionStatus) -> None:
+        """The submit answer has spoken (or never will): fold in the callbacks held for it."""
+        rows = self._held.pop(work.ref, [])
+        if not rows or status is SubmissionStatus.PENDING:
+            return
+        known = work.row["provider_task_id"]
+        proposed = {row["provider_task_id"] for row in rows}
+        if known is None and status is SubmissionStatus.UNKNOWN and len(proposed) == 1:
+            (only,) = proposed
+            if (work.row["provider"], only) not in self._by_provider_id:
+                self._adopt(work, only)  # the only word we will get: the callbacks'
+                known = only
+        if known is None and status is not SubmissionStatus.REJECTED:
+            self._attend(work, f"callbacks proposed {len(proposed)} task ids; none confirmed")
+            return
+        for row in rows:
+            if row["provider_task_id"] == known:
+                self.refold(row)
+            else:
+                self.writes.delivery_updates.append(
+                    {"id": row["id"], "outcome": Outcome.FOREIGN.value, "reason": FOREIGN_REASON}
+                )
 
     # -- polls and expiry ------------------------------------------------------
 
@@ -199,11 +318,23 @@ class Fold:
             return Stored(Outcome.UNMATCHED, refusal="unknown_task")
         row = self._observation_row(item)
         outcome = Outcome.ERROR
-        if item.observation is not None:
+        if item.unrecognized is not None:
+            outcome = Outcome.UNRECOGNIZED
+            self._attend(work, f"{UNRECOGNIZED_ATTENTION}: {item.unrecognized}")
+        elif item.observation is not None:
             outcome = self._merge(work, report_of(item.observation, Source.POLL), row, Source.POLL)
+            if (work.row["attention"] or "").startswith(UNRECOGNIZED_ATTENTION):
+                work.row["attention"] = None
         row["outcome"] = outcome.value
         self._reschedule(work, item.next_poll_at)
+        if item.attention is not None:
+            self._attend(work, item.attention)
         return Stored(outcome, work.ref, work.snapshot.state)
+
+    @staticmethod
+    def _attend(work: TaskWork, why: str) -> None:
+        work.row["attention"] = why[:REASON_MAX_CHARS]
+        work.changed = True
 
     def _observation_row(self, item: Poll) -> dict[str, Any]:
         observation = item.observation
@@ -214,7 +345,7 @@ class Fold:
             "state": observation.state.value if observation else None,
             "progress": observation.progress if observation else None,
             "body": item.body[:BODY_KEEP_CHARS] if item.body else None,
-            "error": item.error,
+            "error": item.unrecognized or item.error,
             "outcome": Outcome.ERROR.value,
         }
         self.writes.observations.append(row)
@@ -244,15 +375,33 @@ class Fold:
         work.row["submission"] = item.status.value
         outcome = Outcome.ERROR
         if item.observation is not None:
-            if work.row["provider_task_id"] is None:
-                work.row["provider_task_id"] = item.observation.provider_task_id
-            outcome = self._merge(work, report_of(item.observation, Source.API), None, Source.API)
+            outcome = self._submitted(work, item.observation)
         elif item.status is SubmissionStatus.REJECTED:
             report = Report(State.FAILED, Source.API, result={"error": {"message": item.error}})
             outcome = self._merge(work, report, None, Source.API)
+        self._settle_held(work, item.status)
         self._reschedule(work, item.next_poll_at)
         work.row["poll_attempts"] = 0
         return Stored(outcome, work.ref, work.snapshot.state)
+
+    def _submitted(self, work: TaskWork, observation: Observation) -> Outcome:
+        """The submit answer: the authority for the task's provider id."""
+        task_id = observation.provider_task_id
+        known = work.row["provider_task_id"]
+        holder = self._by_provider_id.get((work.row["provider"], task_id))
+        if holder is not None and holder is not work:
+            self._attend(work, f"the provider's task id {task_id[:60]!r} is task {holder.ref}'s")
+            return Outcome.CONFLICT
+        if known is not None and known != task_id:
+            self._attend(work, f"the submit answer named {task_id[:60]!r}, not {known[:60]!r}")
+            return Outcome.CONFLICT
+        if known is None:
+            self._adopt(work, task_id)
+        outcome = self._merge(work, report_of(observation, Source.API), None, Source.API)
+        # Signed events that came for this id before the answer was recorded.
+        for row in self._unmatched.pop((work.row["provider"], task_id), []):
+            self.refold(row)
+        return outcome
 
     # -- the merge -------------------------------------------------------------
 
@@ -273,6 +422,7 @@ class Fold:
                 work.row["terminal_at"] = self.now
             if source is Source.POLL and _first_real_end(before, after):
                 work.row["recovered"] = True
+            work.transitions += 1
             self.writes.transitions.append(
                 Transition(
                     work.ref,
@@ -298,7 +448,7 @@ class Fold:
     def finish(self) -> None:
         """Settle each changed task's schedule and version once, after the whole batch."""
         for work in self.changed_tasks():
-            work.row["version"] = work.row["version"] + 1
+            work.row["version"] = work.row["version"] + max(1, work.transitions)
             work.row["updated_at"] = self.now
             if work.poll_now:
                 work.row["next_poll_at"] = self.now
@@ -308,3 +458,21 @@ class Fold:
 
 def _first_real_end(before: Snapshot, after: Snapshot) -> bool:
     return after.state in REAL_TERMINAL and before.state not in REAL_TERMINAL
+
+
+def reread(row: dict[str, Any], readers: Mapping[str, Reader]) -> Delivery:
+    """A stored delivery as evidence again, its body read by the current code."""
+    reader = readers.get(row["provider"])
+    delivery = Delivery(
+        provider=row["provider"],
+        delivery_key=row["delivery_key"],
+        body=row["body"],
+        headers=row["headers"] or {},
+        auth=Auth(row["auth"]),
+        observation=None,
+        received_at=row["received_at"],
+        task_ref=row["task_ref"],
+        task_id=row["provider_task_id"],
+        unread=Unread("no_kind", f"provider {row['provider']!r} is not configured"),
+    )
+    return delivery if reader is None else read_delivery(delivery, reader)

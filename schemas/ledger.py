@@ -5,13 +5,16 @@ Pure: these types carry what the store needs; the store decides and writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from schemas.errors import IgnoredEvent, WireFormatError
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
-from schemas.wire import Observation
+from schemas.wire import ID_MAX_CHARS, Observation, WireFormat, normalize_callback, task_id_hint
 
 # What makes a delivery unique in the ledger: provider, provider's task id, message key.
 DeliveryId = tuple[str, str, str]
@@ -25,25 +28,99 @@ class Auth(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Unread:
+    """Why an authenticated body was kept without being folded in: `reason` is a short code
+    (for metrics), `detail` says more. `ignored`: it speaks of no task we follow."""
+
+    reason: str
+    detail: str
+    ignored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Delivery:
-    """One authenticated callback, ready to be stored and merged."""
+    """One authenticated callback, ready to be stored and, when it could be read, merged.
+
+    `observation` is None when the body could not be read (`unread` says why); it is kept
+    all the same, under the task id the body names (`task_id`, "" when none can be found).
+    """
 
     provider: str
     delivery_key: str
     body: bytes
     headers: dict[str, str]
     auth: Auth
-    observation: Observation
+    observation: Observation | None
     received_at: datetime
     task_ref: str | None = None
+    task_id: str = ""
+    unread: Unread | None = None
 
     @property
     def signed(self) -> bool:
         return self.auth is Auth.SIGNATURE
 
     @property
+    def provider_task_id(self) -> str:
+        return self.observation.provider_task_id if self.observation else self.task_id
+
+    @property
     def identity(self) -> DeliveryId:
-        return self.provider, self.observation.provider_task_id, self.delivery_key
+        return self.provider, self.provider_task_id, self.delivery_key
+
+
+NOT_JSON: Any = object()  # `read_delivery`'s payload for a body that is not JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """How one provider's callbacks are read: its wire format, and how long the result
+    URLs it sends stay valid (recorded as `expires_at`)."""
+
+    kind: WireFormat
+    result_ttl_seconds: float | None = None
+
+
+def read_delivery(delivery: Delivery, reader: Reader, payload: Any = None) -> Delivery:
+    """`delivery` with its body read by its provider's normalizer: its observation and task
+    id, or why it cannot be read. `payload` is the body already parsed, if it was
+    (`NOT_JSON` when it would not parse); None parses it here."""
+    if payload is None:
+        payload = _parsed(delivery.body)
+    if payload is NOT_JSON:
+        return replace(delivery, observation=None, unread=Unread("not_json", "not valid JSON"))
+    kind = reader.kind
+    try:
+        observation = normalize_callback(
+            kind,
+            payload,
+            result_ttl_seconds=reader.result_ttl_seconds,
+            now=delivery.received_at,
+        )
+    except WireFormatError as exc:
+        unread = Unread(exc.reason, str(exc), ignored=isinstance(exc, IgnoredEvent))
+        task_id = _storable(task_id_hint(kind, payload)) or ""
+        return replace(delivery, observation=None, task_id=task_id, unread=unread)
+    task_id = observation.provider_task_id
+    if _storable(task_id) is None:
+        problem = f"the task id is empty, over {ID_MAX_CHARS} characters or holds NUL"
+        unread = Unread("bad_task_id", problem)
+        return replace(delivery, observation=None, task_id="", unread=unread)
+    return replace(delivery, observation=observation, task_id=task_id, unread=None)
+
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return NOT_JSON
+
+
+def _storable(task_id: str | None) -> str | None:
+    """A task id the ledger can hold (PostgreSQL text holds no NUL), or None."""
+    if not task_id or len(task_id) > ID_MAX_CHARS or "\x00" in task_id:
+        return None
+    return task_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +134,10 @@ class Poll:
     http_status: int | None = None
     body: str | None = None
     error: str | None = None
+    # A 2xx answer that could not be read: why. The task is flagged for attention.
+    unrecognized: str | None = None
+    # The reconciler stops asking (set with `next_poll_at=None`): why, for the operator.
+    attention: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +163,7 @@ class Submission:
 
 class SubmissionStatus(StrEnum):
     PENDING = "pending"  # not sent yet, or refused in a way worth trying again
+    SENDING = "sending"  # claimed for sending: from here on it is never sent a second time
     SENT = "sent"
     REJECTED = "rejected"  # the provider refused it: the task failed
     UNKNOWN = "unknown"  # it may have reached the provider: never sent twice
@@ -128,5 +210,8 @@ def result_of(observation: Observation) -> dict[str, Any] | None:
 
 
 def settled(snapshot: Snapshot) -> bool:
-    """Nothing left to ask the provider: a confirmed real terminal state."""
+    """Nothing left to ask the provider: a confirmed real terminal state, and for a success
+    its result (a thin event confirms the end but carries none: it must be fetched)."""
+    if snapshot.state is State.SUCCEEDED and not snapshot.result:
+        return False
     return snapshot.state in REAL_TERMINAL and snapshot.confirmed

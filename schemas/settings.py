@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.errors import ConfigError
+from schemas.ledger import Reader
 from schemas.retention import MIN_DEDUP_KEEP_DAYS, RETENTION_DAYS, RetentionPolicy
 from schemas.wire import WireFormat
 
@@ -14,11 +15,19 @@ DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskledger.db"
 DEFAULT_PROVIDERS = "openai,apidot,vidgo,evolink,aivideoapi"
 DEFAULT_KIND_BY_NAME = {
     "openai": WireFormat.OPENAI,
-    "replicate": WireFormat.OPENAI,
     "apidot": WireFormat.APIDOT,
     "vidgo": WireFormat.APIDOT,
     "evolink": WireFormat.EVOLINK,
-    "aivideoapi": WireFormat.EVOLINK,
+    "aivideoapi": WireFormat.AIVIDEOAPI,
+}
+# How long result URLs stay valid (PROVIDERS.md), from the provider's completion time.
+# OpenAI's bodies carry their own `expires_at`, which wins (about 1 h); EvoLink documents
+# 24 h; APIDot, Vidgo and AI Video API say nothing: 24 h too until they do.
+DEFAULT_RESULT_TTL_SECONDS: dict[WireFormat, float] = {
+    WireFormat.OPENAI: 3_600.0,
+    WireFormat.APIDOT: 86_400.0,
+    WireFormat.EVOLINK: 86_400.0,
+    WireFormat.AIVIDEOAPI: 86_400.0,
 }
 
 
@@ -36,6 +45,17 @@ class ProviderSettings:
     rate_limit_per_second: float = 5.0
     concurrency: int = 8
     price_per_second: float | None = None
+    # Lifetime of the provider's result URLs; None: its kind's default.
+    result_ttl_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.result_ttl_seconds is None:
+            default = DEFAULT_RESULT_TTL_SECONDS.get(self.kind)
+            object.__setattr__(self, "result_ttl_seconds", default)
+
+    @property
+    def reader(self) -> Reader:
+        return Reader(self.kind, self.result_ttl_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +68,8 @@ class Settings:
     webhook_tolerance_seconds: float = 300.0
     max_body_bytes: int = 1 << 20
     body_timeout_seconds: float = 10.0
+    # Every callback and admin write is answered (stored, or 503) this long after it arrived.
+    answer_deadline_seconds: float = 5.0
     writer_queue_size: int = 4096
     writer_batch_size: int = 256
     # Batches committed at once; None: what the database does best (see LedgerStore).
@@ -74,6 +96,7 @@ class Settings:
             webhook_tolerance_seconds=env.number("WEBHOOK_TOLERANCE_SECONDS", 300.0),
             max_body_bytes=int(env.number("MAX_BODY_BYTES", 1 << 20)),
             body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", 10.0),
+            answer_deadline_seconds=env.number("ANSWER_DEADLINE_SECONDS", 5.0),
             writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", 4096)),
             writer_batch_size=int(env.number("WRITER_BATCH_SIZE", 256)),
             writer_concurrency=int(env.number("WRITER_CONCURRENCY", 0)) or None,
@@ -92,6 +115,11 @@ class Settings:
 
     def provider(self, name: str) -> ProviderSettings | None:
         return self.providers.get(name)
+
+    @property
+    def readers(self) -> dict[str, Reader]:
+        """How each provider's callbacks are read, by name."""
+        return {name: provider.reader for name, provider in self.providers.items()}
 
 
 def retention_policy(
@@ -113,6 +141,12 @@ def retention_policy(
             f" any provider retries a callback (got {keep:g})"
         )
     return RetentionPolicy(retention_days=days, dedup_keep_days=keep)
+
+
+def provider_readers(environ: Mapping[str, str]) -> dict[str, Reader]:
+    """How each configured provider's callbacks are read, without asking for any secret
+    (for the maintenance commands that read stored deliveries again)."""
+    return {name: provider.reader for name, provider in _providers(_Env(environ)).items()}
 
 
 def _providers(env: _Env) -> dict[str, ProviderSettings]:
@@ -142,6 +176,7 @@ def _provider(env: _Env, name: str) -> ProviderSettings:
         rate_limit_per_second=env.number(key + "RATE_LIMIT", 5.0),
         concurrency=int(env.number(key + "CONCURRENCY", 8)),
         price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
+        result_ttl_seconds=env.number(key + "RESULT_TTL_SECONDS", 0.0) or None,
     )
 
 

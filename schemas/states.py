@@ -38,6 +38,13 @@ class Outcome(StrEnum):
     CONFLICT = "conflict"
     UNMATCHED = "unmatched"
     ERROR = "error"
+    # Authenticated and kept, but not folded in: the body could not be read (yet), it
+    # speaks of no task (an event type we do not follow), it waits for the task's
+    # provider id to be settled, or it proposed an id the task turned out not to have.
+    UNRECOGNIZED = "unrecognized"
+    IGNORED = "ignored"
+    HELD = "held"
+    FOREIGN = "foreign"
 
 
 RANK: dict[State, int] = {
@@ -173,8 +180,18 @@ def _clamp(progress: int) -> int:
     return min(100, max(0, progress))
 
 
+# What a task keeps from an earlier result when a later one does not say it again: the
+# cost a gateway reserved is reported once (EvoLink: in the submit answer's `usage`).
+_CARRIED_RESULT_KEYS = ("cost_credits",)
+
+
 def _result_after(current: Snapshot, report: Report) -> dict[str, Any] | None:
     """A new state brings its own result; a stronger repeat of the same state may lack one."""
     if report.result is None and report.state is current.state:
         return current.result
-    return report.result
+    carried = {
+        key: current.result[key]
+        for key in _CARRIED_RESULT_KEYS
+        if current.result and key in current.result and key not in (report.result or {})
+    }
+    return {**(report.result or {}), **carried} or None

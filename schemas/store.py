@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import secrets
 import sqlite3
@@ -17,8 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import orjson
 import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -26,11 +27,25 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.clock import Clock
 from schemas.database import READ_ONLY, sqlite_file
-from schemas.errors import LedgerError, StorageUnavailable, TaskConflict, TaskNotFound
-from schemas.fold import Fold, TaskWork, Writes
-from schemas.ledger import Auth, Delivery, DeliveryId, Evidence, Stored, SubmissionStatus
+from schemas.errors import (
+    ConstraintViolation,
+    LedgerError,
+    StorageUnavailable,
+    TaskConflict,
+    TaskNotFound,
+)
+from schemas.fold import Fold, TaskWork, Writes, reread
+from schemas.ledger import (
+    Delivery,
+    DeliveryId,
+    Evidence,
+    Reader,
+    Stored,
+    Submission,
+    SubmissionStatus,
+)
 from schemas.retention import PruneReport, RetentionCutoffs
-from schemas.states import REAL_TERMINAL, TERMINAL, Snapshot, Source, State
+from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, Snapshot, Source, State
 from schemas.store_sqlite import (
     STORED_DELIVERIES,
     SqliteSession,
@@ -38,12 +53,16 @@ from schemas.store_sqlite import (
     UniqueRace,
     keys_json,
 )
-from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
-from schemas.wire import WireFormat, normalize_callback
+from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UNFOLDED_OUTCOMES
+from schemas.write_deadline import WriteBusy, take_turn
+from schemas.write_deadline import current as current_deadline
 
 INGEST_ATTEMPTS = 3
 FEED_LOCK_KEY = 0x7A5C_1ED6  # "taskledger" change feed, for pg_advisory_xact_lock
+# The two-key advisory locks (a key space apart from the one-key feed lock): provider ids.
+TASK_ID_LOCK_NAMESPACE = 0x7A5C_1D00
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+_SENDING = sa.literal(SubmissionStatus.SENDING.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +90,13 @@ POSTGRES_INGEST_WRITERS = 4
 
 
 class LedgerStore:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, readers: Mapping[str, Reader] | None = None
+    ) -> None:
         self.engine = engine
         self.clock = clock
+        # How each provider's deliveries are read, for reading stored ones again.
+        self.readers = dict(readers or {})
         self.locks_rows = engine.dialect.name == "postgresql"
         file = sqlite_file(engine)
         self._sqlite = SqliteWriter(file) if file is not None else None
@@ -95,18 +118,19 @@ class LedgerStore:
                 return await self._ingest_once(items, self.clock())
             except UniqueRace:
                 if attempt == INGEST_ATTEMPTS:
-                    raise StorageUnavailable("ingest kept racing another writer") from None
+                    # Not the database's health: something in this batch breaks a unique key.
+                    raise ConstraintViolation("the batch broke a unique key on every try") from None
                 await asyncio.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
     async def _ingest_once(self, items: list[Evidence], now: datetime) -> list[Stored]:
         if self._sqlite is not None:
             return await self._sqlite.run(
-                lambda conn: _ingest(SqliteSession(conn, _TASK_FIELDS), items, now)
+                lambda conn: _ingest(SqliteSession(conn, _TASK_FIELDS), items, now, self.readers)
             )
         async with self._write() as conn:
             return await conn.run_sync(
-                lambda sync: _ingest(_AlchemySession(self, sync), items, now)
+                lambda sync: _ingest(_AlchemySession(self, sync), items, now, self.readers)
             )
 
     async def close(self) -> None:
@@ -126,14 +150,26 @@ class LedgerStore:
         if self.locks_rows:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
 
+    def lock_task_ids(self, conn: sa.Connection, task_ids: set[str]) -> None:
+        """Serialize, per provider task id, the writers that may meet over it on PostgreSQL:
+        one keeping a delivery for an id no task has yet (unmatched), and one giving a task
+        that id (the submit answer, `PATCH`, a registration). Without it each could miss
+        the other's uncommitted row and leave the delivery unmatched for good. Taken before
+        any row lock, in key order (no cycles); SQLite runs one writer at a time already."""
+        if self.locks_rows and task_ids:
+            conn.execute(_LOCK_TASK_IDS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": _id_keys(task_ids)})
+
     # -- registration ----------------------------------------------------------
 
     async def register(self, new: NewTask) -> dict[str, Any]:
-        """Create a task in `submitted`, with its first poll due after the expected duration."""
+        """Create a task in `submitted`, with its first poll due after the expected duration;
+        given its provider id, the deliveries that came for that id before are folded in."""
         now = self.clock()
         row = new_task_row(new, now)
         try:
             async with self._write() as conn:
+                if new.provider_task_id is not None:
+                    await conn.run_sync(self.lock_task_ids, {new.provider_task_id})
                 await conn.run_sync(self.order_transitions)
                 await conn.execute(TASK.insert().values(row))
                 await conn.execute(
@@ -150,24 +186,41 @@ class LedgerStore:
             raise TaskConflict(
                 "another task already has this provider task id", provider=new.provider
             ) from None
-        return row
-
-    async def attach(self, ref: str, provider_task_id: str, kind: WireFormat) -> dict[str, Any]:
-        """Record the provider's task id, then fold in callbacks that arrived before it."""
+        if new.provider_task_id is None or not await self._waiting(row, new.provider_task_id):
+            return row
         async with self._write() as conn:
-            task = await self._task_for_update(conn, ref)
-            known = task["provider_task_id"]
-            if known not in (None, provider_task_id):
-                raise TaskConflict("the task already has another provider task id", task_ref=ref)
-            if known is None:
-                await conn.execute(
-                    TASK.update()
-                    .where(TASK.c.ref == ref)
-                    .values(provider_task_id=provider_task_id, version=TASK.c.version + 1)
-                )
-            early = await self._unmatched(conn, task["provider"], provider_task_id)
-        if early:
-            await self._replay(ref, kind, early)
+            await self._fold_in_waiting(conn, row["ref"], new.provider_task_id, self.clock())
+        found = await self.get(row["ref"])
+        return found or row
+
+    async def _waiting(self, task: dict[str, Any], provider_task_id: str) -> bool:
+        """Whether deliveries wait for this task's provider id (a read, no write lock)."""
+        async with self._read() as conn:
+            return bool(await conn.scalar(sa.select(_waiting_for(task, provider_task_id))))
+
+    async def attach(self, ref: str, provider_task_id: str) -> dict[str, Any]:
+        """Record the provider's task id (the user's word: an authority for it), then fold in
+        the callbacks that arrived before it, in the same transaction."""
+        try:
+            async with self._write() as conn:
+                await conn.run_sync(self.lock_task_ids, {provider_task_id})
+                task = await self._task_for_update(conn, ref)
+                known = task["provider_task_id"]
+                if known not in (None, provider_task_id):
+                    raise TaskConflict(
+                        "the task already has another provider task id", task_ref=ref
+                    )
+                if known is None:
+                    await conn.execute(
+                        TASK.update()
+                        .where(TASK.c.ref == ref)
+                        .values(provider_task_id=provider_task_id, version=TASK.c.version + 1)
+                    )
+                await self._fold_in_waiting(conn, ref, provider_task_id, self.clock())
+        except UniqueRace:
+            raise TaskConflict(
+                "another task already has this provider task id", task_ref=ref
+            ) from None
         row = await self.get(ref)
         assert row is not None
         return row
@@ -181,58 +234,106 @@ class LedgerStore:
             raise TaskNotFound("no task has this ref", task_ref=ref)
         return dict(row)
 
-    @staticmethod
-    async def _unmatched(
-        conn: AsyncConnection, provider: str, provider_task_id: str
-    ) -> list[dict[str, Any]]:
-        query = (
+    async def _fold_in_waiting(
+        self, conn: AsyncConnection, ref: str, provider_task_id: str, now: datetime
+    ) -> None:
+        """Fold in what waited for this task's provider id, if anything did (one indexed
+        probe each way; the fold itself runs only then)."""
+        task = await self._task_for_update(conn, ref)
+        if await conn.scalar(sa.select(_waiting_for(task, provider_task_id))):
+            await conn.run_sync(self._fold_in, ref, provider_task_id, now)
+
+    def _fold_in(self, conn: sa.Connection, ref: str, provider_task_id: str, now: datetime) -> None:
+        """Give the task its provider id and fold in what waited for it: the deliveries kept
+        as unmatched for that id, and those held for the task."""
+        task = dict(conn.execute(sa.select(TASK).where(TASK.c.ref == ref)).mappings().one())
+        early = conn.execute(
             sa.select(DELIVERY)
-            .where(DELIVERY.c.provider == provider)
+            .where(DELIVERY.c.provider == task["provider"])
             .where(DELIVERY.c.provider_task_id == provider_task_id)
             .where(DELIVERY.c.task_ref.is_(None))
             .order_by(DELIVERY.c.id)
         )
-        return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-    async def _replay(self, ref: str, kind: WireFormat, early: list[dict[str, Any]]) -> None:
-        """Fold unmatched deliveries into their task now that it is known."""
-        async with self._write() as conn:
-            await conn.run_sync(self._replay_sync, ref, kind, early, self.clock())
-
-    def _replay_sync(
-        self,
-        conn: sa.Connection,
-        ref: str,
-        kind: WireFormat,
-        early: list[dict[str, Any]],
-        now: datetime,
-    ) -> None:
-        tasks = [dict(r) for r in conn.execute(sa.select(TASK).where(TASK.c.ref == ref)).mappings()]
-        fold = Fold(tasks, {}, now)
-        for row in early:
-            observation = normalize_callback(kind, orjson.loads(row["body"]))
-            stored = fold.apply(
-                Delivery(
-                    provider=row["provider"],
-                    delivery_key=row["delivery_key"],
-                    body=row["body"],
-                    headers=row["headers"] or {},
-                    auth=Auth(row["auth"]),
-                    observation=observation,
-                    received_at=row["received_at"],
-                    task_ref=ref,
-                )
-            )
-            pending = fold.writes.deliveries.pop()
-            pending["id"] = row["id"]
-            conn.execute(
-                DELIVERY.update()
-                .where(DELIVERY.c.id == row["id"])
-                .values(task_ref=ref, outcome=stored.outcome.value)
-            )
+        session = _AlchemySession(self, conn)
+        held = session.held({ref})
+        fold = Fold([task], {}, now, held=held, readers=self.readers)
+        fold.attach(ref, provider_task_id)
+        for row in early.mappings():
+            fold.refold(dict(row))
         fold.finish()
-        fold.writes.deliveries.clear()
-        _AlchemySession(self, conn).flush(fold.writes, fold.changed_tasks(), now)
+        session.flush(fold.writes, fold.changed_tasks(), now)
+
+    # -- refold ----------------------------------------------------------------
+
+    async def refold(
+        self,
+        *,
+        provider: str | None = None,
+        since: datetime | None = None,
+        dry_run: bool = False,
+        batch_size: int = 200,
+    ) -> dict[str, int]:
+        """Read the deliveries kept as `unrecognized` again with the current code and fold
+        in those it can now read, `batch_size` at a time, each batch one transaction.
+
+        Idempotent: a delivery folded in is no longer `unrecognized`, so no transition is
+        written twice however often it runs. A dry run decides the same and writes nothing.
+        Returns how many deliveries went each way (by their new outcome), and `seen`.
+        """
+        counts: dict[str, int] = {"seen": 0}
+        after = 0
+        while True:
+            rows = await self._unrecognized(provider, since, after, batch_size)
+            if not rows:
+                return counts
+            after = rows[-1]["id"]
+            outcomes = await self._refold_batch(rows, dry_run)
+            counts["seen"] += len(rows)
+            for outcome in outcomes:
+                counts[outcome.value] = counts.get(outcome.value, 0) + 1
+
+    async def _unrecognized(
+        self, provider: str | None, since: datetime | None, after: int, limit: int
+    ) -> list[dict[str, Any]]:
+        query = (
+            sa.select(DELIVERY)
+            .where(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value, DELIVERY.c.id > after)
+            .order_by(DELIVERY.c.id)
+            .limit(limit)
+        )
+        if provider is not None:
+            query = query.where(DELIVERY.c.provider == provider)
+        if since is not None:
+            query = query.where(DELIVERY.c.received_at >= since)
+        async with self._read() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def _refold_batch(self, rows: list[dict[str, Any]], dry_run: bool) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        try:
+            async with self._write() as conn:
+                outcomes = await conn.run_sync(self._refold_sync, rows, self.clock())
+                if dry_run:
+                    raise _DryRun()
+        except _DryRun:
+            pass
+        return outcomes
+
+    def _refold_sync(
+        self, conn: sa.Connection, rows: list[dict[str, Any]], now: datetime
+    ) -> list[Outcome]:
+        items = [reread(row, self.readers) for row in rows]
+        session = _AlchemySession(self, conn)
+        refs = {item.task_ref for item in items if item.task_ref is not None}
+        pairs = {(i.provider, i.provider_task_id) for i in items if i.provider_task_id}
+        tasks = session.tasks(refs, pairs)
+        fold = Fold(
+            tasks, session.deliveries({i.identity for i in items}), now, readers=self.readers
+        )
+        outcomes = [fold.refold(row) for row in rows]
+        fold.finish()
+        session.flush(fold.writes, fold.changed_tasks(), now)
+        return outcomes
 
     # -- claims (the reconciler) ----------------------------------------------
 
@@ -252,10 +353,16 @@ class LedgerStore:
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
             if rows:
                 until = now + timedelta(seconds=lease_seconds)
+                # A submission claimed is a submission being sent: should this reconciler die
+                # before recording the answer, it is never sent a second time.
+                sending = sa.case(
+                    (TASK.c.submission == SubmissionStatus.PENDING.value, _SENDING),
+                    else_=TASK.c.submission,
+                )
                 await conn.execute(
                     TASK.update()
                     .where(TASK.c.ref.in_([r["ref"] for r in rows]))
-                    .values(lease_owner=owner, lease_until=until)
+                    .values(lease_owner=owner, lease_until=until, submission=sending)
                 )
         return rows
 
@@ -295,14 +402,20 @@ class LedgerStore:
 
     async def timeline(self, ref: str) -> dict[str, list[dict[str, Any]]]:
         """A task's deliveries, polls and transitions, each in the order they happened."""
+        columns = [c for c in DELIVERY.c if c.name != "body"]
         async with self._read() as conn:
-            # Through the task: its provider id leads to its deliveries by the unique index.
-            deliveries = await conn.execute(
-                sa.select(*[c for c in DELIVERY.c if c.name != "body"])
+            # Through the task: its provider id leads to its deliveries by the unique index;
+            # those kept without being folded in are found by the small partial index.
+            folded = await conn.execute(
+                sa.select(*columns)
                 .select_from(DELIVERY.join(TASK, _same_provider_task))
                 .where(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
-                .order_by(DELIVERY.c.id)
             )
+            unfolded = await conn.execute(
+                sa.select(*columns).where(DELIVERY.c.task_ref == ref, _UNFOLDED)
+            )
+            deliveries = {row["id"]: dict(row) for row in folded.mappings()}
+            deliveries.update((row["id"], dict(row)) for row in unfolded.mappings())
             polls = await conn.execute(
                 sa.select(OBSERVATION)
                 .where(OBSERVATION.c.task_ref == ref)
@@ -312,7 +425,7 @@ class LedgerStore:
                 sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref).order_by(TRANSITION.c.seq)
             )
             return {
-                "deliveries": [dict(r) for r in deliveries.mappings()],
+                "deliveries": [deliveries[key] for key in sorted(deliveries)],
                 "polls": [dict(r) for r in polls.mappings()],
                 "transitions": [dict(r) for r in transitions.mappings()],
             }
@@ -410,9 +523,9 @@ class LedgerStore:
             for row in rows:
                 audits.setdefault(row["provider"], ProviderAudit(row["provider"])).add(row)
             buckets += hour_buckets(rows)
-        for provider, duplicates, unmatched in await self._delivery_counts(since, until):
+        for provider, *counts in await self._delivery_counts(since, until):
             audit = audits.setdefault(provider, ProviderAudit(provider))
-            audit.duplicates, audit.unmatched = duplicates, unmatched
+            audit.duplicates, audit.unmatched, audit.unrecognized, audit.ignored = counts
         ordered = [audits[name] for name in sorted(audits)]
         return {
             "since": since.isoformat() if since else None,
@@ -424,8 +537,9 @@ class LedgerStore:
 
     async def _delivery_counts(
         self, since: datetime | None, until: datetime | None
-    ) -> list[tuple[str, int, int]]:
-        """(provider, duplicate deliveries, unmatched deliveries) received in the window."""
+    ) -> list[tuple[str, int, int, int, int]]:
+        """(provider, duplicate, unmatched, unrecognized and ignored deliveries) received in
+        the window."""
         window = []
         if since:
             window.append(DELIVERY.c.received_at >= since)
@@ -436,12 +550,16 @@ class LedgerStore:
                 DELIVERY.c.provider,
                 sa.func.coalesce(sa.func.sum(DELIVERY.c.duplicate_count), 0),
                 sa.func.count().filter(DELIVERY.c.task_ref.is_(None)),
+                sa.func.count().filter(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value),
+                sa.func.count().filter(DELIVERY.c.outcome == Outcome.IGNORED.value),
             )
             .where(*window)
             .group_by(DELIVERY.c.provider)
         )
         async with self._read() as conn:
-            return [(p, int(d), int(u)) for p, d, u in await conn.execute(query)]
+            return [
+                (p, int(d), int(u), int(r), int(i)) for p, d, u, r, i in await conn.execute(query)
+            ]
 
     async def final_states(self) -> list[tuple[str | None, str]]:
         """(provider task id, state) of every task: for audits against a provider's records."""
@@ -449,9 +567,11 @@ class LedgerStore:
             rows = await conn.execute(sa.select(TASK.c.provider_task_id, TASK.c.state))
             return [(task_id, state) for task_id, state in rows]
 
-    async def ping(self) -> None:
+    async def ping(self) -> str | None:
+        """The schema's migration revision, read in a read-only transaction: it answers at
+        once while another connection holds SQLite's write lock."""
         async with self._read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+            return await conn.run_sync(_schema_revision)
 
     # -- retention -------------------------------------------------------------
 
@@ -525,6 +645,10 @@ class LedgerStore:
         return _Transaction(self.engine, read_only=True)
 
 
+class _DryRun(Exception):
+    """Raised inside a write transaction to roll it back on purpose."""
+
+
 class _Transaction:
     """`async with`: a connection in a transaction, with database errors made ours."""
 
@@ -536,35 +660,64 @@ class _Transaction:
         self._held: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncConnection:
+        """A write waits for its turn, a connection and BEGIN until the write deadline, if
+        there is one (`schemas.write_deadline`), then raises `WriteBusy`."""
+        until = None if self._read_only else current_deadline()
         if self._file is not None:  # SQLite writers of this process take turns
             gate = self._file.write_gate()
-            await gate.acquire()
+            await take_turn(gate, until)
             self._held = gate
         try:
-            return await self._open()
+            return await self._open(until)
         except BaseException:
             self._release()
             raise
 
-    async def _open(self) -> AsyncConnection:
-        try:
-            conn = await self._engine.connect()
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    async def _open(self, until: float | None) -> AsyncConnection:
+        conn = await self._connect(until)
         try:
             if self._read_only:
                 conn = await conn.execution_options(**READ_ONLY)
-            await conn.begin()
+            await self._begin(conn, until)
         except BaseException as exc:
             # Failed or cancelled mid-BEGIN: a BEGIN IMMEDIATE may hold SQLite's write lock,
             # and a connection left open would keep it from every other writer.
             await _discard(conn)
             await _close(conn)
-            if isinstance(exc, SQLAlchemyError | OSError):
-                raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
-            raise
+            error = _not_begun(exc)
+            if error is exc:
+                raise
+            raise error from exc
         self._conn = conn
         return conn
+
+    async def _connect(self, until: float | None) -> AsyncConnection:
+        try:
+            async with asyncio.timeout_at(until):
+                return await self._engine.connect()
+        except TimeoutError as exc:
+            if until is not None and asyncio.get_running_loop().time() >= until:
+                raise WriteBusy("database unavailable: no connection before the deadline") from exc
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    async def _begin(self, conn: AsyncConnection, until: float | None) -> None:
+        """BEGIN; on SQLite its wait for the write lock ends at `until`, for which the
+        connection's busy timeout is shortened meanwhile (SQLite waits in the driver's
+        thread, where a cancellation could not stop it)."""
+        if self._file is None or until is None:
+            await conn.begin()
+            return
+        usual = self._file.busy_timeout_ms
+        left = int((until - asyncio.get_running_loop().time()) * 1000)
+        if left <= 0:
+            raise WriteBusy("database unavailable: the write lock stayed busy")
+        if left < usual:
+            await conn.run_sync(_set_busy_timeout, left)
+        await conn.begin()
+        if left < usual:
+            await conn.run_sync(_set_busy_timeout, usual)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         assert self._conn is not None
@@ -589,6 +742,35 @@ class _Transaction:
         held, self._held = self._held, None
         if held is not None:
             held.release()
+
+
+def _not_begun(exc: BaseException) -> BaseException:
+    """What a failed BEGIN is in the store's terms (`exc` itself when it is not the database's)."""
+    if isinstance(exc, LedgerError):
+        return exc
+    if isinstance(exc, SQLAlchemyError) and _lock_busy(exc):
+        return WriteBusy("database unavailable: the write lock stayed busy")
+    if isinstance(exc, SQLAlchemyError | OSError):
+        return StorageUnavailable(f"database unavailable: {type(exc).__name__}")
+    return exc
+
+
+def _lock_busy(exc: SQLAlchemyError) -> bool:
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _set_busy_timeout(conn: sa.Connection, milliseconds: int) -> None:
+    """Straight on the driver's connection: a statement through `conn` would begin."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
+    finally:
+        cursor.close()
+
+
+def _schema_revision(conn: sa.Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
 
 
 def _translate(exc: BaseException | None) -> None:
@@ -626,6 +808,7 @@ def _insert_returning_ids(conn: sa.Connection, table: sa.Table, rows: list[dict[
 
 _TASK_FIELDS = (
     "submission",
+    "attention",
     "provider_task_id",
     "state",
     "progress",
@@ -649,6 +832,60 @@ _UPDATE_TASK = (
     .where(TASK.c.ref == sa.bindparam("t_ref"))
     .values({name: sa.bindparam("t_" + name) for name in _TASK_FIELDS})
 )
+# The partial index's own condition, repeated so that both databases use it.
+_UNFOLDED = DELIVERY.c.outcome.in_(UNFOLDED_OUTCOMES)
+
+
+_LOCK_TASK_IDS = sa.text(
+    "SELECT pg_advisory_xact_lock(:ns, k) FROM (SELECT unnest(CAST(:keys AS integer[])) AS k "
+    "ORDER BY k) AS wanted"
+)
+
+
+def _id_keys(task_ids: set[str]) -> list[int]:
+    """Each id as a 32-bit lock key, sorted and distinct (a collision only serializes)."""
+    keys = {
+        int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big", signed=True)
+        for i in task_ids
+    }
+    return sorted(keys)
+
+
+def _waiting_for(task: dict[str, Any], provider_task_id: str) -> sa.ColumnElement[bool]:
+    """Deliveries kept for this provider id before a task had it, or held for the task."""
+    return sa.or_(
+        sa.exists().where(
+            DELIVERY.c.provider == task["provider"],
+            DELIVERY.c.provider_task_id == provider_task_id,
+            DELIVERY.c.task_ref.is_(None),
+        ),
+        sa.exists().where(
+            DELIVERY.c.task_ref == task["ref"],
+            _UNFOLDED,
+            DELIVERY.c.outcome == Outcome.HELD.value,
+        ),
+    )
+
+
+def _delivery_updates(
+    updates: list[dict[str, Any]],
+) -> list[tuple[sa.Update, list[dict[str, Any]]]]:
+    """Stored deliveries folded in again: one statement for each set of changed columns."""
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in updates:
+        shape = tuple(sorted(name for name in change if name != "id"))
+        by_shape.setdefault(shape, []).append(change)
+    return [
+        (
+            DELIVERY.update()
+            .where(DELIVERY.c.id == sa.bindparam("d_id"))
+            .values({name: sa.bindparam("d_" + name) for name in shape}),
+            [{"d_" + name: value for name, value in change.items()} for change in changes],
+        )
+        for shape, changes in by_shape.items()
+    ]
+
+
 _COUNT_DUPLICATE = (
     DELIVERY.update()
     .where(DELIVERY.c.provider == sa.bindparam("k_provider"))
@@ -689,7 +926,9 @@ def _task_conditions(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
     if where.until:
         conditions.append(TASK.c.created_at < where.until)
     if where.stuck:
-        conditions.append(TASK.c.state.not_in([s.value for s in TERMINAL]))
+        # Open tasks, and final ones an operator should look at (an end never confirmed).
+        open_task = TASK.c.state.not_in([s.value for s in TERMINAL])
+        conditions.append(sa.or_(open_task, TASK.c.attention.is_not(None)))
     return conditions
 
 
@@ -791,6 +1030,7 @@ def _due_query(provider: str, now: datetime, limit: int) -> sa.Select[Any]:
             TASK.c.poll_attempts,
             TASK.c.submission,
             TASK.c.result,
+            TASK.c.attention,
         )
         .where(TASK.c.provider == provider)
         .where(TASK.c.next_poll_at.is_not(None))
@@ -842,28 +1082,98 @@ def new_task_row(new: NewTask, now: datetime) -> dict[str, Any]:
 class _IngestSession(Protocol):
     """What an ingest asks of the database, inside its one transaction."""
 
-    def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]: ...
+    def tasks(
+        self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
+    ) -> list[dict[str, Any]]: ...
 
     def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]: ...
+
+    def lock_ids(self, task_ids: set[str]) -> None: ...
+
+    def held(self, refs: set[str]) -> dict[str, list[dict[str, Any]]]: ...
+
+    def unmatched(
+        self, pairs: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]: ...
 
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None: ...
 
 
-def _ingest(session: _IngestSession, items: list[Evidence], now: datetime) -> list[Stored]:
+def _ingest(
+    session: _IngestSession, items: list[Evidence], now: datetime, readers: Mapping[str, Reader]
+) -> list[Stored]:
     """Load what the batch touches, fold it in memory, write every decision."""
     refs = {item.task_ref for item in items if item.task_ref is not None}
     pairs = {
-        (item.provider, item.observation.provider_task_id)
+        (item.provider, item.provider_task_id)
         for item in items
-        if isinstance(item, Delivery) and item.task_ref is None
+        if isinstance(item, Delivery) and item.task_ref is None and item.provider_task_id
     }
     keys = {item.identity for item in items if isinstance(item, Delivery)}
+    session.lock_ids({task_id for _, task_id in pairs} | _answer_ids(items))
     # Tasks first, in ref order (one global lock order on PostgreSQL: no deadlocks).
-    fold = Fold(session.tasks(refs, pairs), session.deliveries(keys), now)
+    tasks = session.tasks(refs, pairs)
+    submitted = {item.task_ref for item in items if isinstance(item, Submission)}
+    held = session.held(submitted) if submitted else {}
+    answered = _answered_ids(items, tasks)
+    unmatched = session.unmatched(answered) if answered else {}
+    proposed = _proposed_ids(items, tasks, held)
+    if proposed:
+        # Ids proposed to tasks without one: whoever holds them already must be known,
+        # so that no id is adopted twice (read, not locked: they are not written).
+        loaded = {row["ref"] for row in tasks}
+        tasks += [
+            row for row in session.tasks(set(), proposed, lock=False) if row["ref"] not in loaded
+        ]
+    fold = Fold(
+        tasks, session.deliveries(keys), now, held=held, unmatched=unmatched, readers=readers
+    )
     results = [fold.apply(item) for item in items]
     fold.finish()
     session.flush(fold.writes, fold.changed_tasks(), now)
     return results
+
+
+def _answer_ids(items: list[Evidence]) -> set[str]:
+    return {
+        item.observation.provider_task_id
+        for item in items
+        if isinstance(item, Submission) and item.observation is not None
+    }
+
+
+def _answered_ids(items: list[Evidence], tasks: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(provider, id) pairs that submit answers give to tasks without an id yet: signed
+    events may have come for them before the answer was recorded."""
+    open_tasks = {row["ref"]: row["provider"] for row in tasks if row["provider_task_id"] is None}
+    return {
+        (open_tasks[item.task_ref], item.observation.provider_task_id)
+        for item in items
+        if isinstance(item, Submission)
+        and item.observation is not None
+        and item.task_ref in open_tasks
+    }
+
+
+def _proposed_ids(
+    items: list[Evidence], tasks: list[dict[str, Any]], held: Mapping[str, list[dict[str, Any]]]
+) -> set[tuple[str, str]]:
+    """(provider, id) pairs that callbacks, submit answers or held deliveries propose to
+    tasks that have no provider id yet."""
+    open_tasks = {row["ref"]: row["provider"] for row in tasks if row["provider_task_id"] is None}
+    proposed: set[tuple[str, str]] = set()
+    for item in items:
+        provider = open_tasks.get(item.task_ref or "")
+        if provider is None:
+            continue
+        if isinstance(item, Delivery) and item.provider_task_id:
+            proposed.add((provider, item.provider_task_id))
+        elif isinstance(item, Submission) and item.observation is not None:
+            proposed.add((provider, item.observation.provider_task_id))
+    for ref, rows in held.items():
+        if ref in open_tasks:
+            proposed |= {(open_tasks[ref], row["provider_task_id"]) for row in rows}
+    return proposed
 
 
 class _AlchemySession:
@@ -873,16 +1183,50 @@ class _AlchemySession:
         self._store = store
         self._conn = conn
 
-    def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
-        """The batch's tasks, locked in ref order on PostgreSQL."""
+    def tasks(
+        self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
+    ) -> list[dict[str, Any]]:
+        """The batch's tasks, locked in ref order on PostgreSQL (unless `lock` is false)."""
         if pairs:
             refs = refs | _refs_of(self._conn, pairs)
         if not refs:
             return []
         query = sa.select(TASK).where(_one_of(self._conn, TASK.c.ref, refs)).order_by(TASK.c.ref)
-        if self._store.locks_rows:
+        if self._store.locks_rows and lock:
             query = query.with_for_update()
         return [dict(row) for row in self._conn.execute(query).mappings()]
+
+    def lock_ids(self, task_ids: set[str]) -> None:
+        self._store.lock_task_ids(self._conn, task_ids)
+
+    def held(self, refs: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The deliveries held for these tasks until their provider id is settled."""
+        query = (
+            sa.select(DELIVERY)
+            .where(_one_of(self._conn, DELIVERY.c.task_ref, refs))
+            .where(_UNFOLDED, DELIVERY.c.outcome == Outcome.HELD.value)
+            .order_by(DELIVERY.c.id)
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in self._conn.execute(query).mappings():
+            found.setdefault(row["task_ref"], []).append(dict(row))
+        return found
+
+    def unmatched(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Deliveries kept for these (provider, id) pairs before any task had the id."""
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for provider, task_id in sorted(pairs):
+            query = (
+                sa.select(DELIVERY)
+                .where(DELIVERY.c.provider == provider)
+                .where(DELIVERY.c.provider_task_id == task_id)
+                .where(DELIVERY.c.task_ref.is_(None))
+                .order_by(DELIVERY.c.id)
+            )
+            rows = [dict(row) for row in self._conn.execute(query).mappings()]
+            if rows:
+                found[provider, task_id] = rows
+        return found
 
     def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
         if not keys:
@@ -901,6 +1245,8 @@ class _AlchemySession:
             # or counted keys in one order, never in a cycle.
             _insert_returning_ids(conn, DELIVERY, sorted(writes.deliveries, key=_delivery_id))
             _insert_returning_ids(conn, OBSERVATION, writes.observations)
+            for statement, params in _delivery_updates(writes.delivery_updates):
+                conn.execute(statement, params)
             if writes.duplicates:
                 conn.execute(
                     _COUNT_DUPLICATE,

@@ -42,7 +42,9 @@ from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Writes
 from schemas.ledger import DeliveryId
-from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UTCDateTime
+from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UNFOLDED_WHERE, UTCDateTime
+from schemas.write_deadline import WriteBusy, take_turn, wait_until
+from schemas.write_deadline import current as current_deadline
 
 T = TypeVar("T")
 Encoder = Callable[[Any], Any]
@@ -180,6 +182,7 @@ class _NewRows:
 
 
 _NEW_DELIVERIES = _NewRows(_DELIVERIES)
+_DELIVERY_READER = _DELIVERIES.reader(_DELIVERIES.columns)
 _NEW_OBSERVATIONS = _NewRows(_OBSERVATIONS)
 _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
@@ -213,6 +216,13 @@ def _task_reader(task_fields: tuple[str, ...]) -> _Reader:
 
 
 @functools.cache
+def _delivery_update(changed: tuple[str, ...]) -> tuple[str, _Row]:
+    """An UPDATE of a stored delivery folded in again (rare: one statement each)."""
+    assigns = ", ".join(f"{_QUOTE(name)} = ?" for name in changed)
+    return f"UPDATE delivery SET {assigns} WHERE id = ?", _DELIVERIES.row([*changed, "id"])
+
+
+@functools.cache
 def _task_update(changed: tuple[str, ...]) -> tuple[str, _Row]:
     """An UPDATE of just these columns, and its parameters' encoder (a handful of shapes
     recur: a progress report sets four columns, not eighteen and their indexes)."""
@@ -228,7 +238,11 @@ class SqliteSession:
         self._task_fields = task_fields
         self._task_reader = _task_reader(task_fields)
 
-    def tasks(self, refs: set[str], pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    def tasks(
+        self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
+    ) -> list[dict[str, Any]]:
+        """The tasks by ref or by (provider, provider task id); the write lock is the
+        transaction's already, so `lock` changes nothing here."""
         refs = set(refs)
         if pairs:
             providers = sorted({provider for provider, _ in pairs})
@@ -265,10 +279,45 @@ class SqliteSession:
             for provider, task_id, key, ref, state in rows
         }
 
+    def lock_ids(self, task_ids: set[str]) -> None:
+        """Nothing to do: the transaction holds SQLite's one write lock already."""
+
+    def held(self, refs: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The deliveries held for these tasks until their provider id is settled."""
+        ordered = sorted(refs)
+        rows = self._conn.execute(
+            f"SELECT {_DELIVERY_READER.select} FROM delivery "
+            f"WHERE task_ref IN ({_marks(len(ordered))}) AND {UNFOLDED_WHERE} "
+            "AND outcome = 'held' ORDER BY id",
+            ordered,
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        for values in rows:
+            row = _DELIVERY_READER.decode(values)
+            found.setdefault(row["task_ref"], []).append(row)
+        return found
+
+    def unmatched(self, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Deliveries kept for these (provider, id) pairs before any task had the id."""
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for pair in sorted(pairs):
+            rows = self._conn.execute(
+                f"SELECT {_DELIVERY_READER.select} FROM delivery WHERE provider = ? "
+                "AND provider_task_id = ? AND task_ref IS NULL ORDER BY id",
+                pair,
+            )
+            decoded = [_DELIVERY_READER.decode(values) for values in rows]
+            if decoded:
+                found[pair] = decoded
+        return found
+
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
         conn = self._conn
         self._insert(_NEW_DELIVERIES, writes.deliveries)
         self._insert(_NEW_OBSERVATIONS, writes.observations)
+        for change in writes.delivery_updates:
+            statement, row = _delivery_update(tuple(sorted(n for n in change if n != "id")))
+            conn.execute(statement, row.encode(change))
         if writes.duplicates:
             stamp = _encode_when(now)
             conn.executemany(
@@ -323,21 +372,33 @@ class SqliteWriter:
         self._committer: ThreadPoolExecutor | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `work` in a write transaction, waiting (without blocking) for the write lock."""
-        async with self._file.write_gate():
-            conn = await self._begin_when_free()
+        """Run `work` in a write transaction, waiting (without blocking) for the write lock.
+
+        The wait, for this process's other writers ahead and then for the lock, ends at the
+        current write deadline (`schemas.write_deadline`), the lock's after at most the busy
+        timeout: then `WriteBusy`, and nothing was written.
+        """
+        loop = asyncio.get_running_loop()
+        gate = self._file.write_gate()
+        await take_turn(gate, current_deadline())
+        try:
+            until = wait_until(loop, self._file.busy_timeout_ms / 1000)
+            conn = await self._begin_when_free(loop, until)
             result = self._work(conn, work)
             await self._commit(conn)
             return result
+        finally:
+            gate.release()
 
-    async def _begin_when_free(self) -> sqlite3.Connection:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._file.busy_timeout_ms / 1000
+    async def _begin_when_free(
+        self, loop: asyncio.AbstractEventLoop, until: float
+    ) -> sqlite3.Connection:
         delay = 0.001
         while (conn := self._begin()) is None:
-            if loop.time() >= deadline:
-                raise StorageUnavailable("database unavailable: the write lock stayed busy")
-            await asyncio.sleep(delay)
+            left = until - loop.time()
+            if left <= 0:
+                raise WriteBusy("database unavailable: the write lock stayed busy")
+            await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.05)
         return conn
 

@@ -48,6 +48,10 @@ def _partial_index(name: str, *columns: str, where: str) -> sa.Index:
     return sa.Index(name, *columns, sqlite_where=condition, postgresql_where=condition)
 
 
+UNFOLDED_OUTCOMES = ("unrecognized", "held", "foreign")
+UNFOLDED_WHERE = "outcome IN ('unrecognized', 'held', 'foreign')"
+
+
 class TaskRow(SQLModel, table=True):
     __tablename__ = "task"
     __table_args__ = (
@@ -80,8 +84,10 @@ class TaskRow(SQLModel, table=True):
     poll_attempts: int = 0
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until: datetime | None = _when(nullable=True)
-    # Set when taskledger itself submits the task: pending, sent, rejected or unknown.
+    # Set when taskledger itself submits the task: pending, sending, sent, rejected or unknown.
     submission: str | None = Field(default=None, max_length=16)
+    # Why an operator should look at this task (unreadable answers, an unconfirmed end).
+    attention: str | None = Field(default=None, max_length=200)
 
 
 class DeliveryRow(SQLModel, table=True):
@@ -94,6 +100,8 @@ class DeliveryRow(SQLModel, table=True):
         sa.UniqueConstraint(
             "provider", "provider_task_id", "delivery_key", name="uq_delivery_task_key"
         ),
+        # The few deliveries kept but not folded in, by task: see `UNFOLDED_OUTCOMES`.
+        _partial_index("ix_delivery_unfolded", "task_ref", where=UNFOLDED_WHERE),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
@@ -106,6 +114,8 @@ class DeliveryRow(SQLModel, table=True):
     auth: str = Field(max_length=16)
     state: str | None = Field(default=None, max_length=16)
     outcome: str = Field(max_length=16)
+    # Why a kept delivery was not folded in (`unrecognized`, `held`, `foreign`, `ignored`).
+    reason: str | None = Field(default=None, max_length=200)
     duplicate_count: int = 0
     received_at: datetime = _when()
     last_seen_at: datetime = _when()

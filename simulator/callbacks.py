@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -27,13 +28,24 @@ logger = logging.getLogger("simulator")
 
 @dataclass(frozen=True)
 class Delivery:
-    """One callback event: a body for a URL; `webhook_id` is set when it is signed (openai)."""
+    """One callback message: a body for a URL; `webhook_id` is set when it is signed (openai).
+
+    `names` is the task id the body names (the task's own unless a trick changed it) and
+    `tricks` the provider tricks that shaped it (see `simulator.tricks`).
+    """
 
     fmt: str
     task_id: str
     url: str
     body: bytes
     webhook_id: str | None = None
+    names: str = ""
+    tricks: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """How a receiver tells messages apart: the `webhook-id`, else the body's SHA-256."""
+        return self.webhook_id or hashlib.sha256(self.body).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -160,13 +172,23 @@ class CallbackSender:
         delivery = plan.delivery
         url = tamper_url(delivery.url) if plan.forged and not delivery.webhook_id else delivery.url
         self._stats.callbacks["sent"] += 1
+        message = self._stats.sent.message(
+            delivery.fmt,
+            delivery.key,
+            task_id=delivery.task_id,
+            names=delivery.names or delivery.task_id,
+            authentic=not plan.forged,
+            tricks=delivery.tricks,
+        )
         try:
             response = await self._client.post(
                 url, content=delivery.body, headers=self._headers(plan)
             )
         except httpx.HTTPError:
             self._stats.callbacks["transport_errors"] += 1
+            self._stats.sent.answered(message, None)
             return False
+        self._stats.sent.answered(message, response.status_code)
         return 200 <= response.status_code < 300
 
     def _headers(self, plan: Plan) -> dict[str, str]:

@@ -42,6 +42,15 @@ class Faults:
     retry_after_s: int = 1
     rate_limit_rps: Mapping[str, float] = field(default_factory=dict)
     down: bool = False
+    # The real providers' tricks, each per callback (see `simulator.tricks`): an extra
+    # callback with a status word nobody documents, an extra signed non-video OpenAI
+    # event, EvoLink's `cancelled`/`canceled` spellings and `{"data": ...}` envelope, and
+    # a gateway callback sent to its task's URL but naming another task id.
+    unknown_status_rate: float = 0.0
+    non_video_event_rate: float = 0.0
+    cancel_spelling_rate: float = 0.0
+    envelope_rate: float = 0.0
+    wrong_task_id_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):

@@ -1,4 +1,5 @@
-"""Control and inspection routes under `/_sim/`: ground truth, stats, faults, forced finishes."""
+"""Control and inspection routes under `/_sim/`: ground truth, stats, messages sent, faults,
+forced finishes."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class ControlRoutes:
         return [
             Route("/_sim/truth", self.truth, methods=["GET"]),
             Route("/_sim/stats", self.stats, methods=["GET"]),
+            Route("/_sim/sent", self.sent, methods=["GET"]),
             Route("/_sim/faults", self.faults, methods=["GET"]),
             Route("/_sim/faults", self.change_faults, methods=["POST"]),
             Route("/_sim/tasks/{fmt}/{task_id}/finish", self.finish, methods=["POST"]),
@@ -37,6 +39,11 @@ class ControlRoutes:
     async def stats(self, request: Request) -> Response:
         detail = request.query_params.get("poll_times", "") in ("1", "true")
         return json_response(self.sim.stats(poll_times=detail))
+
+    async def sent(self, request: Request) -> Response:
+        """Every distinct callback message sent, its authenticity and its attempts' answers."""
+        messages = self.sim.sent()
+        return json_response({"messages": messages, "count": len(messages)})
 
     async def faults(self, request: Request) -> Response:
         return json_response(faults_as_dict(self.sim.faults()))

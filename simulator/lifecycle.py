@@ -70,6 +70,7 @@ class SimTask:
     schedule: Schedule
     progress_sent: bool = False
     terminal_sent: bool = False
+    prompt: str = ""
 
     @property
     def key(self) -> str:
@@ -132,4 +133,5 @@ def ground_truth(task: SimTask, now: float) -> dict[str, Any]:
         "terminal_at": schedule.terminal_at,
         "terminal": schedule.phase(now) == "terminal",
         "current_state": task.state_word(now),
+        "prompt": task.prompt,
     }

@@ -24,6 +24,7 @@ from simulator.lifecycle import SimTask, draw_schedule, finish_now, ground_truth
 from simulator.polls import PollGate
 from simulator.stats import Stats
 from simulator.submissions import Submission
+from simulator.tricks import Message, Tricks
 
 TICK_SECONDS = 0.01
 PROGRESS, TERMINAL = 0, 1  # event kinds; at equal times "running" fires before "terminal"
@@ -47,14 +48,19 @@ class Simulator:
         self._faults = config.faults
         self._rng = random.Random(config.seed)
         self._fault_rng = random.Random(config.seed + 1)
+        # Tricks draw from their own stream: turning them on changes no other fault's draws.
+        self._trick_rng = random.Random(config.seed + 2)
         self._tasks: dict[str, SimTask] = {}
         self._order: dict[str, list[str]] = {fmt: [] for fmt in FORMATS}
         self._events: list[tuple[float, int, int, str]] = []
         self._sequence = 0
-        self._held: dict[str, Delivery] = {}
+        self._held: dict[str, list[Delivery]] = {}
         self.polls = PollGate(self.counters, self._fault_rng, self.clock, self.faults)
         self.sender = CallbackSender(
             config, self.counters, self._fault_rng, self.clock, self.faults
+        )
+        self.tricks = Tricks(
+            self._trick_rng, self.faults, self.counters.callbacks, self._order.__getitem__
         )
         self._ticker: asyncio.Task[None] | None = None
 
@@ -98,11 +104,18 @@ class Simulator:
             task_id = formats.new_task_id(fmt, self._rng, now)
         schedule = draw_schedule(self._rng, self.config.lifecycle, fmt, now)
         task = SimTask(
-            fmt, task_id, submission.model, submission.request, submission.callback_url, schedule
+            fmt,
+            task_id,
+            submission.model,
+            submission.request,
+            submission.callback_url,
+            schedule,
+            prompt=submission.prompt,
         )
         self._tasks[task.key] = task
         self._order[fmt].append(task_id)
         self.counters.submits_by_format[fmt] += 1
+        self.counters.submits_by_prompt[f"{fmt}/{submission.prompt}"] += 1
         self._schedule_events(task)
         return task
 
@@ -128,9 +141,22 @@ class Simulator:
         return task
 
     def truth(self) -> list[dict[str, Any]]:
-        """Ground truth of every task, in submission order per format."""
+        """Ground truth of every task, in submission order per format, with the result URLs
+        a gateway task ends with (OpenAI serves a finished video's content by its id)."""
         now = self.clock()
-        return [ground_truth(task, now) for task in self._tasks.values()]
+        return [
+            {**ground_truth(task, now), "result_urls": self._result_urls(task)}
+            for task in self._tasks.values()
+        ]
+
+    def _result_urls(self, task: SimTask) -> list[str]:
+        if task.fmt == "openai" or task.schedule.outcome != "succeeded":
+            return []
+        return [formats.result_url(task, self.config.media_base_url)]
+
+    def sent(self) -> list[dict[str, Any]]:
+        """Every distinct callback message sent so far, with each attempt's answer."""
+        return [message.as_dict() for message in self.counters.sent.messages()]
 
     def stats(self, *, poll_times: bool = False) -> dict[str, Any]:
         data = self.counters.as_dict(poll_times=poll_times)
@@ -185,31 +211,41 @@ class Simulator:
         if task.progress_sent or task.terminal_sent or at is None:
             return False
         task.progress_sent = True
-        delivery = self._delivery(task, at)
+        deliveries = self._deliveries(task, at)
         if self._fault_rng.random() < self._faults.reorder_rate:
             self.counters.callbacks["reordered"] += 1
-            self._held[task.key] = delivery
+            self._held[task.key] = deliveries
         else:
-            self.sender.send(delivery, after=task.key)
+            self.sender.send(*deliveries, after=task.key)
         return True
 
     def _fire_terminal(self, task: SimTask, now: float) -> bool:
         if task.terminal_sent or task.phase(now) != "terminal":
             return False
         task.terminal_sent = True
-        held = self._held.pop(task.key, None)
-        self.sender.send(self._delivery(task, now), *([held] if held else []), after=task.key)
+        held = self._held.pop(task.key, [])
+        self.sender.send(*self._deliveries(task, now), *held, after=task.key)
         return True
 
-    def _delivery(self, task: SimTask, now: float) -> Delivery:
+    def _deliveries(self, task: SimTask, now: float) -> list[Delivery]:
+        """The messages one event of `task` sends: its callback, shaped by the tricks in force."""
         url = self._destination(task)
         if url is None:
             raise SimulatorError(f"{task.key} has no callback destination")
         if task.fmt != "openai":
-            return Delivery(task.fmt, task.task_id, url, orjson.dumps(self.render(task, now)))
+            messages = self.tricks.gateway(task, self.render(task, now), now)
+            return [self._message(task, url, message, None) for message in messages]
         event_id, webhook_id = formats.new_event_ids(self._rng)
-        body = orjson.dumps(formats.openai_event(task, event_id))
-        return Delivery(task.fmt, task.task_id, url, body, webhook_id)
+        messages = self.tricks.openai(formats.openai_event(task, event_id), now)
+        return [self._message(task, url, m, m.webhook_id or webhook_id) for m in messages]
+
+    def _message(
+        self, task: SimTask, url: str, message: Message, webhook_id: str | None
+    ) -> Delivery:
+        body = orjson.dumps(message.body)
+        return Delivery(
+            task.fmt, task.task_id, url, body, webhook_id, message.names, message.tricks
+        )
 
 
 def running_instant(task: SimTask, now: float) -> float | None:

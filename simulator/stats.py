@@ -1,4 +1,5 @@
-"""Counters the simulator keeps about what it did: callbacks, polls, concurrency, poll rates."""
+"""Counters the simulator keeps about what it did: callbacks (and each message's answers),
+submits, polls, concurrency, poll rates."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections import Counter, deque
 from typing import Any
 
 from simulator.config import FORMATS
+from simulator.sent import SentLog
+from simulator.tricks import TRICK_COUNTERS
 
 CALLBACK_COUNTERS = (
     "scheduled",
@@ -20,6 +23,7 @@ CALLBACK_COUNTERS = (
     "retried",
     "failed",
     "transport_errors",
+    *TRICK_COUNTERS,
 )
 POLL_COUNTERS = (
     "total",
@@ -44,6 +48,10 @@ class Stats:
         self.polls: Counter[str] = Counter({name: 0 for name in POLL_COUNTERS})
         self.poll_status_codes: Counter[str] = Counter()
         self.submits_by_format: Counter[str] = Counter({fmt: 0 for fmt in FORMATS})
+        # Submits accepted per `{format}/{prompt}`: give each task a prompt of its own, and
+        # a client that sends one task twice shows as a count of 2.
+        self.submits_by_prompt: Counter[str] = Counter()
+        self.sent = SentLog()
         self.polls_by_format: Counter[str] = Counter({fmt: 0 for fmt in FORMATS})
         self.polls_per_task: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()
@@ -84,7 +92,9 @@ class Stats:
             "callbacks": dict(self.callbacks),
             "polls": dict(self.polls),
             "poll_status_codes": dict(self.poll_status_codes),
+            "callback_answers": self.sent.answers(),
             "submits_by_format": dict(self.submits_by_format),
+            "submits_by_prompt": dict(self.submits_by_prompt),
             "polls_by_format": dict(self.polls_by_format),
             "max_polls_in_1s": dict(self.max_polls_in_1s),
             "polls_per_task": dict(self.polls_per_task),

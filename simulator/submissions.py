@@ -24,6 +24,7 @@ class Submission:
     model: str
     request: dict[str, Any]
     callback_url: str | None
+    prompt: str = ""
 
 
 def parse_openai(body: Any) -> Submission:
@@ -33,15 +34,16 @@ def parse_openai(body: Any) -> Submission:
     size = fields.get("size", "720x1280")
     check_choice("seconds", seconds, OPENAI_SECONDS)
     check_choice("size", size, OPENAI_SIZES)
-    require_text(fields, "prompt")
-    return Submission(require_text(fields, "model"), {"seconds": seconds, "size": size}, None)
+    prompt = require_text(fields, "prompt")
+    request = {"seconds": seconds, "size": size}
+    return Submission(require_text(fields, "model"), request, None, prompt)
 
 
 def parse_apidot(body: Any) -> Submission:
     """`{"model","callback_url","input":{"prompt","duration","aspect_ratio",...}}`."""
     fields = require_object(body)
     inputs = require_object(fields.get("input"), name="input")
-    require_text(inputs, "prompt")
+    prompt = require_text(inputs, "prompt")
     duration = inputs.get("duration", 4)
     check_choice("input.duration", duration, APIDOT_DURATIONS)
     request = {
@@ -49,17 +51,17 @@ def parse_apidot(body: Any) -> Submission:
         "aspect_ratio": inputs.get("aspect_ratio", "16:9"),
         "resolution": inputs.get("resolution", "720p"),
     }
-    return Submission(require_text(fields, "model"), request, callback_url_of(fields))
+    return Submission(require_text(fields, "model"), request, callback_url_of(fields), prompt)
 
 
 def parse_evolink(body: Any) -> Submission:
     """`{"model","prompt","aspect_ratio","duration","callback_url",...}`."""
     fields = require_object(body)
-    require_text(fields, "prompt")
+    prompt = require_text(fields, "prompt")
     duration = fields.get("duration", 4)
     check_choice("duration", duration, EVOLINK_DURATIONS)
     request = {"duration": duration, "aspect_ratio": fields.get("aspect_ratio", "1280x720")}
-    return Submission(require_text(fields, "model"), request, callback_url_of(fields))
+    return Submission(require_text(fields, "model"), request, callback_url_of(fields), prompt)
 
 
 PARSERS: dict[str, Callable[[Any], Submission]] = {

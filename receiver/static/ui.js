@@ -227,6 +227,9 @@ function drawProviders(audit) {
     { title: "conflicts", value: (p) => p.conflicts, num: true },
     { title: "lost", value: (p) => p.lost, num: true },
     { title: "unmatched", value: (p) => p.unmatched, num: true },
+    { title: "unrecognized", value: (p) => p.unrecognized, num: true },
+    { title: "ignored", value: (p) => p.ignored, num: true },
+    { title: "need attention", value: (p) => p.needs_attention, num: true },
     { title: "median to final", value: (p) => timing(p, "median"), num: true },
     { title: "p95 to final", value: (p) => timing(p, "p95"), num: true },
     { title: "billable seconds by resolution", value: (p) => fmtNumber(p.billable_seconds) },
@@ -435,6 +438,7 @@ async function loadStuck() {
     { title: "polls", value: (t) => t.poll_attempts, num: true },
     { title: "next poll", value: (t) => fmtTime(t.next_poll_at) },
     { title: "submission", value: (t) => t.submission ?? "—" },
+    { title: "attention", value: (t) => t.attention ?? "—", wrap: true },
   ], body.tasks || [], "Nothing is stuck.");
 }
 
@@ -496,6 +500,7 @@ const SUMMARY_FIELDS = [
   ["next poll", (t) => fmtTime(t.next_poll_at)],
   ["poll attempts", (t) => t.poll_attempts],
   ["submission", (t) => t.submission ?? "—"],
+  ["needs attention", (t) => t.attention ?? "—"],
   ["result", (t) => (t.result ? clip(JSON.stringify(redactUrls(t.result))) : "—")],
 ];
 
@@ -521,6 +526,7 @@ function drawTimeline(timeline) {
     { title: "auth", value: (d) => d.auth },
     { title: "state", value: (d) => d.state ?? "—" },
     { title: "outcome", value: (d) => d.outcome },
+    { title: "reason", value: (d) => clip(d.reason ?? "—", 80), wrap: true },
     { title: "duplicates", value: (d) => d.duplicate_count, num: true },
     { title: "last seen", value: (d) => fmtTime(d.last_seen_at) },
     { title: "delivery key", value: (d) => clip(d.delivery_key ?? "—", 60), wrap: true },

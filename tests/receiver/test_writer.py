@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
-from receiver.errors import Overloaded
+from receiver.errors import Conflict, Overloaded
 from receiver.writer import GroupCommitWriter
-from schemas.errors import ConfigError, StorageUnavailable
+from schemas.errors import ConfigError, ConstraintViolation, StorageUnavailable
 from schemas.ledger import Auth, Delivery, Stored
 from schemas.settings import Settings
 from schemas.states import Outcome, State
 from schemas.wire import Observation
+from schemas.write_deadline import WriteBusy
+from schemas.write_deadline import current as current_deadline
+from tests.support.waiting import until
 
 
 def delivery(key: str) -> Delivery:
@@ -35,8 +39,10 @@ class Recorder:
         self.gate = asyncio.Event()
         self.gate.set()
         self.error: Exception | None = None
+        self.calls = 0
 
     async def __call__(self, items: Sequence[Delivery]) -> list[Stored]:
+        self.calls += 1
         await self.gate.wait()
         if self.error:
             raise self.error
@@ -122,6 +128,27 @@ async def test_one_poison_delivery_fails_alone_and_its_batch_is_stored() -> None
     assert stored == ["a", "b", "c"]
 
 
+async def test_a_delivery_breaking_a_unique_key_is_a_409_alone_never_a_503() -> None:
+    """The store's constraint errors are the delivery's fault, not the database's: its
+    neighbours are stored, and it alone gets a precise answer."""
+
+    async def ingest(items: Sequence[Delivery]) -> list[Stored]:
+        if any(d.delivery_key == "clash" for d in items):
+            raise ConstraintViolation("the batch broke a unique key on every try")
+        return [Stored(Outcome.APPLIED, d.delivery_key) for d in items]
+
+    writer = GroupCommitWriter(ingest)
+    await writer.start()
+    answers = await asyncio.gather(
+        *[writer.submit(delivery(k)) for k in ("a", "clash", "b")], return_exceptions=True
+    )
+    await writer.stop()
+    assert isinstance(answers[1], Conflict)
+    assert answers[1].status_code == 409
+    assert [a.task_ref for a in answers if isinstance(a, Stored)] == ["a", "b"]
+    assert writer.refusal is None  # the database is fine: readiness is not touched
+
+
 async def test_with_concurrency_several_batches_commit_at_once() -> None:
     in_flight: list[list[str]] = []
     all_in = asyncio.Event()
@@ -161,6 +188,80 @@ async def test_stop_commits_what_every_writer_holds() -> None:
     assert all(r.outcome is Outcome.APPLIED for r in await asyncio.gather(*sent))
     with pytest.raises(Overloaded):
         await writer.submit(delivery("late"))
+
+
+async def test_a_delivery_stuck_behind_a_batch_is_answered_503_at_its_deadline() -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    writer = GroupCommitWriter(recorder)
+    await writer.start()
+    loop = asyncio.get_running_loop()
+    ahead = asyncio.create_task(writer.submit(delivery("ahead"), within=30))
+    await until(lambda: recorder.calls == 1)  # its batch is in, waiting on the database
+    started = loop.time()
+    with pytest.raises(Overloaded, match="deadline"):
+        await asyncio.wait_for(writer.submit(delivery("late"), within=0.2), timeout=5)
+    assert 0.2 <= loop.time() - started < 2
+    recorder.gate.set()
+    assert (await ahead).outcome is Outcome.APPLIED
+    await writer.stop()
+    assert recorder.batches == [["ahead"]]  # the late one was dropped, never written
+
+
+async def test_a_delivery_that_arrived_past_its_deadline_is_refused_unqueued() -> None:
+    recorder = Recorder()
+    writer = GroupCommitWriter(recorder)
+    await writer.start()
+    with pytest.raises(Overloaded):
+        await writer.submit(delivery("old"), arrived=time.perf_counter() - 10, within=5)
+    assert (await writer.submit(delivery("new"), arrived=time.perf_counter())).task_ref == "new"
+    await writer.stop()
+    assert recorder.batches == [["new"]]
+
+
+async def test_a_batch_waits_for_the_database_until_its_earliest_deadline() -> None:
+    seen: list[float | None] = []
+
+    async def ingest(items: Sequence[Delivery]) -> list[Stored]:
+        seen.append(current_deadline())
+        return [Stored(Outcome.APPLIED, d.delivery_key) for d in items]
+
+    writer = GroupCommitWriter(ingest, answer_within=30)
+    await writer.start()
+    loop = asyncio.get_running_loop()
+    before = loop.time()
+    patient = asyncio.create_task(writer.submit(delivery("patient")))
+    hasty = asyncio.create_task(writer.submit(delivery("hasty"), within=2))
+    await asyncio.gather(patient, hasty)
+    await writer.stop()
+    assert len(seen) == 1
+    assert seen[0] is not None
+    assert before + 2 <= seen[0] <= loop.time() + 2
+
+
+async def test_a_refusal_by_the_database_is_reported_until_a_batch_commits() -> None:
+    recorder = Recorder()
+    writer = GroupCommitWriter(recorder)
+    await writer.start()
+    recorder.error = WriteBusy("the write lock stayed busy")
+    with pytest.raises(Overloaded):
+        await writer.submit(delivery("busy"))
+    assert writer.refusal is None  # busy is not refusing
+    recorder.error = StorageUnavailable("database error: disk full")
+    with pytest.raises(Overloaded):
+        await writer.submit(delivery("full"))
+    assert writer.refusal == "database error: disk full"
+    recorder.error = None
+    await writer.submit(delivery("stored"))
+    assert writer.refusal is None
+    await writer.stop()
+
+
+def test_answer_deadline_is_five_seconds_unless_set_in_the_environment() -> None:
+    environ = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKEN": "a" * 32}
+    assert Settings.from_environ(environ).answer_deadline_seconds == 5.0
+    short = {**environ, "TASKLEDGER_ANSWER_DEADLINE_SECONDS": "1.5"}
+    assert Settings.from_environ(short).answer_deadline_seconds == 1.5
 
 
 def test_writer_concurrency_is_read_from_the_environment_or_left_to_the_database() -> None:

@@ -27,7 +27,8 @@ from reconciler.clients import (
 from reconciler.errors import BadAnswer, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import RateLimiter
 from reconciler.retry import DEFAULT_RETRY_AFTER_SECONDS, RetryPolicy
-from schemas.settings import ProviderSettings
+from schemas.errors import ConfigError
+from schemas.settings import ProviderSettings, Settings
 from schemas.states import State
 from schemas.wire import WireFormat
 from simulator import Lifecycle, SimConfig, create_app
@@ -35,6 +36,7 @@ from tests.support.fake_time import FakeTime
 from tests.support.servers import free_port, serve
 
 OPENAI, APIDOT, EVOLINK = WireFormat.OPENAI, WireFormat.APIDOT, WireFormat.EVOLINK
+AIVIDEOAPI = WireFormat.AIVIDEOAPI
 BASE_URL = "https://provider.example/base"
 API_KEY = "sk-test-secret"
 VIDEO_ID = "video_68d7512d07848190"
@@ -50,6 +52,7 @@ STATUS_BODIES: dict[WireFormat, tuple[str, dict[str, object]]] = {
     ),
     APIDOT: (GATEWAY_ID, {"code": 200, "data": {"task_id": GATEWAY_ID, "status": "running"}}),
     EVOLINK: (GATEWAY_ID, {"id": GATEWAY_ID, "status": "processing", "progress": 40}),
+    AIVIDEOAPI: (GATEWAY_ID, {"id": GATEWAY_ID, "status": "processing", "progress": 40}),
 }
 
 
@@ -87,10 +90,20 @@ def status_ok(kind: WireFormat = OPENAI) -> httpx.Response:
 
 @asynccontextmanager
 async def rig(
-    *script: httpx.Response | Exception, kind: WireFormat = OPENAI, api_key: str = API_KEY
+    *script: httpx.Response | Exception,
+    kind: WireFormat = OPENAI,
+    api_key: str = API_KEY,
+    base_url: str = BASE_URL,
+    result_ttl_seconds: float | None = None,
 ) -> AsyncIterator[Rig]:
     provider = Provider(list(script))
-    settings = ProviderSettings(kind.value, kind, base_url=BASE_URL, api_key=api_key)
+    settings = ProviderSettings(
+        kind.value,
+        kind,
+        base_url=base_url,
+        api_key=api_key,
+        result_ttl_seconds=result_ttl_seconds,
+    )
     time = FakeTime()
     sleeps: list[float] = []
 
@@ -125,6 +138,7 @@ async def test_fetch_status_normalizes_each_format(kind: WireFormat) -> None:
         (OPENAI, f"/base/v1/videos/{VIDEO_ID}"),
         (APIDOT, f"/base/api/generate/status/{GATEWAY_ID}"),
         (EVOLINK, f"/base/v1/tasks/{GATEWAY_ID}"),
+        (AIVIDEOAPI, f"/base/v1/tasks/{GATEWAY_ID}"),
     ],
     ids=str,
 )
@@ -262,24 +276,200 @@ async def test_errors_quote_neither_the_url_nor_the_api_key() -> None:
     "response",
     [
         httpx.Response(200, content=b"<html>gateway</html>"),
-        answer(200, {"id": VIDEO_ID, "object": "video", "status": "melting"}),
         answer(200, {"code": 500, "message": "upstream busy"}),
         httpx.Response(204),
     ],
-    ids=["not-json", "unknown-status", "apidot-envelope-error", "empty"],
+    ids=["not-json", "apidot-envelope-error", "empty"],
 )
-async def test_body_that_does_not_normalize_raises_bad_answer(response: httpx.Response) -> None:
+async def test_answer_that_is_no_status_body_raises_retryable_bad_answer(
+    response: httpx.Response,
+) -> None:
     kind = APIDOT if b"code" in response.content else OPENAI
     async with rig(response, kind=kind) as r:
         with pytest.raises(BadAnswer) as caught:
             await r.client.fetch_status(STATUS_BODIES[kind][0])
-    assert caught.value.status_code == response.status_code
+    assert (caught.value.status_code, caught.value.retryable) == (response.status_code, True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "reason"),
+    [
+        (OPENAI, {"id": VIDEO_ID, "object": "video", "status": "melting"}, "unknown_status"),
+        (EVOLINK, {"id": GATEWAY_ID, "status": "exploded"}, "unknown_status"),
+        (APIDOT, {"code": 200, "data": {"task_id": GATEWAY_ID}}, "unknown_status"),
+        (APIDOT, {"code": 200, "data": [GATEWAY_ID]}, "bad_field"),
+        (EVOLINK, [GATEWAY_ID, "completed"], "not_object"),
+    ],
+    ids=["openai-status", "evolink-status", "apidot-no-status", "apidot-data", "array"],
+)
+async def test_json_status_body_that_does_not_normalize_is_answered_unrecognized(
+    kind: WireFormat, body: object, reason: str
+) -> None:
+    async with rig(answer(200, body), kind=kind) as r:
+        found = await r.client.fetch_status(STATUS_BODIES[kind][0])
+    assert (found.observation, found.unrecognized, found.http_status) == (None, reason, 200)
+    assert found.detail is not None
+    assert orjson.loads(found.body) == body
+
+
+async def test_unrecognized_body_about_another_task_raises_bad_answer() -> None:
+    body = {"id": "task-someone-else", "status": "exploded"}
+    async with rig(answer(200, body), kind=EVOLINK) as r:
+        with pytest.raises(BadAnswer, match="another task"):
+            await r.client.fetch_status(GATEWAY_ID)
 
 
 async def test_answer_about_another_task_raises_bad_answer() -> None:
     async with rig(status_ok()) as r:
         with pytest.raises(BadAnswer, match="another task"):
             await r.client.fetch_status("video_someone_else")
+
+
+# -- what a poll records ---------------------------------------------------------------
+
+
+async def test_fetch_status_dates_result_urls_by_the_providers_lifetime() -> None:
+    body = {"id": GATEWAY_ID, "status": "completed", "results": ["https://cdn.example/a.mp4"]}
+    async with rig(answer(200, body), kind=EVOLINK, result_ttl_seconds=3600) as r:
+        found = await r.client.fetch_status(GATEWAY_ID)
+    assert found.observation is not None
+    assert found.observation.extra["expires_at"] == (NOW + timedelta(hours=1)).isoformat()
+
+
+async def test_fetch_status_uses_the_kinds_default_lifetime() -> None:
+    body = {"code": 200, "data": {"task_id": GATEWAY_ID, "status": "finished", "files": ["u"]}}
+    async with rig(answer(200, body), kind=APIDOT) as r:
+        found = await r.client.fetch_status(GATEWAY_ID)
+    assert found.observation is not None
+    assert found.observation.extra["expires_at"] == (NOW + timedelta(days=1)).isoformat()
+
+
+async def test_fetch_status_records_an_openai_videos_content_paths() -> None:
+    body = {"id": VIDEO_ID, "object": "video", "status": "completed", "expires_at": 1758945385}
+    async with rig(answer(200, body)) as r:
+        found = await r.client.fetch_status(VIDEO_ID)
+    assert found.observation is not None
+    assert found.observation.extra == {
+        "content": {
+            variant: f"/v1/videos/{VIDEO_ID}/content?variant={variant}"
+            for variant in ("video", "thumbnail", "spritesheet")
+        },
+        "expires_at": "2025-09-27T03:56:25+00:00",
+    }
+
+
+async def test_aivideoapi_poll_reads_output_urls() -> None:
+    url = "https://cdn.example/aiv.mp4"
+    body = {"id": GATEWAY_ID, "status": "completed", "output": {"urls": [url]}}
+    async with rig(answer(200, body), kind=AIVIDEOAPI) as r:
+        found = await r.client.fetch_status(GATEWAY_ID)
+    assert found.observation is not None
+    assert (found.observation.state, found.observation.result_urls) == (State.SUCCEEDED, (url,))
+
+
+# -- base URLs -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_url", "path"),
+    [
+        (OPENAI, "https://api.example/v1", f"/v1/videos/{VIDEO_ID}"),
+        (OPENAI, "https://api.example/v1/", f"/v1/videos/{VIDEO_ID}"),
+        (OPENAI, "https://api.example", f"/v1/videos/{VIDEO_ID}"),
+        (EVOLINK, "https://api.example/v1", f"/v1/tasks/{GATEWAY_ID}"),
+        (EVOLINK, "https://api.example/gw/v1", f"/gw/v1/tasks/{GATEWAY_ID}"),
+        (EVOLINK, "https://api.example/gw", f"/gw/v1/tasks/{GATEWAY_ID}"),
+        (APIDOT, "https://api.example/v1", f"/v1/api/generate/status/{GATEWAY_ID}"),
+    ],
+    ids=[
+        "openai-v1",
+        "openai-v1-slash",
+        "openai-bare",
+        "evolink-v1",
+        "evolink-prefix-v1",
+        "evolink-prefix",
+        "apidot-keeps-v1",
+    ],
+)
+async def test_base_url_with_or_without_v1_reaches_the_same_status_path(
+    kind: WireFormat, base_url: str, path: str
+) -> None:
+    async with rig(status_ok(kind), kind=kind, base_url=base_url) as r:
+        await r.client.fetch_status(STATUS_BODIES[kind][0])
+    assert r.provider.requests[0].url.path == path
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"), [(OPENAI, "/v1/videos"), (EVOLINK, "/v1/videos/generations")], ids=str
+)
+async def test_base_url_ending_in_v1_submits_without_repeating_it(
+    kind: WireFormat, path: str
+) -> None:
+    async with rig(answer(200, SUBMITTED[kind]), kind=kind, base_url="https://api.example/v1") as r:
+        await r.client.submit("sora-2", {"prompt": "a cat"}, None)
+    assert r.provider.requests[0].url.path == path
+
+
+# -- provider settings -----------------------------------------------------------------
+
+ENV = {"TASKLEDGER_CALLBACK_SECRETS": "s", "TASKLEDGER_ADMIN_TOKEN": "t"}
+
+
+def provider_from_environ(name: str, **variables: str) -> ProviderSettings:
+    environ = {**ENV, "TASKLEDGER_PROVIDERS": name, **variables}
+    provider = Settings.from_environ(environ).provider(name)
+    assert provider is not None
+    return provider
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "ttl"),
+    [
+        ("openai", OPENAI, 3600.0),
+        ("apidot", APIDOT, 86400.0),
+        ("vidgo", APIDOT, 86400.0),
+        ("evolink", EVOLINK, 86400.0),
+        ("aivideoapi", AIVIDEOAPI, 86400.0),
+    ],
+)
+def test_known_provider_names_have_a_kind_and_a_result_lifetime(
+    name: str, kind: WireFormat, ttl: float
+) -> None:
+    provider = provider_from_environ(name)
+    assert (provider.kind, provider.result_ttl_seconds) == (kind, ttl)
+
+
+def test_result_lifetime_is_set_per_provider() -> None:
+    provider = provider_from_environ("vidgo", TASKLEDGER_PROVIDER_VIDGO_RESULT_TTL_SECONDS="7200")
+    assert provider.result_ttl_seconds == 7200.0
+
+
+def test_result_lifetime_that_is_not_positive_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="RESULT_TTL_SECONDS"):
+        provider_from_environ("evolink", TASKLEDGER_PROVIDER_EVOLINK_RESULT_TTL_SECONDS="-1")
+
+
+def test_replicate_has_no_default_kind() -> None:
+    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_REPLICATE_KIND"):
+        provider_from_environ("replicate")
+
+
+async def test_openai_base_url_as_the_sdk_takes_it_polls_the_videos_path() -> None:
+    settings = provider_from_environ(
+        "openai", TASKLEDGER_PROVIDER_OPENAI_BASE_URL="https://api.openai.com/v1/"
+    )
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return status_ok()
+
+    transport = httpx.MockTransport(handler)
+    async with ProviderClients.open([settings], transport=transport) as clients:
+        client = clients.get("openai")
+        assert client is not None
+        await client.fetch_status(VIDEO_ID)
+    assert str(seen[0]) == f"https://api.openai.com/v1/videos/{VIDEO_ID}"
 
 
 async def test_task_id_that_cannot_name_a_path_is_rejected_without_a_request() -> None:
@@ -295,6 +485,7 @@ SUBMITTED: dict[WireFormat, dict[str, object]] = {
     OPENAI: {"id": VIDEO_ID, "object": "video", "status": "queued"},
     APIDOT: {"code": 200, "data": {"task_id": GATEWAY_ID, "status": "not_started"}},
     EVOLINK: {"id": GATEWAY_ID, "object": "video.generation.task", "status": "pending"},
+    AIVIDEOAPI: {"code": 200, "msg": "success", "data": {"taskId": GATEWAY_ID}},
 }
 CALLBACK = "https://ledger.example/callbacks/abc"
 
@@ -337,6 +528,13 @@ async def test_submit_returns_the_providers_task_id(kind: WireFormat) -> None:
         STATUS_BODIES[kind][0],
         State.QUEUED,
     )
+
+
+async def test_evolink_submit_keeps_the_credits_it_reserved() -> None:
+    body = {**SUBMITTED[EVOLINK], "usage": {"billing_rule": "per_call", "credits_reserved": 7}}
+    async with rig(answer(200, body), kind=EVOLINK) as r:
+        observation = await r.client.submit("sora-2", {"prompt": "a cat"}, None)
+    assert observation.extra == {"cost_credits": 7}
 
 
 async def test_submit_is_not_retried_after_a_read_timeout() -> None:

@@ -167,3 +167,9 @@ def test_terminal_state_is_never_left_for_a_non_terminal_one(items: list[Report]
         if snapshot.state in TERMINAL:
             assert after.state in TERMINAL
         snapshot = after
+
+
+def test_a_reserved_cost_said_once_is_kept_through_later_states() -> None:
+    queued = merge(Snapshot(), Report(State.QUEUED, Source.API, result={"cost_credits": 12}))
+    done = merge(queued.snapshot, Report(State.SUCCEEDED, Source.POLL, result={"urls": ["u"]}))
+    assert done.snapshot.result == {"urls": ["u"], "cost_credits": 12}

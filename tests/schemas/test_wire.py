@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.errors import WireFormatError
+from schemas.errors import IgnoredEvent, WireFormatError
 from schemas.states import State
 from schemas.wire import (
     MESSAGE_MAX_CHARS,
@@ -23,12 +24,16 @@ from schemas.wire import (
     parse_submit_response,
     status_path,
     submit_path,
+    task_id_hint,
     task_id_of,
 )
 
 OPENAI = WireFormat.OPENAI
 APIDOT = WireFormat.APIDOT
 EVOLINK = WireFormat.EVOLINK
+AIVIDEOAPI = WireFormat.AIVIDEOAPI
+DAY = 86_400.0
+NOW = datetime(2025, 10, 1, 13, 0, tzinfo=UTC)
 
 VIDEO_ID = "video_68d7512d07848190b3e45da0ecbebcde004da08e1e0678d5"
 GATEWAY_ID = "task-unified-1757169743-7cvnl5zw"
@@ -89,6 +94,21 @@ def evolink_body(**changes: object) -> dict[str, object]:
     return {**task, **changes}
 
 
+def aivideoapi_body(**changes: object) -> dict[str, object]:
+    """The status answer third-party clients read: `output.urls`, `error` as an object."""
+    task: dict[str, object] = {
+        "id": AIV_ID,
+        "status": "completed",
+        "progress": 100,
+        "output": {"urls": [MP4]},
+        "error": None,
+    }
+    return {**task, **changes}
+
+
+AIV_ID = "3f1c9a52-6d0e-4e0b-9a57-0c2f4c1d7e88"
+
+
 # -- documented status strings ----------------------------------------------------------
 
 STATUS_TABLE = [
@@ -104,6 +124,13 @@ STATUS_TABLE = [
     (EVOLINK, evolink_body, "processing", State.RUNNING),
     (EVOLINK, evolink_body, "completed", State.SUCCEEDED),
     (EVOLINK, evolink_body, "failed", State.FAILED),
+    (EVOLINK, evolink_body, "cancelled", State.CANCELLED),
+    (EVOLINK, evolink_body, "canceled", State.CANCELLED),
+    (AIVIDEOAPI, aivideoapi_body, "pending", State.QUEUED),
+    (AIVIDEOAPI, aivideoapi_body, "processing", State.RUNNING),
+    (AIVIDEOAPI, aivideoapi_body, "completed", State.SUCCEEDED),
+    (AIVIDEOAPI, aivideoapi_body, "failed", State.FAILED),
+    (AIVIDEOAPI, aivideoapi_body, "cancelled", State.CANCELLED),
 ]
 STATUS_IDS = [f"{fmt}-{status}" for fmt, _, status, _ in STATUS_TABLE]
 
@@ -132,12 +159,14 @@ def test_gateway_callback_maps_documented_status_to_state(
         (OPENAI, openai_video(status="done")),
         (APIDOT, apidot_body(status="completed")),
         (EVOLINK, evolink_body(status="finished")),
+        (AIVIDEOAPI, aivideoapi_body(status="succeeded")),
     ],
-    ids=["openai", "apidot", "evolink"],
+    ids=["openai", "apidot", "evolink", "aivideoapi"],
 )
 def test_unknown_status_is_rejected_naming_the_field(fmt: WireFormat, body: object) -> None:
-    with pytest.raises(WireFormatError, match=rf"^{fmt} body: field '(data\.)?status'"):
+    with pytest.raises(WireFormatError, match=rf"^{fmt} body: field '(data\.)?status'") as caught:
         normalize_status(fmt, body)
+    assert caught.value.reason == "unknown_status"
 
 
 def test_status_matching_ignores_case_and_surrounding_space() -> None:
@@ -166,12 +195,18 @@ def test_openai_event_names_the_video_and_needs_a_fetch() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "event_type", ["video.created", "response.completed", ""], ids=["video", "other", "empty"]
-)
-def test_openai_event_of_unknown_type_is_rejected(event_type: str) -> None:
-    with pytest.raises(WireFormatError, match="field 'type'"):
+@pytest.mark.parametrize("event_type", ["video.created", ""], ids=["video", "empty"])
+def test_openai_video_event_of_unknown_type_is_rejected(event_type: str) -> None:
+    with pytest.raises(WireFormatError, match="field 'type'") as caught:
         normalize_callback(OPENAI, openai_event(event_type))
+    assert caught.value.reason == "unknown_event"
+
+
+@pytest.mark.parametrize("event_type", ["response.completed", "batch.completed"])
+def test_openai_event_about_something_other_than_a_video_is_ignored(event_type: str) -> None:
+    with pytest.raises(IgnoredEvent) as caught:
+        normalize_callback(OPENAI, openai_event(event_type))
+    assert caught.value.reason == "ignored"
 
 
 def test_openai_callback_accepts_a_full_video_object() -> None:
@@ -185,15 +220,52 @@ def test_openai_event_without_data_id_is_rejected() -> None:
         normalize_callback(OPENAI, {**openai_event(), "data": {}})
 
 
-def test_openai_completed_video_gives_id_progress_time_and_expiry() -> None:
+CONTENT = {
+    "video": f"/v1/videos/{VIDEO_ID}/content?variant=video",
+    "thumbnail": f"/v1/videos/{VIDEO_ID}/content?variant=thumbnail",
+    "spritesheet": f"/v1/videos/{VIDEO_ID}/content?variant=spritesheet",
+}
+
+
+def test_openai_completed_video_gives_id_progress_time_content_and_expiry() -> None:
     observation = normalize_status(OPENAI, openai_video())
     assert observation == Observation(
         provider_task_id=VIDEO_ID,
         state=State.SUCCEEDED,
         progress=100,
         provider_time=datetime(2025, 9, 27, 2, 56, 25, tzinfo=UTC),
-        extra={"expires_at": "2025-09-27T03:56:25+00:00"},
+        extra={"content": CONTENT, "expires_at": "2025-09-27T03:56:25+00:00"},
     )
+
+
+def test_openai_videos_own_expiry_wins_over_the_lifetime() -> None:
+    observation = normalize_status(OPENAI, openai_video(), result_ttl_seconds=DAY, now=NOW)
+    assert observation.extra["expires_at"] == "2025-09-27T03:56:25+00:00"
+
+
+def test_openai_completed_video_without_expiry_lives_the_lifetime_from_completion() -> None:
+    body = openai_video(expires_at=None)
+    observation = normalize_status(OPENAI, body, result_ttl_seconds=3600, now=NOW)
+    assert observation.extra["expires_at"] == "2025-09-27T03:56:25+00:00"
+
+
+@pytest.mark.parametrize("status", ["queued", "in_progress", "failed"])
+def test_openai_unfinished_video_has_no_content(status: str) -> None:
+    body = openai_video(status=status, expires_at=None)
+    assert normalize_status(OPENAI, body, result_ttl_seconds=3600, now=NOW).extra == {}
+
+
+def test_openai_content_paths_quote_the_video_id() -> None:
+    content = normalize_status(OPENAI, openai_video(id="video a/b")).extra["content"]
+    assert content == {
+        variant: f"/v1/videos/video%20a%2Fb/content?variant={variant}"
+        for variant in ("video", "thumbnail", "spritesheet")
+    }
+
+
+def test_openai_event_carries_no_result_for_the_fetch_to_fill() -> None:
+    observation = normalize_callback(OPENAI, openai_event(), result_ttl_seconds=DAY, now=NOW)
+    assert (observation.extra, observation.result_urls) == ({}, ())
 
 
 def test_openai_video_time_falls_back_to_created_at() -> None:
@@ -201,8 +273,8 @@ def test_openai_video_time_falls_back_to_created_at() -> None:
     assert observation.provider_time == datetime(2025, 9, 27, 2, 51, 25, tzinfo=UTC)
 
 
-def test_openai_video_without_expiry_has_no_extra() -> None:
-    assert normalize_status(OPENAI, openai_video(expires_at=None)).extra == {}
+def test_openai_video_without_expiry_or_lifetime_records_no_expiry() -> None:
+    assert normalize_status(OPENAI, openai_video(expires_at=None)).extra == {"content": CONTENT}
 
 
 def test_openai_failed_video_carries_error_code_and_message() -> None:
@@ -338,6 +410,125 @@ def test_error_message_is_capped() -> None:
     assert message == "x" * MESSAGE_MAX_CHARS
 
 
+@pytest.mark.parametrize("credits", [7, 7.5])
+def test_evolink_reserved_credits_are_the_tasks_cost(credits: float) -> None:
+    body = evolink_body(status="pending", results=None, usage={"credits_reserved": credits})
+    assert normalize_status(EVOLINK, body).extra == {"cost_credits": credits}
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [None, "7", {"credits_reserved": "7"}, {"credits_reserved": True}, {"other": 1}, 10**30],
+    ids=["none", "text", "text-credits", "bool", "absent", "number"],
+)
+def test_evolink_usage_without_a_credit_number_records_no_cost(usage: object) -> None:
+    body = evolink_body(status="pending", results=None, usage=usage)
+    assert normalize_status(EVOLINK, body).extra == {}
+
+
+def test_evolink_huge_credit_number_is_not_kept() -> None:
+    body = evolink_body(status="pending", results=None, usage={"credits_reserved": 10**30})
+    assert normalize_status(EVOLINK, body).extra == {}
+
+
+# -- result URL expiry ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body"),
+    [(APIDOT, apidot_body()), (EVOLINK, evolink_body()), (AIVIDEOAPI, aivideoapi_body())],
+    ids=str,
+)
+def test_result_urls_expire_a_lifetime_after_they_were_read(fmt: WireFormat, body: object) -> None:
+    observation = normalize_status(fmt, body, result_ttl_seconds=DAY, now=NOW)
+    assert observation.extra["expires_at"] == (NOW + timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body"),
+    [
+        (APIDOT, apidot_body(finished_time="2025-10-01T12:30:00Z")),
+        (EVOLINK, evolink_body(completed_at=1759321800)),
+        (AIVIDEOAPI, aivideoapi_body(completed_at="2025-10-01T12:30:00Z")),
+    ],
+    ids=str,
+)
+def test_result_urls_expire_a_lifetime_after_the_providers_finished_time(
+    fmt: WireFormat, body: object
+) -> None:
+    observation = normalize_callback(fmt, body, result_ttl_seconds=DAY, now=NOW)
+    assert observation.extra["expires_at"] == "2025-10-02T12:30:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("ttl", "now"), [(None, NOW), (DAY, None)], ids=["no-lifetime", "no-clock"]
+)
+def test_result_urls_without_lifetime_or_start_record_no_expiry(
+    ttl: float | None, now: datetime | None
+) -> None:
+    observation = normalize_status(EVOLINK, evolink_body(), result_ttl_seconds=ttl, now=now)
+    assert "expires_at" not in observation.extra
+
+
+def test_task_without_result_urls_records_no_expiry() -> None:
+    body = evolink_body(status="processing", results=None)
+    assert normalize_status(EVOLINK, body, result_ttl_seconds=DAY, now=NOW).extra == {}
+
+
+def test_lifetime_too_long_for_the_calendar_records_no_expiry() -> None:
+    observation = normalize_status(EVOLINK, evolink_body(), result_ttl_seconds=1e15, now=NOW)
+    assert "expires_at" not in observation.extra
+
+
+# -- ai video api ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": 200, "msg": "success", "data": {"taskId": AIV_ID}},
+        {"code": 200, "data": {"task_id": AIV_ID}},
+        {"id": AIV_ID, "object": "video.generation.task", "status": "pending"},
+    ],
+    ids=["data.taskId", "data.task_id", "id"],
+)
+def test_aivideoapi_submit_answer_is_read_in_every_shape(body: object) -> None:
+    observation = parse_submit_response(AIVIDEOAPI, body)
+    assert (observation.provider_task_id, observation.state) == (AIV_ID, State.QUEUED)
+
+
+def test_aivideoapi_status_reads_output_urls_and_results_without_duplicates() -> None:
+    body = aivideoapi_body(output={"urls": [MP4, THUMB]}, results=[MP4])
+    assert normalize_status(AIVIDEOAPI, body).result_urls == (MP4, THUMB)
+
+
+def test_aivideoapi_enveloped_status_is_unwrapped() -> None:
+    body = {"code": 200, "msg": "ok", "data": aivideoapi_body(status="processing", output=None)}
+    observation = normalize_callback(AIVIDEOAPI, body)
+    assert (observation.provider_task_id, observation.state) == (AIV_ID, State.RUNNING)
+
+
+def test_aivideoapi_error_object_gives_code_and_message() -> None:
+    error = {"code": "content_violation", "message": "Blocked by moderation"}
+    observation = normalize_status(AIVIDEOAPI, aivideoapi_body(status="failed", error=error))
+    assert (observation.state, observation.error_code, observation.error_message) == (
+        State.FAILED,
+        "content_violation",
+        "Blocked by moderation",
+    )
+
+
+def test_aivideoapi_refusal_in_its_envelope_is_a_provider_error() -> None:
+    with pytest.raises(WireFormatError, match=r"401.*invalid api key") as caught:
+        normalize_status(AIVIDEOAPI, {"code": 401, "msg": "invalid api key", "data": None})
+    assert caught.value.reason == "provider_error"
+
+
+def test_evolink_does_not_read_aivideoapi_output_urls() -> None:
+    body = evolink_body(results=None, output={"urls": [MP4]})
+    assert normalize_status(EVOLINK, body).result_urls == ()
+
+
 # -- progress and time ----------------------------------------------------------------
 
 
@@ -444,7 +635,12 @@ def test_bad_task_id_is_rejected_naming_the_field(
 
 @pytest.mark.parametrize("fmt", list(WireFormat), ids=str)
 def test_status_missing_from_status_body_is_rejected(fmt: WireFormat) -> None:
-    bodies = {OPENAI: openai_video(), APIDOT: apidot_body(), EVOLINK: evolink_body()}
+    bodies = {
+        OPENAI: openai_video(),
+        APIDOT: apidot_body(),
+        EVOLINK: evolink_body(),
+        AIVIDEOAPI: aivideoapi_body(),
+    }
     body = copy.deepcopy(bodies[fmt])
     body.pop("status", None)
     inner = body.get("data")
@@ -470,8 +666,18 @@ def test_results_that_are_not_a_list_are_rejected() -> None:
         (APIDOT, apidot_body(), GATEWAY_ID),
         (EVOLINK, evolink_body(), GATEWAY_ID),
         (EVOLINK, {"data": evolink_body()}, GATEWAY_ID),
+        (AIVIDEOAPI, aivideoapi_body(), AIV_ID),
+        (AIVIDEOAPI, {"code": 200, "data": {"taskId": AIV_ID, "status": "wobbly"}}, AIV_ID),
     ],
-    ids=["openai-event", "openai-video", "apidot", "evolink", "evolink-wrapped"],
+    ids=[
+        "openai-event",
+        "openai-video",
+        "apidot",
+        "evolink",
+        "evolink-wrapped",
+        "aivideoapi",
+        "aivideoapi-enveloped",
+    ],
 )
 def test_task_id_of_reads_the_provider_task_id(fmt: WireFormat, body: object, task_id: str) -> None:
     assert task_id_of(fmt, body) == task_id
@@ -484,12 +690,18 @@ def test_task_id_of_reads_the_provider_task_id(fmt: WireFormat, body: object, ta
         (OPENAI, {"object": "video"}),
         (APIDOT, {"code": 200, "data": {"task_id": 7}}),
         (EVOLINK, {"object": "video.generation.task"}),
+        (AIVIDEOAPI, {"code": 200, "data": {"status": "pending"}}),
     ],
-    ids=["openai-event", "openai-video", "apidot", "evolink"],
+    ids=["openai-event", "openai-video", "apidot", "evolink", "aivideoapi"],
 )
 def test_task_id_of_rejects_a_missing_id(fmt: WireFormat, body: object) -> None:
     with pytest.raises(WireFormatError):
         task_id_of(fmt, body)
+    assert task_id_hint(fmt, body) is None
+
+
+def test_task_id_hint_reads_the_id_of_a_body_with_an_unknown_status() -> None:
+    assert task_id_hint(EVOLINK, evolink_body(status="exploded")) == GATEWAY_ID
 
 
 # -- submit ---------------------------------------------------------------------------
@@ -534,6 +746,11 @@ def test_submit_response_gives_task_id_in_queued_state(
     assert (observation.provider_task_id, observation.state) == (task_id, State.QUEUED)
 
 
+def test_evolink_submit_answer_keeps_the_reserved_credits() -> None:
+    body = {"id": GATEWAY_ID, "status": "pending", "usage": {"credits_reserved": 7}}
+    assert parse_submit_response(EVOLINK, body).extra == {"cost_credits": 7}
+
+
 def test_submit_response_without_status_counts_as_queued() -> None:
     observation = parse_submit_response(EVOLINK, {"id": GATEWAY_ID})
     assert observation.state is State.QUEUED
@@ -555,8 +772,9 @@ CALLBACK = "https://hooks.example.com/cb/tok123"
         (OPENAI, {"model": "sora-2", **REQUEST}),
         (APIDOT, {"model": "sora-2", "callback_url": CALLBACK, "input": REQUEST}),
         (EVOLINK, {"model": "sora-2", **REQUEST, "callback_url": CALLBACK}),
+        (AIVIDEOAPI, {"model": "sora-2", **REQUEST, "callback_url": CALLBACK}),
     ],
-    ids=["openai", "apidot", "evolink"],
+    ids=["openai", "apidot", "evolink", "aivideoapi"],
 )
 def test_submit_body_has_the_format_s_layout(fmt: WireFormat, expected: object) -> None:
     assert build_submit_body(fmt, "sora-2", REQUEST, CALLBACK) == expected
@@ -567,7 +785,7 @@ def test_submit_body_omits_callback_url_when_none(fmt: WireFormat) -> None:
     assert "callback_url" not in build_submit_body(fmt, "sora-2", REQUEST, None)
 
 
-@pytest.mark.parametrize("fmt", [OPENAI, EVOLINK], ids=str)
+@pytest.mark.parametrize("fmt", [OPENAI, EVOLINK, AIVIDEOAPI], ids=str)
 def test_submit_body_model_argument_wins_over_request(fmt: WireFormat) -> None:
     body = build_submit_body(fmt, "sora-2-pro", {**REQUEST, "model": "other"}, None)
     assert body["model"] == "sora-2-pro"
@@ -582,8 +800,9 @@ def test_submit_body_model_argument_wins_over_request(fmt: WireFormat) -> None:
         (OPENAI, "/v1/videos", "/v1/videos/abc"),
         (APIDOT, "/api/generate/submit", "/api/generate/status/abc"),
         (EVOLINK, "/v1/videos/generations", "/v1/tasks/abc"),
+        (AIVIDEOAPI, "/v1/videos/generations", "/v1/tasks/abc"),
     ],
-    ids=["openai", "apidot", "evolink"],
+    ids=["openai", "apidot", "evolink", "aivideoapi"],
 )
 def test_paths_follow_the_format(fmt: WireFormat, submit: str, status: str) -> None:
     assert (submit_path(fmt), status_path(fmt, "abc")) == (submit, status)
@@ -640,6 +859,9 @@ VALID_BODIES: list[dict[str, object]] = [
     apidot_body(files=None, output={"files": [{"file_url": MP4}]}),
     evolink_body(),
     {"data": evolink_body(status="failed", error={"code": "request_cancelled"})},
+    evolink_body(status="pending", usage={"credits_reserved": 7}),
+    aivideoapi_body(),
+    {"code": 200, "data": aivideoapi_body(error={"code": "x", "message": "y"})},
 ]
 
 
@@ -658,8 +880,13 @@ def mutated_bodies(draw: st.DrawFn) -> dict[str, object]:
     return body
 
 
+def callback_with_lifetime(fmt: WireFormat, body: object) -> Observation:
+    return normalize_callback(fmt, body, result_ttl_seconds=DAY, now=NOW)
+
+
 PARSERS: list[Callable[[WireFormat, object], object]] = [
     normalize_callback,
+    callback_with_lifetime,
     normalize_status,
     parse_submit_response,
     task_id_of,
@@ -667,12 +894,16 @@ PARSERS: list[Callable[[WireFormat, object], object]] = [
 
 
 def outcome_of(fmt: WireFormat, body: object) -> list[object]:
+    """What each parser makes of `body`; an observation's extra must be storable JSON."""
     results: list[object] = []
     for parse in PARSERS:
         try:
-            results.append(parse(fmt, body))
+            result = parse(fmt, body)
         except WireFormatError:
-            results.append(None)
+            result = None
+        if isinstance(result, Observation):
+            orjson.dumps(result.extra)
+        results.append(result)
     return results
 
 

@@ -108,3 +108,22 @@ async def test_finish_with_an_unknown_outcome_answers_400(clock: FakeClock) -> N
             f"/_sim/tasks/openai/{task_id}/finish", json={"outcome": "exploded"}
         )
     assert answer.status_code == 400
+
+
+async def test_sent_lists_each_message_with_its_answers(receiver: Receiver) -> None:
+    async with running(make_config(receiver)) as run:
+        task_id = await run.submit("evolink", f"{receiver.url}/callbacks/evolink/t")
+        await receiver.wait_for(1)
+        await run.sim.drain()
+        sent = (await run.client.get("/_sim/sent")).json()
+    assert sent["count"] == 1
+    (message,) = sent["messages"]
+    assert (message["task_id"], message["names"], message["authentic"]) == (task_id, task_id, True)
+    assert message["answers"] == [200]
+
+
+async def test_tricks_are_set_like_any_fault() -> None:
+    async with running(make_config()) as run:
+        answer = await run.client.post("/_sim/faults", json={"wrong_task_id_rate": 0.3})
+    assert answer.json()["wrong_task_id_rate"] == 0.3
+    assert answer.json()["envelope_rate"] == 0.0

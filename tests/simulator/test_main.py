@@ -35,3 +35,9 @@ def test_rate_limit_flag_is_repeatable() -> None:
 def test_malformed_rate_limit_stops_with_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         main(["--rate-limit", "openai"])
+
+
+def test_trick_flags_set_the_trick_rates() -> None:
+    config = parse("--wrong-task-id-rate", "0.05", "--unknown-status-rate", "0.1")
+    assert (config.faults.wrong_task_id_rate, config.faults.unknown_status_rate) == (0.05, 0.1)
+    assert config.faults.non_video_event_rate == 0.0

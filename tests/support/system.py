@@ -1,9 +1,16 @@
-"""The whole system on loopback: simulator, receiver and reconciler(s) on one database."""
+"""The whole system on loopback: simulator, receiver and reconciler(s) on one database.
+
+Besides starting it, this holds the ledger to the simulator's record: every authentic
+callback message the receiver acknowledged is one delivery row (`tally_deliveries`), every
+task was submitted once and ends in the simulator's truth (`compare_tasks`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -18,12 +25,13 @@ from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.settings import ProviderSettings, Settings
 from schemas.store import LedgerStore
-from schemas.tables import OBSERVATION, TASK, TRANSITION
+from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import WireFormat
-from simulator import SimConfig, Simulator, create_app
+from simulator import Faults, SimConfig, SimTask, Simulator, create_app
 from tests.support.senders import WEBHOOK_SECRET
 from tests.support.servers import free_port, serve
 from tests.support.service import Service, running_service, settings_for
+from tests.support.waiting import until
 
 FORMATS = {"openai": WireFormat.OPENAI, "apidot": WireFormat.APIDOT, "evolink": WireFormat.EVOLINK}
 FAST_POLICY = RetryPolicy(
@@ -58,6 +66,18 @@ def system_settings(database_url: str, sim_url: str, **provider: Any) -> Setting
     )
 
 
+def with_tricks(faults: Faults, *, wrong_task_id_rate: float = 0.0) -> Faults:
+    """`faults` plus the real providers' tricks (see `simulator.tricks`) at chaos-run rates."""
+    return replace(
+        faults,
+        unknown_status_rate=0.05,
+        non_video_event_rate=0.05,
+        cancel_spelling_rate=0.5,
+        envelope_rate=0.3,
+        wrong_task_id_rate=wrong_task_id_rate,
+    )
+
+
 @dataclass
 class System:
     service: Service
@@ -67,15 +87,22 @@ class System:
     engine: Any
     reconcilers: list[tuple[Reconciler, asyncio.Task[None]]] = field(default_factory=list)
     unavailable: int = 0
+    _takes: itertools.count[int] = field(default_factory=itertools.count)
 
     async def submit(self, provider: str, n: int) -> list[str]:
+        """Register `n` tasks for taskledger to submit, each with a prompt of its own (by
+        which the simulator counts the submits it receives)."""
+
         async def one(_: int) -> str:
             body = {
                 "provider": provider,
                 "owner": "e2e",
                 "model": "sora-2",
                 "submit": True,
-                "request": {"prompt": "a lighthouse at dusk", "duration": 4},
+                "request": {
+                    "prompt": f"a lighthouse at dusk, take {next(self._takes)}",
+                    "duration": 4,
+                },
             }
             for _attempt in range(10):  # a client honours 503 + Retry-After, as senders do
                 response = await self.service.http.post(
@@ -136,20 +163,51 @@ class System:
         return "\n".join(lines)
 
     async def truth(self) -> dict[str, str]:
-        async with httpx.AsyncClient(base_url=self.sim_url) as http:
-            body = (await http.get("/_sim/truth")).json()
-        return {t["task_id"]: t["normalized"] for t in body["tasks"]}
+        return {t["task_id"]: t["normalized"] for t in await self.truth_of_tasks()}
+
+    async def truth_of_tasks(self) -> list[dict[str, Any]]:
+        """The simulator's ground truth of every task it was sent."""
+        return list((await self._sim_get("/_sim/truth"))["tasks"])
 
     async def stats(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.sim_url) as http:
-            return dict((await http.get("/_sim/stats")).json())
+        return await self._sim_get("/_sim/stats")
+
+    async def sent(self) -> list[dict[str, Any]]:
+        """Every distinct callback message the simulator sent, with its attempts' answers."""
+        return list((await self._sim_get("/_sim/sent"))["messages"])
+
+    async def deliveries(self) -> list[dict[str, Any]]:
+        columns = (
+            DELIVERY.c.provider,
+            DELIVERY.c.provider_task_id,
+            DELIVERY.c.delivery_key,
+            DELIVERY.c.task_ref,
+            DELIVERY.c.outcome,
+            DELIVERY.c.duplicate_count,
+        )
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(sa.select(*columns))).mappings()]
+
+    async def _sim_get(self, path: str) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.sim_url, timeout=30) as http:
+            return dict((await http.get(path)).json())
+
+    async def drain_callbacks(self, within_seconds: float = 30) -> None:
+        """Wait until every task's final callback was handed to the sender and every send
+        (retries included) has ended: nothing the simulator sends is still on its way."""
+        await until(self._callbacks_done, within_seconds)
+
+    def _callbacks_done(self) -> bool:
+        sim = self.simulator
+        tasks = [task for fmt in FORMATS for task in sim.tasks(fmt)]
+        return sim.sender.pending == 0 and all(t.terminal_sent or not _calls_back(t) for t in tasks)
 
     async def start_reconciler(
         self, stack: AsyncExitStack, settings: Settings | None = None
     ) -> Reconciler:
         settings = settings or self.settings
         clients = await stack.enter_async_context(ProviderClients.open(settings.providers.values()))
-        store = LedgerStore(self.engine, utc_now)
+        store = LedgerStore(self.engine, utc_now, settings.readers)
         reconciler = Reconciler(settings, store, clients, clock=utc_now, policy=FAST_POLICY)
         task = asyncio.create_task(reconciler.run())
         self.reconcilers.append((reconciler, task))
@@ -161,6 +219,11 @@ class System:
             if not task.done():
                 await asyncio.wait_for(task, timeout=30)
         self.reconcilers.clear()
+
+
+def _calls_back(task: SimTask) -> bool:
+    """Whether the simulator sends `task`'s callbacks anywhere (OpenAI: the webhook URL)."""
+    return task.fmt == "openai" or task.callback_url is not None
 
 
 @asynccontextmanager
@@ -192,3 +255,167 @@ async def running_system(
         finally:
             await system.stop_reconcilers()
             await engine.dispose()
+
+
+# -- holding the ledger to the simulator's record ---------------------------------------
+
+ACCEPTED = range(200, 300)
+NAMED_ANOTHER_TASK = 403
+# What the receiver may answer an authentic callback: kept (200, or 202 until its task or
+# id is known), refused for naming another task, or too busy to keep it now.
+AUTHENTIC_ANSWERS = frozenset({"200", "202", "403", "503"})
+
+
+@dataclass
+class DeliveryTally:
+    """Authentic callback messages the simulator sent, against the ledger's delivery rows.
+
+    A message is what the receiver keys a delivery by: its `webhook-id`, or the SHA-256 of
+    its body for token callbacks; copies and retries are attempts of it. Each message that
+    got a 2xx answer must be exactly one row (its copies counted in `duplicate_count`); one
+    refused 403 because its body named another task's id must be no row at all.
+    """
+
+    accepted: int = 0
+    stored: int = 0
+    refused_wrong_id: int = 0
+    unanswered: int = 0
+    forged: int = 0
+    answers_2xx: int = 0
+    arrivals_counted: int = 0
+    # Kept `unmatched` though a task holds the id they name (never folded into it).
+    stranded: int = 0
+    answers: Counter[str] = field(default_factory=Counter)
+    kept_as: Counter[str] = field(default_factory=Counter)
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    def problem(self, kind: str, message: dict[str, Any], detail: str = "") -> None:
+        shown = (
+            f"{message['format']} {message['key'][:24]} {message['tricks']} {message['answers']}"
+        )
+        self.problems.setdefault(kind, []).append(f"{shown} {detail}".strip())
+
+    def line(self) -> str:
+        return (
+            f"authenticated sent {self.accepted}, stored {self.stored}; "
+            f"refused 403 naming another task {self.refused_wrong_id}, stored 0; "
+            f"unanswered {self.unanswered}; forged {self.forged}, stored 0; "
+            f"resends answered 2xx {self.answers_2xx - self.accepted}, "
+            f"counted as duplicates {self.arrivals_counted - self.stored}; "
+            f"kept as {dict(sorted(self.kept_as.items()))} "
+            f"(unmatched though a task has the id: {self.stranded}); "
+            f"authentic answers {dict(sorted(self.answers.items()))}"
+        )
+
+
+def tally_deliveries(
+    sent: Iterable[dict[str, Any]], rows: Iterable[dict[str, Any]], tasks: Iterable[dict[str, Any]]
+) -> DeliveryTally:
+    """Hold the delivery rows to the messages sent; `problems` lists every discrepancy."""
+    by_key: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    known = {(task["provider"], task["provider_task_id"]) for task in tasks}
+    tally = DeliveryTally()
+    for row in rows:
+        by_key.setdefault((row["provider"], row["delivery_key"]), []).append(row)
+        pair = (row["provider"], row["provider_task_id"])
+        tally.stranded += row["outcome"] == "unmatched" and pair in known
+    messages = list(sent)
+    authentic_keys = {(m["format"], m["key"]) for m in messages if m["authentic"]}
+    for message in messages:
+        key = (message["format"], message["key"])
+        if message["authentic"]:
+            _tally_authentic(tally, message, by_key.get(key, []))
+        else:
+            tally.forged += 1
+            if key not in authentic_keys and by_key.get(key):
+                tally.problem("forged but stored", message)
+    for key, found in by_key.items():
+        if key not in authentic_keys:
+            for row in found:
+                tally.problems.setdefault("row no authentic message explains", []).append(str(row))
+    return tally
+
+
+def _tally_authentic(
+    tally: DeliveryTally, message: dict[str, Any], rows: list[dict[str, Any]]
+) -> None:
+    answers = message["answers"]
+    tally.answers.update("error" if code is None else str(code) for code in answers)
+    accepted = sum(code in ACCEPTED for code in answers if code is not None)
+    if accepted:
+        tally.accepted += 1
+        tally.answers_2xx += accepted
+        if len(rows) != 1:
+            tally.problem("acknowledged but not one row", message, f"{len(rows)} rows")
+            return
+        (row,) = rows
+        tally.stored += 1
+        tally.arrivals_counted += 1 + row["duplicate_count"]
+        tally.kept_as[row["outcome"]] += 1
+        if row["outcome"] == "held":
+            tally.problem("still held though every submit was answered", message, str(row))
+        if 1 + row["duplicate_count"] < accepted:
+            tally.problem("acknowledged more often than counted", message, str(row))
+    elif NAMED_ANOTHER_TASK in answers:
+        tally.refused_wrong_id += 1
+        if "wrong_task_id" not in message["tricks"]:
+            tally.problem("refused 403 though it names its own task", message)
+        if rows:
+            tally.problem("refused 403 but stored", message, str(rows))
+    else:
+        tally.unanswered += 1
+
+
+@dataclass
+class TaskComparison:
+    """Ledger tasks against the simulator's truth: submits per task and the end reached."""
+
+    tasks: int = 0
+    submits: Counter[int] = field(default_factory=Counter)
+    mismatches: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"tasks {self.tasks}, submissions per task {dict(sorted(self.submits.items()))}, "
+            f"ended unlike the simulator's truth {len(self.mismatches)}"
+        )
+
+
+def compare_tasks(
+    tasks: Iterable[dict[str, Any]], truth: Iterable[dict[str, Any]], stats: dict[str, Any]
+) -> TaskComparison:
+    """Each ledger task, found in the simulator by its prompt: submitted once, holding the
+    simulator's task id, in its final state, with its result URLs (OpenAI: content paths
+    exactly when it succeeded), and confirmed."""
+    by_prompt = {(t["format"], t["prompt"]): t for t in truth}
+    submits = stats["submits_by_prompt"]
+    comparison = TaskComparison()
+    for task in tasks:
+        comparison.tasks += 1
+        prompt = (task["request"] or {}).get("prompt", "")
+        comparison.submits[submits.get(f"{task['provider']}/{prompt}", 0)] += 1
+        real = by_prompt.get((task["provider"], prompt))
+        problem = "never reached the simulator" if real is None else _unlike(task, real)
+        if problem:
+            comparison.mismatches.append(f"{task['ref']} {task['provider']}: {problem}")
+    unknown = sum(submits.values()) - sum(n * count for n, count in comparison.submits.items())
+    if unknown:
+        comparison.mismatches.append(f"{unknown} submits the ledger has no task for")
+    return comparison
+
+
+def _unlike(task: dict[str, Any], real: dict[str, Any]) -> str:
+    """How a ledger task differs from the simulator's truth ("" when it does not)."""
+    result = task["result"] or {}
+    if task["provider_task_id"] != real["task_id"]:
+        return f"holds id {task['provider_task_id']!r}, the simulator's is {real['task_id']!r}"
+    if task["state"] != real["normalized"] or not task["confirmed"]:
+        return f"{task['state']} (confirmed {task['confirmed']}), truth {real['normalized']}"
+    if task["provider"] == "openai":
+        if "content" in result and real["normalized"] != "succeeded":
+            return f"{task['state']} with content {result['content']}"
+        if "content" not in result and real["normalized"] == "succeeded":
+            return "succeeded without content paths"
+    elif result.get("urls", []) != real["result_urls"]:
+        return f"result URLs {result.get('urls')}, truth {real['result_urls']}"
+    return ""
