@@ -4,16 +4,17 @@ never lost silently, and never submitted twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 import sqlalchemy as sa
 
 from reconciler.clients import ProviderClients
-from reconciler.process import UNCONFIRMED_POLL_LIMIT, Reconciler
-from schemas.ledger import Auth, Delivery
+from reconciler.process import UNCONFIRMED, UNCONFIRMED_POLL_LIMIT, Reconciler
+from schemas.ledger import Auth, Delivery, Poll
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import State
-from schemas.store import LedgerStore, NewTask
+from schemas.store import LedgerStore, NewTask, TaskFilter
 from schemas.tables import OBSERVATION
 from schemas.wire import Observation, WireFormat
 from tests.conftest import FakeClock
@@ -163,3 +164,31 @@ async def test_a_stopping_reconciler_gives_back_unsent_submissions_as_pending(
     assert report.skipped == 1
     assert task["submission"] == "pending"
     assert task["lease_owner"] is None
+
+
+async def test_a_flagged_final_task_is_listed_with_the_stuck_ones(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    ended = Poll(row["ref"], clock(), None, attention=UNCONFIRMED)
+    done = await store.register(NewTask("evolink", provider_task_id="t-2"))
+    await store.ingest(
+        [_hint(row["ref"], "t-1", clock()), ended, _hint(done["ref"], "t-2", clock())]
+    )
+    await store.ingest(
+        [
+            Poll(
+                done["ref"],
+                clock(),
+                None,
+                observation=Observation("t-2", State.SUCCEEDED, 100, ("https://cdn/x",)),
+            )
+        ]
+    )
+    stuck, _ = await store.list_tasks(TaskFilter(stuck=True), limit=10)
+    assert [(t["ref"], t["attention"]) for t in stuck] == [(row["ref"], UNCONFIRMED)]
+
+
+def _hint(ref: str, task_id: str, now: datetime) -> Delivery:
+    observation = Observation(task_id, State.SUCCEEDED)
+    return Delivery("evolink", f"k-{task_id}", b"{}", {}, Auth.TOKEN, observation, now, ref)
