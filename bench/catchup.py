@@ -26,6 +26,7 @@ from bench.context import Context
 from bench.load import Load, run_load
 from bench.procs import Process, Server, free_port, process, wait_ready
 from bench.report import NONE, CaseResult, Check, number
+from ops.simulated import simulated_environment
 
 SIM_KEY = "sk-bench"
 RATE_PER_SECOND = 1_000.0
@@ -93,14 +94,17 @@ def submit_silent_tasks(ctx: Context, sim: Server, count: int) -> list[str]:
 
 def reconciler_env(ctx: Context, url: str, sim: Server, plan: Plan) -> dict[str, str]:
     rate = plan.rate or UNLIMITED
-    return {
-        **ctx.secrets.receiver_env(url),
-        "TASKLEDGER_PROVIDERS": "apidot",
-        "TASKLEDGER_PROVIDER_APIDOT_BASE_URL": sim.url + "/apidot",
-        "TASKLEDGER_PROVIDER_APIDOT_API_KEY": SIM_KEY,
-        "TASKLEDGER_PROVIDER_APIDOT_RATE_LIMIT": f"{rate:g}",
-        "TASKLEDGER_PROVIDER_APIDOT_CONCURRENCY": str(CONCURRENCY),
-    }
+    return simulated_environment(
+        database_url=url,
+        sim_url=sim.url,
+        api_key=SIM_KEY,
+        admin_token=ctx.secrets.admin,
+        callback_secrets=[ctx.secrets.callback],
+        webhook_secret=ctx.secrets.webhook,
+        providers=["apidot"],
+        provider={"RATE_LIMIT": f"{rate:g}", "CONCURRENCY": str(CONCURRENCY)},
+        base=ctx.secrets.receiver_env(url),
+    )
 
 
 def open_tasks(url: str) -> int:

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,10 +18,13 @@ from pathlib import Path
 
 import httpx
 
+from ops.procfile import web_command
+
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 SAMPLE_EVERY_SECONDS = 0.1
+UVICORN_OPTIONS = ("--loop", "uvloop", "--http", "httptools", "--log-level", "warning")
 
 
 def free_port() -> int:
@@ -153,24 +155,9 @@ def stop(popen: subprocess.Popen[bytes]) -> None:
 
 
 def uvicorn_command(app: str, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        app,
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--log-level",
-        "warning",
-    ]
+    """The Procfile's receiver command line on loopback, with uvloop and httptools, serving
+    `app` (the receiver, or a baseline under the same flags)."""
+    return web_command("127.0.0.1", port, *UVICORN_OPTIONS, app=app)
 
 
 @contextlib.contextmanager

@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
-import hmac
+from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.callbacks import parse_json, read_body
+from receiver.auth import bearer_is_valid
+from receiver.bodies import read_json
 from receiver.errors import Conflict, NotFound, Unauthenticated, Unprocessable
 from receiver.ui import session_is_valid
 from schemas.errors import TaskConflict, TaskNotFound
 from schemas.settings import ProviderSettings, Settings
-from schemas.store import LedgerStore, NewTask
+from schemas.store import LedgerStore, NewTask, Task
+from schemas.tables import LABEL_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
 ADMIN_BODY_LIMIT_BYTES = 256 * 1024
-MAX_TEXT = 200
+MAX_TEXT = LABEL_MAX_CHARS  # owner, model and provider task id share the columns' limit
+# A task's fields the API shows, in the table's column order (not its lease or authority).
+SHOWN_FIELDS = tuple(
+    f.name for f in fields(Task) if f.name not in ("authority", "lease_owner", "lease_until")
+)
 
 
 def require_admin(request: Request) -> None:
-    if session_is_valid(request):  # the dashboard's cookie, for reads only
-        return
-    expected = request.app.state.settings.admin_token
-    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        offered.strip().encode(), expected.encode()
-    ):
+    # The dashboard's session cookie counts too, for reads only.
+    if not (session_is_valid(request) or bearer_is_valid(request)):
         raise Unauthenticated("a valid admin bearer token is required")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    body = await read_body(request.receive, request.headers, ADMIN_BODY_LIMIT_BYTES)
-    return parse_json(request.headers, body)
+    return await read_json(request, ADMIN_BODY_LIMIT_BYTES)
 
 
 async def create_task(request: Request) -> Response:
@@ -53,12 +53,12 @@ async def create_task(request: Request) -> Response:
     )
     store: LedgerStore = request.app.state.store
     try:
-        row = await store.register(new)
+        task = await store.register(new)
     except TaskConflict as exc:
         raise Conflict(str(exc), provider=provider.name) from None
     # Submitting is the reconciler's job (an outbox): the answer comes before the provider's.
     status = 202 if new.submit else 201
-    return JSONResponse(task_json(row, callback_url(request, provider, row["ref"])), status)
+    return JSONResponse(task_json(task, callback_url(request, provider, task.ref)), status)
 
 
 async def attach_task_id(request: Request) -> Response:
@@ -69,29 +69,28 @@ async def attach_task_id(request: Request) -> Response:
     if not task_id:
         raise Unprocessable("provider_task_id is required")
     store: LedgerStore = request.app.state.store
-    task = await store.get(ref)
-    if task is None:
+    if await store.get(ref) is None:
         raise NotFound("no task has this ref", task_ref=ref)
     try:
-        row = await store.attach(ref, task_id)
+        task = await store.attach(ref, task_id)
     except TaskConflict as exc:
         raise Conflict(str(exc), task_ref=ref) from None
     except TaskNotFound:
         raise NotFound("no task has this ref", task_ref=ref) from None
-    return JSONResponse(task_json(row))
+    return JSONResponse(task_json(task))
 
 
 async def show_task(request: Request) -> Response:
     require_admin(request)
     ref = task_ref(request)
     store: LedgerStore = request.app.state.store
-    row = await store.get(ref)
-    if row is None:
+    task = await store.get(ref)
+    if task is None:
         raise NotFound("no task has this ref", task_ref=ref)
     timeline = await store.timeline(ref)
-    provider = request.app.state.settings.provider(row["provider"])
+    provider = request.app.state.settings.provider(task.provider)
     url = callback_url(request, provider, ref) if provider else None
-    return JSONResponse({**task_json(row, url), "timeline": jsonable(timeline)})
+    return JSONResponse({**task_json(task, url), "timeline": jsonable(timeline)})
 
 
 def task_ref(request: Request) -> str:
@@ -111,16 +110,20 @@ def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
     return f"{settings.public_base_url}/callbacks/{provider.name}/{tokens.make(ref, provider.name)}"
 
 
-def task_json(row: dict[str, Any], url: str | None = None) -> dict[str, Any]:
-    shown = {k: v for k, v in row.items() if k not in ("authority", "lease_owner", "lease_until")}
+def task_json(task: Task, url: str | None = None) -> dict[str, Any]:
+    """The one place a task becomes JSON: its shown fields, then its callback URL."""
+    shown = {name: jsonable(getattr(task, name)) for name in SHOWN_FIELDS}
     if url is not None:
         shown["callback_url"] = url
-    return {key: jsonable(value) for key, value in shown.items()}
+    return shown
 
 
 def jsonable(value: Any) -> Any:
+    """JSON-ready: times as ISO 8601, the store's typed rows as objects of their fields."""
     if isinstance(value, datetime):
         return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -18,18 +18,9 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from receiver import deadlines
 from receiver.answers import Answer, answer_of, refusal
-from receiver.errors import (
-    BodyTimeout,
-    BodyTooLarge,
-    Forbidden,
-    MalformedBody,
-    NotJson,
-    Overloaded,
-    Unauthenticated,
-    UnknownRoute,
-)
+from receiver.bodies import read_body
+from receiver.errors import Forbidden, Overloaded, Unauthenticated, UnknownRoute
 from receiver.metrics import ReceiverMetrics
 from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
@@ -37,16 +28,13 @@ from schemas.clock import Clock
 from schemas.ledger import NOT_JSON, Auth, Delivery, read_delivery
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
+from schemas.tables import DELIVERY_KEY_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
 log = structlog.get_logger("taskledger.receiver")
-# Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
-BODY_TIMEOUT_SECONDS = 10.0
 KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
 _KEPT = frozenset(KEPT_HEADERS)
-# The ledger's columns: `delivery.delivery_key` and `provider_task_id` hold 200 characters.
-KEY_MAX_CHARS = 200
-TASK_ID_MAX_CHARS = 200
+HEADER_MAX_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +155,7 @@ def match(scope: Scope) -> CallbackEndpoint | None:
 
 def delivery_key(webhook_id: str) -> str:
     """The `webhook-id` itself, or its digest when it is longer than the ledger keeps."""
-    if len(webhook_id) <= KEY_MAX_CHARS:
+    if len(webhook_id) <= DELIVERY_KEY_MAX_CHARS:
         return webhook_id
     return "sha256:" + hashlib.sha256(webhook_id.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -179,55 +167,6 @@ def _provider(inbox: Inbox, name: str, *, signed: bool) -> ProviderSettings:
     if signed and name not in inbox.verifiers:
         raise UnknownRoute("no webhook secret is configured for this source", provider=name)
     return provider
-
-
-async def read_body(
-    receive: Receive,
-    headers: Headers,
-    limit: int,
-    within_seconds: float = BODY_TIMEOUT_SECONDS,
-) -> bytes:
-    """The raw body, refused once it exceeds `limit` bytes or takes over `within_seconds`."""
-    declared = headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"the body exceeds {limit} bytes")
-    try:
-        return await deadlines.of_running_loop().within(
-            within_seconds, _read_limited(receive, limit)
-        )
-    except TimeoutError:
-        raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
-
-
-async def _read_limited(receive: Receive, limit: int) -> bytes:
-    # ASGI messages straight from `receive`: a small body is one message, no generator.
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
-    """A JSON object from the body; 415 when the sender says it is something else."""
-    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
-        raise NotJson("the body must be application/json")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedBody("the body is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise MalformedBody("the body must be a JSON object")
-    return payload
 
 
 def _delivery(
@@ -269,7 +208,7 @@ def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
     for raw_name, raw_value in raw:
         name = raw_name.decode("latin-1")
         if name in _KEPT and name not in kept:
-            kept[name] = raw_value.decode("latin-1")[:200]
+            kept[name] = raw_value.decode("latin-1")[:HEADER_MAX_CHARS]
     return kept
 
 

@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 from collections.abc import AsyncIterator
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from receiver.admin import require_admin, task_json
 from receiver.errors import Unprocessable
 from schemas.settings import Settings
-from schemas.store import LedgerStore, TaskFilter
+from schemas.store import LedgerStore, Task, TaskFilter
 
 MAX_PAGE = 500
 MAX_WAIT_SECONDS = 30.0
@@ -40,6 +41,9 @@ EXPORT_COLUMNS = (
     "error_code",
     "error_message",
 )
+
+# The export's columns a task holds as they are (the others are derived from it).
+_EXPORTED_FIELDS = tuple(name for name in EXPORT_COLUMNS if name in {f.name for f in fields(Task)})
 
 
 class ChangeSignal:
@@ -65,9 +69,9 @@ async def list_tasks(request: Request) -> Response:
     where = task_filter(params)
     limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
     store: LedgerStore = request.app.state.store
-    rows, after = await store.list_tasks(where, limit, _cursor(params.get("cursor")))
+    tasks, after = await store.list_tasks(where, limit, _cursor(params.get("cursor")))
     return JSONResponse(
-        {"tasks": [task_json(row) for row in rows], "next_cursor": _encode_cursor(after)}
+        {"tasks": [task_json(task) for task in tasks], "next_cursor": _encode_cursor(after)}
     )
 
 
@@ -113,29 +117,29 @@ async def export(request: Request) -> Response:
     return StreamingResponse(body, media_type=media)
 
 
-async def _jsonl(pages: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
-    async for rows in pages:
-        yield b"".join(orjson.dumps(export_row(row)) + b"\n" for row in rows)
+async def _jsonl(pages: AsyncIterator[list[Task]]) -> AsyncIterator[bytes]:
+    async for tasks in pages:
+        yield b"".join(orjson.dumps(export_row(task)) + b"\n" for task in tasks)
 
 
-async def _csv(pages: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+async def _csv(pages: AsyncIterator[list[Task]]) -> AsyncIterator[bytes]:
     yield (",".join(EXPORT_COLUMNS) + "\r\n").encode()
-    async for rows in pages:
+    async for tasks in pages:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, EXPORT_COLUMNS, extrasaction="ignore")
-        for row in rows:
-            writer.writerow({k: _cell(v) for k, v in export_row(row).items()})
+        for task in tasks:
+            writer.writerow({k: _cell(v) for k, v in export_row(task).items()})
         yield buffer.getvalue().encode()
 
 
-def export_row(row: dict[str, Any]) -> dict[str, Any]:
+def export_row(task: Task) -> dict[str, Any]:
     """A task's outcome, flat: what an export consumer needs, nothing secret."""
-    result = row["result"] or {}
+    result = task.result or {}
     error = result.get("error") or {}
     return {
-        **{k: row[k] for k in EXPORT_COLUMNS if k in row},
-        "created_at": row["created_at"].isoformat(),
-        "terminal_at": row["terminal_at"].isoformat() if row["terminal_at"] else None,
+        **{name: getattr(task, name) for name in _EXPORTED_FIELDS},
+        "created_at": task.created_at.isoformat(),
+        "terminal_at": task.terminal_at.isoformat() if task.terminal_at else None,
         "result_urls": result.get("urls", []),
         "error_code": error.get("code"),
         "error_message": error.get("message"),

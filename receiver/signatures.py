@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
+from schemas.settings import WEBHOOK_TOLERANCE_SECONDS
+
 MAX_SIGNATURES = 16
 
 
@@ -20,7 +22,7 @@ class SignatureVerifier:
         self,
         secrets: Sequence[str],
         clock: Callable[[], datetime],
-        tolerance_seconds: float = 300.0,
+        tolerance_seconds: float = WEBHOOK_TOLERANCE_SECONDS,
     ) -> None:
         self._hooks = [Webhook(secret) for secret in secrets]
         self._clock = clock

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 from datetime import datetime
 from html import escape
 from pathlib import Path
-from urllib.parse import parse_qs
 
 from itsdangerous import BadData, TimestampSigner
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from receiver.callbacks import read_body
-from receiver.errors import NotFound, Unauthenticated, Unprocessable
+from receiver.auth import bearer_is_valid, token_is_valid
+from receiver.bodies import read_form
+from receiver.errors import NotFound, Unauthenticated
 from schemas.settings import Settings
 
 SESSION_COOKIE = "taskledger_session"
@@ -145,18 +144,6 @@ def session_is_valid(request: Request) -> bool:
     return True
 
 
-def token_is_valid(settings: Settings, offered: str) -> bool:
-    expected = settings.admin_token
-    return bool(expected) and hmac.compare_digest(offered.encode(), expected.encode())
-
-
-def bearer_is_valid(request: Request) -> bool:
-    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and token_is_valid(
-        request.app.state.settings, offered.strip()
-    )
-
-
 def is_operator(request: Request) -> bool:
     return bearer_is_valid(request) or session_is_valid(request)
 
@@ -212,14 +199,7 @@ def login_page(message: str | None) -> HTMLResponse:
 
 
 async def _form_token(request: Request) -> str:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/x-www-form-urlencoded":
-        raise Unprocessable("the login form must be application/x-www-form-urlencoded")
-    body = await read_body(request.receive, request.headers, LOGIN_BODY_LIMIT_BYTES)
-    try:
-        fields = parse_qs(body.decode("utf-8"), max_num_fields=10)
-    except (UnicodeDecodeError, ValueError):
-        raise Unprocessable("the login form is not valid") from None
+    fields = await read_form(request, LOGIN_BODY_LIMIT_BYTES, "login form")
     return fields.get("token", [""])[0].strip()
 
 

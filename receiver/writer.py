@@ -33,6 +33,7 @@ from receiver import deadlines
 from receiver.errors import Conflict, Overloaded
 from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.ledger import Delivery, Stored
+from schemas.settings import ANSWER_DEADLINE_SECONDS
 from schemas.write_deadline import WriteBusy, write_deadline
 
 Ingest = Callable[[Sequence[Delivery]], Awaitable[list[Stored]]]
@@ -41,8 +42,8 @@ BatchObserver = Callable[[int], None]
 log = structlog.get_logger("taskledger.writer")
 # A delivery, the future its request awaits, and the loop time its answer is due by.
 _Item = tuple[Delivery, "asyncio.Future[Stored]", float]
+# Event-loop turns a batch waits for more deliveries (each turn one `sleep(0)`).
 LINGER_TURNS = 8
-ANSWER_WITHIN_SECONDS = 5.0
 # How long a refused batch keeps `/readyz` at 503 when no later batch says otherwise: a
 # receiver taken out of rotation gets no callbacks to find out that the database is back.
 REFUSAL_SHOWN_SECONDS = 30.0
@@ -58,7 +59,7 @@ class GroupCommitWriter:
         concurrency: int = 1,
         on_batch: BatchObserver | None = None,
         on_commit: BatchObserver | None = None,
-        answer_within: float = ANSWER_WITHIN_SECONDS,
+        answer_within: float = ANSWER_DEADLINE_SECONDS,
     ) -> None:
         self._ingest = ingest
         self._answer_within = answer_within
@@ -111,6 +112,11 @@ class GroupCommitWriter:
             return await deadlines.of_running_loop().by(deadline, future)
         except TimeoutError:
             raise Overloaded("the delivery was not stored within the answer deadline") from None
+
+    @property
+    def queued(self) -> int:
+        """Deliveries waiting for a batch to take them."""
+        return self._queue.qsize()
 
     @property
     def refusal(self) -> str | None:

@@ -15,8 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import TypeVar
 
 import httpx
@@ -26,10 +25,11 @@ from httpx_aiohttp import AiohttpTransport
 
 from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import Clock, RateLimiter, Sleep
-from reconciler.retry import RetryPolicy
+from reconciler.retry import RetryPolicy, parse_http_date
 from schemas.clock import utc_now
 from schemas.errors import WireFormatError
 from schemas.settings import ProviderSettings
+from schemas.tables import BODY_KEEP_CHARS
 from schemas.wire import (
     Observation,
     build_submit_body,
@@ -40,7 +40,6 @@ from schemas.wire import (
     task_id_hint,
 )
 
-BODY_MAX_CHARS = 4000
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 15.0
 POOL_TIMEOUT_SECONDS = 5.0
@@ -397,14 +396,9 @@ def join_url(base_url: str, path: str) -> str:
 
 
 def _trimmed(response: httpx.Response) -> str:
-    return response.text[:BODY_MAX_CHARS]
+    return response.text[:BODY_KEEP_CHARS]
 
 
 def _server_time(response: httpx.Response) -> datetime | None:
     """The answer's `Date` header: the instant an HTTP-date Retry-After counts from."""
-    header = response.headers.get("date", "")
-    try:
-        moment = parsedate_to_datetime(header)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return parse_http_date(response.headers.get("date", ""))

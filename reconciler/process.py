@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -30,13 +29,12 @@ from schemas.fold import UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, State
-from schemas.store import LedgerStore
+from schemas.store import Claim, LedgerStore
 from schemas.tokens import CallbackTokens
 
 log = structlog.get_logger("taskledger.reconciler")
 FLUSH_EVERY_SECONDS = 0.25
 FLUSH_AT_ITEMS = 200
-MAX_POLL_DELAY_SECONDS = 3600.0
 # A final state no poll confirmed: past the task's maximum age it is asked at most this
 # many times in all (on the usual backoff), then left flagged for an operator.
 UNCONFIRMED_POLL_LIMIT = 12
@@ -192,61 +190,61 @@ class Reconciler:
 
     async def _reconcile(
         self,
-        claim: dict[str, Any],
+        claim: Claim,
         client: ProviderClient | None,
         provider: ProviderSettings,
         batch: _Batch,
     ) -> None:
         if self.stopping.is_set():
             batch.report.skipped += 1
-            if claim["submission"] == SubmissionStatus.PENDING.value:
+            if claim.submission == SubmissionStatus.PENDING.value:
                 # Claimed for sending but never sent: give it back as it was.
                 now = self.clock()
-                await batch.add(claim, Submission(claim["ref"], now, SubmissionStatus.PENDING, now))
+                await batch.add(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, now))
             return
         evidence = await self._evidence(claim, client, provider)
         await batch.add(claim, evidence)
 
     async def _evidence(
-        self, claim: dict[str, Any], client: ProviderClient | None, provider: ProviderSettings
+        self, claim: Claim, client: ProviderClient | None, provider: ProviderSettings
     ) -> Evidence:
         now = self.clock()
-        too_old = now >= claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
-        if too_old and claim["state"] not in REAL_TERMINAL:
-            return Expiry(claim["ref"], now, _lost_reason(provider, claim))
-        if claim["submission"] == SubmissionStatus.SENDING.value:
+        too_old = now >= claim.created_at + timedelta(seconds=provider.max_age_seconds)
+        if too_old and claim.state not in REAL_TERMINAL:
+            return Expiry(claim.ref, now, _lost_reason(provider, claim))
+        if claim.submission == SubmissionStatus.SENDING.value:
             # Claimed for sending by a reconciler that stopped before recording the answer.
             return Submission(
-                claim["ref"], now, SubmissionStatus.UNKNOWN, now, error=INTERRUPTED_SUBMIT
+                claim.ref, now, SubmissionStatus.UNKNOWN, now, error=INTERRUPTED_SUBMIT
             )
-        if too_old and claim["poll_attempts"] >= UNCONFIRMED_POLL_LIMIT:
-            return Poll(claim["ref"], now, None, error=UNCONFIRMED, attention=UNCONFIRMED)
+        if too_old and claim.poll_attempts >= UNCONFIRMED_POLL_LIMIT:
+            return Poll(claim.ref, now, None, error=UNCONFIRMED, attention=UNCONFIRMED)
         if client is None:
             # Without a base URL only the callbacks and expiry can settle the task.
             deadline = self._capped(claim, provider, now, provider.max_age_seconds)
-            return Poll(claim["ref"], now, deadline, error="no base URL configured to poll")
-        if claim["submission"] == SubmissionStatus.PENDING.value:
+            return Poll(claim.ref, now, deadline, error="no base URL configured to poll")
+        if claim.submission == SubmissionStatus.PENDING.value:
             return await self._submit(claim, client, provider)
-        if claim["provider_task_id"] is None:
+        if claim.provider_task_id is None:
             return Poll(
-                claim["ref"],
+                claim.ref,
                 now,
                 self._next_poll(claim, provider, now),
                 error="no provider task id to poll yet",
             )
-        return await self._poll(claim, client, provider)
+        return await self._poll(claim, claim.provider_task_id, client, provider)
 
     async def _poll(
-        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+        self, claim: Claim, task_id: str, client: ProviderClient, provider: ProviderSettings
     ) -> Poll:
         try:
-            answer = await client.fetch_status(claim["provider_task_id"])
+            answer = await client.fetch_status(task_id)
         except ProviderError as exc:
             self.metrics.polls.labels(provider.name, type(exc).__name__).inc()
             now = self.clock()
             retry_at = self._capped(claim, provider, now, self._after_error(exc, claim))
             return Poll(
-                claim["ref"],
+                claim.ref,
                 now,
                 retry_at,
                 http_status=exc.status_code,
@@ -257,7 +255,7 @@ class Reconciler:
         self.metrics.polls.labels(provider.name, outcome).inc()
         now = self.clock()
         return Poll(
-            claim["ref"],
+            claim.ref,
             now,
             self._next_poll(claim, provider, now),
             observation=answer.observation,
@@ -266,54 +264,49 @@ class Reconciler:
             unrecognized=_why_unread(answer),
         )
 
-    def _after_error(self, exc: ProviderError, claim: dict[str, Any]) -> float:
+    def _after_error(self, exc: ProviderError, claim: Claim) -> float:
         if isinstance(exc, RateLimited) and exc.retry_after_seconds:
             return exc.retry_after_seconds
-        attempt = claim["poll_attempts"] + 1
+        attempt = claim.poll_attempts + 1
         if exc.retryable:
-            return self.policy.backoff(attempt) + self.policy.min_poll_delay_seconds
-        # A refusal will not change soon: ask again rarely instead of in a storm.
-        return self.policy.next_poll_delay(attempt + 4, 60.0, MAX_POLL_DELAY_SECONDS)
+            return self.policy.after_failure(attempt)
+        return self.policy.after_refusal(attempt)
 
-    def _next_poll(
-        self, claim: dict[str, Any], provider: ProviderSettings, now: datetime
-    ) -> datetime:
+    def _next_poll(self, claim: Claim, provider: ProviderSettings, now: datetime) -> datetime:
         delay = self.policy.next_poll_delay(
-            claim["poll_attempts"], provider.expected_seconds, MAX_POLL_DELAY_SECONDS
+            claim.poll_attempts, provider.expected_seconds, self.policy.max_poll_delay_seconds
         )
         return self._capped(claim, provider, now, delay)
 
     @staticmethod
-    def _capped(
-        claim: dict[str, Any], provider: ProviderSettings, now: datetime, delay: float
-    ) -> datetime:
+    def _capped(claim: Claim, provider: ProviderSettings, now: datetime, delay: float) -> datetime:
         """`now + delay`, but never past the task's maximum age: expiry must not wait. A task
         that is final already (unconfirmed) has no expiry to wait for: it backs off."""
-        if claim["state"] in REAL_TERMINAL:
+        if claim.state in REAL_TERMINAL:
             return now + timedelta(seconds=delay)
-        deadline: datetime = claim["created_at"] + timedelta(seconds=provider.max_age_seconds)
+        deadline: datetime = claim.created_at + timedelta(seconds=provider.max_age_seconds)
         return min(now + timedelta(seconds=delay), max(deadline, now))
 
     async def _submit(
-        self, claim: dict[str, Any], client: ProviderClient, provider: ProviderSettings
+        self, claim: Claim, client: ProviderClient, provider: ProviderSettings
     ) -> Submission:
         url = None
         if not provider.kind.signs_callbacks:
-            token = self._tokens.make(claim["ref"], provider.name)
+            token = self._tokens.make(claim.ref, provider.name)
             url = f"{self.settings.public_base_url}/callbacks/{provider.name}/{token}"
         try:
-            observation = await client.submit(claim["model"], claim["request"] or {}, url)
+            observation = await client.submit(claim.model, claim.request or {}, url)
         except ProviderError as exc:
             return self._submit_failed(claim, provider, exc)
         self.metrics.submits.labels(provider.name, "sent").inc()
         now = self.clock()
         first_poll = now + timedelta(seconds=provider.expected_seconds)
         return Submission(
-            claim["ref"], now, SubmissionStatus.SENT, first_poll, observation=observation
+            claim.ref, now, SubmissionStatus.SENT, first_poll, observation=observation
         )
 
     def _submit_failed(
-        self, claim: dict[str, Any], provider: ProviderSettings, exc: ProviderError
+        self, claim: Claim, provider: ProviderSettings, exc: ProviderError
     ) -> Submission:
         now = self.clock()
         if exc.retryable:
@@ -326,10 +319,10 @@ class Reconciler:
         if status is not SubmissionStatus.PENDING:
             # Its ledger row keeps the outcome, not the cause: the operator reads it here.
             log.warning(
-                "submit_failed", task_ref=claim["ref"], submission=status.value, error=str(exc)
+                "submit_failed", task_ref=claim.ref, submission=status.value, error=str(exc)
             )
         next_poll = now + timedelta(seconds=retry) if retry is not None else None
-        return Submission(claim["ref"], now, status, next_poll, error=str(exc))
+        return Submission(claim.ref, now, status, next_poll, error=str(exc))
 
 
 class _Batch:
@@ -342,11 +335,11 @@ class _Batch:
         self.report = report
         self.metrics = metrics
         self.provider = provider
-        self._pending: list[tuple[dict[str, Any], Evidence]] = []
+        self._pending: list[tuple[Claim, Evidence]] = []
         self._last_flush = time.monotonic()
         self._lock = asyncio.Lock()
 
-    async def add(self, claim: dict[str, Any], evidence: Evidence) -> None:
+    async def add(self, claim: Claim, evidence: Evidence) -> None:
         self._pending.append((claim, evidence))
         due = time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS
         if due or len(self._pending) >= FLUSH_AT_ITEMS:
@@ -359,7 +352,7 @@ class _Batch:
             if pending:
                 await self._write(pending)
 
-    async def _write(self, pending: list[tuple[dict[str, Any], Evidence]]) -> None:
+    async def _write(self, pending: list[tuple[Claim, Evidence]]) -> None:
         """One transaction; should the batch break a unique key, each item alone, so that
         one faulty answer never drops its neighbours (a lost submit answer would mean a
         task the provider bills but the ledger cannot follow)."""
@@ -368,7 +361,7 @@ class _Batch:
         except ConstraintViolation:
             if len(pending) == 1:
                 claim, _ = pending[0]
-                log.error("evidence_refused", task_ref=claim["ref"], provider=self.provider)
+                log.error("evidence_refused", task_ref=claim.ref, provider=self.provider)
                 self.report.errors += 1
                 return
             for item in pending:
@@ -377,7 +370,7 @@ class _Batch:
         for (claim, evidence), stored in zip(pending, results, strict=True):
             self._count(claim, evidence, stored)
 
-    def _count(self, claim: dict[str, Any], evidence: Evidence, stored: Stored) -> None:
+    def _count(self, claim: Claim, evidence: Evidence, stored: Stored) -> None:
         report = self.report
         report.outcomes[stored.outcome.value] = report.outcomes.get(stored.outcome.value, 0) + 1
         if isinstance(evidence, Expiry):
@@ -392,7 +385,7 @@ class _Batch:
         if stored.outcome is Outcome.CONFLICT:
             report.conflicts += 1
             self.metrics.conflicts.labels(self.provider).inc()
-        if claim["state"] not in TERMINAL and stored.state in REAL_TERMINAL:
+        if claim.state not in TERMINAL and stored.state in REAL_TERMINAL:
             report.recovered += 1
             self.metrics.recoveries.labels(self.provider).inc()
 
@@ -403,10 +396,10 @@ def _why_unread(answer: StatusAnswer) -> str | None:
     return f"{answer.unrecognized} ({answer.detail})" if answer.detail else answer.unrecognized
 
 
-def _lost_reason(provider: ProviderSettings, claim: dict[str, Any]) -> str:
+def _lost_reason(provider: ProviderSettings, claim: Claim) -> str:
     hours = provider.max_age_seconds / 3600
-    if (claim["attention"] or "").startswith(UNRECOGNIZED_ATTENTION):
-        return f"{UNRECOGNIZED_ATTENTION} within {hours:g} h ({claim['attention']})"
-    if claim["provider_task_id"] is None:
+    if (claim.attention or "").startswith(UNRECOGNIZED_ATTENTION):
+        return f"{UNRECOGNIZED_ATTENTION} within {hours:g} h ({claim.attention})"
+    if claim.provider_task_id is None:
         return f"no provider task id was ever recorded within {hours:g} h"
     return f"the provider gave no final state within {hours:g} h"

@@ -1,4 +1,5 @@
-"""The retry policy in one place: backoff between attempts, the next poll's delay, Retry-After."""
+"""The retry policy in one place: backoff between attempts, the next poll's delay, the
+pace after a failure or a refusal, Retry-After and the HTTP-dates it counts from."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ from email.utils import parsedate_to_datetime
 
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
 MAX_RETRY_AFTER_SECONDS = 3600.0
+MAX_POLL_DELAY_SECONDS = 3600.0
+# A refused request will not change soon: it is asked again rarely instead of in a storm,
+# paced like a task expected to take this long, already this many polls along.
+REFUSAL_EXPECTED_SECONDS = 60.0
+REFUSAL_POLLS_AHEAD = 4
 # Enough doublings to reach any sane cap; keeps 2**n from overflowing a float.
 _MAX_DOUBLINGS = 64
 _RETRY_AFTER_MAX_CHARS = 64
@@ -21,7 +27,8 @@ class RetryPolicy:
 
     `jitter` is the share of each backoff drawn at random (1.0 = full jitter, 0.0 = none);
     `poll_jitter` the share taken off a poll delay at random, so polls spread but never
-    come later than the un-jittered delay.
+    come later than the un-jittered delay. A refused request is asked again as if its task
+    were expected to take `refusal_expected_seconds` and `refusal_polls_ahead` polls along.
     """
 
     attempts: int = 3
@@ -29,7 +36,10 @@ class RetryPolicy:
     max_delay_seconds: float = 30.0
     jitter: float = 1.0
     min_poll_delay_seconds: float = 5.0
+    max_poll_delay_seconds: float = MAX_POLL_DELAY_SECONDS
     poll_jitter: float = 0.2
+    refusal_expected_seconds: float = REFUSAL_EXPECTED_SECONDS
+    refusal_polls_ahead: int = REFUSAL_POLLS_AHEAD
     default_retry_after_seconds: float = DEFAULT_RETRY_AFTER_SECONDS
     max_retry_after_seconds: float = MAX_RETRY_AFTER_SECONDS
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
@@ -56,6 +66,19 @@ class RetryPolicy:
         ceiling = _doubled(start, poll_attempts, cap_seconds)
         return self._jittered(ceiling, self.poll_jitter)
 
+    def after_failure(self, attempt: int) -> float:
+        """When to ask again after failed attempt number `attempt` (1-based) that may succeed
+        if repeated (a timeout, a 5xx): the backoff, plus the least delay between polls."""
+        return self.backoff(attempt) + self.min_poll_delay_seconds
+
+    def after_refusal(self, attempt: int) -> float:
+        """When to ask again after refused attempt number `attempt` (1-based): rarely."""
+        return self.next_poll_delay(
+            attempt + self.refusal_polls_ahead,
+            self.refusal_expected_seconds,
+            self.max_poll_delay_seconds,
+        )
+
     def retry_after(self, header: str | None, now: datetime) -> float:
         """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); the default
         when it is missing or unreadable; never negative, never over `max_retry_after_seconds`."""
@@ -75,13 +98,18 @@ def parse_retry_after(header: str | None, now: datetime) -> float | None:
         return None
     if text.isascii() and text.replace(".", "", 1).isdigit():
         return float(text)
+    moment = parse_http_date(text)
+    return None if moment is None else (moment - now).total_seconds()
+
+
+def parse_http_date(text: str) -> datetime | None:
+    """An HTTP-date (a `Date` or `Retry-After` header) as an aware datetime, UTC when it
+    names no zone; None if unreadable."""
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - now).total_seconds()
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _doubled(start: float, doublings: int, cap: float) -> float:

@@ -1,15 +1,18 @@
-"""The audit summary, computed from task rows: pure functions, no SQL and no clock."""
+"""The audit summary, computed from the store's tasks: pure functions, no SQL and no clock."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.states import REAL_TERMINAL, State
+
+if TYPE_CHECKING:  # the store's queries import this module
+    from schemas.store.rows import Task
 
 HISTOGRAM_BOUNDS_SECONDS = (30, 60, 120, 300, 600, 1800, 3600, math.inf)
 DURATION_KEYS = ("duration", "seconds")
@@ -32,16 +35,16 @@ class ProviderAudit:
     durations: list[float] = field(default_factory=list)
     billable_seconds: dict[str, float] = field(default_factory=dict)
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, task: Task) -> None:
         self.tasks += 1
-        self.by_state[row["state"]] += 1
-        self.recovered_by_poll += bool(row["recovered"])
-        self.conflicts += bool(row["conflict"])
-        self.needs_attention += bool(row.get("attention"))
-        if row["state"] in REAL_TERMINAL and row["terminal_at"]:
-            self.durations.append((row["terminal_at"] - row["created_at"]).total_seconds())
-        if row["state"] == State.SUCCEEDED:
-            seconds, resolution = billable(row["request"])
+        self.by_state[task.state] += 1
+        self.recovered_by_poll += task.recovered
+        self.conflicts += task.conflict
+        self.needs_attention += bool(task.attention)
+        if task.state in REAL_TERMINAL and task.terminal_at:
+            self.durations.append((task.terminal_at - task.created_at).total_seconds())
+        if task.state == State.SUCCEEDED:
+            seconds, resolution = billable(task.request)
             if seconds:
                 self.billable_seconds[resolution] = (
                     self.billable_seconds.get(resolution, 0) + seconds
@@ -103,13 +106,13 @@ def _rank(ordered: list[float], share: float) -> float:
     return round(ordered[index], 3)
 
 
-def hour_buckets(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def hour_buckets(tasks: Iterable[Task]) -> list[dict[str, Any]]:
     """Final outcomes per provider per hour of reaching them: the dashboard's time series."""
     buckets: dict[tuple[datetime, str], Counter[str]] = defaultdict(Counter)
-    for row in rows:
-        if row["terminal_at"] and row["state"] in {*REAL_TERMINAL, State.LOST}:
-            hour = row["terminal_at"].replace(minute=0, second=0, microsecond=0)
-            buckets[(hour, row["provider"])][row["state"]] += 1
+    for task in tasks:
+        if task.terminal_at and task.state in {*REAL_TERMINAL, State.LOST}:
+            hour = task.terminal_at.replace(minute=0, second=0, microsecond=0)
+            buckets[(hour, task.provider)][task.state] += 1
     outcomes = ("succeeded", "failed", "cancelled", "lost")
     return [
         {"start": start.isoformat(), "provider": provider, **{o: counts[o] for o in outcomes}}

@@ -37,10 +37,9 @@ from schemas.states import (
     State,
     merge,
 )
+from schemas.tables import BODY_KEEP_CHARS, REASON_MAX_CHARS
 from schemas.wire import Observation
 
-BODY_KEEP_CHARS = 4_000
-REASON_MAX_CHARS = 200
 HELD_REASON = "held until the submit answer settles the task's provider id"
 FOREIGN_REASON = "names a task id that is not its task's"
 # A task flagged so says why in `attention`; a readable answer clears it.
@@ -48,6 +47,9 @@ UNRECOGNIZED_ATTENTION = "provider answers unrecognized"
 _AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.SENDING.value})
 
 
+# The working rows here (`TaskWork.row`, the rows of `Writes`) stay dicts, unlike the
+# store's typed reads (`schemas.store.rows`): they are internal to the write path, changed
+# in place and handed to executemany as they are, on the hot path of every delivery.
 @dataclass(slots=True)
 class TaskWork:
     """A task row being changed by the batch, with its merge-relevant view."""

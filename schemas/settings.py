@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from schemas.errors import ConfigError
 from schemas.ledger import Reader
@@ -13,6 +14,14 @@ from schemas.wire import WireFormat
 PREFIX = "TASKLEDGER_"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskledger.db"
 DEFAULT_PROVIDERS = "openai,apidot,vidgo,evolink,aivideoapi"
+DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
+# How far a signed webhook's timestamp may stray from our clock (Standard Webhooks: 5 min).
+WEBHOOK_TOLERANCE_SECONDS = 300.0
+# Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
+BODY_TIMEOUT_SECONDS = 10.0
+# Every callback and admin write is answered (stored, or 503) this long after it arrived.
+ANSWER_DEADLINE_SECONDS = 5.0
+SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 DEFAULT_KIND_BY_NAME = {
     "openai": WireFormat.OPENAI,
     "apidot": WireFormat.APIDOT,
@@ -61,15 +70,14 @@ class ProviderSettings:
 @dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
-    public_base_url: str = "http://127.0.0.1:8000"
+    public_base_url: str = DEFAULT_PUBLIC_BASE_URL
     callback_secrets: tuple[str, ...] = field(default=(), repr=False)
     admin_token: str = field(default="", repr=False)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
-    webhook_tolerance_seconds: float = 300.0
+    webhook_tolerance_seconds: float = WEBHOOK_TOLERANCE_SECONDS
     max_body_bytes: int = 1 << 20
-    body_timeout_seconds: float = 10.0
-    # Every callback and admin write is answered (stored, or 503) this long after it arrived.
-    answer_deadline_seconds: float = 5.0
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    answer_deadline_seconds: float = ANSWER_DEADLINE_SECONDS
     writer_queue_size: int = 4096
     writer_batch_size: int = 256
     # Batches committed at once; None: what the database does best (see LedgerStore).
@@ -86,29 +94,35 @@ class Settings:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        env = _Env(environ)
+        env, d = _Env(environ), _DEFAULTS
         return cls(
-            database_url=env.text("DATABASE_URL", DEFAULT_DATABASE_URL),
-            public_base_url=env.text("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/"),
+            database_url=env.text("DATABASE_URL", d.database_url),
+            public_base_url=env.text("PUBLIC_BASE_URL", d.public_base_url).rstrip("/"),
             callback_secrets=env.required_list("CALLBACK_SECRETS"),
             admin_token=env.required_text("ADMIN_TOKEN"),
             providers=_providers(env),
-            webhook_tolerance_seconds=env.number("WEBHOOK_TOLERANCE_SECONDS", 300.0),
-            max_body_bytes=int(env.number("MAX_BODY_BYTES", 1 << 20)),
-            body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", 10.0),
-            answer_deadline_seconds=env.number("ANSWER_DEADLINE_SECONDS", 5.0),
-            writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", 4096)),
-            writer_batch_size=int(env.number("WRITER_BATCH_SIZE", 256)),
+            webhook_tolerance_seconds=env.number(
+                "WEBHOOK_TOLERANCE_SECONDS", d.webhook_tolerance_seconds
+            ),
+            max_body_bytes=int(env.number("MAX_BODY_BYTES", d.max_body_bytes)),
+            body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", d.body_timeout_seconds),
+            answer_deadline_seconds=env.number(
+                "ANSWER_DEADLINE_SECONDS", d.answer_deadline_seconds
+            ),
+            writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", d.writer_queue_size)),
+            writer_batch_size=int(env.number("WRITER_BATCH_SIZE", d.writer_batch_size)),
             writer_concurrency=int(env.number("WRITER_CONCURRENCY", 0)) or None,
             sqlite_synchronous=env.choice(
-                "SQLITE_SYNCHRONOUS", "FULL", ("FULL", "NORMAL", "EXTRA")
+                "SQLITE_SYNCHRONOUS", d.sqlite_synchronous, SQLITE_SYNCHRONOUS_MODES
             ),
-            sqlite_busy_timeout_ms=int(env.number("SQLITE_BUSY_TIMEOUT_MS", 5_000)),
-            log_level=env.text("LOG_LEVEL", "info").lower(),
+            sqlite_busy_timeout_ms=int(
+                env.number("SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms)
+            ),
+            log_level=env.text("LOG_LEVEL", d.log_level).lower(),
             log_json=env.flag("LOG_JSON"),
-            poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", 1.0),
-            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", 2000)),
-            lease_seconds=env.number("LEASE_SECONDS", 60.0),
+            poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", d.poll_interval_seconds),
+            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", d.reconciler_batch_size)),
+            lease_seconds=env.number("LEASE_SECONDS", d.lease_seconds),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
             retention=retention_policy(environ),
         )
@@ -120,6 +134,11 @@ class Settings:
     def readers(self) -> dict[str, Reader]:
         """How each provider's callbacks are read, by name."""
         return {name: provider.reader for name, provider in self.providers.items()}
+
+
+# Every default in one place: the dataclasses' own.
+_DEFAULTS: Final = Settings()
+_PROVIDER_DEFAULTS: Final = ProviderSettings(name="", kind=WireFormat.OPENAI)
 
 
 def retention_policy(
@@ -155,7 +174,7 @@ def _providers(env: _Env) -> dict[str, ProviderSettings]:
 
 
 def _provider(env: _Env, name: str) -> ProviderSettings:
-    key = f"PROVIDER_{name.upper()}_"
+    key, d = f"PROVIDER_{name.upper()}_", _PROVIDER_DEFAULTS
     default_kind = DEFAULT_KIND_BY_NAME.get(name)
     kind_text = env.text(key + "KIND", default_kind.value if default_kind else "")
     try:
@@ -171,10 +190,10 @@ def _provider(env: _Env, name: str) -> ProviderSettings:
         base_url=env.text(key + "BASE_URL", "").rstrip("/"),
         api_key=env.text(key + "API_KEY", ""),
         webhook_secrets=env.list(key + "WEBHOOK_SECRETS"),
-        expected_seconds=env.number(key + "EXPECTED_SECONDS", 300.0),
-        max_age_seconds=env.number(key + "MAX_AGE_SECONDS", 86_400.0),
-        rate_limit_per_second=env.number(key + "RATE_LIMIT", 5.0),
-        concurrency=int(env.number(key + "CONCURRENCY", 8)),
+        expected_seconds=env.number(key + "EXPECTED_SECONDS", d.expected_seconds),
+        max_age_seconds=env.number(key + "MAX_AGE_SECONDS", d.max_age_seconds),
+        rate_limit_per_second=env.number(key + "RATE_LIMIT", d.rate_limit_per_second),
+        concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
         price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
         result_ttl_seconds=env.number(key + "RESULT_TTL_SECONDS", 0.0) or None,
     )

@@ -48,6 +48,14 @@ def _partial_index(name: str, *columns: str, where: str) -> sa.Index:
     return sa.Index(name, *columns, sqlite_where=condition, postgresql_where=condition)
 
 
+# Column widths, in characters: what fills a column is refused or trimmed to fit.
+TASK_ID_MAX_CHARS = 200  # `provider_task_id` of a task and of a delivery
+DELIVERY_KEY_MAX_CHARS = 200
+REASON_MAX_CHARS = 200  # `task.attention`, `delivery.reason`
+LABEL_MAX_CHARS = 200  # `task.owner`, `task.model`
+# `observation.body` is TEXT: a provider's answer is kept up to this many characters.
+BODY_KEEP_CHARS = 4_000
+
 UNFOLDED_OUTCOMES = ("unrecognized", "held", "foreign")
 UNFOLDED_WHERE = "outcome IN ('unrecognized', 'held', 'foreign')"
 
@@ -62,9 +70,9 @@ class TaskRow(SQLModel, table=True):
 
     ref: str = Field(primary_key=True, max_length=40)
     provider: str = Field(max_length=64)
-    provider_task_id: str | None = Field(default=None, max_length=200)
-    owner: str = Field(default="", max_length=200)
-    model: str = Field(default="", max_length=200)
+    provider_task_id: str | None = Field(default=None, max_length=TASK_ID_MAX_CHARS)
+    owner: str = Field(default="", max_length=LABEL_MAX_CHARS)
+    model: str = Field(default="", max_length=LABEL_MAX_CHARS)
     request: dict[str, Any] | None = _json()
     state: str = Field(max_length=16)
     progress: int = 0
@@ -87,7 +95,7 @@ class TaskRow(SQLModel, table=True):
     # Set when taskledger itself submits the task: pending, sending, sent, rejected or unknown.
     submission: str | None = Field(default=None, max_length=16)
     # Why an operator should look at this task (unreadable answers, an unconfirmed end).
-    attention: str | None = Field(default=None, max_length=200)
+    attention: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
 
 class DeliveryRow(SQLModel, table=True):
@@ -106,16 +114,16 @@ class DeliveryRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
     provider: str = Field(max_length=64)
-    delivery_key: str = Field(max_length=200)
+    delivery_key: str = Field(max_length=DELIVERY_KEY_MAX_CHARS)
     task_ref: str | None = Field(default=None, foreign_key="task.ref", max_length=40)
-    provider_task_id: str = Field(max_length=200)
+    provider_task_id: str = Field(max_length=TASK_ID_MAX_CHARS)
     body: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
     headers: dict[str, Any] | None = _json()
     auth: str = Field(max_length=16)
     state: str | None = Field(default=None, max_length=16)
     outcome: str = Field(max_length=16)
     # Why a kept delivery was not folded in (`unrecognized`, `held`, `foreign`, `ignored`).
-    reason: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
     duplicate_count: int = 0
     received_at: datetime = _when()
     last_seen_at: datetime = _when()

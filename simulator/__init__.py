@@ -1,6 +1,7 @@
-"""Fake video-generation providers on loopback (OpenAI, APIDot/Vidgo, EvoLink) with fault injection.
+"""Fake video-generation providers on loopback (OpenAI, APIDot/Vidgo, EvoLink, Replicate, fal.ai,
+kie.ai) with fault injection.
 
-`create_app(SimConfig(...))` serves all three wire formats; `/_sim/` exposes ground truth and stats.
+`create_app(SimConfig(...))` serves every wire format; `/_sim/` exposes ground truth and stats.
 """
 
 from simulator.app import create_app

@@ -30,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiplies retry backoffs")
     parser.add_argument("--media-base-url", default=SimConfig.media_base_url)
     parser.add_argument("--apidot-files-under-output", action="store_true")
+    parser.add_argument("--replicate-webhook-secret", help="whsec_… (default: drawn from the seed)")
+    parser.add_argument(
+        "--replicate-output-shape",
+        default=SimConfig.replicate_output_shape,
+        help="list|string|either",
+    )
+    parser.add_argument("--fal-user-id", default=SimConfig.fal_user_id)
+    parser.add_argument("--fal-jwks-path", default=SimConfig.fal_jwks_path)
+    parser.add_argument("--kie-webhook-key", help="sign kie callbacks with this HMAC key")
     parser.add_argument(
         "--rate-limit", action="append", default=[], metavar="FORMAT=RPS", help="repeatable"
     )
@@ -80,6 +89,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         faults=faults,
         media_base_url=args.media_base_url,
         apidot_files_under_output=args.apidot_files_under_output,
+        replicate_webhook_secret=args.replicate_webhook_secret,
+        replicate_output_shape=args.replicate_output_shape,
+        fal_user_id=args.fal_user_id,
+        fal_jwks_path=args.fal_jwks_path,
+        kie_webhook_key=args.kie_webhook_key,
     )
 
 

@@ -1,6 +1,7 @@
-"""The Starlette app factory: one server hosting all three providers and the `/_sim/` controls.
+"""The Starlette app factory: one server hosting every provider and the `/_sim/` controls.
 
-Provider base URLs are `{server}/openai`, `{server}/apidot` and `{server}/evolink`.
+Provider base URLs are `{server}/{format}`: `openai`, `apidot`, `evolink`, `replicate`,
+`fal` and `kie`; fal's JWKS is at `{server}{fal_jwks_path}`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
 from simulator.config import SimConfig
 from simulator.control import ControlRoutes
-from simulator.providers import ApidotRoutes, EvolinkRoutes, OpenAIRoutes
+from simulator.platforms import FalRoutes, KieRoutes, ReplicateRoutes
+from simulator.providers import ApidotRoutes, EvolinkRoutes, OpenAIRoutes, json_response
 from simulator.simulation import Simulator
 
 
@@ -29,10 +33,17 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] | None = None) -
         finally:
             await sim.aclose()
 
+    async def jwks(request: Request) -> Response:
+        return json_response(sim.fal_signer.jwks())
+
     routes = [
+        Route(config.fal_jwks_path, jwks, methods=["GET"]),  # before the mounts it may be under
         Mount("/openai", routes=OpenAIRoutes(sim).routes()),
         Mount("/apidot", routes=ApidotRoutes(sim).routes()),
         Mount("/evolink", routes=EvolinkRoutes(sim).routes()),
+        Mount("/replicate", routes=ReplicateRoutes(sim).routes()),
+        Mount("/fal", routes=FalRoutes(sim).routes()),
+        Mount("/kie", routes=KieRoutes(sim).routes()),
         *ControlRoutes(sim).routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -1,4 +1,4 @@
-"""The callback sender: per-delivery fault plans, Standard Webhooks signing, retries with backoff.
+"""The callback sender: per-delivery fault plans, each format's signing, retries with backoff.
 
 Every send runs in a tracked background task on one shared `httpx.AsyncClient`; it only
 ever posts to the URL it was given (a task's callback_url or the configured webhook URL).
@@ -7,31 +7,31 @@ ever posts to the URL it was given (a task's callback_url or the configured webh
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hashlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from standardwebhooks import Webhook
 
 from simulator.config import Faults, SimConfig
+from simulator.signatures import Signer
 from simulator.stats import Stats
 
 logger = logging.getLogger("simulator")
+LONG_RETRY_FORMATS = ("fal",)  # besides Standard Webhooks senders
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """One callback message: a body for a URL; `webhook_id` is set when it is signed (openai).
+    """One callback message: a body for a URL; `webhook_id` is set for Standard Webhooks.
 
     `names` is the task id the body names (the task's own unless a trick changed it) and
-    `tricks` the provider tricks that shaped it (see `simulator.tricks`).
+    `tricks` the provider tricks that shaped it (see `simulator.tricks`); a message that is
+    not `retried` gets one attempt only (Replicate's non-terminal webhooks).
     """
 
     fmt: str
@@ -41,6 +41,7 @@ class Delivery:
     webhook_id: str | None = None
     names: str = ""
     tricks: tuple[str, ...] = ()
+    retried: bool = True
 
     @property
     def key(self) -> str:
@@ -59,7 +60,11 @@ class Plan:
 
 
 class CallbackSender:
-    """Sends deliveries in the background, applying drop/duplicate/delay/forge faults."""
+    """Sends deliveries in the background, applying drop/duplicate/delay/forge faults.
+
+    `signers` holds each signing format's signer; a forged message of a format without one
+    goes to a tampered URL instead (unsigned callbacks are bound to their task by the URL).
+    """
 
     def __init__(
         self,
@@ -68,13 +73,14 @@ class CallbackSender:
         rng: random.Random,
         clock: Callable[[], float],
         faults: Callable[[], Faults],
+        signers: Mapping[str, Signer] | None = None,
     ) -> None:
         self._config = config
         self._stats = stats
         self._rng = rng
         self._clock = clock
         self._faults = faults
-        self._signer = Webhook(config.webhook_secret) if config.webhook_secret else None
+        self._signers = dict(signers or {})
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._chains: dict[str, asyncio.Task[None]] = {}
@@ -147,10 +153,12 @@ class CallbackSender:
             await asyncio.gather(*(self._send_with_retries(plan) for _ in range(plan.copies)))
 
     def _retry_delays(self, delivery: Delivery) -> tuple[float, ...]:
+        """Webhook backoffs for signed platforms (hours long), callback ones for gateways."""
         config = self._config
-        delays = (
-            config.webhook_retry_delays_s if delivery.webhook_id else config.callback_retry_delays_s
-        )
+        if not delivery.retried:
+            return ()
+        long = delivery.webhook_id or delivery.fmt in LONG_RETRY_FORMATS
+        delays = config.webhook_retry_delays_s if long else config.callback_retry_delays_s
         return tuple(delay * config.time_scale for delay in delays)
 
     async def _send_with_retries(self, plan: Plan) -> None:
@@ -170,7 +178,8 @@ class CallbackSender:
         if self._client is None:
             raise RuntimeError("CallbackSender.start() was not awaited")
         delivery = plan.delivery
-        url = tamper_url(delivery.url) if plan.forged and not delivery.webhook_id else delivery.url
+        signed = delivery.fmt in self._signers
+        url = tamper_url(delivery.url) if plan.forged and not signed else delivery.url
         self._stats.callbacks["sent"] += 1
         message = self._stats.sent.message(
             delivery.fmt,
@@ -193,26 +202,11 @@ class CallbackSender:
 
     def _headers(self, plan: Plan) -> dict[str, str]:
         headers = {"content-type": "application/json", "user-agent": "taskledger-simulator"}
-        webhook_id = plan.delivery.webhook_id
-        if webhook_id and self._signer is not None:
+        signer = self._signers.get(plan.delivery.fmt)
+        if signer is not None:
             timestamp = int(self._clock())
-            signature = self._signer.sign(
-                webhook_id, datetime.fromtimestamp(timestamp, UTC), plan.delivery.body.decode()
-            )
-            headers["webhook-id"] = webhook_id
-            headers["webhook-timestamp"] = str(timestamp)
-            headers["webhook-signature"] = (
-                corrupt_signature(signature) if plan.forged else signature
-            )
+            headers.update(signer.headers(plan.delivery, timestamp, forged=plan.forged))
         return headers
-
-
-def corrupt_signature(signature: str) -> str:
-    """A well-formed `v1,<base64>` signature whose bytes no longer match."""
-    version, _, encoded = signature.partition(",")
-    raw = bytearray(base64.b64decode(encoded))
-    raw[0] ^= 0xFF
-    return f"{version},{base64.b64encode(bytes(raw)).decode()}"
 
 
 def tamper_url(url: str) -> str:

@@ -10,8 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-FORMATS: tuple[str, ...] = ("openai", "apidot", "evolink")
+FORMATS: tuple[str, ...] = ("openai", "apidot", "evolink", "replicate", "fal", "kie")
 GATEWAY_FORMATS: tuple[str, ...] = ("apidot", "evolink")
+# Formats whose callback goes to a URL given with each task (not one configured URL).
+PER_TASK_URL_FORMATS: tuple[str, ...] = ("apidot", "evolink", "replicate", "fal", "kie")
+# Formats with a cancelled state of their own; elsewhere a cancelled outcome ends failed
+# (fal's cancelled request has no documented shape: it ends as a failed one).
+CANCELLING_FORMATS: tuple[str, ...] = ("evolink", "replicate")
+OUTPUT_SHAPES: tuple[str, ...] = ("list", "string", "either")
 OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
 
@@ -45,12 +51,18 @@ class Faults:
     # The real providers' tricks, each per callback (see `simulator.tricks`): an extra
     # callback with a status word nobody documents, an extra signed non-video OpenAI
     # event, EvoLink's `cancelled`/`canceled` spellings and `{"data": ...}` envelope, and
-    # a gateway callback sent to its task's URL but naming another task id.
+    # a gateway callback sent to its task's URL but naming another task id. Then the
+    # platforms': a fal webhook whose `gateway_request_id` differs from its `request_id`
+    # (fal retried inside), a succeeded fal webhook with `payload: null` and a
+    # `payload_error`, a kie callback saying `data.task_id` instead of `data.taskId`.
     unknown_status_rate: float = 0.0
     non_video_event_rate: float = 0.0
     cancel_spelling_rate: float = 0.0
     envelope_rate: float = 0.0
     wrong_task_id_rate: float = 0.0
+    gateway_retry_rate: float = 0.0
+    payload_error_rate: float = 0.0
+    snake_task_id_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -101,12 +113,31 @@ class SimConfig:
     callback_timeout_s: float = 10.0
     media_base_url: str = "https://media.simulator.invalid"
     apidot_files_under_output: bool = False
+    # Replicate: the account's Standard Webhooks secret (None: one drawn from the seed),
+    # served at `/replicate/v1/webhooks/default/secret`; `output` as a list of URLs, one
+    # URL string, or either (chosen per prediction).
+    replicate_webhook_secret: str | None = None
+    replicate_output_shape: str = "either"
+    # fal.ai: the user id its webhooks are signed for, and where its JWKS is served.
+    fal_user_id: str = "sim-fal-user"
+    fal_jwks_path: str = "/fal/.well-known/jwks.json"
+    # kie.ai: the account's webhook HMAC key; None sends its callbacks unsigned.
+    kie_webhook_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.webhook_url and not self.webhook_secret:
             raise SimulatorError("webhook_url needs webhook_secret", field_name="webhook_secret")
-        if self.webhook_secret is not None and not self.webhook_secret.startswith("whsec_"):
-            raise SimulatorError("webhook_secret must start with whsec_")
+        for name in ("webhook_secret", "replicate_webhook_secret"):
+            secret = getattr(self, name)
+            if secret is not None and not secret.startswith("whsec_"):
+                raise SimulatorError(f"{name} must start with whsec_", field_name=name)
+        if self.replicate_output_shape not in OUTPUT_SHAPES:
+            raise SimulatorError(
+                f"replicate_output_shape must be one of {list(OUTPUT_SHAPES)}",
+                field_name="replicate_output_shape",
+            )
+        if not self.fal_jwks_path.startswith("/") or not self.fal_user_id:
+            raise SimulatorError("fal_jwks_path must start with / and fal_user_id be set")
         if self.time_scale <= 0:
             raise SimulatorError("time_scale must be positive", field_name="time_scale")
 

@@ -1,7 +1,9 @@
-"""The three providers' response and callback bodies, rendered from a task and an instant.
+"""The first three providers' response and callback bodies, rendered from a task and an instant,
+and what every format shares: task ids, result URLs, error bodies.
 
 `openai` (video objects, thin video events), `apidot` (APIDot, Vidgo) and `evolink`
-(EvoLink, AI Video API); see PROVIDERS.md for the shapes copied here.
+(EvoLink, AI Video API); see PROVIDERS.md for the shapes copied here. The platforms'
+own bodies are in `simulator.replicate`, `simulator.fal` and `simulator.kie`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import string
 from datetime import UTC, datetime
 from typing import Any
 
-from simulator.lifecycle import SimTask
+from simulator import fal, kie, replicate
+from simulator.lifecycle import SimTask, media_url
 
 RESULT_LIFETIME_SECONDS = 3600
 EVOLINK_ESTIMATED_SECONDS = 300
@@ -22,11 +25,21 @@ ERROR_MESSAGES = {
 
 
 def new_task_id(fmt: str, rng: random.Random, now: float) -> str:
-    """`video_<hex>` for openai, `task-unified-<unix>-<8 chars>` for the gateways."""
+    """`video_<hex>` for openai, `task-unified-<unix>-<8 chars>` for the gateways, and each
+    platform's own kind of id."""
     if fmt == "openai":
         return f"video_{rng.getrandbits(128):032x}"
+    if fmt in PLATFORM_IDS:
+        return PLATFORM_IDS[fmt](rng)
     suffix = "".join(rng.choices(string.ascii_lowercase + string.digits, k=8))
     return f"task-unified-{int(now)}-{suffix}"
+
+
+PLATFORM_IDS = {
+    "replicate": replicate.new_prediction_id,
+    "fal": fal.new_request_id,
+    "kie": kie.new_task_id,
+}
 
 
 def new_event_ids(rng: random.Random) -> tuple[str, str]:
@@ -35,7 +48,7 @@ def new_event_ids(rng: random.Random) -> tuple[str, str]:
 
 
 def result_url(task: SimTask, media_base_url: str) -> str:
-    return f"{media_base_url.rstrip('/')}/{task.fmt}/{task.task_id}.mp4"
+    return media_url(task, media_base_url)
 
 
 def error_of(task: SimTask, now: float) -> dict[str, str] | None:
@@ -144,9 +157,15 @@ def evolink_usage(duration: int) -> dict[str, Any]:
 
 
 def error_body(fmt: str, status: int, code: str, message: str) -> dict[str, Any]:
-    """The error body each format answers with (APIDot wraps it in its `code` envelope)."""
+    """The error body each format answers with (APIDot and kie wrap it in a `code` envelope)."""
     if fmt == "apidot":
         return {"code": status, "data": None, "error": {"type": code, "message": message}}
+    if fmt == "kie":
+        return {"code": status, "msg": message, "data": None}
+    if fmt == "replicate":
+        return {"title": code, "detail": message, "status": status}
+    if fmt == "fal":
+        return {"detail": message}
     return {"error": {"code": code, "message": message, "type": code, "param": None}}
 
 

@@ -9,7 +9,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from simulator.config import Lifecycle
+from simulator.config import CANCELLING_FORMATS, Lifecycle
 
 Phase = Literal["queued", "running", "terminal"]
 
@@ -18,16 +18,29 @@ PHASE_WORDS: dict[str, dict[str, str]] = {
     "openai": {"queued": "queued", "running": "in_progress"},
     "apidot": {"queued": "not_started", "running": "running"},
     "evolink": {"queued": "pending", "running": "processing"},
+    "replicate": {"queued": "starting", "running": "processing"},
+    "fal": {"queued": "IN_QUEUE", "running": "IN_PROGRESS"},
+    "kie": {"queued": "queuing", "running": "generating"},
 }
 OUTCOME_WORDS: dict[str, dict[str, str]] = {
     "openai": {"succeeded": "completed", "failed": "failed"},
     "apidot": {"succeeded": "finished", "failed": "failed"},
     "evolink": {"succeeded": "completed", "failed": "failed", "cancelled": "failed"},
+    "replicate": {"succeeded": "succeeded", "failed": "failed", "cancelled": "canceled"},
+    "fal": {"succeeded": "COMPLETED", "failed": "COMPLETED"},
+    "kie": {"succeeded": "success", "failed": "fail"},
 }
+# A Replicate prediction that fails before it ever ran is `aborted` (its deadline passed);
+# a kie task is `waiting` through the first half of its time queued, then `queuing`.
+ABORTED = "aborted"
+KIE_WAITING = "waiting"
 ERROR_CODES: dict[str, dict[str, str]] = {
     "openai": {"failed": "video_generation_failed"},
     "apidot": {"failed": "generation_failed"},
     "evolink": {"failed": "generation_failed", "cancelled": "request_cancelled"},
+    "replicate": {},
+    "fal": {},
+    "kie": {"failed": "500"},
 }
 
 
@@ -71,6 +84,7 @@ class SimTask:
     progress_sent: bool = False
     terminal_sent: bool = False
     prompt: str = ""
+    endpoint: str = ""  # the provider base URL it was submitted to, for self links
 
     @property
     def key(self) -> str:
@@ -83,22 +97,39 @@ class SimTask:
         """The provider's own status word at `now`."""
         phase = self.phase(now)
         if phase == "terminal":
-            return OUTCOME_WORDS[self.fmt][self.schedule.outcome]
+            return self.final_word()
+        schedule = self.schedule
+        if self.fmt == "kie" and phase == "queued":
+            halfway = (schedule.submitted_at + schedule.started_at) / 2
+            return KIE_WAITING if now < halfway else PHASE_WORDS["kie"]["queued"]
         return PHASE_WORDS[self.fmt][phase]
+
+    def final_word(self) -> str:
+        """The provider's own word for the task's final state."""
+        schedule = self.schedule
+        never_ran = schedule.started_at >= schedule.terminal_at
+        if self.fmt == "replicate" and schedule.outcome == "failed" and never_ran:
+            return ABORTED
+        return OUTCOME_WORDS[self.fmt][schedule.outcome]
 
     def error_code(self) -> str | None:
         return ERROR_CODES[self.fmt].get(self.schedule.outcome)
 
 
+def media_url(task: SimTask, media_base_url: str) -> str:
+    """Where a succeeded task's video is."""
+    return f"{media_base_url.rstrip('/')}/{task.fmt}/{task.task_id}.mp4"
+
+
 def draw_outcome(rng: random.Random, lifecycle: Lifecycle, fmt: str) -> str:
-    """Pick an outcome by weight; only evolink can cancel, elsewhere cancelled means failed."""
+    """Pick an outcome by weight; where a format cannot cancel, cancelled means failed."""
     weights = (lifecycle.succeeded_weight, lifecycle.failed_weight, lifecycle.cancelled_weight)
     outcome = rng.choices(("succeeded", "failed", "cancelled"), weights=weights)[0]
     return normalize_outcome(fmt, outcome)
 
 
 def normalize_outcome(fmt: str, outcome: str) -> str:
-    return "failed" if outcome == "cancelled" and fmt != "evolink" else outcome
+    return "failed" if outcome == "cancelled" and fmt not in CANCELLING_FORMATS else outcome
 
 
 def draw_schedule(rng: random.Random, lifecycle: Lifecycle, fmt: str, now: float) -> Schedule:
@@ -125,7 +156,7 @@ def ground_truth(task: SimTask, now: float) -> dict[str, Any]:
     return {
         "format": task.fmt,
         "task_id": task.task_id,
-        "final_state": OUTCOME_WORDS[task.fmt][schedule.outcome],
+        "final_state": task.final_word(),
         "normalized": schedule.outcome,
         "error_code": task.error_code(),
         "submitted_at": schedule.submitted_at,

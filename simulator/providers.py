@@ -1,13 +1,16 @@
-"""Provider routes: OpenAI videos, APIDot/Vidgo and EvoLink, each speaking its own wire format.
+"""Provider routes: OpenAI videos, APIDot/Vidgo and EvoLink, each speaking its own wire format,
+and what every format's routes share (the platforms' are in `simulator.platforms`).
 
-Every route answers 503 while the simulator is down and 401 without a bearer key; status
-polls also pass the poll faults, and are counted (with their in-flight concurrency).
+Every route answers 503 while the simulator is down and 401 without an API key (a bearer
+token, or fal's `Key`); status polls also pass the poll faults, and are counted (with their
+in-flight concurrency).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -18,7 +21,7 @@ from starlette.routing import BaseRoute, Route
 from simulator import formats
 from simulator.lifecycle import SimTask
 from simulator.simulation import Simulator
-from simulator.submissions import PARSERS, SubmissionError
+from simulator.submissions import PARSERS, Submission, SubmissionError
 
 MAX_LIST_LIMIT = 100
 FAKE_MP4_BYTES = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
@@ -30,18 +33,19 @@ def json_response(
     return Response(orjson.dumps(body), status_code, headers, media_type="application/json")
 
 
-def bearer_ok(request: Request, api_key: str | None) -> bool:
-    """A non-empty bearer token, equal to `api_key` when one is configured."""
+def bearer_ok(request: Request, api_key: str | None, expected_scheme: str = "bearer") -> bool:
+    """A non-empty token under `expected_scheme`, equal to `api_key` when one is configured."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() != expected_scheme or not token.strip():
         return False
     return api_key is None or hmac.compare_digest(token.strip(), api_key)
 
 
 class ProviderRoutes:
-    """What the three formats share: guards, submit parsing, counted and faulted polls."""
+    """What every format shares: guards, submit parsing, counted and faulted polls."""
 
     fmt = ""
+    auth_scheme = "bearer"
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
@@ -61,36 +65,50 @@ class ProviderRoutes:
         """503 while down, 401 without a valid bearer key, else None."""
         if self.sim.faults().down:
             return self.error(503, "service_unavailable", "The service is temporarily unavailable.")
-        if not bearer_ok(request, self.sim.config.api_key):
+        if not bearer_ok(request, self.sim.config.api_key, self.auth_scheme):
             return self.error(401, "authentication_error", "Missing or invalid API key.")
         return None
 
-    async def create(self, request: Request) -> SimTask | Response:
+    async def create(
+        self, request: Request, parse: Callable[[Any], Submission] | None = None
+    ) -> SimTask | Response:
         """The new task, or the error answer to a refused or malformed submit."""
         refusal = self.guard(request)
         if refusal is not None:
             return refusal
         try:
-            submission = PARSERS[self.fmt](orjson.loads(await request.body()))
+            submission = (parse or PARSERS[self.fmt])(orjson.loads(await request.body()))
         except orjson.JSONDecodeError:
             return self.error(400, "invalid_request", "The body is not valid JSON.")
         except SubmissionError as exc:
             return self.error(400, "invalid_request", str(exc))
-        return self.sim.submit(self.fmt, submission)
+        endpoint = f"{request.url.scheme}://{request.url.netloc}/{self.fmt}"
+        return self.sim.submit(self.fmt, dataclasses.replace(submission, endpoint=endpoint))
 
-    async def poll(self, request: Request) -> Response:
-        """`GET` a task's status, counted per task while in flight."""
-        task_id = request.path_params["task_id"]
+    def task_id_of(self, request: Request) -> str:
+        return str(request.path_params["task_id"])
+
+    def answer(self, task: SimTask, now: float) -> Response:
+        """A found task's poll answer: its status body."""
+        return json_response(self.sim.render(task, now))
+
+    async def poll(
+        self, request: Request, answer: Callable[[SimTask, float], Response] | None = None
+    ) -> Response:
+        """`GET` a task's status (or what `answer` says of it), counted per task while in flight."""
+        task_id = self.task_id_of(request)
         key = self.sim.counters.poll_started(self.fmt, task_id, self.sim.clock())
         status_code = 500
         try:
-            response = await self._answer_poll(request, task_id)
+            response = await self._answer_poll(request, task_id, answer or self.answer)
             status_code = response.status_code
             return response
         finally:
             self.sim.counters.poll_finished(key, status_code)
 
-    async def _answer_poll(self, request: Request, task_id: str) -> Response:
+    async def _answer_poll(
+        self, request: Request, task_id: str, answer: Callable[[SimTask, float], Response]
+    ) -> Response:
         counts = self.sim.counters.polls
         refusal = self.guard(request)
         if refusal is not None:
@@ -106,7 +124,7 @@ class ProviderRoutes:
             counts["not_found"] += 1
             return self.error(404, "not_found", f"Task {task_id} was not found.")
         counts["ok"] += 1
-        return json_response(self.sim.render(task, self.sim.clock()))
+        return answer(task, self.sim.clock())
 
 
 class OpenAIRoutes(ProviderRoutes):

@@ -7,6 +7,7 @@ turns schedule events (running, terminal) into callback deliveries when they fal
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import heapq
 import random
@@ -16,18 +17,22 @@ from typing import Any
 
 import orjson
 
-from simulator import formats
+from simulator import formats, replicate
+from simulator.bodies import OUTPUT_EVENT, callback_body, status_body
 from simulator.callbacks import CallbackSender, Delivery
 from simulator.config import FORMATS, GATEWAY_FORMATS, OUTCOMES, Faults, SimConfig, SimulatorError
 from simulator.config import update_faults as merge_faults
 from simulator.lifecycle import SimTask, draw_schedule, finish_now, ground_truth, normalize_outcome
 from simulator.polls import PollGate
+from simulator.signatures import FalSigner, KieSigner, Signer, StandardWebhooksSigner
 from simulator.stats import Stats
 from simulator.submissions import Submission
 from simulator.tricks import Message, Tricks
 
 TICK_SECONDS = 0.01
-PROGRESS, TERMINAL = 0, 1  # event kinds; at equal times "running" fires before "terminal"
+# Event kinds, in the order they fire at equal times: Replicate's `start`, a gateway's
+# "running" callback, Replicate's `logs`, then the terminal callback.
+START, PROGRESS, LOGS, TERMINAL = 0, 1, 2, 3
 
 
 class UnknownTaskError(SimulatorError):
@@ -56,13 +61,29 @@ class Simulator:
         self._sequence = 0
         self._held: dict[str, list[Delivery]] = {}
         self.polls = PollGate(self.counters, self._fault_rng, self.clock, self.faults)
+        # Keys draw from their own stream too, so they never shift the faults' draws.
+        key_rng = random.Random(config.seed + 3)
+        self.replicate_secret = config.replicate_webhook_secret or new_secret(key_rng)
+        self.fal_signer = FalSigner(config.fal_user_id, key_rng)
         self.sender = CallbackSender(
-            config, self.counters, self._fault_rng, self.clock, self.faults
+            config, self.counters, self._fault_rng, self.clock, self.faults, self._signers()
         )
         self.tricks = Tricks(
             self._trick_rng, self.faults, self.counters.callbacks, self._order.__getitem__
         )
         self._ticker: asyncio.Task[None] | None = None
+
+    def _signers(self) -> dict[str, Signer]:
+        config = self.config
+        signers: dict[str, Signer] = {
+            "replicate": StandardWebhooksSigner(self.replicate_secret),
+            "fal": self.fal_signer,
+        }
+        if config.webhook_secret:
+            signers["openai"] = StandardWebhooksSigner(config.webhook_secret)
+        if config.kie_webhook_key:
+            signers["kie"] = KieSigner(config.kie_webhook_key)
+        return signers
 
     async def start(self) -> None:
         await self.sender.start()
@@ -111,6 +132,7 @@ class Simulator:
             submission.callback_url,
             schedule,
             prompt=submission.prompt,
+            endpoint=submission.endpoint,
         )
         self._tasks[task.key] = task
         self._order[fmt].append(task_id)
@@ -165,21 +187,27 @@ class Simulator:
 
     def render(self, task: SimTask, now: float) -> dict[str, Any]:
         """The status body the task's format answers with at `now`."""
-        if task.fmt == "openai":
-            return formats.openai_video(task, now)
-        if task.fmt == "apidot":
-            nested = self.config.apidot_files_under_output
-            return formats.apidot_status(task, now, self.config.media_base_url, nested=nested)
-        return formats.evolink_task(task, now, self.config.media_base_url)
+        return status_body(task, now, self.config, self.queue_position(task, now))
+
+    def queue_position(self, task: SimTask, now: float) -> int:
+        """How many tasks of its format, submitted before it, are still queued at `now`."""
+        ahead = self._order[task.fmt][: self._order[task.fmt].index(task.task_id)]
+        return sum(self._tasks[f"{task.fmt}/{i}"].phase(now) == "queued" for i in ahead)
 
     # -- callbacks ---------------------------------------------------------------------
 
     def _schedule_events(self, task: SimTask) -> None:
+        """Push the events that will send callbacks: Replicate's follow its events filter."""
         if self._destination(task) is None:
             return
+        schedule, events = task.schedule, task.request.get("webhook_events_filter", ())
+        if task.fmt == "replicate" and "start" in events:
+            self._push(schedule.submitted_at, START, task.key)
+        if task.fmt == "replicate" and "logs" in events:
+            self._push(schedule.started_at, LOGS, task.key)
         if task.fmt in GATEWAY_FORMATS and self.config.lifecycle.progress_callbacks:
-            self._push(task.schedule.started_at, PROGRESS, task.key)
-        self._push(task.schedule.terminal_at, TERMINAL, task.key)
+            self._push(schedule.started_at, PROGRESS, task.key)
+        self._push(schedule.terminal_at, TERMINAL, task.key)
 
     def _destination(self, task: SimTask) -> str | None:
         return self.config.webhook_url if task.fmt == "openai" else task.callback_url
@@ -196,56 +224,118 @@ class Simulator:
     def dispatch_due(self) -> int:
         """Send the callbacks of every event due by now; returns how many events fired."""
         now, fired = self.clock(), 0
+        fire = {
+            START: self._fire_start,
+            PROGRESS: self._fire_progress,
+            LOGS: self._fire_logs,
+            TERMINAL: self._fire_terminal,
+        }
         while self._events and self._events[0][0] <= now:
             _, kind, _, key = heapq.heappop(self._events)
-            task = self._tasks[key]
-            fired += (
-                self._fire_terminal(task, now)
-                if kind == TERMINAL
-                else self._fire_progress(task, now)
-            )
+            fired += fire[kind](self._tasks[key], now)
         return fired
+
+    def _fire_start(self, task: SimTask, now: float) -> bool:
+        """Replicate's `start` webhook, saying `starting` as at the instant of submission."""
+        if task.terminal_sent:
+            return False
+        self._send_early(task, self._deliveries(task, task.schedule.submitted_at))
+        return True
 
     def _fire_progress(self, task: SimTask, now: float) -> bool:
         at = running_instant(task, now)
         if task.progress_sent or task.terminal_sent or at is None:
             return False
         task.progress_sent = True
-        deliveries = self._deliveries(task, at)
+        self._send_early(task, self._deliveries(task, at))
+        return True
+
+    def _fire_logs(self, task: SimTask, now: float) -> bool:
+        """Replicate's `logs` webhook while it runs, then again after each throttle interval."""
+        at = running_instant(task, now)
+        if task.terminal_sent or at is None:
+            return False
+        self._send_early(task, self._deliveries(task, at))
+        again = max(now, at) + replicate.THROTTLE_SECONDS
+        if again < task.schedule.terminal_at:
+            self._push(again, LOGS, task.key)
+        return True
+
+    def _send_early(self, task: SimTask, deliveries: list[Delivery]) -> None:
+        """Send a non-terminal callback now, or (reordered) hold it until after the terminal one."""
         if self._fault_rng.random() < self._faults.reorder_rate:
             self.counters.callbacks["reordered"] += 1
-            self._held[task.key] = deliveries
+            self._held.setdefault(task.key, []).extend(deliveries)
         else:
             self.sender.send(*deliveries, after=task.key)
-        return True
 
     def _fire_terminal(self, task: SimTask, now: float) -> bool:
         if task.terminal_sent or task.phase(now) != "terminal":
             return False
         task.terminal_sent = True
         held = self._held.pop(task.key, [])
-        self.sender.send(*self._deliveries(task, now), *held, after=task.key)
+        self.sender.send(*self._terminal_deliveries(task, now), *held, after=task.key)
         return True
 
-    def _deliveries(self, task: SimTask, now: float) -> list[Delivery]:
-        """The messages one event of `task` sends: its callback, shaped by the tricks in force."""
+    def _terminal_deliveries(self, task: SimTask, now: float) -> list[Delivery]:
+        """The final callback; for Replicate, its `output` then `completed` events as filtered."""
+        if task.fmt != "replicate":
+            return self._deliveries(task, now)
+        events = task.request["webhook_events_filter"]
+        deliveries = []
+        if "output" in events and task.schedule.outcome == "succeeded":
+            deliveries += self._deliveries(task, now, OUTPUT_EVENT)
+        if "completed" in events:
+            deliveries += self._deliveries(task, now, "completed")
+        return deliveries
+
+    def _deliveries(self, task: SimTask, now: float, event: str = "") -> list[Delivery]:
+        """The messages one event of `task` sends: its callback, shaped by the tricks in force.
+
+        Replicate's are signed, each under a webhook id of its own; of them only the
+        `completed` one is retried.
+        """
         url = self._destination(task)
         if url is None:
             raise SimulatorError(f"{task.key} has no callback destination")
+        if task.fmt == "replicate":
+            messages = self.tricks.gateway(task, callback_body(task, now, self.config, event), now)
+            retried = event == "completed"
+            return [self._message(task, url, m, self._webhook_id(), retried) for m in messages]
         if task.fmt != "openai":
-            messages = self.tricks.gateway(task, self.render(task, now), now)
+            messages = self.tricks.gateway(task, callback_body(task, now, self.config), now)
             return [self._message(task, url, message, None) for message in messages]
         event_id, webhook_id = formats.new_event_ids(self._rng)
         messages = self.tricks.openai(formats.openai_event(task, event_id), now)
         return [self._message(task, url, m, m.webhook_id or webhook_id) for m in messages]
 
+    def _webhook_id(self) -> str:
+        return f"msg_{self._rng.getrandbits(96):024x}"
+
     def _message(
-        self, task: SimTask, url: str, message: Message, webhook_id: str | None
+        self,
+        task: SimTask,
+        url: str,
+        message: Message,
+        webhook_id: str | None,
+        retried: bool = True,
     ) -> Delivery:
         body = orjson.dumps(message.body)
         return Delivery(
-            task.fmt, task.task_id, url, body, webhook_id, message.names, message.tricks
+            task.fmt,
+            task.task_id,
+            url,
+            body,
+            webhook_id,
+            message.names,
+            message.tricks,
+            retried,
         )
+
+
+def new_secret(rng: random.Random) -> str:
+    """A Standard Webhooks secret: `whsec_` and 24 random bytes in base64."""
+    return "whsec_" + base64.b64encode(rng.randbytes(24)).decode()
 
 
 def running_instant(task: SimTask, now: float) -> float | None:

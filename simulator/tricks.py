@@ -3,16 +3,21 @@
 Decided per callback event (`Faults.*_rate`, all 0 by default) before it is sent:
 
 - `unknown_status_rate`: an extra callback goes first, saying a status word no document
-  lists (APIDot `queued_for_gpu`, EvoLink `rendering`, OpenAI event `video.in_progress`);
+  lists (APIDot `queued_for_gpu`, EvoLink `rendering`, Replicate `booting`, kie `pending`,
+  OpenAI event `video.in_progress`; fal's webhooks say only OK or ERROR: not applied);
 - `non_video_event_rate`: an extra, correctly signed OpenAI event of another product
   (`response.completed`, `batch.completed`) goes to the same webhook URL;
 - `cancel_spelling_rate`: a cancelled EvoLink task says `cancelled` or `canceled` instead
   of `failed` + `request_cancelled`;
 - `envelope_rate`: an EvoLink body comes wrapped as `{"data": {...}}`;
-- `wrong_task_id_rate`: a gateway callback, sent to its own task's callback URL, names
-  another task's id (half the time, when there is one) or a made-up one: a buggy provider.
-  OpenAI webhooks share one URL for every task, so no task's own URL can be contradicted
-  there: the fault is not applied to them.
+- `wrong_task_id_rate`: a callback sent to its own task's callback URL (gateways and
+  platforms) names another task's id (half the time, when there is one) or a made-up one:
+  a buggy provider. OpenAI webhooks share one URL for every task, so no task's own URL
+  can be contradicted there: the fault is not applied to them;
+- `gateway_retry_rate`: a fal webhook's `gateway_request_id` is not its `request_id`;
+- `payload_error_rate`: a succeeded fal request's webhook has `payload: null` and a
+  `payload_error` (the result is still there to fetch);
+- `snake_task_id_rate`: a kie callback says `data.task_id` instead of `data.taskId`.
 """
 
 from __future__ import annotations
@@ -24,11 +29,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simulator import formats
+from simulator import fal, formats
 from simulator.config import Faults
 from simulator.lifecycle import SimTask
 
-UNKNOWN_STATUS_WORDS = {"apidot": "queued_for_gpu", "evolink": "rendering"}
+UNKNOWN_STATUS_WORDS = {
+    "apidot": "queued_for_gpu",
+    "evolink": "rendering",
+    "replicate": "booting",
+    "kie": "pending",
+}
 UNKNOWN_VIDEO_EVENT = "video.in_progress"
 NON_VIDEO_EVENTS = ("response.completed", "batch.completed")
 NON_VIDEO_ID_PREFIXES = {"response.completed": "resp", "batch.completed": "batch"}
@@ -39,6 +49,9 @@ TRICK_COUNTERS = (
     "cancel_spelling",
     "enveloped",
     "wrong_task_id",
+    "gateway_retry",
+    "payload_error",
+    "snake_task_id",
 )
 
 
@@ -77,7 +90,7 @@ class Tricks:
         return hit
 
     def gateway(self, task: SimTask, body: dict[str, Any], now: float) -> list[Message]:
-        """An APIDot or EvoLink callback: maybe an unknown status first, then the callback."""
+        """A callback to a task's own URL: maybe an unknown status first, then the callback."""
         faults, fmt = self._faults(), task.fmt
         body, tricks = self._spelled(task, body)
         names = task.task_id
@@ -85,15 +98,35 @@ class Tricks:
             names = self._wrong_id(task, now)
             body = with_field(fmt, body, ID_KEYS[fmt], names)
             tricks += ("wrong_task_id",)
+        body, tricks = self._platform(fmt, body, tricks)
         messages = [Message(body, names, tricks)]
-        if self._chance(faults.unknown_status_rate, "unknown_status"):
-            unknown = with_field(fmt, body, "status", UNKNOWN_STATUS_WORDS[fmt])
+        unknown_word = UNKNOWN_STATUS_WORDS.get(fmt)
+        if unknown_word and self._chance(faults.unknown_status_rate, "unknown_status"):
+            unknown = with_field(fmt, body, STATUS_KEYS.get(fmt, "status"), unknown_word)
             messages.insert(0, Message(unknown, names, (*tricks, "unknown_status")))
         if fmt == "evolink" and self._chance(faults.envelope_rate, "enveloped"):
             messages = [
                 Message({"data": m.body}, m.names, (*m.tricks, "enveloped")) for m in messages
             ]
         return messages
+
+    def _platform(
+        self, fmt: str, body: dict[str, Any], tricks: tuple[str, ...]
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """fal's and kie's own tricks (see the module docstring)."""
+        faults = self._faults()
+        if fmt == "fal" and self._chance(faults.gateway_retry_rate, "gateway_retry"):
+            body = {**body, "gateway_request_id": formats.new_task_id(fmt, self._rng, 0.0)}
+            tricks += ("gateway_retry",)
+        succeeded = fmt == "fal" and body.get("status") == "OK"
+        if succeeded and self._chance(faults.payload_error_rate, "payload_error"):
+            body = {**body, "payload": None, "payload_error": fal.PAYLOAD_ERROR}
+            tricks += ("payload_error",)
+        if fmt == "kie" and self._chance(faults.snake_task_id_rate, "snake_task_id"):
+            body = copy.deepcopy(body)
+            body["data"]["task_id"] = body["data"].pop("taskId")
+            tricks += ("snake_task_id",)
+        return body, tricks
 
     def _spelled(
         self, task: SimTask, body: dict[str, Any]
@@ -133,12 +166,20 @@ class Tricks:
         return formats.new_task_id(task.fmt, self._rng, now)
 
 
-ID_KEYS = {"apidot": "task_id", "evolink": "id"}
+ID_KEYS = {
+    "apidot": "task_id",
+    "evolink": "id",
+    "replicate": "id",
+    "fal": "request_id",
+    "kie": "taskId",
+}
+STATUS_KEYS = {"kie": "state"}
+ENVELOPED_FORMATS = ("apidot", "kie")
 
 
 def task_object(fmt: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The object holding a gateway body's task fields (APIDot's is under `data`)."""
-    inner: dict[str, Any] = body["data"] if fmt == "apidot" else body
+    """The object holding a callback body's task fields (APIDot's and kie's are under `data`)."""
+    inner: dict[str, Any] = body["data"] if fmt in ENVELOPED_FORMATS else body
     return inner
 
 

@@ -8,6 +8,7 @@ import httpx
 
 from simulator import Faults, Lifecycle, SimConfig
 from tests.support.system import System, running_system
+from tests.support.waiting import until
 
 CONFIG = SimConfig(
     seed=21,
@@ -52,10 +53,13 @@ async def test_feed_consumer_sees_every_transition_once_in_order_across_a_restar
         await first  # the consumer "restarts" here, from the cursor it stored
         second = asyncio.create_task(consumer.follow(stop))
         await system.settle(len(refs), within_seconds=90)
-        await asyncio.sleep(1.0)
+        # Nothing writes any more: every callback has been sent, no reconciler runs.
+        await system.drain_callbacks()
+        await system.stop_reconcilers()
+        every = sorted(t["seq"] for steps in (await system.transitions()).values() for t in steps)
+        await until(lambda: consumer.cursor >= every[-1], within=30)
         stop.set()
         await second
-        every = sorted(t["seq"] for steps in (await system.transitions()).values() for t in steps)
     print(f"\nfeed: {len(consumer.seen)} changes seen, {len(every)} transitions written")
     assert consumer.seen == every
 

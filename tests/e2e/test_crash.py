@@ -59,7 +59,7 @@ async def register(store: LedgerStore, n: int) -> list[tuple[str, bytes, str]]:
     for i in range(n):
         row = await store.register(NewTask(provider="apidot", provider_task_id=f"c-{i}"))
         body = apidot_body(f"c-{i}", "finished", 100)
-        path = f"/callbacks/apidot/{tokens.make(row['ref'], 'apidot')}"
+        path = f"/callbacks/apidot/{tokens.make(row.ref, 'apidot')}"
         requests.append((path, body, hashlib.sha256(body).hexdigest()))
     return requests
 

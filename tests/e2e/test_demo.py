@@ -10,7 +10,7 @@ async def test_demo_settles_every_task_and_matches_the_simulators_truth() -> Non
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "schemas.cli",
+        "ops.cli",
         "demo",
         "--tasks",
         "30",

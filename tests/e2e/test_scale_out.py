@@ -19,35 +19,22 @@ from simulator import Faults, Lifecycle, SimConfig, create_app
 from tests.e2e.test_reconcile import assert_forward_only
 from tests.support.senders import WEBHOOK_SECRET, apidot_body
 from tests.support.servers import free_port, receiver_process, serve
-from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, migrate
+from tests.support.service import ADMIN_TOKEN, migrate
+from tests.support.system import system_environment
 
 TASKS_PER_PROVIDER = 60
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def environment(database_url: str, sim_url: str, public_url: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "TASKLEDGER_DATABASE_URL": database_url,
-        "TASKLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
-        "TASKLEDGER_CALLBACK_SECRETS": ",".join(CALLBACK_SECRETS),
-        "TASKLEDGER_PUBLIC_BASE_URL": public_url,
-        "TASKLEDGER_LOG_LEVEL": "warning",
-        "TASKLEDGER_PROVIDERS": "openai,apidot,evolink",
-        "TASKLEDGER_LEASE_SECONDS": "5",
-        "TASKLEDGER_POLL_INTERVAL_SECONDS": "0.2",
-        "TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-    }
-    for name in ("openai", "apidot", "evolink"):
-        key = f"TASKLEDGER_PROVIDER_{name.upper()}_"
-        env |= {
-            key + "BASE_URL": f"{sim_url}/{name}",
-            key + "API_KEY": "sk-test",
-            key + "EXPECTED_SECONDS": "1",
-            key + "RATE_LIMIT": "200",
-            key + "CONCURRENCY": "16",
-        }
-    return env
+    return system_environment(
+        database_url,
+        sim_url,
+        public_url=public_url,
+        provider={"EXPECTED_SECONDS": "1", "RATE_LIMIT": "200", "CONCURRENCY": "16"},
+        settings={"LOG_LEVEL": "warning", "LEASE_SECONDS": "5", "POLL_INTERVAL_SECONDS": "0.2"},
+        base=os.environ,
+    )
 
 
 @asynccontextmanager

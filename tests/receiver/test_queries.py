@@ -11,7 +11,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.cli import main
+from ops.cli import main
 from schemas.ledger import Poll
 from schemas.states import State
 from schemas.store import LedgerStore

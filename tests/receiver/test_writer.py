@@ -11,9 +11,8 @@ import pytest
 
 from receiver.errors import Conflict, Overloaded
 from receiver.writer import GroupCommitWriter
-from schemas.errors import ConfigError, ConstraintViolation, StorageUnavailable
+from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.ledger import Auth, Delivery, Stored
-from schemas.settings import Settings
 from schemas.states import Outcome, State
 from schemas.wire import Observation
 from schemas.write_deadline import WriteBusy
@@ -56,9 +55,9 @@ async def test_concurrent_deliveries_share_one_batch_and_get_their_own_result() 
     writer = GroupCommitWriter(recorder)
     await writer.start()
     first = asyncio.create_task(writer.submit(delivery("k0")))
-    await asyncio.sleep(0.01)
+    await until(lambda: recorder.calls == 1)  # k0's batch is in, held at the gate
     rest = [asyncio.create_task(writer.submit(delivery(f"k{i}"))) for i in range(1, 6)]
-    await asyncio.sleep(0.01)
+    await until(lambda: writer.queued == 5)  # the rest wait behind it
     recorder.gate.set()
     results = await asyncio.gather(first, *rest)
     await writer.stop()
@@ -72,9 +71,9 @@ async def test_full_queue_is_refused_at_once() -> None:
     writer = GroupCommitWriter(recorder, queue_size=1)
     await writer.start()
     in_flight = asyncio.create_task(writer.submit(delivery("a")))
-    await asyncio.sleep(0.01)
+    await until(lambda: recorder.calls == 1)  # "a" is in a batch, held at the gate
     queued = asyncio.create_task(writer.submit(delivery("b")))
-    await asyncio.sleep(0.01)
+    await until(lambda: writer.queued == 1)  # "b" fills the queue
     with pytest.raises(Overloaded):
         await writer.submit(delivery("c"))
     recorder.gate.set()
@@ -110,8 +109,10 @@ async def test_one_poison_delivery_fails_alone_and_its_batch_is_stored() -> None
         return [Stored(Outcome.APPLIED, d.delivery_key) for d in items]
 
     gate = asyncio.Event()
+    batches: list[int] = []
 
     async def gated(items: Sequence[Delivery]) -> list[Stored]:
+        batches.append(len(items))
         await gate.wait()
         return await ingest(items)
 
@@ -119,7 +120,7 @@ async def test_one_poison_delivery_fails_alone_and_its_batch_is_stored() -> None
     await writer.start()
     keys = ["a", "poison", "b", "c"]
     sent = [asyncio.create_task(writer.submit(delivery(k))) for k in keys]
-    await asyncio.sleep(0.01)
+    await until(lambda: batches == [len(keys)])  # all four in one batch, held at the gate
     gate.set()
     answers = await asyncio.gather(*sent, return_exceptions=True)
     await writer.stop()
@@ -165,7 +166,7 @@ async def test_with_concurrency_several_batches_commit_at_once() -> None:
     sent = []
     for i in range(3):  # one at a time: each batch takes the one delivery queued
         sent.append(asyncio.create_task(writer.submit(delivery(f"k{i}"))))
-        await asyncio.sleep(0.01)
+        await until(lambda n=i: len(in_flight) == n + 1)
     results = await asyncio.wait_for(asyncio.gather(*sent), timeout=5)
     await writer.stop()
     assert sorted(in_flight) == [["k0"], ["k1"], ["k2"]]
@@ -178,9 +179,9 @@ async def test_stop_commits_what_every_writer_holds() -> None:
     writer = GroupCommitWriter(recorder, concurrency=2)
     await writer.start()
     sent = [asyncio.create_task(writer.submit(delivery(f"k{i}"))) for i in range(5)]
-    await asyncio.sleep(0.01)
+    await until(lambda: recorder.calls >= 1 and writer.queued == 0)  # all held at the gate
     stopping = asyncio.create_task(writer.stop())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one loop turn: stop runs until it waits for the held batches
     assert not stopping.done()
     recorder.gate.set()
     await asyncio.wait_for(stopping, timeout=5)
@@ -255,19 +256,3 @@ async def test_a_refusal_by_the_database_is_reported_until_a_batch_commits() -> 
     await writer.submit(delivery("stored"))
     assert writer.refusal is None
     await writer.stop()
-
-
-def test_answer_deadline_is_five_seconds_unless_set_in_the_environment() -> None:
-    environ = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKEN": "a" * 32}
-    assert Settings.from_environ(environ).answer_deadline_seconds == 5.0
-    short = {**environ, "TASKLEDGER_ANSWER_DEADLINE_SECONDS": "1.5"}
-    assert Settings.from_environ(short).answer_deadline_seconds == 1.5
-
-
-def test_writer_concurrency_is_read_from_the_environment_or_left_to_the_database() -> None:
-    environ = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKEN": "a" * 32}
-    assert Settings.from_environ(environ).writer_concurrency is None
-    three = {**environ, "TASKLEDGER_WRITER_CONCURRENCY": "3"}
-    assert Settings.from_environ(three).writer_concurrency == 3
-    with pytest.raises(ConfigError, match="TASKLEDGER_WRITER_CONCURRENCY"):
-        Settings.from_environ({**environ, "TASKLEDGER_WRITER_CONCURRENCY": "0"})

@@ -68,20 +68,20 @@ async def test_unreadable_poll_answers_flag_the_task_and_it_ends_lost_with_that_
         return httpx.Response(200, json={"id": "t-1", "status": "teleporting"})
 
     sent = await _passes(store, clock, odd, passes=3, step_seconds=30)
-    flagged = await store.get(row["ref"])
+    flagged = await store.get(row.ref)
     assert flagged is not None
-    assert flagged["attention"].startswith("provider answers unrecognized")
-    assert flagged["state"] == State.SUBMITTED.value
-    assert flagged["next_poll_at"] is not None  # still asked, on the usual backoff
+    assert flagged.attention.startswith("provider answers unrecognized")
+    assert flagged.state == State.SUBMITTED.value
+    assert flagged.next_poll_at is not None  # still asked, on the usual backoff
     async with store.engine.connect() as conn:
         outcomes = set(await conn.scalars(sa.select(OBSERVATION.c.outcome)))
     assert outcomes == {"unrecognized"}
     assert len(sent) >= 2
     await _passes(store, clock, odd, passes=2, step_seconds=600)
-    lost = await store.get(row["ref"])
+    lost = await store.get(row.ref)
     assert lost is not None
-    assert lost["state"] == State.LOST.value
-    assert "provider answers unrecognized" in lost["result"]["lost_reason"]
+    assert lost.state == State.LOST.value
+    assert "provider answers unrecognized" in lost.result["lost_reason"]
 
 
 async def test_a_readable_answer_clears_the_flag(store: LedgerStore, clock: FakeClock) -> None:
@@ -93,9 +93,9 @@ async def test_a_readable_answer_clears_the_flag(store: LedgerStore, clock: Fake
         return httpx.Response(200, json={"id": "t-1", "status": next(words)})
 
     await _passes(store, clock, answer, passes=2, step_seconds=120)
-    task = await store.get(row["ref"])
+    task = await store.get(row.ref)
     assert task is not None
-    assert (task["attention"], task["state"]) == (None, State.RUNNING.value)
+    assert (task.attention, task.state) == (None, State.RUNNING.value)
 
 
 async def test_an_unconfirmed_end_past_its_age_backs_off_then_stops_flagged(
@@ -112,7 +112,7 @@ async def test_an_unconfirmed_end_past_its_age_backs_off_then_stops_flagged(
         Auth.TOKEN,
         Observation("t-1", State.SUCCEEDED),
         clock(),
-        row["ref"],
+        row.ref,
     )
     await store.ingest([hint])
     clock.advance(700)  # past the maximum age of 600 s
@@ -123,12 +123,12 @@ async def test_an_unconfirmed_end_past_its_age_backs_off_then_stops_flagged(
     storm = await _passes(store, clock, gone, passes=400, step_seconds=5)
     assert len(storm) <= 6  # in 2,000 s, on the backoff; a storm was one poll a pass
     later = await _passes(store, clock, gone, passes=60, step_seconds=3600)
-    task = await store.get(row["ref"])
+    task = await store.get(row.ref)
     assert task is not None
     assert len(storm) + len(later) <= UNCONFIRMED_POLL_LIMIT
-    assert task["next_poll_at"] is None
-    assert "never confirmed" in task["attention"]
-    assert (task["state"], task["confirmed"]) == (State.SUCCEEDED.value, False)
+    assert task.next_poll_at is None
+    assert "never confirmed" in task.attention
+    assert (task.state, task.confirmed) == (State.SUCCEEDED.value, False)
 
 
 async def test_a_submission_left_sending_by_a_dead_reconciler_is_never_sent_again(
@@ -142,10 +142,10 @@ async def test_a_submission_left_sending_by_a_dead_reconciler_is_never_sent_agai
         return httpx.Response(200, json={"id": "t-1", "status": "pending"})
 
     sent = await _passes(store, clock, created, passes=3, step_seconds=1)
-    task = await store.get(row["ref"])
+    task = await store.get(row.ref)
     assert task is not None
     assert [request.method for request in sent] == []
-    assert task["submission"] == "unknown"
+    assert task.submission == "unknown"
 
 
 async def test_a_stopping_reconciler_gives_back_unsent_submissions_as_pending(
@@ -159,26 +159,24 @@ async def test_a_stopping_reconciler_gives_back_unsent_submissions_as_pending(
         reconciler = Reconciler(settings, store, clients, clock=clock)
         reconciler.stopping.set()
         report = await reconciler.run_pass()
-    task = await store.get(row["ref"])
+    task = await store.get(row.ref)
     assert task is not None
     assert report.skipped == 1
-    assert task["submission"] == "pending"
-    assert task["lease_owner"] is None
+    assert task.submission == "pending"
+    assert task.lease_owner is None
 
 
 async def test_a_flagged_final_task_is_listed_with_the_stuck_ones(
     store: LedgerStore, clock: FakeClock
 ) -> None:
     row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
-    ended = Poll(row["ref"], clock(), None, attention=UNCONFIRMED)
+    ended = Poll(row.ref, clock(), None, attention=UNCONFIRMED)
     done = await store.register(NewTask("evolink", provider_task_id="t-2"))
-    await store.ingest(
-        [_hint(row["ref"], "t-1", clock()), ended, _hint(done["ref"], "t-2", clock())]
-    )
+    await store.ingest([_hint(row.ref, "t-1", clock()), ended, _hint(done.ref, "t-2", clock())])
     await store.ingest(
         [
             Poll(
-                done["ref"],
+                done.ref,
                 clock(),
                 None,
                 observation=Observation("t-2", State.SUCCEEDED, 100, ("https://cdn/x",)),
@@ -186,7 +184,7 @@ async def test_a_flagged_final_task_is_listed_with_the_stuck_ones(
         ]
     )
     stuck, _ = await store.list_tasks(TaskFilter(stuck=True), limit=10)
-    assert [(t["ref"], t["attention"]) for t in stuck] == [(row["ref"], UNCONFIRMED)]
+    assert [(t.ref, t.attention) for t in stuck] == [(row.ref, UNCONFIRMED)]
 
 
 def _hint(ref: str, task_id: str, now: datetime) -> Delivery:

@@ -19,7 +19,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from reconciler.clients import (
-    BODY_MAX_CHARS,
     SUBMIT_KEEPALIVE_SECONDS,
     ProviderClient,
     ProviderClients,
@@ -27,9 +26,9 @@ from reconciler.clients import (
 from reconciler.errors import BadAnswer, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import RateLimiter
 from reconciler.retry import DEFAULT_RETRY_AFTER_SECONDS, RetryPolicy
-from schemas.errors import ConfigError
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import State
+from schemas.tables import BODY_KEEP_CHARS
 from schemas.wire import WireFormat
 from simulator import Lifecycle, SimConfig, create_app
 from tests.support.fake_time import FakeTime
@@ -158,7 +157,7 @@ async def test_fetch_status_trims_a_long_body_for_the_audit() -> None:
     body = {**STATUS_BODIES[OPENAI][1], "padding": "x" * 10_000}
     async with rig(answer(200, body)) as r:
         found = await r.client.fetch_status(VIDEO_ID)
-    assert len(found.body) == BODY_MAX_CHARS
+    assert len(found.body) == BODY_KEEP_CHARS
 
 
 async def test_fetch_status_sends_the_api_key_as_a_bearer_token() -> None:
@@ -420,38 +419,6 @@ def provider_from_environ(name: str, **variables: str) -> ProviderSettings:
     provider = Settings.from_environ(environ).provider(name)
     assert provider is not None
     return provider
-
-
-@pytest.mark.parametrize(
-    ("name", "kind", "ttl"),
-    [
-        ("openai", OPENAI, 3600.0),
-        ("apidot", APIDOT, 86400.0),
-        ("vidgo", APIDOT, 86400.0),
-        ("evolink", EVOLINK, 86400.0),
-        ("aivideoapi", AIVIDEOAPI, 86400.0),
-    ],
-)
-def test_known_provider_names_have_a_kind_and_a_result_lifetime(
-    name: str, kind: WireFormat, ttl: float
-) -> None:
-    provider = provider_from_environ(name)
-    assert (provider.kind, provider.result_ttl_seconds) == (kind, ttl)
-
-
-def test_result_lifetime_is_set_per_provider() -> None:
-    provider = provider_from_environ("vidgo", TASKLEDGER_PROVIDER_VIDGO_RESULT_TTL_SECONDS="7200")
-    assert provider.result_ttl_seconds == 7200.0
-
-
-def test_result_lifetime_that_is_not_positive_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="RESULT_TTL_SECONDS"):
-        provider_from_environ("evolink", TASKLEDGER_PROVIDER_EVOLINK_RESULT_TTL_SECONDS="-1")
-
-
-def test_replicate_has_no_default_kind() -> None:
-    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_REPLICATE_KIND"):
-        provider_from_environ("replicate")
 
 
 async def test_openai_base_url_as_the_sdk_takes_it_polls_the_videos_path() -> None:

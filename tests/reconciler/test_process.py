@@ -110,9 +110,9 @@ async def test_task_of_a_provider_without_base_url_still_expires_to_lost(
         first = await reconciler.run_pass()
         clock.advance(60)
         second = await reconciler.run_pass()
-    task = await store.get(row["ref"])
+    task = await store.get(row.ref)
     assert task is not None
-    assert (first.lost, second.lost, task["state"]) == (0, 1, "lost")
+    assert (first.lost, second.lost, task.state) == (0, 1, "lost")
 
 
 async def test_leases_of_a_reconciler_killed_mid_pass_expire_and_another_finishes(
@@ -199,20 +199,20 @@ async def test_a_submit_that_may_have_reached_the_provider_is_never_sent_again(
         for _ in range(4):
             clock.advance(10)
             await reconciler.run_pass()
-        unknown = await store.get(row["ref"])
+        unknown = await store.get(row.ref)
         clock.advance(30)
         await reconciler.run_pass()
-    final = await store.get(row["ref"])
+    final = await store.get(row.ref)
     assert [request.method for request in sent] == ["POST"]
     assert unknown is not None
-    assert (unknown["submission"], unknown["state"], unknown["provider_task_id"]) == (
+    assert (unknown.submission, unknown.state, unknown.provider_task_id) == (
         "unknown",
         "submitted",
         None,
     )
     [failed] = [line for line in logs if line["event"] == "submit_failed"]
-    assert failed["task_ref"] == row["ref"]
+    assert failed["task_ref"] == row.ref
     assert failed["submission"] == "unknown"
     assert "server error" in failed["error"]
     assert final is not None
-    assert final["state"] == "lost"
+    assert final.state == "lost"

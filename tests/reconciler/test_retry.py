@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.retry import DEFAULT_RETRY_AFTER_SECONDS, RetryPolicy, parse_retry_after
+from reconciler.retry import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    RetryPolicy,
+    parse_http_date,
+    parse_retry_after,
+)
 
 NOW = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 
@@ -102,3 +107,31 @@ def test_parse_retry_after_reads_a_date_without_zone_as_utc() -> None:
 def test_policy_refuses_fewer_than_one_attempt() -> None:
     with pytest.raises(ValueError, match="attempts"):
         RetryPolicy(attempts=0)
+
+
+def test_a_retryable_failure_waits_the_backoff_plus_the_least_poll_delay() -> None:
+    policy = steady(base_delay_seconds=0.5)
+    assert [policy.after_failure(n) for n in (1, 2, 3)] == [5.5, 6.0, 7.0]
+
+
+def test_a_refusal_is_asked_again_rarely_and_never_past_the_longest_poll_delay() -> None:
+    policy = steady()
+    assert policy.after_refusal(1) == 60.0 / 10 * 2**5
+    assert policy.after_refusal(100) == policy.max_poll_delay_seconds == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sun, 22 Nov 2026 10:00:05 GMT", NOW + timedelta(seconds=5)),
+        ("Sun, 22 Nov 2026 10:00:05", NOW + timedelta(seconds=5)),
+        ("Sun, 22 Nov 2026 12:00:05 +0200", NOW + timedelta(seconds=5)),
+        ("tomorrow", None),
+        ("", None),
+    ],
+    ids=["gmt", "no-zone-is-utc", "offset", "words", "empty"],
+)
+def test_parse_http_date_reads_an_http_date_as_an_aware_datetime(
+    text: str, expected: datetime | None
+) -> None:
+    assert parse_http_date(text) == expected

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.cli import main
+from ops.cli import main
 from schemas.database import create_engine
 from schemas.ledger import Auth, Delivery
 from schemas.migrate import upgrade
@@ -41,7 +41,7 @@ async def write_one(store: LedgerStore, n: int) -> None:
         auth=Auth.TOKEN,
         observation=Observation(f"t-{n}", State.RUNNING, 10),
         received_at=store.clock(),
-        task_ref=str(row["ref"]),
+        task_ref=str(row.ref),
     )
     await store.ingest([delivery])
 

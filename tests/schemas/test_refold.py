@@ -10,14 +10,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas import cli, wire
+from ops import cli
 from schemas.database import create_engine
 from schemas.ledger import Auth, Delivery, Reader, read_delivery
 from schemas.migrate import upgrade
 from schemas.states import Outcome, State
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import TRANSITION
-from schemas.wire import WireFormat
+from schemas.wire import WireFormat, apidot
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body
 
@@ -37,17 +37,15 @@ async def _kept_unrecognized(engine: AsyncEngine, clock: FakeClock) -> str:
     store = LedgerStore(engine, clock, READERS)
     try:
         row = await store.register(NewTask("apidot", provider_task_id="t-1"))
-        results = await store.ingest(
-            [_callback(row["ref"], apidot_body("t-1", NEW_WORD, 40), clock)]
-        )
+        results = await store.ingest([_callback(row.ref, apidot_body("t-1", NEW_WORD, 40), clock)])
     finally:
         await store.close()
     assert [r.outcome for r in results] == [Outcome.UNRECOGNIZED]
-    return str(row["ref"])
+    return str(row.ref)
 
 
 def _upgrade_learns_the_word(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(wire._APIDOT_STATES, NEW_WORD, State.RUNNING)
+    monkeypatch.setitem(apidot.STATES, NEW_WORD, State.RUNNING)
 
 
 async def _transitions(engine: AsyncEngine, ref: str) -> list[str]:
@@ -73,8 +71,8 @@ async def test_refold_after_an_upgrade_recovers_the_kept_delivery_once(
     timeline = await store.timeline(ref)
     await store.close()
     assert task is not None
-    assert (task["state"], task["progress"]) == (State.RUNNING.value, 40)
-    assert [d["outcome"] for d in timeline["deliveries"]] == [Outcome.APPLIED.value]
+    assert (task.state, task.progress) == (State.RUNNING.value, 40)
+    assert [d.outcome for d in timeline.deliveries] == [Outcome.APPLIED.value]
     assert await _transitions(engine, ref) == ["submitted", "running"]
 
 

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from schemas.cli import main
+from ops.cli import main
 from schemas.database import create_engine
 from schemas.errors import ConfigError
 from schemas.ledger import Auth, Delivery, Poll
@@ -57,7 +57,7 @@ def poll(ref: str, task_id: str, state: State, now: datetime) -> Poll:
 async def finished_task(store: LedgerStore, task_id: str, deliveries: int = 2) -> str:
     """A task that ran, succeeded (`deliveries` callbacks) and was confirmed by one poll."""
     row = await store.register(NewTask(provider="apidot", provider_task_id=task_id))
-    ref = str(row["ref"])
+    ref = str(row.ref)
     now = store.clock()
     running = [
         callback(task_id, f"{task_id}-{n}", State.RUNNING, now, ref) for n in range(deliveries - 1)
@@ -70,7 +70,7 @@ async def finished_task(store: LedgerStore, task_id: str, deliveries: int = 2) -
 
 async def open_task(store: LedgerStore, task_id: str) -> str:
     row = await store.register(NewTask(provider="apidot", provider_task_id=task_id))
-    ref = str(row["ref"])
+    ref = str(row.ref)
     now = store.clock()
     await store.ingest([callback(task_id, f"{task_id}-0", State.RUNNING, now, ref)])
     await store.ingest([poll(ref, task_id, State.RUNNING, now)])
@@ -137,8 +137,8 @@ async def test_old_bodies_go_but_a_resend_is_still_a_duplicate(
     assert await stored_bodies(engine, ref) == [(b"", None), (b"", None)]
     [stored] = await store.ingest([callback("t-1", "t-1-done", State.SUCCEEDED, clock(), ref)])
     assert stored.outcome is Outcome.DUPLICATE
-    deliveries = (await store.timeline(ref))["deliveries"]
-    assert sorted(d["duplicate_count"] for d in deliveries) == [0, 1]
+    deliveries = (await store.timeline(ref)).deliveries
+    assert sorted(d.duplicate_count for d in deliveries) == [0, 1]
 
 
 async def test_polls_of_finished_tasks_go_after_retention(
@@ -148,7 +148,7 @@ async def test_polls_of_finished_tasks_go_after_retention(
     later(clock, 31)
     report = await store.prune(SPLIT.cutoffs(clock()))
     assert report.observations_deleted == 1
-    assert (await store.timeline(ref))["polls"] == []
+    assert (await store.timeline(ref)).polls == []
 
 
 async def test_deliveries_past_the_dedup_window_are_deleted_but_task_and_transitions_stay(
@@ -161,10 +161,10 @@ async def test_deliveries_past_the_dedup_window_are_deleted_but_task_and_transit
     after = await store.timeline(ref)
     task = await store.get(ref)
     assert (report.deliveries_deleted, report.bodies_stripped) == (2, 0)
-    assert after["deliveries"] == []
-    assert after["transitions"] == before["transitions"]
+    assert after.deliveries == []
+    assert after.transitions == before.transitions
     assert task is not None
-    assert task["state"] == "succeeded"
+    assert task.state == "succeeded"
 
 
 async def test_short_retention_still_keeps_dedup_keys_for_a_week(
@@ -178,7 +178,7 @@ async def test_short_retention_still_keeps_dedup_keys_for_a_week(
     second = await store.prune(policy.cutoffs(clock()))
     assert (first.bodies_stripped, first.deliveries_deleted) == (2, 0)
     assert (second.bodies_stripped, second.deliveries_deleted) == (0, 2)
-    assert (await store.timeline(ref))["deliveries"] == []
+    assert (await store.timeline(ref)).deliveries == []
 
 
 async def test_open_tasks_are_never_pruned(store: LedgerStore, clock: FakeClock) -> None:
@@ -257,7 +257,7 @@ async def test_ingestion_keeps_succeeding_during_a_large_prune(
     assert report.deliveries_deleted == 3_000
     assert report.batches >= 30
     assert len(outcomes) == 60
-    assert len((await store.timeline(live))["deliveries"]) == 61
+    assert len((await store.timeline(live)).deliveries) == 61
 
 
 # -- the command -----------------------------------------------------------------

@@ -16,7 +16,8 @@ from schemas.database import SqliteFile, create_engine
 from schemas.ledger import Auth, Delivery, Expiry, Poll
 from schemas.migrate import upgrade
 from schemas.states import Outcome, State
-from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask, _AlchemySession
+from schemas.store import POSTGRES_INGEST_WRITERS, LedgerStore, NewTask
+from schemas.store.ingest import CoreSession
 from schemas.tables import DELIVERY
 from schemas.wire import Observation
 from tests.conftest import FakeClock
@@ -63,7 +64,7 @@ def traced_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 async def registered(store: LedgerStore) -> str:
     row = await store.register(NewTask(provider="apidot", provider_task_id="t-1"))
-    return str(row["ref"])
+    return str(row.ref)
 
 
 async def test_one_batch_counts_repeats_of_a_key_as_duplicates(
@@ -73,8 +74,8 @@ async def test_one_batch_counts_repeats_of_a_key_as_duplicates(
     same = callback(ref, "k", State.RUNNING, clock())
     results = await store.ingest([same, same, same])
     assert [r.outcome for r in results] == [Outcome.APPLIED, Outcome.DUPLICATE, Outcome.DUPLICATE]
-    deliveries = (await store.timeline(ref))["deliveries"]
-    assert [(d["outcome"], d["duplicate_count"]) for d in deliveries] == [("applied", 2)]
+    deliveries = (await store.timeline(ref)).deliveries
+    assert [(d.outcome, d.duplicate_count) for d in deliveries] == [("applied", 2)]
 
 
 async def test_a_message_key_is_unique_within_a_provider_task_not_across_tasks(
@@ -83,7 +84,7 @@ async def test_a_message_key_is_unique_within_a_provider_task_not_across_tasks(
     """A delivery is keyed by the provider's task id: one key reused for another task is
     that task's delivery, while a resend for the same task, in a later batch, is counted."""
     first = await registered(store)
-    second = (await store.register(NewTask(provider="apidot", provider_task_id="t-2")))["ref"]
+    second = (await store.register(NewTask(provider="apidot", provider_task_id="t-2"))).ref
     results = await store.ingest(
         [
             callback(first, "same", State.RUNNING, clock()),
@@ -95,8 +96,8 @@ async def test_a_message_key_is_unique_within_a_provider_task_not_across_tasks(
     assert (again.outcome, again.task_ref) == (Outcome.DUPLICATE, second)
     counts = []
     for ref in (first, second):
-        deliveries = (await store.timeline(ref))["deliveries"]
-        counts.append([(d["provider_task_id"], d["duplicate_count"]) for d in deliveries])
+        deliveries = (await store.timeline(ref)).deliveries
+        counts.append([(d.provider_task_id, d.duplicate_count) for d in deliveries])
     assert counts == [[("t-1", 0)], [("t-2", 1)]]
 
 
@@ -111,7 +112,7 @@ async def test_the_core_session_finds_stored_deliveries_by_their_identity(
     absent = {("apidot", "t-1", "k-2"), ("apidot", "t-2", "k-1"), ("evolink", "t-1", "k-1")}
     async with store.engine.connect() as conn:
         found = await conn.run_sync(
-            lambda sync: _AlchemySession(store, sync).deliveries({stored.identity, *absent})
+            lambda sync: CoreSession(sync).deliveries({stored.identity, *absent})
         )
     assert list(found) == [stored.identity]
     assert (found[stored.identity]["task_ref"], found[stored.identity]["state"]) == (
@@ -128,7 +129,7 @@ async def test_each_change_bumps_the_version_once_per_batch(
     await store.ingest([callback(ref, "b", State.SUCCEEDED, clock())])
     task = await store.get(ref)
     assert task is not None
-    assert (task["version"], task["state"]) == (3, "succeeded")
+    assert (task.version, task.state) == (3, "succeeded")
 
 
 async def test_poll_that_contradicts_a_callback_wins_and_records_the_conflict(
@@ -141,8 +142,8 @@ async def test_poll_that_contradicts_a_callback_wins_and_records_the_conflict(
     task = await store.get(ref)
     assert task is not None
     assert stored.outcome is Outcome.CONFLICT
-    assert (task["state"], task["conflict"], task["confirmed"]) == ("failed", True, True)
-    transitions = [(t["to_state"], t["source"]) for t in (await store.timeline(ref))["transitions"]]
+    assert (task.state, task.conflict, task.confirmed) == ("failed", True, True)
+    transitions = [(t.to_state, t.source) for t in (await store.timeline(ref)).transitions]
     assert transitions == [("submitted", "api"), ("succeeded", "webhook"), ("failed", "poll")]
 
 
@@ -153,7 +154,7 @@ async def test_unconfirmed_terminal_callback_is_due_for_a_poll_at_once(
     await store.ingest([callback(ref, "a", State.SUCCEEDED, clock())])
     task = await store.get(ref)
     assert task is not None
-    assert (task["confirmed"], task["next_poll_at"]) == (False, clock())
+    assert (task.confirmed, task.next_poll_at) == (False, clock())
 
 
 async def test_agreeing_poll_confirms_and_stops_polling(
@@ -165,7 +166,7 @@ async def test_agreeing_poll_confirms_and_stops_polling(
     task = await store.get(ref)
     assert task is not None
     assert stored.outcome is Outcome.CONFIRMED
-    assert (task["confirmed"], task["next_poll_at"], task["poll_attempts"]) == (True, None, 1)
+    assert (task.confirmed, task.next_poll_at, task.poll_attempts) == (True, None, 1)
 
 
 async def test_expiry_marks_lost_and_a_late_callback_still_overrides(
@@ -175,11 +176,11 @@ async def test_expiry_marks_lost_and_a_late_callback_still_overrides(
     await store.ingest([Expiry(task_ref=ref, at=clock(), reason="no answer for 24 h")])
     lost = await store.get(ref)
     assert lost is not None
-    assert (lost["state"], lost["result"]) == ("lost", {"lost_reason": "no answer for 24 h"})
+    assert (lost.state, lost.result) == ("lost", {"lost_reason": "no answer for 24 h"})
     await store.ingest([callback(ref, "late", State.SUCCEEDED, clock())])
     task = await store.get(ref)
     assert task is not None
-    assert task["state"] == "succeeded"
+    assert task.state == "succeeded"
 
 
 async def test_failed_poll_is_recorded_without_touching_the_state(
@@ -199,10 +200,10 @@ async def test_failed_poll_is_recorded_without_touching_the_state(
         ]
     )
     timeline = await store.timeline(ref)
-    assert [(p["outcome"], p["http_status"]) for p in timeline["polls"]] == [("error", 500)]
+    assert [(p.outcome, p.http_status) for p in timeline.polls] == [("error", 500)]
     task = await store.get(ref)
     assert task is not None
-    assert (task["state"], task["poll_attempts"]) == ("submitted", 1)
+    assert (task.state, task.poll_attempts) == ("submitted", 1)
 
 
 async def test_ingest_reads_by_index_never_by_scanning_a_table(
@@ -260,7 +261,7 @@ async def test_a_progress_report_rewrites_only_the_task_columns_it_changed(
     assert "provider_task_id" not in assigned
     assert '"progress"' in assigned or "progress =" in assigned
     assert task is not None
-    assert (task["state"], task["progress"], task["version"]) == ("running", 50, 2)
+    assert (task.state, task.progress, task.version) == ("running", 50, 2)
 
 
 async def test_what_ingest_writes_reads_back_the_same_through_sqlalchemy(
@@ -283,22 +284,22 @@ async def test_what_ingest_writes_reads_back_the_same_through_sqlalchemy(
     await store.ingest([finished])
     task = await store.get(ref)
     assert task is not None
-    assert task["state"] == "succeeded"
-    assert (task["updated_at"], task["terminal_at"], task["last_event_at"]) == (clock(),) * 3
-    assert task["updated_at"].tzinfo is not None
-    assert task["result"]["urls"] == ["https://cdn/x.mp4"]
-    assert (task["confirmed"], task["conflict"], task["recovered"]) == (False, False, False)
-    assert task["request"] is None
-    assert task["version"] == 2
-    (delivery,) = (await store.timeline(ref))["deliveries"]
-    assert delivery["headers"] == {"content-type": "application/json"}
-    assert delivery["received_at"] == clock() - timedelta(seconds=1.5)
-    assert (delivery["outcome"], delivery["auth"]) == ("applied", "token")
+    assert task.state == "succeeded"
+    assert (task.updated_at, task.terminal_at, task.last_event_at) == (clock(),) * 3
+    assert task.updated_at.tzinfo is not None
+    assert task.result["urls"] == ["https://cdn/x.mp4"]
+    assert (task.confirmed, task.conflict, task.recovered) == (False, False, False)
+    assert task.request is None
+    assert task.version == 2
+    (delivery,) = (await store.timeline(ref)).deliveries
+    assert delivery.headers == {"content-type": "application/json"}
+    assert delivery.received_at == clock() - timedelta(seconds=1.5)
+    assert (delivery.outcome, delivery.auth) == ("applied", "token")
     # A second batch reads the first one's row back through the direct path and merges on it.
     await store.ingest([poll(ref, State.SUCCEEDED, clock())])
     again = await store.get(ref)
     assert again is not None
-    assert (again["confirmed"], again["result"]) == (True, task["result"])
+    assert (again.confirmed, again.result) == (True, task.result)
 
 
 async def test_concurrent_ingests_on_one_store_all_commit(
@@ -310,7 +311,7 @@ async def test_concurrent_ingests_on_one_store_all_commit(
     results = await asyncio.gather(*(store.ingest(batch) for batch in batches))
     outcomes = sorted(r.outcome.value for (r,) in results)
     assert outcomes == ["applied"] + ["duplicate"] * 5  # the same report five more times
-    assert len((await store.timeline(ref))["deliveries"]) == 6
+    assert len((await store.timeline(ref)).deliveries) == 6
 
 
 async def test_an_ingest_cancelled_anywhere_commits_all_of_its_batch_or_none(
@@ -330,13 +331,13 @@ async def test_an_ingest_cancelled_anywhere_commits_all_of_its_batch_or_none(
         ingest.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ingest
-    keys = [d["delivery_key"] for d in (await store.timeline(ref))["deliveries"]]
+    keys = [d.delivery_key for d in (await store.timeline(ref)).deliveries]
     by_batch = [sum(key.startswith(f"c{turns}-") for key in keys) for turns in range(12)]
     assert set(by_batch) <= {0, 3}
     for batch in batches:
         await store.ingest(batch)
-    stored = (await store.timeline(ref))["deliveries"]
-    assert sorted(d["delivery_key"] for d in stored) == sorted(
+    stored = (await store.timeline(ref)).deliveries
+    assert sorted(d.delivery_key for d in stored) == sorted(
         item.delivery_key for batch in batches for item in batch
     )
 
@@ -360,7 +361,7 @@ async def test_writers_of_one_process_queue_for_sqlite_instead_of_timing_out(
         ingests = [receiver.ingest([callback(ref, f"k{i}", State.RUNNING, now)]) for i in range(30)]
         results = await asyncio.gather(*registrations, *ingests, return_exceptions=True)
         assert [r for r in results if isinstance(r, BaseException)] == []
-        assert len((await receiver.timeline(ref))["deliveries"]) == 30
+        assert len((await receiver.timeline(ref)).deliveries) == 30
     finally:
         for store, engine in zip((registrar, receiver), engines, strict=True):
             await store.close()
@@ -384,7 +385,7 @@ async def test_a_registration_cancelled_anywhere_leaves_writing_open_to_others(
             await doomed
         async with asyncio.timeout(10):
             row = await store.register(NewTask(provider="apidot", provider_task_id=f"next-{turns}"))
-        committed.append(row["ref"])
+        committed.append(row.ref)
     assert all([await store.get(ref) for ref in committed])
 
 
@@ -428,7 +429,7 @@ async def test_postgresql_ingest_reads_with_the_same_statements_whatever_the_bat
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """The server plans a statement once per connection: batches of every size share them.
-    (SQLite ingest runs statements of its own, in schemas/store_sqlite.py.)"""
+    (SQLite ingest runs statements of its own, in schemas/store/sqlite_ingest.py.)"""
     reads: set[str] = set()
 
     def seen(*args: object) -> None:
@@ -442,7 +443,7 @@ async def test_postgresql_ingest_reads_with_the_same_statements_whatever_the_bat
         store = LedgerStore(engine, clock)
         try:
             refs = [
-                (await store.register(NewTask(provider="apidot", provider_task_id=f"t-{i}")))["ref"]
+                (await store.register(NewTask(provider="apidot", provider_task_id=f"t-{i}"))).ref
                 for i in range(6)
             ]
             sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)

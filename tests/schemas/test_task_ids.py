@@ -42,12 +42,12 @@ def answered(ref: str, task_id: str, now: datetime) -> Submission:
 async def submitting(store: LedgerStore) -> str:
     row = await store.register(NewTask("apidot", submit=True))
     (claim,) = await store.claim_due("r1", "apidot", 10, 60)
-    assert claim["submission"] == SubmissionStatus.PENDING.value
-    return str(row["ref"])
+    assert claim.submission == SubmissionStatus.PENDING.value
+    return str(row.ref)
 
 
 async def deliveries(store: LedgerStore, ref: str) -> list[dict[str, object]]:
-    return (await store.timeline(ref))["deliveries"]
+    return (await store.timeline(ref)).deliveries
 
 
 async def test_a_claimed_submission_is_marked_sending_so_it_is_never_sent_twice(
@@ -56,7 +56,7 @@ async def test_a_claimed_submission_is_marked_sending_so_it_is_never_sent_twice(
     ref = await submitting(store)
     task = await store.get(ref)
     assert task is not None
-    assert task["submission"] == SubmissionStatus.SENDING.value
+    assert task.submission == SubmissionStatus.SENDING.value
 
 
 async def test_a_wrong_id_before_the_submit_answer_is_held_then_foreign(
@@ -67,14 +67,14 @@ async def test_a_wrong_id_before_the_submit_answer_is_held_then_foreign(
     assert held.outcome is Outcome.HELD
     task = await store.get(ref)
     assert task is not None
-    assert task["provider_task_id"] is None
-    assert task["state"] == State.SUBMITTED.value
+    assert task.provider_task_id is None
+    assert task.state == State.SUBMITTED.value
     await store.ingest([answered(ref, "real-id", clock())])
     task = await store.get(ref)
     assert task is not None
-    assert (task["provider_task_id"], task["state"]) == ("real-id", State.QUEUED.value)
+    assert (task.provider_task_id, task.state) == ("real-id", State.QUEUED.value)
     (kept,) = await deliveries(store, ref)
-    assert kept["outcome"] == Outcome.FOREIGN.value
+    assert kept.outcome == Outcome.FOREIGN.value
     (genuine,) = await store.ingest([callback(ref, apidot_body("real-id", "running"), clock())])
     assert genuine.outcome is Outcome.APPLIED
 
@@ -87,10 +87,10 @@ async def test_the_genuine_callback_held_is_folded_in_by_the_submit_answer(
     await store.ingest([answered(ref, "real-id", clock())])
     task = await store.get(ref)
     assert task is not None
-    assert task["state"] == State.SUCCEEDED.value
-    assert task["result"]["urls"] == ["https://cdn.example/real-id.mp4"]
+    assert task.state == State.SUCCEEDED.value
+    assert task.result["urls"] == ["https://cdn.example/real-id.mp4"]
     (kept,) = await deliveries(store, ref)
-    assert kept["outcome"] == Outcome.APPLIED.value
+    assert kept.outcome == Outcome.APPLIED.value
 
 
 async def test_an_unknown_submission_adopts_the_one_id_its_callbacks_proposed(
@@ -102,7 +102,7 @@ async def test_an_unknown_submission_adopts_the_one_id_its_callbacks_proposed(
     await store.ingest([unknown])
     task = await store.get(ref)
     assert task is not None
-    assert (task["provider_task_id"], task["state"]) == ("only-id", State.RUNNING.value)
+    assert (task.provider_task_id, task.state) == ("only-id", State.RUNNING.value)
 
 
 async def test_an_unknown_submission_with_two_proposed_ids_adopts_neither(
@@ -114,9 +114,9 @@ async def test_an_unknown_submission_with_two_proposed_ids_adopts_neither(
     await store.ingest([Submission(ref, clock(), SubmissionStatus.UNKNOWN, clock())])
     task = await store.get(ref)
     assert task is not None
-    assert task["provider_task_id"] is None
-    assert "2 task ids" in task["attention"]
-    assert {d["outcome"] for d in await deliveries(store, ref)} == {Outcome.HELD.value}
+    assert task.provider_task_id is None
+    assert "2 task ids" in task.attention
+    assert {d.outcome for d in await deliveries(store, ref)} == {Outcome.HELD.value}
 
 
 async def test_a_submit_answer_naming_another_tasks_id_is_flagged_not_a_write_error(
@@ -128,9 +128,9 @@ async def test_a_submit_answer_naming_another_tasks_id_is_flagged_not_a_write_er
     assert stored.outcome is Outcome.CONFLICT
     task = await store.get(ref)
     assert task is not None
-    assert task["provider_task_id"] is None
-    assert "taken" in task["attention"]
-    assert task["submission"] == SubmissionStatus.SENT.value
+    assert task.provider_task_id is None
+    assert "taken" in task.attention
+    assert task.submission == SubmissionStatus.SENT.value
 
 
 async def test_two_tasks_proposing_one_id_in_one_batch_adopt_it_once(
@@ -140,12 +140,12 @@ async def test_two_tasks_proposing_one_id_in_one_batch_adopt_it_once(
     second = await store.register(NewTask("apidot"))
     body = apidot_body("shared", "running")
     results = await store.ingest(
-        [callback(first["ref"], body, clock())] * 1 + [callback(second["ref"], body, clock())]
+        [callback(first.ref, body, clock())] * 1 + [callback(second.ref, body, clock())]
     )
     assert [r.refused for r in results] == [False, True]
-    task = await store.get(second["ref"])
+    task = await store.get(second.ref)
     assert task is not None
-    assert task["provider_task_id"] is None
+    assert task.provider_task_id is None
 
 
 async def test_patch_folds_in_the_held_callbacks_and_refuses_the_others(
@@ -155,8 +155,8 @@ async def test_patch_folds_in_the_held_callbacks_and_refuses_the_others(
     await store.ingest([callback(ref, apidot_body("mine", "running", 20), clock())])
     await store.ingest([callback(ref, apidot_body("not-mine", "finished"), clock())])
     task = await store.attach(ref, "mine")
-    assert (task["state"], task["progress"]) == (State.RUNNING.value, 20)
-    outcomes = sorted(str(d["outcome"]) for d in await deliveries(store, ref))
+    assert (task.state, task.progress) == (State.RUNNING.value, 20)
+    outcomes = sorted(str(d.outcome) for d in await deliveries(store, ref))
     assert outcomes == [Outcome.APPLIED.value, Outcome.FOREIGN.value]
 
 
@@ -176,29 +176,29 @@ def signed_event(video_id: str, kind: str, now: datetime) -> Delivery:
 async def test_a_thin_event_whose_fetch_failed_is_fetched_again(
     store: LedgerStore, clock: FakeClock
 ) -> None:
-    ref = (await store.register(NewTask("openai", provider_task_id="video_1")))["ref"]
+    ref = (await store.register(NewTask("openai", provider_task_id="video_1"))).ref
     await store.ingest([signed_event("video_1", "video.completed", clock())])
     retry_at = clock() + timedelta(seconds=5)
     await store.ingest([Poll(ref, clock(), retry_at, http_status=429, error="rate limited")])
     task = await store.get(ref)
     assert task is not None
-    assert (task["state"], task["result"]) == (State.SUCCEEDED.value, None)
-    assert task["next_poll_at"] is not None
+    assert (task.state, task.result) == (State.SUCCEEDED.value, None)
+    assert task.next_poll_at is not None
 
 
 async def test_a_signed_event_before_the_submit_answer_is_folded_in_by_it(
     store: LedgerStore, clock: FakeClock
 ) -> None:
-    ref = (await store.register(NewTask("openai", submit=True)))["ref"]
+    ref = (await store.register(NewTask("openai", submit=True))).ref
     (claim,) = await store.claim_due("r1", "openai", 10, 60)
-    assert claim["ref"] == ref
+    assert claim.ref == ref
     (early,) = await store.ingest([signed_event("video_1", "video.completed", clock())])
     assert early.outcome is Outcome.UNMATCHED
     answer = Observation("video_1", State.QUEUED)
     await store.ingest([Submission(ref, clock(), SubmissionStatus.SENT, clock(), answer)])
     task = await store.get(ref)
     assert task is not None
-    assert task["provider_task_id"] == "video_1"
-    deliveries = (await store.timeline(ref))["deliveries"]
-    assert [d["outcome"] for d in deliveries] == [Outcome.APPLIED.value]
-    assert task["state"] == State.SUCCEEDED.value
+    assert task.provider_task_id == "video_1"
+    deliveries = (await store.timeline(ref)).deliveries
+    assert [d.outcome for d in deliveries] == [Outcome.APPLIED.value]
+    assert task.state == State.SUCCEEDED.value

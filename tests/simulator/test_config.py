@@ -23,7 +23,7 @@ def test_faults_reject_a_rate_outside_zero_to_one(rate: float) -> None:
 
 def test_faults_reject_a_rate_limit_for_an_unknown_format() -> None:
     with pytest.raises(SimulatorError):
-        Faults(rate_limit_rps={"replicate": 1.0})
+        Faults(rate_limit_rps={"midjourney": 1.0})
 
 
 def test_update_faults_replaces_only_the_named_fields() -> None:

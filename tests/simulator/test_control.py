@@ -21,7 +21,14 @@ async def test_stats_count_submits_per_format() -> None:
     async with running(make_config()) as run:
         await run.submit("apidot")
         stats = (await run.client.get("/_sim/stats")).json()
-    assert stats["submits_by_format"] == {"openai": 0, "apidot": 1, "evolink": 0}
+    assert stats["submits_by_format"] == {
+        "openai": 0,
+        "apidot": 1,
+        "evolink": 0,
+        "replicate": 0,
+        "fal": 0,
+        "kie": 0,
+    }
     assert "poll_times" not in stats
 
 

@@ -66,10 +66,17 @@ def test_drawn_schedules_stay_within_the_duration_bounds(
 
 @pytest.mark.parametrize(
     ("fmt", "outcome"),
-    [("openai", "failed"), ("apidot", "failed"), ("evolink", "cancelled")],
-    ids=["openai", "apidot", "evolink"],
+    [
+        ("openai", "failed"),
+        ("apidot", "failed"),
+        ("evolink", "cancelled"),
+        ("replicate", "cancelled"),
+        ("fal", "failed"),
+        ("kie", "failed"),
+    ],
+    ids=["openai", "apidot", "evolink", "replicate", "fal", "kie"],
 )
-def test_cancelled_outcome_exists_only_for_evolink(fmt: str, outcome: str) -> None:
+def test_cancelled_outcome_exists_only_where_the_format_can_cancel(fmt: str, outcome: str) -> None:
     lifecycle = Lifecycle(succeeded_weight=0, failed_weight=0, cancelled_weight=1)
     assert draw_outcome(random.Random(1), lifecycle, fmt) == outcome
 
@@ -94,11 +101,34 @@ def test_ground_truth_names_the_outcome_in_both_vocabularies() -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "word"),
-    [("openai", "completed"), ("apidot", "finished"), ("evolink", "completed")],
-    ids=["openai", "apidot", "evolink"],
+    [
+        ("openai", "completed"),
+        ("apidot", "finished"),
+        ("evolink", "completed"),
+        ("replicate", "succeeded"),
+        ("fal", "COMPLETED"),
+        ("kie", "success"),
+    ],
+    ids=["openai", "apidot", "evolink", "replicate", "fal", "kie"],
 )
 def test_success_uses_each_formats_own_word(fmt: str, word: str) -> None:
     assert task_with(fmt, "succeeded").state_word(200.0) == word
+
+
+def test_replicate_prediction_failing_before_it_ran_is_aborted() -> None:
+    task = task_with("replicate", "failed")
+    task.schedule = finish_now(task.schedule, 100.5, None)
+    assert (task.state_word(200.0), ground_truth(task, 200.0)["normalized"]) == (
+        "aborted",
+        "failed",
+    )
+
+
+def test_kie_task_waits_then_queues_before_generating() -> None:
+    task = task_with("kie", "succeeded")
+    start = task.schedule.started_at
+    words = [task.state_word(at) for at in (100.0, start - 0.01, start + 0.01)]
+    assert words == ["waiting", "queuing", "generating"]
 
 
 def test_finish_now_moves_the_end_and_a_later_start_to_now() -> None:

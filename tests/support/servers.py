@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from schemas.demo import wait_ready as ready
+from ops.demo import wait_ready as ready
+from ops.procfile import web_command
 
 
 def free_port() -> int:
@@ -51,21 +51,9 @@ async def receiver_process(
     env: dict[str, str], port: int, workers: int = 1
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """The receiver as production runs it (uvicorn, its own process), ready when yielded."""
+    options = ("--workers", str(workers), "--log-level", "warning")
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "receiver.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
+        *web_command("127.0.0.1", port, *options),
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

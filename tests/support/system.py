@@ -18,52 +18,58 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from ops.simulated import SIMULATED_PROVIDERS, simulated_environment
 from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
 from reconciler.retry import RetryPolicy
 from schemas.clock import utc_now
 from schemas.database import create_engine
-from schemas.settings import ProviderSettings, Settings
+from schemas.settings import Settings
 from schemas.store import LedgerStore
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
-from schemas.wire import WireFormat
 from simulator import Faults, SimConfig, SimTask, Simulator, create_app
 from tests.support.senders import WEBHOOK_SECRET
 from tests.support.servers import free_port, serve
-from tests.support.service import Service, running_service, settings_for
+from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, Service, running_service
 from tests.support.waiting import until
 
-FORMATS = {"openai": WireFormat.OPENAI, "apidot": WireFormat.APIDOT, "evolink": WireFormat.EVOLINK}
+SYSTEM_PROVIDER = {
+    "EXPECTED_SECONDS": "1",
+    "MAX_AGE_SECONDS": "120",
+    "RATE_LIMIT": "500",
+    "CONCURRENCY": "32",
+}
 FAST_POLICY = RetryPolicy(
     attempts=2, base_delay_seconds=0.05, max_delay_seconds=0.5, min_poll_delay_seconds=0.3
 )
 
 
-def system_settings(database_url: str, sim_url: str, **provider: Any) -> Settings:
-    values = {
-        "expected_seconds": 1.0,
-        "max_age_seconds": 120.0,
-        "rate_limit_per_second": 500.0,
-        "concurrency": 32,
-        **provider,
-    }
-    providers = {
-        name: ProviderSettings(
-            name,
-            kind,
-            base_url=f"{sim_url}/{name}",
-            api_key="sk-test",
-            webhook_secrets=(WEBHOOK_SECRET,) if kind is WireFormat.OPENAI else (),
-            **values,
-        )
-        for name, kind in FORMATS.items()
-    }
-    return replace(
-        settings_for(database_url),
-        providers=providers,
-        lease_seconds=5.0,
-        poll_interval_seconds=0.1,
+def system_environment(database_url: str, sim_url: str, **variations: Any) -> dict[str, str]:
+    """The environment of a system on the simulator with the tests' secrets; `variations`
+    are `simulated_environment`'s optional arguments."""
+    return simulated_environment(
+        database_url=database_url,
+        sim_url=sim_url,
+        api_key="sk-test",
+        admin_token=ADMIN_TOKEN,
+        callback_secrets=CALLBACK_SECRETS,
+        webhook_secret=WEBHOOK_SECRET,
+        **variations,
     )
+
+
+def system_settings(database_url: str, sim_url: str, **provider: Any) -> Settings:
+    """The settings of a system on the simulator; `provider` overrides fields of each
+    provider's `ProviderSettings`."""
+    environ = system_environment(
+        database_url,
+        sim_url,
+        provider=SYSTEM_PROVIDER,
+        settings={"LOG_JSON": "true", "LEASE_SECONDS": "5", "POLL_INTERVAL_SECONDS": "0.1"},
+    )
+    settings = Settings.from_environ(environ)
+    providers = {name: replace(p, **provider) for name, p in settings.providers.items()}
+    return replace(settings, providers=providers)
 
 
 def with_tricks(faults: Faults, *, wrong_task_id_rate: float = 0.0) -> Faults:
@@ -199,7 +205,7 @@ class System:
 
     def _callbacks_done(self) -> bool:
         sim = self.simulator
-        tasks = [task for fmt in FORMATS for task in sim.tasks(fmt)]
+        tasks = [task for fmt in SIMULATED_PROVIDERS for task in sim.tasks(fmt)]
         return sim.sender.pending == 0 and all(t.terminal_sent or not _calls_back(t) for t in tasks)
 
     async def start_reconciler(

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from schemas import console
-from schemas.cli import main
+from ops.cli import main
+from ops.console import export
 from tests.support.servers import free_port
 
 URL = "http://ledger.test"
@@ -362,7 +362,7 @@ def test_export_streams_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
 def test_export_shows_progress_when_stderr_is_a_terminal(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(console, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(export, "_stderr_is_terminal", lambda: True)
     assert Api(streamed(JSONL)).run("export") == 0
     assert capsys.readouterr().err.endswith("taskledger: exported 2 rows\n")
 
@@ -399,7 +399,7 @@ def test_export_to_a_missing_directory_is_one_line(
 
 def test_lines_keeps_line_endings_across_chunks() -> None:
     chunks = ["a\r", "\nb", "c\n\n", "d"]
-    assert list(console.lines(chunks)) == ["a\r\n", "bc\n", "\n", "d"]
+    assert list(export.lines(chunks)) == ["a\r\n", "bc\n", "\n", "d"]
 
 
 # -- changes -------------------------------------------------------------------

@@ -42,6 +42,7 @@ from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Writes
 from schemas.ledger import DeliveryId
+from schemas.store.transactions import UniqueRace
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UNFOLDED_WHERE, UTCDateTime
 from schemas.write_deadline import WriteBusy, take_turn, wait_until
 from schemas.write_deadline import current as current_deadline
@@ -58,10 +59,6 @@ Decoder = Callable[[Any], Any]
 # cache, 1.3% with 8 and 0.6% with 4, while reads from the OS's cache grew by less.
 WRITER_CACHE_KIB = 8 * 1024
 _QUOTE = sqlite_dialect.dialect().identifier_preparer.quote
-
-
-class UniqueRace(Exception):
-    """A unique key was taken by another writer first: the caller retries the batch."""
 
 
 # A batch writes the same instants many times (its `now`, unchanged task times): the

@@ -7,7 +7,6 @@ the demo only submits tasks through the API and reads the ledger at the end.
 from __future__ import annotations
 
 import asyncio
-import base64
 import secrets
 import socket
 import subprocess
@@ -21,12 +20,14 @@ from typing import Any
 
 import httpx
 
+from ops.envfile import webhook_secret
+from ops.procfile import web_command
+from ops.simulated import SIMULATED_PROVIDERS, simulated_environment
 from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.migrate import upgrade
 from schemas.store import LedgerStore
 
-PROVIDERS = {"openai": "openai", "apidot": "apidot", "evolink": "evolink"}
 FAULTS = {
     "--drop-rate": "0.3",
     "--duplicate-rate": "0.1",
@@ -57,7 +58,7 @@ async def _demo(workdir: Path, count: int) -> int:
     engine = create_engine(env["TASKLEDGER_DATABASE_URL"])
     await upgrade(engine)
     store = LedgerStore(engine, utc_now)
-    print(f"taskledger demo: {count} tasks across {', '.join(PROVIDERS)}, with faults:")
+    print(f"taskledger demo: {count} tasks across {', '.join(SIMULATED_PROVIDERS)}, with faults:")
     print("  " + ", ".join(f"{k.strip('-')}={v}" for k, v in FAULTS.items()))
     with _processes(env, ports):
         web = f"http://127.0.0.1:{ports['web']}"
@@ -77,29 +78,18 @@ async def _demo(workdir: Path, count: int) -> int:
 
 
 def _environment(workdir: Path, ports: Mapping[str, int]) -> dict[str, str]:
-    sim = f"http://127.0.0.1:{ports['sim']}"
-    env = {
-        "TASKLEDGER_DATABASE_URL": f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
-        "TASKLEDGER_PUBLIC_BASE_URL": f"http://127.0.0.1:{ports['web']}",
-        "TASKLEDGER_ADMIN_TOKEN": secrets.token_urlsafe(16),
-        "TASKLEDGER_CALLBACK_SECRETS": secrets.token_urlsafe(16),
-        "TASKLEDGER_PROVIDERS": ",".join(PROVIDERS),
-        "TASKLEDGER_LOG_LEVEL": "warning",
-        "TASKLEDGER_POLL_INTERVAL_SECONDS": "0.2",
-        "PATH": str(Path(sys.executable).parent),
-    }
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-    env["TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS"] = secret
-    for name in PROVIDERS:
-        key = f"TASKLEDGER_PROVIDER_{name.upper()}_"
-        env |= {
-            key + "BASE_URL": f"{sim}/{name}",
-            key + "API_KEY": "sk-demo",
-            key + "EXPECTED_SECONDS": "4",
-            key + "RATE_LIMIT": "100",
-            key + "CONCURRENCY": "16",
-        }
-    return env
+    return simulated_environment(
+        database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+        sim_url=f"http://127.0.0.1:{ports['sim']}",
+        api_key="sk-demo",
+        admin_token=secrets.token_urlsafe(16),
+        callback_secrets=[secrets.token_urlsafe(16)],
+        webhook_secret=webhook_secret(24),
+        public_url=f"http://127.0.0.1:{ports['web']}",
+        provider={"EXPECTED_SECONDS": "4", "RATE_LIMIT": "100", "CONCURRENCY": "16"},
+        settings={"LOG_LEVEL": "warning", "POLL_INTERVAL_SECONDS": "0.2"},
+        base={"PATH": str(Path(sys.executable).parent)},
+    )
 
 
 @contextmanager
@@ -129,20 +119,7 @@ def _processes(env: dict[str, str], ports: Mapping[str, int]) -> Iterator[None]:
             str(secrets.randbelow(1000)),
             *[part for flag, value in FAULTS.items() for part in (flag, value)],
         ],
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "receiver.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["web"]),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        web_command("127.0.0.1", ports["web"], "--log-level", "warning"),
         [sys.executable, "-m", "reconciler"],
     ]
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL) for c in commands]  # noqa: S603
@@ -172,7 +149,7 @@ async def wait_ready(http: httpx.AsyncClient, within_seconds: float = 30) -> Non
 
 
 async def _submit(http: httpx.AsyncClient, token: str, count: int) -> None:
-    names = list(PROVIDERS)
+    names = list(SIMULATED_PROVIDERS)
     headers = {"authorization": f"Bearer {token}"}
 
     async def one(i: int) -> None:

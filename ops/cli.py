@@ -5,27 +5,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import os
-import re
-import secrets
-import shlex
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 import httpx
-from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
-from schemas import console
+from ops import console
+from ops.demo import run_demo
+from ops.envfile import ENV_FILE, load_environ, write_env_file
+from ops.supervisor import supervise
 from schemas.clock import utc_now
 from schemas.database import create_engine, normalize_url
-from schemas.demo import run_demo
 from schemas.errors import ConfigError, LedgerError
 from schemas.migrate import upgrade
 from schemas.retention import PruneReport, RetentionPolicy
@@ -33,8 +27,6 @@ from schemas.settings import DEFAULT_DATABASE_URL, PREFIX, provider_readers, ret
 from schemas.states import Outcome
 from schemas.store import LedgerStore, backup_sqlite
 
-ENV_FILE = Path(".env")
-PROCFILE = Path("Procfile")
 REFOLD_HELP = """\
 Reads every delivery kept as `unrecognized` (authenticated, but its body could not be
 read when it came) with the current code, and folds in those it can read now. Run it
@@ -57,6 +49,8 @@ For PostgreSQL use pg_dump.
 To restore: stop the service, replace the database file with the copy, delete any
 stale -wal and -shm files beside it, then start the service.
 """
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
@@ -94,13 +88,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_prune(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    prune = db.add_parser(
-        "prune",
-        help="remove old evidence of finished tasks",
-        description=PRUNE_HELP,
+def _add_described(
+    db: Subcommands, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A `db` command whose `--help` prints `description` as written."""
+    return db.add_parser(
+        name,
+        help=summary,
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _add_prune(db: Subcommands) -> None:
+    prune = _add_described(db, "prune", "remove old evidence of finished tasks", PRUNE_HELP)
     prune.add_argument("--dry-run", action="store_true", help="count, change nothing")
     prune.add_argument(
         "--retention-days", type=_days, help="override TASKLEDGER_RETENTION_DAYS (30)"
@@ -108,22 +109,19 @@ def _add_prune(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prune.add_argument("--batch-size", type=_positive_int, default=500, help="rows per transaction")
 
 
-def _add_backup(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    backup = db.add_parser(
-        "backup",
-        help="copy the SQLite database online and check the copy",
-        description=BACKUP_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _add_backup(db: Subcommands) -> None:
+    backup = _add_described(
+        db, "backup", "copy the SQLite database online and check the copy", BACKUP_HELP
     )
     backup.add_argument("path", type=Path, help="where to write the copy (must not exist)")
 
 
-def _add_refold(db: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    refold = db.add_parser(
+def _add_refold(db: Subcommands) -> None:
+    refold = _add_described(
+        db,
         "refold",
-        help="read deliveries kept as unrecognized again, fold in what can now be read",
-        description=REFOLD_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "read deliveries kept as unrecognized again, fold in what can now be read",
+        REFOLD_HELP,
     )
     refold.add_argument("--provider", help="only this provider's deliveries")
     refold.add_argument(
@@ -168,12 +166,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     environ = load_environ()
     asyncio.run(_upgrade(environ))
     return supervise(environ, host=args.host, port=args.port)
-
-
-def load_environ() -> dict[str, str]:
-    """The process environment over the values of `.env` (the environment wins)."""
-    values = {k: v for k, v in dotenv_values(ENV_FILE).items() if v is not None}
-    return {**values, **os.environ}
 
 
 async def _upgrade(environ: Mapping[str, str]) -> None:
@@ -282,86 +274,6 @@ def sqlite_path(url: str) -> Path:
     if not parsed.database or parsed.database == ":memory:":
         raise ConfigError(f"{PREFIX}DATABASE_URL names no SQLite file to back up")
     return Path(parsed.database)
-
-
-def write_env_file(path: Path) -> None:
-    """Generate local secrets once; an existing file is never touched."""
-    if path.exists():
-        return
-    lines = [
-        "# Local secrets for taskledger, generated once. Never commit this file.",
-        f"{PREFIX}DATABASE_URL={DEFAULT_DATABASE_URL}",
-        f"{PREFIX}PUBLIC_BASE_URL=http://127.0.0.1:8000",
-        f"{PREFIX}ADMIN_TOKEN={secrets.token_urlsafe(32)}",
-        f"{PREFIX}CALLBACK_SECRETS={secrets.token_urlsafe(32)}",
-        f"{PREFIX}PROVIDER_OPENAI_WEBHOOK_SECRETS=whsec_{_b64_secret()}",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
-    print(f"taskledger: wrote {path} with fresh local secrets")
-
-
-def _b64_secret() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
-    commands = {}
-    for line in path.read_text().splitlines():
-        name, sep, command = line.partition(":")
-        if sep and name.strip() and not name.startswith("#"):
-            commands[name.strip()] = command.strip()
-    return commands
-
-
-def supervise(environ: Mapping[str, str], *, host: str, port: int) -> int:
-    """Run each Procfile process; when one stops, stop the others (like honcho)."""
-    env = {**environ, "PORT": str(port), "HOST": host}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    procs = {
-        name: subprocess.Popen(shlex.split(_expand(command, env)), env=env)  # noqa: S603
-        for name, command in procfile_commands().items()
-    }
-    print(f"taskledger: running {', '.join(procs)} on http://{host}:{port}")
-    stopping = False
-
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(p.poll() is None for p in procs.values()):
-        time.sleep(0.2)
-    return _stop_all(procs)
-
-
-_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
-
-
-def _expand(command: str, env: Mapping[str, str]) -> str:
-    """Shell-style `$NAME`, `${NAME}` and `${NAME:-default}`, without a shell."""
-
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(3)
-        return env.get(name) or match.group(2) or ""
-
-    return _VARIABLE.sub(value, command)
-
-
-def _stop_all(procs: Mapping[str, subprocess.Popen[bytes]]) -> int:
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    codes = []
-    for proc in procs.values():
-        try:
-            codes.append(proc.wait(timeout=20))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(proc.wait())
-    return max((abs(code) for code in codes), default=0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""The console's client of a running service's `/v1` admin API, and the errors it raises."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from ops.console.render import text
+from schemas.errors import LedgerError
+from schemas.settings import PREFIX
+
+TIMEOUT_SECONDS = 10.0
+
+
+class CommandError(LedgerError):
+    """A read command could not do its job; the message is the one line the operator sees."""
+
+
+class ApiError(CommandError):
+    """The admin API could not be reached, or refused the request."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class AdminApi:
+    """The service's `/v1` read endpoints; the one place that catches httpx errors here."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+
+    def get(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        read_timeout: float = TIMEOUT_SECONDS,
+    ) -> dict[str, Any]:
+        """The JSON object at `path`."""
+        with self.stream(path, params, read_timeout=read_timeout) as response:
+            response.read()
+        try:
+            body = response.json()
+        except ValueError:
+            raise ApiError(
+                f"{path} did not answer JSON", status_code=response.status_code
+            ) from None
+        if not isinstance(body, dict):
+            raise ApiError(f"{path} did not answer a JSON object", status_code=response.status_code)
+        return body
+
+    @contextmanager
+    def stream(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        read_timeout: float = TIMEOUT_SECONDS,
+    ) -> Iterator[httpx.Response]:
+        """A 2xx response whose body is read as it arrives; any other answer raises."""
+        timeout = httpx.Timeout(TIMEOUT_SECONDS, read=read_timeout)
+        try:
+            with self.http.stream("GET", path, params=query(params), timeout=timeout) as response:
+                _check(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise ApiError(_failure(exc, str(self.http.base_url).rstrip("/"))) from exc
+
+
+def query(params: Mapping[str, Any] | None) -> dict[str, str]:
+    """Query parameters as the API reads them: no empty values, `true` for flags."""
+    shown = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
+    return {k: "true" if v is True else str(v) for k, v in shown.items()}
+
+
+def _check(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    response.read()
+    status = response.status_code
+    if status == 401:
+        raise ApiError(
+            f"the service refused the admin token (401): pass --token or set {PREFIX}ADMIN_TOKEN",
+            status_code=status,
+        )
+    raise ApiError(f"the service answered {status}: {_reason(response)}", status_code=status)
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("message"):
+        return text(body["message"])
+    return response.reason_phrase or "no reason given"
+
+
+def _failure(exc: httpx.HTTPError, url: str) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot reach the service at {url}: {text(exc) or 'connection failed'}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"the service at {url} did not answer in time ({type(exc).__name__})"
+    return f"the request to {url} failed: {type(exc).__name__}: {text(exc)}"
+
+
+@contextmanager
+def open_api(url: str, token: str, transport: httpx.BaseTransport | None) -> Iterator[AdminApi]:
+    """An `AdminApi` over a client sending the admin token; `transport` lets tests answer."""
+    headers = {"authorization": f"Bearer {token}", "user-agent": "taskledger-cli"}
+    with httpx.Client(base_url=url, headers=headers, transport=transport) as http:
+        yield AdminApi(http)

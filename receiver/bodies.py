@@ -1,0 +1,89 @@
+"""Reading request bodies, for every route: bounded in size and time, then JSON or a form."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
+
+from receiver import deadlines
+from receiver.errors import BodyTimeout, BodyTooLarge, MalformedBody, NotJson, Unprocessable
+from schemas.settings import BODY_TIMEOUT_SECONDS
+
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
+FORM_MAX_FIELDS = 10
+
+
+async def read_body(
+    receive: Receive,
+    headers: Headers,
+    limit: int,
+    within_seconds: float = BODY_TIMEOUT_SECONDS,
+) -> bytes:
+    """The raw body, refused once it exceeds `limit` bytes or takes over `within_seconds`."""
+    declared = headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"the body exceeds {limit} bytes")
+    try:
+        return await deadlines.of_running_loop().within(
+            within_seconds, _read_limited(receive, limit)
+        )
+    except TimeoutError:
+        raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request's body as a JSON object (`parse_json`), read within `limit` bytes."""
+    body = await read_body(request.receive, request.headers, limit)
+    return parse_json(request.headers, body)
+
+
+async def read_form(request: Request, limit: int, name: str = "form") -> dict[str, list[str]]:
+    """The request's URL-encoded form (`name` in errors), read within `limit` bytes; 422 if
+    it is not one."""
+    if _media_type(request.headers) != FORM_MEDIA_TYPE:
+        raise Unprocessable(f"the {name} must be {FORM_MEDIA_TYPE}")
+    body = await read_body(request.receive, request.headers, limit)
+    try:
+        return parse_qs(body.decode("utf-8"), max_num_fields=FORM_MAX_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise Unprocessable(f"the {name} is not valid") from None
+
+
+def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
+    """A JSON object from the body; 415 when the sender says it is something else."""
+    media_type = _media_type(headers)
+    if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+        raise NotJson("the body must be application/json")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise MalformedBody("the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise MalformedBody("the body must be a JSON object")
+    return payload
+
+
+def _media_type(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def _read_limited(receive: Receive, limit: int) -> bytes:
+    # ASGI messages straight from `receive`: a small body is one message, no generator.
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

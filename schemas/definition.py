@@ -1,0 +1,304 @@
+"""A provider kind as data: one TOML file says how to submit, poll, read and verify it.
+
+`load_definition` reads and checks a file, naming the file and key of any mistake;
+`Definition` is what the rest of the code asks (see README "Adding a provider").
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import ConfigError
+from schemas.fieldpath import Field, PathError
+from schemas.states import State
+
+AUTH_SCHEMES = ("bearer", "key", "header", "none")
+SUBMIT_BODIES = ("flat", "input")
+CALLBACK_PLACES = ("body", "query", "none")
+CALLBACK_SHAPES = ("status", "thin", "envelope")
+VERIFY_SCHEMES = ("url-token", "standard-webhooks", "ed25519-jwks", "hmac-fields")
+FIELD_NAMES = (
+    "task_id",
+    "status",
+    "progress",
+    "result_urls",
+    "error_code",
+    "error_message",
+    "cost",
+    "created_at",
+    "finished_at",
+    "expires_at",
+)
+_STATES = {state.value: state for state in State if state is not State.SUBMITTED}
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    scheme: str = "bearer"
+    header: str = "authorization"
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        """The request headers that carry `api_key` (none without one)."""
+        if not api_key or self.scheme == "none":
+            return {}
+        if self.scheme == "bearer":
+            return {"authorization": f"Bearer {api_key}"}
+        if self.scheme == "key":
+            return {"authorization": f"Key {api_key}"}
+        return {self.header: api_key}
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    method: str = "POST"
+    path: str = ""
+    body: str = "flat"  # flat: {"model", **request}; input: {"model", "input": request}
+    callback: str = "body"  # where the callback URL goes: a body field or a query parameter
+    callback_name: str = "callback_url"
+    task_id: Field | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    method: str = "GET"
+    path: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An answer wrapped as `{"code": 200, "data": {...}}`: where the code is, which codes
+    mean success, and where the message is when it does not."""
+
+    code: Field | None = None
+    ok: tuple[int, ...] = (200,)
+    message: Field | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateRule:
+    """A status word that means another state when an error code says so (EvoLink's
+    `failed` with `request_cancelled` is a cancel)."""
+
+    status: str
+    error_code: str
+    state: State
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    """Everything taskledger knows about one provider kind, read from its file."""
+
+    name: str
+    source: str
+    description: str = ""
+    auth: Auth = field(default_factory=Auth)
+    submit: Submit = field(default_factory=Submit)
+    poll: Poll = field(default_factory=Poll)
+    envelope: Envelope | None = None
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    states: Mapping[str, State] = field(default_factory=dict)
+    rules: tuple[StateRule, ...] = ()
+    # Words that say "finished" but not how: the result must be fetched (fal's COMPLETED).
+    fetch_to_know: frozenset[str] = frozenset()
+    callback_shape: str = "status"
+    verify: str = "url-token"
+    result_ttl_seconds: float | None = None
+    expected_seconds: float = 300.0
+    max_age_seconds: float = 86_400.0
+    rate_limit_per_second: float = 5.0
+    sunset: date | None = None
+    examples: tuple[Mapping[str, Any], ...] = ()
+
+    def state_of(self, word: str) -> State | None:
+        return self.states.get(word.strip().lower())
+
+
+def load_definition(path: Path) -> Definition:
+    """Read and check one definition file; any mistake is a ConfigError naming the file."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path.name}: cannot read it as TOML ({exc})") from None
+    try:
+        return _definition(data, path.name)
+    except (KeyError, TypeError, ValueError, PathError) as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None
+
+
+def _definition(data: Mapping[str, Any], source: str) -> Definition:
+    _known(
+        data,
+        "",
+        {
+            "name",
+            "description",
+            "auth",
+            "submit",
+            "poll",
+            "envelope",
+            "fields",
+            "states",
+            "state_rules",
+            "fetch_to_know",
+            "callbacks",
+            "defaults",
+            "lifecycle",
+            "examples",
+            "docs",
+        },
+    )
+    name = _text(data, "name")
+    auth = _auth(_table(data, "auth"))
+    submit = _submit(_table(data, "submit"))
+    fields = _fields(data.get("fields", {}))
+    if "task_id" not in fields or "status" not in fields:
+        raise ValueError("[fields] must say where `task_id` and `status` are")
+    callbacks = _table(data, "callbacks")
+    defaults = _table(data, "defaults")
+    lifecycle = _table(data, "lifecycle")
+    return Definition(
+        name=name,
+        source=source,
+        description=str(data.get("description", "")),
+        auth=auth,
+        submit=submit,
+        poll=_poll(_table(data, "poll")),
+        envelope=_envelope(data.get("envelope")),
+        fields=fields,
+        states=_states(_table(data, "states")),
+        rules=tuple(_rule(rule) for rule in data.get("state_rules", [])),
+        fetch_to_know=frozenset(w.lower() for w in data.get("fetch_to_know", [])),
+        callback_shape=_choice(callbacks, "shape", CALLBACK_SHAPES, "status"),
+        verify=_choice(callbacks, "verify", VERIFY_SCHEMES, "url-token"),
+        result_ttl_seconds=_number(defaults, "result_ttl_seconds", None),
+        expected_seconds=_number(defaults, "expected_seconds", 300.0) or 300.0,
+        max_age_seconds=_number(defaults, "max_age_seconds", 86_400.0) or 86_400.0,
+        rate_limit_per_second=_number(defaults, "rate_limit", 5.0) or 5.0,
+        sunset=_date(lifecycle.get("sunset")),
+        examples=tuple(data.get("examples", [])),
+    )
+
+
+def _known(table: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key {where}{unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{key}] must be a table")
+    return value
+
+
+def _text(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{key}` must be a non-empty string")
+    return value.strip()
+
+
+def _choice(data: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = data.get(key, default)
+    if value not in allowed:
+        raise ValueError(f"`{key}` must be one of {', '.join(allowed)} (got {value!r})")
+    return str(value)
+
+
+def _number(data: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"`{key}` must be a positive number (got {value!r})")
+    return float(value)
+
+
+def _date(value: Any) -> date | None:
+    if value is None or isinstance(value, date):
+        return value
+    raise ValueError(f"`lifecycle.sunset` must be a TOML date like 2026-09-24 (got {value!r})")
+
+
+def _auth(data: Mapping[str, Any]) -> Auth:
+    _known(data, "auth.", {"scheme", "header"})
+    scheme = _choice(data, "scheme", AUTH_SCHEMES, "bearer")
+    header = str(data.get("header", "authorization")).lower()
+    if scheme == "header" and header == "authorization":
+        raise ValueError("auth scheme `header` needs `header`, the header's name")
+    return Auth(scheme, header)
+
+
+def _submit(data: Mapping[str, Any]) -> Submit:
+    _known(data, "submit.", {"method", "path", "body", "callback", "task_id"})
+    callback = str(data.get("callback", "body:callback_url"))
+    place, _, name = callback.partition(":")
+    if place not in CALLBACK_PLACES or (place != "none" and not name):
+        raise ValueError("`submit.callback` must be body:NAME, query:NAME or none")
+    task_id = data.get("task_id")
+    return Submit(
+        method=str(data.get("method", "POST")).upper(),
+        path=str(data.get("path", "")),
+        body=_choice(data, "body", SUBMIT_BODIES, "flat"),
+        callback=place,
+        callback_name=name,
+        task_id=Field.of(task_id) if task_id else None,
+    )
+
+
+def _poll(data: Mapping[str, Any]) -> Poll:
+    _known(data, "poll.", {"method", "path", "headers"})
+    path = _text(data, "path")
+    if "{task_id}" not in path:
+        raise ValueError("`poll.path` must hold {task_id} (in the path or its query)")
+    headers = data.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ValueError("`poll.headers` must be a table of header names to values")
+    return Poll(
+        str(data.get("method", "GET")).upper(), path, {k: str(v) for k, v in headers.items()}
+    )
+
+
+def _envelope(data: Any) -> Envelope | None:
+    if data is None:
+        return None
+    _known(data, "envelope.", {"code", "ok", "message"})
+    ok = data.get("ok", [200])
+    return Envelope(
+        code=Field.of(data["code"]) if "code" in data else None,
+        ok=tuple(int(code) for code in ok),
+        message=Field.of(data["message"]) if "message" in data else None,
+    )
+
+
+def _fields(data: Mapping[str, Any]) -> dict[str, Field]:
+    _known(data, "fields.", set(FIELD_NAMES))
+    return {name: Field.of(spec) for name, spec in data.items()}
+
+
+def _states(data: Mapping[str, Any]) -> dict[str, State]:
+    states: dict[str, State] = {}
+    for word, ours in data.items():
+        if ours not in _STATES:
+            raise ValueError(
+                f"status word {word!r} maps to {ours!r}, not one of {', '.join(_STATES)}"
+            )
+        states[word.strip().lower()] = _STATES[ours]
+    if not states:
+        raise ValueError("[states] must map at least one status word to our state")
+    return states
+
+
+def _rule(data: Mapping[str, Any]) -> StateRule:
+    _known(data, "state_rules.", {"status", "error_code", "state"})
+    state = data["state"]
+    if state not in _STATES:
+        raise ValueError(f"state rule's state {state!r} is not one of {', '.join(_STATES)}")
+    return StateRule(str(data["status"]).lower(), str(data["error_code"]), _STATES[state])

@@ -1,0 +1,149 @@
+"""`LedgerStore`: the ledger's one entry point, each method handed to the module of the
+store that owns its concern (ingest, registration, queries, claims, refold, retention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.clock import Clock
+from schemas.database import sqlite_file
+from schemas.ledger import Evidence, Reader, Stored
+from schemas.retention import PruneReport, RetentionCutoffs
+from schemas.store import claims, ingest, queries, refold, registration, retention
+from schemas.store.queries import Cursor, TaskFilter
+from schemas.store.registration import NewTask
+from schemas.store.rows import Claim, Task, Timeline
+from schemas.store.sqlite_ingest import SqliteWriter
+from schemas.store.transactions import Database
+
+POSTGRES_INGEST_WRITERS = 4
+
+
+class LedgerStore:
+    """The only way into the ledger: every read and write, each in its own transaction."""
+
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, readers: Mapping[str, Reader] | None = None
+    ) -> None:
+        self._db = Database(engine, clock, dict(readers or {}))
+        file = sqlite_file(engine)
+        self._sqlite = SqliteWriter(file) if file is not None else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._db.engine
+
+    @property
+    def clock(self) -> Clock:
+        return self._db.clock
+
+    @property
+    def ingest_writers(self) -> int:
+        """How many ingest batches are worth committing at once. SQLite takes one writer at
+        a time; on PostgreSQL a batch mostly waits on round trips and its commit, which
+        other batches can overlap (tasks are locked in ref order, keys in key order)."""
+        return POSTGRES_INGEST_WRITERS if self._db.locks_rows else 1
+
+    async def close(self) -> None:
+        """Stop the SQLite writer thread, if any (the engine is the caller's to dispose)."""
+        if self._sqlite is not None:
+            await self._sqlite.close()
+
+    # -- writes ----------------------------------------------------------------
+
+    async def ingest(self, evidence: Sequence[Evidence]) -> list[Stored]:
+        """Store and merge a batch in one transaction: `ingest.ingest`."""
+        return await ingest.ingest(self._db, self._sqlite, evidence)
+
+    async def register(self, new: NewTask) -> Task:
+        """Create a task: `registration.register`."""
+        return await registration.register(self._db, new)
+
+    async def attach(self, ref: str, provider_task_id: str) -> Task:
+        """Record a task's provider id and fold in what waited for it: `registration.attach`."""
+        return await registration.attach(self._db, ref, provider_task_id)
+
+    async def refold(
+        self,
+        *,
+        provider: str | None = None,
+        since: datetime | None = None,
+        dry_run: bool = False,
+        batch_size: int = 200,
+    ) -> dict[str, int]:
+        """Read `unrecognized` deliveries again and fold them in: `refold.refold`."""
+        return await refold.refold(
+            self._db, provider=provider, since=since, dry_run=dry_run, batch_size=batch_size
+        )
+
+    async def prune(
+        self, cutoffs: RetentionCutoffs, *, batch_size: int = 500, dry_run: bool = False
+    ) -> PruneReport:
+        """Remove finished tasks' old evidence: `retention.prune`."""
+        return await retention.prune(self._db, cutoffs, batch_size=batch_size, dry_run=dry_run)
+
+    # -- claims (the reconciler) -----------------------------------------------
+
+    async def claim_due(
+        self, owner: str, provider: str, limit: int, lease_seconds: float
+    ) -> list[Claim]:
+        """Lease `provider`'s due tasks, oldest due first: `claims.claim_due`."""
+        return await claims.claim_due(self._db, owner, provider, limit, lease_seconds)
+
+    async def release(self, owner: str) -> int:
+        """Give back every lease `owner` still holds (a clean shutdown)."""
+        return await claims.release(self._db, owner)
+
+    async def explain_due(self, provider: str, limit: int) -> str:
+        """The database's plan for the due-task query, for tests and operators."""
+        return await claims.explain_due(self._db, provider, limit)
+
+    async def oldest_open_since(self) -> datetime | None:
+        """When the oldest task still waiting for a poll was created."""
+        return await claims.oldest_open_since(self._db)
+
+    # -- reads -----------------------------------------------------------------
+
+    async def get(self, ref: str) -> Task | None:
+        return await queries.get(self._db, ref)
+
+    async def timeline(self, ref: str) -> Timeline:
+        """A task's deliveries, polls and transitions, each in the order they happened."""
+        return await queries.timeline(self._db, ref)
+
+    async def summary(self) -> dict[str, Any]:
+        """Ledger-wide counts: `queries.summary`."""
+        return await queries.summary(self._db)
+
+    async def list_tasks(
+        self, where: TaskFilter, limit: int, after: Cursor | None = None
+    ) -> tuple[list[Task], Cursor | None]:
+        """One page of tasks and the cursor of the next: `queries.list_tasks`."""
+        return await queries.list_tasks(self._db, where, limit, after)
+
+    async def changes(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Transitions after `after` in seq order, each with its task's current state."""
+        return await queries.changes(self._db, after, limit)
+
+    def pages(self, where: TaskFilter, page_size: int = 1000) -> AsyncIterator[list[Task]]:
+        """Every task matching `where`, oldest first, a page at a time."""
+        return queries.pages(self._db, where, page_size)
+
+    async def audit(
+        self, since: datetime | None, until: datetime | None, prices: Mapping[str, float | None]
+    ) -> dict[str, Any]:
+        """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost."""
+        return await queries.audit(self._db, since, until, prices)
+
+    async def final_states(self) -> list[tuple[str | None, str]]:
+        """(provider task id, state) of every task: for audits against a provider's records."""
+        return await queries.final_states(self._db)
+
+    async def ping(self) -> str | None:
+        """The schema's migration revision, read in a read-only transaction."""
+        return await queries.ping(self._db)

@@ -1,0 +1,49 @@
+"""PostgreSQL's advisory locks: the change feed's commit order, and writers meeting over
+one provider task id. SQLite runs one writer at a time, so there they do nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import sqlalchemy as sa
+
+FEED_LOCK_KEY = 0x7A5C_1ED6  # "taskledger" change feed, for pg_advisory_xact_lock
+# The two-key advisory locks (a key space apart from the one-key feed lock): provider ids.
+TASK_ID_LOCK_NAMESPACE = 0x7A5C_1D00
+_LOCK_TASK_IDS = sa.text(
+    "SELECT pg_advisory_xact_lock(:ns, k) FROM (SELECT unnest(CAST(:keys AS integer[])) AS k "
+    "ORDER BY k) AS wanted"
+)
+
+
+def order_transitions(conn: sa.Connection) -> None:
+    """Make `seq` order commit order, so a change feed reader never skips a late commit.
+
+    PostgreSQL hands out sequence numbers at insert time, not at commit: without this,
+    seq 11 could become visible before seq 10, and a reader at `after=11` would never
+    see 10. Transactions that append transitions take this lock before writing anything
+    (no lock-order cycle with row or unique-key waits) and hold it to commit. SQLite
+    already runs one writer at a time.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+
+
+def lock_task_ids(conn: sa.Connection, task_ids: set[str]) -> None:
+    """Serialize, per provider task id, the writers that may meet over it on PostgreSQL:
+    one keeping a delivery for an id no task has yet (unmatched), and one giving a task
+    that id (the submit answer, `PATCH`, a registration). Without it each could miss
+    the other's uncommitted row and leave the delivery unmatched for good. Taken before
+    any row lock, in key order (no cycles); SQLite runs one writer at a time already."""
+    if conn.dialect.name == "postgresql" and task_ids:
+        conn.execute(_LOCK_TASK_IDS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": _id_keys(task_ids)})
+
+
+def _id_keys(task_ids: set[str]) -> list[int]:
+    """Each id as a 32-bit lock key, sorted and distinct (a collision only serializes)."""
+    keys = {
+        int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big", signed=True)
+        for i in task_ids
+    }
+    return sorted(keys)

@@ -1,0 +1,263 @@
+"""The ledger's reads: a task, its timeline, pages of tasks, the change feed, the audit and
+the ledger-wide counts, each in a read-only transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
+
+from schemas.audit import ProviderAudit, histogram, hour_buckets
+from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, Source
+from schemas.store.ingest import UNFOLDED
+from schemas.store.rows import DeliveryEntry, PollEntry, Task, Timeline, TransitionEntry
+from schemas.store.transactions import Database
+from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
+
+Cursor = tuple[datetime, str]  # (created_at, ref) of the last task of a page
+_same_provider_task = sa.and_(
+    DELIVERY.c.provider == TASK.c.provider,
+    DELIVERY.c.provider_task_id == TASK.c.provider_task_id,
+)
+_TIMELINE_DELIVERY = [c for c in DELIVERY.c if c.name != "body"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    state: str | None = None
+    provider: str | None = None
+    owner: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    conflict: bool | None = None
+    recovered: bool | None = None
+    stuck: bool = False
+
+
+async def get(db: Database, ref: str) -> Task | None:
+    async with db.read() as conn:
+        row = (await conn.execute(sa.select(TASK).where(TASK.c.ref == ref))).mappings().first()
+    return Task(**row) if row else None
+
+
+async def timeline(db: Database, ref: str) -> Timeline:
+    """A task's deliveries, polls and transitions, each in the order they happened."""
+    async with db.read() as conn:
+        # Through the task: its provider id leads to its deliveries by the unique index;
+        # those kept without being folded in are found by the small partial index.
+        folded = await conn.execute(
+            sa.select(*_TIMELINE_DELIVERY)
+            .select_from(DELIVERY.join(TASK, _same_provider_task))
+            .where(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
+        )
+        unfolded = await conn.execute(
+            sa.select(*_TIMELINE_DELIVERY).where(DELIVERY.c.task_ref == ref, UNFOLDED)
+        )
+        deliveries = {row["id"]: row for row in folded.mappings()}
+        deliveries.update((row["id"], row) for row in unfolded.mappings())
+        polls = await conn.execute(
+            sa.select(OBSERVATION).where(OBSERVATION.c.task_ref == ref).order_by(OBSERVATION.c.id)
+        )
+        transitions = await conn.execute(
+            sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref).order_by(TRANSITION.c.seq)
+        )
+        return Timeline(
+            deliveries=[DeliveryEntry(**deliveries[key]) for key in sorted(deliveries)],
+            polls=[PollEntry(**row) for row in polls.mappings()],
+            transitions=[TransitionEntry(**row) for row in transitions.mappings()],
+        )
+
+
+async def summary(db: Database) -> dict[str, Any]:
+    """Ledger-wide counts: tasks by state, open, duplicates, conflicts, poll recoveries."""
+    terminal = [s.value for s in REAL_TERMINAL]
+    async with db.read() as conn:
+        by_state = await conn.execute(
+            sa.select(TASK.c.state, sa.func.count()).group_by(TASK.c.state)
+        )
+        states = {state: int(n) for state, n in by_state}
+        open_tasks = await conn.scalar(
+            sa.select(sa.func.count()).where(TASK.c.next_poll_at.is_not(None))
+        )
+        duplicates = await conn.scalar(sa.select(sa.func.sum(DELIVERY.c.duplicate_count)))
+        conflicts = await conn.scalar(sa.select(sa.func.count()).where(TASK.c.conflict))
+        recovered = await conn.scalar(
+            sa.select(sa.func.count(sa.distinct(TRANSITION.c.task_ref)))
+            .where(TRANSITION.c.source == Source.POLL.value)
+            .where(TRANSITION.c.to_state.in_(terminal))
+        )
+    return {
+        "tasks": sum(states.values()),
+        "by_state": states,
+        "open": int(open_tasks or 0),
+        "duplicates": int(duplicates or 0),
+        "conflicts": int(conflicts or 0),
+        "recovered_by_poll": int(recovered or 0),
+    }
+
+
+async def list_tasks(
+    db: Database, where: TaskFilter, limit: int, after: Cursor | None = None
+) -> tuple[list[Task], Cursor | None]:
+    """One page of tasks, newest first (oldest first for `stuck`), keyset-paginated."""
+    query = sa.select(TASK).where(*_task_conditions(where)).limit(limit + 1)
+    key = (TASK.c.created_at, TASK.c.ref)
+    if where.stuck:
+        query = query.order_by(*key)
+        if after:
+            query = query.where(sa.tuple_(*key) > after)
+    else:
+        query = query.order_by(*(column.desc() for column in key))
+        if after:
+            query = query.where(sa.tuple_(*key) < after)
+    async with db.read() as conn:
+        tasks = [Task(**row) for row in (await conn.execute(query)).mappings()]
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    return tasks, ((tasks[-1].created_at, tasks[-1].ref) if more else None)
+
+
+async def changes(db: Database, after: int, limit: int) -> list[dict[str, Any]]:
+    """Transitions after `after` in seq order, each with its task's current state."""
+    query = (
+        sa.select(
+            TRANSITION,
+            TASK.c.provider,
+            TASK.c.provider_task_id,
+            TASK.c.state.label("task_state"),
+            TASK.c.result,
+        )
+        .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
+        .where(TRANSITION.c.seq > after)
+        .order_by(TRANSITION.c.seq)
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def pages(
+    db: Database, where: TaskFilter, page_size: int = 1000
+) -> AsyncIterator[list[Task]]:
+    """Every task matching `where`, oldest first, a page (one short query) at a time."""
+    after: Cursor | None = None
+    key = (TASK.c.created_at, TASK.c.ref)
+    while True:
+        query = sa.select(TASK).where(*_task_conditions(where)).order_by(*key).limit(page_size)
+        if after:
+            query = query.where(sa.tuple_(*key) > after)
+        async with db.read() as conn:
+            tasks = [Task(**row) for row in (await conn.execute(query)).mappings()]
+        if not tasks:
+            return
+        yield tasks
+        after = (tasks[-1].created_at, tasks[-1].ref)
+
+
+async def audit(
+    db: Database,
+    since: datetime | None,
+    until: datetime | None,
+    prices: Mapping[str, float | None],
+) -> dict[str, Any]:
+    """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost."""
+    audits: dict[str, ProviderAudit] = {}
+    buckets: list[dict[str, Any]] = []
+    async for tasks in pages(db, TaskFilter(since=since, until=until)):
+        for task in tasks:
+            audits.setdefault(task.provider, ProviderAudit(task.provider)).add(task)
+        buckets += hour_buckets(tasks)
+    for provider, *counts in await _delivery_counts(db, since, until):
+        found = audits.setdefault(provider, ProviderAudit(provider))
+        found.duplicates, found.unmatched, found.unrecognized, found.ignored = counts
+    ordered = [audits[name] for name in sorted(audits)]
+    return {
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "providers": [a.summary(prices.get(a.provider)) for a in ordered],
+        "buckets": _merge_buckets(buckets),
+        "time_to_terminal_histogram": histogram(ordered),
+    }
+
+
+async def _delivery_counts(
+    db: Database, since: datetime | None, until: datetime | None
+) -> list[tuple[str, int, int, int, int]]:
+    """(provider, duplicate, unmatched, unrecognized and ignored deliveries) received in
+    the window."""
+    window = []
+    if since:
+        window.append(DELIVERY.c.received_at >= since)
+    if until:
+        window.append(DELIVERY.c.received_at < until)
+    query = (
+        sa.select(
+            DELIVERY.c.provider,
+            sa.func.coalesce(sa.func.sum(DELIVERY.c.duplicate_count), 0),
+            sa.func.count().filter(DELIVERY.c.task_ref.is_(None)),
+            sa.func.count().filter(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value),
+            sa.func.count().filter(DELIVERY.c.outcome == Outcome.IGNORED.value),
+        )
+        .where(*window)
+        .group_by(DELIVERY.c.provider)
+    )
+    async with db.read() as conn:
+        return [(p, int(d), int(u), int(r), int(i)) for p, d, u, r, i in await conn.execute(query)]
+
+
+async def final_states(db: Database) -> list[tuple[str | None, str]]:
+    """(provider task id, state) of every task: for audits against a provider's records."""
+    async with db.read() as conn:
+        rows = await conn.execute(sa.select(TASK.c.provider_task_id, TASK.c.state))
+        return [(task_id, state) for task_id, state in rows]
+
+
+async def ping(db: Database) -> str | None:
+    """The schema's migration revision, read in a read-only transaction: it answers at
+    once while another connection holds SQLite's write lock."""
+    async with db.read() as conn:
+        return await conn.run_sync(_schema_revision)
+
+
+def _schema_revision(conn: sa.Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _task_conditions(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = []
+    for column, value in (
+        (TASK.c.state, where.state),
+        (TASK.c.provider, where.provider),
+        (TASK.c.owner, where.owner),
+        (TASK.c.conflict, where.conflict),
+        (TASK.c.recovered, where.recovered),
+    ):
+        if value is not None:
+            conditions.append(column == value)
+    if where.since:
+        conditions.append(TASK.c.created_at >= where.since)
+    if where.until:
+        conditions.append(TASK.c.created_at < where.until)
+    if where.stuck:
+        # Open tasks, and final ones an operator should look at (an end never confirmed).
+        open_task = TASK.c.state.not_in([s.value for s in TERMINAL])
+        conditions.append(sa.or_(open_task, TASK.c.attention.is_not(None)))
+    return conditions
+
+
+def _merge_buckets(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pages may split one hour's counts; add them back together."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for bucket in buckets:
+        key = (bucket["start"], bucket["provider"])
+        if key in merged:
+            for outcome in ("succeeded", "failed", "cancelled", "lost"):
+                merged[key][outcome] += bucket[outcome]
+        else:
+            merged[key] = dict(bucket)
+    return [merged[key] for key in sorted(merged)]

@@ -1,0 +1,192 @@
+"""The store's transactions: a connection in a transaction, this process's SQLite write
+gate, the write deadline, and database errors translated into the ledger's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas.clock import Clock
+from schemas.database import READ_ONLY, sqlite_file
+from schemas.errors import LedgerError, StorageUnavailable
+from schemas.ledger import Reader
+from schemas.write_deadline import WriteBusy, take_turn
+from schemas.write_deadline import current as current_deadline
+
+
+class UniqueRace(Exception):
+    """A unique key was taken by another writer first: the caller retries the batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """What every part of the store works with: the engine, the clock, and how each
+    provider's deliveries are read (to read stored ones again)."""
+
+    engine: AsyncEngine
+    clock: Clock
+    readers: Mapping[str, Reader] = field(default_factory=dict)
+
+    @property
+    def locks_rows(self) -> bool:
+        """PostgreSQL runs writers at once and locks rows; SQLite runs one writer at a time."""
+        return self.engine.dialect.name == "postgresql"
+
+    def write(self) -> Transaction:
+        return Transaction(self.engine, read_only=False)
+
+    def read(self) -> Transaction:
+        return Transaction(self.engine, read_only=True)
+
+
+class DryRun(Exception):
+    """Raised inside a write transaction to roll it back on purpose."""
+
+
+class Transaction:
+    """`async with`: a connection in a transaction, with database errors made ours."""
+
+    def __init__(self, engine: AsyncEngine, *, read_only: bool) -> None:
+        self._engine = engine
+        self._read_only = read_only
+        self._conn: AsyncConnection | None = None
+        self._file = None if read_only else sqlite_file(engine)
+        self._held: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> AsyncConnection:
+        """A write waits for its turn, a connection and BEGIN until the write deadline, if
+        there is one (`schemas.write_deadline`), then raises `WriteBusy`."""
+        until = None if self._read_only else current_deadline()
+        if self._file is not None:  # SQLite writers of this process take turns
+            gate = self._file.write_gate()
+            await take_turn(gate, until)
+            self._held = gate
+        try:
+            return await self._open(until)
+        except BaseException:
+            self._release()
+            raise
+
+    async def _open(self, until: float | None) -> AsyncConnection:
+        conn = await self._connect(until)
+        try:
+            if self._read_only:
+                conn = await conn.execution_options(**READ_ONLY)
+            await self._begin(conn, until)
+        except BaseException as exc:
+            # Failed or cancelled mid-BEGIN: a BEGIN IMMEDIATE may hold SQLite's write lock,
+            # and a connection left open would keep it from every other writer.
+            await _discard(conn)
+            await _close(conn)
+            error = _not_begun(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        self._conn = conn
+        return conn
+
+    async def _connect(self, until: float | None) -> AsyncConnection:
+        try:
+            async with asyncio.timeout_at(until):
+                return await self._engine.connect()
+        except TimeoutError as exc:
+            if until is not None and asyncio.get_running_loop().time() >= until:
+                raise WriteBusy("database unavailable: no connection before the deadline") from exc
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+    async def _begin(self, conn: AsyncConnection, until: float | None) -> None:
+        """BEGIN; on SQLite its wait for the write lock ends at `until`, for which the
+        connection's busy timeout is shortened meanwhile (SQLite waits in the driver's
+        thread, where a cancellation could not stop it)."""
+        if self._file is None or until is None:
+            await conn.begin()
+            return
+        usual = self._file.busy_timeout_ms
+        left = int((until - asyncio.get_running_loop().time()) * 1000)
+        if left <= 0:
+            raise WriteBusy("database unavailable: the write lock stayed busy")
+        if left < usual:
+            await conn.run_sync(_set_busy_timeout, left)
+        await conn.begin()
+        if left < usual:
+            await conn.run_sync(_set_busy_timeout, usual)
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self._conn is not None
+        conn, self._conn = self._conn, None
+        try:
+            if exc is None:
+                await conn.commit()
+            else:
+                await conn.rollback()
+        except (SQLAlchemyError, OSError) as error:
+            await _discard(conn)
+            if exc is None:
+                raise StorageUnavailable(f"commit failed: {type(error).__name__}") from error
+        finally:
+            try:
+                await _close(conn)
+            finally:  # even when cancelled while closing: other writers wait on the gate
+                self._release()
+        _translate(exc)
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.release()
+
+
+def _not_begun(exc: BaseException) -> BaseException:
+    """What a failed BEGIN is in the store's terms (`exc` itself when it is not the database's)."""
+    if isinstance(exc, LedgerError):
+        return exc
+    if isinstance(exc, SQLAlchemyError) and _lock_busy(exc):
+        return WriteBusy("database unavailable: the write lock stayed busy")
+    if isinstance(exc, SQLAlchemyError | OSError):
+        return StorageUnavailable(f"database unavailable: {type(exc).__name__}")
+    return exc
+
+
+def _lock_busy(exc: SQLAlchemyError) -> bool:
+    code = getattr(getattr(exc, "orig", None), "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _set_busy_timeout(conn: sa.Connection, milliseconds: int) -> None:
+    """Straight on the driver's connection: a statement through `conn` would begin."""
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
+    finally:
+        cursor.close()
+
+
+def _translate(exc: BaseException | None) -> None:
+    if exc is None or isinstance(exc, LedgerError | UniqueRace):
+        return
+    if isinstance(exc, IntegrityError):
+        raise UniqueRace() from exc
+    if isinstance(exc, SQLAlchemyError | OSError):
+        raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    """Drop a connection whose state is unknown; it is broken already if this fails."""
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        await conn.invalidate()
+
+
+async def _close(conn: AsyncConnection) -> None:
+    with contextlib.suppress(SQLAlchemyError, OSError):
+        await conn.close()

@@ -1,0 +1,117 @@
+"""Settings from the environment: what is required, what is defaulted, and errors that name
+the variable at fault."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from schemas.errors import ConfigError
+from schemas.settings import (
+    ANSWER_DEADLINE_SECONDS,
+    DEFAULT_RESULT_TTL_SECONDS,
+    ProviderSettings,
+    Settings,
+)
+from schemas.wire import WireFormat
+
+SECRETS = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKEN": "a" * 32}
+
+
+def provider_from_environ(name: str, **variables: str) -> ProviderSettings:
+    environ = {**SECRETS, "TASKLEDGER_PROVIDERS": name, **variables}
+    provider = Settings.from_environ(environ).provider(name)
+    assert provider is not None
+    return provider
+
+
+@pytest.mark.parametrize(
+    "variable", ["TASKLEDGER_ADMIN_TOKEN", "TASKLEDGER_CALLBACK_SECRETS"], ids=str.lower
+)
+@pytest.mark.parametrize("given", [None, "", "   "], ids=["missing", "empty", "blank"])
+def test_a_required_secret_not_given_names_its_variable(variable: str, given: str | None) -> None:
+    environ = {name: value for name, value in SECRETS.items() if name != variable}
+    if given is not None:
+        environ[variable] = given
+    with pytest.raises(ConfigError, match=f"{variable} is required"):
+        Settings.from_environ(environ)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TASKLEDGER_MAX_BODY_BYTES", "a lot"),
+        ("TASKLEDGER_ANSWER_DEADLINE_SECONDS", "5s"),
+        ("TASKLEDGER_POLL_INTERVAL_SECONDS", "-1"),
+        ("TASKLEDGER_WRITER_CONCURRENCY", "0"),
+        ("TASKLEDGER_PROVIDER_EVOLINK_RESULT_TTL_SECONDS", "-1"),
+        ("TASKLEDGER_PROVIDER_OPENAI_CONCURRENCY", "eight"),
+    ],
+    ids=["not-a-number", "with-a-unit", "negative", "zero", "provider-negative", "provider-word"],
+)
+def test_a_bad_number_names_its_variable(variable: str, value: str) -> None:
+    environ = {**SECRETS, "TASKLEDGER_PROVIDERS": "openai,evolink", variable: value}
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_environ(environ)
+
+
+def test_an_unknown_provider_kind_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_OPENAI_KIND"):
+        provider_from_environ("openai", TASKLEDGER_PROVIDER_OPENAI_KIND="sora")
+
+
+def test_a_provider_without_a_default_kind_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_REPLICATE_KIND"):
+        provider_from_environ("replicate")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "ttl"),
+    [
+        ("openai", WireFormat.OPENAI, 3600.0),
+        ("apidot", WireFormat.APIDOT, 86400.0),
+        ("vidgo", WireFormat.APIDOT, 86400.0),
+        ("evolink", WireFormat.EVOLINK, 86400.0),
+        ("aivideoapi", WireFormat.AIVIDEOAPI, 86400.0),
+    ],
+)
+def test_known_provider_names_have_a_kind_and_a_result_lifetime(
+    name: str, kind: WireFormat, ttl: float
+) -> None:
+    provider = provider_from_environ(name)
+    assert (provider.kind, provider.result_ttl_seconds) == (kind, ttl)
+
+
+def test_result_lifetime_is_set_per_provider() -> None:
+    provider = provider_from_environ("vidgo", TASKLEDGER_PROVIDER_VIDGO_RESULT_TTL_SECONDS="7200")
+    assert provider.result_ttl_seconds == 7200.0
+
+
+def test_result_lifetime_defaults_to_its_kind_when_built_in_code() -> None:
+    provider = ProviderSettings("mine", WireFormat.EVOLINK)
+    assert provider.result_ttl_seconds == DEFAULT_RESULT_TTL_SECONDS[WireFormat.EVOLINK]
+
+
+def test_answer_deadline_is_five_seconds_unless_set_in_the_environment() -> None:
+    assert Settings.from_environ(SECRETS).answer_deadline_seconds == 5.0
+    assert Settings().answer_deadline_seconds == ANSWER_DEADLINE_SECONDS == 5.0
+    short = {**SECRETS, "TASKLEDGER_ANSWER_DEADLINE_SECONDS": "1.5"}
+    assert Settings.from_environ(short).answer_deadline_seconds == 1.5
+
+
+def test_writer_concurrency_is_read_from_the_environment_or_left_to_the_database() -> None:
+    assert Settings.from_environ(SECRETS).writer_concurrency is None
+    three = {**SECRETS, "TASKLEDGER_WRITER_CONCURRENCY": "3"}
+    assert Settings.from_environ(three).writer_concurrency == 3
+
+
+def test_the_environment_left_unset_gives_the_same_settings_as_the_defaults() -> None:
+    """`from_environ` and the dataclass take their defaults from one place."""
+    read = Settings.from_environ(SECRETS)
+    built = Settings(callback_secrets=read.callback_secrets, admin_token=read.admin_token)
+    assert replace(read, providers={}) == built
+
+
+def test_a_provider_left_unset_gives_the_same_settings_as_the_defaults() -> None:
+    assert provider_from_environ("evolink") == ProviderSettings("evolink", WireFormat.EVOLINK)
