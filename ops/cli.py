@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from ops import console
 from ops.demo import run_demo
 from ops.envfile import ENV_FILE, load_environ, write_env_file
+from ops.providers import check as check_definition
 from ops.supervisor import supervise
 from schemas.clock import utc_now
 from schemas.database import create_engine, normalize_url
@@ -84,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
     demo = commands.add_parser("demo", help="simulator + receiver + reconciler, faults on")
     demo.add_argument("--tasks", type=int, default=300)
+    providers = commands.add_parser("providers", help="provider definition files").add_subparsers(
+        dest="providers_command", required=True
+    )
+    checked = providers.add_parser("check", help="print what a definition says; run its examples")
+    checked.add_argument("file", type=Path)
     console.add_commands(commands)
     return parser
 
@@ -155,6 +161,10 @@ def _positive_int(raw: str) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "providers":
+        report, ok = check_definition(args.file)
+        print(report)
+        return 0 if ok else 1
     if args.command == "db":
         return _database(args, load_environ())
     if args.command == "demo":

@@ -35,6 +35,7 @@ from schemas.wire import (
     build_submit_body,
     normalize_status,
     parse_submit_response,
+    request_headers,
     status_path,
     submit_path,
     task_id_hint,
@@ -105,9 +106,9 @@ class ProviderClient:
         self._submit_http = submit_http or http
         self._sleep = sleep
         self._clock = clock
-        self._headers = {"accept": "application/json"}
-        if settings.api_key:
-            self._headers["authorization"] = f"Bearer {settings.api_key}"
+        kind, key = settings.kind, settings.api_key
+        self._headers = {"accept": "application/json", **request_headers(kind, key)}
+        self._poll_headers = {"accept": "application/json", **request_headers(kind, key, poll=True)}
 
     @property
     def name(self) -> str:
@@ -125,7 +126,9 @@ class ProviderClient:
         path = self._status_path(provider_task_id)
 
         async def send() -> httpx.Response:
-            return await self._send(self._http, "GET", path, idempotent=True)
+            return await self._send(
+                self._http, "GET", path, idempotent=True, headers=self._poll_headers
+            )
 
         response = await self._with_retries(send, (ProviderUnavailable,))
         body = self._json(response, retryable=True)
@@ -154,7 +157,7 @@ class ProviderClient:
         raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
         (`BadAnswer`); the caller must find out from the provider before submitting again.
         """
-        path = submit_path(self.settings.kind)
+        path = submit_path(self.settings.kind, callback_url)
         body = build_submit_body(self.settings.kind, model, request, callback_url)
 
         async def send() -> httpx.Response:
@@ -213,12 +216,14 @@ class ProviderClient:
         *,
         idempotent: bool,
         json: object = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One request on `http`, within the limiter; any non-2xx answer raises."""
         url = join_url(self.settings.base_url, path)
+        sent = headers or self._headers
         try:
             async with self.limiter.slot():
-                response = await http.request(method, url, headers=self._headers, json=json)
+                response = await http.request(method, url, headers=sent, json=json)
         except _UNSENDABLE as exc:
             raise self._failure(Rejected, "request cannot be sent", exc, False) from exc
         except _NOT_SENT as exc:

@@ -14,7 +14,7 @@ import orjson
 
 from schemas.errors import IgnoredEvent, WireFormatError
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
-from schemas.wire import ID_MAX_CHARS, Observation, WireFormat, normalize_callback, task_id_hint
+from schemas.wire import ID_MAX_CHARS, Kind, Observation, normalize_callback, task_id_hint
 
 # What makes a delivery unique in the ledger: provider, provider's task id, message key.
 DeliveryId = tuple[str, str, str]
@@ -77,7 +77,7 @@ class Reader:
     """How one provider's callbacks are read: its wire format, and how long the result
     URLs it sends stay valid (recorded as `expires_at`)."""
 
-    kind: WireFormat
+    kind: Kind
     result_ttl_seconds: float | None = None
 
 

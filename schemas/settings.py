@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Final
 
+from schemas.definition import Definition, load_definitions
 from schemas.errors import ConfigError
 from schemas.ledger import Reader
 from schemas.retention import MIN_DEDUP_KEEP_DAYS, RETENTION_DAYS, RetentionPolicy
-from schemas.wire import WireFormat
+from schemas.wire import Kind, WireFormat
 
 PREFIX = "TASKLEDGER_"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskledger.db"
@@ -45,7 +47,7 @@ class ProviderSettings:
     """One provider account: its wire format, endpoint, secrets and polling limits."""
 
     name: str
-    kind: WireFormat
+    kind: Kind
     base_url: str = ""
     api_key: str = field(default="", repr=False)
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
@@ -59,7 +61,10 @@ class ProviderSettings:
 
     def __post_init__(self) -> None:
         if self.result_ttl_seconds is None:
-            default = DEFAULT_RESULT_TTL_SECONDS.get(self.kind)
+            if isinstance(self.kind, Definition):
+                default = self.kind.result_ttl_seconds
+            else:
+                default = DEFAULT_RESULT_TTL_SECONDS.get(self.kind)
             object.__setattr__(self, "result_ttl_seconds", default)
 
     @property
@@ -170,20 +175,39 @@ def provider_readers(environ: Mapping[str, str]) -> dict[str, Reader]:
 
 def _providers(env: _Env) -> dict[str, ProviderSettings]:
     names = [n for n in env.text("PROVIDERS", DEFAULT_PROVIDERS).split(",") if n.strip()]
-    return {name.strip().lower(): _provider(env, name.strip().lower()) for name in names}
+    kinds = _kinds(env)
+    return {name.strip().lower(): _provider(env, name.strip().lower(), kinds) for name in names}
 
 
-def _provider(env: _Env, name: str) -> ProviderSettings:
-    key, d = f"PROVIDER_{name.upper()}_", _PROVIDER_DEFAULTS
+def _kinds(env: _Env) -> dict[str, Kind]:
+    """The kinds written in code, and those defined by files in `TASKLEDGER_PROVIDERS_DIR`."""
+    kinds: dict[str, Kind] = {fmt.value: fmt for fmt in WireFormat}
+    directory = env.text("PROVIDERS_DIR", "")
+    if directory:
+        try:
+            defined = load_definitions(Path(directory))
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}PROVIDERS_DIR: {exc}") from None
+        clash = sorted(set(defined) & set(kinds))
+        if clash:
+            raise ConfigError(
+                f"{PREFIX}PROVIDERS_DIR: kind {clash[0]!r} is built in; name yours otherwise"
+            )
+        kinds.update(defined)
+    return kinds
+
+
+def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettings:
+    key = f"PROVIDER_{name.upper()}_"
     default_kind = DEFAULT_KIND_BY_NAME.get(name)
-    kind_text = env.text(key + "KIND", default_kind.value if default_kind else "")
-    try:
-        kind = WireFormat(kind_text)
-    except ValueError:
+    kind_text = env.text(key + "KIND", default_kind.value if default_kind else name)
+    kind = kinds.get(kind_text)
+    if kind is None:
         raise ConfigError(
-            f"{PREFIX}{key}KIND must be one of {', '.join(WireFormat)} (got {kind_text!r})",
+            f"{PREFIX}{key}KIND must be one of {', '.join(kinds)} (got {kind_text!r})",
             provider=name,
-        ) from None
+        )
+    d = _defaults_of(kind)
     return ProviderSettings(
         name=name,
         kind=kind,
@@ -196,6 +220,19 @@ def _provider(env: _Env, name: str) -> ProviderSettings:
         concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
         price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
         result_ttl_seconds=env.number(key + "RESULT_TTL_SECONDS", 0.0) or None,
+    )
+
+
+def _defaults_of(kind: Kind) -> ProviderSettings:
+    """The defaults a provider of this kind starts from: its definition's, or ours."""
+    if not isinstance(kind, Definition):
+        return _PROVIDER_DEFAULTS
+    return replace(
+        _PROVIDER_DEFAULTS,
+        kind=kind,
+        expected_seconds=kind.expected_seconds,
+        max_age_seconds=kind.max_age_seconds,
+        rate_limit_per_second=kind.rate_limit_per_second,
     )
 
 

@@ -5,7 +5,7 @@ video events), `apidot` (APIDot, Vidgo), `evolink` (EvoLink) and `aivideoapi` (A
 """
 
 from schemas.wire.fields import CODE_MAX_CHARS, ID_MAX_CHARS, MESSAGE_MAX_CHARS, URL_MAX_CHARS
-from schemas.wire.formats import WireFormat, WireSpec
+from schemas.wire.formats import Kind, WireFormat, WireSpec
 from schemas.wire.observation import Observation
 from schemas.wire.openai import CONTENT_PATH as OPENAI_CONTENT_PATH
 from schemas.wire.openai import CONTENT_VARIANTS as OPENAI_CONTENT_VARIANTS
@@ -18,6 +18,8 @@ from schemas.wire.registry import (
     normalize_callback,
     normalize_status,
     parse_submit_response,
+    request_headers,
+    spec,
     status_path,
     submit_path,
     task_id_hint,
@@ -34,6 +36,7 @@ __all__ = [
     "STATUS_PATHS",
     "SUBMIT_PATHS",
     "URL_MAX_CHARS",
+    "Kind",
     "Observation",
     "WireFormat",
     "WireSpec",
@@ -42,6 +45,8 @@ __all__ = [
     "normalize_status",
     "openai_content_paths",
     "parse_submit_response",
+    "request_headers",
+    "spec",
     "status_path",
     "submit_path",
     "task_id_hint",

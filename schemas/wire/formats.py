@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from schemas.definition import Definition
 from schemas.states import State
 from schemas.wire.observation import Lifetime, Observation
 
@@ -22,6 +23,9 @@ class WireFormat(StrEnum):
         return self is WireFormat.OPENAI
 
 
+# A provider kind: a format written in code, or one read from a definition file.
+Kind = WireFormat | Definition
+
 # A status (or submit) body, the state to assume when it names none (None: it must say),
 # and its result URLs' lifetime.
 StatusReader = Callable[[object, State | None, Lifetime], Observation]
@@ -29,6 +33,7 @@ CallbackReader = Callable[[object, Lifetime], Observation]
 TaskIdReader = Callable[[object], str]
 # The model, the caller's request, and our callback URL (None: the task has none).
 SubmitBuilder = Callable[[str, dict[str, object], str | None], dict[str, object]]
+SubmitReader = Callable[[object], Observation]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +49,5 @@ class WireSpec:
     read_task_id: TaskIdReader
     build_submit: SubmitBuilder
     read_callback: CallbackReader | None = None
+    # The submit answer, when it is not shaped like a status body.
+    read_submit: SubmitReader | None = None

@@ -6,13 +6,15 @@ lifetime (`result_ttl_seconds`), the body's completion time (else `now`) plus it
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+from schemas.definition import Definition
 from schemas.errors import WireFormatError
 from schemas.states import State
-from schemas.wire import aivideoapi, apidot, evolink, openai
-from schemas.wire.formats import WireFormat, WireSpec
+from schemas.wire import aivideoapi, apidot, defined, evolink, openai
+from schemas.wire.formats import Kind, WireFormat, WireSpec
 from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
 
 # Adding a wire format: a `WireFormat` member, a module with its `SPEC`, and a line here.
@@ -22,12 +24,26 @@ SPECS: dict[WireFormat, WireSpec] = {
     WireFormat.EVOLINK: evolink.SPEC,
     WireFormat.AIVIDEOAPI: aivideoapi.SPEC,
 }
-SUBMIT_PATHS: dict[WireFormat, str] = {fmt: spec.submit_path for fmt, spec in SPECS.items()}
-STATUS_PATHS: dict[WireFormat, str] = {fmt: spec.status_path for fmt, spec in SPECS.items()}
+
+
+def spec(fmt: Kind) -> WireSpec:
+    """A kind's spec: registered above in code, or built from its definition file."""
+    if isinstance(fmt, Definition):
+        return _defined(fmt)
+    return SPECS[fmt]
+
+
+@functools.cache
+def _defined(definition: Definition) -> WireSpec:
+    return defined.spec_of(definition)
+
+
+SUBMIT_PATHS: dict[WireFormat, str] = {fmt: s.submit_path for fmt, s in SPECS.items()}
+STATUS_PATHS: dict[WireFormat, str] = {fmt: s.status_path for fmt, s in SPECS.items()}
 
 
 def normalize_callback(
-    fmt: WireFormat,
+    fmt: Kind,
     body: object,
     *,
     result_ttl_seconds: float | None = None,
@@ -38,15 +54,15 @@ def normalize_callback(
     `result_ttl_seconds` and `now` (when it was received) date its result URLs' expiry;
     see `normalize_status`.
     """
-    spec = SPECS[fmt]
+    found = spec(fmt)
     lifetime = Lifetime(result_ttl_seconds, now)
-    if spec.read_callback is not None:
-        return spec.read_callback(body, lifetime)
-    return spec.read_status(body, None, lifetime)
+    if found.read_callback is not None:
+        return found.read_callback(body, lifetime)
+    return found.read_status(body, None, lifetime)
 
 
 def normalize_status(
-    fmt: WireFormat,
+    fmt: Kind,
     body: object,
     *,
     result_ttl_seconds: float | None = None,
@@ -58,45 +74,63 @@ def normalize_status(
     provider's URL lifetime `result_ttl_seconds`, the body's finished time (else `now`,
     when the body was read) plus it; without either, no expiry is recorded.
     """
-    return SPECS[fmt].read_status(body, None, Lifetime(result_ttl_seconds, now))
+    return spec(fmt).read_status(body, None, Lifetime(result_ttl_seconds, now))
 
 
-def parse_submit_response(fmt: WireFormat, body: object) -> Observation:
+def parse_submit_response(fmt: Kind, body: object) -> Observation:
     """The submit endpoint's answer: the provider's task id and first state (queued if unsaid)."""
-    return SPECS[fmt].read_status(body, State.QUEUED, UNKNOWN_LIFETIME)
+    found = spec(fmt)
+    if found.read_submit is not None:
+        return found.read_submit(body)
+    return found.read_status(body, State.QUEUED, UNKNOWN_LIFETIME)
 
 
-def task_id_of(fmt: WireFormat, body: object) -> str:
+def task_id_of(fmt: Kind, body: object) -> str:
     """The provider's task id named by a callback, status or submit body."""
-    return SPECS[fmt].read_task_id(body)
+    return spec(fmt).read_task_id(body)
 
 
-def task_id_hint(fmt: WireFormat, body: object) -> str | None:
+def task_id_hint(fmt: Kind, body: object) -> str | None:
     """The task id a body names, if it can be read at all: for keeping an unreadable body
     beside its task. None when no id can be found."""
     try:
-        return SPECS[fmt].read_task_id(body)
+        return spec(fmt).read_task_id(body)
     except WireFormatError:
         return None
 
 
 def build_submit_body(
-    fmt: WireFormat, model: str, request: dict[str, object], callback_url: str | None
+    fmt: Kind, model: str, request: dict[str, object], callback_url: str | None
 ) -> dict[str, object]:
     """The JSON to POST to the submit endpoint; `model` and `callback_url` override `request`.
 
     APIDot nests the request under `input`; EvoLink and AI Video API take it flat (an AI
     Video API request that wants `input` nesting says so itself: `{"input": {...}}`).
     """
-    return SPECS[fmt].build_submit(model, request, callback_url)
+    return spec(fmt).build_submit(model, request, callback_url)
 
 
-def submit_path(fmt: WireFormat) -> str:
-    return SPECS[fmt].submit_path
+def submit_path(fmt: Kind, callback_url: str | None = None) -> str:
+    """The submit endpoint's path; a kind that takes the callback URL as a query parameter
+    (fal's `fal_webhook`) gets it there."""
+    path = spec(fmt).submit_path
+    if isinstance(fmt, Definition) and fmt.submit.callback == "query" and callback_url:
+        separator = "&" if "?" in path else "?"
+        return f"{path}{separator}{urlencode({fmt.submit.callback_name: callback_url})}"
+    return path
 
 
-def status_path(fmt: WireFormat, task_id: str) -> str:
+def request_headers(fmt: Kind, api_key: str, *, poll: bool = False) -> dict[str, str]:
+    """The headers that carry the API key (Bearer, unless a definition says otherwise), and
+    for a poll the headers its definition requires (a version header, say)."""
+    if not isinstance(fmt, Definition):
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+    extra = dict(fmt.poll.headers) if poll else {}
+    return {**fmt.auth.headers(api_key), **extra}
+
+
+def status_path(fmt: Kind, task_id: str) -> str:
     """The status endpoint's path for one task, the id quoted as a single path segment."""
     if task_id.strip() in ("", ".", ".."):
         raise WireFormatError(f"{fmt} task id {task_id[:50]!r} cannot name a status path")
-    return SPECS[fmt].status_path.format(task_id=quote(task_id, safe=""))
+    return spec(fmt).status_path.format(task_id=quote(task_id, safe=""))

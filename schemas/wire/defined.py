@@ -1,0 +1,201 @@
+"""A wire format read from a provider definition file (`schemas.definition`): no code.
+
+`spec_of(definition)` gives the same `WireSpec` a coded format registers, its readers
+driven by the definition's field paths, status words and envelope.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+from schemas.definition import Definition
+from schemas.errors import IgnoredEvent, WireFormatError
+from schemas.fieldpath import Field
+from schemas.states import State
+from schemas.wire.fields import (
+    CODE_MAX_CHARS,
+    ID_MAX_CHARS,
+    MESSAGE_MAX_CHARS,
+    URL_MAX_CHARS,
+    iso,
+    kind,
+    moment,
+    number,
+    short_text,
+    url_expiry,
+    without,
+)
+from schemas.wire.formats import WireSpec
+from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
+
+
+def spec_of(definition: Definition) -> WireSpec:
+    return WireSpec(
+        submit_path=definition.submit.path,
+        status_path=definition.poll.path,
+        read_status=partial(read_status, definition),
+        read_task_id=partial(read_task_id, definition),
+        build_submit=partial(build_submit, definition),
+        read_callback=partial(read_callback, definition),
+        read_submit=partial(read_submit, definition),
+    )
+
+
+def read_status(
+    definition: Definition, body: object, missing: State | None, lifetime: Lifetime
+) -> Observation:
+    """A status (or submit, or callback) body, read by the definition's field paths."""
+    checked = _checked(definition, body)
+    task_id = read_task_id(definition, checked)
+    state, word = _state(definition, checked, missing)
+    urls = _urls(definition, checked)
+    finished = _time(definition, checked, "finished_at")
+    extra = _expiry(definition, checked, urls, finished, lifetime) | _cost(definition, checked)
+    return Observation(
+        provider_task_id=task_id,
+        state=state,
+        progress=_progress(definition, checked),
+        result_urls=urls,
+        error_code=_text(definition, checked, "error_code", CODE_MAX_CHARS),
+        error_message=_text(definition, checked, "error_message", MESSAGE_MAX_CHARS),
+        provider_time=finished or _time(definition, checked, "created_at"),
+        needs_fetch=word in definition.fetch_to_know or definition.callback_shape == "thin",
+        extra=extra,
+    )
+
+
+def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> Observation:
+    observation = read_status(definition, body, None, lifetime)
+    if definition.callback_shape == "thin" and not observation.needs_fetch:
+        raise IgnoredEvent("a thin callback that names no outcome", reason="ignored")
+    return observation
+
+
+def read_task_id(definition: Definition, body: object) -> str:
+    value = _field(definition, "task_id").read(_checked(definition, body))
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(definition, "task_id", f"must be a non-empty string, not {kind(value)}")
+    if len(value.strip()) > ID_MAX_CHARS:
+        raise _fail(definition, "task_id", f"is longer than {ID_MAX_CHARS} characters")
+    return value.strip()
+
+
+def build_submit(
+    definition: Definition, model: str, request: dict[str, object], callback_url: str | None
+) -> dict[str, object]:
+    """The submit body: the request flat beside `model`, or nested under `input`; the
+    callback URL in its body field (a query parameter is the client's to add)."""
+    body: dict[str, object] = {"model": model}
+    name = definition.submit.callback_name
+    if definition.submit.body == "input":
+        body["input"] = without(request, "model", name)
+    else:
+        body.update(without(request, "model", name))
+    if callback_url is not None and definition.submit.callback == "body":
+        body[name] = callback_url
+    return body
+
+
+def read_submit(definition: Definition, body: object) -> Observation:
+    """The submit answer: its task id (where the definition says) and first state."""
+    checked = _checked(definition, body)
+    path = definition.submit.task_id or _field(definition, "task_id")
+    if _field(definition, "status").read(checked) is None:
+        task_id = path.read(checked)
+        if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
+            raise _fail(definition, "submit.task_id", f"must be a string, not {kind(task_id)}")
+        return Observation(provider_task_id=str(task_id), state=State.QUEUED)
+    return read_status(definition, checked, State.QUEUED, UNKNOWN_LIFETIME)
+
+
+# -- reading fields ---------------------------------------------------------------------
+
+
+def _checked(definition: Definition, body: object) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise WireFormatError(
+            f"{definition.name} body must be a JSON object, not {kind(body)}", reason="not_object"
+        )
+    envelope = definition.envelope
+    if envelope is not None and envelope.code is not None:
+        code = number(envelope.code.read(body))
+        if code is not None and code not in envelope.ok:
+            said = short_text(envelope.message.read(body), 200) if envelope.message else None
+            raise WireFormatError(
+                f"{definition.name} answered code {code:g}: {said or 'no message'}",
+                reason="provider_error",
+            )
+    return body
+
+
+def _field(definition: Definition, name: str) -> Field:
+    return definition.fields.get(name) or Field(())
+
+
+def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_field") -> Exception:
+    return WireFormatError(f"{definition.name} body: field '{name}' {problem}", reason=reason)
+
+
+def _state(
+    definition: Definition, body: dict[str, Any], missing: State | None
+) -> tuple[State, str]:
+    word = _field(definition, "status").read(body)
+    if word is None and missing is not None:
+        return missing, ""
+    if not isinstance(word, str):
+        raise _fail(definition, "status", f"must be a string, not {kind(word)}", "unknown_status")
+    word = word.strip().lower()
+    code = _text(definition, body, "error_code", CODE_MAX_CHARS)
+    for rule in definition.rules:
+        if rule.status == word and rule.error_code == code:
+            return rule.state, word
+    state = definition.state_of(word)
+    if state is None and word in definition.fetch_to_know:
+        state = State.RUNNING  # finished, but how only its result says: fetched next
+    if state is None:
+        raise _fail(definition, "status", f"has unknown value {word[:50]!r}", "unknown_status")
+    return state, word
+
+
+def _progress(definition: Definition, body: dict[str, Any]) -> int | None:
+    value = number(_field(definition, "progress").read(body))
+    if value is None or not math.isfinite(value):
+        return None
+    return min(100, max(0, math.floor(value)))
+
+
+def _urls(definition: Definition, body: dict[str, Any]) -> tuple[str, ...]:
+    value = _field(definition, "result_urls").read(body)
+    items = value if isinstance(value, list) else [value]
+    urls = [i.strip() for i in items if isinstance(i, str) and 0 < len(i.strip()) <= URL_MAX_CHARS]
+    return tuple(dict.fromkeys(urls))
+
+
+def _text(definition: Definition, body: dict[str, Any], name: str, limit: int) -> str | None:
+    return short_text(_field(definition, name).read(body), limit)
+
+
+def _time(definition: Definition, body: dict[str, Any], name: str) -> Any:
+    return moment(_field(definition, name).read(body))
+
+
+def _expiry(
+    definition: Definition,
+    body: dict[str, Any],
+    urls: tuple[str, ...],
+    finished: Any,
+    lifetime: Lifetime,
+) -> dict[str, object]:
+    said = _time(definition, body, "expires_at")
+    if said is not None and urls:
+        return {"expires_at": iso(said)}
+    return url_expiry(urls, finished, lifetime)
+
+
+def _cost(definition: Definition, body: dict[str, Any]) -> dict[str, object]:
+    value = number(_field(definition, "cost").read(body))
+    return {} if value is None or not math.isfinite(value) else {"cost": value}
