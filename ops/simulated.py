@@ -35,6 +35,8 @@ def simulated_environment(
         PREFIX + "CALLBACK_SECRETS": ",".join(callback_secrets),
         PREFIX + "PROVIDERS": ",".join(providers),
         PREFIX + "PROVIDER_OPENAI_WEBHOOK_SECRETS": webhook_secret,
+        # The simulator's OpenAI is a compatible endpoint: it outlives OpenAI's own sunset.
+        PREFIX + "PROVIDER_OPENAI_SUNSET": "none",
         **{PREFIX + name: value for name, value in (settings or {}).items()},
     }
     if public_url is not None:

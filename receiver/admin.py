@@ -42,6 +42,7 @@ async def create_task(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     body = await _json_body(request)
     provider = _configured(settings, body.get("provider"))
+    _refuse_after_sunset(request, provider, body)
     new = NewTask(
         provider=provider.name,
         owner=_text(body, "owner"),
@@ -137,6 +138,23 @@ def _configured(settings: Settings, name: object) -> ProviderSettings:
         known = ", ".join(sorted(settings.providers))
         raise Unprocessable(f"provider must be one of: {known}")
     return provider
+
+
+def _refuse_after_sunset(
+    request: Request, provider: ProviderSettings, body: dict[str, Any]
+) -> None:
+    """After its provider's sunset a task may still be registered to follow one created
+    before (its provider task id given), never to be created now."""
+    today = request.app.state.inbox.clock().date()
+    if not provider.sunset_passed(today) or (
+        body.get("provider_task_id") and not body.get("submit")
+    ):
+        return
+    raise Unprocessable(
+        f"provider {provider.name} shut down on {provider.sunset}: no new tasks; register a"
+        " task created before with its provider_task_id, or set"
+        f" TASKLEDGER_PROVIDER_{provider.name.upper()}_SUNSET=none for a compatible endpoint"
+    )
 
 
 def _submit_flag(body: dict[str, Any], provider: ProviderSettings) -> bool:

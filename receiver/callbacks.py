@@ -1,6 +1,7 @@
 """The callback routes: authenticate, parse, hand to the writer, answer after commit.
 
-`POST /callbacks/{provider}/{token}` takes unsigned callbacks bound by our URL token;
+`POST /callbacks/{provider}/{token}` takes callbacks bound by our URL token (and signed
+too, for the providers whose scheme says so: `receiver.schemes`);
 `POST /webhooks/{source}` takes Standard Webhooks signed events.
 """
 
@@ -22,6 +23,7 @@ from receiver.answers import Answer, answer_of, refusal
 from receiver.bodies import read_body
 from receiver.errors import Forbidden, Overloaded, Unauthenticated, UnknownRoute
 from receiver.metrics import ReceiverMetrics
+from receiver.schemes import CallbackScheme, callback_schemes
 from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
 from schemas.clock import Clock
@@ -47,6 +49,7 @@ class Inbox:
     writer: GroupCommitWriter
     metrics: ReceiverMetrics
     clock: Clock
+    schemes: dict[str, CallbackScheme]
 
     @classmethod
     def build(
@@ -57,9 +60,9 @@ class Inbox:
             for name, p in settings.providers.items()
             if p.kind.signs_callbacks and p.webhook_secrets
         }
-        return cls(
-            settings, CallbackTokens(settings.callback_secrets), verifiers, writer, metrics, clock
-        )
+        tokens = CallbackTokens(settings.callback_secrets)
+        schemes = callback_schemes(settings, clock)
+        return cls(settings, tokens, verifiers, writer, metrics, clock, schemes)
 
     def refused(self, name: str, reason: str) -> None:
         """Count and log a refused delivery; a name we do not serve is "unknown"."""
@@ -107,14 +110,20 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
     binding = inbox.tokens.verify(params["token"])
     if binding is None or binding.provider != provider.name:
         raise Unauthenticated("the callback token is not valid for this provider")
+    # The token first: only a caller holding one makes a scheme do any work (or fetch keys).
+    payload = _payload(body)
+    auth = await inbox.schemes[provider.name].verify(body, headers, payload)
+    if auth is None:
+        raise Unauthenticated("the callback's signature does not verify")
     delivery = _delivery(
         inbox,
         scope,
         provider,
         body,
-        Auth.TOKEN,
+        auth,
         key=hashlib.sha256(body).hexdigest(),
         task_ref=binding.task_ref,
+        payload=payload,
     )
     return await _store(inbox, delivery, started)
 
@@ -178,6 +187,7 @@ def _delivery(
     *,
     key: str,
     task_ref: str | None = None,
+    payload: Any = None,
 ) -> Delivery:
     """An authenticated delivery, read as far as it can be: one that cannot be read is kept
     all the same, raw, with the reason (whatever its content type says, it is tried as JSON)."""
@@ -191,7 +201,7 @@ def _delivery(
         received_at=inbox.clock(),
         task_ref=task_ref,
     )
-    return read_delivery(delivery, provider.reader, _payload(body))
+    return read_delivery(delivery, provider.reader, _payload(body) if payload is None else payload)
 
 
 def _payload(body: bytes) -> Any:

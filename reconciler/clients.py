@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import orjson
@@ -27,15 +27,19 @@ from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, Rat
 from reconciler.limits import Clock, RateLimiter, Sleep
 from reconciler.retry import RetryPolicy, parse_http_date
 from schemas.clock import utc_now
+from schemas.definition import Definition
 from schemas.errors import WireFormatError
 from schemas.settings import ProviderSettings
+from schemas.states import REAL_TERMINAL
 from schemas.tables import BODY_KEEP_CHARS
 from schemas.wire import (
     Observation,
     build_submit_body,
+    normalize_result,
     normalize_status,
     parse_submit_response,
     request_headers,
+    result_path,
     status_path,
     submit_path,
     task_id_hint,
@@ -67,6 +71,8 @@ API_VERSION_PREFIX = "/v1"
 log = structlog.get_logger("taskledger.reconciler")
 
 _E = TypeVar("_E", bound=ProviderError)
+# A task's status or result path: its kind, its provider task id and its model.
+_PathOf = Callable[[Any, str, str], str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,23 +120,19 @@ class ProviderClient:
     def name(self) -> str:
         return self.settings.name
 
-    async def fetch_status(self, provider_task_id: str) -> StatusAnswer:
-        """Poll one task. Transport errors, timeouts and 5xx are retried up to
-        `policy.attempts` times with backoff; a 429 pauses the limiter and raises
-        `RateLimited`; any other refusal raises `Rejected` at once.
+    async def fetch_status(self, provider_task_id: str, model: str = "") -> StatusAnswer:
+        """Poll one task (`model`: the task's, for a path that names it). Transport errors,
+        timeouts and 5xx are retried up to `policy.attempts` times with backoff; a 429
+        pauses the limiter and raises `RateLimited`; any other refusal raises `Rejected`.
 
         A 2xx answer that is not JSON, names another task, or carries the provider's error
         code in its envelope raises `BadAnswer` (retryable); JSON that does not normalize
-        is answered with `unrecognized` set and no observation.
+        is answered with `unrecognized` set and no observation. A status word that says
+        only "finished" (a definition's `fetch_to_know`) is followed by the result fetch,
+        whose answer is the one returned (`fetch_result`).
         """
-        path = self._status_path(provider_task_id)
-
-        async def send() -> httpx.Response:
-            return await self._send(
-                self._http, "GET", path, idempotent=True, headers=self._poll_headers
-            )
-
-        response = await self._with_retries(send, (ProviderUnavailable,))
+        path = self._path(status_path, provider_task_id, model)
+        response = await self._get(path)
         body = self._json(response, retryable=True)
         try:
             observation = normalize_status(
@@ -142,7 +144,51 @@ class ProviderClient:
         except WireFormatError as exc:
             return self._unrecognized(provider_task_id, response, body, exc)
         self._check_task(provider_task_id, observation.provider_task_id, response)
+        if self._fetches_result(observation):
+            return await self.fetch_result(provider_task_id, model)
         return StatusAnswer(observation, response.status_code, _trimmed(response))
+
+    async def fetch_result(self, provider_task_id: str, model: str = "") -> StatusAnswer:
+        """The outcome of a finished task from its definition's `[result]` endpoint, on the
+        same limiter and retry policy as a poll: 2xx is success, an HTTP status the
+        definition lists as failing (fal: 422 with `detail`) is failure."""
+        kind = self.settings.kind
+        if not isinstance(kind, Definition):
+            raise Rejected(f"{self.name}: {kind} has no result endpoint", provider=self.name)
+        path = self._path(result_path, provider_task_id, model)
+        failing = kind.result.failed_status if kind.result else ()
+        response = await self._get(path, accept=failing)
+        body = self._json(response, retryable=True)
+        try:
+            observation = normalize_result(
+                kind,
+                provider_task_id,
+                response.status_code,
+                body,
+                result_ttl_seconds=self.settings.result_ttl_seconds,
+                now=self._clock(),
+            )
+        except WireFormatError as exc:
+            return self._unrecognized(provider_task_id, response, body, exc)
+        return StatusAnswer(observation, response.status_code, _trimmed(response))
+
+    def _fetches_result(self, observation: Observation) -> bool:
+        """A definition's word for "finished, ask the result how" (fal's COMPLETED)."""
+        kind = self.settings.kind
+        return (
+            isinstance(kind, Definition)
+            and kind.result is not None
+            and observation.needs_fetch
+            and observation.state not in REAL_TERMINAL
+        )
+
+    async def _get(self, path: str, accept: tuple[int, ...] = ()) -> httpx.Response:
+        async def send() -> httpx.Response:
+            return await self._send(
+                self._http, "GET", path, idempotent=True, headers=self._poll_headers, accept=accept
+            )
+
+        return await self._with_retries(send, (ProviderUnavailable,))
 
     async def submit(
         self, model: str, request: dict[str, object], callback_url: str | None
@@ -157,7 +203,7 @@ class ProviderClient:
         raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
         (`BadAnswer`); the caller must find out from the provider before submitting again.
         """
-        path = submit_path(self.settings.kind, callback_url)
+        path = self._submit_path(callback_url, model)
         body = build_submit_body(self.settings.kind, model, request, callback_url)
 
         async def send() -> httpx.Response:
@@ -217,8 +263,9 @@ class ProviderClient:
         idempotent: bool,
         json: object = None,
         headers: dict[str, str] | None = None,
+        accept: tuple[int, ...] = (),
     ) -> httpx.Response:
-        """One request on `http`, within the limiter; any non-2xx answer raises."""
+        """One request on `http`, within the limiter; any answer but 2xx or `accept` raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
         try:
@@ -232,7 +279,8 @@ class ProviderClient:
             raise self._failure(ProviderUnavailable, "timed out", exc, idempotent) from exc
         except httpx.HTTPError as exc:
             raise self._failure(ProviderUnavailable, "transport failed", exc, idempotent) from exc
-        self._check(response, idempotent=idempotent)
+        if response.status_code not in accept:
+            self._check(response, idempotent=idempotent)
         return response
 
     def _check(self, response: httpx.Response, *, idempotent: bool) -> None:
@@ -265,9 +313,15 @@ class ProviderClient:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _status_path(self, provider_task_id: str) -> str:
+    def _submit_path(self, callback_url: str | None, model: str) -> str:
         try:
-            return status_path(self.settings.kind, provider_task_id)
+            return submit_path(self.settings.kind, callback_url, model)
+        except WireFormatError as exc:
+            raise Rejected(f"{self.name}: {exc}", provider=self.name) from exc
+
+    def _path(self, path_of: _PathOf, provider_task_id: str, model: str) -> str:
+        try:
+            return path_of(self.settings.kind, provider_task_id, model)
         except WireFormatError as exc:
             raise Rejected(
                 f"{self.name}: {exc}", provider=self.name, provider_task_id=provider_task_id

@@ -24,6 +24,7 @@ from reconciler.clients import ProviderClient, ProviderClients, StatusAnswer
 from reconciler.errors import ProviderError, RateLimited
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.retry import RetryPolicy
+from schemas.definition import Definition
 from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.fold import UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
@@ -224,6 +225,9 @@ class Reconciler:
             deadline = self._capped(claim, provider, now, provider.max_age_seconds)
             return Poll(claim.ref, now, deadline, error="no base URL configured to poll")
         if claim.submission == SubmissionStatus.PENDING.value:
+            if provider.sunset_passed(now.date()):
+                error = f"{provider.name} shut down on {provider.sunset}: not submitted"
+                return Submission(claim.ref, now, SubmissionStatus.REJECTED, None, error=error)
             return await self._submit(claim, client, provider)
         if claim.provider_task_id is None:
             return Poll(
@@ -238,7 +242,7 @@ class Reconciler:
         self, claim: Claim, task_id: str, client: ProviderClient, provider: ProviderSettings
     ) -> Poll:
         try:
-            answer = await client.fetch_status(task_id)
+            answer = await client.fetch_status(task_id, claim.model)
         except ProviderError as exc:
             self.metrics.polls.labels(provider.name, type(exc).__name__).inc()
             now = self.clock()
@@ -290,10 +294,7 @@ class Reconciler:
     async def _submit(
         self, claim: Claim, client: ProviderClient, provider: ProviderSettings
     ) -> Submission:
-        url = None
-        if not provider.kind.signs_callbacks:
-            token = self._tokens.make(claim.ref, provider.name)
-            url = f"{self.settings.public_base_url}/callbacks/{provider.name}/{token}"
+        url = self._callback_url(claim, provider)
         try:
             observation = await client.submit(claim.model, claim.request or {}, url)
         except ProviderError as exc:
@@ -304,6 +305,17 @@ class Reconciler:
         return Submission(
             claim.ref, now, SubmissionStatus.SENT, first_poll, observation=observation
         )
+
+    def _callback_url(self, claim: Claim, provider: ProviderSettings) -> str | None:
+        """The task's own token URL; for a signing kind that takes a URL per request
+        (Replicate's `webhook`), the signed route; None for one configured elsewhere."""
+        base = self.settings.public_base_url
+        if not provider.kind.signs_callbacks:
+            token = self._tokens.make(claim.ref, provider.name)
+            return f"{base}/callbacks/{provider.name}/{token}"
+        if isinstance(provider.kind, Definition) and provider.kind.submit.callback != "none":
+            return f"{base}/webhooks/{provider.name}"
+        return None
 
     def _submit_failed(
         self, claim: Claim, provider: ProviderSettings, exc: ProviderError

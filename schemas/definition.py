@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,12 +19,16 @@ from schemas.fieldpath import Field, PathError
 from schemas.states import State
 
 AUTH_SCHEMES = ("bearer", "key", "header", "none")
-SUBMIT_BODIES = ("flat", "input")
+SUBMIT_BODIES = ("flat", "input", "bare")
 CALLBACK_PLACES = ("body", "query", "none")
 CALLBACK_SHAPES = ("status", "thin", "envelope")
-VERIFY_SCHEMES = ("url-token", "standard-webhooks")
+# url-token: our token alone; standard-webhooks: the signed route; ed25519-jwks (fal) and
+# hmac-fields (kie): the token route, and a signature checked on it (receiver/schemes.py).
+VERIFY_SCHEMES = ("url-token", "standard-webhooks", "ed25519-jwks", "hmac-fields")
 # Named by the design, not yet built: a definition asking for one is refused, plainly.
-PLANNED_SCHEMES = ("ed25519-jwks", "hmac-fields")
+PLANNED_SCHEMES: tuple[str, ...] = ()
+# The keys of `[callbacks]` that only one scheme reads.
+SCHEME_KEYS = {"jwks_url": "ed25519-jwks"}
 FIELD_NAMES = (
     "task_id",
     "status",
@@ -31,12 +36,18 @@ FIELD_NAMES = (
     "result_urls",
     "error_code",
     "error_message",
-    "cost",
+    "cost_credits",
     "created_at",
     "finished_at",
     "expires_at",
 )
 _STATES = {state.value: state for state in State if state is not State.SUBMITTED}
+# What a poll or result path may name: the task's id, its model (`owner/app/sub`), and the
+# model's app (its first two segments: fal's status and result URLs leave subpaths out).
+PATH_PLACEHOLDERS = ("task_id", "model", "app")
+# A state rule's state meaning "finished; fetch the result to know how" (`fetch_to_know`).
+FETCH = "fetch"
+RESULT_FIELD_NAMES = tuple(name for name in FIELD_NAMES if name not in ("task_id", "status"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +70,14 @@ class Auth:
 class Submit:
     method: str = "POST"
     path: str = ""
-    body: str = "flat"  # flat: {"model", **request}; input: {"model", "input": request}
+    # flat: {"model", **request}; input: {"model", "input": request}; bare: the request
+    # alone (the model named by the path, fal's `/{model}`)
+    body: str = "flat"
     callback: str = "body"  # where the callback URL goes: a body field or a query parameter
     callback_name: str = "callback_url"
     task_id: Field | None = None
+    model_field: str = "model"  # the body field naming the model (Replicate: `version`)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # constant fields of every body
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +85,17 @@ class Poll:
     method: str = "GET"
     path: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Where a finished task's outcome is fetched when its status word does not say it
+    (fal's COMPLETED): a 2xx answer is success, one in `failed_status` a failure, and
+    `fields` read either (the answer need not name the task)."""
+
+    path: str
+    fields: Mapping[str, Field] = field(default_factory=dict)
+    failed_status: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +111,20 @@ class Envelope:
 @dataclass(frozen=True, slots=True)
 class StateRule:
     """A status word that means another state when an error code says so (EvoLink's
-    `failed` with `request_cancelled` is a cancel)."""
+    `failed` with `request_cancelled` is a cancel), or when a field holds any value (fal's
+    `OK` with a `payload_error`: finished, but its payload is to be fetched)."""
 
     status: str
-    error_code: str
-    state: State
+    error_code: str | None
+    state: State | None  # None: "fetch", finished but only the result says how
+    present: Field | None = None  # the field whose having a value applies the rule
+
+    def applies(self, word: str, code: str | None, body: object) -> bool:
+        if word != self.status:
+            return False
+        if self.present is not None:
+            return self.present.read(body) is not None
+        return code == self.error_code
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -109,8 +144,10 @@ class Definition:
     rules: tuple[StateRule, ...] = ()
     # Words that say "finished" but not how: the result must be fetched (fal's COMPLETED).
     fetch_to_know: frozenset[str] = frozenset()
+    result: Result | None = None
     callback_shape: str = "status"
     verify: str = "url-token"
+    jwks_url: str = ""  # ed25519-jwks: where the keys are published (a setting may override)
     result_ttl_seconds: float | None = None
     expected_seconds: float = 300.0
     max_age_seconds: float = 86_400.0
@@ -170,6 +207,7 @@ def _definition(data: Mapping[str, Any], source: str) -> Definition:
             "states",
             "state_rules",
             "fetch_to_know",
+            "result",
             "callbacks",
             "defaults",
             "lifecycle",
@@ -198,8 +236,10 @@ def _definition(data: Mapping[str, Any], source: str) -> Definition:
         states=_states(_table(data, "states")),
         rules=tuple(_rule(rule) for rule in data.get("state_rules", [])),
         fetch_to_know=frozenset(w.lower() for w in data.get("fetch_to_know", [])),
+        result=_result(data.get("result")),
         callback_shape=_choice(callbacks, "shape", CALLBACK_SHAPES, "status"),
         verify=_verify(callbacks),
+        jwks_url=_jwks_url(callbacks),
         result_ttl_seconds=_number(defaults, "result_ttl_seconds", None),
         expected_seconds=_number(defaults, "expected_seconds", 300.0) or 300.0,
         max_age_seconds=_number(defaults, "max_age_seconds", 86_400.0) or 86_400.0,
@@ -252,11 +292,24 @@ def _date(value: Any) -> date | None:
 
 
 def _verify(callbacks: Mapping[str, Any]) -> str:
-    _known(callbacks, "callbacks.", {"shape", "verify"})
+    _known(callbacks, "callbacks.", {"shape", "verify", *SCHEME_KEYS})
     scheme = callbacks.get("verify", "url-token")
     if scheme in PLANNED_SCHEMES:
         raise ValueError(f"callback verification {scheme!r} is not available yet in taskledger")
-    return _choice(callbacks, "verify", VERIFY_SCHEMES, "url-token")
+    scheme = _choice(callbacks, "verify", VERIFY_SCHEMES, "url-token")
+    for key, owner in SCHEME_KEYS.items():
+        if key in callbacks and scheme != owner:
+            raise ValueError(f"`callbacks.{key}` is read by verify = {owner!r} only")
+    return scheme
+
+
+def _jwks_url(callbacks: Mapping[str, Any]) -> str:
+    if "jwks_url" not in callbacks:
+        return ""
+    url = _text(callbacks, "jwks_url")
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"`callbacks.jwks_url` must be an http(s) URL (got {url!r})")
+    return url
 
 
 def _auth(data: Mapping[str, Any]) -> Auth:
@@ -269,7 +322,7 @@ def _auth(data: Mapping[str, Any]) -> Auth:
 
 
 def _submit(data: Mapping[str, Any]) -> Submit:
-    _known(data, "submit.", {"method", "path", "body", "callback", "task_id"})
+    _known(data, "submit.", {"method", "path", "body", "callback", "task_id", "model", "extra"})
     callback = str(data.get("callback", "body:callback_url"))
     place, _, name = callback.partition(":")
     if place not in CALLBACK_PLACES or (place != "none" and not name):
@@ -282,19 +335,45 @@ def _submit(data: Mapping[str, Any]) -> Submit:
         callback=place,
         callback_name=name,
         task_id=Field.of(task_id) if task_id else None,
+        model_field=_text(data, "model", "model"),
+        extra=dict(_table(data, "extra")),
     )
 
 
 def _poll(data: Mapping[str, Any]) -> Poll:
     _known(data, "poll.", {"method", "path", "headers"})
-    path = _text(data, "path")
-    if "{task_id}" not in path:
-        raise ValueError("`poll.path` must hold {task_id} (in the path or its query)")
+    path = _path(data, "poll")
     headers = data.get("headers", {})
     if not isinstance(headers, dict):
         raise ValueError("`poll.headers` must be a table of header names to values")
     return Poll(
         str(data.get("method", "GET")).upper(), path, {k: str(v) for k, v in headers.items()}
+    )
+
+
+def _path(data: Mapping[str, Any], where: str) -> str:
+    path = _text(data, "path")
+    named = {name for _, name, _, _ in string.Formatter().parse(path) if name is not None}
+    if "task_id" not in named:
+        raise ValueError(f"`{where}.path` must hold {{task_id}} (in the path or its query)")
+    unknown = sorted(named - set(PATH_PLACEHOLDERS))
+    if unknown:
+        raise ValueError(
+            f"`{where}.path` names {{{unknown[0]}}}; it may name {', '.join(PATH_PLACEHOLDERS)}"
+        )
+    return path
+
+
+def _result(data: Any) -> Result | None:
+    if data is None:
+        return None
+    _known(data, "result.", {"path", "fields", "failed_status"})
+    fields = data.get("fields", {})
+    _known(fields, "result.fields.", set(RESULT_FIELD_NAMES))
+    return Result(
+        path=_path(data, "result"),
+        fields={name: Field.of(spec) for name, spec in fields.items()},
+        failed_status=tuple(int(code) for code in data.get("failed_status", [])),
     )
 
 
@@ -329,8 +408,14 @@ def _states(data: Mapping[str, Any]) -> dict[str, State]:
 
 
 def _rule(data: Mapping[str, Any]) -> StateRule:
-    _known(data, "state_rules.", {"status", "error_code", "state"})
+    _known(data, "state_rules.", {"status", "error_code", "field", "state"})
     state = data["state"]
-    if state not in _STATES:
-        raise ValueError(f"state rule's state {state!r} is not one of {', '.join(_STATES)}")
-    return StateRule(str(data["status"]).lower(), str(data["error_code"]), _STATES[state])
+    if state not in _STATES and state != FETCH:
+        raise ValueError(
+            f"state rule's state {state!r} is not one of {', '.join(_STATES)}, {FETCH}"
+        )
+    if ("error_code" in data) == ("field" in data):
+        raise ValueError("a state rule needs either `error_code` or `field` (not both)")
+    code = str(data["error_code"]) if "error_code" in data else None
+    found = Field.of(data["field"]) if "field" in data else None
+    return StateRule(str(data["status"]).lower(), code, _STATES.get(state), found)

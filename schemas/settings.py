@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Final
 
@@ -14,6 +16,7 @@ from schemas.retention import MIN_DEDUP_KEEP_DAYS, RETENTION_DAYS, RetentionPoli
 from schemas.wire import Kind, WireFormat
 
 PREFIX = "TASKLEDGER_"
+BUILTIN_PROVIDERS_DIR = Path(__file__).parent / "providers"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/taskledger.db"
 DEFAULT_PROVIDERS = "openai,apidot,vidgo,evolink,aivideoapi"
 DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
@@ -34,6 +37,8 @@ DEFAULT_KIND_BY_NAME = {
 # How long result URLs stay valid (PROVIDERS.md), from the provider's completion time.
 # OpenAI's bodies carry their own `expires_at`, which wins (about 1 h); EvoLink documents
 # 24 h; APIDot, Vidgo and AI Video API say nothing: 24 h too until they do.
+# OpenAI shut the Sora 2 Videos API down on this day (PROVIDERS.md).
+KIND_SUNSETS: dict[WireFormat, date] = {WireFormat.OPENAI: date(2026, 9, 24)}
 DEFAULT_RESULT_TTL_SECONDS: dict[WireFormat, float] = {
     WireFormat.OPENAI: 3_600.0,
     WireFormat.APIDOT: 86_400.0,
@@ -58,6 +63,15 @@ class ProviderSettings:
     price_per_second: float | None = None
     # Lifetime of the provider's result URLs; None: its kind's default.
     result_ttl_seconds: float | None = None
+    # From this day on, new tasks are refused (open ones are still received and polled).
+    sunset: date | None = None
+    # ed25519-jwks (fal): where the signing keys are published, and our own account's id
+    # (a callback signed for another user is refused).
+    jwks_url: str = ""
+    webhook_user_id: str = ""
+
+    def sunset_passed(self, today: date) -> bool:
+        return self.sunset is not None and today >= self.sunset
 
     def __post_init__(self) -> None:
         if self.result_ttl_seconds is None:
@@ -180,8 +194,10 @@ def _providers(env: _Env) -> dict[str, ProviderSettings]:
 
 
 def _kinds(env: _Env) -> dict[str, Kind]:
-    """The kinds written in code, and those defined by files in `TASKLEDGER_PROVIDERS_DIR`."""
+    """The kinds written in code, the built-in definitions (`schemas/providers/`), and
+    those defined by files in `TASKLEDGER_PROVIDERS_DIR`, which may not reuse their names."""
     kinds: dict[str, Kind] = {fmt.value: fmt for fmt in WireFormat}
+    kinds.update(builtin_definitions())
     directory = env.text("PROVIDERS_DIR", "")
     if directory:
         try:
@@ -197,8 +213,16 @@ def _kinds(env: _Env) -> dict[str, Kind]:
     return kinds
 
 
+@functools.cache
+def builtin_definitions() -> dict[str, Definition]:
+    """The provider definitions shipped with taskledger (Replicate, fal.ai, kie.ai), read
+    once: a mistake in one is ours, and stops start-up like any other."""
+    return load_definitions(BUILTIN_PROVIDERS_DIR)
+
+
 def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettings:
     key = f"PROVIDER_{name.upper()}_"
+    # A provider named like a kind (openai, replicate, a definition's name) is of that kind.
     default_kind = DEFAULT_KIND_BY_NAME.get(name)
     kind_text = env.text(key + "KIND", default_kind.value if default_kind else name)
     kind = kinds.get(kind_text)
@@ -220,7 +244,26 @@ def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettin
         concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
         price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
         result_ttl_seconds=env.number(key + "RESULT_TTL_SECONDS", 0.0) or None,
+        sunset=_sunset(env, key + "SUNSET", kind),
+        jwks_url=env.text(key + "JWKS_URL", d.jwks_url),
+        webhook_user_id=env.text(key + "WEBHOOK_USER_ID", ""),
     )
+
+
+def _sunset(env: _Env, name: str, kind: Kind) -> date | None:
+    """`none` for an endpoint that outlives its kind (Azure's OpenAI-compatible videos), a
+    date, or the kind's own sunset."""
+    raw = env.text(name, "").lower()
+    if raw == "none":
+        return None
+    if not raw:
+        return kind.sunset if isinstance(kind, Definition) else KIND_SUNSETS.get(kind)
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{PREFIX}{name} must be a date like 2026-09-24, or none (got {raw!r})"
+        ) from None
 
 
 def _defaults_of(kind: Kind) -> ProviderSettings:
@@ -233,6 +276,7 @@ def _defaults_of(kind: Kind) -> ProviderSettings:
         expected_seconds=kind.expected_seconds,
         max_age_seconds=kind.max_age_seconds,
         rate_limit_per_second=kind.rate_limit_per_second,
+        jwks_url=kind.jwks_url,
     )
 
 

@@ -12,8 +12,9 @@ Decided per callback event (`Faults.*_rate`, all 0 by default) before it is sent
 - `envelope_rate`: an EvoLink body comes wrapped as `{"data": {...}}`;
 - `wrong_task_id_rate`: a callback sent to its own task's callback URL (gateways and
   platforms) names another task's id (half the time, when there is one) or a made-up one:
-  a buggy provider. OpenAI webhooks share one URL for every task, so no task's own URL
-  can be contradicted there: the fault is not applied to them;
+  a buggy provider. OpenAI and Replicate webhooks share one URL for every task, so no
+  task's own URL can be contradicted there, and a signed body is the provider's own word:
+  the fault is not applied to them;
 - `gateway_retry_rate`: a fal webhook's `gateway_request_id` is not its `request_id`;
 - `payload_error_rate`: a succeeded fal request's webhook has `payload: null` and a
   `payload_error` (the result is still there to fetch);
@@ -43,6 +44,8 @@ UNKNOWN_VIDEO_EVENT = "video.in_progress"
 NON_VIDEO_EVENTS = ("response.completed", "batch.completed")
 NON_VIDEO_ID_PREFIXES = {"response.completed": "resp", "batch.completed": "batch"}
 CANCEL_SPELLINGS = ("cancelled", "canceled")
+# Webhooks that come to one signed URL for every task: no task's own URL to contradict.
+SHARED_URL_FORMATS = frozenset({"openai", "replicate"})
 TRICK_COUNTERS = (
     "unknown_status",
     "non_video_event",
@@ -94,7 +97,8 @@ class Tricks:
         faults, fmt = self._faults(), task.fmt
         body, tricks = self._spelled(task, body)
         names = task.task_id
-        if self._chance(faults.wrong_task_id_rate, "wrong_task_id"):
+        own_url = fmt not in SHARED_URL_FORMATS
+        if own_url and self._chance(faults.wrong_task_id_rate, "wrong_task_id"):
             names = self._wrong_id(task, now)
             body = with_field(fmt, body, ID_KEYS[fmt], names)
             tricks += ("wrong_task_id",)

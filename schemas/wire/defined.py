@@ -7,6 +7,7 @@ driven by the definition's field paths, status words and envelope.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -49,7 +50,7 @@ def read_status(
     """A status (or submit, or callback) body, read by the definition's field paths."""
     checked = _checked(definition, body)
     task_id = read_task_id(definition, checked)
-    state, word = _state(definition, checked, missing)
+    state, fetch = _state(definition, checked, missing)
     urls = _urls(definition, checked)
     finished = _time(definition, checked, "finished_at")
     extra = _expiry(definition, checked, urls, finished, lifetime) | _cost(definition, checked)
@@ -61,7 +62,7 @@ def read_status(
         error_code=_text(definition, checked, "error_code", CODE_MAX_CHARS),
         error_message=_text(definition, checked, "error_message", MESSAGE_MAX_CHARS),
         provider_time=finished or _time(definition, checked, "created_at"),
-        needs_fetch=word in definition.fetch_to_know or definition.callback_shape == "thin",
+        needs_fetch=fetch or definition.callback_shape == "thin",
         extra=extra,
     )
 
@@ -87,17 +88,21 @@ def read_task_id(definition: Definition, body: object) -> str:
 def build_submit(
     definition: Definition, model: str, request: dict[str, object], callback_url: str | None
 ) -> dict[str, object]:
-    """The submit body: the request flat beside `model`, or nested under `input`; the
-    callback URL in its body field (a query parameter is the client's to add)."""
-    body: dict[str, object] = {"model": model}
-    name = definition.submit.callback_name
-    if definition.submit.body == "input":
-        body["input"] = without(request, "model", name)
+    """The submit body: the request flat beside the model (in `submit.model`'s field), or
+    nested under `input`; the callback URL in its body field (a query parameter is the
+    client's to add); then the definition's constant fields (`submit.extra`)."""
+    submit = definition.submit
+    body: dict[str, object] = {submit.model_field: model}
+    name = submit.callback_name
+    if submit.body == "bare":
+        body = without(request, name)
+    elif submit.body == "input":
+        body["input"] = without(request, submit.model_field, name)
     else:
-        body.update(without(request, "model", name))
-    if callback_url is not None and definition.submit.callback == "body":
+        body.update(without(request, submit.model_field, name))
+    if callback_url is not None and submit.callback == "body":
         body[name] = callback_url
-    return body
+    return body | dict(submit.extra)
 
 
 def read_submit(definition: Definition, body: object) -> Observation:
@@ -110,6 +115,37 @@ def read_submit(definition: Definition, body: object) -> Observation:
             raise _fail(definition, "submit.task_id", f"must be a string, not {kind(task_id)}")
         return Observation(provider_task_id=str(task_id), state=State.QUEUED)
     return read_status(definition, checked, State.QUEUED, UNKNOWN_LIFETIME)
+
+
+def read_result(
+    definition: Definition, task_id: str, http_status: int, body: object, lifetime: Lifetime
+) -> Observation:
+    """The answer of the result fetch (`[result]`) of a task whose status word said only
+    that it finished: success when 2xx, failure when its HTTP status is a failing one."""
+    result = definition.result
+    if result is None:
+        raise WireFormatError(f"{definition.name} has no [result] to read", reason="no_result")
+    if not isinstance(body, dict):
+        raise WireFormatError(
+            f"{definition.name} result must be a JSON object, not {kind(body)}",
+            reason="not_object",
+        )
+    found = replace(definition, fields=result.fields)
+    if 200 <= http_status < 300:
+        urls = _urls(found, body)
+        finished = _time(found, body, "finished_at")
+        extra = _expiry(found, body, urls, finished, lifetime) | _cost(found, body)
+        return Observation(task_id, State.SUCCEEDED, 100, urls, extra=extra, provider_time=finished)
+    if http_status not in result.failed_status:
+        raise WireFormatError(
+            f"{definition.name} result answered HTTP {http_status}", reason="bad_result"
+        )
+    return Observation(
+        task_id,
+        State.FAILED,
+        error_code=_text(found, body, "error_code", CODE_MAX_CHARS) or str(http_status),
+        error_message=_text(found, body, "error_message", MESSAGE_MAX_CHARS),
+    )
 
 
 # -- reading fields ---------------------------------------------------------------------
@@ -142,23 +178,24 @@ def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_fi
 
 def _state(
     definition: Definition, body: dict[str, Any], missing: State | None
-) -> tuple[State, str]:
+) -> tuple[State, bool]:
+    """The state a body says, and whether it says only "finished": its result tells how."""
     word = _field(definition, "status").read(body)
     if word is None and missing is not None:
-        return missing, ""
+        return missing, False
     if not isinstance(word, str):
         raise _fail(definition, "status", f"must be a string, not {kind(word)}", "unknown_status")
     word = word.strip().lower()
     code = _text(definition, body, "error_code", CODE_MAX_CHARS)
     for rule in definition.rules:
-        if rule.status == word and rule.error_code == code:
-            return rule.state, word
+        if rule.applies(word, code, body):
+            return rule.state or State.RUNNING, rule.state is None
     state = definition.state_of(word)
     if state is None and word in definition.fetch_to_know:
-        state = State.RUNNING  # finished, but how only its result says: fetched next
+        return State.RUNNING, True  # finished, but how only its result says: fetched next
     if state is None:
         raise _fail(definition, "status", f"has unknown value {word[:50]!r}", "unknown_status")
-    return state, word
+    return state, False
 
 
 def _progress(definition: Definition, body: dict[str, Any]) -> int | None:
@@ -197,5 +234,5 @@ def _expiry(
 
 
 def _cost(definition: Definition, body: dict[str, Any]) -> dict[str, object]:
-    value = number(_field(definition, "cost").read(body))
-    return {} if value is None or not math.isfinite(value) else {"cost": value}
+    value = number(_field(definition, "cost_credits").read(body))
+    return {} if value is None or not math.isfinite(value) else {"cost_credits": value}

@@ -26,6 +26,20 @@ SPECS: dict[WireFormat, WireSpec] = {
 }
 
 
+def normalize_result(
+    fmt: Definition,
+    task_id: str,
+    http_status: int,
+    body: object,
+    *,
+    result_ttl_seconds: float | None = None,
+    now: datetime | None = None,
+) -> Observation:
+    """What the result fetch of a finished task says: succeeded with its URLs, or failed."""
+    lifetime = Lifetime(result_ttl_seconds, now)
+    return defined.read_result(fmt, task_id, http_status, body, lifetime)
+
+
 def spec(fmt: Kind) -> WireSpec:
     """A kind's spec: registered above in code, or built from its definition file."""
     if isinstance(fmt, Definition):
@@ -110,10 +124,12 @@ def build_submit_body(
     return spec(fmt).build_submit(model, request, callback_url)
 
 
-def submit_path(fmt: Kind, callback_url: str | None = None) -> str:
-    """The submit endpoint's path; a kind that takes the callback URL as a query parameter
-    (fal's `fal_webhook`) gets it there."""
+def submit_path(fmt: Kind, callback_url: str | None = None, model: str = "") -> str:
+    """The submit endpoint's path (a definition's may name the `{model}`); a kind that takes
+    the callback URL as a query parameter (fal's `fal_webhook`) gets it there."""
     path = spec(fmt).submit_path
+    if isinstance(fmt, Definition) and "{" in path:
+        path = _with_model(fmt, path, model)
     if isinstance(fmt, Definition) and fmt.submit.callback == "query" and callback_url:
         separator = "&" if "?" in path else "?"
         return f"{path}{separator}{urlencode({fmt.submit.callback_name: callback_url})}"
@@ -129,8 +145,33 @@ def request_headers(fmt: Kind, api_key: str, *, poll: bool = False) -> dict[str,
     return {**fmt.auth.headers(api_key), **extra}
 
 
-def status_path(fmt: Kind, task_id: str) -> str:
-    """The status endpoint's path for one task, the id quoted as a single path segment."""
+def status_path(fmt: Kind, task_id: str, model: str = "") -> str:
+    """The status endpoint's path for one task, the id quoted as a single path segment; a
+    definition's path may also name the task's `{model}` or its `{app}` (see `path_of`)."""
+    return path_of(fmt, spec(fmt).status_path, task_id, model)
+
+
+def result_path(fmt: Definition, task_id: str, model: str = "") -> str:
+    """Where a finished task's outcome is fetched (its definition's `[result]` path)."""
+    if fmt.result is None:
+        raise WireFormatError(f"{fmt} has no result to fetch", reason="no_result")
+    return path_of(fmt, fmt.result.path, task_id, model)
+
+
+def path_of(fmt: Kind, template: str, task_id: str, model: str) -> str:
+    """`template` for one task: `{task_id}` quoted as one segment, `{model}` as the model's
+    segments, `{app}` as its first two (`owner/app`, fal's queue URLs)."""
     if task_id.strip() in ("", ".", ".."):
         raise WireFormatError(f"{fmt} task id {task_id[:50]!r} cannot name a status path")
-    return spec(fmt).status_path.format(task_id=quote(task_id, safe=""))
+    return _with_model(fmt, template, model).replace("{task_id}", quote(task_id, safe=""))
+
+
+def _with_model(fmt: Kind, template: str, model: str) -> str:
+    """`template` with `{model}` and `{app}` filled in (other placeholders kept)."""
+    if "{model}" not in template and "{app}" not in template:
+        return template
+    segments = [s for s in model.strip().split("/") if s]
+    if not segments or any(s in (".", "..") for s in segments):
+        raise WireFormatError(f"{fmt} needs the task's model to name its path (got {model!r})")
+    quoted = [quote(s, safe="") for s in segments]
+    return template.replace("{model}", "/".join(quoted)).replace("{app}", "/".join(quoted[:2]))

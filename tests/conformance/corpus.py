@@ -7,7 +7,7 @@ The helpers here drive a case through the real client (poll, submit) and check t
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,19 +20,22 @@ import orjson
 from reconciler.clients import ProviderClient
 from reconciler.limits import RateLimiter
 from reconciler.retry import RetryPolicy
-from schemas.settings import ProviderSettings
-from schemas.wire import WireFormat
+from schemas.settings import ProviderSettings, builtin_definitions
+from schemas.wire import Kind, WireFormat
 from tests.support.fake_time import FakeTime
 
 HERE = Path(__file__).parent
-KIND_OF_PROVIDER = {
+KIND_OF_PROVIDER: dict[str, Kind] = {
     "openai": WireFormat.OPENAI,
     "apidot": WireFormat.APIDOT,
     "vidgo": WireFormat.APIDOT,
     "evolink": WireFormat.EVOLINK,
     "aivideoapi": WireFormat.AIVIDEOAPI,
+    **builtin_definitions(),  # replicate, fal, kie
 }
-ROUTES = ("callback", "poll", "submit")
+ROUTES = ("callback", "poll", "submit", "result")
+# The model a case's task has (fal's status and result paths name it).
+MODEL = "fal-ai/veo3/fast"
 # When the client reads a poll or submit answer (its clock).
 POLLED_AT = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 _OBSERVED = "observed+"
@@ -42,7 +45,7 @@ _OBSERVED = "observed+"
 class Case:
     """One corpus file: a documented body, where it comes from, and what it must become."""
 
-    provider: str  # the directory: openai, apidot, vidgo, evolink, aivideoapi
+    provider: str  # the directory: openai, apidot, vidgo, evolink, aivideoapi, replicate, ...
     name: str
     source: str
     body: Any
@@ -54,7 +57,7 @@ class Case:
         return f"{self.provider}/{self.name}"
 
     @property
-    def kind(self) -> WireFormat:
+    def kind(self) -> Kind:
         return KIND_OF_PROVIDER[self.provider]
 
     @property
@@ -130,6 +133,29 @@ async def client_answering(case: Case, status: int = 200) -> AsyncIterator[Provi
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, content=case.raw())
 
+    async with client_with(case, answer) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_fetching_result(case: Case) -> AsyncIterator[ProviderClient]:
+    """A client whose status answer is "COMPLETED" (its `fetch_to_know`) and whose result
+    answer is the case's body, with the case's `http_status`."""
+    completed = {"status": "COMPLETED", "request_id": case.task_id}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json=completed)
+        return httpx.Response(case.expect["http_status"], content=case.raw())
+
+    async with client_with(case, answer) as client:
+        yield client
+
+
+@asynccontextmanager
+async def client_with(
+    case: Case, answer: Callable[[httpx.Request], httpx.Response]
+) -> AsyncIterator[ProviderClient]:
     settings = ProviderSettings(
         case.provider, case.kind, base_url="https://provider.example/v1", api_key="sk-test"
     )

@@ -8,19 +8,22 @@ import pytest
 from reconciler.errors import BadAnswer
 from schemas.ledger import result_of
 from schemas.states import State
-from schemas.wire import WireFormat
+from schemas.wire import Kind
 from tests.conformance.conftest import Ledger
 from tests.conformance.corpus import (
     CASES,
+    MODEL,
     POLLED_AT,
+    ROUTES,
     Case,
     cases_for,
     check_result,
     client_answering,
+    client_fetching_result,
 )
 
 # One provider account per case: its task ids are its own.
-PROVIDERS: dict[str, WireFormat] = {f"c{n}": case.kind for n, case in enumerate(CASES)}
+PROVIDERS: dict[str, Kind] = {f"c{n}": case.kind for n, case in enumerate(CASES)}
 ACCOUNT = {case.id: f"c{n}" for n, case in enumerate(CASES)}
 # What the callback routes answer for each outcome (README: HTTP contract).
 ANSWER_CODE = {"unmatched": 202}
@@ -38,8 +41,11 @@ def test_corpus_has_cases_for_every_provider_and_route() -> None:
         "vidgo",
         "evolink",
         "aivideoapi",
+        "replicate",
+        "fal",
+        "kie",
     }
-    assert all(cases_for(route) for route in ("callback", "poll", "submit"))
+    assert all(cases_for(route) for route in ROUTES)
 
 
 @pytest.mark.asyncio(loop_scope="module")  # the receiver runs for the whole module
@@ -69,7 +75,7 @@ async def test_documented_callback_gets_its_outcome_and_sets_the_task(
 @pytest.mark.parametrize("case", cases_for("poll"), ids=ids(cases_for("poll")))
 async def test_documented_status_answer_is_read_by_the_client(case: Case) -> None:
     async with client_answering(case) as client:
-        answer = await client.fetch_status(case.task_id or "task-unnamed")
+        answer = await client.fetch_status(case.task_id or "task-unnamed", MODEL)
     if case.unrecognized:
         assert (answer.observation, answer.unrecognized) == (None, case.unrecognized)
         return
@@ -86,11 +92,24 @@ async def test_documented_submit_answer_gives_the_task_id(case: Case) -> None:
     async with client_answering(case) as client:
         if case.unrecognized:
             with pytest.raises(BadAnswer):
-                await client.submit("sora-2", {"prompt": "a cat"}, None)
+                await client.submit(MODEL, {"prompt": "a cat"}, None)
             return
-        observation = await client.submit("sora-2", {"prompt": "a cat"}, None)
+        observation = await client.submit(MODEL, {"prompt": "a cat"}, None)
     assert (observation.provider_task_id, observation.state) == (
         case.task_id,
         State(case.expect["state"]),
     )
     check_result(case, result_of(observation), POLLED_AT)
+
+
+@pytest.mark.parametrize("case", cases_for("result"), ids=ids(cases_for("result")))
+async def test_documented_result_answer_tells_how_a_finished_task_ended(case: Case) -> None:
+    async with client_fetching_result(case) as client:
+        answer = await client.fetch_status(str(case.task_id), MODEL)
+    assert answer.observation is not None
+    assert (answer.observation.provider_task_id, answer.observation.state) == (
+        case.task_id,
+        State(case.expect["state"]),
+    )
+    assert answer.http_status == case.expect["http_status"]
+    check_result(case, result_of(answer.observation), POLLED_AT)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ops.cli import main
+from schemas.settings import BUILTIN_PROVIDERS_DIR
 
 DEFINITIONS = Path(__file__).parents[1] / "schemas" / "definitions"
 
@@ -43,3 +44,13 @@ def test_a_broken_definition_is_one_line_naming_the_file(
     err = capsys.readouterr().err.strip()
     assert err.startswith("taskledger: bad.toml: ")
     assert "\n" not in err
+
+
+@pytest.mark.parametrize("name", ["replicate", "fal", "kie"])
+def test_every_builtin_definition_passes_its_own_check(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["providers", "check", str(BUILTIN_PROVIDERS_DIR / f"{name}.toml")]) == 0
+    out = capsys.readouterr().out
+    assert f"kind {name} ({name}.toml)" in out
+    assert out.count("example ") >= 6

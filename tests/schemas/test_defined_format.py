@@ -48,7 +48,7 @@ def test_a_delivered_render_keeps_its_urls_cost_and_expiry() -> None:
     assert seen.provider_task_id == "r-1"
     assert (seen.state, seen.progress) == (State.SUCCEEDED, 100)
     assert seen.result_urls == ("https://cdn.example/r-1.mp4", "https://cdn.example/r-1.jpg")
-    assert seen.extra == {"cost": 42, "expires_at": "2026-12-06T11:00:00+00:00"}
+    assert seen.extra == {"cost_credits": 42, "expires_at": "2026-12-06T11:00:00+00:00"}
 
 
 def test_a_failure_keeps_its_code_and_message() -> None:

@@ -4,12 +4,15 @@ the variable at fault."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from schemas.definition import Definition
 from schemas.errors import ConfigError
 from schemas.settings import (
     ANSWER_DEADLINE_SECONDS,
+    BUILTIN_PROVIDERS_DIR,
     DEFAULT_RESULT_TTL_SECONDS,
     ProviderSettings,
     Settings,
@@ -62,8 +65,33 @@ def test_an_unknown_provider_kind_names_its_variable() -> None:
 
 
 def test_a_provider_without_a_default_kind_names_its_variable() -> None:
-    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_REPLICATE_KIND"):
-        provider_from_environ("replicate")
+    with pytest.raises(ConfigError, match="TASKLEDGER_PROVIDER_RUNWAY_KIND"):
+        provider_from_environ("runway")
+
+
+@pytest.mark.parametrize(
+    ("name", "ttl", "signed"),
+    [("replicate", 3600.0, True), ("fal", 604800.0, False), ("kie", 1200.0, False)],
+)
+def test_a_provider_named_like_a_builtin_definition_is_of_its_kind(
+    name: str, ttl: float, signed: bool
+) -> None:
+    provider = provider_from_environ(name)
+    assert isinstance(provider.kind, Definition)
+    assert (provider.kind.name, provider.result_ttl_seconds) == (name, ttl)
+    assert provider.kind.signs_callbacks is signed
+
+
+def test_a_builtin_definition_is_a_kind_any_provider_may_take() -> None:
+    provider = provider_from_environ("myfal", TASKLEDGER_PROVIDER_MYFAL_KIND="fal")
+    assert provider.kind is provider_from_environ("fal").kind
+
+
+def test_a_user_definition_may_not_reuse_a_builtin_name(tmp_path: Path) -> None:
+    text = (BUILTIN_PROVIDERS_DIR / "kie.toml").read_text(encoding="utf-8")
+    (tmp_path / "mykie.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="'kie' is built in"):
+        provider_from_environ("kie", TASKLEDGER_PROVIDERS_DIR=str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,16 @@ SYSTEM_PROVIDER = {
     "RATE_LIMIT": "500",
     "CONCURRENCY": "32",
 }
+# Every provider built in: the kinds written in code, and the built-in definitions.
+BUILTIN_PROVIDERS = (*SIMULATED_PROVIDERS, "replicate", "fal", "kie")
+# The model each provider's tasks name (fal's and Replicate's paths and bodies carry it).
+MODELS = {
+    "replicate": "minimax/video-01:5aa835260ff7f40f4069c41185f72036",
+    "fal": "fal-ai/veo3/fast",
+    "kie": "kling/v2-1-pro",
+}
+SIM_FAL_USER_ID = "sim-fal-user"
+KIE_WEBHOOK_KEY = "kie-hmac-key-e2e"
 FAST_POLICY = RetryPolicy(
     attempts=2, base_delay_seconds=0.05, max_delay_seconds=0.5, min_poll_delay_seconds=0.3
 )
@@ -47,7 +57,7 @@ FAST_POLICY = RetryPolicy(
 def system_environment(database_url: str, sim_url: str, **variations: Any) -> dict[str, str]:
     """The environment of a system on the simulator with the tests' secrets; `variations`
     are `simulated_environment`'s optional arguments."""
-    return simulated_environment(
+    env = simulated_environment(
         database_url=database_url,
         sim_url=sim_url,
         api_key="sk-test",
@@ -56,14 +66,28 @@ def system_environment(database_url: str, sim_url: str, **variations: Any) -> di
         webhook_secret=WEBHOOK_SECRET,
         **variations,
     )
+    return env | platform_secrets(sim_url)
+
+
+def platform_secrets(sim_url: str) -> dict[str, str]:
+    """What the receiver needs to verify the platforms' signed callbacks: Replicate's
+    Standard Webhooks secret, fal's key set (the simulator's) and user id, kie's HMAC key."""
+    prefix = "TASKLEDGER_PROVIDER_"
+    return {
+        f"{prefix}REPLICATE_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+        f"{prefix}FAL_WEBHOOK_USER_ID": SIM_FAL_USER_ID,
+        f"{prefix}FAL_JWKS_URL": f"{sim_url}{SimConfig().fal_jwks_path}",
+        f"{prefix}KIE_WEBHOOK_SECRETS": KIE_WEBHOOK_KEY,
+    }
 
 
 def system_settings(database_url: str, sim_url: str, **provider: Any) -> Settings:
-    """The settings of a system on the simulator; `provider` overrides fields of each
-    provider's `ProviderSettings`."""
+    """The settings of a system on the simulator, every built-in provider configured;
+    `provider` overrides fields of each provider's `ProviderSettings`."""
     environ = system_environment(
         database_url,
         sim_url,
+        providers=BUILTIN_PROVIDERS,
         provider=SYSTEM_PROVIDER,
         settings={"LOG_JSON": "true", "LEASE_SECONDS": "5", "POLL_INTERVAL_SECONDS": "0.1"},
     )
@@ -81,6 +105,9 @@ def with_tricks(faults: Faults, *, wrong_task_id_rate: float = 0.0) -> Faults:
         cancel_spelling_rate=0.5,
         envelope_rate=0.3,
         wrong_task_id_rate=wrong_task_id_rate,
+        gateway_retry_rate=0.2,
+        payload_error_rate=0.2,
+        snake_task_id_rate=0.3,
     )
 
 
@@ -103,7 +130,7 @@ class System:
             body = {
                 "provider": provider,
                 "owner": "e2e",
-                "model": "sora-2",
+                "model": MODELS.get(provider, "sora-2"),
                 "submit": True,
                 "request": {
                     "prompt": f"a lighthouse at dusk, take {next(self._takes)}",
@@ -205,7 +232,7 @@ class System:
 
     def _callbacks_done(self) -> bool:
         sim = self.simulator
-        tasks = [task for fmt in SIMULATED_PROVIDERS for task in sim.tasks(fmt)]
+        tasks = [task for fmt in BUILTIN_PROVIDERS for task in sim.tasks(fmt)]
         return sim.sender.pending == 0 and all(t.terminal_sent or not _calls_back(t) for t in tasks)
 
     async def start_reconciler(
@@ -243,6 +270,9 @@ async def running_system(
         webhook_url=f"http://127.0.0.1:{receiver_port}/webhooks/openai",
         webhook_secret=WEBHOOK_SECRET,
         api_key="sk-test",
+        replicate_webhook_secret=WEBHOOK_SECRET,
+        fal_user_id=SIM_FAL_USER_ID,
+        kie_webhook_key=KIE_WEBHOOK_KEY,
     )
     settings = system_settings(database_url, sim_url, **provider)
     sim_app = create_app(sim)
@@ -379,6 +409,10 @@ class TaskComparison:
     tasks: int = 0
     submits: Counter[int] = field(default_factory=Counter)
     mismatches: list[str] = field(default_factory=list)
+    by_provider: Counter[str] = field(default_factory=Counter)
+    matching: Counter[str] = field(default_factory=Counter)
+    # Unlike the truth because an authentic signed callback of another task named them.
+    misled: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         return (
@@ -388,7 +422,10 @@ class TaskComparison:
 
 
 def compare_tasks(
-    tasks: Iterable[dict[str, Any]], truth: Iterable[dict[str, Any]], stats: dict[str, Any]
+    tasks: Iterable[dict[str, Any]],
+    truth: Iterable[dict[str, Any]],
+    stats: dict[str, Any],
+    misled: frozenset[tuple[str, str]] = frozenset(),
 ) -> TaskComparison:
     """Each ledger task, found in the simulator by its prompt: submitted once, holding the
     simulator's task id, in its final state, with its result URLs (OpenAI: content paths
@@ -402,12 +439,47 @@ def compare_tasks(
         comparison.submits[submits.get(f"{task['provider']}/{prompt}", 0)] += 1
         real = by_prompt.get((task["provider"], prompt))
         problem = "never reached the simulator" if real is None else _unlike(task, real)
-        if problem:
+        comparison.by_provider[task["provider"]] += 1
+        if problem and (task["provider"], task["provider_task_id"]) in misled:
+            comparison.misled[task["provider"]] += 1
+        elif problem:
             comparison.mismatches.append(f"{task['ref']} {task['provider']}: {problem}")
+        else:
+            comparison.matching[task["provider"]] += 1
     unknown = sum(submits.values()) - sum(n * count for n, count in comparison.submits.items())
     if unknown:
         comparison.mismatches.append(f"{unknown} submits the ledger has no task for")
     return comparison
+
+
+# Formats whose every callback goes to one signed URL (`/webhooks/{source}`): no URL binds a
+# body to its task, so a signed body naming another task cannot be told from a true one.
+SHARED_SIGNED_URL_FORMATS = ("openai", "replicate")
+
+
+def misled_tasks(sent: Iterable[dict[str, Any]]) -> frozenset[tuple[str, str]]:
+    """(format, task id) of each task that an authentic signed callback of another task
+    named (the simulator's `wrong_task_id` trick, on a shared signed URL)."""
+    return frozenset(
+        (message["format"], message["names"])
+        for message in sent
+        if message["authentic"]
+        and "wrong_task_id" in message["tricks"]
+        and message["format"] in SHARED_SIGNED_URL_FORMATS
+    )
+
+
+def provider_lines(tasks: Iterable[dict[str, Any]], comparison: TaskComparison) -> list[str]:
+    """Per provider: its tasks, how many a poll recovered, how many match its truth."""
+    recovered: Counter[str] = Counter()
+    for task in tasks:
+        recovered[task["provider"]] += task["recovered"]
+    return [
+        f"{name}: tasks {count}, recovered by poll {recovered[name]}, "
+        f"matching the provider's truth {comparison.matching[name]}"
+        + (f", misled by a signed body naming them {n}" if (n := comparison.misled[name]) else "")
+        for name, count in sorted(comparison.by_provider.items())
+    ]
 
 
 def _unlike(task: dict[str, Any], real: dict[str, Any]) -> str:
