@@ -35,6 +35,7 @@ def describe(definition: Definition) -> list[str]:
         + "".join(f", {k}: {v}" for k, v in poll.headers.items()),
         f"  fields: {', '.join(f'{n}={_paths(f.paths)}' for n, f in definition.fields.items())}",
         f"  states: {words}",
+        *_fetch_lines(definition),
         f"  callbacks: {definition.callback_shape}, verified by {definition.verify}",
         f"  result URLs live: {_seconds(definition.result_ttl_seconds)};"
         f" expected {_seconds(definition.expected_seconds)}, lost after"
@@ -53,6 +54,20 @@ def _example(definition: Definition, n: int, example: Mapping[str, Any]) -> tupl
     got = f"task {seen.provider_task_id}, {seen.state}, urls {list(seen.result_urls)}"
     ok = expected is None or seen.state.value == expected
     return f"example {n + 1}: {got}" + ("" if ok else f" -- expected {expected}"), ok
+
+
+def _fetch_lines(definition: Definition) -> list[str]:
+    """Words that only say "finished", and where the outcome is fetched then."""
+    if not definition.fetch_to_know:
+        return []
+    words = ", ".join(sorted(definition.fetch_to_know))
+    result = definition.result
+    where = "(no [result]: the status is polled again)"
+    if result is not None:
+        fields = ", ".join(f"{n}={_paths(f.paths)}" for n, f in result.fields.items())
+        failed = ", ".join(str(code) for code in result.failed_status) or "none"
+        where = f"GET {result.path}, fields {fields}; failed when HTTP {failed}"
+    return [f"  finished, outcome fetched: {words}: {where}"]
 
 
 def _headers(headers: Mapping[str, str]) -> str:

@@ -34,7 +34,17 @@ from schemas.tables import DELIVERY_KEY_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
 log = structlog.get_logger("taskledger.receiver")
-KEPT_HEADERS = ("content-type", "user-agent", "webhook-id", "webhook-timestamp")
+# Kept with each delivery for the audit: who sent it and when it says it did (never a
+# signature: a proof is checked, not stored).
+KEPT_HEADERS = (
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "x-fal-webhook-request-id",
+    "x-fal-webhook-timestamp",
+    "x-webhook-timestamp",
+)
 _KEPT = frozenset(KEPT_HEADERS)
 HEADER_MAX_CHARS = 200
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError
-from schemas.fieldpath import Field, PathError
+from schemas.fieldpath import Field, FieldPath, PathError
 from schemas.states import State
 
 AUTH_SCHEMES = ("bearer", "key", "header", "none")
@@ -40,6 +40,7 @@ FIELD_NAMES = (
     "created_at",
     "finished_at",
     "expires_at",
+    "provider_time",  # when the body says its news (default: finished_at, else created_at)
 )
 _STATES = {state.value: state for state in State if state is not State.SUBMITTED}
 # What a poll or result path may name: the task's id, its model (`owner/app/sub`), and the
@@ -110,21 +111,43 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class StateRule:
-    """A status word that means another state when an error code says so (EvoLink's
-    `failed` with `request_cancelled` is a cancel), or when a field holds any value (fal's
-    `OK` with a `payload_error`: finished, but its payload is to be fetched)."""
+    """A status word that means another state when an error code (or message) says so
+    (EvoLink's `failed` with `request_cancelled` is a cancel), or when a field holds any
+    value (fal's `OK` with a `payload_error`: finished, but its payload is to be fetched)."""
 
     status: str
     error_code: str | None
     state: State | None  # None: "fetch", finished but only the result says how
     present: Field | None = None  # the field whose having a value applies the rule
+    error_message: str | None = None
 
-    def applies(self, word: str, code: str | None, body: object) -> bool:
+    def applies(self, word: str, error: tuple[str | None, str | None], body: object) -> bool:
+        """Whether it applies to a status word, given the body's error code and message."""
         if word != self.status:
             return False
         if self.present is not None:
             return self.present.read(body) is not None
-        return code == self.error_code
+        if self.error_message is not None:
+            return error[1] == self.error_message
+        return error[0] == self.error_code
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAt:
+    """Where the task object is in a body: at `path` (APIDot's `data`); with `unless_named`,
+    the body itself when it names the task id (EvoLink's task, bare or wrapped)."""
+
+    path: FieldPath
+    unless_named: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Strict:
+    """A field present with the wrong type is a bad body, not an absent field: the task id
+    must be a string, progress a number, result URLs strings or objects holding them, and
+    each of `object_or_text` an object or a string."""
+
+    object_or_text: tuple[FieldPath, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -139,6 +162,8 @@ class Definition:
     submit: Submit = field(default_factory=Submit)
     poll: Poll = field(default_factory=Poll)
     envelope: Envelope | None = None
+    task: TaskAt | None = None
+    strict: Strict | None = None
     fields: Mapping[str, Field] = field(default_factory=dict)
     states: Mapping[str, State] = field(default_factory=dict)
     rules: tuple[StateRule, ...] = ()
@@ -203,6 +228,8 @@ def _definition(data: Mapping[str, Any], source: str) -> Definition:
             "submit",
             "poll",
             "envelope",
+            "task",
+            "strict",
             "fields",
             "states",
             "state_rules",
@@ -232,6 +259,8 @@ def _definition(data: Mapping[str, Any], source: str) -> Definition:
         submit=submit,
         poll=_poll(_table(data, "poll")),
         envelope=_envelope(data.get("envelope")),
+        task=_task(data.get("task")),
+        strict=_strict(data.get("strict")),
         fields=fields,
         states=_states(_table(data, "states")),
         rules=tuple(_rule(rule) for rule in data.get("state_rules", [])),
@@ -389,6 +418,20 @@ def _envelope(data: Any) -> Envelope | None:
     )
 
 
+def _task(data: Any) -> TaskAt | None:
+    if data is None:
+        return None
+    _known(data, "task.", {"path", "unless_named"})
+    return TaskAt(FieldPath.parse(_text(data, "path")), bool(data.get("unless_named", False)))
+
+
+def _strict(data: Any) -> Strict | None:
+    if data is None:
+        return None
+    _known(data, "strict.", {"object_or_text"})
+    return Strict(tuple(FieldPath.parse(str(p)) for p in data.get("object_or_text", [])))
+
+
 def _fields(data: Mapping[str, Any]) -> dict[str, Field]:
     _known(data, "fields.", set(FIELD_NAMES))
     return {name: Field.of(spec) for name, spec in data.items()}
@@ -408,14 +451,15 @@ def _states(data: Mapping[str, Any]) -> dict[str, State]:
 
 
 def _rule(data: Mapping[str, Any]) -> StateRule:
-    _known(data, "state_rules.", {"status", "error_code", "field", "state"})
+    _known(data, "state_rules.", {"status", "error_code", "error_message", "field", "state"})
     state = data["state"]
     if state not in _STATES and state != FETCH:
         raise ValueError(
             f"state rule's state {state!r} is not one of {', '.join(_STATES)}, {FETCH}"
         )
-    if ("error_code" in data) == ("field" in data):
-        raise ValueError("a state rule needs either `error_code` or `field` (not both)")
+    if sum(key in data for key in ("error_code", "error_message", "field")) != 1:
+        raise ValueError("a state rule needs one of `error_code`, `error_message` or `field`")
     code = str(data["error_code"]) if "error_code" in data else None
+    message = str(data["error_message"]) if "error_message" in data else None
     found = Field.of(data["field"]) if "field" in data else None
-    return StateRule(str(data["status"]).lower(), code, _STATES.get(state), found)
+    return StateRule(str(data["status"]).lower(), code, _STATES.get(state), found, message)

@@ -2,13 +2,14 @@
 
 A path is dot-separated keys; `[]` maps the rest of the path over a list, `[N]` takes one
 element, and `|json` parses a string that holds JSON (kie's `resultJson`). A field may be
-given as several paths: the first that finds a value wins.
+given as several paths: the first that finds a value wins; or as `{ all = [paths] }`: every
+path's values, together (APIDot's files are in one place, the other, or both).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,19 @@ class FieldPath:
         value = _walk(body, self.steps)
         return None if value is _MISSING else value
 
+    def present(self, body: object) -> bool:
+        """Whether the path reaches a key at all (its value may be null)."""
+        return _walk(body, self.steps) is not _MISSING
+
+    def split_each(self) -> tuple[FieldPath, FieldPath | None]:
+        """The path up to its first `[]`, and the rest after it (None without a `[]`)."""
+        for position, step in enumerate(self.steps):
+            if step.each:
+                head, _, tail = self.text.partition("[]")
+                rest = FieldPath(tail.lstrip("."), self.steps[position + 1 :])
+                return FieldPath(head, self.steps[:position]), rest if rest.steps else None
+        return self, None
+
 
 def _suffix(match: re.Match[str]) -> Step:
     if match.group(0) == "|json":
@@ -92,18 +106,41 @@ def _step(value: Any, step: Step) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One field, found at the first of its paths that holds a value."""
+    """One field, found at the first of its paths that holds a value (`union`: at all of
+    them, their values listed together)."""
 
     paths: tuple[FieldPath, ...]
+    union: bool = False
 
     @classmethod
-    def of(cls, spec: str | Iterable[str]) -> Field:
+    def of(cls, spec: str | Iterable[str] | Mapping[str, Any]) -> Field:
+        if isinstance(spec, Mapping):
+            if set(spec) != {"all"}:
+                raise PathError(f"a field given as a table must be {{ all = [paths] }}: {spec!r}")
+            return cls(cls.of(spec["all"]).paths, union=True)
         texts = [spec] if isinstance(spec, str) else list(spec)
         return cls(tuple(FieldPath.parse(text) for text in texts))
 
     def read(self, body: object) -> Any:
+        if self.union:
+            return self._read_all(body)
         for path in self.paths:
             value = path.read(body)
             if value is not None and value != []:
                 return value
         return None
+
+    def present(self, body: object) -> bool:
+        """Whether any of its paths reaches a key (even one holding null)."""
+        return any(path.present(body) for path in self.paths)
+
+    def path_of(self, body: object) -> FieldPath:
+        """The path its value is read from: the first holding one (else the first)."""
+        return next((p for p in self.paths if p.read(body) is not None), self.paths[0])
+
+    def _read_all(self, body: object) -> list[Any] | None:
+        found: list[Any] = []
+        for path in self.paths:
+            value = path.read(body)
+            found.extend(value if isinstance(value, list) else [] if value is None else [value])
+        return found or None

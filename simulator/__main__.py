@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=SimConfig.replicate_output_shape,
         help="list|string|either",
     )
+    parser.add_argument(
+        "--described", action="append", default=[], help="a described gateway's JSON file"
+    )
     parser.add_argument("--fal-user-id", default=SimConfig.fal_user_id)
     parser.add_argument("--fal-jwks-path", default=SimConfig.fal_jwks_path)
     parser.add_argument("--kie-webhook-key", help="sign kie callbacks with this HMAC key")
@@ -94,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fal_user_id=args.fal_user_id,
         fal_jwks_path=args.fal_jwks_path,
         kie_webhook_key=args.kie_webhook_key,
+        described=tuple(args.described),
     )
 
 

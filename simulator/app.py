@@ -1,7 +1,7 @@
 """The Starlette app factory: one server hosting every provider and the `/_sim/` controls.
 
 Provider base URLs are `{server}/{format}`: `openai`, `apidot`, `evolink`, `replicate`,
-`fal` and `kie`; fal's JWKS is at `{server}{fal_jwks_path}`.
+`fal` and `kie`, and each described gateway's name; fal's JWKS is at `{server}{fal_jwks_path}`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 
 from simulator.config import SimConfig
 from simulator.control import ControlRoutes
+from simulator.gateways import DescribedRoutes
 from simulator.platforms import FalRoutes, KieRoutes, ReplicateRoutes
 from simulator.providers import ApidotRoutes, EvolinkRoutes, OpenAIRoutes, json_response
 from simulator.simulation import Simulator
@@ -44,6 +45,10 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] | None = None) -
         Mount("/replicate", routes=ReplicateRoutes(sim).routes()),
         Mount("/fal", routes=FalRoutes(sim).routes()),
         Mount("/kie", routes=KieRoutes(sim).routes()),
+        *(
+            Mount(f"/{name}", routes=DescribedRoutes(sim, description).routes())
+            for name, description in sim.described.items()
+        ),
         *ControlRoutes(sim).routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -123,6 +123,8 @@ class SimConfig:
     fal_jwks_path: str = "/fal/.well-known/jwks.json"
     # kie.ai: the account's webhook HMAC key; None sends its callbacks unsigned.
     kie_webhook_key: str | None = None
+    # Described gateways (see `simulator.described`): each a description or its JSON file.
+    described: tuple[Mapping[str, Any] | str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.webhook_url and not self.webhook_secret:

@@ -85,6 +85,7 @@ class SimTask:
     terminal_sent: bool = False
     prompt: str = ""
     endpoint: str = ""  # the provider base URL it was submitted to, for self links
+    words: dict[str, str] | None = None  # a described gateway's words, phase or outcome
 
     @property
     def key(self) -> str:
@@ -98,6 +99,8 @@ class SimTask:
         phase = self.phase(now)
         if phase == "terminal":
             return self.final_word()
+        if self.words is not None:
+            return self.words[phase]
         schedule = self.schedule
         if self.fmt == "kie" and phase == "queued":
             halfway = (schedule.submitted_at + schedule.started_at) / 2
@@ -106,6 +109,8 @@ class SimTask:
 
     def final_word(self) -> str:
         """The provider's own word for the task's final state."""
+        if self.words is not None:
+            return self.words[self.schedule.outcome]
         schedule = self.schedule
         never_ran = schedule.started_at >= schedule.terminal_at
         if self.fmt == "replicate" and schedule.outcome == "failed" and never_ran:
@@ -113,7 +118,7 @@ class SimTask:
         return OUTCOME_WORDS[self.fmt][schedule.outcome]
 
     def error_code(self) -> str | None:
-        return ERROR_CODES[self.fmt].get(self.schedule.outcome)
+        return ERROR_CODES.get(self.fmt, {}).get(self.schedule.outcome)
 
 
 def media_url(task: SimTask, media_base_url: str) -> str:

@@ -17,11 +17,12 @@ from typing import Any
 
 import orjson
 
-from simulator import formats, replicate
+from simulator import formats, replicate, shapes
 from simulator.bodies import OUTPUT_EVENT, callback_body, status_body
 from simulator.callbacks import CallbackSender, Delivery
 from simulator.config import FORMATS, GATEWAY_FORMATS, OUTCOMES, Faults, SimConfig, SimulatorError
 from simulator.config import update_faults as merge_faults
+from simulator.described import Description, load_description, parse_description
 from simulator.lifecycle import SimTask, draw_schedule, finish_now, ground_truth, normalize_outcome
 from simulator.polls import PollGate
 from simulator.signatures import FalSigner, KieSigner, Signer, StandardWebhooksSigner
@@ -56,7 +57,8 @@ class Simulator:
         # Tricks draw from their own stream: turning them on changes no other fault's draws.
         self._trick_rng = random.Random(config.seed + 2)
         self._tasks: dict[str, SimTask] = {}
-        self._order: dict[str, list[str]] = {fmt: [] for fmt in FORMATS}
+        self.described = described_gateways(config)
+        self._order: dict[str, list[str]] = {fmt: [] for fmt in (*FORMATS, *self.described)}
         self._events: list[tuple[float, int, int, str]] = []
         self._sequence = 0
         self._held: dict[str, list[Delivery]] = {}
@@ -133,6 +135,7 @@ class Simulator:
             schedule,
             prompt=submission.prompt,
             endpoint=submission.endpoint,
+            words=self._words(fmt),
         )
         self._tasks[task.key] = task
         self._order[fmt].append(task_id)
@@ -140,6 +143,10 @@ class Simulator:
         self.counters.submits_by_prompt[f"{fmt}/{submission.prompt}"] += 1
         self._schedule_events(task)
         return task
+
+    def _words(self, fmt: str) -> dict[str, str] | None:
+        described = self.described.get(fmt)
+        return dict(described.words) if described else None
 
     def get(self, fmt: str, task_id: str) -> SimTask | None:
         return self._tasks.get(f"{fmt}/{task_id}")
@@ -187,6 +194,9 @@ class Simulator:
 
     def render(self, task: SimTask, now: float) -> dict[str, Any]:
         """The status body the task's format answers with at `now`."""
+        described = self.described.get(task.fmt)
+        if described is not None:
+            return shapes.status(task, now, described, self.config.media_base_url)
         return status_body(task, now, self.config, self.queue_position(task, now))
 
     def queue_position(self, task: SimTask, now: float) -> int:
@@ -298,6 +308,9 @@ class Simulator:
         url = self._destination(task)
         if url is None:
             raise SimulatorError(f"{task.key} has no callback destination")
+        if task.fmt in self.described:
+            message = Message(self.render(task, now), task.task_id)
+            return [self._message(task, url, message, None)]
         if task.fmt == "replicate":
             messages = self.tricks.gateway(task, callback_body(task, now, self.config, event), now)
             retried = event == "completed"
@@ -331,6 +344,17 @@ class Simulator:
             message.tricks,
             retried,
         )
+
+
+def described_gateways(config: SimConfig) -> dict[str, Description]:
+    """The checked descriptions in `config`, by name (loading those given as JSON files)."""
+    found: dict[str, Description] = {}
+    for item in config.described:
+        description = parse_description(load_description(item) if isinstance(item, str) else item)
+        if description.name in found:
+            raise SimulatorError(f"two described gateways are called {description.name!r}")
+        found[description.name] = description
+    return found
 
 
 def new_secret(rng: random.Random) -> str:

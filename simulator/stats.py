@@ -80,8 +80,8 @@ class Stats:
         self.poll_status_codes[str(status_code)] += 1
 
     def _note_poll_time(self, fmt: str, now: float) -> None:
-        self.poll_times[fmt].append(now)
-        recent = self._recent[fmt]
+        self.poll_times.setdefault(fmt, []).append(now)
+        recent = self._recent.setdefault(fmt, deque())
         recent.append(now)
         while recent and recent[0] <= now - RATE_WINDOW_SECONDS:
             recent.popleft()

@@ -1,7 +1,8 @@
 """Provider wire formats: callback and status bodies normalized into one `Observation`.
 
-Four formats exist (see PROVIDERS.md), one module each: `openai` (video objects and signed
-video events), `apidot` (APIDot, Vidgo), `evolink` (EvoLink) and `aivideoapi` (AI Video API).
+Four formats are built in (see PROVIDERS.md): `openai` in code (video objects and signed
+video events), and as definitions in `builtin/`: `apidot` (APIDot, Vidgo), `evolink`
+(EvoLink) and `aivideoapi` (AI Video API).
 """
 
 from schemas.wire.fields import CODE_MAX_CHARS, ID_MAX_CHARS, MESSAGE_MAX_CHARS, URL_MAX_CHARS

@@ -13,13 +13,14 @@ from typing import Any
 
 from schemas.definition import Definition
 from schemas.errors import IgnoredEvent, WireFormatError
-from schemas.fieldpath import Field
+from schemas.fieldpath import Field, FieldPath
 from schemas.states import State
 from schemas.wire.fields import (
     CODE_MAX_CHARS,
     ID_MAX_CHARS,
     MESSAGE_MAX_CHARS,
     URL_MAX_CHARS,
+    amount,
     iso,
     kind,
     moment,
@@ -40,7 +41,8 @@ def spec_of(definition: Definition) -> WireSpec:
         read_task_id=partial(read_task_id, definition),
         build_submit=partial(build_submit, definition),
         read_callback=partial(read_callback, definition),
-        read_submit=partial(read_submit, definition),
+        # Without `submit.task_id` the submit answer reads as a status body.
+        read_submit=partial(read_submit, definition) if definition.submit.task_id else None,
     )
 
 
@@ -48,20 +50,21 @@ def read_status(
     definition: Definition, body: object, missing: State | None, lifetime: Lifetime
 ) -> Observation:
     """A status (or submit, or callback) body, read by the definition's field paths."""
-    checked = _checked(definition, body)
-    task_id = read_task_id(definition, checked)
-    state, fetch = _state(definition, checked, missing)
-    urls = _urls(definition, checked)
-    finished = _time(definition, checked, "finished_at")
-    extra = _expiry(definition, checked, urls, finished, lifetime) | _cost(definition, checked)
+    task, at = _task_of(definition, body)
+    task_id = _task_id(definition, task, at)
+    _check_shapes(definition, task, at)
+    urls = _urls(definition, task, at)
+    state, fetch = _state(definition, task, missing, at)
+    finished = _time(definition, task, "finished_at")
+    extra = _expiry(definition, task, urls, finished, lifetime) | _cost(definition, task)
     return Observation(
         provider_task_id=task_id,
         state=state,
-        progress=_progress(definition, checked),
+        progress=_progress(definition, task, at),
         result_urls=urls,
-        error_code=_text(definition, checked, "error_code", CODE_MAX_CHARS),
-        error_message=_text(definition, checked, "error_message", MESSAGE_MAX_CHARS),
-        provider_time=finished or _time(definition, checked, "created_at"),
+        error_code=_text(definition, task, "error_code", CODE_MAX_CHARS),
+        error_message=_text(definition, task, "error_message", MESSAGE_MAX_CHARS),
+        provider_time=_provider_time(definition, task, finished),
         needs_fetch=fetch or definition.callback_shape == "thin",
         extra=extra,
     )
@@ -75,13 +78,19 @@ def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> O
 
 
 def read_task_id(definition: Definition, body: object) -> str:
-    value = _field(definition, "task_id").read(_checked(definition, body))
-    if isinstance(value, int) and not isinstance(value, bool):
+    return _task_id(definition, *_task_of(definition, body))
+
+
+def _task_id(definition: Definition, task: dict[str, Any], at: str) -> str:
+    found = _field(definition, "task_id")
+    value = found.read(task)
+    name = at + found.path_of(task).text
+    if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise _fail(definition, "task_id", f"must be a non-empty string, not {kind(value)}")
+        raise _fail(definition, name, f"must be a non-empty string, not {kind(value)}")
     if len(value.strip()) > ID_MAX_CHARS:
-        raise _fail(definition, "task_id", f"is longer than {ID_MAX_CHARS} characters")
+        raise _fail(definition, name, f"is longer than {ID_MAX_CHARS} characters")
     return value.strip()
 
 
@@ -132,7 +141,7 @@ def read_result(
         )
     found = replace(definition, fields=result.fields)
     if 200 <= http_status < 300:
-        urls = _urls(found, body)
+        urls = _urls(found, body, "")
         finished = _time(found, body, "finished_at")
         extra = _expiry(found, body, urls, finished, lifetime) | _cost(found, body)
         return Observation(task_id, State.SUCCEEDED, 100, urls, extra=extra, provider_time=finished)
@@ -158,14 +167,39 @@ def _checked(definition: Definition, body: object) -> dict[str, Any]:
         )
     envelope = definition.envelope
     if envelope is not None and envelope.code is not None:
-        code = number(envelope.code.read(body))
-        if code is not None and code not in envelope.ok:
+        raw = envelope.code.read(body)
+        code = number(raw)
+        if raw is not None and code not in envelope.ok:
             said = short_text(envelope.message.read(body), 200) if envelope.message else None
+            shown = kind(raw) if code is None else f"{code:g}"
             raise WireFormatError(
-                f"{definition.name} answered code {code:g}: {said or 'no message'}",
+                f"{definition.name} answered code {shown}: {said or 'no message'}",
                 reason="provider_error",
             )
     return body
+
+
+def _task_of(definition: Definition, body: object) -> tuple[dict[str, Any], str]:
+    """The task object of a checked body (`[task]`), and its path as a prefix for errors."""
+    checked = _checked(definition, body)
+    at = definition.task
+    if at is None or (at.unless_named and _field(definition, "task_id").present(checked)):
+        return checked, ""
+    inner = at.path.read(checked)
+    if isinstance(inner, dict):
+        return inner, f"{at.path.text}."
+    if at.unless_named:
+        return checked, ""
+    raise _fail(definition, at.path.text, f"must be an object, not {kind(inner)}")
+
+
+def _check_shapes(definition: Definition, task: dict[str, Any], at: str) -> None:
+    """Strict kinds: each `strict.object_or_text` present is an object or a string."""
+    for path in definition.strict.object_or_text if definition.strict else ():
+        value = path.read(task)
+        if value is not None and not isinstance(value, dict | str):
+            problem = f"must be an object or a string, not {kind(value)}"
+            raise _fail(definition, at + path.text, problem)
 
 
 def _field(definition: Definition, name: str) -> Field:
@@ -177,39 +211,82 @@ def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_fi
 
 
 def _state(
-    definition: Definition, body: dict[str, Any], missing: State | None
+    definition: Definition, body: dict[str, Any], missing: State | None, at: str
 ) -> tuple[State, bool]:
     """The state a body says, and whether it says only "finished": its result tells how."""
-    word = _field(definition, "status").read(body)
+    found = _field(definition, "status")
+    word = found.read(body)
+    name = at + found.path_of(body).text
     if word is None and missing is not None:
         return missing, False
     if not isinstance(word, str):
-        raise _fail(definition, "status", f"must be a string, not {kind(word)}", "unknown_status")
+        raise _fail(definition, name, f"must be a string, not {kind(word)}", "unknown_status")
     word = word.strip().lower()
-    code = _text(definition, body, "error_code", CODE_MAX_CHARS)
+    error = (
+        _text(definition, body, "error_code", CODE_MAX_CHARS),
+        _text(definition, body, "error_message", MESSAGE_MAX_CHARS),
+    )
     for rule in definition.rules:
-        if rule.applies(word, code, body):
+        if rule.applies(word, error, body):
             return rule.state or State.RUNNING, rule.state is None
     state = definition.state_of(word)
     if state is None and word in definition.fetch_to_know:
         return State.RUNNING, True  # finished, but how only its result says: fetched next
     if state is None:
-        raise _fail(definition, "status", f"has unknown value {word[:50]!r}", "unknown_status")
+        raise _fail(definition, name, f"has unknown value {word[:50]!r}", "unknown_status")
     return state, False
 
 
-def _progress(definition: Definition, body: dict[str, Any]) -> int | None:
-    value = number(_field(definition, "progress").read(body))
-    if value is None or not math.isfinite(value):
-        return None
-    return min(100, max(0, math.floor(value)))
+def _progress(definition: Definition, body: dict[str, Any], at: str) -> int | None:
+    """A percentage clamped to 0..100, rounded down (strict: present, it must be a number)."""
+    found = _field(definition, "progress")
+    raw = found.read(body)
+    value = number(raw)
+    if value is None and raw is not None and definition.strict is not None:
+        problem = f"must be a finite number, not {kind(raw)}"
+        raise _fail(definition, at + found.path_of(body).text, problem)
+    return None if value is None else min(100, max(0, math.floor(value)))
 
 
-def _urls(definition: Definition, body: dict[str, Any]) -> tuple[str, ...]:
-    value = _field(definition, "result_urls").read(body)
+def _urls(definition: Definition, body: dict[str, Any], at: str) -> tuple[str, ...]:
+    found = _field(definition, "result_urls")
+    if definition.strict is not None:
+        urls = [url for path in found.paths for url in _strict_urls(definition, body, path, at)]
+        return tuple(dict.fromkeys(urls))
+    value = found.read(body)
     items = value if isinstance(value, list) else [value]
     urls = [i.strip() for i in items if isinstance(i, str) and 0 < len(i.strip()) <= URL_MAX_CHARS]
     return tuple(dict.fromkeys(urls))
+
+
+def _strict_urls(
+    definition: Definition, body: dict[str, Any], path: FieldPath, at: str
+) -> list[str]:
+    """`list[].key`: an array (if present) of URLs or of objects holding one at `key`."""
+    head, rest = path.split_each()
+    value = head.read(body)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(definition, at + head.text, f"must be an array, not {kind(value)}")
+    return [
+        _strict_url(definition, item, f"{at}{head.text}[{n}]", rest) for n, item in enumerate(value)
+    ]
+
+
+def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath | None) -> str:
+    if isinstance(item, str) and 0 < len(item.strip()) <= URL_MAX_CHARS:
+        return item.strip()
+    if not isinstance(item, dict) or rest is None:
+        inside = f" or an object with '{rest.text}'" if rest else ""
+        raise _fail(definition, name, f"must be a URL{inside}, not {kind(item)}")
+    url = rest.read(item)
+    name = f"{name}.{rest.text}"
+    if not isinstance(url, str) or not url.strip():
+        raise _fail(definition, name, f"must be a non-empty string, not {kind(url)}")
+    if len(url.strip()) > URL_MAX_CHARS:
+        raise _fail(definition, name, f"is longer than {URL_MAX_CHARS} characters")
+    return url.strip()
 
 
 def _text(definition: Definition, body: dict[str, Any], name: str, limit: int) -> str | None:
@@ -217,7 +294,18 @@ def _text(definition: Definition, body: dict[str, Any], name: str, limit: int) -
 
 
 def _time(definition: Definition, body: dict[str, Any], name: str) -> Any:
-    return moment(_field(definition, name).read(body))
+    """The first readable time among the field's paths (informational: None if none)."""
+    for path in _field(definition, name).paths:
+        found = moment(path.read(body))
+        if found is not None:
+            return found
+    return None
+
+
+def _provider_time(definition: Definition, body: dict[str, Any], finished: Any) -> Any:
+    if "provider_time" in definition.fields:
+        return _time(definition, body, "provider_time")
+    return finished or _time(definition, body, "created_at")
 
 
 def _expiry(
@@ -234,5 +322,5 @@ def _expiry(
 
 
 def _cost(definition: Definition, body: dict[str, Any]) -> dict[str, object]:
-    value = number(_field(definition, "cost_credits").read(body))
-    return {} if value is None or not math.isfinite(value) else {"cost_credits": value}
+    value = amount(_field(definition, "cost_credits").read(body))
+    return {} if value is None else {"cost_credits": value}

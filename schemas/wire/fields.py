@@ -104,10 +104,7 @@ class Fields:
 
     def amount(self, key: str) -> int | float | None:
         """Informational: a JSON number (finite, JSON-safe), else None, never an error."""
-        value = self.body.get(key)
-        if isinstance(value, str) or (isinstance(value, int) and abs(value) >= _SAFE_INT_MAX):
-            return None
-        return number(value)
+        return amount(self.body.get(key))
 
     def message(self, key: str, max_chars: int = MESSAGE_MAX_CHARS) -> str | None:
         return short_text(self.body.get(key), max_chars)
@@ -177,6 +174,13 @@ def kind(value: object) -> str:
         if isinstance(value, type_):
             return name
     return type(value).__name__
+
+
+def amount(value: object) -> int | float | None:
+    """A JSON number (finite, JSON-safe, not text), else None: an amount is informational."""
+    if isinstance(value, str) or (isinstance(value, int) and abs(value) >= _SAFE_INT_MAX):
+        return None
+    return number(value)
 
 
 def number(value: object) -> int | float | None:

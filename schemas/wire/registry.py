@@ -8,21 +8,28 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from schemas.definition import Definition
+from schemas.definition import Definition, load_definition
 from schemas.errors import WireFormatError
 from schemas.states import State
-from schemas.wire import aivideoapi, apidot, defined, evolink, openai
+from schemas.wire import defined, openai
 from schemas.wire.formats import Kind, WireFormat, WireSpec
 from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
 
-# Adding a wire format: a `WireFormat` member, a module with its `SPEC`, and a line here.
+BUILTIN = Path(__file__).parent / "builtin"
+# The built-in kinds a definition can say, read once: `builtin/<name>.toml`.
+DEFINITIONS: dict[WireFormat, Definition] = {
+    fmt: load_definition(BUILTIN / f"{fmt.value}.toml")
+    for fmt in (WireFormat.APIDOT, WireFormat.EVOLINK, WireFormat.AIVIDEOAPI)
+}
+# Adding a built-in format: a `WireFormat` member and its `builtin/<name>.toml` (or, for
+# what a definition cannot say, a module with its `SPEC`, and a line here: OpenAI's
+# signed thin events, their separate envelope and content variants, see `openai.py`).
 SPECS: dict[WireFormat, WireSpec] = {
     WireFormat.OPENAI: openai.SPEC,
-    WireFormat.APIDOT: apidot.SPEC,
-    WireFormat.EVOLINK: evolink.SPEC,
-    WireFormat.AIVIDEOAPI: aivideoapi.SPEC,
+    **{fmt: defined.spec_of(definition) for fmt, definition in DEFINITIONS.items()},
 }
 
 

@@ -1,20 +1,17 @@
 """Providers nobody wrote code for: a definition file, and the whole system serves them.
 
-Each fake provider here is written from its own (invented) documentation, independently of
-the definition files in tests/schemas/definitions/: a mistake in either shows as a failure.
+The simulator serves each invented provider from an independent description of it
+(tests/simulator/descriptions/), never from the definition files in
+tests/schemas/definitions/: a mistake in either shows as a failure.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
-import orjson
 import pytest
 
 from reconciler.clients import ProviderClients
@@ -22,69 +19,57 @@ from reconciler.process import Reconciler
 from schemas.database import create_engine
 from schemas.settings import Settings
 from schemas.store import LedgerStore
+from simulator import Faults, Lifecycle, SimConfig, Simulator, create_app
 from tests.conftest import FakeClock
+from tests.support.servers import serve
 from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS, Service, running_service
+from tests.support.waiting import until
 
 DEFINITIONS = Path(__file__).parents[1] / "schemas" / "definitions"
-BASE = "https://mint.example"
+DESCRIPTIONS = Path(__file__).parents[1] / "simulator" / "descriptions"
+LIFECYCLE = Lifecycle(
+    min_duration_s=0.2, max_duration_s=0.6, succeeded_weight=0.7, failed_weight=0.3,
+    cancelled_weight=0.0,
+)  # fmt: skip
+MAX_PASSES = 12
 
 
-@dataclass
-class MovieMint:
-    """MovieMint as its docs describe it: renders move waiting -> rendering -> delivered."""
-
-    renders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notify: dict[str, str] = field(default_factory=dict)
-    submits: int = 0
-    keys_seen: set[str] = field(default_factory=set)
-    ids: Any = field(default_factory=lambda: itertools.count(1))
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.keys_seen.add(request.headers.get("x-mint-key", ""))
-        if request.method == "POST" and request.url.path == "/api/v2/renders":
-            return self._create(orjson.loads(request.content))
-        render_id = request.url.path.rsplit("/", 1)[-1]
-        if render_id not in self.renders:
-            return httpx.Response(404, json={"ok_code": 4, "error_text": "no such render"})
-        return httpx.Response(200, json={"ok_code": 0, "result": self.renders[render_id]})
-
-    def _create(self, body: dict[str, Any]) -> httpx.Response:
-        self.submits += 1
-        render_id = f"mint-{next(self.ids)}"
-        self.renders[render_id] = {"render_id": render_id, "phase": "waiting", "percent": 0}
-        self.notify[render_id] = body["notify_url"]
-        assert body["input"]["prompt"], "the request travels under `input`"
-        return httpx.Response(200, json={"ok_code": 0, "result": {"render_id": render_id}})
-
-    def deliver(self, render_id: str) -> bytes:
-        self.renders[render_id] = {
-            "render_id": render_id,
-            "phase": "delivered",
-            "percent": 100,
-            "outputs": [{"href": f"https://cdn.mint.example/{render_id}.mp4"}],
-        }
-        return orjson.dumps({"ok_code": 0, "result": self.renders[render_id]})
-
-
-def _settings(database_url: str) -> Settings:
+def _settings(database_url: str, sim_url: str) -> Settings:
     environ = {
         "TASKLEDGER_DATABASE_URL": database_url,
         "TASKLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
         "TASKLEDGER_CALLBACK_SECRETS": ",".join(CALLBACK_SECRETS),
         "TASKLEDGER_PROVIDERS_DIR": str(DEFINITIONS),
         "TASKLEDGER_PROVIDERS": "moviemint,stillpoll",
-        "TASKLEDGER_PROVIDER_MOVIEMINT_BASE_URL": BASE,
+        "TASKLEDGER_PROVIDER_MOVIEMINT_BASE_URL": f"{sim_url}/moviemint",
         "TASKLEDGER_PROVIDER_MOVIEMINT_API_KEY": "mint-key",
-        "TASKLEDGER_PROVIDER_STILLPOLL_BASE_URL": "https://still.example",
+        "TASKLEDGER_PROVIDER_STILLPOLL_BASE_URL": f"{sim_url}/stillpoll",
         "TASKLEDGER_PROVIDER_STILLPOLL_API_KEY": "still-key",
     }
     return Settings.from_environ(environ)
 
 
+def _simulator(faults: Faults) -> tuple[Any, Simulator]:
+    config = SimConfig(
+        seed=11,
+        time_scale=0.01,
+        lifecycle=LIFECYCLE,
+        faults=faults,
+        described=(str(DESCRIPTIONS / "moviemint.json"), str(DESCRIPTIONS / "stillpoll.json")),
+    )
+    app = create_app(config)
+    return app, app.state.simulator
+
+
 @pytest.fixture
-async def service(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
-    async with running_service(_settings(database_url), clock) as service:
-        yield service
+async def system(
+    database_url: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Service, Simulator, Settings]]:
+    app, sim = _simulator(request.param)
+    async with serve(app) as sim_url:
+        settings = _settings(database_url, sim_url)
+        async with running_service(settings, clock) as service:
+            yield service, sim, replace(settings, public_base_url=service.base_url)
 
 
 async def _register(service: Service, provider: str, n: int) -> list[str]:
@@ -95,7 +80,7 @@ async def _register(service: Service, provider: str, n: int) -> list[str]:
             json={
                 "provider": provider,
                 "model": "m-1",
-                "request": {"prompt": f"p{i}"},
+                "request": {"prompt": f"{provider}-{i}"},
                 "submit": True,
             },
             headers=service.admin,
@@ -105,84 +90,73 @@ async def _register(service: Service, provider: str, n: int) -> list[str]:
     return refs
 
 
-async def _reconcile(
-    settings: Settings,
-    database_url: str,
-    clock: FakeClock,
-    transport: httpx.MockTransport,
-    passes: int,
+async def _settle(
+    service: Service, sim: Simulator, settings: Settings, clock: FakeClock, refs: list[str]
 ) -> None:
-    store = LedgerStore(create_engine(database_url), clock, settings.readers)
-    async with ProviderClients.open(settings.providers.values(), transport=transport) as clients:
-        reconciler = Reconciler(settings, store, clients, clock=clock)
-        for _ in range(passes):
+    """Submit, let every task end and its callbacks arrive, then poll until all have ended."""
+    store = LedgerStore(create_engine(settings.database_url), clock, settings.readers)
+    try:
+        async with ProviderClients.open(settings.providers.values()) as clients:
+            reconciler = Reconciler(settings, store, clients, clock=clock)
             await reconciler.run_pass()
-            clock.advance(120)
-    await store.close()
-    await store.engine.dispose()
+            await until(lambda: all(t["terminal"] for t in sim.truth()), within=10)
+            await sim.drain()
+            for _ in range(MAX_PASSES):
+                clock.advance(120)
+                if await _all_ended(service, refs):
+                    return
+                await reconciler.run_pass()
+    finally:
+        await store.close()
+        await store.engine.dispose()
 
 
+async def _all_ended(service: Service, refs: list[str]) -> bool:
+    tasks = [await service.task(ref) for ref in refs]
+    return all(task["state"] in ("succeeded", "failed") for task in tasks)
+
+
+async def _assert_in_truth(
+    service: Service, sim: Simulator, provider: str, refs: list[str]
+) -> None:
+    truth = {t["task_id"]: t for t in sim.truth() if t["format"] == provider}
+    assert len(truth) == len(refs)
+    for ref in refs:
+        task = await service.task(ref)
+        real = truth[task["provider_task_id"]]
+        assert task["state"] == real["normalized"], (task, real)
+        urls = (task.get("result") or {}).get("urls") or []
+        assert urls == real["result_urls"], (task, real)
+    submits = sim.stats()["submits_by_prompt"]
+    assert {key: n for key, n in submits.items() if key.startswith(provider)} == {
+        f"{provider}/{provider}-{i}": 1 for i in range(len(refs))
+    }
+
+
+@pytest.mark.parametrize(
+    "system", [Faults(drop_rate=0.4, duplicate_rate=0.5, delay_rate=0.3)], indirect=True
+)
 async def test_an_invented_gateway_settles_from_its_definition_file_alone(
-    service: Service, database_url: str, clock: FakeClock
+    system: tuple[Service, Simulator, Settings], clock: FakeClock
 ) -> None:
-    settings = replace(_settings(database_url), public_base_url=service.base_url)
-    mint = MovieMint()
-    refs = await _register(service, "moviemint", 6)
-    await _reconcile(settings, database_url, clock, httpx.MockTransport(mint), passes=1)
-    assert mint.submits == 6
-    assert mint.keys_seen == {"mint-key"}
-    # Callbacks as MovieMint sends them: one dropped, one sent twice, the rest once.
-    render_ids = sorted(mint.notify)
-    for n, render_id in enumerate(render_ids):
-        body = mint.deliver(render_id)
-        if n == 0:
-            continue  # dropped: the poll must find it
-        path = urlsplit(mint.notify[render_id]).path
-        for _ in range(2 if n == 1 else 1):
-            answer = await service.http.post(path, content=body)
-            assert answer.status_code == 200, answer.text
-    await _reconcile(settings, database_url, clock, httpx.MockTransport(mint), passes=4)
-    for ref in refs:
-        task = await service.task(ref)
-        assert task["state"] == "succeeded", task
-        assert task["result"]["urls"] == [
-            f"https://cdn.mint.example/{task['provider_task_id']}.mp4"
-        ]
-        assert task["confirmed"] is True
-    assert mint.submits == 6
+    service, sim, settings = system
+    refs = await _register(service, "moviemint", 12)
+    await _settle(service, sim, settings, clock, refs)
+    await _assert_in_truth(service, sim, "moviemint", refs)
+    callbacks = sim.stats()["callbacks"]
+    assert callbacks["dropped"] > 0
+    assert callbacks["duplicated"] > 0
+    assert callbacks["delivered"] > 0
 
 
-@dataclass
-class StillPoll:
-    """StillPoll as its docs describe it: poll only, upper-case states, a version header."""
-
-    jobs: dict[str, int] = field(default_factory=dict)
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "POST":
-            job_id = f"job-{len(self.jobs) + 1}"
-            self.jobs[job_id] = 0
-            return httpx.Response(201, json={"job": {"id": job_id, "state": "PENDING"}})
-        if request.headers.get("x-api-version") != "2026-01-01":
-            return httpx.Response(400, json={"error": "x-api-version is required"})
-        job_id = request.url.path.rsplit("/", 1)[-1]
-        self.jobs[job_id] += 1
-        state = ["ACTIVE", "ACTIVE", "DONE"][min(self.jobs[job_id] - 1, 2)]
-        artifacts = [f"https://still.example/{job_id}.png"] if state == "DONE" else []
-        return httpx.Response(
-            200, json={"job": {"id": job_id, "state": state, "artifacts": artifacts}}
-        )
-
-
+@pytest.mark.parametrize(
+    "system", [Faults(poll_429_rate=0.2, poll_500_rate=0.2, retry_after_s=0)], indirect=True
+)
 async def test_a_poll_only_invented_provider_settles_the_same_way(
-    service: Service, database_url: str, clock: FakeClock
+    system: tuple[Service, Simulator, Settings], clock: FakeClock
 ) -> None:
-    settings = replace(_settings(database_url), public_base_url=service.base_url)
-    still = StillPoll()
-    refs = await _register(service, "stillpoll", 3)
-    await _reconcile(settings, database_url, clock, httpx.MockTransport(still), passes=8)
-    for ref in refs:
-        task = await service.task(ref)
-        assert task["state"] == "succeeded", task
-        assert task["result"]["urls"] == [f"https://still.example/{task['provider_task_id']}.png"]
-    assert len(still.jobs) == 3
+    service, sim, settings = system
+    refs = await _register(service, "stillpoll", 6)
+    await _settle(service, sim, settings, clock, refs)
+    await _assert_in_truth(service, sim, "stillpoll", refs)
+    assert sim.stats()["callbacks"]["scheduled"] == 0

@@ -54,3 +54,13 @@ def test_every_builtin_definition_passes_its_own_check(
     out = capsys.readouterr().out
     assert f"kind {name} ({name}.toml)" in out
     assert out.count("example ") >= 6
+
+
+def test_check_says_which_words_need_the_result_fetched(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    builtin = Path(__file__).parents[2] / "schemas" / "providers" / "fal.toml"
+    assert main(["providers", "check", str(builtin)]) == 0
+    out = capsys.readouterr().out
+    assert "finished, outcome fetched: completed: GET /{app}/requests/{task_id}" in out
+    assert "failed when HTTP 400, 422" in out

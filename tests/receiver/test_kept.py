@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 
+from receiver.callbacks import kept_headers
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body, openai_event, signed_headers
 from tests.support.service import Service, running_service, settings_for
@@ -214,3 +215,18 @@ async def test_answer_body_is_json_with_the_outcome(service: Service) -> None:
     _, path = await _task_with_callback(service, provider_task_id="task-x")
     response = await service.http.post(path, content=apidot_body("task-x", "running", 5))
     assert orjson.loads(response.content) == {"outcome": "applied"}
+
+
+def test_kept_headers_name_the_sender_and_never_keep_a_signature() -> None:
+    raw = [
+        (b"x-fal-webhook-request-id", b"req-1"),
+        (b"x-fal-webhook-timestamp", b"1765000000"),
+        (b"x-fal-webhook-signature", b"ab" * 64),
+        (b"webhook-signature", b"v1,xyz"),
+        (b"x-webhook-signature", b"c2ln"),
+        (b"authorization", b"Bearer secret"),
+    ]
+    assert kept_headers(raw) == {
+        "x-fal-webhook-request-id": "req-1",
+        "x-fal-webhook-timestamp": "1765000000",
+    }

@@ -17,7 +17,7 @@ from schemas.migrate import upgrade
 from schemas.states import Outcome, State
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import TRANSITION
-from schemas.wire import WireFormat, apidot
+from schemas.wire import WireFormat, registry
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body
 
@@ -45,7 +45,7 @@ async def _kept_unrecognized(engine: AsyncEngine, clock: FakeClock) -> str:
 
 
 def _upgrade_learns_the_word(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(apidot.STATES, NEW_WORD, State.RUNNING)
+    monkeypatch.setitem(registry.DEFINITIONS[WireFormat.APIDOT].states, NEW_WORD, State.RUNNING)
 
 
 async def _transitions(engine: AsyncEngine, ref: str) -> list[str]:
