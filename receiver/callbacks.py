@@ -27,7 +27,7 @@ from receiver.schemes import CallbackScheme, callback_schemes
 from receiver.signatures import SignatureVerifier
 from receiver.writer import GroupCommitWriter
 from schemas.clock import Clock
-from schemas.ledger import NOT_JSON, Auth, Delivery, read_delivery
+from schemas.ledger import Auth, Delivery, parse_payload, read_payload
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import Outcome
 from schemas.tables import DELIVERY_KEY_MAX_CHARS
@@ -121,7 +121,7 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
     if binding is None or binding.provider != provider.name:
         raise Unauthenticated("the callback token is not valid for this provider")
     # The token first: only a caller holding one makes a scheme do any work (or fetch keys).
-    payload = _payload(body)
+    payload = parse_payload(body)
     auth = await inbox.schemes[provider.name].verify(body, headers, payload)
     if auth is None:
         raise Unauthenticated("the callback's signature does not verify")
@@ -149,7 +149,9 @@ async def receive_webhook(inbox: Inbox, scope: Scope, receive: Receive) -> Answe
     if webhook_id is None:
         raise Unauthenticated("the webhook signature does not verify")
     key = delivery_key(webhook_id)
-    delivery = _delivery(inbox, scope, provider, body, Auth.SIGNATURE, key=key)
+    delivery = _delivery(
+        inbox, scope, provider, body, Auth.SIGNATURE, key=key, payload=parse_payload(body)
+    )
     return await _store(inbox, delivery, started)
 
 
@@ -196,29 +198,25 @@ def _delivery(
     auth: Auth,
     *,
     key: str,
+    payload: Any,
     task_ref: str | None = None,
-    payload: Any = None,
 ) -> Delivery:
     """An authenticated delivery, read as far as it can be: one that cannot be read is kept
     all the same, raw, with the reason (whatever its content type says, it is tried as JSON)."""
-    delivery = Delivery(
+    received_at = inbox.clock()
+    reading = read_payload(provider.reader, payload, received_at)
+    return Delivery(
         provider=provider.name,
         delivery_key=key,
         body=body,
         headers=kept_headers(scope["headers"]),
         auth=auth,
-        observation=None,
-        received_at=inbox.clock(),
+        observation=reading.observation,
+        received_at=received_at,
         task_ref=task_ref,
+        task_id=reading.task_id,
+        unread=reading.unread,
     )
-    return read_delivery(delivery, provider.reader, _payload(body) if payload is None else payload)
-
-
-def _payload(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return NOT_JSON
 
 
 def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

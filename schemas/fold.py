@@ -283,11 +283,12 @@ class Fold:
 
     def attach(self, ref: str, provider_task_id: str) -> None:
         """The user's word for a task's provider id: recorded, and the callbacks held for
-        the task settled by it."""
+        the task settled by it, and the unmatched ones for that id folded in."""
         work = self.tasks[ref]
         if work.row["provider_task_id"] is None:
             self._adopt(work, provider_task_id)
         self._settle_held(work, SubmissionStatus.SENT)
+        self._fold_unmatched(work, provider_task_id)
 
     def _settle_held(self, work: TaskWork, status: SubmissionStatus) -> None:
         """The submit answer has spoken (or never will): fold in the callbacks held for it."""
@@ -400,10 +401,13 @@ class Fold:
         if known is None:
             self._adopt(work, task_id)
         outcome = self._merge(work, report_of(observation, Source.API), None, Source.API)
-        # Signed events that came for this id before the answer was recorded.
+        self._fold_unmatched(work, task_id)
+        return outcome
+
+    def _fold_unmatched(self, work: TaskWork, task_id: str) -> None:
+        """Deliveries that came for this id before any task had it (signed events)."""
         for row in self._unmatched.pop((work.row["provider"], task_id), []):
             self.refold(row)
-        return outcome
 
     # -- the merge -------------------------------------------------------------
 

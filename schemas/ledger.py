@@ -69,7 +69,7 @@ class Delivery:
         return self.provider, self.provider_task_id, self.delivery_key
 
 
-NOT_JSON: Any = object()  # `read_delivery`'s payload for a body that is not JSON
+NOT_JSON: Any = object()  # what `parse_payload` gives for a body that is not JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,39 +81,48 @@ class Reader:
     result_ttl_seconds: float | None = None
 
 
-def read_delivery(delivery: Delivery, reader: Reader, payload: Any = None) -> Delivery:
-    """`delivery` with its body read by its provider's normalizer: its observation and task
-    id, or why it cannot be read. `payload` is the body already parsed, if it was
-    (`NOT_JSON` when it would not parse); None parses it here."""
-    if payload is None:
-        payload = _parsed(delivery.body)
-    if payload is NOT_JSON:
-        return replace(delivery, observation=None, unread=Unread("not_json", "not valid JSON"))
-    kind = reader.kind
-    try:
-        observation = normalize_callback(
-            kind,
-            payload,
-            result_ttl_seconds=reader.result_ttl_seconds,
-            now=delivery.received_at,
-        )
-    except WireFormatError as exc:
-        unread = Unread(exc.reason, str(exc), ignored=isinstance(exc, IgnoredEvent))
-        task_id = _storable(task_id_hint(kind, payload)) or ""
-        return replace(delivery, observation=None, task_id=task_id, unread=unread)
-    task_id = observation.provider_task_id
-    if _storable(task_id) is None:
-        problem = f"the task id is empty, over {ID_MAX_CHARS} characters or holds NUL"
-        unread = Unread("bad_task_id", problem)
-        return replace(delivery, observation=None, task_id="", unread=unread)
-    return replace(delivery, observation=observation, task_id=task_id, unread=None)
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a body says, as far as it can be read: its observation and task id, or why not
+    (`task_id` is "" when no id can be found)."""
+
+    observation: Observation | None
+    task_id: str
+    unread: Unread | None = None
 
 
-def _parsed(body: bytes) -> Any:
+def parse_payload(body: bytes) -> Any:
+    """The body as JSON, or `NOT_JSON`."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return NOT_JSON
+
+
+def read_payload(reader: Reader, payload: Any, received_at: datetime) -> Reading:
+    """A parsed callback body read by its provider's normalizer."""
+    if payload is NOT_JSON:
+        return Reading(None, "", Unread("not_json", "not valid JSON"))
+    try:
+        observation = normalize_callback(
+            reader.kind, payload, result_ttl_seconds=reader.result_ttl_seconds, now=received_at
+        )
+    except WireFormatError as exc:
+        unread = Unread(exc.reason, str(exc), ignored=isinstance(exc, IgnoredEvent))
+        return Reading(None, _storable(task_id_hint(reader.kind, payload)) or "", unread)
+    task_id = observation.provider_task_id
+    if _storable(task_id) is None:
+        problem = f"the task id is empty, over {ID_MAX_CHARS} characters or holds NUL"
+        return Reading(None, "", Unread("bad_task_id", problem))
+    return Reading(observation, task_id)
+
+
+def read_delivery(delivery: Delivery, reader: Reader) -> Delivery:
+    """`delivery` (a stored one, say) with its body read again by the current code."""
+    reading = read_payload(reader, parse_payload(delivery.body), delivery.received_at)
+    return replace(
+        delivery, observation=reading.observation, task_id=reading.task_id, unread=reading.unread
+    )
 
 
 def _storable(task_id: str | None) -> str | None:

@@ -24,6 +24,10 @@ class FakeClock:
     def __call__(self) -> datetime:
         return self.now
 
+    def unix(self) -> int:
+        """Now in whole Unix seconds, as webhook timestamp headers carry it."""
+        return int(self.now.timestamp())
+
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 

@@ -178,18 +178,10 @@ def _fold_in(
     """Give the task its provider id and fold in what waited for it: the deliveries kept
     as unmatched for that id, and those held for the task."""
     task = dict(conn.execute(sa.select(TASK).where(TASK.c.ref == ref)).mappings().one())
-    early = conn.execute(
-        sa.select(DELIVERY)
-        .where(DELIVERY.c.provider == task["provider"])
-        .where(DELIVERY.c.provider_task_id == provider_task_id)
-        .where(DELIVERY.c.task_ref.is_(None))
-        .order_by(DELIVERY.c.id)
-    )
     session = CoreSession(conn)
-    fold = Fold([task], {}, now, held=session.held({ref}), readers=readers)
+    early = session.unmatched({(task["provider"], provider_task_id)})
+    fold = Fold([task], {}, now, held=session.held({ref}), unmatched=early, readers=readers)
     fold.attach(ref, provider_task_id)
-    for row in early.mappings():
-        fold.refold(dict(row))
     fold.finish()
     session.flush(fold.writes, fold.changed_tasks(), now)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -23,11 +22,6 @@ JSON = {"content-type": "application/json"}
 async def service(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
     async with running_service(settings_for(database_url), clock) as service:
         yield service
-
-
-async def _task_with_callback(service: Service, **fields: Any) -> tuple[str, str]:
-    task = await service.register("apidot", **fields)
-    return task["ref"], urlsplit(task["callback_url"]).path
 
 
 def _deliveries(task: dict[str, Any]) -> list[dict[str, Any]]:
@@ -58,7 +52,7 @@ UNREADABLE = [
 async def test_unreadable_token_callback_is_kept_raw_and_answered_200(
     service: Service, body: bytes, headers: dict[str, str], reason: str
 ) -> None:
-    ref, path = await _task_with_callback(service, provider_task_id="task-x")
+    ref, path = await service.task_with_callback("apidot", provider_task_id="task-x")
     response = await service.http.post(path, content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json() == {"outcome": "unrecognized"}
@@ -75,7 +69,7 @@ async def test_unreadable_token_callback_is_kept_raw_and_answered_200(
 async def test_unknown_status_word_is_kept_and_the_task_polled_at_once(
     service: Service, clock: FakeClock
 ) -> None:
-    ref, path = await _task_with_callback(service, provider_task_id="task-x")
+    ref, path = await service.task_with_callback("apidot", provider_task_id="task-x")
     response = await service.http.post(path, content=apidot_body("task-x", "exploded"))
     assert response.json() == {"outcome": "unrecognized"}
     task = await service.task(ref)
@@ -85,7 +79,7 @@ async def test_unknown_status_word_is_kept_and_the_task_polled_at_once(
 
 
 async def test_a_resent_unreadable_callback_is_stored_once_and_counted(service: Service) -> None:
-    ref, path = await _task_with_callback(service, provider_task_id="task-x")
+    ref, path = await service.task_with_callback("apidot", provider_task_id="task-x")
     for _ in range(3):
         response = await service.http.post(path, content=b"{not json", headers=JSON)
     assert response.json() == {"outcome": "duplicate"}
@@ -96,7 +90,7 @@ async def test_a_resent_unreadable_callback_is_stored_once_and_counted(service: 
 async def test_unreadable_callback_before_the_task_id_is_known_is_its_tokens(
     service: Service,
 ) -> None:
-    ref, path = await _task_with_callback(service)
+    ref, path = await service.task_with_callback("apidot")
     response = await service.http.post(path, content=b"<html>oops</html>", headers=JSON)
     assert response.json() == {"outcome": "unrecognized"}
     (kept,) = _deliveries(await service.task(ref))
@@ -151,7 +145,7 @@ async def test_body_naming_another_task_is_403_before_the_token_task_has_an_id(
     service: Service,
 ) -> None:
     await service.register("apidot", provider_task_id="task-b")
-    ref, path = await _task_with_callback(service)
+    ref, path = await service.task_with_callback("apidot")
     response = await service.http.post(path, content=apidot_body("task-b", "finished"))
     assert response.status_code == 403
     task = await service.task(ref)
@@ -162,8 +156,8 @@ async def test_body_naming_another_task_is_403_before_the_token_task_has_an_id(
 async def test_resending_another_tasks_stored_body_is_403_and_counts_nothing(
     service: Service,
 ) -> None:
-    ref_b, path_b = await _task_with_callback(service, provider_task_id="task-b")
-    ref_a, path_a = await _task_with_callback(service, provider_task_id="task-a")
+    ref_b, path_b = await service.task_with_callback("apidot", provider_task_id="task-b")
+    ref_a, path_a = await service.task_with_callback("apidot", provider_task_id="task-a")
     body = apidot_body("task-b", "running", 40)
     assert (await service.http.post(path_b, content=body)).status_code == 200
     response = await service.http.post(path_a, content=body)
@@ -193,8 +187,10 @@ async def test_burst_of_valid_callbacks_with_foreign_bodies_mixed_in_all_stored(
 ) -> None:
     """Bodies naming another task inside a burst fail alone: every valid one is 2xx."""
     await service.register("apidot", provider_task_id="task-victim")
-    valid = [await _task_with_callback(service, provider_task_id=f"t-{n}") for n in range(24)]
-    hostile = [await _task_with_callback(service) for _ in range(4)]
+    valid = [
+        await service.task_with_callback("apidot", provider_task_id=f"t-{n}") for n in range(24)
+    ]
+    hostile = [await service.task_with_callback("apidot") for _ in range(4)]
     sends = [
         service.http.post(path, content=apidot_body(f"t-{n}", "running", 10))
         for n, (_, path) in enumerate(valid)
@@ -212,7 +208,7 @@ async def test_burst_of_valid_callbacks_with_foreign_bodies_mixed_in_all_stored(
 
 
 async def test_answer_body_is_json_with_the_outcome(service: Service) -> None:
-    _, path = await _task_with_callback(service, provider_task_id="task-x")
+    _, path = await service.task_with_callback("apidot", provider_task_id="task-x")
     response = await service.http.post(path, content=apidot_body("task-x", "running", 5))
     assert orjson.loads(response.content) == {"outcome": "applied"}
 

@@ -12,9 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -110,27 +108,14 @@ async def service(
             yield service
 
 
-async def _task(service: Service, request_id: str) -> tuple[str, str]:
-    task = await service.register("falsigned", provider_task_id=request_id)
-    return task["ref"], urlsplit(task["callback_url"]).path
-
-
-async def _post(
-    service: Service, path: str, body: bytes, headers: dict[str, str]
-) -> httpx.Response:
-    return await service.http.post(path, content=body, headers=headers)
-
-
-def _now(clock: FakeClock) -> int:
-    return int(clock().timestamp())
-
-
 async def test_signed_fal_callback_is_accepted_and_folded_in_as_signed(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
-    ref, path = await _task(service, "req-1")
+    ref, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
     body = fal_body("req-1")
-    response = await _post(service, path, body, fal_headers(body, jwks.keys["key-1"], _now(clock)))
+    response = await service.http.post(
+        path, content=body, headers=fal_headers(body, jwks.keys["key-1"], clock.unix())
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"outcome": "applied"}
     task = await service.task(ref)
@@ -192,9 +177,9 @@ REFUSED = {
 async def test_fal_callback_that_does_not_verify_is_refused_and_nothing_stored(
     service: Service, clock: FakeClock, jwks: Jwks, forge: Any
 ) -> None:
-    ref, path = await _task(service, "req-1")
-    body, headers = forge(fal_body("req-1"), jwks, _now(clock))
-    response = await _post(service, path, body, headers)
+    ref, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
+    body, headers = forge(fal_body("req-1"), jwks, clock.unix())
+    response = await service.http.post(path, content=body, headers=headers)
     assert response.status_code == 401, response.text
     task = await service.task(ref)
     assert task["state"] == "submitted"
@@ -204,10 +189,10 @@ async def test_fal_callback_that_does_not_verify_is_refused_and_nothing_stored(
 async def test_fal_signature_without_a_valid_token_is_refused(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
-    ref, path = await _task(service, "req-1")
+    ref, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
     body = fal_body("req-1")
-    headers = fal_headers(body, jwks.keys["key-1"], _now(clock))
-    response = await _post(service, path[:-3] + "xyz", body, headers)
+    headers = fal_headers(body, jwks.keys["key-1"], clock.unix())
+    response = await service.http.post(path[:-3] + "xyz", content=body, headers=headers)
     assert response.status_code == 401, response.text
     assert (await service.task(ref))["timeline"]["deliveries"] == []
     assert jwks.fetches == 0  # without a token, no key is ever fetched
@@ -217,10 +202,10 @@ async def test_jwks_is_fetched_once_for_many_callbacks(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
     for n in range(5):
-        _, path = await _task(service, f"req-{n}")
+        _, path = await service.task_with_callback("falsigned", provider_task_id=f"req-{n}")
         body = fal_body(f"req-{n}")
-        headers = fal_headers(body, jwks.keys["key-1"], _now(clock), request_id=f"req-{n}")
-        assert (await _post(service, path, body, headers)).status_code == 200
+        headers = fal_headers(body, jwks.keys["key-1"], clock.unix(), request_id=f"req-{n}")
+        assert (await service.http.post(path, content=body, headers=headers)).status_code == 200
         clock.advance(30)
     assert jwks.fetches == 1
 
@@ -230,10 +215,10 @@ async def test_concurrent_callbacks_on_a_cold_cache_make_one_fetch(
 ) -> None:
     posts = []
     for n in range(10):
-        _, path = await _task(service, f"req-{n}")
+        _, path = await service.task_with_callback("falsigned", provider_task_id=f"req-{n}")
         body = fal_body(f"req-{n}")
-        headers = fal_headers(body, jwks.keys["key-1"], _now(clock), request_id=f"req-{n}")
-        posts.append(_post(service, path, body, headers))
+        headers = fal_headers(body, jwks.keys["key-1"], clock.unix(), request_id=f"req-{n}")
+        posts.append(service.http.post(path, content=body, headers=headers))
     answers = await asyncio.gather(*posts)
     assert [answer.status_code for answer in answers] == [200] * 10
     assert jwks.fetches == 1
@@ -242,18 +227,20 @@ async def test_concurrent_callbacks_on_a_cold_cache_make_one_fetch(
 async def test_rotated_key_is_picked_up_by_one_refresh(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
-    _, first = await _task(service, "req-1")
+    _, first = await service.task_with_callback("falsigned", provider_task_id="req-1")
     body = fal_body("req-1")
     assert (
-        await _post(service, first, body, fal_headers(body, jwks.keys["key-1"], _now(clock)))
+        await service.http.post(
+            first, content=body, headers=fal_headers(body, jwks.keys["key-1"], clock.unix())
+        )
     ).status_code == 200
     jwks.keys = {"key-2": Ed25519PrivateKey.generate()}  # fal rotates: a new kid
     clock.advance(3600)
     for n in (2, 3, 4):
-        ref, path = await _task(service, f"req-{n}")
+        ref, path = await service.task_with_callback("falsigned", provider_task_id=f"req-{n}")
         body = fal_body(f"req-{n}")
-        headers = fal_headers(body, jwks.keys["key-2"], _now(clock), request_id=f"req-{n}")
-        assert (await _post(service, path, body, headers)).status_code == 200
+        headers = fal_headers(body, jwks.keys["key-2"], clock.unix(), request_id=f"req-{n}")
+        assert (await service.http.post(path, content=body, headers=headers)).status_code == 200
         assert (await service.task(ref))["state"] == "succeeded"
     assert jwks.fetches == 2
 
@@ -261,15 +248,19 @@ async def test_rotated_key_is_picked_up_by_one_refresh(
 async def test_failed_verifications_do_not_make_a_fetch_each(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
-    _, path = await _task(service, "req-1")
+    _, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
     body = fal_body("req-1")
     assert (
-        await _post(service, path, body, fal_headers(body, jwks.keys["key-1"], _now(clock)))
+        await service.http.post(
+            path, content=body, headers=fal_headers(body, jwks.keys["key-1"], clock.unix())
+        )
     ).status_code == 200
     clock.advance(3600)
     forger = Ed25519PrivateKey.generate()
     for _ in range(10):
-        response = await _post(service, path, body, fal_headers(body, forger, _now(clock)))
+        response = await service.http.post(
+            path, content=body, headers=fal_headers(body, forger, clock.unix())
+        )
         assert response.status_code == 401
     assert jwks.fetches == 2  # one refresh for the first failure, none for the rest
 
@@ -277,10 +268,10 @@ async def test_failed_verifications_do_not_make_a_fetch_each(
 async def test_keys_older_than_a_day_are_fetched_again(
     service: Service, clock: FakeClock, jwks: Jwks
 ) -> None:
-    _, path = await _task(service, "req-1")
+    _, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
     body = fal_body("req-1")
     for _ in range(2):
-        headers = fal_headers(body, jwks.keys["key-1"], _now(clock))
-        assert (await _post(service, path, body, headers)).status_code == 200
+        headers = fal_headers(body, jwks.keys["key-1"], clock.unix())
+        assert (await service.http.post(path, content=body, headers=headers)).status_code == 200
         clock.advance(86_401)
     assert jwks.fetches == 2

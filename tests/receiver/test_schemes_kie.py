@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import orjson
 import pytest
 
@@ -89,28 +87,13 @@ async def service(database_url: str, clock: FakeClock, tmp_path: Path) -> AsyncI
         yield service
 
 
-async def _task(service: Service, task_id: str) -> tuple[str, str]:
-    task = await service.register("kiesigned", provider_task_id=task_id)
-    return task["ref"], urlsplit(task["callback_url"]).path
-
-
-async def _post(
-    service: Service, path: str, body: bytes, headers: dict[str, str]
-) -> httpx.Response:
-    return await service.http.post(path, content=body, headers=headers)
-
-
-def _now(clock: FakeClock) -> int:
-    return int(clock().timestamp())
-
-
 @pytest.mark.parametrize("key", [KIE_KEY, OLD_KEY], ids=["newest-key", "older-key"])
 async def test_signed_kie_callback_is_accepted_as_an_unconfirmed_hint(
     service: Service, clock: FakeClock, key: str
 ) -> None:
-    ref, path = await _task(service, "task_kie_1")
-    headers = kie_headers("task_kie_1", _now(clock), key)
-    response = await _post(service, path, kie_body("task_kie_1"), headers)
+    ref, path = await service.task_with_callback("kiesigned", provider_task_id="task_kie_1")
+    headers = kie_headers("task_kie_1", clock.unix(), key)
+    response = await service.http.post(path, content=kie_body("task_kie_1"), headers=headers)
     assert response.status_code == 200, response.text
     assert response.json() == {"outcome": "applied"}
     task = await service.task(ref)
@@ -137,8 +120,10 @@ REFUSED: dict[str, Headers] = {
 async def test_kie_callback_that_does_not_verify_is_refused_and_nothing_stored(
     service: Service, clock: FakeClock, headers: Headers
 ) -> None:
-    ref, path = await _task(service, "task_kie_1")
-    response = await _post(service, path, kie_body("task_kie_1"), headers(_now(clock)))
+    ref, path = await service.task_with_callback("kiesigned", provider_task_id="task_kie_1")
+    response = await service.http.post(
+        path, content=kie_body("task_kie_1"), headers=headers(clock.unix())
+    )
     assert response.status_code == 401, response.text
     task = await service.task(ref)
     assert task["state"] == "submitted"
@@ -148,9 +133,11 @@ async def test_kie_callback_that_does_not_verify_is_refused_and_nothing_stored(
 async def test_kie_signature_for_the_body_task_but_a_body_without_one_is_refused(
     service: Service, clock: FakeClock
 ) -> None:
-    ref, path = await _task(service, "task_kie_1")
+    ref, path = await service.task_with_callback("kiesigned", provider_task_id="task_kie_1")
     body = orjson.dumps({"code": 200, "msg": "ok", "data": {"state": "success"}})
-    response = await _post(service, path, body, kie_headers("task_kie_1", _now(clock)))
+    response = await service.http.post(
+        path, content=body, headers=kie_headers("task_kie_1", clock.unix())
+    )
     assert response.status_code == 401, response.text
     assert (await service.task(ref))["timeline"]["deliveries"] == []
 
@@ -159,8 +146,8 @@ async def test_kie_without_a_key_configured_takes_the_token_alone(
     database_url: str, clock: FakeClock, tmp_path: Path
 ) -> None:
     async with _service(database_url, clock, tmp_path, "") as service:
-        ref, path = await _task(service, "task_kie_1")
-        response = await _post(service, path, kie_body("task_kie_1"), {})
+        ref, path = await service.task_with_callback("kiesigned", provider_task_id="task_kie_1")
+        response = await service.http.post(path, content=kie_body("task_kie_1"), headers={})
         assert response.status_code == 200, response.text
         task = await service.task(ref)
         assert task["state"] == "succeeded"

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -55,6 +56,11 @@ class Service:
         )
         assert response.status_code == 201, response.text
         return dict(response.json())
+
+    async def task_with_callback(self, provider: str, **fields: Any) -> tuple[str, str]:
+        """A new task's ref and the path of its callback URL."""
+        task = await self.register(provider, **fields)
+        return task["ref"], urlsplit(task["callback_url"]).path
 
     async def task(self, ref: str) -> dict[str, Any]:
         response = await self.http.get(f"/v1/tasks/{ref}", headers=self.admin)
