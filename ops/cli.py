@@ -7,7 +7,8 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 
@@ -22,9 +23,16 @@ from ops.supervisor import supervise
 from schemas.clock import utc_now
 from schemas.database import create_engine, normalize_url
 from schemas.errors import ConfigError, LedgerError
+from schemas.media.storage import open_store
 from schemas.migrate import upgrade
 from schemas.retention import PruneReport, RetentionPolicy
-from schemas.settings import DEFAULT_DATABASE_URL, PREFIX, provider_readers, retention_policy
+from schemas.settings import (
+    DEFAULT_DATABASE_URL,
+    PREFIX,
+    archive_settings,
+    provider_readers,
+    retention_policy,
+)
 from schemas.states import Outcome
 from schemas.store import LedgerStore, backup_sqlite
 
@@ -41,6 +49,9 @@ while the service runs. Polls and callback bodies go after TASKLEDGER_RETENTION_
 (30); callback rows, with the keys that detect resends, go only after
 max(TASKLEDGER_RETENTION_DAYS, TASKLEDGER_DEDUP_KEEP_DAYS) (7 at least). Open tasks,
 tasks themselves and their transitions (the audit trail) are never pruned.
+Archived outputs go after TASKLEDGER_ARCHIVE_RETENTION_DAYS (90): their files are
+deleted from the archive (a file two outputs share stays while one still holds it),
+their rows stay, marked `pruned`, with their size and SHA-256.
 """
 BACKUP_HELP = """\
 Copy the SQLite database named by TASKLEDGER_DATABASE_URL to PATH while the service
@@ -220,9 +231,37 @@ async def _prune(
     try:
         store = LedgerStore(engine, utc_now)
         cutoffs = policy.cutoffs(store.clock())
-        return await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
+        report = await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
+        return await _prune_archive(environ, store, report, batch_size)
     finally:
         await engine.dispose()
+
+
+async def _prune_archive(
+    environ: Mapping[str, str], store: LedgerStore, report: PruneReport, batch_size: int
+) -> PruneReport:
+    """Archived outputs past the archive's retention: rows marked, files deleted."""
+    archive = archive_settings(environ)
+    if not archive.enabled:
+        return report
+    before = store.clock() - timedelta(days=archive.retention_days)
+    if report.dry_run:
+        count, _ = await store.prune_artifacts(before, dry_run=True)
+        return replace(report, artifacts_pruned=count)
+    media = open_store(archive.url, environ, spool_dir=Path(archive.spool_dir))
+    pruned = deleted = 0
+    try:
+        while True:
+            count, keys = await store.prune_artifacts(before, batch_size)
+            if not count:
+                break
+            pruned += count
+            for key in keys:
+                await media.delete(key)
+            deleted += len(keys)
+    finally:
+        await media.close()
+    return replace(report, artifacts_pruned=pruned, files_deleted=deleted)
 
 
 async def _refold(
@@ -252,6 +291,8 @@ def format_prune(report: PruneReport, policy: RetentionPolicy) -> str:
         ("deliveries deleted", report.deliveries_deleted),
         ("observations deleted", report.observations_deleted),
         ("batches", report.batches),
+        ("artifacts pruned", report.artifacts_pruned),
+        ("archive files deleted", report.files_deleted),
     ]
     head = (
         f"taskledger: {verb}, retention {policy.retention_days:g} days,"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 PASS_BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
+# Time left before a source expires when it was archived: from seconds to a day.
+EXPIRY_BUCKETS_SECONDS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 86_400.0)
 
 
 class ReconcilerMetrics:
@@ -49,6 +51,46 @@ class ReconcilerMetrics:
             "taskledger_reconciler_pass_seconds",
             "Duration of one reconciler pass.",
             buckets=PASS_BUCKETS_SECONDS,
+            registry=self.registry,
+        )
+
+        self._archive_metrics()
+
+    def _archive_metrics(self) -> None:
+        self.archive_queue = Gauge(
+            "taskledger_archive_queue",
+            "Outputs waiting to be archived.",
+            registry=self.registry,
+        )
+        self.archive_bytes = Counter(
+            "taskledger_archive_bytes_total",
+            "Bytes copied into the archive, by provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        self.archive_seconds_left = Histogram(
+            "taskledger_archive_seconds_before_expiry",
+            "Seconds left before the source expired, when an output was archived.",
+            ["provider"],
+            buckets=EXPIRY_BUCKETS_SECONDS,
+            registry=self.registry,
+        )
+        self.archive_attempts = Counter(
+            "taskledger_archive_attempts_total",
+            "Archiving attempts, by provider and result (archived, retry, failed, missed).",
+            ["provider", "result"],
+            registry=self.registry,
+        )
+        self.archive_failures = Counter(
+            "taskledger_archive_failures_total",
+            "Failed fetches of outputs, by provider and reason.",
+            ["provider", "reason"],
+            registry=self.registry,
+        )
+        self.archive_missed = Counter(
+            "taskledger_archive_missed_total",
+            "Outputs whose source expired before they could be archived.",
+            ["provider"],
             registry=self.registry,
         )
 

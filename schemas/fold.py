@@ -27,6 +27,7 @@ from schemas.ledger import (
     report_of,
     settled,
 )
+from schemas.media import plan as media
 from schemas.states import (
     REAL_TERMINAL,
     TERMINAL,
@@ -120,6 +121,8 @@ class Writes:
     observations: list[dict[str, Any]] = field(default_factory=list)
     duplicates: dict[DeliveryId, int] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
+    # Outputs to archive, of tasks whose success became authoritative in this batch.
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Fold:
@@ -460,6 +463,41 @@ class Fold:
                 work.row["next_poll_at"] = self.now
             elif settled(work.snapshot) or work.snapshot.state is State.LOST:
                 work.row["next_poll_at"] = None
+            if _newly_settled_success(work):
+                self._plan_archive(work)
+
+    def _plan_archive(self, work: TaskWork) -> None:
+        """One `pending` artifact per output, when its provider's outputs are archived.
+        A repeat (a result settled again) adds nothing: the store ignores known names."""
+        reader = self._readers.get(work.row["provider"])
+        if reader is None or not reader.archive:
+            return
+        result = work.snapshot.result
+        deadline = media.expires_at(result, self.now, reader.result_ttl_seconds)
+        self.writes.artifacts += [
+            {
+                "task_ref": work.ref,
+                "provider": work.row["provider"],
+                "name": output.name,
+                "source": output.source,
+                "state": "pending",
+                "expires_at": deadline,
+                "next_attempt_at": self.now,
+                "attempts": 0,
+                "created_at": self.now,
+            }
+            for output in media.outputs(result)
+        ]
+
+
+def _newly_settled_success(work: TaskWork) -> bool:
+    """The batch made the task's success authoritative, with its result: an unsigned hint
+    is not enough, and a success settled before is not planned twice."""
+    if work.snapshot.state is not State.SUCCEEDED or not settled(work.snapshot):
+        return False
+    loaded = work.loaded
+    was = loaded["state"] == State.SUCCEEDED.value and loaded["confirmed"] and loaded["result"]
+    return not was
 
 
 def _first_real_end(before: Snapshot, after: Snapshot) -> bool:

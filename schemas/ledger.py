@@ -74,11 +74,12 @@ NOT_JSON: Any = object()  # what `parse_payload` gives for a body that is not JS
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """How one provider's callbacks are read: its wire format, and how long the result
-    URLs it sends stay valid (recorded as `expires_at`)."""
+    """How one provider's callbacks are read: its wire format, how long the result URLs it
+    sends stay valid (recorded as `expires_at`), and whether its outputs are archived."""
 
     kind: Kind
     result_ttl_seconds: float | None = None
+    archive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

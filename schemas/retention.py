@@ -59,3 +59,6 @@ class PruneReport:
     observations_deleted: int = 0
     batches: int = 0
     dry_run: bool = False
+    # Archived outputs past TASKLEDGER_ARCHIVE_RETENTION_DAYS, and their files removed.
+    artifacts_pruned: int = 0
+    files_deleted: int = 0

@@ -6,9 +6,11 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Final
 
+from schemas.addresses import AddressPolicy, parse_networks
 from schemas.definition import Definition, load_definitions
 from schemas.errors import ConfigError
 from schemas.ledger import Reader
@@ -47,6 +49,66 @@ DEFAULT_RESULT_TTL_SECONDS: dict[WireFormat, float] = {
 }
 
 
+# Where archived outputs go by default: a directory beside the embedded database.
+DEFAULT_ARCHIVE_URL = "./var/media"
+ARCHIVE_OFF = frozenset({"off", "none", "false", "0"})
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSettings:
+    """The archive: where outputs are copied, and the limits of fetching them."""
+
+    url: str = DEFAULT_ARCHIVE_URL  # a directory, file://, s3://bucket/prefix, or off
+    spool_dir: str = "./var/media-spool"  # downloads in progress, for an S3 archive
+    max_bytes: int = 4 << 30
+    connect_timeout_seconds: float = 10.0
+    read_timeout_seconds: float = 30.0
+    max_redirects: int = 5
+    # Plain HTTP and private networks are refused unless allowed (tests, private CDNs).
+    allow_http: bool = False
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    concurrency: int = 4
+    lease_seconds: float = 300.0
+    retention_days: float = 90.0
+    # Serve archived files by redirecting to a presigned URL (S3 only).
+    presign: bool = False
+    presign_seconds: int = 300
+
+    @property
+    def enabled(self) -> bool:
+        return self.url.lower() not in ARCHIVE_OFF
+
+    @property
+    def policy(self) -> AddressPolicy:
+        return AddressPolicy(allow_http=self.allow_http, allowed_networks=self.allowed_networks)
+
+    @classmethod
+    def from_env(cls, env: _Env) -> ArchiveSettings:
+        d = _ARCHIVE_DEFAULTS
+        key = "ARCHIVE_"
+        try:
+            networks = parse_networks(env.text(key + "ALLOW_NETWORKS", ""))
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}{key}ALLOW_NETWORKS: {exc}") from None
+        return cls(
+            url=env.text(key + "URL", d.url),
+            spool_dir=env.text(key + "SPOOL_DIR", d.spool_dir),
+            max_bytes=int(env.number(key + "MAX_BYTES", d.max_bytes)),
+            connect_timeout_seconds=env.number(
+                key + "CONNECT_TIMEOUT_SECONDS", d.connect_timeout_seconds
+            ),
+            read_timeout_seconds=env.number(key + "READ_TIMEOUT_SECONDS", d.read_timeout_seconds),
+            max_redirects=int(env.number(key + "MAX_REDIRECTS", d.max_redirects)),
+            allow_http=bool(env.flag(key + "ALLOW_HTTP")),
+            allowed_networks=networks,
+            concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
+            lease_seconds=env.number(key + "LEASE_SECONDS", d.lease_seconds),
+            retention_days=env.number(key + "RETENTION_DAYS", d.retention_days),
+            presign=bool(env.flag(key + "PRESIGN")),
+            presign_seconds=int(env.number(key + "PRESIGN_SECONDS", d.presign_seconds)),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """One provider account: its wire format, endpoint, secrets and polling limits."""
@@ -69,6 +131,10 @@ class ProviderSettings:
     # (a callback signed for another user is refused).
     jwks_url: str = ""
     webhook_user_id: str = ""
+    # Whether its outputs are archived (the archive on, and not turned off for it), and
+    # the hosts its result URLs may be fetched from (empty: any public host).
+    archive: bool = True
+    media_hosts: tuple[str, ...] = ()
 
     def sunset_passed(self, today: date) -> bool:
         return self.sunset is not None and today >= self.sunset
@@ -83,7 +149,7 @@ class ProviderSettings:
 
     @property
     def reader(self) -> Reader:
-        return Reader(self.kind, self.result_ttl_seconds)
+        return Reader(self.kind, self.result_ttl_seconds, self.archive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +176,7 @@ class Settings:
     lease_seconds: float = 60.0
     reconciler_metrics_port: int | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -144,6 +211,7 @@ class Settings:
             lease_seconds=env.number("LEASE_SECONDS", d.lease_seconds),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
             retention=retention_policy(environ),
+            archive=ArchiveSettings.from_env(env),
         )
 
     def provider(self, name: str) -> ProviderSettings | None:
@@ -158,6 +226,7 @@ class Settings:
 # Every default in one place: the dataclasses' own.
 _DEFAULTS: Final = Settings()
 _PROVIDER_DEFAULTS: Final = ProviderSettings(name="", kind=WireFormat.OPENAI)
+_ARCHIVE_DEFAULTS: Final = ArchiveSettings()
 
 
 def retention_policy(
@@ -179,6 +248,11 @@ def retention_policy(
             f" any provider retries a callback (got {keep:g})"
         )
     return RetentionPolicy(retention_days=days, dedup_keep_days=keep)
+
+
+def archive_settings(environ: Mapping[str, str]) -> ArchiveSettings:
+    """`TASKLEDGER_ARCHIVE_*` alone, without any secret (for `taskledger db prune`)."""
+    return ArchiveSettings.from_env(_Env(environ))
 
 
 def provider_readers(environ: Mapping[str, str]) -> dict[str, Reader]:
@@ -247,7 +321,16 @@ def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettin
         sunset=_sunset(env, key + "SUNSET", kind),
         jwks_url=env.text(key + "JWKS_URL", d.jwks_url),
         webhook_user_id=env.text(key + "WEBHOOK_USER_ID", ""),
+        archive=_archived(env, key + "ARCHIVE"),
+        media_hosts=env.list(key + "MEDIA_HOSTS"),
     )
+
+
+def _archived(env: _Env, name: str) -> bool:
+    """A provider's outputs are archived when the archive is on, unless it says `off`."""
+    if env.text("ARCHIVE_URL", DEFAULT_ARCHIVE_URL).lower() in ARCHIVE_OFF:
+        return False
+    return env.flag(name) is not False
 
 
 def _sunset(env: _Env, name: str, kind: Kind) -> date | None:

@@ -57,6 +57,8 @@ LABEL_MAX_CHARS = 200  # `task.owner`, `task.model`
 BODY_KEEP_CHARS = 4_000
 
 UNFOLDED_OUTCOMES = ("unrecognized", "held", "foreign")
+# An artifact waiting for the archiver: the few rows the archive's due query reads.
+ARTIFACT_PENDING_WHERE = "state = 'pending'"
 UNFOLDED_WHERE = "outcome IN ('unrecognized', 'held', 'foreign')"
 
 
@@ -157,8 +159,47 @@ class TransitionRow(SQLModel, table=True):
     at: datetime = _when()
 
 
+class ArtifactRow(SQLModel, table=True):
+    """One output of a succeeded task, copied (or to be copied) to the archive.
+
+    Written `pending` in the transaction that makes the task's success authoritative; the
+    archiver leases it, fetches the provider's copy before `expires_at`, and records what
+    came of it: `archived` (with where, how big and its SHA-256), `failed` or `missed`.
+    """
+
+    __tablename__ = "artifact"
+    __table_args__ = (
+        sa.UniqueConstraint("task_ref", "name", name="uq_artifact_task_name"),
+        # Earliest expiry first, among the pending only.
+        _partial_index("ix_artifact_due", "expires_at", where=ARTIFACT_PENDING_WHERE),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    task_ref: str = Field(foreign_key="task.ref", max_length=40)
+    provider: str = Field(max_length=64)
+    # `video`, `thumbnail` (OpenAI's variants), `output-1`, `output-2`… (a result's URLs).
+    name: str = Field(max_length=40)
+    # Where in the task's result its source is: `content:<variant>` or `urls:<index>`.
+    source: str = Field(max_length=60)
+    state: str = Field(max_length=16)
+    expires_at: datetime = _when()
+    next_attempt_at: datetime = _when()
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _when(nullable=True)
+    storage_key: str | None = Field(default=None, max_length=200)
+    size: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True))
+    sha256: str | None = Field(default=None, max_length=64)
+    content_type: str | None = Field(default=None, max_length=100)
+    source_host: str | None = Field(default=None, max_length=255)
+    archived_at: datetime | None = _when(nullable=True)
+    last_error: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    created_at: datetime = _when()
+
+
 METADATA = SQLModel.metadata
 TASK = METADATA.tables["task"]
 DELIVERY = METADATA.tables["delivery"]
 OBSERVATION = METADATA.tables["observation"]
 TRANSITION = METADATA.tables["transition"]
+ARTIFACT = METADATA.tables["artifact"]

@@ -1,6 +1,8 @@
 """Command line: `python -m simulator --port N --webhook-url URL --webhook-secret whsec_… [faults]`.
 
 Lifecycle and fault flags mirror the `Lifecycle` and `Faults` fields (`--drop-rate 0.1`).
+Result media is served at `{server}/media/...` by signed URLs that expire `--media-ttl-s`
+after a task ends; the media faults are drawn per task when it is submitted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from simulator.app import create_app
 from simulator.config import Faults, Lifecycle, SimConfig, SimulatorError
 
 DEFAULT_PORT = 8700
+FLAG_HELP = {
+    "media_redirect_rate": "a task's media answers 302 to a loopback or cloud-metadata address",
+    "media_truncated_rate": "a task's media says its whole Content-Length, sends half, closes",
+    "media_500_rate": "a task's media answers 500 to its first --media-500-count requests",
+    "media_500_count": "the 500s each file of such a task answers before it is served",
+    "media_slow_rate": "a task's media trickles out over --media-slow-s seconds",
+    "media_slow_s": "how long a slow media body takes to arrive",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="the only bearer key accepted (default: any)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiplies retry backoffs")
-    parser.add_argument("--media-base-url", default=SimConfig.media_base_url)
+    parser.add_argument(
+        "--media-base-url", help="where result URLs point (default: {server}/media, served here)"
+    )
+    parser.add_argument(
+        "--media-ttl-s",
+        type=int,
+        default=SimConfig.media_ttl_s,
+        help="seconds a task's media lives after it ends; then 403 (OpenAI content: 410)",
+    )
+    parser.add_argument(
+        "--media-bytes",
+        type=int,
+        default=SimConfig.media_bytes,
+        help="size of each result video (streamed: hundreds of MB are fine)",
+    )
     parser.add_argument("--apidot-files-under-output", action="store_true")
     parser.add_argument("--replicate-webhook-secret", help="whsec_… (default: drawn from the seed)")
     parser.add_argument(
@@ -55,10 +79,12 @@ def add_dataclass_flags(group: argparse._ArgumentGroup, defaults: Any) -> None:
     for item in dataclasses.fields(defaults):
         value = getattr(defaults, item.name)
         flag = "--" + item.name.replace("_", "-")
+        help_text = FLAG_HELP.get(item.name)
         if isinstance(value, bool):
-            group.add_argument(flag, dest=item.name, action="store_true")
+            group.add_argument(flag, dest=item.name, action="store_true", help=help_text)
         elif isinstance(value, int | float):
-            group.add_argument(flag, dest=item.name, type=type(value), default=value)
+            kind = type(value)
+            group.add_argument(flag, dest=item.name, type=kind, default=value, help=help_text)
 
 
 def scalar_values(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
@@ -91,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         lifecycle=Lifecycle(**scalar_values(args, Lifecycle)),
         faults=faults,
         media_base_url=args.media_base_url,
+        media_ttl_s=args.media_ttl_s,
+        media_bytes=args.media_bytes,
         apidot_files_under_output=args.apidot_files_under_output,
         replicate_webhook_secret=args.replicate_webhook_secret,
         replicate_output_shape=args.replicate_output_shape,

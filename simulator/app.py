@@ -1,7 +1,8 @@
 """The Starlette app factory: one server hosting every provider and the `/_sim/` controls.
 
 Provider base URLs are `{server}/{format}`: `openai`, `apidot`, `evolink`, `replicate`,
-`fal` and `kie`, and each described gateway's name; fal's JWKS is at `{server}{fal_jwks_path}`.
+`fal` and `kie`, and each described gateway's name; fal's JWKS is at `{server}{fal_jwks_path}`;
+result media at `{server}/media/{format}/{file}?expires=&sig=` (see `simulator.media`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.routing import Mount, Route
 
 from simulator.config import SimConfig
 from simulator.control import ControlRoutes
+from simulator.downloads import MediaRoutes
 from simulator.gateways import DescribedRoutes
 from simulator.platforms import FalRoutes, KieRoutes, ReplicateRoutes
 from simulator.providers import ApidotRoutes, EvolinkRoutes, OpenAIRoutes, json_response
@@ -39,6 +41,7 @@ def create_app(config: SimConfig, *, clock: Callable[[], float] | None = None) -
 
     routes = [
         Route(config.fal_jwks_path, jwks, methods=["GET"]),  # before the mounts it may be under
+        *MediaRoutes(sim).routes(),
         Mount("/openai", routes=OpenAIRoutes(sim).routes()),
         Mount("/apidot", routes=ApidotRoutes(sim).routes()),
         Mount("/evolink", routes=EvolinkRoutes(sim).routes()),

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from simulator.files import MAX_VIDEO_BYTES, MIN_VIDEO_BYTES
+
 FORMATS: tuple[str, ...] = ("openai", "apidot", "evolink", "replicate", "fal", "kie")
 GATEWAY_FORMATS: tuple[str, ...] = ("apidot", "evolink")
 # Formats whose callback goes to a URL given with each task (not one configured URL).
@@ -63,12 +65,30 @@ class Faults:
     gateway_retry_rate: float = 0.0
     payload_error_rate: float = 0.0
     snake_task_id_rate: float = 0.0
+    # Media downloads (see `simulator.media`): at most one fault per succeeded task, drawn
+    # when it is submitted, in this order; it hits every download of each of its files.
+    # A redirect to a loopback or cloud-metadata address; a body cut short (Content-Length
+    # says all, half is sent, then the connection closes); `media_500_count` 500s before
+    # the file is served; a body trickling out over `media_slow_s` seconds.
+    media_redirect_rate: float = 0.0
+    media_truncated_rate: float = 0.0
+    media_500_rate: float = 0.0
+    media_500_count: int = 1
+    media_slow_rate: float = 0.0
+    media_slow_s: float = 2.0
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             if item.name.endswith("_rate"):
                 check_rate(item.name, getattr(self, item.name))
-        for name in ("max_callback_delay_s", "slow_poll_s", "timeout_poll_s", "retry_after_s"):
+        for name in (
+            "max_callback_delay_s",
+            "slow_poll_s",
+            "timeout_poll_s",
+            "retry_after_s",
+            "media_500_count",
+            "media_slow_s",
+        ):
             if getattr(self, name) < 0:
                 raise SimulatorError(f"{name} must not be negative", field_name=name)
         for fmt, rps in self.rate_limit_rps.items():
@@ -111,7 +131,12 @@ class SimConfig:
     webhook_retry_delays_s: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
     callback_retry_delays_s: tuple[float, ...] = (1.0, 2.0, 4.0)
     callback_timeout_s: float = 10.0
-    media_base_url: str = "https://media.simulator.invalid"
+    # Result media (see `simulator.media`): served under `{server}/media` unless another
+    # base is given; each file expires `media_ttl_s` after its task ended; a video is
+    # `media_bytes` long (it is streamed, so it may be hundreds of MB).
+    media_base_url: str | None = None
+    media_ttl_s: int = 3600
+    media_bytes: int = 4096
     apidot_files_under_output: bool = False
     # Replicate: the account's Standard Webhooks secret (None: one drawn from the seed),
     # served at `/replicate/v1/webhooks/default/secret`; `output` as a list of URLs, one
@@ -142,6 +167,13 @@ class SimConfig:
             raise SimulatorError("fal_jwks_path must start with / and fal_user_id be set")
         if self.time_scale <= 0:
             raise SimulatorError("time_scale must be positive", field_name="time_scale")
+        if self.media_ttl_s < 0:
+            raise SimulatorError("media_ttl_s must not be negative", field_name="media_ttl_s")
+        if not MIN_VIDEO_BYTES <= self.media_bytes <= MAX_VIDEO_BYTES:
+            raise SimulatorError(
+                f"media_bytes must be within [{MIN_VIDEO_BYTES}, {MAX_VIDEO_BYTES}]",
+                field_name="media_bytes",
+            )
 
 
 def check_rate(name: str, value: float) -> None:
@@ -161,6 +193,9 @@ def update_faults(current: Faults, changes: Mapping[str, Any]) -> Faults:
     return dataclasses.replace(current, **values)
 
 
+INTEGER_FAULTS = frozenset({"retry_after_s", "media_500_count"})
+
+
 def coerce_fault(name: str, value: Any) -> Any:
     """Check the JSON type of one fault value and convert it to the field's type."""
     if name == "down":
@@ -172,7 +207,7 @@ def coerce_fault(name: str, value: Any) -> Any:
             raise SimulatorError("rate_limit_rps must be an object", field_name=name)
         return {str(fmt): float(coerce_number(name, rps)) for fmt, rps in value.items()}
     number = coerce_number(name, value)
-    return int(number) if name == "retry_after_s" else float(number)
+    return int(number) if name in INTEGER_FAULTS else float(number)
 
 
 def coerce_number(name: str, value: Any) -> float:

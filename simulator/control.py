@@ -33,7 +33,8 @@ class ControlRoutes:
         ]
 
     async def truth(self, request: Request) -> Response:
-        tasks = self.sim.truth()
+        """Every task's truth, with its media's sizes, SHA-256s, expiry and fault."""
+        tasks = await self.sim.hashed_truth()
         return json_response({"tasks": tasks, "count": len(tasks)})
 
     async def stats(self, request: Request) -> Response:

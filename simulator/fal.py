@@ -7,9 +7,9 @@ import random
 import uuid
 from typing import Any
 
-from simulator.lifecycle import SimTask, media_url
+from simulator.lifecycle import SimTask
+from simulator.media import MediaLinks
 
-VIDEO_BYTES = 1_048_576
 ERROR_STATUS = 422
 FAILURE_DETAIL = [
     {"loc": ["body", "prompt"], "msg": "The generation failed.", "type": "generation_error"}
@@ -57,23 +57,22 @@ def status(task: SimTask, now: float, queue_position: int) -> dict[str, Any]:
     return body
 
 
-def result(task: SimTask, media_base_url: str) -> tuple[int, dict[str, Any]]:
+def result(task: SimTask, links: MediaLinks) -> tuple[int, dict[str, Any]]:
     """The HTTP status and body of `GET …/requests/{id}` once the request has completed."""
     if task.schedule.outcome != "succeeded":
         return ERROR_STATUS, {"detail": FAILURE_DETAIL}
-    url = media_url(task, media_base_url)
     video = {
-        "url": url,
+        "url": links.url(task),
         "content_type": "video/mp4",
         "file_name": f"{task.task_id}.mp4",
-        "file_size": VIDEO_BYTES,
+        "file_size": links.video_bytes,
     }
     return 200, {"video": video}
 
 
-def webhook(task: SimTask, media_base_url: str) -> dict[str, Any]:
+def webhook(task: SimTask, links: MediaLinks) -> dict[str, Any]:
     """The terminal webhook: `OK` with the result, or `ERROR` with the result's error."""
-    code, payload = result(task, media_base_url)
+    code, payload = result(task, links)
     body: dict[str, Any] = {"request_id": task.task_id, "gateway_request_id": task.task_id}
     if code == 200:
         return {**body, "status": "OK", "payload": payload}

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from simulator import fal, kie, replicate
-from simulator.lifecycle import SimTask, media_url
+from simulator.lifecycle import SimTask
+from simulator.media import MediaLinks
 
-RESULT_LIFETIME_SECONDS = 3600
 EVOLINK_ESTIMATED_SECONDS = 300
 ERROR_MESSAGES = {
     "failed": "The generation failed.",
@@ -47,10 +47,6 @@ def new_event_ids(rng: random.Random) -> tuple[str, str]:
     return f"evt_{rng.getrandbits(96):024x}", f"wh_{rng.getrandbits(96):024x}"
 
 
-def result_url(task: SimTask, media_base_url: str) -> str:
-    return media_url(task, media_base_url)
-
-
 def error_of(task: SimTask, now: float) -> dict[str, str] | None:
     """`{"code","message"}` once a task has ended without success, else None."""
     outcome = task.schedule.outcome
@@ -59,11 +55,13 @@ def error_of(task: SimTask, now: float) -> dict[str, str] | None:
     return {"code": task.error_code() or "failed", "message": ERROR_MESSAGES[outcome]}
 
 
-def openai_video(task: SimTask, now: float) -> dict[str, Any]:
-    """An OpenAI video object as `GET /v1/videos/{id}` answers it."""
+def openai_video(task: SimTask, now: float, links: MediaLinks) -> dict[str, Any]:
+    """An OpenAI video object as `GET /v1/videos/{id}` answers it; `expires_at` is when its
+    content stops being served."""
     schedule = task.schedule
     done = int(schedule.terminal_at) if task.phase(now) == "terminal" else None
-    expires = done + RESULT_LIFETIME_SECONDS if done and schedule.outcome == "succeeded" else None
+    succeeded = done is not None and schedule.outcome == "succeeded"
+    expires = links.expires_at(task) if succeeded else None
     return {
         "id": task.task_id,
         "object": "video",
@@ -92,14 +90,10 @@ def openai_event(task: SimTask, event_id: str) -> dict[str, Any]:
     }
 
 
-def apidot_status(
-    task: SimTask, now: float, media_base_url: str, *, nested: bool
-) -> dict[str, Any]:
+def apidot_status(task: SimTask, now: float, links: MediaLinks, *, nested: bool) -> dict[str, Any]:
     """`{"code":200,"data":{...}}` as the status endpoint answers and callbacks carry it."""
     succeeded = task.state_word(now) == "finished"
-    files = (
-        [{"file_url": result_url(task, media_base_url), "file_type": "video"}] if succeeded else []
-    )
+    files = [{"file_url": links.url(task), "file_type": "video"}] if succeeded else []
     error = error_of(task, now)
     data: dict[str, Any] = {
         "task_id": task.task_id,
@@ -122,7 +116,7 @@ def apidot_submitted(task: SimTask) -> dict[str, Any]:
     }
 
 
-def evolink_task(task: SimTask, now: float, media_base_url: str) -> dict[str, Any]:
+def evolink_task(task: SimTask, now: float, links: MediaLinks) -> dict[str, Any]:
     """An EvoLink `video.generation.task` object; cancelled shows as failed/request_cancelled."""
     duration = task.request["duration"]
     body: dict[str, Any] = {
@@ -141,7 +135,7 @@ def evolink_task(task: SimTask, now: float, media_base_url: str) -> dict[str, An
         "usage": evolink_usage(duration),
     }
     if body["status"] == "completed":
-        body["results"] = [result_url(task, media_base_url)]
+        body["results"] = [links.url(task)]
     error = error_of(task, now)
     if error:
         body["error"] = error

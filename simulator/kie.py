@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import random
 from typing import Any
-from urllib.parse import urlencode
 
 import orjson
 
-from simulator.lifecycle import SimTask, media_url
+from simulator.lifecycle import SimTask
+from simulator.media import MediaLinks
 
 FAIL_MESSAGE = "The generation failed."
 DOWNLOAD_LIFETIME_SECONDS = 20 * 60
@@ -23,12 +23,12 @@ def created(task: SimTask) -> dict[str, Any]:
     return {"code": 200, "msg": "success", "data": {"taskId": task.task_id}}
 
 
-def record_info(task: SimTask, now: float, media_base_url: str) -> dict[str, Any]:
+def record_info(task: SimTask, now: float, links: MediaLinks) -> dict[str, Any]:
     """The `GET /api/v1/jobs/recordInfo` answer, which callbacks carry too."""
-    return {"code": 200, "msg": "success", "data": record(task, now, media_base_url)}
+    return {"code": 200, "msg": "success", "data": record(task, now, links)}
 
 
-def record(task: SimTask, now: float, media_base_url: str) -> dict[str, Any]:
+def record(task: SimTask, now: float, links: MediaLinks) -> dict[str, Any]:
     schedule, state = task.schedule, task.state_word(now)
     done = task.phase(now) == "terminal"
     changed = max(t for t in (schedule.submitted_at, schedule.started_at) if t <= now)
@@ -37,7 +37,7 @@ def record(task: SimTask, now: float, media_base_url: str) -> dict[str, Any]:
         "model": task.model,
         "state": state,
         "param": orjson.dumps(task.request).decode(),
-        "resultJson": result_json(task, media_base_url) if state == "success" else "",
+        "resultJson": result_json(task, links) if state == "success" else "",
         "failCode": task.error_code() if state == "fail" else "",
         "failMsg": FAIL_MESSAGE if state == "fail" else "",
         "costTime": millis(schedule.terminal_at - schedule.started_at) if done else None,
@@ -47,15 +47,14 @@ def record(task: SimTask, now: float, media_base_url: str) -> dict[str, Any]:
     }
 
 
-def result_json(task: SimTask, media_base_url: str) -> str:
-    url = media_url(task, media_base_url)
-    return orjson.dumps({"resultUrls": [url]}).decode()
+def result_json(task: SimTask, links: MediaLinks) -> str:
+    return orjson.dumps({"resultUrls": [links.url(task)]}).decode()
 
 
-def download_link(url: str, now: float) -> str:
-    """A link to `url` valid for 20 minutes."""
-    expires = int(now) + DOWNLOAD_LIFETIME_SECONDS
-    return f"{url}?{urlencode({'download': 1, 'expires': expires})}"
+def download_link(task: SimTask, extension: str, now: float, links: MediaLinks) -> str:
+    """A link to a task's file valid for 20 minutes, or until the file expires if sooner."""
+    expires = min(int(now) + DOWNLOAD_LIFETIME_SECONDS, links.expires_at(task))
+    return links.url(task, extension, expires)
 
 
 def millis(seconds: float) -> int:

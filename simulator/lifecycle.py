@@ -85,6 +85,7 @@ class SimTask:
     terminal_sent: bool = False
     prompt: str = ""
     endpoint: str = ""  # the provider base URL it was submitted to, for self links
+    server: str = ""  # the simulator's own base URL as its submitter reached it
     words: dict[str, str] | None = None  # a described gateway's words, phase or outcome
 
     @property
@@ -119,11 +120,6 @@ class SimTask:
 
     def error_code(self) -> str | None:
         return ERROR_CODES.get(self.fmt, {}).get(self.schedule.outcome)
-
-
-def media_url(task: SimTask, media_base_url: str) -> str:
-    """Where a succeeded task's video is."""
-    return f"{media_base_url.rstrip('/')}/{task.fmt}/{task.task_id}.mp4"
 
 
 def draw_outcome(rng: random.Random, lifecycle: Lifecycle, fmt: str) -> str:

@@ -48,7 +48,8 @@ class ReplicateRoutes(ProviderRoutes):
     def created(self, task: SimTask | Response) -> Response:
         if isinstance(task, Response):
             return task
-        body = replicate.prediction(task, task.schedule.submitted_at, self.sim.config)
+        at = task.schedule.submitted_at
+        body = replicate.prediction(task, at, self.sim.config, self.sim.media.links)
         return json_response(body, 201)
 
     async def cancel(self, request: Request) -> Response:
@@ -108,7 +109,7 @@ class FalRoutes(ProviderRoutes):
     def result(self, task: SimTask, now: float) -> Response:
         if task.phase(now) != "terminal":
             return json_response({"detail": "Request is still in progress"}, 400)
-        status_code, body = fal.result(task, self.sim.config.media_base_url)
+        status_code, body = fal.result(task, self.sim.media.links)
         return json_response(body, status_code)
 
     async def cancel(self, request: Request) -> Response:
@@ -148,7 +149,8 @@ class KieRoutes(ProviderRoutes):
         return request.query_params.get("taskId", "")
 
     async def download_url(self, request: Request) -> Response:
-        """`{"url": <a result URL>}` → `{"code":200,"data":<a link valid 20 minutes>}`."""
+        """`{"url": <a result URL>}` → `{"code":200,"data":<a link valid 20 minutes>}`;
+        422 unless the URL is a kie task's result URL that has not expired."""
         refusal = self.guard(request)
         if refusal is not None:
             return refusal
@@ -156,7 +158,18 @@ class KieRoutes(ProviderRoutes):
             url = orjson.loads(await request.body()).get("url")
         except (orjson.JSONDecodeError, AttributeError):
             url = None
-        if not isinstance(url, str) or not url.startswith(self.sim.config.media_base_url):
-            return self.error(422, "invalid_request", "url must be a result URL of a task.")
-        link = kie.download_link(url, self.sim.clock())
+        now = self.sim.clock()
+        found = self.live_result(url, now) if isinstance(url, str) else None
+        if found is None:
+            return self.error(422, "invalid_request", "url must be a live result URL of a task.")
+        link = kie.download_link(*found, now, self.sim.media.links)
         return json_response({"code": 200, "msg": "success", "data": link})
+
+    def live_result(self, url: str, now: float) -> tuple[SimTask, str] | None:
+        """The kie task and file extension a signed, unexpired result URL names."""
+        found = self.sim.media.links.read(url)
+        if found is None or found[0] != self.fmt or now >= found[2]:
+            return None
+        task_id, _, extension = found[1].rpartition(".")
+        task = self.sim.get(self.fmt, task_id)
+        return None if task is None else (task, extension)

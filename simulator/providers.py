@@ -3,7 +3,8 @@ and what every format's routes share (the platforms' are in `simulator.platforms
 
 Every route answers 503 while the simulator is down and 401 without an API key (a bearer
 token, or fal's `Key`); status polls also pass the poll faults, and are counted (with their
-in-flight concurrency).
+in-flight concurrency). OpenAI's content downloads suffer the media faults instead (see
+`simulator.downloads`).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from simulator import formats
+from simulator import downloads, formats
 from simulator.lifecycle import SimTask
+from simulator.media import VIDEO
 from simulator.simulation import Simulator
 from simulator.submissions import PARSERS, Submission, SubmissionError
 
 MAX_LIST_LIMIT = 100
-FAKE_MP4_BYTES = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 
 def json_response(
@@ -82,8 +83,9 @@ class ProviderRoutes:
             return self.error(400, "invalid_request", "The body is not valid JSON.")
         except SubmissionError as exc:
             return self.error(400, "invalid_request", str(exc))
-        endpoint = f"{request.url.scheme}://{request.url.netloc}/{self.fmt}"
-        return self.sim.submit(self.fmt, dataclasses.replace(submission, endpoint=endpoint))
+        server = f"{request.url.scheme}://{request.url.netloc}"
+        submission = dataclasses.replace(submission, endpoint=f"{server}/{self.fmt}", server=server)
+        return self.sim.submit(self.fmt, submission)
 
     def task_id_of(self, request: Request) -> str:
         return str(request.path_params["task_id"])
@@ -144,7 +146,8 @@ class OpenAIRoutes(ProviderRoutes):
         task = await self.create(request)
         if isinstance(task, Response):
             return task
-        return json_response(formats.openai_video(task, task.schedule.submitted_at))
+        video = formats.openai_video(task, task.schedule.submitted_at, self.sim.media.links)
+        return json_response(video)
 
     async def list_videos(self, request: Request) -> Response:
         """`?after=&limit=&order=asc|desc` → `{object, data, first_id, last_id, has_more}`."""
@@ -171,20 +174,29 @@ class OpenAIRoutes(ProviderRoutes):
         now = self.sim.clock()
         return {
             "object": "list",
-            "data": [formats.openai_video(task, now) for task in page],
+            "data": [formats.openai_video(task, now, self.sim.media.links) for task in page],
             "first_id": page[0].task_id if page else None,
             "last_id": page[-1].task_id if page else None,
             "has_more": start + limit < len(tasks),
         }
 
     async def content(self, request: Request) -> Response:
+        """`?variant=video|thumbnail|spritesheet` of a completed video until its `expires_at`
+        (then 410 Gone); the download may suffer the video's media fault."""
         refusal = self.guard(request)
         if refusal is not None:
             return refusal
         task = self.sim.get(self.fmt, request.path_params["task_id"])
-        if task is None or task.state_word(self.sim.clock()) != "completed":
+        now = self.sim.clock()
+        if task is None or task.state_word(now) != "completed":
             return self.error(404, "not_found", "No finished video with this id.")
-        return Response(FAKE_MP4_BYTES, media_type="video/mp4")
+        file = self.sim.media.file(task, request.query_params.get("variant", VIDEO))
+        if file is None:
+            return self.error(400, "invalid_request", "Unknown variant.")
+        if now >= self.sim.media.links.expires_at(task):
+            self.sim.counters.downloads["expired"] += 1
+            return self.error(410, "video_expired", "The video's content has expired.")
+        return downloads.answer(self.sim, task, file, self.error)
 
 
 class ApidotRoutes(ProviderRoutes):
@@ -220,7 +232,5 @@ class EvolinkRoutes(ProviderRoutes):
         task = await self.create(request)
         if isinstance(task, Response):
             return task
-        body = formats.evolink_task(
-            task, task.schedule.submitted_at, self.sim.config.media_base_url
-        )
+        body = formats.evolink_task(task, task.schedule.submitted_at, self.sim.media.links)
         return json_response(body)

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from simulator.config import SimConfig
-from simulator.lifecycle import SimTask, media_url
+from simulator.lifecycle import SimTask
+from simulator.media import MediaLinks
 
 WEBHOOK_EVENTS: tuple[str, ...] = ("start", "output", "logs", "completed")
 THROTTLE_SECONDS = 0.5  # at most one `output` or `logs` webhook per prediction this often
@@ -25,7 +26,7 @@ def new_prediction_id(rng: random.Random) -> str:
     return "".join(rng.choices(ID_ALPHABET, k=ID_LENGTH))
 
 
-def prediction(task: SimTask, now: float, config: SimConfig) -> dict[str, Any]:
+def prediction(task: SimTask, now: float, config: SimConfig, links: MediaLinks) -> dict[str, Any]:
     """The prediction object as `GET /v1/predictions/{id}` answers it at `now`."""
     schedule, phase = task.schedule, task.phase(now)
     ran = phase != "queued" and schedule.started_at < schedule.terminal_at
@@ -38,7 +39,7 @@ def prediction(task: SimTask, now: float, config: SimConfig) -> dict[str, Any]:
         "version": task.request["version"],
         "input": task.request["input"],
         "logs": logs(task, now) if ran else "",
-        "output": output(task, config) if status == "succeeded" else None,
+        "output": output(task, config, links) if status == "succeeded" else None,
         "data_removed": False,
         "error": ERRORS.get(status) if done else None,
         "status": status,
@@ -51,17 +52,17 @@ def prediction(task: SimTask, now: float, config: SimConfig) -> dict[str, Any]:
     }
 
 
-def output_event(task: SimTask, now: float, config: SimConfig) -> dict[str, Any]:
+def output_event(task: SimTask, now: float, config: SimConfig, links: MediaLinks) -> dict[str, Any]:
     """The `output` webhook of a succeeding prediction: its output is there, it has not ended."""
-    body = prediction(task, now, config)
+    body = prediction(task, now, config, links)
     body.update(status="processing", completed_at=None, metrics={})
-    body["output"] = output(task, config)
+    body["output"] = output(task, config, links)
     return body
 
 
-def output(task: SimTask, config: SimConfig) -> list[str] | str:
+def output(task: SimTask, config: SimConfig, links: MediaLinks) -> list[str] | str:
     """The result URL, as a list or a bare string (per `replicate_output_shape`)."""
-    url = media_url(task, config.media_base_url)
+    url = links.url(task)
     shape = config.replicate_output_shape
     if shape == "either":
         shape = "list" if hashlib.sha256(task.task_id.encode()).digest()[0] % 2 else "string"

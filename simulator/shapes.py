@@ -6,7 +6,8 @@ from typing import Any
 
 from simulator.described import Description
 from simulator.formats import ERROR_MESSAGES
-from simulator.lifecycle import SimTask, media_url
+from simulator.lifecycle import SimTask
+from simulator.media import MediaLinks
 
 
 def place(body: dict[str, Any], path: str, value: Any) -> None:
@@ -31,7 +32,9 @@ def place(body: dict[str, Any], path: str, value: Any) -> None:
     target[leaf] = items
 
 
-def status(task: SimTask, now: float, description: Description, media: str) -> dict[str, Any]:
+def status(
+    task: SimTask, now: float, description: Description, links: MediaLinks
+) -> dict[str, Any]:
     """The task's status answer (and callback body) at `now`."""
     fields = description.body
     body: dict[str, Any] = ok(description)
@@ -42,7 +45,7 @@ def status(task: SimTask, now: float, description: Description, media: str) -> d
     ended = task.phase(now) == "terminal"
     succeeded = ended and task.schedule.outcome == "succeeded"
     if "urls" in fields and succeeded:
-        place(body, fields["urls"], [media_url(task, media)])
+        place(body, fields["urls"], [links.url(task)])
     if "error" in fields and ended and not succeeded:
         place(body, fields["error"], ERROR_MESSAGES[task.schedule.outcome])
     return body

@@ -24,6 +24,7 @@ from simulator.config import FORMATS, GATEWAY_FORMATS, OUTCOMES, Faults, SimConf
 from simulator.config import update_faults as merge_faults
 from simulator.described import Description, load_description, parse_description
 from simulator.lifecycle import SimTask, draw_schedule, finish_now, ground_truth, normalize_outcome
+from simulator.media import Media
 from simulator.polls import PollGate
 from simulator.signatures import FalSigner, KieSigner, Signer, StandardWebhooksSigner
 from simulator.stats import Stats
@@ -67,6 +68,7 @@ class Simulator:
         key_rng = random.Random(config.seed + 3)
         self.replicate_secret = config.replicate_webhook_secret or new_secret(key_rng)
         self.fal_signer = FalSigner(config.fal_user_id, key_rng)
+        self.media = Media(config, key_rng.randbytes(32), self.faults)
         self.sender = CallbackSender(
             config, self.counters, self._fault_rng, self.clock, self.faults, self._signers()
         )
@@ -135,8 +137,10 @@ class Simulator:
             schedule,
             prompt=submission.prompt,
             endpoint=submission.endpoint,
+            server=submission.server,
             words=self._words(fmt),
         )
+        self.media.draw(task)
         self._tasks[task.key] = task
         self._order[fmt].append(task_id)
         self.counters.submits_by_format[fmt] += 1
@@ -171,17 +175,27 @@ class Simulator:
 
     def truth(self) -> list[dict[str, Any]]:
         """Ground truth of every task, in submission order per format, with the result URLs
-        a gateway task ends with (OpenAI serves a finished video's content by its id)."""
+        a gateway task ends with (OpenAI serves a finished video's content by its id) and
+        the media a succeeding task has (see `Media.truth`)."""
         now = self.clock()
         return [
-            {**ground_truth(task, now), "result_urls": self._result_urls(task)}
+            {
+                **ground_truth(task, now),
+                "result_urls": self._result_urls(task),
+                "media": self.media.truth(task),
+            }
             for task in self._tasks.values()
         ]
+
+    async def hashed_truth(self) -> list[dict[str, Any]]:
+        """`truth()`, the files' digests computed beforehand in a worker thread."""
+        await self.media.digest_ahead(list(self._tasks.values()))
+        return self.truth()
 
     def _result_urls(self, task: SimTask) -> list[str]:
         if task.fmt == "openai" or task.schedule.outcome != "succeeded":
             return []
-        return [formats.result_url(task, self.config.media_base_url)]
+        return [self.media.links.url(task)]
 
     def sent(self) -> list[dict[str, Any]]:
         """Every distinct callback message sent so far, with each attempt's answer."""
@@ -196,8 +210,9 @@ class Simulator:
         """The status body the task's format answers with at `now`."""
         described = self.described.get(task.fmt)
         if described is not None:
-            return shapes.status(task, now, described, self.config.media_base_url)
-        return status_body(task, now, self.config, self.queue_position(task, now))
+            return shapes.status(task, now, described, self.media.links)
+        position = self.queue_position(task, now)
+        return status_body(task, now, self.config, self.media.links, position)
 
     def queue_position(self, task: SimTask, now: float) -> int:
         """How many tasks of its format, submitted before it, are still queued at `now`."""
@@ -312,11 +327,13 @@ class Simulator:
             message = Message(self.render(task, now), task.task_id)
             return [self._message(task, url, message, None)]
         if task.fmt == "replicate":
-            messages = self.tricks.gateway(task, callback_body(task, now, self.config, event), now)
+            body = callback_body(task, now, self.config, self.media.links, event)
+            messages = self.tricks.gateway(task, body, now)
             retried = event == "completed"
             return [self._message(task, url, m, self._webhook_id(), retried) for m in messages]
         if task.fmt != "openai":
-            messages = self.tricks.gateway(task, callback_body(task, now, self.config), now)
+            body = callback_body(task, now, self.config, self.media.links)
+            messages = self.tricks.gateway(task, body, now)
             return [self._message(task, url, message, None) for message in messages]
         event_id, webhook_id = formats.new_event_ids(self._rng)
         messages = self.tricks.openai(formats.openai_event(task, event_id), now)

@@ -1,5 +1,5 @@
 """Counters the simulator keeps about what it did: callbacks (and each message's answers),
-submits, polls, concurrency, poll rates."""
+submits, polls, concurrency, poll rates, media downloads."""
 
 from __future__ import annotations
 
@@ -37,6 +37,17 @@ POLL_COUNTERS = (
     "slow",
     "timed_out",
 )
+# Media downloads by how they were answered (the fault ones: see `simulator.downloads`).
+DOWNLOAD_COUNTERS = (
+    "served",
+    "bad_signature",
+    "expired",
+    "not_found",
+    "redirected",
+    "truncated",
+    "injected_500",
+    "slow",
+)
 RATE_WINDOW_SECONDS = 1.0
 
 
@@ -46,6 +57,7 @@ class Stats:
     def __init__(self) -> None:
         self.callbacks: Counter[str] = Counter({name: 0 for name in CALLBACK_COUNTERS})
         self.polls: Counter[str] = Counter({name: 0 for name in POLL_COUNTERS})
+        self.downloads: Counter[str] = Counter({name: 0 for name in DOWNLOAD_COUNTERS})
         self.poll_status_codes: Counter[str] = Counter()
         self.submits_by_format: Counter[str] = Counter({fmt: 0 for fmt in FORMATS})
         # Submits accepted per `{format}/{prompt}`: give each task a prompt of its own, and
@@ -91,6 +103,7 @@ class Stats:
         data: dict[str, Any] = {
             "callbacks": dict(self.callbacks),
             "polls": dict(self.polls),
+            "downloads": dict(self.downloads),
             "poll_status_codes": dict(self.poll_status_codes),
             "callback_answers": self.sent.answers(),
             "submits_by_format": dict(self.submits_by_format),

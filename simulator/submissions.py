@@ -27,13 +27,15 @@ class SubmissionError(SimulatorError):
 
 @dataclass(frozen=True)
 class Submission:
-    """A checked submit; `endpoint` is the provider base URL it reached (for self links)."""
+    """A checked submit; `endpoint` is the provider base URL it reached (for self links),
+    `server` the simulator's own base URL (for media URLs)."""
 
     model: str
     request: dict[str, Any]
     callback_url: str | None
     prompt: str = ""
     endpoint: str = ""
+    server: str = ""
 
 
 def parse_openai(body: Any) -> Submission:

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from schemas.errors import ConstraintViolation
@@ -21,7 +23,14 @@ from schemas.states import Outcome
 from schemas.store.locks import lock_task_ids, order_transitions
 from schemas.store.sqlite_ingest import STORED_DELIVERIES, SqliteSession, SqliteWriter, keys_json
 from schemas.store.transactions import Database, UniqueRace
-from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UNFOLDED_OUTCOMES
+from schemas.tables import (
+    ARTIFACT,
+    DELIVERY,
+    OBSERVATION,
+    TASK,
+    TRANSITION,
+    UNFOLDED_OUTCOMES,
+)
 
 INGEST_ATTEMPTS = 3
 # After a lost unique race a batch waits this many seconds, times its attempt number, before
@@ -239,6 +248,8 @@ class CoreSession:
                 conn.execute(_UPDATE_TASK, [_task_params(work.row) for work in tasks])
             if writes.transitions:
                 conn.execute(TRANSITION.insert(), _transition_params(writes))
+            if writes.artifacts:
+                conn.execute(_new_artifacts(conn), writes.artifacts)
         except IntegrityError as exc:
             raise UniqueRace() from exc
 
@@ -382,6 +393,12 @@ def _refs_of(conn: sa.Connection, pairs: set[tuple[str, str]]) -> set[str]:
         *_pair_in(conn, TASK.c.provider, TASK.c.provider_task_id, pairs)
     )
     return {ref for ref, provider, task_id in conn.execute(query) if (provider, task_id) in pairs}
+
+
+def _new_artifacts(conn: sa.Connection) -> sa.Executable:
+    """Artifacts planned again (a success settled twice) are known by name: kept as they are."""
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return insert(ARTIFACT).on_conflict_do_nothing(index_elements=["task_ref", "name"])
 
 
 def _transition_params(writes: Writes) -> list[dict[str, Any]]:

@@ -14,10 +14,11 @@ from schemas.clock import Clock
 from schemas.database import sqlite_file
 from schemas.ledger import Evidence, Reader, Stored
 from schemas.retention import PruneReport, RetentionCutoffs
-from schemas.store import claims, ingest, queries, refold, registration, retention
+from schemas.store import artifacts, claims, ingest, queries, refold, registration, retention
+from schemas.store.artifacts import Attempt
 from schemas.store.queries import Cursor, TaskFilter
 from schemas.store.registration import NewTask
-from schemas.store.rows import Claim, Task, Timeline
+from schemas.store.rows import ArchiveJob, Artifact, Claim, Task, Timeline
 from schemas.store.sqlite_ingest import SqliteWriter
 from schemas.store.transactions import Database
 
@@ -106,6 +107,37 @@ class LedgerStore:
     async def oldest_open_since(self) -> datetime | None:
         """When the oldest task still waiting for a poll was created."""
         return await claims.oldest_open_since(self._db)
+
+    # -- the archive -------------------------------------------------------------
+
+    async def claim_artifacts(
+        self, owner: str, limit: int, lease_seconds: float
+    ) -> list[ArchiveJob]:
+        """Lease pending artifacts, earliest expiry first: `artifacts.claim_due`."""
+        return await artifacts.claim_due(self._db, owner, limit, lease_seconds)
+
+    async def record_attempt(self, artifact_id: int, owner: str, attempt: Attempt) -> bool:
+        """What an archiving attempt came to: `artifacts.record`."""
+        return await artifacts.record(self._db, artifact_id, owner, attempt)
+
+    async def release_artifacts(self, owner: str) -> int:
+        """Give back every artifact lease `owner` still holds."""
+        return await artifacts.release(self._db, owner)
+
+    async def artifacts(self, ref: str) -> list[Artifact]:
+        """A task's outputs and what became of each."""
+        return await artifacts.of_task(self._db, ref)
+
+    async def archive_backlog(self) -> tuple[int, datetime | None]:
+        """Artifacts waiting for the archiver, and the earliest of their expiries."""
+        return await artifacts.backlog(self._db)
+
+    async def prune_artifacts(
+        self, before: datetime, limit: int = 500, *, dry_run: bool = False
+    ) -> tuple[int, list[str]]:
+        """Mark artifacts archived before `before` pruned: how many, and the storage keys
+        to delete (`artifacts.prune`)."""
+        return await artifacts.prune(self._db, before, limit, dry_run=dry_run)
 
     # -- reads -----------------------------------------------------------------
 

@@ -14,10 +14,18 @@ from alembic.runtime.migration import MigrationContext
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, Source
+from schemas.store import artifacts
 from schemas.store.ingest import UNFOLDED
-from schemas.store.rows import DeliveryEntry, PollEntry, Task, Timeline, TransitionEntry
+from schemas.store.rows import (
+    Artifact,
+    DeliveryEntry,
+    PollEntry,
+    Task,
+    Timeline,
+    TransitionEntry,
+)
 from schemas.store.transactions import Database
-from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
+from schemas.tables import ARTIFACT, DELIVERY, OBSERVATION, TASK, TRANSITION
 
 Cursor = tuple[datetime, str]  # (created_at, ref) of the last task of a page
 _same_provider_task = sa.and_(
@@ -66,10 +74,14 @@ async def timeline(db: Database, ref: str) -> Timeline:
         transitions = await conn.execute(
             sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref).order_by(TRANSITION.c.seq)
         )
+        outputs = await conn.execute(
+            sa.select(ARTIFACT).where(ARTIFACT.c.task_ref == ref).order_by(ARTIFACT.c.id)
+        )
         return Timeline(
             deliveries=[DeliveryEntry(**deliveries[key]) for key in sorted(deliveries)],
             polls=[PollEntry(**row) for row in polls.mappings()],
             transitions=[TransitionEntry(**row) for row in transitions.mappings()],
+            artifacts=[Artifact(**row) for row in outputs.mappings()],
         )
 
 
@@ -176,10 +188,14 @@ async def audit(
         found = audits.setdefault(provider, ProviderAudit(provider))
         found.duplicates, found.unmatched, found.unrecognized, found.ignored = counts
     ordered = [audits[name] for name in sorted(audits)]
+    archive = await artifacts.shares(db, since, until)
     return {
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
-        "providers": [a.summary(prices.get(a.provider)) for a in ordered],
+        "providers": [
+            a.summary(prices.get(a.provider)) | {"archive": archive.get(a.provider)}
+            for a in ordered
+        ],
         "buckets": _merge_buckets(buckets),
         "time_to_terminal_histogram": histogram(ordered),
     }

@@ -4,7 +4,7 @@ from its row (`Task(**row)`). The write path's working rows stay dicts (`schemas
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -106,9 +106,44 @@ class TransitionEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Artifact:
+    """One output of a succeeded task in the archive, or waiting for it."""
+
+    id: int
+    task_ref: str
+    provider: str
+    name: str
+    source: str
+    state: str
+    expires_at: datetime
+    next_attempt_at: datetime
+    attempts: int
+    lease_owner: str | None
+    lease_until: datetime | None
+    storage_key: str | None
+    size: int | None
+    sha256: str | None
+    content_type: str | None
+    source_host: str | None
+    archived_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveJob:
+    """An artifact leased to an archiver, with what it needs to find its source."""
+
+    artifact: Artifact
+    provider_task_id: str | None
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class Timeline:
-    """A task's deliveries, polls and transitions, each in the order they happened."""
+    """A task's deliveries, polls, transitions and archived outputs, each in order."""
 
     deliveries: list[DeliveryEntry]
     polls: list[PollEntry]
     transitions: list[TransitionEntry]
+    artifacts: list[Artifact] = field(default_factory=list)

@@ -183,6 +183,11 @@ _DELIVERY_READER = _DELIVERIES.reader(_DELIVERIES.columns)
 _NEW_OBSERVATIONS = _NewRows(_OBSERVATIONS)
 _TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
+# Artifacts planned again (a success settled twice) are known by name: kept as they are.
+_INSERT_ARTIFACT = (
+    "INSERT OR IGNORE INTO artifact (task_ref, provider, name, source, state, expires_at,"
+    " next_attempt_at, attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 # The batch's deliveries already stored: each of the batch's keys (a JSON array of
@@ -336,6 +341,24 @@ class SqliteSession:
                         _encode_when(t.at),
                     )
                     for t in writes.transitions
+                ],
+            )
+        if writes.artifacts:
+            conn.executemany(
+                _INSERT_ARTIFACT,
+                [
+                    (
+                        a["task_ref"],
+                        a["provider"],
+                        a["name"],
+                        a["source"],
+                        a["state"],
+                        _encode_when(a["expires_at"]),
+                        _encode_when(a["next_attempt_at"]),
+                        a["attempts"],
+                        _encode_when(a["created_at"]),
+                    )
+                    for a in writes.artifacts
                 ],
             )
 

@@ -143,3 +143,46 @@ def test_the_environment_left_unset_gives_the_same_settings_as_the_defaults() ->
 
 def test_a_provider_left_unset_gives_the_same_settings_as_the_defaults() -> None:
     assert provider_from_environ("evolink") == ProviderSettings("evolink", WireFormat.EVOLINK)
+
+
+def test_the_archive_is_on_by_default_for_every_provider() -> None:
+    settings = Settings.from_environ(SECRETS)
+    assert settings.archive.enabled
+    assert settings.archive.url == "./var/media"
+    assert all(reader.archive for reader in settings.readers.values())
+
+
+def test_the_archive_turned_off_archives_no_provider() -> None:
+    settings = Settings.from_environ({**SECRETS, "TASKLEDGER_ARCHIVE_URL": "off"})
+    assert not settings.archive.enabled
+    assert not any(reader.archive for reader in settings.readers.values())
+
+
+def test_one_provider_can_be_left_out_of_the_archive() -> None:
+    environ = {**SECRETS, "TASKLEDGER_PROVIDER_EVOLINK_ARCHIVE": "off"}
+    readers = Settings.from_environ(environ).readers
+    assert not readers["evolink"].archive
+    assert readers["apidot"].archive
+
+
+def test_archive_limits_and_hosts_are_read() -> None:
+    environ = {
+        **SECRETS,
+        "TASKLEDGER_ARCHIVE_ALLOW_NETWORKS": "10.1.0.0/16, 127.0.0.1",
+        "TASKLEDGER_ARCHIVE_MAX_BYTES": "1000",
+        "TASKLEDGER_PROVIDER_APIDOT_MEDIA_HOSTS": "cdn.example.com,*.r2.dev",
+    }
+    settings = Settings.from_environ(environ)
+    assert [str(n) for n in settings.archive.allowed_networks] == ["10.1.0.0/16", "127.0.0.1/32"]
+    assert settings.archive.max_bytes == 1000
+    assert settings.providers["apidot"].media_hosts == ("cdn.example.com", "*.r2.dev")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ARCHIVE_ALLOW_NETWORKS", "10.0.0.1/8"), ("ARCHIVE_MAX_BYTES", "lots")],
+    ids=["host-bits", "not-a-number"],
+)
+def test_a_bad_archive_setting_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"TASKLEDGER_{name}"):
+        Settings.from_environ({**SECRETS, f"TASKLEDGER_{name}": value})

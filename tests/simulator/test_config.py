@@ -77,3 +77,17 @@ def test_lifecycle_rejects_min_duration_above_max() -> None:
 def test_lifecycle_rejects_all_zero_outcome_weights() -> None:
     with pytest.raises(SimulatorError):
         Lifecycle(succeeded_weight=0, failed_weight=0, cancelled_weight=0)
+
+
+def test_update_faults_keeps_the_media_500_count_whole() -> None:
+    assert update_faults(Faults(), {"media_500_count": 2.0}).media_500_count == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"media_bytes": 31}, {"media_bytes": 2**33}, {"media_ttl_s": -1}],
+    ids=["video-smaller-than-its-boxes", "video-beyond-32-bit-boxes", "negative-ttl"],
+)
+def test_media_settings_are_checked(settings: dict[str, int]) -> None:
+    with pytest.raises(SimulatorError):
+        SimConfig(**settings)

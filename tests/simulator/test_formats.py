@@ -15,8 +15,10 @@ from simulator.formats import (
     openai_event,
     openai_video,
 )
+from simulator.media import MediaLinks
 
 MEDIA = "https://media.example.invalid"
+LINKS = MediaLinks(b"key", ttl_s=3600, base_url=MEDIA)
 OPENAI_FIELDS = {
     "id",
     "object",
@@ -38,20 +40,20 @@ def make_task(fmt: str, outcome: str = "succeeded") -> SimTask:
 
 
 def test_openai_video_carries_every_documented_field() -> None:
-    video = openai_video(make_task("openai"), 200.0)
+    video = openai_video(make_task("openai"), 200.0, LINKS)
     assert set(video) >= OPENAI_FIELDS
     assert (video["status"], video["progress"], video["seconds"]) == ("completed", 100, "8")
     assert video["expires_at"] == video["completed_at"] + 3600
 
 
 def test_failed_openai_video_has_an_error_and_no_expiry() -> None:
-    video = openai_video(make_task("openai", "failed"), 200.0)
+    video = openai_video(make_task("openai", "failed"), 200.0, LINKS)
     assert video["error"]["code"] == "video_generation_failed"
     assert video["expires_at"] is None
 
 
 def test_running_openai_video_has_no_completion_time() -> None:
-    video = openai_video(make_task("openai"), 105.0)
+    video = openai_video(make_task("openai"), 105.0, LINKS)
     assert (video["status"], video["completed_at"], video["error"]) == ("in_progress", None, None)
 
 
@@ -67,32 +69,35 @@ def test_openai_event_names_only_the_video() -> None:
 
 
 def test_apidot_status_lists_the_video_file_once_finished() -> None:
-    body = apidot_status(make_task("apidot"), 200.0, MEDIA, nested=False)
+    body = apidot_status(make_task("apidot"), 200.0, LINKS, nested=False)
+    (file,) = body["data"]["files"]
     assert body["code"] == 200
-    assert body["data"]["files"] == [{"file_url": f"{MEDIA}/apidot/id-1.mp4", "file_type": "video"}]
+    assert file["file_type"] == "video"
+    assert file["file_url"].startswith(f"{MEDIA}/apidot/id-1.mp4?expires=3711&sig=")
     assert body["data"]["error_message"] is None
 
 
 def test_apidot_status_can_nest_files_under_output() -> None:
-    body = apidot_status(make_task("apidot"), 200.0, MEDIA, nested=True)
+    body = apidot_status(make_task("apidot"), 200.0, LINKS, nested=True)
     assert body["data"]["output"]["files"][0]["file_type"] == "video"
 
 
 def test_failed_apidot_status_has_an_error_message_and_no_files() -> None:
-    data = apidot_status(make_task("apidot", "failed"), 200.0, MEDIA, nested=False)["data"]
+    data = apidot_status(make_task("apidot", "failed"), 200.0, LINKS, nested=False)["data"]
     assert (data["status"], data["files"]) == ("failed", [])
     assert data["error_message"]
 
 
 def test_evolink_task_lists_results_once_completed() -> None:
-    body = evolink_task(make_task("evolink"), 200.0, MEDIA)
-    assert body["results"] == [f"{MEDIA}/evolink/id-1.mp4"]
+    body = evolink_task(make_task("evolink"), 200.0, LINKS)
+    assert body["results"] == [LINKS.url(make_task("evolink"))]
+    assert body["results"][0].startswith(f"{MEDIA}/evolink/id-1.mp4?expires=3711&sig=")
     assert body["object"] == "video.generation.task"
     assert "error" not in body
 
 
 def test_cancelled_evolink_task_is_failed_with_request_cancelled() -> None:
-    body = evolink_task(make_task("evolink", "cancelled"), 200.0, MEDIA)
+    body = evolink_task(make_task("evolink", "cancelled"), 200.0, LINKS)
     assert (body["status"], body["error"]["code"]) == ("failed", "request_cancelled")
     assert "results" not in body
 

@@ -41,3 +41,13 @@ def test_trick_flags_set_the_trick_rates() -> None:
     config = parse("--wrong-task-id-rate", "0.05", "--unknown-status-rate", "0.1")
     assert (config.faults.wrong_task_id_rate, config.faults.unknown_status_rate) == (0.05, 0.1)
     assert config.faults.non_video_event_rate == 0.0
+
+
+def test_media_flags_set_the_media_settings_and_faults() -> None:
+    config = parse(
+        "--media-ttl-s", "60", "--media-bytes", "1048576", "--media-truncated-rate", "0.5",
+        "--media-500-count", "3", "--media-slow-s", "0.5",
+    )  # fmt: skip
+    assert (config.media_ttl_s, config.media_bytes, config.media_base_url) == (60, 1048576, None)
+    assert (config.faults.media_truncated_rate, config.faults.media_500_count) == (0.5, 3)
+    assert config.faults.media_slow_s == 0.5

@@ -20,6 +20,7 @@ from simulator import Faults, Lifecycle
 from tests.simulator.support import (
     WAIT_SECONDS,
     Captured,
+    FakeClock,
     Receiver,
     Running,
     make_config,
@@ -295,13 +296,19 @@ async def test_kie_failed_task_says_fail_with_code_and_message(receiver: Receive
     assert truth["normalized"] == "failed"
 
 
-async def test_kie_download_url_links_a_result_url() -> None:
-    async with running(make_config()) as run:
-        url = "https://media.simulator.invalid/kie/task_1.mp4"
+async def test_kie_download_url_links_a_result_url_for_20_minutes() -> None:
+    async with running(make_config(), clock=FakeClock()) as run:
+        task_id = await submit_kie(run, "http://127.0.0.1:9/unused")
+        run.sim.finish("kie", task_id, "succeeded")
+        (url,) = truth_of(run.sim, task_id)["result_urls"]
         ok = await run.client.post("/kie/api/v1/common/download-url", json={"url": url})
         bad = await run.client.post("/kie/api/v1/common/download-url", json={"url": "x"})
+        fetched = await run.client.get(ok.json()["data"])
+        original = await run.client.get(url)
+    expires = int(run.sim.clock()) + 20 * 60
     assert ok.json()["code"] == 200
-    assert ok.json()["data"].startswith(url)
+    assert ok.json()["data"].startswith(f"{url.partition('?')[0]}?expires={expires}&sig=")
+    assert fetched.content == original.content
     assert bad.json()["code"] == 422
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +19,7 @@ import httpx
 import sqlalchemy as sa
 
 from ops.simulated import SIMULATED_PROVIDERS, simulated_environment
+from reconciler.__main__ import archiving, open_archive
 from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
 from reconciler.retry import RetryPolicy
@@ -81,15 +82,25 @@ def platform_secrets(sim_url: str) -> dict[str, str]:
     }
 
 
-def system_settings(database_url: str, sim_url: str, **provider: Any) -> Settings:
+def system_settings(
+    database_url: str,
+    sim_url: str,
+    archive: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **provider: Any,
+) -> Settings:
     """The settings of a system on the simulator, every built-in provider configured;
-    `provider` overrides fields of each provider's `ProviderSettings`."""
+    `provider` overrides fields of each provider's `ProviderSettings`. The archive is off
+    unless `archive` gives its settings (named without `TASKLEDGER_`); `environ` adds the
+    store's own variables (AWS_*)."""
+    service = {"LOG_JSON": "true", "LEASE_SECONDS": "5", "POLL_INTERVAL_SECONDS": "0.1"}
     environ = system_environment(
         database_url,
         sim_url,
         providers=BUILTIN_PROVIDERS,
         provider=SYSTEM_PROVIDER,
-        settings={"LOG_JSON": "true", "LEASE_SECONDS": "5", "POLL_INTERVAL_SECONDS": "0.1"},
+        settings=service | dict(archive or {"ARCHIVE_URL": "off"}),
+        base=environ,
     )
     settings = Settings.from_environ(environ)
     providers = {name: replace(p, **provider) for name, p in settings.providers.items()}
@@ -118,6 +129,7 @@ class System:
     sim_url: str
     settings: Settings
     engine: Any
+    environ: dict[str, str] = field(default_factory=dict)
     reconcilers: list[tuple[Reconciler, asyncio.Task[None]]] = field(default_factory=list)
     unavailable: int = 0
     _takes: itertools.count[int] = field(default_factory=itertools.count)
@@ -242,6 +254,10 @@ class System:
         clients = await stack.enter_async_context(ProviderClients.open(settings.providers.values()))
         store = LedgerStore(self.engine, utc_now, settings.readers)
         reconciler = Reconciler(settings, store, clients, clock=utc_now, policy=FAST_POLICY)
+        metrics = reconciler.metrics
+        media = open_archive(settings, self.environ)
+        archiving_ = archiving(settings, media, store, reconciler, metrics)
+        await stack.enter_async_context(archiving_)
         task = asyncio.create_task(reconciler.run())
         self.reconcilers.append((reconciler, task))
         return reconciler
@@ -261,7 +277,12 @@ def _calls_back(task: SimTask) -> bool:
 
 @asynccontextmanager
 async def running_system(
-    database_url: str, sim: SimConfig, reconcilers: int = 1, **provider: Any
+    database_url: str,
+    sim: SimConfig,
+    reconcilers: int = 1,
+    archive: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **provider: Any,
 ) -> AsyncIterator[System]:
     receiver_port, sim_port = free_port(), free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
@@ -274,7 +295,7 @@ async def running_system(
         fal_user_id=SIM_FAL_USER_ID,
         kie_webhook_key=KIE_WEBHOOK_KEY,
     )
-    settings = system_settings(database_url, sim_url, **provider)
+    settings = system_settings(database_url, sim_url, archive, environ, **provider)
     sim_app = create_app(sim)
     engine = create_engine(database_url)
     async with AsyncExitStack() as stack:
@@ -283,7 +304,9 @@ async def running_system(
             running_service(settings, utc_now, port=receiver_port)
         )
         settings = replace(settings, public_base_url=service.base_url)
-        system = System(service, sim_app.state.simulator, sim_url, settings, engine)
+        system = System(
+            service, sim_app.state.simulator, sim_url, settings, engine, dict(environ or {})
+        )
         for _ in range(reconcilers):
             await system.start_reconciler(stack)
         try:

@@ -1,0 +1,1 @@
+"""The archive's media: where archived outputs are stored, and what their bytes are."""

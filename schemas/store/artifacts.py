@@ -1,0 +1,224 @@
+"""The archive's rows: leasing pending artifacts to archivers, recording what came of each,
+and reading them back (a task's outputs, the queue, the audit's share, prunable files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from schemas.store.rows import ArchiveJob, Artifact
+from schemas.store.transactions import Database
+from schemas.tables import ARTIFACT, REASON_MAX_CHARS, TASK
+
+_ARTIFACT_COLUMNS = [ARTIFACT.c[f.name] for f in fields(Artifact)]
+
+
+class ArtifactState(StrEnum):
+    PENDING = "pending"  # waiting for (or leased to) an archiver
+    ARCHIVED = "archived"  # in the archive, verified
+    FAILED = "failed"  # refused for good: not what it claimed, too big, a forbidden address
+    MISSED = "missed"  # its source expired (or vanished) before it could be copied
+    PRUNED = "pruned"  # archived, then removed past the archive's retention
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedFile:
+    """Where an output went in the archive, and what it is."""
+
+    storage_key: str
+    size: int
+    sha256: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one archiving attempt came to. `state` PENDING with `retry_at`: try again then."""
+
+    state: ArtifactState
+    source_host: str | None = None
+    stored: ArchivedFile | None = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+async def claim_due(db: Database, owner: str, limit: int, lease_seconds: float) -> list[ArchiveJob]:
+    """Lease up to `limit` pending artifacts that are due, earliest expiry first."""
+    now = db.clock()
+    query = (
+        sa.select(*_ARTIFACT_COLUMNS, TASK.c.provider_task_id, TASK.c.result)
+        .select_from(ARTIFACT.join(TASK, TASK.c.ref == ARTIFACT.c.task_ref))
+        .where(ARTIFACT.c.state == ArtifactState.PENDING.value)
+        .where(ARTIFACT.c.next_attempt_at <= now)
+        .where(sa.or_(ARTIFACT.c.lease_until.is_(None), ARTIFACT.c.lease_until < now))
+        .order_by(ARTIFACT.c.expires_at, ARTIFACT.c.id)
+        .limit(limit)
+    )
+    if db.locks_rows:
+        query = query.with_for_update(skip_locked=True, of=ARTIFACT)
+    async with db.write() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+        if rows:
+            await conn.execute(
+                ARTIFACT.update()
+                .where(ARTIFACT.c.id.in_([row["id"] for row in rows]))
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+            )
+    return [_job(row, owner, now + timedelta(seconds=lease_seconds)) for row in rows]
+
+
+def _job(row: Any, owner: str, lease_until: datetime) -> ArchiveJob:
+    values = {f.name: row[f.name] for f in fields(Artifact)}
+    values.update(lease_owner=owner, lease_until=lease_until)
+    return ArchiveJob(Artifact(**values), row["provider_task_id"], row["result"])
+
+
+async def record(db: Database, artifact_id: int, owner: str, attempt: Attempt) -> bool:
+    """Write what an attempt came to, if `owner` still holds the lease (False: it lapsed
+    and another archiver has the artifact now)."""
+    values: dict[str, Any] = {
+        "state": attempt.state.value,
+        "attempts": ARTIFACT.c.attempts + 1,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": attempt.error[:REASON_MAX_CHARS] if attempt.error else None,
+    }
+    if attempt.source_host is not None:
+        values["source_host"] = attempt.source_host[:255]
+    if attempt.retry_at is not None:
+        values["next_attempt_at"] = attempt.retry_at
+    if attempt.stored is not None:
+        stored = attempt.stored
+        values.update(
+            storage_key=stored.storage_key,
+            size=stored.size,
+            sha256=stored.sha256,
+            content_type=stored.content_type[:100],
+            archived_at=db.clock(),
+        )
+    async with db.write() as conn:
+        result = await conn.execute(
+            ARTIFACT.update()
+            .where(ARTIFACT.c.id == artifact_id)
+            .where(ARTIFACT.c.lease_owner == owner)
+            .where(ARTIFACT.c.state == ArtifactState.PENDING.value)
+            .values(**values)
+        )
+    return bool(result.rowcount)
+
+
+async def release(db: Database, owner: str) -> int:
+    """Give back every artifact lease `owner` still holds (a clean shutdown)."""
+    async with db.write() as conn:
+        result = await conn.execute(
+            ARTIFACT.update()
+            .where(ARTIFACT.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
+        )
+    return int(result.rowcount)
+
+
+async def of_task(db: Database, ref: str) -> list[Artifact]:
+    """A task's outputs, in the order they were planned."""
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(*_ARTIFACT_COLUMNS).where(ARTIFACT.c.task_ref == ref).order_by(ARTIFACT.c.id)
+        )
+        return [Artifact(**row) for row in rows.mappings()]
+
+
+async def backlog(db: Database) -> tuple[int, datetime | None]:
+    """How many artifacts wait for the archiver, and the earliest of their expiries."""
+    pending = ARTIFACT.c.state == ArtifactState.PENDING.value
+    async with db.read() as conn:
+        row = (
+            await conn.execute(
+                sa.select(sa.func.count(), sa.func.min(ARTIFACT.c.expires_at)).where(pending)
+            )
+        ).one()
+    count, earliest = row
+    return int(count), earliest if isinstance(earliest, datetime) else None
+
+
+async def shares(db: Database, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    """Per provider, the outputs of tasks created in the window by archive state, and how
+    many were archived before their source expired."""
+    window = []
+    if since:
+        window.append(TASK.c.created_at >= since)
+    if until:
+        window.append(TASK.c.created_at < until)
+    in_time = sa.and_(
+        ARTIFACT.c.archived_at.is_not(None), ARTIFACT.c.archived_at <= ARTIFACT.c.expires_at
+    )
+    query = (
+        sa.select(
+            ARTIFACT.c.provider,
+            ARTIFACT.c.state,
+            sa.func.count(),
+            sa.func.count().filter(in_time),
+            sa.func.coalesce(sa.func.sum(ARTIFACT.c.size), 0),
+        )
+        .select_from(ARTIFACT.join(TASK, TASK.c.ref == ARTIFACT.c.task_ref))
+        .where(*window)
+        .group_by(ARTIFACT.c.provider, ARTIFACT.c.state)
+    )
+    found: dict[str, dict[str, Any]] = {}
+    async with db.read() as conn:
+        for provider, state, count, before, size in await conn.execute(query):
+            entry = found.setdefault(provider, _empty_share())
+            entry[state] = entry.get(state, 0) + int(count)
+            entry["archived_before_expiry"] += int(before)
+            entry["bytes"] += int(size)
+    for entry in found.values():
+        total = sum(entry.get(state.value, 0) for state in ArtifactState)
+        entry["outputs"] = total
+        entry["share_archived_before_expiry"] = (
+            round(entry["archived_before_expiry"] / total, 4) if total else None
+        )
+    return found
+
+
+def _empty_share() -> dict[str, Any]:
+    counts: dict[str, Any] = {state.value: 0 for state in ArtifactState}
+    return counts | {"archived_before_expiry": 0, "bytes": 0}
+
+
+async def prune(
+    db: Database, before: datetime, limit: int = 500, *, dry_run: bool = False
+) -> tuple[int, list[str]]:
+    """Mark up to `limit` artifacts archived before `before` as pruned: how many, and the
+    storage keys no archived artifact holds any more (content-addressed: equal outputs
+    share one file), for the caller to delete. A dry run counts them all, changes nothing."""
+    old = sa.and_(ARTIFACT.c.state == ArtifactState.ARCHIVED.value, ARTIFACT.c.archived_at < before)
+    if dry_run:
+        async with db.read() as conn:
+            return int(await conn.scalar(sa.select(sa.func.count()).where(old)) or 0), []
+    async with db.write() as conn:
+        rows = (
+            await conn.execute(
+                sa.select(ARTIFACT.c.id, ARTIFACT.c.storage_key)
+                .where(old)
+                .order_by(ARTIFACT.c.id)
+                .limit(limit)
+            )
+        ).all()
+        if not rows:
+            return 0, []
+        await conn.execute(
+            ARTIFACT.update()
+            .where(ARTIFACT.c.id.in_([row.id for row in rows]))
+            .values(state=ArtifactState.PRUNED.value)
+        )
+        keys = {row.storage_key for row in rows if row.storage_key}
+        still = await conn.execute(
+            sa.select(ARTIFACT.c.storage_key)
+            .where(ARTIFACT.c.storage_key.in_(keys))
+            .where(ARTIFACT.c.state == ArtifactState.ARCHIVED.value)
+        )
+        return len(rows), sorted(keys - {key for (key,) in still})
