@@ -15,7 +15,7 @@ from receiver.errors import Conflict, NotFound, Unauthenticated, Unprocessable
 from receiver.ui import session_is_valid
 from schemas.errors import TaskConflict, TaskNotFound
 from schemas.settings import ProviderSettings, Settings
-from schemas.store import LedgerStore, NewTask, Task
+from schemas.store import Artifact, LedgerStore, NewTask, Task
 from schemas.tables import LABEL_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
@@ -91,7 +91,8 @@ async def show_task(request: Request) -> Response:
     timeline = await store.timeline(ref)
     provider = request.app.state.settings.provider(task.provider)
     url = callback_url(request, provider, ref) if provider else None
-    return JSONResponse({**task_json(task, url), "timeline": jsonable(timeline)})
+    shown = jsonable(timeline) | {"artifacts": [artifact_json(a) for a in timeline.artifacts]}
+    return JSONResponse({**task_json(task, url), "timeline": shown})
 
 
 def task_ref(request: Request) -> str:
@@ -117,6 +118,23 @@ def task_json(task: Task, url: str | None = None) -> dict[str, Any]:
     if url is not None:
         shown["callback_url"] = url
     return shown
+
+
+def artifact_json(artifact: Artifact) -> dict[str, Any]:
+    """An output's metadata, fit for any reader: never its source, key or lease."""
+    a = artifact
+    return {
+        "name": a.name,
+        "state": a.state,
+        "content_type": a.content_type,
+        "size": a.size,
+        "sha256": a.sha256,
+        "expires_at": a.expires_at.isoformat(),
+        "archived_at": a.archived_at.isoformat() if a.archived_at else None,
+        "source_host": a.source_host,
+        "attempts": a.attempts,
+        "last_error": a.last_error,
+    }
 
 
 def jsonable(value: Any) -> Any:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import admin, callbacks, health, openapi, queries, ui
+from receiver import admin, artifacts, callbacks, health, openapi, queries, ui
 from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
@@ -55,6 +55,8 @@ def create_app(
         settings = Settings.from_environ(os.environ)
         logs.configure(settings.log_level, settings.log_json)
     metrics = ReceiverMetrics()
+    # Opened once, with the app (a bad archive URL stops the factory as a bad setting does).
+    media = artifacts.open_archive(settings, os.environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -79,11 +81,14 @@ def create_app(
         app.state.changes = changes
         app.state.inbox = Inbox.build(settings, writer, metrics, clock)
         gc.freeze()  # start-up objects live forever: keep them out of every collection
-        log.info("receiver_started", providers=sorted(settings.providers))
+        archive = media.describe() if media is not None else "off"
+        log.info("receiver_started", providers=sorted(settings.providers), archive=archive)
         try:
             yield
         finally:
             await writer.stop()
+            if media is not None:
+                await media.close()
             await store.close()
             await engine.dispose()
             log.info("receiver_stopped")
@@ -104,7 +109,8 @@ def create_app(
     # Never a redirect: a sender that follows a 307 from `/webhooks/openai/` may not resend.
     app.router.redirect_slashes = False
     app.state.settings = settings
-    app.state.openapi = openapi.document(ui.OPENAPI_PATHS)
+    app.state.media = media
+    app.state.openapi = openapi.document({**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS})
     app.state.metrics = metrics
     return app
 
@@ -120,6 +126,10 @@ def routes() -> list[Route]:
         Route("/v1/export", queries.export, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.show_task, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.attach_task_id, methods=["PATCH"]),
+        Route("/v1/tasks/{ref}/artifacts", artifacts.list_artifacts, methods=["GET"]),
+        Route(
+            "/v1/tasks/{ref}/artifacts/{name}", artifacts.serve_artifact, methods=["GET", "HEAD"]
+        ),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

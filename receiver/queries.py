@@ -15,10 +15,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from receiver.admin import require_admin, task_json
+from receiver.admin import artifact_json, require_admin, task_json
 from receiver.errors import Unprocessable
 from schemas.settings import Settings
-from schemas.store import LedgerStore, Task, TaskFilter
+from schemas.states import State
+from schemas.store import Artifact, LedgerStore, Task, TaskFilter
 
 MAX_PAGE = 500
 MAX_WAIT_SECONDS = 30.0
@@ -40,6 +41,7 @@ EXPORT_COLUMNS = (
     "result_urls",
     "error_code",
     "error_message",
+    "artifacts",
 )
 
 # The export's columns a task holds as they are (the others are derived from it).
@@ -111,29 +113,47 @@ async def export(request: Request) -> Response:
     if kind not in ("jsonl", "csv"):
         raise Unprocessable("format must be jsonl or csv")
     store: LedgerStore = request.app.state.store
-    pages = store.pages(task_filter(params))
-    body = _jsonl(pages) if kind == "jsonl" else _csv(pages)
+    rows = _rows(store, store.pages(task_filter(params)))
+    body = _jsonl(rows) if kind == "jsonl" else _csv(rows)
     media = "application/x-ndjson" if kind == "jsonl" else "text/csv; charset=utf-8"
     return StreamingResponse(body, media_type=media)
 
 
-async def _jsonl(pages: AsyncIterator[list[Task]]) -> AsyncIterator[bytes]:
+async def _rows(
+    store: LedgerStore, pages: AsyncIterator[list[Task]]
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Each page of tasks as export rows, with the outputs of those that have any."""
     async for tasks in pages:
-        yield b"".join(orjson.dumps(export_row(task)) + b"\n" for task in tasks)
+        outputs = await _outputs(store, tasks)
+        yield [export_row(task, outputs.get(task.ref, [])) for task in tasks]
 
 
-async def _csv(pages: AsyncIterator[list[Task]]) -> AsyncIterator[bytes]:
+async def _outputs(store: LedgerStore, tasks: list[Task]) -> dict[str, list[Artifact]]:
+    """A page's outputs in one query. They are planned only when a success becomes
+    authoritative: only a task that succeeded (or did, before a conflict moved it) can
+    have any."""
+    refs = [t.ref for t in tasks if t.state == State.SUCCEEDED or t.conflict]
+    return await store.artifacts_of(refs) if refs else {}
+
+
+async def _jsonl(rows: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    async for page in rows:
+        yield b"".join(orjson.dumps(row) + b"\n" for row in page)
+
+
+async def _csv(rows: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
     yield (",".join(EXPORT_COLUMNS) + "\r\n").encode()
-    async for tasks in pages:
+    async for page in rows:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, EXPORT_COLUMNS, extrasaction="ignore")
-        for task in tasks:
-            writer.writerow({k: _cell(v) for k, v in export_row(task).items()})
+        for row in page:
+            writer.writerow({k: _cell(v) for k, v in _flat(row).items()})
         yield buffer.getvalue().encode()
 
 
-def export_row(task: Task) -> dict[str, Any]:
-    """A task's outcome, flat: what an export consumer needs, nothing secret."""
+def export_row(task: Task, artifacts: list[Artifact] | None = None) -> dict[str, Any]:
+    """A task's outcome, flat: what an export consumer needs, nothing secret; its outputs'
+    archive metadata (never their bytes, sources or storage keys)."""
     result = task.result or {}
     error = result.get("error") or {}
     return {
@@ -143,7 +163,16 @@ def export_row(task: Task) -> dict[str, Any]:
         "result_urls": result.get("urls", []),
         "error_code": error.get("code"),
         "error_message": error.get("message"),
+        "artifacts": [artifact_json(artifact) for artifact in artifacts or []],
     }
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row for CSV: each output as `name:state:sha256`, the digest when archived."""
+    outputs = [
+        ":".join(filter(None, (a["name"], a["state"], a["sha256"]))) for a in row["artifacts"]
+    ]
+    return {**row, "artifacts": outputs}
 
 
 def _cell(value: Any) -> Any:

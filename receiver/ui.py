@@ -54,9 +54,11 @@ LOGIN_PAGE = """<!doctype html>
 """
 
 
-def _csp(style_source: str) -> str:
+def _csp(style_source: str, media_source: str = "'self'") -> str:
+    """The page's policy; archived outputs play from `media_source` (`/v1/.../artifacts`)."""
     return (
-        "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self' data:;"
+        "default-src 'none'; script-src 'self'; connect-src 'self';"
+        f" img-src {media_source} data:; media-src {media_source};"
         f" style-src {style_source}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
 
@@ -69,6 +71,11 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
 }
 LOGIN_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": _csp(f"'sha256-{_LOGIN_STYLE_HASH}'")}
+# An archive that redirects to presigned URLs serves its files from the bucket's HTTPS host.
+PRESIGNED_PAGE_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": _csp("'self'", "'self' https:"),
+}
 
 
 _HTML_401 = {"description": "not signed in: a sign-in form", "content": {"text/html": {}}}
@@ -151,7 +158,9 @@ def is_operator(request: Request) -> bool:
 async def show_dashboard(request: Request) -> Response:
     if not is_operator(request):
         return login_page(None)
-    return FileResponse(STATIC_DIR / "ui.html", media_type="text/html", headers=PAGE_HEADERS)
+    settings: Settings = request.app.state.settings
+    headers = PRESIGNED_PAGE_HEADERS if settings.archive.presign else PAGE_HEADERS
+    return FileResponse(STATIC_DIR / "ui.html", media_type="text/html", headers=headers)
 
 
 async def serve_static(request: Request) -> Response:

@@ -98,6 +98,12 @@ def main() -> int:
         return 2
     logs.configure(settings.log_level, settings.log_json)
     run_loop(serve(settings, media))
+    if media is not None and media.kind == "s3":
+        # obstore's runtime threads can abort a Python < 3.14 interpreter as it shuts down
+        # (pyo3-async-runtimes#40): everything is closed and flushed, so leave at once.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

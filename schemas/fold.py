@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from schemas import events
 from schemas.ledger import (
     Auth,
     Delivery,
@@ -95,6 +96,7 @@ class Transition:
     source: str
     source_row: dict[str, Any] | None
     at: datetime
+    seq: int | None = None  # set by the store once written
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,19 @@ class Writes:
     transitions: list[Transition] = field(default_factory=list)
     # Outputs to archive, of tasks whose success became authoritative in this batch.
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # The outbox: the events the batch's changes send, each with its transition (if any),
+    # whose `seq` the store fills in once written.
+    messages: list[Message] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Message:
+    task_ref: str
+    event_type: str
+    payload: dict[str, Any]
+    unconfirmed: bool
+    at: datetime
+    transition: Transition | None = None
 
 
 class Fold:
@@ -432,17 +447,32 @@ class Fold:
             if source is Source.POLL and _first_real_end(before, after):
                 work.row["recovered"] = True
             work.transitions += 1
-            self.writes.transitions.append(
-                Transition(
-                    work.ref,
-                    before.state.value,
-                    after.state.value,
-                    source.value,
-                    source_row,
-                    self.now,
-                )
+            transition = Transition(
+                work.ref, before.state.value, after.state.value, source.value, source_row, self.now
             )
+            self.writes.transitions.append(transition)
+            self._notify(work, events.event_of(after.state), transition)
+        elif after.confirmed and not before.confirmed:
+            self._notify(work, events.event_of(after.state))  # the end, confirmed now
+        if after.conflict and not before.conflict:
+            self._notify(work, events.CONFLICT)
         return decision.outcome
+
+    def _notify(
+        self, work: TaskWork, event_type: str | None, transition: Transition | None = None
+    ) -> None:
+        """An authoritative change (or an unconfirmed one, marked so) into the outbox, with
+        the task as it stands after it: the version it will have once the batch is written."""
+        if event_type is None:
+            return
+        version = work.row["version"] + max(1, work.transitions)
+        data = events.task_data(work.row, version=version, updated_at=self.now)
+        data["seq"] = None
+        payload = events.envelope(event_type, data, self.now)
+        unconfirmed = not work.snapshot.confirmed
+        self.writes.messages.append(
+            Message(work.ref, event_type, payload, unconfirmed, self.now, transition)
+        )
 
     @staticmethod
     def _write_snapshot(row: dict[str, Any], snapshot: Snapshot) -> None:

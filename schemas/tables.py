@@ -55,6 +55,8 @@ REASON_MAX_CHARS = 200  # `task.attention`, `delivery.reason`
 LABEL_MAX_CHARS = 200  # `task.owner`, `task.model`
 # `observation.body` is TEXT: a provider's answer is kept up to this many characters.
 BODY_KEEP_CHARS = 4_000
+# A consumer's answer to a notification is kept up to this many characters.
+ANSWER_KEEP_CHARS = 500
 
 UNFOLDED_OUTCOMES = ("unrecognized", "held", "foreign")
 # An artifact waiting for the archiver: the few rows the archive's due query reads.
@@ -197,9 +199,103 @@ class ArtifactRow(SQLModel, table=True):
     created_at: datetime = _when()
 
 
+class EndpointRow(SQLModel, table=True):
+    """Where the product is told of authoritative changes: an HTTPS URL signed with Standard
+    Webhooks, or a broker (a NATS JetStream subject, a RabbitMQ exchange)."""
+
+    __tablename__ = "endpoint"
+
+    id: str = Field(primary_key=True, max_length=40)
+    kind: str = Field(max_length=16)  # http, nats, amqp
+    url: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    description: str = Field(default="", max_length=LABEL_MAX_CHARS)
+    # Filters: None lets everything through.
+    providers: list[str] | None = _json()
+    owners: list[str] | None = _json()
+    event_types: list[str] | None = _json()
+    include_unconfirmed: bool = False
+    # Signing secrets, newest first: [{"secret": "whsec_…", "expires_at": ISO or null}].
+    secrets: list[dict[str, Any]] = _json(nullable=False)
+    enabled: bool = True
+    disabled_reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    disabled_at: datetime | None = _when(nullable=True)
+    # Since when every attempt failed (None: the last one succeeded), for auto-disabling.
+    failing_since: datetime | None = _when(nullable=True)
+    last_success_at: datetime | None = _when(nullable=True)
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+
+
+class MessageRow(SQLModel, table=True):
+    """The outbox: one authoritative change of a task, written in the transaction that made
+    it, with the event as it will be sent. The relay fans it out to matching endpoints."""
+
+    __tablename__ = "message"
+    __table_args__ = (
+        _partial_index("ix_message_unsent", "id", where="fanned_out = false"),
+        sa.Index("ix_message_task_ref", "task_ref"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    # The `webhook-id`: the same on every attempt, so consumers can deduplicate.
+    msg_id: str = Field(max_length=40, unique=True)
+    task_ref: str = Field(foreign_key="task.ref", max_length=40)
+    seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger(), nullable=True))
+    event_type: str = Field(max_length=32)
+    payload: dict[str, Any] = _json(nullable=False)
+    unconfirmed: bool = False
+    fanned_out: bool = False
+    created_at: datetime = _when()
+
+
+class DispatchRow(SQLModel, table=True):
+    """One message on its way to one endpoint, with its own retry schedule."""
+
+    __tablename__ = "dispatch"
+    __table_args__ = (
+        sa.UniqueConstraint("message_id", "endpoint_id", name="uq_dispatch_message_endpoint"),
+        _partial_index("ix_dispatch_due", "next_attempt_at", where="state = 'pending'"),
+        sa.Index("ix_dispatch_endpoint", "endpoint_id", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    message_id: int = Field(sa_column=sa.Column(BigId, sa.ForeignKey("message.id"), nullable=False))
+    endpoint_id: str = Field(foreign_key="endpoint.id", max_length=40)
+    state: str = Field(max_length=16)  # pending, delivered, failed
+    attempts: int = 0
+    next_attempt_at: datetime = _when()
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until: datetime | None = _when(nullable=True)
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    delivered_at: datetime | None = _when(nullable=True)
+    created_at: datetime = _when()
+
+
+class DispatchAttemptRow(SQLModel, table=True):
+    """One try at delivering a message to an endpoint, as it went."""
+
+    __tablename__ = "dispatch_attempt"
+    __table_args__ = (sa.Index("ix_dispatch_attempt_dispatch", "dispatch_id"),)
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    dispatch_id: int = Field(
+        sa_column=sa.Column(BigId, sa.ForeignKey("dispatch.id"), nullable=False)
+    )
+    at: datetime = _when()
+    status_code: int | None = None
+    latency_ms: float | None = None
+    answer: str | None = Field(default=None, max_length=ANSWER_KEEP_CHARS)
+    error: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+
+
 METADATA = SQLModel.metadata
 TASK = METADATA.tables["task"]
 DELIVERY = METADATA.tables["delivery"]
 OBSERVATION = METADATA.tables["observation"]
 TRANSITION = METADATA.tables["transition"]
 ARTIFACT = METADATA.tables["artifact"]
+ENDPOINT = METADATA.tables["endpoint"]
+MESSAGE = METADATA.tables["message"]
+DISPATCH = METADATA.tables["dispatch"]
+DISPATCH_ATTEMPT = METADATA.tables["dispatch_attempt"]

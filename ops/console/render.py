@@ -196,6 +196,17 @@ def money(value: Any) -> str:
     return f"{value:,.2f}"
 
 
+def size_text(value: Any) -> str:
+    """A byte count for people: `512 B`, `1.5 MiB`; empty when there is none."""
+    if not is_number(value):
+        return ""
+    size, units = float(value), ("B", "KiB", "MiB", "GiB", "TiB")
+    unit = 0
+    while size >= 1024 and unit < len(units) - 1:
+        size, unit = size / 1024, unit + 1
+    return f"{int(size)} B" if unit == 0 else f"{size:.1f} {units[unit]}"
+
+
 def duration(value: Any) -> str:
     if not is_number(value):
         return "-"

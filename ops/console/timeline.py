@@ -19,11 +19,13 @@ from ops.console.render import (
     new_table,
     objects,
     percent,
+    size_text,
     text,
     yes_no,
 )
 
 REQUEST_FIELDS_SHOWN = ("duration", "seconds", "resolution", "size", "aspect_ratio")
+SHA256_SHOWN_CHARS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +95,14 @@ def result_summary(result: Any) -> str:
 
 
 def timeline(task: Mapping[str, Any]) -> list[Entry]:
-    """Registration, submission, deliveries, polls and transitions, in the order they happened."""
+    """Registration, submission, deliveries, polls, transitions and the outputs' archiving,
+    in the order they happened."""
     events = as_mapping(task.get("timeline"))
     entries = [registration_entry(task), *submission_entries(task)]
     entries += [delivery_entry(d) for d in objects(events.get("deliveries"))]
     entries += [poll_entry(p) for p in objects(events.get("polls"))]
     entries += [transition_entry(t) for t in objects(events.get("transitions"))]
+    entries += [artifact_entry(a) for a in objects(events.get("artifacts"))]
     return sorted(entries, key=lambda e: (e.at, e.rank, e.order))
 
 
@@ -154,6 +158,24 @@ def transition_entry(transition: Mapping[str, Any]) -> Entry:
         detail += f" ({evidence} #{text(transition['source_id'])})"
     seq = transition.get("seq")
     return Entry(moment(transition.get("at")), 3, as_int(seq), f"transition #{text(seq)}", detail)
+
+
+def artifact_entry(artifact: Mapping[str, Any]) -> Entry:
+    """An output: when it was archived (or, not archived, planned) and what came of it."""
+    archived = artifact.get("archived_at")
+    sha256 = text(artifact.get("sha256"))[:SHA256_SHOWN_CHARS]
+    fields = {
+        "state": artifact.get("state"),
+        "size": size_text(artifact.get("size")) or None,
+        "sha256": f"{sha256}…" if sha256 else None,
+        "host": artifact.get("source_host"),
+        "attempts": artifact.get("attempts") or None,
+        "expires": None if archived else clock_text(artifact.get("expires_at")),
+        "error": artifact.get("last_error"),
+    }
+    at = moment(archived or artifact.get("created_at"))
+    what = f"output {text(artifact.get('name'))}"
+    return Entry(at, 4, as_int(artifact.get("id")), what, key_values(fields))
 
 
 def facts_table(facts: Iterable[tuple[str, str]]) -> Table:

@@ -85,6 +85,18 @@ function fmtNumber(value) {
   return clip(value, 60);
 }
 
+function fmtBytes(bytes) {
+  if (bytes === null || bytes === undefined || !Number.isFinite(Number(bytes))) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = Number(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
 function fmtBound(seconds) {
   const short = (value, unit) => `${Number.isInteger(value) ? value : value.toFixed(1)} ${unit}`;
   if (seconds < 60) return short(seconds, "s");
@@ -541,6 +553,102 @@ function drawTimeline(timeline) {
   ], timeline.polls || [], "Never polled.");
 }
 
+// ---------------------------------------------------------------- the task's outputs
+
+const ARTIFACT_STATES = ["archived", "pending", "failed", "missed", "pruned"];
+const SHA_SHOWN = 12;
+
+// The list's URL on this page's origin (the page's CSP allows media from 'self' only):
+// the path of an artifact and its media token, nothing else.
+function mediaSource(artifact) {
+  if (!artifact.url) return null;
+  try {
+    const url = new URL(artifact.url, window.location.origin);
+    return url.pathname.startsWith("/v1/tasks/") ? `${url.pathname}${url.search}` : null;
+  } catch {
+    return null;
+  }
+}
+
+function isKind(artifact, family) {
+  return String(artifact.content_type || "").startsWith(`${family}/`);
+}
+
+function artifactBadge(state) {
+  const known = ARTIFACT_STATES.includes(state) ? state : "unknown";
+  return el("span", { class: `state artifact-${known}` }, state ?? "—");
+}
+
+// The video's poster: the task's archived image named "thumbnail", if it has one.
+function posterOf(artifacts) {
+  const thumbnail = artifacts.find((a) => a.name === "thumbnail" && a.state === "archived" && isKind(a, "image"));
+  return thumbnail ? mediaSource(thumbnail) : null;
+}
+
+function artifactMedia(artifact, poster) {
+  const source = artifact.state === "archived" ? mediaSource(artifact) : null;
+  if (!source) return null;
+  if (isKind(artifact, "video")) {
+    const video = el("video", { controls: "", preload: "metadata", src: source });
+    if (poster) video.setAttribute("poster", poster);
+    video.append(el("a", { href: source }, "Download the video"));
+    return video;
+  }
+  if (isKind(artifact, "image")) {
+    return el("img", { src: source, alt: `${artifact.name} (${artifact.content_type})`, loading: "lazy" });
+  }
+  return el("a", { href: source }, `Download ${artifact.name}`);
+}
+
+function artifactFacts(artifact) {
+  const sha = artifact.sha256 ? `${String(artifact.sha256).slice(0, SHA_SHOWN)}…` : "—";
+  const facts = [
+    ["type", artifact.content_type || "—"],
+    ["size", fmtBytes(artifact.size)],
+    ["sha256", sha],
+    ["archived", fmtTime(artifact.archived_at)],
+    ["from", artifact.source_host || "—"],
+    ["attempts", artifact.attempts ?? 0],
+  ];
+  if (artifact.state !== "archived") facts.push(["source expires", fmtTime(artifact.expires_at)]);
+  if (artifact.last_error) facts.push(["last error", clip(artifact.last_error, 240)]);
+  const list = el("dl");
+  for (const [label, value] of facts) {
+    const dd = el("dd", label === "sha256" ? { class: "mono" } : {}, value);
+    if (label === "sha256" && artifact.sha256) dd.title = artifact.sha256;
+    if (label === "last error") dd.classList.add("warn");
+    list.append(el("dt", {}, label), dd);
+  }
+  return list;
+}
+
+function drawArtifacts(artifacts) {
+  const host = byId("panel-artifacts");
+  host.replaceChildren();
+  const poster = posterOf(artifacts);
+  for (const artifact of artifacts) {
+    const figure = el("figure", { class: "artifact", "data-name": artifact.name, "data-state": artifact.state });
+    const caption = el("figcaption");
+    caption.append(el("span", { class: "mono" }, artifact.name), " ", artifactBadge(artifact.state));
+    figure.append(caption);
+    const media = artifactMedia(artifact, poster);
+    if (media) figure.append(media);
+    figure.append(artifactFacts(artifact));
+    host.append(figure);
+  }
+  if (!artifacts.length) host.append(el("p", { class: "empty" }, "No outputs archived for this task."));
+  host.dataset.count = String(artifacts.length);
+}
+
+async function loadArtifacts(ref) {
+  try {
+    const artifacts = await api(`/v1/tasks/${encodeURIComponent(ref)}/artifacts`);
+    if (shownRef === ref) drawArtifacts(Array.isArray(artifacts) ? artifacts : []);
+  } catch (error) {
+    if (shownRef === ref) byId("panel-artifacts").replaceChildren(el("p", { class: "warn" }, error.message));
+  }
+}
+
 async function openTask(ref) {
   shownRef = ref;
   const panel = byId("panel");
@@ -548,7 +656,9 @@ async function openTask(ref) {
   panel.dataset.state = "loading";
   byId("panel-title").textContent = ref;
   byId("panel-status").textContent = "Loading…";
-  for (const id of ["panel-summary", "panel-transitions", "panel-deliveries", "panel-polls"]) byId(id).replaceChildren();
+  for (const id of ["panel-summary", "panel-artifacts", "panel-transitions", "panel-deliveries", "panel-polls"]) {
+    byId(id).replaceChildren();
+  }
   history.replaceState(null, "", `#task=${encodeURIComponent(ref)}`);
   try {
     const task = await api(`/v1/tasks/${encodeURIComponent(ref)}`);
@@ -556,6 +666,8 @@ async function openTask(ref) {
     delete task.callback_url; // carries a token: never shown
     drawSummary(task);
     drawTimeline(task.timeline || {});
+    await loadArtifacts(ref);
+    if (shownRef !== ref) return;
     byId("panel-status").textContent = "";
     panel.dataset.state = "ready";
   } catch (error) {

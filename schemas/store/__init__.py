@@ -9,6 +9,7 @@ from schemas.store.backup import BackupReport, backup_sqlite, check_sqlite
 from schemas.store.ingest import INGEST_ATTEMPTS, RACE_BACKOFF_SECONDS
 from schemas.store.ledger_store import POSTGRES_INGEST_WRITERS, LedgerStore
 from schemas.store.locks import FEED_LOCK_KEY, TASK_ID_LOCK_NAMESPACE
+from schemas.store.notifications import AttemptResult, DispatchJob, DispatchState, Endpoint
 from schemas.store.queries import Cursor, TaskFilter
 from schemas.store.registration import NewTask, new_ref, new_task_row
 from schemas.store.rows import (
@@ -33,10 +34,14 @@ __all__ = [
     "Artifact",
     "ArtifactState",
     "Attempt",
+    "AttemptResult",
     "BackupReport",
     "Claim",
     "Cursor",
     "DeliveryEntry",
+    "DispatchJob",
+    "DispatchState",
+    "Endpoint",
     "LedgerStore",
     "NewTask",
     "PollEntry",

@@ -11,9 +11,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from schemas import events
+from schemas.store.outbox import message_id
 from schemas.store.rows import ArchiveJob, Artifact
 from schemas.store.transactions import Database
-from schemas.tables import ARTIFACT, REASON_MAX_CHARS, TASK
+from schemas.tables import ARTIFACT, MESSAGE, REASON_MAX_CHARS, TASK
 
 _ARTIFACT_COLUMNS = [ARTIFACT.c[f.name] for f in fields(Artifact)]
 
@@ -108,8 +110,45 @@ async def record(db: Database, artifact_id: int, owner: str, attempt: Attempt) -
             .where(ARTIFACT.c.lease_owner == owner)
             .where(ARTIFACT.c.state == ArtifactState.PENDING.value)
             .values(**values)
+            .returning(ARTIFACT.c.task_ref)
         )
-    return bool(result.rowcount)
+        task_ref = result.scalar()
+        if task_ref is not None and attempt.state is not ArtifactState.PENDING:
+            await _announce_if_settled(conn, task_ref, db.clock())
+    return task_ref is not None
+
+
+async def _announce_if_settled(conn: Any, task_ref: str, now: datetime) -> None:
+    """Once none of a task's outputs is pending and one was archived: `task.archived` in
+    the outbox, in the transaction that settled the last one, with every output's fate."""
+    rows = (
+        (await conn.execute(sa.select(*_ARTIFACT_COLUMNS).where(ARTIFACT.c.task_ref == task_ref)))
+        .mappings()
+        .all()
+    )
+    states = {row["state"] for row in rows}
+    if ArtifactState.PENDING.value in states or ArtifactState.ARCHIVED.value not in states:
+        return
+    task = (await conn.execute(sa.select(TASK).where(TASK.c.ref == task_ref))).mappings().one()
+    data = events.task_data(task) | {"seq": None, "artifacts": [_shown(row) for row in rows]}
+    payload = events.envelope(events.ARCHIVED, data, now)
+    message = {
+        "msg_id": message_id(),
+        "task_ref": task_ref,
+        "seq": None,
+        "event_type": events.ARCHIVED,
+        "payload": payload,
+        "unconfirmed": False,
+        "fanned_out": False,
+        "created_at": now,
+    }
+    await conn.execute(MESSAGE.insert().values(**message))
+
+
+def _shown(row: Any) -> dict[str, Any]:
+    """An output as events carry it (where it is served, not where it came from)."""
+    names = ("name", "state", "content_type", "size", "sha256", "archived_at", "last_error")
+    return {name: events.jsonable(row[name]) for name in names}
 
 
 async def release(db: Database, owner: str) -> int:
@@ -130,6 +169,20 @@ async def of_task(db: Database, ref: str) -> list[Artifact]:
             sa.select(*_ARTIFACT_COLUMNS).where(ARTIFACT.c.task_ref == ref).order_by(ARTIFACT.c.id)
         )
         return [Artifact(**row) for row in rows.mappings()]
+
+
+async def of_tasks(db: Database, refs: list[str]) -> dict[str, list[Artifact]]:
+    """Several tasks' outputs in one query, by task."""
+    found: dict[str, list[Artifact]] = {}
+    async with db.read() as conn:
+        rows = await conn.execute(
+            sa.select(*_ARTIFACT_COLUMNS)
+            .where(ARTIFACT.c.task_ref.in_(refs))
+            .order_by(ARTIFACT.c.task_ref, ARTIFACT.c.id)
+        )
+        for row in rows.mappings():
+            found.setdefault(row["task_ref"], []).append(Artifact(**row))
+    return found
 
 
 async def backlog(db: Database) -> tuple[int, datetime | None]:

@@ -21,11 +21,13 @@ from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Delivery, DeliveryId, Evidence, Reader, Stored, Submission
 from schemas.states import Outcome
 from schemas.store.locks import lock_task_ids, order_transitions
+from schemas.store.outbox import message_rows
 from schemas.store.sqlite_ingest import STORED_DELIVERIES, SqliteSession, SqliteWriter, keys_json
 from schemas.store.transactions import Database, UniqueRace
 from schemas.tables import (
     ARTIFACT,
     DELIVERY,
+    MESSAGE,
     OBSERVATION,
     TASK,
     TRANSITION,
@@ -247,7 +249,9 @@ class CoreSession:
             if tasks:
                 conn.execute(_UPDATE_TASK, [_task_params(work.row) for work in tasks])
             if writes.transitions:
-                conn.execute(TRANSITION.insert(), _transition_params(writes))
+                _insert_transitions(conn, writes)
+            if writes.messages:
+                conn.execute(MESSAGE.insert(), message_rows(writes.messages))
             if writes.artifacts:
                 conn.execute(_new_artifacts(conn), writes.artifacts)
         except IntegrityError as exc:
@@ -399,6 +403,14 @@ def _new_artifacts(conn: sa.Connection) -> sa.Executable:
     """Artifacts planned again (a success settled twice) are known by name: kept as they are."""
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     return insert(ARTIFACT).on_conflict_do_nothing(index_elements=["task_ref", "name"])
+
+
+def _insert_transitions(conn: sa.Connection, writes: Writes) -> None:
+    """The batch's transitions, each told the `seq` it was given (for its event)."""
+    statement = TRANSITION.insert().returning(TRANSITION.c.seq, sort_by_parameter_order=True)
+    found = conn.execute(statement, _transition_params(writes))
+    for transition, (seq,) in zip(writes.transitions, found, strict=True):
+        transition.seq = seq
 
 
 def _transition_params(writes: Writes) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ store that owns its concern (ingest, registration, queries, claims, refold, rete
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,8 +14,18 @@ from schemas.clock import Clock
 from schemas.database import sqlite_file
 from schemas.ledger import Evidence, Reader, Stored
 from schemas.retention import PruneReport, RetentionCutoffs
-from schemas.store import artifacts, claims, ingest, queries, refold, registration, retention
+from schemas.store import (
+    artifacts,
+    claims,
+    ingest,
+    notifications,
+    queries,
+    refold,
+    registration,
+    retention,
+)
 from schemas.store.artifacts import Attempt
+from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
 from schemas.store.queries import Cursor, TaskFilter
 from schemas.store.registration import NewTask
 from schemas.store.rows import ArchiveJob, Artifact, Claim, Task, Timeline
@@ -128,6 +138,10 @@ class LedgerStore:
         """A task's outputs and what became of each."""
         return await artifacts.of_task(self._db, ref)
 
+    async def artifacts_of(self, refs: list[str]) -> dict[str, list[Artifact]]:
+        """Several tasks' outputs, by task, in one query."""
+        return await artifacts.of_tasks(self._db, refs)
+
     async def archive_backlog(self) -> tuple[int, datetime | None]:
         """Artifacts waiting for the archiver, and the earliest of their expiries."""
         return await artifacts.backlog(self._db)
@@ -138,6 +152,59 @@ class LedgerStore:
         """Mark artifacts archived before `before` pruned: how many, and the storage keys
         to delete (`artifacts.prune`)."""
         return await artifacts.prune(self._db, before, limit, dry_run=dry_run)
+
+    # -- notifications -----------------------------------------------------------
+
+    async def create_endpoint(self, values: dict[str, Any]) -> Endpoint:
+        return await notifications.create_endpoint(self._db, values)
+
+    async def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        return await notifications.get_endpoint(self._db, endpoint_id)
+
+    async def endpoints(self) -> list[Endpoint]:
+        return await notifications.list_endpoints(self._db)
+
+    async def update_endpoint(self, endpoint_id: str, changes: dict[str, Any]) -> Endpoint | None:
+        """Change an endpoint: `notifications.update_endpoint`."""
+        return await notifications.update_endpoint(self._db, endpoint_id, changes)
+
+    async def delete_endpoint(self, endpoint_id: str) -> bool:
+        return await notifications.delete_endpoint(self._db, endpoint_id)
+
+    async def fan_out(self, limit: int) -> int:
+        """New outbox messages into dispatches: `notifications.fan_out`."""
+        return await notifications.fan_out(self._db, limit)
+
+    async def claim_dispatches(
+        self, owner: str, limit: int, lease_seconds: float
+    ) -> list[DispatchJob]:
+        """Lease due dispatches: `notifications.claim_dispatches`."""
+        return await notifications.claim_dispatches(self._db, owner, limit, lease_seconds)
+
+    async def record_dispatch(
+        self, job: DispatchJob, owner: str, result: AttemptResult, disable_after: timedelta
+    ) -> bool:
+        """One delivery attempt: `notifications.record_attempt`."""
+        return await notifications.record_attempt(self._db, job, owner, result, disable_after)
+
+    async def release_dispatches(self, owner: str) -> int:
+        return await notifications.release(self._db, owner)
+
+    async def retry_message(self, msg_id: str) -> int | None:
+        return await notifications.retry_message(self._db, msg_id)
+
+    async def recover_endpoint(self, endpoint_id: str, since: datetime) -> int:
+        return await notifications.recover(self._db, endpoint_id, since)
+
+    async def outbox_backlog(self) -> tuple[int, datetime | None, int]:
+        """Pending dispatches, the oldest one's age, messages not fanned out."""
+        return await notifications.backlog(self._db)
+
+    async def messages_of_task(self, ref: str) -> list[dict[str, Any]]:
+        return await notifications.messages_of_task(self._db, ref)
+
+    async def endpoint_health(self, endpoint_id: str) -> dict[str, Any]:
+        return await notifications.endpoint_health(self._db, endpoint_id)
 
     # -- reads -----------------------------------------------------------------
 

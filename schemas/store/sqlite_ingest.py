@@ -40,10 +40,19 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
-from schemas.fold import TaskWork, Writes
+from schemas.fold import TaskWork, Transition, Writes
 from schemas.ledger import DeliveryId
+from schemas.store.outbox import message_rows
 from schemas.store.transactions import UniqueRace
-from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION, UNFOLDED_WHERE, UTCDateTime
+from schemas.tables import (
+    DELIVERY,
+    MESSAGE,
+    OBSERVATION,
+    TASK,
+    TRANSITION,
+    UNFOLDED_WHERE,
+    UTCDateTime,
+)
 from schemas.write_deadline import WriteBusy, take_turn, wait_until
 from schemas.write_deadline import current as current_deadline
 
@@ -181,8 +190,12 @@ class _NewRows:
 _NEW_DELIVERIES = _NewRows(_DELIVERIES)
 _DELIVERY_READER = _DELIVERIES.reader(_DELIVERIES.columns)
 _NEW_OBSERVATIONS = _NewRows(_OBSERVATIONS)
-_TRANSITION_FIELDS = ("task_ref", "from_state", "to_state", "source", "source_id", "at")
+_TRANSITION_FIELDS = ("seq", "task_ref", "from_state", "to_state", "source", "source_id", "at")
 _INSERT_TRANSITION = _TRANSITIONS.insert(_TRANSITION_FIELDS)
+_MESSAGES = _Table(MESSAGE)
+_MESSAGE_FIELDS = tuple(c.name for c in MESSAGE.columns if c.name != "id")
+_NEW_MESSAGES_ROW = _MESSAGES.row(_MESSAGE_FIELDS)
+_INSERT_MESSAGE = _MESSAGES.insert(_MESSAGE_FIELDS)
 # Artifacts planned again (a success settled twice) are known by name: kept as they are.
 _INSERT_ARTIFACT = (
     "INSERT OR IGNORE INTO artifact (task_ref, provider, name, source, state, expires_at,"
@@ -212,9 +225,9 @@ def _marks(count: int) -> str:
 
 @functools.cache
 def _task_reader(task_fields: tuple[str, ...]) -> _Reader:
-    """What the fold reads of a task: not the request, owner or time of creation, which
-    ingest never changes."""
-    return _TASKS.reader(["ref", "provider", *task_fields])
+    """What the fold reads of a task: not its request, which ingest never changes or
+    sends; its owner, model and time of creation only for the events it writes."""
+    return _TASKS.reader(["ref", "provider", "owner", "model", "created_at", *task_fields])
 
 
 @functools.cache
@@ -329,19 +342,11 @@ class SqliteSession:
             )
         self._update_tasks(tasks)
         if writes.transitions:
+            self._insert_transitions(writes.transitions)
+        if writes.messages:
             conn.executemany(
-                _INSERT_TRANSITION,
-                [
-                    (
-                        t.task_ref,
-                        t.from_state,
-                        t.to_state,
-                        t.source,
-                        str(t.source_row["id"]) if t.source_row else None,
-                        _encode_when(t.at),
-                    )
-                    for t in writes.transitions
-                ],
+                _INSERT_MESSAGE,
+                [_NEW_MESSAGES_ROW.encode(row) for row in message_rows(writes.messages)],
             )
         if writes.artifacts:
             conn.executemany(
@@ -361,6 +366,26 @@ class SqliteSession:
                     for a in writes.artifacts
                 ],
             )
+
+    def _insert_transitions(self, transitions: list[Transition]) -> None:
+        """With `seq` handed out here (the write lock is ours): each event learns its own."""
+        (last,) = self._conn.execute("SELECT coalesce(max(seq), 0) FROM transition").fetchone()
+        rows = []
+        for offset, t in enumerate(transitions, start=1):
+            t.seq = last + offset
+            source_id = str(t.source_row["id"]) if t.source_row else None
+            rows.append(
+                (
+                    t.seq,
+                    t.task_ref,
+                    t.from_state,
+                    t.to_state,
+                    t.source,
+                    source_id,
+                    _encode_when(t.at),
+                )
+            )
+        self._conn.executemany(_INSERT_TRANSITION, rows)
 
     def _update_tasks(self, tasks: list[TaskWork]) -> None:
         """Each task's changed columns only, one statement per set of columns."""

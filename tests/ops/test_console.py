@@ -254,6 +254,66 @@ def test_show_never_prints_the_callback_url_headers_body_or_prompt(
     assert "callbacks/" not in out
 
 
+def artifact(number: int, state: str, **fields: Any) -> dict[str, Any]:
+    """An output as the API lists it in a task's timeline."""
+    return {
+        "id": number,
+        "task_ref": "tl_001",
+        "provider": "apidot",
+        "name": f"output-{number}",
+        "source": f"urls:{number - 1}",
+        "state": state,
+        "expires_at": "2025-03-01T13:03:00+00:00",
+        "next_attempt_at": "2025-03-01T12:03:00+00:00",
+        "attempts": 1,
+        "lease_owner": None,
+        "lease_until": None,
+        "storage_key": None,
+        "size": None,
+        "sha256": None,
+        "content_type": None,
+        "source_host": "cdn.example.com",
+        "archived_at": None,
+        "last_error": None,
+        "created_at": "2025-03-01T12:03:00.010+00:00",
+        **fields,
+    }
+
+
+def task_with_outputs() -> dict[str, Any]:
+    sha = "ab" * 32
+    archived = artifact(
+        1,
+        "archived",
+        size=3 * 1024 * 1024 // 2,
+        sha256=sha,
+        content_type="video/mp4",
+        storage_key=f"sha256/ab/ab/{sha}",
+        archived_at="2025-03-01T12:04:00+00:00",
+    )
+    failed = artifact(2, "failed", attempts=3, last_error="not a video or image: \x1b[2J")
+    shown = shown_task()
+    shown["timeline"]["artifacts"] = [archived, failed]
+    return shown
+
+
+def test_show_lists_each_output_with_its_state_size_digest_host_and_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert Api(answer(task_with_outputs())).run("show", "tl_001") == 0
+    out = capsys.readouterr().out
+    lines = timeline_lines(out)
+    detail = {line.split("  ")[1].strip(): line for line in lines}
+    archived = "state=archived size=1.5 MiB sha256=abababababab… host=cdn.example.com attempts=1"
+    assert archived in detail["output output-1"]
+    failed = detail["output output-2"]
+    assert "state=failed host=cdn.example.com attempts=3" in failed
+    assert "expires=2025-03-01 13:03:00 error=not a video or image: ?[2J" in failed
+    events = [line.split("  ")[1].strip() for line in lines]
+    assert events[-3:] == ["transition #9", "output output-2", "output output-1"]
+    assert [leak for leak in ("sha256/ab/ab", "\x1b") if leak in out] == []
+
+
 def test_show_asks_for_the_ref_it_was_given(capsys: pytest.CaptureFixture[str]) -> None:
     api = Api(answer(shown_task()))
     assert api.run("show", "tl_001") == 0

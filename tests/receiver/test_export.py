@@ -1,15 +1,26 @@
-"""Exporting 100,000 tasks streams in bounded memory: pages in, lines out, nothing held."""
+"""Exporting 100,000 tasks streams in bounded memory: pages in, lines out, nothing held;
+each task's row lists its outputs' archive metadata, never their bytes or sources."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import tracemalloc
 from pathlib import Path
 
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from schemas.database import create_engine
-from schemas.store import NewTask, new_task_row
+from schemas.ledger import Poll, Reader
+from schemas.settings import ArchiveSettings
+from schemas.states import State
+from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore, NewTask, new_task_row
 from schemas.tables import TASK
+from schemas.wire import Observation, WireFormat
 from tests.conftest import FakeClock
-from tests.support.service import migrate, running_service, settings_for
+from tests.support.service import Service, migrate, running_service, settings_for
 
 TASKS = 100_000
 PEAK_LIMIT_BYTES = 16 * 1024 * 1024
@@ -55,3 +66,48 @@ async def fill(url: str, clock: FakeClock) -> None:
                 rows.append(new_task_row(new, clock()))
             await conn.execute(TASK.insert(), rows)
     await engine.dispose()
+
+
+SHA = hashlib.sha256(b"video").hexdigest()
+
+
+async def task_with_two_outputs(service: Service, engine: AsyncEngine, clock: FakeClock) -> str:
+    """A succeeded task: its first output archived, its second refused."""
+    ref = str((await service.register("apidot", provider_task_id="t-out"))["ref"])
+    store = LedgerStore(engine, clock, {"apidot": Reader(WireFormat.APIDOT, 3600.0, True)})
+    urls = ("https://cdn.example.com/a.mp4?sig=secret", "https://cdn.example.com/b.mp4?sig=x")
+    observation = Observation("t-out", State.SUCCEEDED, 100, urls)
+    await store.ingest([Poll(ref, clock(), None, observation, 200, "{}")])
+    first, second = sorted(await store.claim_artifacts("a", 10, 60), key=lambda j: j.artifact.id)
+    stored = ArchivedFile(f"sha256/{SHA[:2]}/{SHA[2:4]}/{SHA}", 5, SHA, "video/mp4")
+    archived = Attempt(ArtifactState.ARCHIVED, "cdn.example.com", stored)
+    failed = Attempt(ArtifactState.FAILED, "cdn.example.com", error="not a video or image")
+    assert await store.record_attempt(first.artifact.id, "a", archived)
+    assert await store.record_attempt(second.artifact.id, "a", failed)
+    await store.close()
+    return ref
+
+
+async def test_export_lists_each_tasks_outputs_without_bytes_or_sources(
+    database_url: str, engine: AsyncEngine, clock: FakeClock, tmp_path: Path
+) -> None:
+    archive = ArchiveSettings(url=str(tmp_path / "archive"), spool_dir=str(tmp_path / "spool"))
+    async with running_service(settings_for(database_url, archive=archive), clock) as service:
+        ref = await task_with_two_outputs(service, engine, clock)
+        await service.register("apidot", provider_task_id="t-open")
+        jsonl = await service.http.get("/v1/export", headers=service.admin)
+        table = await service.http.get("/v1/export?format=csv", headers=service.admin)
+    rows = {row["ref"]: row for row in map(orjson.loads, jsonl.text.splitlines())}
+    archived, failed = rows[ref]["artifacts"]
+    assert (archived["name"], archived["state"], archived["sha256"]) == (
+        "output-1",
+        "archived",
+        SHA,
+    )
+    assert (archived["size"], archived["content_type"]) == (5, "video/mp4")
+    assert (failed["state"], failed["last_error"]) == ("failed", "not a video or image")
+    assert [row["artifacts"] for r, row in rows.items() if r != ref] == [[]]
+    assert "storage_key" not in archived
+    assert "source" not in archived
+    cells = {row["ref"]: row["artifacts"] for row in csv.DictReader(io.StringIO(table.text))}
+    assert cells[ref] == f"output-1:archived:{SHA} output-2:failed"

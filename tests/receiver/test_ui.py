@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,16 @@ from itsdangerous import TimestampSigner
 from playwright.async_api import Page, async_playwright
 
 from receiver.ui import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
+from schemas.database import create_engine
+from schemas.ledger import Poll, Reader
+from schemas.media.storage import LocalStore, content_key
+from schemas.settings import ArchiveSettings
+from schemas.states import State
+from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore
+from schemas.wire import Observation, WireFormat
+from schemas.wire.openai import content_paths
 from simulator import Faults, Lifecycle, SimConfig
+from simulator.files import Video, png
 from tests.conftest import FakeClock
 from tests.support.databases import in_ci
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
@@ -126,6 +136,11 @@ async def test_logout_ends_the_session(service: Service) -> None:
 async def test_only_the_dashboards_own_files_are_served(service: Service) -> None:
     response = await service.http.get("/ui/static/ui.py", headers=service.admin)
     assert response.status_code == 404
+
+
+async def test_the_page_plays_media_from_its_own_origin_only(service: Service) -> None:
+    policy = (await service.http.get("/ui", headers=service.admin)).headers
+    assert "media-src 'self';" in policy["content-security-policy"]
 
 
 # -- the page in a real browser -----------------------------------------------------
@@ -245,6 +260,108 @@ async def check_timeline(page: Page, system: System, ref: str) -> None:
     assert task["state"] in await last.inner_text()
     assert transitions[-1]["source"] in await last.inner_text()
     assert task["callback_url"] not in await page.content()
+
+
+# -- the archived outputs of a task, in a real browser ----------------------------------
+
+THUMBNAIL = png("thumbnail", 320, 180)
+VIDEO = b"".join(Video("video", 256 * 1024).chunks())
+
+
+async def archived_openai_task(
+    service: Service, database_url: str, archive: LocalStore, clock: FakeClock
+) -> str:
+    """An OpenAI task whose video and thumbnail are in the archive."""
+    task = await service.register("openai", provider_task_id="video_archived")
+    engine = create_engine(database_url)
+    store = LedgerStore(engine, clock, {"openai": Reader(WireFormat.OPENAI, 3600.0, True)})
+    try:
+        extra = {"content": content_paths("video_archived")}
+        observation = Observation("video_archived", State.SUCCEEDED, 100, extra=extra)
+        await store.ingest([Poll(task["ref"], clock(), None, observation, 200, "{}")])
+        jobs = sorted(await store.claim_artifacts("ui-test", 10, 60), key=lambda j: j.artifact.name)
+        for job, (data, kind) in zip(
+            jobs, ((THUMBNAIL, "image/png"), (VIDEO, "video/mp4")), strict=True
+        ):
+            stored = await put(archive, data, kind)
+            attempt = Attempt(ArtifactState.ARCHIVED, "api.openai.com", stored)
+            assert await store.record_attempt(job.artifact.id, "ui-test", attempt)
+    finally:
+        await store.close()
+        await engine.dispose()
+    return str(task["ref"])
+
+
+async def put(archive: LocalStore, data: bytes, content_type: str) -> ArchivedFile:
+    sha = hashlib.sha256(data).hexdigest()
+    spool = archive.spool_dir / f"{sha}.part"
+    spool.write_bytes(data)
+    await archive.put(spool, content_key(sha), content_type)
+    return ArchivedFile(content_key(sha), len(data), sha, content_type)
+
+
+async def test_task_panel_plays_an_archived_video_with_its_thumbnail_as_poster(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    executable = chromium()
+    archive = ArchiveSettings(url=str(tmp_path / "archive"), spool_dir=str(tmp_path / "spool"))
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    async with running_service(settings_for(database_url, archive=archive), clock) as service:
+        ref = await archived_openai_task(
+            service, database_url, LocalStore(Path(archive.url)), clock
+        )
+        async with asyncio.timeout(60), async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(executable), args=CHROMIUM_ARGS, timeout=BROWSER_TIMEOUT_MS
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+                page.set_default_timeout(BROWSER_TIMEOUT_MS)
+                await check_outputs(page, service.base_url, ref)
+            finally:
+                await browser.close()
+
+
+async def check_outputs(page: Page, base_url: str, ref: str) -> None:
+    await sign_in(page, base_url)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.fill("#ref-input", ref)
+    await page.click("#open-task button[type=submit]")
+    await page.wait_for_selector("#panel[data-state=ready]")
+    video = page.locator("#panel-artifacts figure[data-name=video][data-state=archived] video")
+    await video.wait_for()
+    thumbnail = page.locator("#panel-artifacts figure[data-name=thumbnail] img")
+    assert await video.get_attribute("preload") == "metadata"
+    assert await video.get_attribute("controls") is not None
+    assert await video.get_attribute("poster") == await thumbnail.get_attribute("src")
+    await page.wait_for_function(
+        "() => document.querySelector('#panel-artifacts figure[data-name=thumbnail] img')"
+        ".naturalWidth === 320"
+    )
+    fetched = await fetch_without_cookie(page, str(await video.get_attribute("src")))
+    assert fetched == {"status": 206, "bytes": 16, "type": "video/mp4"}
+    facts = await page.locator("#panel-artifacts figure[data-name=video]").inner_text()
+    assert hashlib.sha256(VIDEO).hexdigest()[:12] in facts
+    assert "256 KiB" in facts
+    await screenshot(page, "dashboard-outputs.png")
+    assert errors == []
+
+
+async def fetch_without_cookie(page: Page, source: str) -> dict[str, Any]:
+    """What the media URL answers with no session cookie: its token alone opens it."""
+    return dict(
+        await page.evaluate(
+            """async (source) => {
+              const headers = { range: 'bytes=0-15' };
+              const answer = await fetch(source, { credentials: 'omit', headers });
+              const body = await answer.arrayBuffer();
+              return { status: answer.status, bytes: body.byteLength,
+                       type: answer.headers.get('content-type') };
+            }""",
+            source,
+        )
+    )
 
 
 async def screenshot(page: Page, name: str) -> None:

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.ledger import Auth, Delivery, Poll, Reader
 from schemas.states import State
 from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore, NewTask
+from schemas.tables import MESSAGE
 from schemas.wire import Observation, WireFormat
 from tests.conftest import FakeClock
 
@@ -177,3 +179,31 @@ async def test_prune_deletes_a_file_only_when_no_archived_output_holds_it(
     assert await archiving.prune_artifacts(cutoff) == (0, [])
     states = {a.state for a in await archiving.artifacts(ref)}
     assert states == {"archived"}
+
+
+async def test_the_last_output_settled_announces_the_archive_once(
+    archiving: LedgerStore, clock: FakeClock
+) -> None:
+    ref = await task(archiving)
+    await archiving.ingest([polled(ref, succeeded("t-1", URL, URL + "2"), clock())])
+    first, second = await archiving.claim_artifacts("a", 10, 60)
+    stored = ArchivedFile("sha256/ab/cd/x", 10, "ab" * 32, "video/mp4")
+    await archiving.record_attempt(
+        first.artifact.id, "a", Attempt(ArtifactState.ARCHIVED, "h", stored)
+    )
+    assert await archived_events(archiving) == []
+    missed = Attempt(ArtifactState.MISSED, "h", error="expired")
+    await archiving.record_attempt(second.artifact.id, "a", missed)
+    (event,) = await archived_events(archiving)
+    outputs = {a["name"]: a["state"] for a in event["data"]["artifacts"]}
+    assert outputs == {"output-1": "archived", "output-2": "missed"}
+    assert event["data"]["ref"] == ref
+    assert event["data"]["state"] == "succeeded"
+
+
+async def archived_events(store: LedgerStore) -> list[dict[str, object]]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            sa.select(MESSAGE.c.payload).where(MESSAGE.c.event_type == "task.archived")
+        )
+        return [payload for (payload,) in rows]

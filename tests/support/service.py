@@ -13,7 +13,7 @@ import httpx
 from receiver.app import create_app
 from schemas.database import create_engine
 from schemas.migrate import upgrade
-from schemas.settings import ProviderSettings, Settings
+from schemas.settings import ArchiveSettings, ProviderSettings, Settings
 from schemas.wire import WireFormat
 from tests.support.senders import OLD_WEBHOOK_SECRET, WEBHOOK_SECRET
 from tests.support.servers import free_port, serve
@@ -39,6 +39,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         admin_token=ADMIN_TOKEN,
         providers=providers,
         log_json=True,
+        archive=ArchiveSettings(url="off"),  # tests that archive say where
     )
     return replace(settings, **overrides)
 
