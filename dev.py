@@ -3,6 +3,10 @@
 
 python3 dev.py run     # virtualenv, install, .env with local secrets, migrate, start
 python3 dev.py test    # virtualenv, install, lint, format check, types, tests
+
+`run` takes `taskledger run`'s options (`python3 dev.py run --port 8011`; see
+`.venv/bin/taskledger run --help` for the settings and exit codes), `test` pytest's.
+Ctrl-C stops everything started and exits 130.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
@@ -20,6 +25,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".taskledger-install"
 CHROMIUM = Path("/usr/bin/chromium")
+EXIT_INTERRUPTED = 130
 
 
 def ensure_environment() -> None:
@@ -37,9 +43,21 @@ def ensure_environment() -> None:
 
 
 def run(*args: object) -> None:
-    code = subprocess.call([str(a) for a in args], cwd=ROOT)  # noqa: S603 - our own tools
+    code = call(*args)
     if code != 0:
         sys.exit(code)
+
+
+def call(*args: object) -> int:
+    """Run one of our tools and wait for it to end, even through Ctrl-C: the terminal sends
+    SIGINT to the tool too, and it stops in its own way. 130 when interrupted."""
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    try:
+        code = subprocess.call([str(a) for a in args], cwd=ROOT)  # noqa: S603 - our own tools
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return EXIT_INTERRUPTED if interrupted else code
 
 
 def ensure_chromium() -> None:
@@ -70,9 +88,15 @@ def test(extra: list[str]) -> None:
 
 def main() -> None:
     command, extra = (sys.argv[1:2] or ["run"])[0], sys.argv[2:]
+    if command in {"-h", "--help", "help"}:
+        print(__doc__.strip())
+        return
     if command not in {"run", "test"}:
         sys.exit(__doc__)
-    ensure_environment()
+    try:
+        ensure_environment()
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
     if command == "test":
         test(extra)
     else:

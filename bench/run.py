@@ -1,4 +1,5 @@
-"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg]`: run the benchmarks.
+"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg,archive]`: run the
+benchmarks.
 
 Writes `bench/results/<timestamp>.json` and `bench/results/summary.md`.
 """
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import catchup, dupes, growth, ingest, ledger, pg
+from bench import archive, catchup, dupes, growth, ingest, ledger, pg, relay
 from bench.context import Context
 from bench.load import ensure_wrk
 from bench.report import CaseResult, Check, write_results
@@ -29,6 +30,8 @@ CASES: dict[str, Callable[[Context], list[CaseResult]]] = {
     "growth": lambda ctx: [growth.run_growth(ctx)],
     "catchup": lambda ctx: [catchup.run_catchup_sqlite(ctx)],
     "pg": pg.run_postgres,
+    "archive": lambda ctx: [archive.run_archive(ctx)],
+    "relay": lambda ctx: [relay.run_relay(ctx)],
 }
 
 

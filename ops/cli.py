@@ -1,12 +1,13 @@
 """The `taskledger` command: database upgrades, pruning and backups, the Procfile's processes,
-the read commands."""
+the read commands. Every command reads the environment over `.env`: an exported variable wins."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,25 +17,56 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from ops import console
-from ops.demo import run_demo
+from ops.demo import run_demo, task_count
 from ops.envfile import ENV_FILE, load_environ, write_env_file
 from ops.providers import check as check_definition
-from ops.supervisor import supervise
+from ops.supervisor import (
+    check_port_free,
+    database_lock,
+    holder,
+    public_url_mismatch,
+    supervise,
+)
 from schemas.clock import utc_now
-from schemas.database import create_engine, normalize_url
-from schemas.errors import ConfigError, LedgerError
+from schemas.database import create_engine, describe, normalize_url, reachable_revision
+from schemas.errors import (
+    EXIT_DATABASE_UNREACHABLE,
+    EXIT_FAILED,
+    ConfigError,
+    LedgerError,
+    StorageUnavailable,
+)
 from schemas.media.storage import open_store
-from schemas.migrate import upgrade
+from schemas.migrate import head_revision, upgrade
 from schemas.retention import PruneReport, RetentionPolicy
 from schemas.settings import (
     DEFAULT_DATABASE_URL,
     PREFIX,
+    RelaySettings,
+    Settings,
     archive_settings,
     provider_readers,
     retention_policy,
 )
 from schemas.states import Outcome
 from schemas.store import LedgerStore, backup_sqlite
+
+RUN_HELP = """\
+Start every process of the Procfile (web, reconciler, relay) with the environment over
+.env (an exported variable wins), after checking the settings and bringing the database to
+the newest migration; Ctrl-C or SIGTERM stops them all. The receiver listens on --port, else
+$PORT, else 8000; TASKLEDGER_PUBLIC_BASE_URL, when not set, is http://HOST:PORT. A second
+`taskledger run` on the same SQLite file is refused.
+
+exit codes: 0 stopped when asked; 1 a process failed; 2 a bad setting; 3 the database
+unreachable or not migrated; 4 the port, or the SQLite file, in use.
+"""
+ADMIN_HELP = """\
+Print the admin token, TASKLEDGER_ADMIN_TOKEN from the environment or .env, and nothing
+else: export TASKLEDGER_ADMIN_TOKEN=$(taskledger token)
+"""
+DEFAULT_PORT = 8000
+EXIT_INTERRUPTED = 130
 
 REFOLD_HELP = """\
 Reads every delivery kept as `unrecognized` (authenticated, but its body could not be
@@ -74,10 +106,16 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
         return _dispatch(args)
     except ConfigError as exc:
         print(f"taskledger: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except StorageUnavailable as exc:
+        print(f"taskledger: {exc}", file=sys.stderr)
+        return EXIT_DATABASE_UNREACHABLE
     except console.CommandError as exc:
         print(f"taskledger: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("taskledger: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,12 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_prune(db)
     _add_backup(db)
     _add_refold(db)
-    run = commands.add_parser("run", help="start every process of the Procfile")
-    run.add_argument("--port", type=int, default=8000)
-    run.add_argument("--host", default="127.0.0.1")
+    run = _add_described(commands, "run", "start every process of the Procfile", RUN_HELP)
+    run.add_argument("--port", type=_port, help=f"default: $PORT, else {DEFAULT_PORT}")
+    run.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
+    _add_described(commands, "token", "print the admin token (for export)", ADMIN_HELP)
     demo = commands.add_parser("demo", help="simulator + receiver + reconciler, faults on")
-    demo.add_argument("--tasks", type=int, default=300)
+    demo.add_argument("--tasks", type=task_count, default=300)
     providers = commands.add_parser("providers", help="provider definition files").add_subparsers(
         dest="providers_command", required=True
     )
@@ -108,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_described(
     db: Subcommands, name: str, summary: str, description: str
 ) -> argparse.ArgumentParser:
-    """A `db` command whose `--help` prints `description` as written."""
+    """A command whose `--help` prints `description` as written."""
     return db.add_parser(
         name,
         help=summary,
@@ -165,6 +204,12 @@ def _days(raw: str) -> float:
     return value
 
 
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port number: {raw!r}")
+    return int(raw)
+
+
 def _positive_int(raw: str) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise argparse.ArgumentTypeError(f"must be a positive whole number: {raw!r}")
@@ -183,18 +228,73 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "init-env":
         write_env_file(ENV_FILE)
         return 0
+    if args.command == "token":
+        return _token(load_environ())
+    return _run(args.host, args.port)
+
+
+def _run(host: str, port: int | None) -> int:
+    """Settings checked, the SQLite file held, the port free and the database migrated,
+    then every process; each refusal is one line and its exit code."""
     write_env_file(ENV_FILE)
     environ = load_environ()
-    asyncio.run(_upgrade(environ))
-    return supervise(environ, host=args.host, port=args.port)
+    port = port or _port_of(environ)
+    Settings.from_environ(environ).check_secrets()
+    RelaySettings.from_environ(environ)
+    url = _database_url(environ)
+    with _held(url, holder(host, port)):
+        check_port_free(host, port)
+        print(asyncio.run(_upgrade(url)), flush=True)
+        if warning := public_url_mismatch(environ, port):
+            print(warning, flush=True)
+        return supervise(environ, host=host, port=port)
 
 
-async def _upgrade(environ: Mapping[str, str]) -> None:
-    engine = create_engine(_database_url(environ))
+def _port_of(environ: Mapping[str, str]) -> int:
+    raw = environ.get("PORT", "").strip()
+    if not raw:
+        return DEFAULT_PORT
     try:
+        return _port(raw)
+    except argparse.ArgumentTypeError:
+        raise ConfigError(f"PORT must be a TCP port number (got {raw!r})") from None
+
+
+@contextmanager
+def _held(url: str, who: str) -> Iterator[None]:
+    """The SQLite file's lock for the block; PostgreSQL takes any number of processes."""
+    if make_url(normalize_url(url)).get_backend_name() != "sqlite":
+        yield
+        return
+    with database_lock(sqlite_path(url).resolve(), who):
+        yield
+
+
+def _token(environ: Mapping[str, str]) -> int:
+    token = environ.get(PREFIX + "ADMIN_TOKEN", "").strip()
+    if not token:
+        raise ConfigError(
+            f"{PREFIX}ADMIN_TOKEN is not set, and no {ENV_FILE} here holds it: run"
+            " `taskledger init-env` (or `python3 dev.py run`) in the project's directory"
+        )
+    print(token)
+    return 0
+
+
+async def _upgrade(url: str) -> str:
+    """Bring the database to the newest migration; what was done, in one line."""
+    engine = create_engine(url)
+    store = LedgerStore(engine, utc_now)
+    try:
+        before = await reachable_revision(store.ping, url)
         await upgrade(engine)
     finally:
+        await store.close()
         await engine.dispose()
+    head = head_revision()
+    if before == head:
+        return f"taskledger: {describe(url)} is already at migration {head}"
+    return f"taskledger: upgraded {describe(url)} from migration {before or 'none'} to {head}"
 
 
 def _database_url(environ: Mapping[str, str]) -> str:
@@ -219,8 +319,7 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise
         print(f"taskledger: {exc}", file=sys.stderr)
         return 1
-    asyncio.run(_upgrade(environ))
-    print("taskledger: database is at the current migration")
+    print(asyncio.run(_upgrade(_database_url(environ))))
     return 0
 
 

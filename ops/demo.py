@@ -6,6 +6,7 @@ the demo only submits tasks through the API and reads the ledger at the end.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import secrets
 import socket
@@ -45,9 +46,24 @@ FAULTS = {
     "--wrong-task-id-rate": "0.02",
 }
 SETTLE_TIMEOUT_SECONDS = 180
+MAX_TASKS = 100_000
+
+
+def task_count(raw: str) -> int:
+    """`--tasks`: a whole number of tasks from 1 to `MAX_TASKS` (an argparse type)."""
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_TASKS:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of tasks from 1 to {MAX_TASKS:,}: {raw!r}"
+        )
+    return int(raw)
 
 
 def run_demo(tasks: int = 300) -> int:
+    try:
+        task_count(str(tasks))
+    except argparse.ArgumentTypeError as exc:
+        print(f"taskledger demo: --tasks {exc}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="taskledger-demo-") as workdir:
         return asyncio.run(_demo(Path(workdir), tasks))
 
@@ -201,14 +217,27 @@ def _rejections(metrics: str) -> int:
 
 
 def _report(summary: dict[str, Any], rejected: int, matches: int, count: int) -> None:
-    print("\nreport")
-    for state, n in sorted(summary["by_state"].items()):
-        print(f"  {state:<28}{n:>6}")
-    print(f"  {'recovered only by polling':<28}{summary['recovered_by_poll']:>6}")
-    print(f"  {'duplicate deliveries absorbed':<28}{summary['duplicates']:>6}")
-    print(f"  {'forged or bad callbacks refused':<28}{rejected:>6}")
-    print(f"  {'conflicts resolved':<28}{summary['conflicts']:>6}")
-    print(f"  {'match the provider truth':<28}{matches:>6} of {count}")
+    print("\n" + format_report(summary, rejected, matches, count))
+
+
+def format_report(summary: Mapping[str, Any], rejected: int, matches: int, count: int) -> str:
+    """The demo's closing table: every label padded to the longest, every count aligned."""
+    rows: list[tuple[str, str]] = [
+        *((state, str(n)) for state, n in sorted(summary["by_state"].items())),
+        ("recovered only by polling", str(summary["recovered_by_poll"])),
+        ("duplicate deliveries absorbed", str(summary["duplicates"])),
+        ("forged or bad callbacks refused", str(rejected)),
+        ("conflicts resolved", str(summary["conflicts"])),
+        ("match the provider truth", f"{matches} of {count}"),
+    ]
+    label_width = max(len(label) for label, _ in rows) + 2
+    number_width = max(len(value.split(" ")[0]) for _, value in rows)
+    lines = ["report"]
+    for label, value in rows:
+        number, _, rest = value.partition(" ")
+        tail = f" {rest}" if rest else ""
+        lines.append(f"  {label:<{label_width}}{number:>{number_width}}{tail}")
+    return "\n".join(lines)
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""The `.env` file of local secrets: written once with fresh values, read under the environment."""
+"""The `.env` file of local secrets: written once with fresh values, read under the environment
+(a variable exported in the shell wins over the same one in `.env`)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ def load_environ() -> dict[str, str]:
 
 
 def write_env_file(path: Path) -> None:
-    """Generate local secrets once; an existing file is never touched."""
+    """Generate local secrets once; an existing file is never touched. No
+    `TASKLEDGER_PUBLIC_BASE_URL`: `taskledger run` derives it from `--port`, so a file written
+    for one port never sends callbacks to another."""
     if path.exists():
         return
     lines = [
         "# Local secrets for taskledger, generated once. Never commit this file.",
         f"{PREFIX}DATABASE_URL={DEFAULT_DATABASE_URL}",
-        f"{PREFIX}PUBLIC_BASE_URL=http://127.0.0.1:8000",
         f"{PREFIX}ADMIN_TOKEN={secrets.token_urlsafe(32)}",
         f"{PREFIX}CALLBACK_SECRETS={secrets.token_urlsafe(32)}",
         f"{PREFIX}PROVIDER_OPENAI_WEBHOOK_SECRETS={webhook_secret()}",

@@ -1,7 +1,9 @@
-"""The Procfile: its commands, their `${NAME:-default}` variables, and the receiver's command line.
+"""The Procfile: its commands, their `${NAME:-default}` variables, and the command lines of
+its processes.
 
 The Procfile is the production truth of how each process starts; the demo, the tests and the
-benchmarks start the receiver with its `web` command (`web_command`), never a copy of it.
+benchmarks start the receiver with its `web` command (`web_command`) and the Python processes
+(`reconciler`, `relay`) with `python_command`, never a copy of them.
 """
 
 from __future__ import annotations
@@ -44,3 +46,11 @@ def web_command(host: str, port: int, *options: str, app: str | None = None) -> 
     line = expand(procfile_commands(SOURCE_PROCFILE)["web"], {"HOST": host, "PORT": str(port)})
     program, factory, *flags = shlex.split(line)
     return [sys.executable, "-m", program, app or factory, *flags, *options]
+
+
+def python_command(name: str) -> list[str]:
+    """The Procfile's `name` command, a `python …` line, run by this Python."""
+    program, *arguments = shlex.split(procfile_commands(SOURCE_PROCFILE)[name])
+    if program != "python":
+        raise ValueError(f"the Procfile's {name!r} process is not run by python")
+    return [sys.executable, *arguments]

@@ -1,7 +1,12 @@
-"""The admin API (bearer token): register tasks, attach provider ids, read a task's story."""
+"""The admin API (bearer token, scoped): register tasks (once per `Idempotency-Key`), attach
+provider ids, read a task's story (its evidence, transitions, outputs and the events it sent).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any
@@ -9,14 +14,24 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.auth import bearer_is_valid
+from receiver.auth import ADMIN_SUBJECT, Principal, authorize, bearer_is_valid, session_subject
 from receiver.bodies import read_json
-from receiver.errors import Conflict, NotFound, Unauthenticated, Unprocessable
-from receiver.ui import session_is_valid
+from receiver.errors import (
+    Conflict,
+    Forbidden,
+    MalformedBody,
+    NotFound,
+    ReceiverError,
+    Unauthenticated,
+    Unprocessable,
+)
+from schemas.endpoint_urls import redact
 from schemas.errors import TaskConflict, TaskNotFound
 from schemas.settings import ProviderSettings, Settings
 from schemas.store import Artifact, LedgerStore, NewTask, Task
-from schemas.tables import LABEL_MAX_CHARS
+from schemas.store.idempotency import IdempotencyKey, KeyReused, StoredAnswer
+from schemas.store.keys import KeyScope
+from schemas.tables import IDEMPOTENCY_KEY_MAX_CHARS, LABEL_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
 ADMIN_BODY_LIMIT_BYTES = 256 * 1024
@@ -25,74 +40,225 @@ MAX_TEXT = LABEL_MAX_CHARS  # owner, model and provider task id share the column
 SHOWN_FIELDS = tuple(
     f.name for f in fields(Task) if f.name not in ("authority", "lease_owner", "lease_until")
 )
+NEW_TASK_FIELDS = ("provider", "owner", "model", "request", "provider_task_id", "submit")
+ATTACH_FIELDS = ("provider_task_id",)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def require_admin(request: Request) -> None:
-    # The dashboard's session cookie counts too, for reads only.
-    if not (session_is_valid(request) or bearer_is_valid(request)):
+    """The bootstrap admin only: its bearer token, or its dashboard session for reads. For
+    routes not yet on `receiver.auth.authorize`, which also takes API keys and scopes."""
+    if not (bearer_is_valid(request) or session_subject(request) == ADMIN_SUBJECT):
         raise Unauthenticated("a valid admin bearer token is required")
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    return await read_json(request, ADMIN_BODY_LIMIT_BYTES)
+async def _json_body(request: Request, allowed: Iterable[str]) -> dict[str, Any]:
+    return known_fields(await read_json(request, ADMIN_BODY_LIMIT_BYTES), allowed)
+
+
+def known_fields(body: dict[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
+    """`body` if it names only `allowed` fields; a 400 naming the others if not."""
+    allowed = tuple(allowed)
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise MalformedBody(
+            f"unknown field(s): {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+        )
+    return body
 
 
 async def create_task(request: Request) -> Response:
-    require_admin(request)
+    """`POST /v1/tasks` (write scope). With an `Idempotency-Key`, the first answer is kept:
+    the same key with the same body gets it again (`Idempotent-Replayed: true`), with
+    another body a 409; a key is the caller's own, kept a week at least."""
+    principal = await authorize(request, KeyScope.WRITE)
+    body = await _json_body(request, NEW_TASK_FIELDS)
+    key = idempotency_key(request, principal, body)
+    store: LedgerStore = request.app.state.store
+    if key is not None and (first := await _answered(store, key)) is not None:
+        return _answer_of(first)
+    provider, new = _new_task(request, principal, body)
+    # Submitting is the reconciler's job (an outbox): the answer comes before the provider's.
+    status = 202 if new.submit else 201
+
+    def answer(task: Task) -> tuple[int, bytes]:
+        shown = task_json(task, callback_url(request, provider, task.ref))
+        return status, bytes(JSONResponse(shown).body)
+
+    try:
+        if key is None:
+            return _answer_of(StoredAnswer(*answer(await store.register(new))))
+        return _answer_of(await store.register_once(new, key, answer))
+    except TaskConflict as exc:
+        raise Conflict(str(exc), provider=provider.name) from None
+    except KeyReused as exc:
+        raise Conflict(str(exc)) from None
+
+
+def _new_task(
+    request: Request, principal: Principal, body: dict[str, Any]
+) -> tuple[ProviderSettings, NewTask]:
     settings: Settings = request.app.state.settings
-    body = await _json_body(request)
     provider = _configured(settings, body.get("provider"))
     _refuse_after_sunset(request, provider, body)
     new = NewTask(
         provider=provider.name,
-        owner=_text(body, "owner"),
+        owner=_owner(principal, body),
         model=_text(body, "model"),
         request=_object(body, "request"),
         provider_task_id=_text(body, "provider_task_id") or None,
         expected_seconds=provider.expected_seconds,
         submit=_submit_flag(body, provider),
     )
-    store: LedgerStore = request.app.state.store
+    return provider, new
+
+
+def idempotency_key(
+    request: Request, principal: Principal, body: dict[str, Any]
+) -> IdempotencyKey | None:
+    """The request's `Idempotency-Key`, the caller's own, with the hash of its body (the
+    JSON as sent, keys sorted: the same object in another order is the same request)."""
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    if not (0 < len(raw) <= IDEMPOTENCY_KEY_MAX_CHARS and raw.isascii() and raw.isprintable()):
+        raise ReceiverError(
+            f"{IDEMPOTENCY_HEADER} must be 1 to {IDEMPOTENCY_KEY_MAX_CHARS} printable ASCII"
+            " characters"
+        )
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return IdempotencyKey(principal.subject, raw, digest)
+
+
+async def _answered(store: LedgerStore, key: IdempotencyKey) -> StoredAnswer | None:
     try:
-        task = await store.register(new)
-    except TaskConflict as exc:
-        raise Conflict(str(exc), provider=provider.name) from None
-    # Submitting is the reconciler's job (an outbox): the answer comes before the provider's.
-    status = 202 if new.submit else 201
-    return JSONResponse(task_json(task, callback_url(request, provider, task.ref)), status)
+        return await store.idempotent_answer(key)
+    except KeyReused as exc:
+        raise Conflict(str(exc)) from None
+
+
+def _answer_of(answer: StoredAnswer) -> Response:
+    headers = {REPLAYED_HEADER: "true"} if answer.replayed else {}
+    return Response(answer.body, answer.status, headers, "application/json")
+
+
+def _owner(principal: Principal, body: dict[str, Any]) -> str:
+    """The task's owner: as the body says; a key limited to an owner registers its tasks
+    only (the body may leave it out)."""
+    owner = _text(body, "owner")
+    if principal.owner is None:
+        return owner
+    if owner and owner != principal.owner:
+        raise Forbidden(f"this key registers tasks of the owner {principal.owner!r} only")
+    return principal.owner
 
 
 async def attach_task_id(request: Request) -> Response:
-    require_admin(request)
+    """`PATCH /v1/tasks/{ref}` (write scope): attach the provider's task id; the answer is
+    the whole task, its callback URL included."""
+    principal = await authorize(request, KeyScope.WRITE)
     ref = task_ref(request)
-    body = await _json_body(request)
+    body = await _json_body(request, ATTACH_FIELDS)
     task_id = _text(body, "provider_task_id")
     if not task_id:
         raise Unprocessable("provider_task_id is required")
     store: LedgerStore = request.app.state.store
-    if await store.get(ref) is None:
-        raise NotFound("no task has this ref", task_ref=ref)
+    await visible_task(request, principal, ref)
     try:
         task = await store.attach(ref, task_id)
     except TaskConflict as exc:
         raise Conflict(str(exc), task_ref=ref) from None
     except TaskNotFound:
         raise NotFound("no task has this ref", task_ref=ref) from None
-    return JSONResponse(task_json(task))
+    return JSONResponse(task_json(task, _callback_url_of(request, task)))
 
 
 async def show_task(request: Request) -> Response:
-    require_admin(request)
+    """`GET /v1/tasks/{ref}` (read scope): the task and its timeline; the raw payloads kept
+    (poll bodies, delivery headers) for the admin scope only."""
+    principal = await authorize(request, KeyScope.READ)
     ref = task_ref(request)
     store: LedgerStore = request.app.state.store
-    task = await store.get(ref)
-    if task is None:
-        raise NotFound("no task has this ref", task_ref=ref)
+    task = await visible_task(request, principal, ref)
     timeline = await store.timeline(ref)
+    shown = jsonable(timeline) | {
+        "artifacts": [artifact_json(a) for a in timeline.artifacts],
+        "messages": await messages_json(store, ref),
+    }
+    if not principal.scope.includes(KeyScope.ADMIN):
+        shown |= without_payloads(shown)
+    return JSONResponse({**task_json(task, _callback_url_of(request, task)), "timeline": shown})
+
+
+async def visible_task(request: Request, principal: Principal, ref: str) -> Task:
+    """The task `ref`, if the principal may see it: another owner's is a 404, as if it did
+    not exist."""
+    store: LedgerStore = request.app.state.store
+    task = await store.get(ref)
+    if task is None or not principal.sees(task.owner):
+        raise NotFound("no task has this ref", task_ref=ref)
+    return task
+
+
+def without_payloads(timeline: dict[str, Any]) -> dict[str, Any]:
+    """A shown timeline's deliveries and polls without what a provider sent (their headers,
+    a poll's answer): raw payloads are for the admin scope."""
+    return {
+        "deliveries": [d | {"headers": None} for d in timeline["deliveries"]],
+        "polls": [p | {"body": None} for p in timeline["polls"]],
+    }
+
+
+def _callback_url_of(request: Request, task: Task) -> str | None:
     provider = request.app.state.settings.provider(task.provider)
-    url = callback_url(request, provider, ref) if provider else None
-    shown = jsonable(timeline) | {"artifacts": [artifact_json(a) for a in timeline.artifacts]}
-    return JSONResponse({**task_json(task, url), "timeline": shown})
+    return callback_url(request, provider, task.ref) if provider else None
+
+
+async def messages_json(store: LedgerStore, ref: str) -> list[dict[str, Any]]:
+    """The events a task sent the product, each with how it went to every endpoint; an
+    endpoint by its redacted URL (a broker's credentials never shown), not the payload."""
+    messages = await store.messages_of_task(ref)
+    urls = {e.id: redact(e.url) for e in await store.endpoints()} if messages else {}
+    return [
+        {
+            "msg_id": m["msg_id"],
+            "event_type": m["event_type"],
+            "seq": m["seq"],
+            "unconfirmed": m["unconfirmed"],
+            "fanned_out": m["fanned_out"],
+            "created_at": jsonable(m["created_at"]),
+            "dispatches": [dispatch_json(d, urls.get(d["endpoint_id"])) for d in m["dispatches"]],
+        }
+        for m in messages
+    ]
+
+
+def dispatch_json(dispatch: dict[str, Any], url: str | None) -> dict[str, Any]:
+    """One message's way to one endpoint: its state, its count of tries and each try."""
+    return {
+        "endpoint_id": dispatch["endpoint_id"],
+        "endpoint_url": url,
+        "state": dispatch["state"],
+        "attempts": dispatch["attempts"],
+        "last_status": dispatch["last_status"],
+        "last_error": dispatch["last_error"],
+        "next_attempt_at": jsonable(dispatch["next_attempt_at"]),
+        "delivered_at": jsonable(dispatch["delivered_at"]),
+        "attempt_log": [attempt_json(a) for a in dispatch["attempts_made"]],
+    }
+
+
+def attempt_json(attempt: dict[str, Any]) -> dict[str, Any]:
+    """One try: when, what the endpoint answered (trimmed) and how long it took."""
+    return {
+        "at": jsonable(attempt["at"]),
+        "status_code": attempt["status_code"],
+        "latency_ms": attempt["latency_ms"],
+        "answer": attempt["answer"],
+        "error": attempt["error"],
+    }
 
 
 def task_ref(request: Request) -> str:

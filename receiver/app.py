@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -16,7 +19,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from receiver import admin, artifacts, callbacks, health, openapi, queries, ui
+from receiver import (
+    admin,
+    artifacts,
+    auth,
+    callbacks,
+    dashboard,
+    endpoints,
+    health,
+    keys,
+    openapi,
+    queries,
+    ui,
+)
 from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
@@ -25,9 +40,9 @@ from receiver.metrics import ReceiverMetrics
 from receiver.writer import GroupCommitWriter
 from schemas import logs
 from schemas.clock import utc_now
-from schemas.database import create_engine
-from schemas.errors import StorageUnavailable
-from schemas.settings import Settings
+from schemas.database import create_engine, describe, require_current
+from schemas.errors import ConfigError, StorageUnavailable
+from schemas.settings import Settings, unknown_settings
 from schemas.store import LedgerStore
 
 log = structlog.get_logger("taskledger.receiver")
@@ -52,8 +67,7 @@ def create_app(
 ) -> ReceiverApp:
     """Build the app; without `settings` it reads `TASKLEDGER_*` (uvicorn's `--factory`)."""
     if settings is None:
-        settings = Settings.from_environ(os.environ)
-        logs.configure(settings.log_level, settings.log_json)
+        return _from_environ(clock)
     metrics = ReceiverMetrics()
     # Opened once, with the app (a bad archive URL stops the factory as a bad setting does).
     media = artifacts.open_archive(settings, os.environ)
@@ -82,7 +96,12 @@ def create_app(
         app.state.inbox = Inbox.build(settings, writer, metrics, clock)
         gc.freeze()  # start-up objects live forever: keep them out of every collection
         archive = media.describe() if media is not None else "off"
-        log.info("receiver_started", providers=sorted(settings.providers), archive=archive)
+        log.info(
+            "receiver_started",
+            database=describe(settings.database_url),
+            providers=sorted(settings.providers),
+            archive=archive,
+        )
         try:
             yield
         finally:
@@ -110,9 +129,45 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.media = media
-    app.state.openapi = openapi.document({**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS})
+    app.state.openapi = openapi.document(
+        {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS}
+    )
     app.state.metrics = metrics
+    app.state.keys = auth.KeyCache()
     return app
+
+
+def _from_environ(clock: Callable[[], datetime]) -> ReceiverApp:
+    """uvicorn's `--factory`: the settings of `TASKLEDGER_*`, checked, and the database
+    probed; a refusal is one line naming the setting and an exit code, not a traceback."""
+    try:
+        settings = Settings.from_environ(os.environ)
+        settings.check_secrets()
+        logs.configure(settings.log_level, settings.log_json)
+        for warning in unknown_settings(os.environ):
+            log.warning("setting_ignored", detail=warning)
+        _check_database(settings)
+        return create_app(settings, clock=clock)
+    except ConfigError as exc:
+        print(f"web: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _check_database(settings: Settings) -> None:
+    """The database answers and is migrated. uvicorn calls the factory inside its running
+    loop, so the check runs on a thread, in a loop of its own, before anything is served."""
+
+    async def check() -> None:
+        engine = create_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+        store = LedgerStore(engine, utc_now)
+        try:
+            await require_current(store.ping, settings.database_url)
+        finally:
+            await store.close()
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, check()).result()
 
 
 def routes() -> list[Route]:
@@ -130,6 +185,21 @@ def routes() -> list[Route]:
         Route(
             "/v1/tasks/{ref}/artifacts/{name}", artifacts.serve_artifact, methods=["GET", "HEAD"]
         ),
+        Route("/v1/endpoints", endpoints.create_endpoint, methods=["POST"]),
+        Route("/v1/endpoints", endpoints.list_endpoints, methods=["GET"]),
+        Route("/v1/endpoints/{id}", endpoints.show_endpoint, methods=["GET"]),
+        Route("/v1/endpoints/{id}", endpoints.update_endpoint, methods=["PATCH"]),
+        Route("/v1/endpoints/{id}", endpoints.delete_endpoint, methods=["DELETE"]),
+        Route("/v1/endpoints/{id}/rotate", endpoints.rotate_secret, methods=["POST"]),
+        Route("/v1/endpoints/{id}/recover", endpoints.recover_endpoint, methods=["POST"]),
+        Route("/v1/messages/{msg_id}/retry", endpoints.retry_message, methods=["POST"]),
+        Route("/v1/keys", keys.create_key, methods=["POST"]),
+        Route("/v1/keys", keys.list_keys, methods=["GET"]),
+        Route("/v1/keys/{id}", keys.revoke_key, methods=["DELETE"]),
+        Route("/v1/dashboard/outcomes", dashboard.outcomes, methods=["GET"]),
+        Route("/v1/dashboard/providers", dashboard.provider_health, methods=["GET"]),
+        Route("/v1/tasks/{ref}/deliveries/{id}", dashboard.delivery_payload, methods=["GET"]),
+        Route("/v1/tasks/{ref}/polls/{id}", dashboard.poll_payload, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),

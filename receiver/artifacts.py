@@ -20,14 +20,15 @@ from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from receiver.admin import artifact_json, require_admin, task_ref
+from receiver.admin import artifact_json, task_ref, visible_task
+from receiver.auth import authenticate, authorize
 from receiver.errors import NotFound, Overloaded, ReceiverError, Unauthenticated
 from receiver.openapi import ERROR
-from receiver.ui import is_operator
 from schemas.media.sniff import extension
 from schemas.media.storage import ArchiveStore, StorageError, open_store
 from schemas.settings import Settings
 from schemas.store import Artifact, ArtifactState, LedgerStore
+from schemas.store.keys import KeyScope
 
 log = structlog.get_logger("taskledger.receiver")
 
@@ -164,8 +165,10 @@ def media_tokens(request: Request) -> MediaTokens | None:
 async def list_artifacts(request: Request) -> Response:
     """`GET /v1/tasks/{ref}/artifacts`: a JSON list of the task's outputs; an archived one
     has a `url` carrying a media token (valid `MEDIA_TOKEN_MAX_AGE_SECONDS`)."""
-    require_admin(request)
+    principal = await authorize(request, KeyScope.READ)
     ref = task_ref(request)
+    if principal.owner is not None:
+        await visible_task(request, principal, ref)
     store: LedgerStore = request.app.state.store
     found = await store.artifacts(ref)
     if not found and await store.get(ref) is None:
@@ -202,7 +205,7 @@ async def serve_artifact(request: Request) -> Response:
     parameter of the artifact list's `url` (that artifact only).
     """
     ref, name = task_ref(request), request.path_params["name"]
-    _authorize(request, ref, name)
+    await _authorize(request, ref, name)
     artifact = await _artifact(request, ref, name)
     if artifact.state != ArtifactState.ARCHIVED:
         return _not_archived(artifact)
@@ -219,14 +222,19 @@ async def serve_artifact(request: Request) -> Response:
     return await _get(request, media, stored, headers)
 
 
-def _authorize(request: Request, ref: str, name: str) -> None:
-    if is_operator(request):
+async def _authorize(request: Request, ref: str, name: str) -> None:
+    """A principal that sees the task (another owner's task is a 404), or this artifact's
+    media token."""
+    principal = await authenticate(request)
+    if principal is not None:
+        if principal.owner is not None:
+            await visible_task(request, principal, ref)
         return
     offered = request.query_params.get(MEDIA_QUERY_NAME)
     tokens = media_tokens(request)
     if offered and tokens is not None and tokens.opens(offered, ref, name):
         return
-    raise Unauthenticated("a valid admin bearer token or this artifact's media token is required")
+    raise Unauthenticated("a valid bearer token or this artifact's media token is required")
 
 
 async def _artifact(request: Request, ref: str, name: str) -> Artifact:

@@ -25,12 +25,14 @@ def _answers(*codes: int, ok: Any = None, ok_code: int = 200) -> dict[str, Any]:
 
 
 _REASONS = {
-    400: "malformed body",
+    400: "malformed body, an unknown field, or a filter's unknown value (the answer names the"
+    " allowed ones)",
     401: "not authenticated",
     403: "another task's callback",
     404: "unknown provider, source or task",
     408: "body not received in time",
-    409: "conflicts with the ledger (a callback: it breaks a unique key, alone)",
+    409: "conflicts with the ledger (a callback: it breaks a unique key, alone; a registration:"
+    " its Idempotency-Key came before with another body)",
     413: "body too large",
     415: "not JSON",
     422: "invalid parameters",
@@ -103,25 +105,108 @@ WEBHOOK = {
         "responses": {**_answers(401, 404, 408, 409, 413, 503), **KEPT},
     }
 }
+
+
+def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+_NAMES = {"type": ["array", "null"], "items": {"type": "string"}, "minItems": 1}
+_ENDPOINT_FIELDS: dict[str, Any] = {
+    "url": {"type": "string", "description": "https://…, nats://host/subject, amqp://…"},
+    "description": {"type": "string"},
+    "providers": _NAMES,
+    "owners": _NAMES,
+    "event_types": _NAMES,
+    "include_unconfirmed": {"type": "boolean"},
+    "enabled": {"type": "boolean"},
+}
+NEW_ENDPOINT = {
+    "type": "object",
+    "required": ["url"],
+    "additionalProperties": False,
+    "properties": _ENDPOINT_FIELDS,
+}
+ENDPOINT_CHANGES = {
+    "type": "object",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": _ENDPOINT_FIELDS,
+}
+ROTATION = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"grace_seconds": {"type": "number", "minimum": 0, "default": 86400}},
+}
+ENDPOINT = {"$ref": "#/components/schemas/Endpoint"}
+ENDPOINT_WITH_SECRET = {
+    "allOf": [
+        ENDPOINT,
+        {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}},
+    ]
+}
+ENDPOINT_LIST = {
+    "type": "object",
+    "properties": {"endpoints": {"type": "array", "items": ENDPOINT}},
+}
+KEY_SCOPES = ["read", "write", "admin"]
+NEW_KEY = {
+    "type": "object",
+    "required": ["name", "scope"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "scope": {"type": "string", "enum": KEY_SCOPES},
+        "owner": {"type": ["string", "null"], "maxLength": 200},
+    },
+}
+KEY = {"$ref": "#/components/schemas/ApiKey"}
+KEY_WITH_SECRET = {
+    "allOf": [
+        KEY,
+        {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
+    ]
+}
+KEY_LIST = {"type": "object", "properties": {"keys": {"type": "array", "items": KEY}}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1 to 200 printable ASCII characters, the caller's own",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+SINCE_REQUIRED = {"name": "since", "in": "query", "required": True, "schema": {"type": "string"}}
+REQUEUED = {
+    "type": "object",
+    "required": ["requeued"],
+    "properties": {"requeued": {"type": "integer"}},
+}
 PATHS: dict[str, Any] = {
     "/callbacks/{provider}/{token}": CALLBACK,
     "/webhooks/{source}": WEBHOOK,
     "/v1/tasks": {
         "post": {
-            "summary": "Register a task (submit: true lets taskledger submit it)",
+            "summary": "Register a task (submit: true lets taskledger submit it; write scope)",
+            "description": (
+                "With an Idempotency-Key, the first answer is kept (a week at least): the same"
+                " key with the same body gets it again, marked Idempotent-Replayed: true; with"
+                " another body, 409. A key is the caller's own. A key limited to an owner"
+                " registers that owner's tasks only (403 for another)."
+            ),
             "security": BEARER,
+            "parameters": [IDEMPOTENCY_KEY],
             "requestBody": {
                 "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/NewTask"}}
                 }
             },
             "responses": {
-                **_answers(401, 409, 415, 422, 503, ok=TASK, ok_code=201),
+                **_answers(400, 401, 409, 415, 422, 503, ok=TASK, ok_code=201),
                 "202": {"description": "registered; submission queued"},
             },
         },
         "get": {
-            "summary": "List tasks, newest first, by cursor",
+            "summary": "List tasks, newest first, by cursor (a key limited to an owner: its)",
             "security": BEARER,
             "parameters": _query(
                 "state",
@@ -135,7 +220,7 @@ PATHS: dict[str, Any] = {
                 "limit",
                 "cursor",
             ),
-            "responses": _answers(401, 422, 503),
+            "responses": _answers(400, 401, 422, 503),
         },
     },
     "/v1/tasks/{ref}": {
@@ -146,7 +231,7 @@ PATHS: dict[str, Any] = {
             "responses": _answers(401, 404, 503, ok=TASK),
         },
         "patch": {
-            "summary": "Attach the provider's task id",
+            "summary": "Attach the provider's task id; answers the whole task (write scope)",
             "security": BEARER,
             "parameters": _path("ref"),
             "requestBody": {
@@ -155,12 +240,13 @@ PATHS: dict[str, Any] = {
                         "schema": {
                             "type": "object",
                             "required": ["provider_task_id"],
+                            "additionalProperties": False,
                             "properties": {"provider_task_id": {"type": "string"}},
                         }
                     }
                 }
             },
-            "responses": _answers(401, 404, 409, 415, 422, 503, ok=TASK),
+            "responses": _answers(400, 401, 404, 409, 415, 422, 503, ok=TASK),
         },
     },
     "/v1/changes": {
@@ -184,7 +270,87 @@ PATHS: dict[str, Any] = {
             "summary": "Stream tasks and outcomes as JSON lines or CSV",
             "security": BEARER,
             "parameters": _query("format", "since", "until", "state", "provider"),
-            "responses": _answers(401, 422, 503),
+            "responses": _answers(400, 401, 422, 503),
+        }
+    },
+    "/v1/endpoints": {
+        "post": {
+            "summary": "Add a notification endpoint; its signing secret is shown this once",
+            "security": BEARER,
+            "requestBody": _json_body(NEW_ENDPOINT),
+            "responses": _answers(400, 401, 415, 422, 503, ok=ENDPOINT_WITH_SECRET, ok_code=201),
+        },
+        "get": {
+            "summary": "Every notification endpoint, with its dispatches and recent failures",
+            "security": BEARER,
+            "responses": _answers(401, 503, ok=ENDPOINT_LIST),
+        },
+    },
+    "/v1/endpoints/{id}": {
+        "get": {
+            "summary": "An endpoint, with its dispatches by state and its recent failures",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "responses": _answers(401, 404, 503, ok=ENDPOINT),
+        },
+        "patch": {
+            "summary": "Change an endpoint: its URL (checked again), filters, or enable it",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "requestBody": _json_body(ENDPOINT_CHANGES),
+            "responses": _answers(400, 401, 404, 415, 422, 503, ok=ENDPOINT),
+        },
+        "delete": {
+            "summary": "Remove an endpoint and its dispatches (the events stay)",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "responses": _answers(401, 404, 503, ok_code=204),
+        },
+    },
+    "/v1/endpoints/{id}/rotate": {
+        "post": {
+            "summary": "A new signing secret, shown this once; the old one signs for the grace",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "requestBody": _json_body(ROTATION, required=False),
+            "responses": _answers(400, 401, 404, 415, 422, 503, ok=ENDPOINT_WITH_SECRET),
+        }
+    },
+    "/v1/endpoints/{id}/recover": {
+        "post": {
+            "summary": "Send again the endpoint's failed events made since a time",
+            "security": BEARER,
+            "parameters": [*_path("id"), SINCE_REQUIRED],
+            "responses": _answers(401, 404, 422, 503, ok=REQUEUED),
+        }
+    },
+    "/v1/messages/{msg_id}/retry": {
+        "post": {
+            "summary": "Send an event again, now, to every endpoint it went to",
+            "security": BEARER,
+            "parameters": _path("msg_id"),
+            "responses": _answers(401, 404, 503, ok=REQUEUED),
+        }
+    },
+    "/v1/keys": {
+        "post": {
+            "summary": "Make an API key (admin scope); the key is shown this once",
+            "security": BEARER,
+            "requestBody": _json_body(NEW_KEY),
+            "responses": _answers(400, 401, 415, 422, 503, ok=KEY_WITH_SECRET, ok_code=201),
+        },
+        "get": {
+            "summary": "Every API key by its prefix, revoked ones too (admin scope)",
+            "security": BEARER,
+            "responses": _answers(401, 503, ok=KEY_LIST),
+        },
+    },
+    "/v1/keys/{id}": {
+        "delete": {
+            "summary": "Revoke an API key: at once here, within 30 s in other processes",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "responses": _answers(401, 404, 503, ok=KEY),
         }
     },
     "/healthz": {"get": {"summary": "Alive", "responses": _answers()}},
@@ -193,7 +359,14 @@ PATHS: dict[str, Any] = {
     "/openapi.json": {"get": {"summary": "This description", "responses": _answers()}},
 }
 COMPONENTS = {
-    "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    "securitySchemes": {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "TASKLEDGER_ADMIN_TOKEN, or an API key (tlk_…) of scope read,"
+            " write or admin, perhaps limited to one owner's tasks",
+        }
+    },
     "schemas": {
         "Error": {
             "type": "object",
@@ -203,6 +376,7 @@ COMPONENTS = {
         "NewTask": {
             "type": "object",
             "required": ["provider"],
+            "additionalProperties": False,
             "properties": {
                 "provider": {"type": "string"},
                 "owner": {"type": "string"},
@@ -210,6 +384,42 @@ COMPONENTS = {
                 "request": {"type": "object"},
                 "provider_task_id": {"type": "string"},
                 "submit": {"type": "boolean"},
+            },
+        },
+        "ApiKey": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "prefix": {"type": "string"},
+                "name": {"type": "string"},
+                "scope": {"type": "string", "enum": KEY_SCOPES},
+                "owner": {"type": ["string", "null"]},
+                "created_at": {"type": "string"},
+                "last_used_at": {"type": ["string", "null"]},
+                "revoked_at": {"type": ["string", "null"]},
+            },
+        },
+        "Endpoint": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "kind": {"type": "string", "enum": ["http", "nats", "amqp"]},
+                **_ENDPOINT_FIELDS,
+                "secrets": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "prefix": {"type": "string"},
+                            "expires_at": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+                "disabled_reason": {"type": ["string", "null"]},
+                "disabled_at": {"type": ["string", "null"]},
+                "failing_since": {"type": ["string", "null"]},
+                "last_success_at": {"type": ["string", "null"]},
+                "health": {"type": "object"},
             },
         },
         "Task": {
@@ -239,8 +449,25 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "version": "0.1.0",
             "description": "Webhook receiver and reconciliation ledger.",
         },
-        "paths": {**PATHS, **(extra_paths or {})},
+        "paths": _scoped({**PATHS, **(extra_paths or {})}),
         "components": COMPONENTS,
+    }
+
+
+def _scoped(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation a bearer token opens may answer 403: the key's scope is too narrow."""
+    forbidden = {
+        "description": "the key's scope does not allow this",
+        "content": {"application/json": {"schema": ERROR}},
+    }
+    return {
+        path: {
+            method: operation | {"responses": {"403": forbidden, **operation["responses"]}}
+            if {"bearer": []} in operation.get("security", [])
+            else operation
+            for method, operation in item.items()
+        }
+        for path, item in paths.items()
     }
 
 

@@ -1,4 +1,5 @@
-"""The read side of the admin API: task lists, the change feed, the audit and exports."""
+"""The read side of the admin API (read scope): task lists, the change feed, the audit and
+exports; a key limited to an owner reads that owner's tasks only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import base64
 import csv
 import io
 from collections.abc import AsyncIterator
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,15 +16,19 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from receiver.admin import artifact_json, require_admin, task_json
-from receiver.errors import Unprocessable
+from receiver.admin import artifact_json, jsonable, task_json
+from receiver.auth import Principal, authorize
+from receiver.errors import ReceiverError, Unprocessable
+from schemas.endpoint_urls import redact
 from schemas.settings import Settings
 from schemas.states import State
 from schemas.store import Artifact, LedgerStore, Task, TaskFilter
+from schemas.store.keys import KeyScope
 
 MAX_PAGE = 500
 MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
+STATES = tuple(state.value for state in State)
 EXPORT_COLUMNS = (
     "ref",
     "provider",
@@ -66,19 +71,20 @@ class ChangeSignal:
 
 
 async def list_tasks(request: Request) -> Response:
-    require_admin(request)
+    principal = await authorize(request, KeyScope.READ)
     params = request.query_params
-    where = task_filter(params)
+    where = owned(task_filter(params), principal)
     limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
+    cursor = _cursor(params.get("cursor"))
     store: LedgerStore = request.app.state.store
-    tasks, after = await store.list_tasks(where, limit, _cursor(params.get("cursor")))
+    tasks, after = await store.list_tasks(where, limit, cursor) if where else ([], None)
     return JSONResponse(
         {"tasks": [task_json(task) for task in tasks], "next_cursor": _encode_cursor(after)}
     )
 
 
 async def changes(request: Request) -> Response:
-    require_admin(request)
+    principal = await authorize(request, KeyScope.READ)
     params = request.query_params
     after = _integer(params.get("after"), "after", 0, 0, 2**62)
     limit = _integer(params.get("limit"), "limit", 100, 1, MAX_PAGE)
@@ -86,34 +92,72 @@ async def changes(request: Request) -> Response:
     store: LedgerStore = request.app.state.store
     signal: ChangeSignal = request.app.state.changes
     deadline = asyncio.get_running_loop().time() + wait
-    rows = await store.changes(after, limit)
+    rows = await _changes(store, principal, after, limit)
     while not rows and (left := deadline - asyncio.get_running_loop().time()) > 0:
         await signal.wait(min(left, FEED_RECHECK_SECONDS))
-        rows = await store.changes(after, limit)
+        rows = await _changes(store, principal, after, limit)
     last = rows[-1]["seq"] if rows else after
     return JSONResponse({"changes": [_change_json(r) for r in rows], "last_seq": last})
 
 
+async def _changes(
+    store: LedgerStore, principal: Principal, after: int, limit: int
+) -> list[dict[str, Any]]:
+    if principal.owner is None:
+        return await store.changes(after, limit)
+    return await store.owner_changes(principal.owner, after, limit)
+
+
 async def audit(request: Request) -> Response:
-    require_admin(request)
+    """The audit of the tasks the principal sees; notifications (endpoints) for the admin
+    scope only."""
+    principal = await authorize(request, KeyScope.READ)
     params = request.query_params
     settings: Settings = request.app.state.settings
     prices = {name: p.price_per_second for name, p in settings.providers.items()}
+    since = parse_time(params.get("since"), "since")
+    until = parse_time(params.get("until"), "until")
     store: LedgerStore = request.app.state.store
-    summary = await store.audit(
-        _when(params.get("since"), "since"), _when(params.get("until"), "until"), prices
-    )
-    return JSONResponse(summary)
+    if principal.owner is not None:
+        summary = await store.owner_audit(principal.owner, since, until, prices)
+    else:
+        summary = await store.audit(since, until, prices)
+    if not principal.scope.includes(KeyScope.ADMIN):
+        return JSONResponse(summary)
+    return JSONResponse(summary | {"notifications": await notifications_audit(store)})
+
+
+async def notifications_audit(store: LedgerStore) -> dict[str, Any]:
+    """Where notifications stand now (whatever the window): endpoints, the disabled ones and
+    why, dispatches waiting and since when, events not fanned out yet."""
+    endpoints = await store.endpoints()
+    pending, oldest, unsent = await store.outbox_backlog()
+    waited = (store.clock() - oldest).total_seconds() if oldest is not None else None
+    return {
+        "endpoints": len(endpoints),
+        "disabled": [
+            {
+                "id": endpoint.id,
+                "url": redact(endpoint.url),
+                "reason": endpoint.disabled_reason,
+                "disabled_at": jsonable(endpoint.disabled_at),
+            }
+            for endpoint in endpoints
+            if not endpoint.enabled
+        ],
+        "pending": pending,
+        "oldest_pending_seconds": None if waited is None else max(0.0, waited),
+        "unsent": unsent,
+    }
 
 
 async def export(request: Request) -> Response:
-    require_admin(request)
+    principal = await authorize(request, KeyScope.READ)
     params = request.query_params
-    kind = params.get("format", "jsonl")
-    if kind not in ("jsonl", "csv"):
-        raise Unprocessable("format must be jsonl or csv")
+    kind = _choice(params.get("format") or "jsonl", "format", ("jsonl", "csv"))
+    where = owned(task_filter(params), principal)
     store: LedgerStore = request.app.state.store
-    rows = _rows(store, store.pages(task_filter(params)))
+    rows = _rows(store, store.pages(where) if where else _no_pages())
     body = _jsonl(rows) if kind == "jsonl" else _csv(rows)
     media = "application/x-ndjson" if kind == "jsonl" else "text/csv; charset=utf-8"
     return StreamingResponse(body, media_type=media)
@@ -179,13 +223,29 @@ def _cell(value: Any) -> Any:
     return " ".join(value) if isinstance(value, list) else value
 
 
+async def _no_pages() -> AsyncIterator[list[Task]]:
+    return
+    yield
+
+
+def owned(where: TaskFilter, principal: Principal) -> TaskFilter | None:
+    """`where`, narrowed to the principal's owner if it has one; None when it asks for
+    another owner's tasks (none of which it may see)."""
+    if principal.owner is None:
+        return where
+    if where.owner not in (None, principal.owner):
+        return None
+    return replace(where, owner=principal.owner)
+
+
 def task_filter(params: Any) -> TaskFilter:
+    state = params.get("state")
     return TaskFilter(
-        state=_text(params.get("state"), "state"),
+        state=_choice(state, "state", STATES) if state else None,
         provider=_text(params.get("provider"), "provider"),
         owner=_text(params.get("owner"), "owner"),
-        since=_when(params.get("since"), "since"),
-        until=_when(params.get("until"), "until"),
+        since=parse_time(params.get("since"), "since"),
+        until=parse_time(params.get("until"), "until"),
         conflict=_flag(params.get("conflict"), "conflict"),
         recovered=_flag(params.get("recovered"), "recovered"),
         stuck=bool(_flag(params.get("stuck"), "stuck")),
@@ -217,7 +277,8 @@ def _text(raw: str | None, name: str) -> str | None:
     return raw or None
 
 
-def _when(raw: str | None, name: str) -> datetime | None:
+def parse_time(raw: str | None, name: str) -> datetime | None:
+    """An ISO-8601 query parameter as an aware time (UTC when it names no zone)."""
     if not raw:
         return None
     try:
@@ -227,6 +288,13 @@ def _when(raw: str | None, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
+    """`raw` if it is one of `allowed`; a 400 naming them if not."""
+    if raw not in allowed:
+        raise ReceiverError(f"{name} must be one of: {', '.join(allowed)}")
+    return raw
+
+
 def _flag(raw: str | None, name: str) -> bool | None:
     if raw is None or raw == "":
         return None
@@ -234,7 +302,7 @@ def _flag(raw: str | None, name: str) -> bool | None:
         return True
     if raw.lower() in ("false", "0", "no"):
         return False
-    raise Unprocessable(f"{name} must be true or false")
+    raise ReceiverError(f"{name} must be one of: true, false")
 
 
 def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:

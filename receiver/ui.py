@@ -1,39 +1,41 @@
 """The read-only operator dashboard at `/ui`: its page, static files and session cookie.
 
-A browser cannot send the admin bearer token on navigation, so `POST /ui/login` trades the
-token for a signed, HttpOnly, SameSite=Strict session cookie that `/ui` and the `/v1` reads accept.
+A browser cannot send a bearer token on navigation, so `POST /ui/login` trades the admin
+token or an API key (any scope reads) for a signed, HttpOnly, SameSite=Strict session cookie
+that `/ui` and the `/v1` reads accept, with the key's scope and owner (`receiver.auth`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
-from collections.abc import Callable
-from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from itsdangerous import BadData, TimestampSigner
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from receiver.auth import bearer_is_valid, token_is_valid
+from receiver.auth import (
+    SESSION_COOKIE,
+    SESSION_MAX_AGE_SECONDS,
+    authenticate,
+    session_signer,
+    token_principal,
+)
 from receiver.bodies import read_form
 from receiver.errors import NotFound, Unauthenticated
 from schemas.settings import Settings
 
-SESSION_COOKIE = "taskledger_session"
-SESSION_MAX_AGE_SECONDS = 12 * 60 * 60
-SESSION_SALT = "taskledger.ui.session"
 LOGIN_BODY_LIMIT_BYTES = 4096
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "ui.js": "text/javascript; charset=utf-8",
     "ui.css": "text/css; charset=utf-8",
+    "login.js": "text/javascript; charset=utf-8",
 }
-SAFE_METHODS = frozenset({"GET", "HEAD"})
+# Served before sign-in: it keeps a deep link (`#task=`) across the sign-in form.
+PUBLIC_STATIC_FILES = frozenset({"login.js"})
 
 LOGIN_STYLE = (
     "body{font:15px system-ui,sans-serif;max-width:22rem;margin:4rem auto;color:#1f2933}"
@@ -44,10 +46,11 @@ LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>taskledger: sign in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="icon" href="data:,">
+<script src="/ui/static/login.js" defer></script>
 <style>{style}</style></head>
 <body><h1>taskledger</h1>{message}
 <form method="post" action="/ui/login">
-<label for="token">Admin token</label>
+<label for="token">Admin token or API key</label>
 <input id="token" name="token" type="password" autocomplete="current-password" required autofocus>
 <button type="submit">Sign in</button>
 </form></body></html>
@@ -82,13 +85,14 @@ _HTML_401 = {"description": "not signed in: a sign-in form", "content": {"text/h
 OPENAPI_PATHS = {
     "/ui": {
         "get": {
-            "summary": "The operator dashboard (admin bearer token or session cookie)",
+            "summary": "The operator dashboard (a bearer token or a session cookie)",
             "responses": {"200": {"description": "the page"}, "401": _HTML_401},
         }
     },
     "/ui/login": {
         "post": {
-            "summary": "Trade the admin token (form field `token`) for a 12 h session cookie",
+            "summary": "Trade the admin token or an API key (form field `token`) for a 12 h"
+            " session cookie",
             "responses": {"303": {"description": "signed in: go to /ui"}, "401": _HTML_401},
         }
     },
@@ -114,17 +118,6 @@ OPENAPI_PATHS = {
 }
 
 
-class _ClockedSigner(TimestampSigner):
-    """A `TimestampSigner` that reads the app's clock instead of `time.time()`."""
-
-    def __init__(self, secret: str, clock: Callable[[], datetime]) -> None:
-        super().__init__(secret, salt=SESSION_SALT)
-        self._clock = clock
-
-    def get_timestamp(self) -> int:
-        return int(self._clock().timestamp())
-
-
 def routes() -> list[Route]:
     return [
         Route("/ui", show_dashboard, methods=["GET"]),
@@ -134,29 +127,8 @@ def routes() -> list[Route]:
     ]
 
 
-def session_is_valid(request: Request) -> bool:
-    """True when the request carries an unexpired session cookie; only for reads (GET, HEAD).
-
-    The cookie never authorizes a write: the dashboard only reads, so a forged cross-site
-    request could gain nothing from it even where SameSite is not enforced.
-    """
-    offered = request.cookies.get(SESSION_COOKIE)
-    signer = _signer(request)
-    if not offered or signer is None or request.method not in SAFE_METHODS:
-        return False
-    try:
-        signer.unsign(offered, max_age=SESSION_MAX_AGE_SECONDS)
-    except BadData:
-        return False
-    return True
-
-
-def is_operator(request: Request) -> bool:
-    return bearer_is_valid(request) or session_is_valid(request)
-
-
 async def show_dashboard(request: Request) -> Response:
-    if not is_operator(request):
+    if await authenticate(request) is None:
         return login_page(None)
     settings: Settings = request.app.state.settings
     headers = PRESIGNED_PAGE_HEADERS if settings.archive.presign else PAGE_HEADERS
@@ -164,9 +136,9 @@ async def show_dashboard(request: Request) -> Response:
 
 
 async def serve_static(request: Request) -> Response:
-    if not is_operator(request):
-        raise Unauthenticated("sign in at /ui first")
     name = request.path_params["name"]
+    if name not in PUBLIC_STATIC_FILES and await authenticate(request) is None:
+        raise Unauthenticated("sign in at /ui first")
     media_type = STATIC_FILES.get(name)
     if media_type is None:
         raise NotFound(f"no static file {name!r}")
@@ -174,15 +146,17 @@ async def serve_static(request: Request) -> Response:
 
 
 async def log_in(request: Request) -> Response:
-    """Trade the admin token (form field `token`) for a session cookie, then go to `/ui`."""
+    """Trade the admin token or an API key (form field `token`) for a session cookie naming
+    it, then go to `/ui`."""
     offered = await _form_token(request)
-    signer = _signer(request)
-    if signer is None or not token_is_valid(request.app.state.settings, offered):
-        return login_page("That token is not the admin token.")
+    signer = session_signer(request)
+    principal = await token_principal(request, offered) if offered else None
+    if signer is None or principal is None:
+        return login_page("That is neither the admin token nor a valid API key.")
     response = RedirectResponse("/ui", status_code=303, headers=PAGE_HEADERS)
     response.set_cookie(
         SESSION_COOKIE,
-        signer.sign(secrets.token_urlsafe(16)).decode(),
+        signer.sign(principal.subject).decode(),
         max_age=SESSION_MAX_AGE_SECONDS,
         path="/",
         secure=_is_https(request),
@@ -210,14 +184,6 @@ def login_page(message: str | None) -> HTMLResponse:
 async def _form_token(request: Request) -> str:
     fields = await read_form(request, LOGIN_BODY_LIMIT_BYTES, "login form")
     return fields.get("token", [""])[0].strip()
-
-
-def _signer(request: Request) -> _ClockedSigner | None:
-    """The session signer, keyed by the admin token: a new token ends every session."""
-    settings: Settings = request.app.state.settings
-    if not settings.admin_token:
-        return None
-    return _ClockedSigner(settings.admin_token, request.app.state.inbox.clock)
 
 
 def _is_https(request: Request) -> bool:

@@ -1,12 +1,24 @@
-"""Prometheus metrics of the reconciler, on a registry of its own."""
+"""Prometheus metrics of the reconciler, on a registry of its own. Label values are in one
+style, lowercase snake_case (`ok`, `rate_limited`): `label_value` makes one of a name."""
 
 from __future__ import annotations
+
+import re
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 PASS_BUCKETS_SECONDS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0)
 # Time left before a source expires when it was archived: from seconds to a day.
 EXPIRY_BUCKETS_SECONDS = (1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 86_400.0)
+
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def label_value(name: str) -> str:
+    """A name (an error's class, an enum's member) as a label value: `RateLimited` and
+    `RATE_LIMITED` are `rate_limited`, `ProviderUnavailable` is `provider_unavailable`."""
+    words = _WORD_START.sub("_", name.strip()).replace("-", "_").replace(" ", "_")
+    return re.sub(r"_+", "_", words).lower().strip("_")
 
 
 class ReconcilerMetrics:

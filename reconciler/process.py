@@ -22,13 +22,13 @@ import structlog
 
 from reconciler.clients import ProviderClient, ProviderClients, StatusAnswer
 from reconciler.errors import ProviderError, RateLimited
-from reconciler.metrics import ReconcilerMetrics
+from reconciler.metrics import ReconcilerMetrics, label_value
 from reconciler.retry import RetryPolicy
 from schemas.definition import Definition
 from schemas.errors import ConstraintViolation, StorageUnavailable
-from schemas.fold import UNRECOGNIZED_ATTENTION
+from schemas.fold import LAST_ERROR_MARK, NOT_POLLABLE, OVERDUE, POLL_FLAGS, UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
-from schemas.settings import ProviderSettings, Settings
+from schemas.settings import PREFIX, ProviderSettings, Settings
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, State
 from schemas.store import Claim, LedgerStore
 from schemas.tokens import CallbackTokens
@@ -41,6 +41,10 @@ FLUSH_AT_ITEMS = 200
 UNCONFIRMED_POLL_LIMIT = 12
 UNCONFIRMED = "the provider never confirmed the final state a callback reported"
 INTERRUPTED_SUBMIT = "the reconciler sending it stopped before the answer was recorded"
+NO_BASE_URL = "no base URL configured to poll"
+# A task still open (or an end still unconfirmed) this many times its provider's expected
+# duration after it was created is overdue: a failed poll then flags it with the error.
+OVERDUE_AFTER_EXPECTED = 2.0
 # The oldest-open-task gauge reads the ledger; once per scrape-sized interval is plenty.
 BACKLOG_EVERY_SECONDS = 10.0
 
@@ -104,7 +108,16 @@ class Reconciler:
 
         An unreachable database pauses the loop with backoff; it never ends it.
         """
-        log.info("reconciler_started", owner=self.owner, providers=list(self.clients.names))
+        names = list(self.settings.providers)
+        log.info(
+            "reconciler_started",
+            owner=self.owner,
+            pollable=[name for name in names if self.clients.get(name) is not None],
+            not_configured=[name for name in names if self.clients.get(name) is None],
+        )
+        for name in names:
+            if self.clients.get(name) is None:
+                log.warning("provider_not_pollable", provider=name, missing=_base_url_setting(name))
         try:
             while not self.stopping.is_set():
                 await self._idle(await self._pass_or_pause())
@@ -219,11 +232,19 @@ class Reconciler:
                 claim.ref, now, SubmissionStatus.UNKNOWN, now, error=INTERRUPTED_SUBMIT
             )
         if too_old and claim.poll_attempts >= UNCONFIRMED_POLL_LIMIT:
-            return Poll(claim.ref, now, None, error=UNCONFIRMED, attention=UNCONFIRMED)
+            why = UNCONFIRMED + _last_error(claim.attention)
+            return Poll(claim.ref, now, None, error=UNCONFIRMED, attention=why)
         if client is None:
             # Without a base URL only the callbacks and expiry can settle the task.
             deadline = self._capped(claim, provider, now, provider.max_age_seconds)
-            return Poll(claim.ref, now, deadline, error="no base URL configured to poll")
+            flag = f"{NOT_POLLABLE}: {_base_url_setting(provider.name)} is not set"
+            return Poll(
+                claim.ref,
+                now,
+                deadline,
+                error=NO_BASE_URL,
+                attention=_flag(claim, flag + LAST_ERROR_MARK + NO_BASE_URL),
+            )
         if claim.submission == SubmissionStatus.PENDING.value:
             if provider.sunset_passed(now.date()):
                 error = f"{provider.name} shut down on {provider.sunset}: not submitted"
@@ -244,7 +265,7 @@ class Reconciler:
         try:
             answer = await client.fetch_status(task_id, claim.model)
         except ProviderError as exc:
-            self.metrics.polls.labels(provider.name, type(exc).__name__).inc()
+            self.metrics.polls.labels(provider.name, label_value(type(exc).__name__)).inc()
             now = self.clock()
             retry_at = self._capped(claim, provider, now, self._after_error(exc, claim))
             return Poll(
@@ -254,6 +275,7 @@ class Reconciler:
                 http_status=exc.status_code,
                 body=exc.body,
                 error=str(exc),
+                attention=_overdue(claim, provider, now, str(exc)),
             )
         outcome = "ok" if answer.unrecognized is None else "unrecognized"
         self.metrics.polls.labels(provider.name, outcome).inc()
@@ -327,7 +349,7 @@ class Reconciler:
             status, retry = SubmissionStatus.REJECTED, None
         else:
             status, retry = SubmissionStatus.UNKNOWN, provider.expected_seconds
-        self.metrics.submits.labels(provider.name, status.value).inc()
+        self.metrics.submits.labels(provider.name, label_value(status.value)).inc()
         if status is not SubmissionStatus.PENDING:
             # Its ledger row keeps the outcome, not the cause: the operator reads it here.
             log.warning(
@@ -412,6 +434,53 @@ def _lost_reason(provider: ProviderSettings, claim: Claim) -> str:
     hours = provider.max_age_seconds / 3600
     if (claim.attention or "").startswith(UNRECOGNIZED_ATTENTION):
         return f"{UNRECOGNIZED_ATTENTION} within {hours:g} h ({claim.attention})"
+    if (claim.attention or "").startswith(NOT_POLLABLE):
+        return f"{NO_BASE_URL}, and no callback gave a final state within {hours:g} h"
     if claim.provider_task_id is None:
         return f"no provider task id was ever recorded within {hours:g} h"
     return f"the provider gave no final state within {hours:g} h"
+
+
+def _overdue(claim: Claim, provider: ProviderSettings, now: datetime, error: str) -> str | None:
+    """The flag of a task past its expected time whose poll failed: how long, and the error.
+    None for a task on time, or whose end a signed callback confirmed (it wants its result)."""
+    if claim.state in REAL_TERMINAL and claim.confirmed:
+        return None
+    waited = (now - claim.created_at).total_seconds()
+    if waited < provider.expected_seconds * OVERDUE_AFTER_EXPECTED:
+        return None
+    final = claim.state in REAL_TERMINAL
+    said = f"{claim.state} not confirmed" if final else f"still {claim.state}"
+    why = f"{OVERDUE}: {said} after {_span(waited)} (expected {_span(provider.expected_seconds)})"
+    return _flag(claim, why + LAST_ERROR_MARK + error)
+
+
+def _flag(claim: Claim, why: str) -> str | None:
+    """`why`, unless the task is flagged already for a reason other than polling it."""
+    if claim.attention is None or claim.attention.startswith(POLL_FLAGS):
+        return why
+    return None
+
+
+def _last_error(attention: str | None) -> str:
+    """The last poll error a polling flag names, with its mark; else nothing."""
+    if attention is None or not attention.startswith(POLL_FLAGS):
+        return ""
+    _, mark, error = attention.partition(LAST_ERROR_MARK)
+    return mark + error
+
+
+def _base_url_setting(name: str) -> str:
+    return f"{PREFIX}PROVIDER_{name.upper()}_BASE_URL"
+
+
+def _span(seconds: float) -> str:
+    """`45s`, `12m`, `2h 05m`, `3d 04h`: a wait as people say it."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    if whole < 86_400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86_400}d {whole % 86_400 // 3600:02d}h"

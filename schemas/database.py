@@ -1,4 +1,5 @@
-"""The database engine: URL normalization, SQLite pragmas and write transactions."""
+"""The database engine: URL normalization, SQLite pragmas and write transactions, and the
+start-up check that the database answers and is migrated."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import os
 import sqlite3
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from schemas.errors import DatabaseUnreachable, LedgerError
+from schemas.migrate import head_revision
+
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+DATABASE_URL_VARIABLE = "TASKLEDGER_DATABASE_URL"
+# How long a process waits at start-up for the database to answer before giving up.
+START_CHECK_SECONDS = 10.0
 READ_ONLY = {"taskledger_read_only": True}
 
 
@@ -93,6 +101,48 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername=driver.get(name, name)).render_as_string(hide_password=False)
 
 
+def describe(url: str) -> str:
+    """The database a URL names, without user or password: fit for a log line."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        return "an unreadable URL"
+    # No query either (libpq takes `?password=`). `URL.set` ignores None: `_replace` drops.
+    bare = parsed.set(query={})._replace(username=None, password=None)
+    return bare.render_as_string(hide_password=True)
+
+
+async def reachable_revision(ping: Callable[[], Awaitable[str | None]], url: str) -> str | None:
+    """The migration the database is at (None: empty), read by `ping` (the store's); one that
+    does not answer within `START_CHECK_SECONDS` is `DatabaseUnreachable`, in one line."""
+    try:
+        return await asyncio.wait_for(ping(), START_CHECK_SECONDS)
+    except (LedgerError, OSError, TimeoutError) as exc:
+        raise DatabaseUnreachable(
+            f"{DATABASE_URL_VARIABLE}: cannot reach {describe(url)} ({_cause(exc)})"
+        ) from None
+
+
+async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -> None:
+    """Start-up: the database answers and is at the newest migration."""
+    revision, head = await reachable_revision(ping, url), head_revision()
+    if revision != head:
+        raise DatabaseUnreachable(
+            f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration {revision or 'none'},"
+            f" not {head}: run `taskledger db upgrade`"
+        )
+
+
+def _cause(exc: BaseException) -> str:
+    """The root of a chain of errors, on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {START_CHECK_SECONDS:g} s"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def create_engine(
     url: str,
     *,
@@ -126,7 +176,13 @@ def sqlite_file(engine: AsyncEngine) -> SqliteFile | None:
 def _sqlite_engine(url: str, synchronous: str, busy_timeout_ms: int) -> AsyncEngine:
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseUnreachable(
+                f"{DATABASE_URL_VARIABLE}: cannot create the directory of {database}"
+                f" ({_cause(exc)})"
+            ) from None
     engine = create_async_engine(url, json_serializer=_dumps, pool_size=5, max_overflow=5)
     file = SqliteFile(database or ":memory:", synchronous.upper(), busy_timeout_ms)
     if database and database != ":memory:":

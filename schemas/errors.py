@@ -1,6 +1,13 @@
-"""The root error of the shared kernel and the errors the ledger raises."""
+"""The root error of the shared kernel, the errors the ledger raises, and the exit code each
+refusal to start ends a process with."""
 
 from __future__ import annotations
+
+# How a process that refuses to start exits (README, "Settings and exit codes").
+EXIT_FAILED = 1
+EXIT_BAD_SETTING = 2
+EXIT_DATABASE_UNREACHABLE = 3
+EXIT_IN_USE = 4
 
 
 class LedgerError(Exception):
@@ -15,7 +22,23 @@ class LedgerError(Exception):
 
 
 class ConfigError(LedgerError):
-    """The environment does not describe a runnable service."""
+    """The environment does not describe a runnable service. Its message is one line that
+    names the variable at fault; `exit_code` is how the process refusing to start exits."""
+
+    exit_code = EXIT_BAD_SETTING
+
+
+class DatabaseUnreachable(ConfigError):
+    """At start-up, `TASKLEDGER_DATABASE_URL` names a database that does not answer, or one
+    that is not at the newest migration."""
+
+    exit_code = EXIT_DATABASE_UNREACHABLE
+
+
+class InUse(ConfigError):
+    """At start-up, a port to listen on, or the SQLite file, is held by another process."""
+
+    exit_code = EXIT_IN_USE
 
 
 class WireFormatError(LedgerError):

@@ -46,6 +46,12 @@ HELD_REASON = "held until the submit answer settles the task's provider id"
 FOREIGN_REASON = "names a task id that is not its task's"
 # A task flagged so says why in `attention`; a readable answer clears it.
 UNRECOGNIZED_ATTENTION = "provider answers unrecognized"
+# The reconciler's flags about polling a task: why, then the last poll's error after
+# LAST_ERROR_MARK. Moot once the task's end is confirmed: settling it clears them.
+NOT_POLLABLE = "not pollable"
+OVERDUE = "overdue"
+POLL_FLAGS = (NOT_POLLABLE, OVERDUE)
+LAST_ERROR_MARK = "; last poll error: "
 _AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.SENDING.value})
 
 
@@ -65,6 +71,9 @@ class TaskWork:
     poll_now: bool = False
     # Transitions this batch appended: the version moves at least as often as the state.
     transitions: int = 0
+    # What events show of the task changed (state, progress, result, confirmed, conflict):
+    # only then does its version move, so an event's version is the task's until the next.
+    shown_changed: bool = False
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> TaskWork:
@@ -440,6 +449,7 @@ class Fold:
             return decision.outcome
         after = decision.snapshot
         work.snapshot = after
+        work.shown_changed = work.shown_changed or _shown(after) != _shown(before)
         self._write_snapshot(work.row, after)
         if after.state is not before.state:
             if after.state in TERMINAL:
@@ -454,6 +464,8 @@ class Fold:
             self._notify(work, events.event_of(after.state), transition)
         elif after.confirmed and not before.confirmed:
             self._notify(work, events.event_of(after.state))  # the end, confirmed now
+        elif after.state in TERMINAL and _shown(after) != _shown(before):
+            self._notify(work, events.event_of(after.state))  # the end's result, fetched now
         if after.conflict and not before.conflict:
             self._notify(work, events.CONFLICT)
         return decision.outcome
@@ -487,7 +499,8 @@ class Fold:
     def finish(self) -> None:
         """Settle each changed task's schedule and version once, after the whole batch."""
         for work in self.changed_tasks():
-            work.row["version"] = work.row["version"] + max(1, work.transitions)
+            if work.shown_changed:
+                work.row["version"] = work.row["version"] + max(1, work.transitions)
             work.row["updated_at"] = self.now
             if work.poll_now:
                 work.row["next_poll_at"] = self.now
@@ -495,6 +508,8 @@ class Fold:
                 work.row["next_poll_at"] = None
             if _newly_settled_success(work):
                 self._plan_archive(work)
+            if settled(work.snapshot) and (work.row["attention"] or "").startswith(POLL_FLAGS):
+                work.row["attention"] = None
 
     def _plan_archive(self, work: TaskWork) -> None:
         """One `pending` artifact per output, when its provider's outputs are archived.
@@ -528,6 +543,17 @@ def _newly_settled_success(work: TaskWork) -> bool:
     loaded = work.loaded
     was = loaded["state"] == State.SUCCEEDED.value and loaded["confirmed"] and loaded["result"]
     return not was
+
+
+def _shown(snapshot: Snapshot) -> tuple[object, ...]:
+    """What events carry of a task's merge state."""
+    return (
+        snapshot.state,
+        snapshot.progress,
+        snapshot.result,
+        snapshot.confirmed,
+        snapshot.conflict,
+    )
 
 
 def _first_real_end(before: Snapshot, after: Snapshot) -> bool:

@@ -19,7 +19,8 @@ class RetentionCutoffs:
     """Instants before which finished tasks' evidence goes.
 
     `bodies_before`: delivery bodies and headers are stripped, polls deleted.
-    `keys_before`: delivery rows, dedup keys included, are deleted.
+    `keys_before`: delivery rows, dedup keys included, are deleted; so are the idempotency
+    keys of registrations made before (kept a week at least, past the 24 h promised).
     """
 
     bodies_before: datetime
@@ -62,3 +63,5 @@ class PruneReport:
     # Archived outputs past TASKLEDGER_ARCHIVE_RETENTION_DAYS, and their files removed.
     artifacts_pruned: int = 0
     files_deleted: int = 0
+    # Idempotency keys of registrations (and the answers kept with them).
+    idempotency_keys_deleted: int = 0

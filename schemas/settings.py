@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from ipaddress import IPv4Network, IPv6Network
@@ -29,6 +30,17 @@ BODY_TIMEOUT_SECONDS = 10.0
 # Every callback and admin write is answered (stored, or 503) this long after it arrived.
 ANSWER_DEADLINE_SECONDS = 5.0
 SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+# The admin token opens the whole `/v1` API: long, and of many different characters.
+ADMIN_TOKEN_MIN_CHARS = 20
+ADMIN_TOKEN_MIN_DISTINCT = 10
+KEYGEN_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+# The secrets of `.env.example`, and their like: never a real secret. So is any value with
+# an ellipsis in it (`whsec_...`, `sk-…`).
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "newest-secret", "previous-secret", "secret", "password", "xxx"}
+)
+# Read by the `taskledger` command's read commands (ops/console), not by a process.
+CLIENT_SETTINGS = ("URL",)
 DEFAULT_KIND_BY_NAME = {
     "openai": WireFormat.OPENAI,
     "apidot": WireFormat.APIDOT,
@@ -109,6 +121,96 @@ class ArchiveSettings:
         )
 
 
+# Each failed notification is tried again after the next of these delays (the first at
+# once); after the last, it has failed. Svix's schedule, with a little jitter.
+NOTIFY_RETRY_SCHEDULE_SECONDS: tuple[float, ...] = (
+    0.0,
+    5.0,
+    300.0,
+    1_800.0,
+    7_200.0,
+    18_000.0,
+    36_000.0,
+    36_000.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifySettings:
+    """The relay: how it reaches endpoints, how hard it tries, and how much it holds."""
+
+    # Plain HTTP and private networks are refused unless allowed (tests, internal hooks).
+    allow_http: bool = False
+    allowed_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    timeout_seconds: float = 5.0
+    concurrency_per_endpoint: int = 4
+    # An endpoint whose every attempt failed this long is disabled.
+    disable_after_days: float = 5.0
+    lease_seconds: float = 30.0
+    batch_size: int = 200
+    metrics_port: int | None = None
+    retry_schedule_seconds: tuple[float, ...] = NOTIFY_RETRY_SCHEDULE_SECONDS
+
+    @property
+    def policy(self) -> AddressPolicy:
+        return AddressPolicy(allow_http=self.allow_http, allowed_networks=self.allowed_networks)
+
+    @classmethod
+    def from_env(cls, env: _Env) -> NotifySettings:
+        d = _NOTIFY_DEFAULTS
+        key = "NOTIFY_"
+        try:
+            networks = parse_networks(env.text(key + "ALLOW_NETWORKS", ""))
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}{key}ALLOW_NETWORKS: {exc}") from None
+        return cls(
+            allow_http=bool(env.flag(key + "ALLOW_HTTP")),
+            allowed_networks=networks,
+            timeout_seconds=env.number(key + "TIMEOUT_SECONDS", d.timeout_seconds),
+            concurrency_per_endpoint=int(
+                env.number(key + "CONCURRENCY_PER_ENDPOINT", d.concurrency_per_endpoint)
+            ),
+            disable_after_days=env.number(key + "DISABLE_AFTER_DAYS", d.disable_after_days),
+            lease_seconds=env.number(key + "LEASE_SECONDS", d.lease_seconds),
+            batch_size=int(env.number(key + "BATCH_SIZE", d.batch_size)),
+            metrics_port=env.port(key + "METRICS_PORT"),
+            retry_schedule_seconds=env.delays(key + "RETRY_SCHEDULE", d.retry_schedule_seconds),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """What `python -m reconciler.relay` reads: the database, logging and `NotifySettings`;
+    none of the receiver's secrets."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    sqlite_synchronous: str = "FULL"
+    sqlite_busy_timeout_ms: int = 5_000
+    log_level: str = "info"
+    log_json: bool | None = None
+    notify: NotifySettings = field(default_factory=NotifySettings)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> RelaySettings:
+        return cls.from_env(_Env(environ))
+
+    @classmethod
+    def from_env(cls, env: _Env) -> RelaySettings:
+        d = _DEFAULTS
+        return cls(
+            database_url=env.text("DATABASE_URL", d.database_url),
+            sqlite_synchronous=env.choice(
+                "SQLITE_SYNCHRONOUS", d.sqlite_synchronous, SQLITE_SYNCHRONOUS_MODES
+            ),
+            sqlite_busy_timeout_ms=int(
+                env.number("SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms)
+            ),
+            log_level=env.text("LOG_LEVEL", d.log_level).lower(),
+            log_json=env.flag("LOG_JSON"),
+            notify=NotifySettings.from_env(env),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderSettings:
     """One provider account: its wire format, endpoint, secrets and polling limits."""
@@ -177,10 +279,16 @@ class Settings:
     reconciler_metrics_port: int | None = None
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
+    # The receiver checks endpoint URLs with the relay's address policy.
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        env, d = _Env(environ), _DEFAULTS
+        return cls.from_env(_Env(environ))
+
+    @classmethod
+    def from_env(cls, env: _Env) -> Settings:
+        d = _DEFAULTS
         return cls(
             database_url=env.text("DATABASE_URL", d.database_url),
             public_base_url=env.text("PUBLIC_BASE_URL", d.public_base_url).rstrip("/"),
@@ -210,12 +318,31 @@ class Settings:
             reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", d.reconciler_batch_size)),
             lease_seconds=env.number("LEASE_SECONDS", d.lease_seconds),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
-            retention=retention_policy(environ),
+            retention=_retention(env),
             archive=ArchiveSettings.from_env(env),
+            notify=NotifySettings.from_env(env),
         )
 
     def provider(self, name: str) -> ProviderSettings | None:
         return self.providers.get(name)
+
+    def check_secrets(self) -> None:
+        """Refuse, naming the setting, a secret copied from `.env.example` (`change-me`,
+        `whsec_...`) and an admin token anyone could guess. The processes call it at
+        start-up; settings built for a test may hold short secrets."""
+        _refuse_placeholders("CALLBACK_SECRETS", self.callback_secrets)
+        _refuse_placeholders("ADMIN_TOKEN", (self.admin_token,))
+        for provider in self.providers.values():
+            key = f"PROVIDER_{provider.name.upper()}_"
+            _refuse_placeholders(key + "WEBHOOK_SECRETS", provider.webhook_secrets)
+            _refuse_placeholders(key + "API_KEY", (provider.api_key,))
+        token = self.admin_token
+        if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
+            raise ConfigError(
+                f"{PREFIX}ADMIN_TOKEN is too weak: use at least {ADMIN_TOKEN_MIN_CHARS}"
+                f" characters, {ADMIN_TOKEN_MIN_DISTINCT} of them different"
+                f" (`taskledger init-env` writes one; or `{KEYGEN_COMMAND}`)"
+            )
 
     @property
     def readers(self) -> dict[str, Reader]:
@@ -227,6 +354,7 @@ class Settings:
 _DEFAULTS: Final = Settings()
 _PROVIDER_DEFAULTS: Final = ProviderSettings(name="", kind=WireFormat.OPENAI)
 _ARCHIVE_DEFAULTS: Final = ArchiveSettings()
+_NOTIFY_DEFAULTS: Final = NotifySettings()
 
 
 def retention_policy(
@@ -237,7 +365,10 @@ def retention_policy(
     Needs no secret, so `taskledger db prune` runs with the database URL alone;
     `retention_days` (the command's option) wins over the environment.
     """
-    env = _Env(environ)
+    return _retention(_Env(environ), retention_days)
+
+
+def _retention(env: _Env, retention_days: float | None = None) -> RetentionPolicy:
     days = (
         env.number("RETENTION_DAYS", RETENTION_DAYS) if retention_days is None else retention_days
     )
@@ -363,21 +494,126 @@ def _defaults_of(kind: Kind) -> ProviderSettings:
     )
 
 
+def _refuse_placeholders(name: str, values: tuple[str, ...]) -> None:
+    for value in values:
+        if value.lower() in PLACEHOLDER_SECRETS or "..." in value or "\u2026" in value:
+            raise ConfigError(
+                f"{PREFIX}{name} holds a placeholder like those of .env.example, not a"
+                " secret: set a real one (`taskledger init-env` writes a new .env with them)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class SettingNames:
+    """The names a settings class reads, recorded from its own parser: `plain` without the
+    prefix (`WRITER_BATCH_SIZE`), `provider_fields` the ends of the per-provider names
+    (`BASE_URL` of `TASKLEDGER_PROVIDER_<NAME>_BASE_URL`)."""
+
+    plain: frozenset[str]
+    provider_fields: frozenset[str]
+
+    def describe(self) -> str:
+        """For `--help`: every variable, then the per-provider ones."""
+        lines = [f"  {PREFIX}{name}" for name in sorted(self.plain)]
+        if self.provider_fields:
+            fields = ", ".join(sorted(self.provider_fields))
+            lines.append(f"  {PREFIX}PROVIDER_<NAME>_{{{fields}}}")
+            lines.append(f"    for each NAME in {PREFIX}PROVIDERS")
+        return "\n".join(lines)
+
+
+@functools.cache
+def setting_names(kind: type[Settings] | type[RelaySettings] = Settings) -> SettingNames:
+    """What `kind.from_env` reads, found by running it on an environment that has only the
+    required values and one provider, `x`: the list is the parser, never a copy of it."""
+    probe = {
+        PREFIX + "ADMIN_TOKEN": "x",
+        PREFIX + "CALLBACK_SECRETS": "x",
+        PREFIX + "PROVIDERS": "x",
+        PREFIX + "PROVIDER_X_KIND": WireFormat.OPENAI.value,
+    }
+    env = _Env(probe)
+    kind.from_env(env)
+    fields = {name[len("PROVIDER_X_") :] for name in env.read if name.startswith("PROVIDER_X_")}
+    plain = {name for name in env.read if not name.startswith("PROVIDER_X_")}
+    return SettingNames(frozenset(plain), frozenset(fields))
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """One warning for each `TASKLEDGER_*` variable nothing reads, with the nearest valid
+    name (a typo is otherwise a default silently used)."""
+    names = setting_names(Settings)
+    known = names.plain | set(CLIENT_SETTINGS)
+    listed = {
+        name.strip().upper()
+        for name in _Env(environ).text("PROVIDERS", DEFAULT_PROVIDERS).split(",")
+        if name.strip()
+    }
+    valid = sorted(
+        {PREFIX + name for name in known}
+        | {f"{PREFIX}PROVIDER_{p}_{f}" for p in listed for f in names.provider_fields}
+    )
+    return [
+        _unknown(variable, listed, names.provider_fields, valid)
+        for variable in sorted(environ)
+        if variable.startswith(PREFIX) and variable not in valid
+    ]
+
+
+def _unknown(variable: str, listed: set[str], fields: frozenset[str], valid: list[str]) -> str:
+    provider = _provider_of(variable, fields)
+    if provider is not None and provider not in listed:
+        return (
+            f"{variable} is ignored: {provider.lower()} is not in {PREFIX}PROVIDERS"
+            f" ({', '.join(sorted(p.lower() for p in listed)) or 'empty'})"
+        )
+    nearest = _nearest(variable, valid)
+    hint = f"; did you mean {nearest}?" if nearest else " (ignored)"
+    return f"{variable} is not a setting{hint}"
+
+
+def _nearest(variable: str, names: Iterable[str]) -> str | None:
+    """The name most like `variable`, compared without the prefix they share."""
+    bare = {name.removeprefix(PREFIX): name for name in names}
+    found = difflib.get_close_matches(variable.removeprefix(PREFIX), bare, n=1, cutoff=0.8)
+    return bare[found[0]] if found else None
+
+
+def _provider_of(variable: str, fields: frozenset[str]) -> str | None:
+    """`OPENAI` of `TASKLEDGER_PROVIDER_OPENAI_API_KEY`, if the name ends with a field."""
+    head = PREFIX + "PROVIDER_"
+    if not variable.startswith(head):
+        return None
+    for field_name in sorted(fields, key=len, reverse=True):
+        if variable.endswith("_" + field_name) and len(variable) > len(head + field_name) + 1:
+            return variable[len(head) : -len(field_name) - 1]
+    return None
+
+
 class _Env:
-    """Typed reads of `TASKLEDGER_*` variables with errors that name the variable."""
+    """Typed reads of `TASKLEDGER_*` variables with errors that name the variable; `read`
+    keeps the name of every variable asked for (see `setting_names`)."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
+        self.read: set[str] = set()
 
     def text(self, name: str, default: str) -> str:
+        self.read.add(name)
         value = self._environ.get(PREFIX + name, "").strip()
         return value or default
 
     def required_text(self, name: str) -> str:
         value = self.text(name, "")
         if not value:
-            raise ConfigError(f"{PREFIX}{name} is required and not set")
+            raise ConfigError(f"{PREFIX}{name} is required and not set{self._typo_of(name)}")
         return value
+
+    def _typo_of(self, name: str) -> str:
+        """` (TASKLEDGER_ADMIN_TOKN is set: a typo?)` when a near name is set."""
+        given = [key for key in self._environ if key.startswith(PREFIX) and key != PREFIX + name]
+        nearest = _nearest(PREFIX + name, given)
+        return f" ({nearest} is set: a typo?)" if nearest else ""
 
     def list(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.text(name, "").split(",") if item.strip())
@@ -387,6 +623,7 @@ class _Env:
         if not values:
             raise ConfigError(
                 f"{PREFIX}{name} is required and not set (comma-separated, newest first)"
+                + self._typo_of(name)
             )
         return values
 
@@ -401,6 +638,21 @@ class _Env:
         if value <= 0:
             raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
         return value
+
+    def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+        """Comma-separated seconds, each zero or more (`0,0.2,0.5,1`)."""
+        raw = self.text(name, "")
+        if not raw:
+            return default
+        try:
+            values = tuple(float(item) for item in raw.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}{name} must be seconds like 0,5,300 (got {raw!r})"
+            ) from None
+        if any(not 0 <= value < float("inf") for value in values):
+            raise ConfigError(f"{PREFIX}{name} must be seconds, none negative (got {raw!r})")
+        return values
 
     def port(self, name: str) -> int | None:
         raw = self.text(name, "")

@@ -299,3 +299,49 @@ ENDPOINT = METADATA.tables["endpoint"]
 MESSAGE = METADATA.tables["message"]
 DISPATCH = METADATA.tables["dispatch"]
 DISPATCH_ATTEMPT = METADATA.tables["dispatch_attempt"]
+
+
+# An `Idempotency-Key` header, in characters.
+IDEMPOTENCY_KEY_MAX_CHARS = 200
+
+
+class ApiKeyRow(SQLModel, table=True):
+    """An API key: `tlk_<id>_<secret>`, shown once. Only the secret's SHA-256 is kept; the
+    id is how the key is listed and revoked. A key limited to an `owner` sees only that
+    owner's tasks. Revoked keys stay, for the record."""
+
+    __tablename__ = "api_key"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=LABEL_MAX_CHARS)
+    secret_sha256: str = Field(max_length=64)
+    scope: str = Field(max_length=16)  # admin, write, read
+    owner: str | None = Field(default=None, max_length=LABEL_MAX_CHARS)
+    created_at: datetime = _when()
+    last_used_at: datetime | None = _when(nullable=True)
+    revoked_at: datetime | None = _when(nullable=True)
+
+
+class IdempotencyRow(SQLModel, table=True):
+    """The first answer to a registration made with an `Idempotency-Key`: a retry with the
+    same key and request gets it again, with another request a 409. Keys are a caller's
+    own (an API key's id, or `admin` for the bootstrap token)."""
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (
+        sa.UniqueConstraint("caller", "key", name="uq_idempotency_caller_key"),
+        sa.Index("ix_idempotency_created_at", "created_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))
+    caller: str = Field(max_length=40)
+    key: str = Field(max_length=IDEMPOTENCY_KEY_MAX_CHARS)
+    request_sha256: str = Field(max_length=64)
+    task_ref: str = Field(foreign_key="task.ref", max_length=40)
+    status: int
+    answer: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    created_at: datetime = _when()
+
+
+API_KEY = METADATA.tables["api_key"]
+IDEMPOTENCY = METADATA.tables["idempotency_key"]

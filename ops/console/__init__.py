@@ -1,4 +1,4 @@
-"""The operator's read commands over a running service's `/v1` admin API."""
+"""The operator's commands over a running service's `/v1` admin API: reads, endpoints."""
 
 from ops.console.api import AdminApi, ApiError, CommandError
 from ops.console.commands import COMMANDS, add_commands, run

@@ -16,7 +16,7 @@ TIMEOUT_SECONDS = 10.0
 
 
 class CommandError(LedgerError):
-    """A read command could not do its job; the message is the one line the operator sees."""
+    """A command could not do its job; the message is the one line the operator sees."""
 
 
 class ApiError(CommandError):
@@ -28,7 +28,7 @@ class ApiError(CommandError):
 
 
 class AdminApi:
-    """The service's `/v1` read endpoints; the one place that catches httpx errors here."""
+    """The service's `/v1` admin API; the one place that catches httpx errors here."""
 
     def __init__(self, http: httpx.Client) -> None:
         self.http = http
@@ -43,15 +43,27 @@ class AdminApi:
         """The JSON object at `path`."""
         with self.stream(path, params, read_timeout=read_timeout) as response:
             response.read()
+        return _object(response, path)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """A write (`POST`, `PATCH`, `DELETE`) with `body` as JSON: the JSON object it
+        answers, None for an empty answer (204); any answer but a 2xx raises."""
         try:
-            body = response.json()
-        except ValueError:
-            raise ApiError(
-                f"{path} did not answer JSON", status_code=response.status_code
-            ) from None
-        if not isinstance(body, dict):
-            raise ApiError(f"{path} did not answer a JSON object", status_code=response.status_code)
-        return body
+            response = self.http.request(
+                method, path, json=body, params=query(params), timeout=TIMEOUT_SECONDS
+            )
+        except httpx.HTTPError as exc:
+            raise ApiError(_failure(exc, str(self.http.base_url).rstrip("/"))) from exc
+        _check(response)
+        if response.status_code == 204 or not response.content:
+            return None
+        return _object(response, path)
 
     @contextmanager
     def stream(
@@ -75,6 +87,16 @@ def query(params: Mapping[str, Any] | None) -> dict[str, str]:
     """Query parameters as the API reads them: no empty values, `true` for flags."""
     shown = {k: v for k, v in (params or {}).items() if v is not None and v is not False}
     return {k: "true" if v is True else str(v) for k, v in shown.items()}
+
+
+def _object(response: httpx.Response, path: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise ApiError(f"{path} did not answer JSON", status_code=response.status_code) from None
+    if not isinstance(body, dict):
+        raise ApiError(f"{path} did not answer a JSON object", status_code=response.status_code)
+    return body
 
 
 def _check(response: httpx.Response) -> None:

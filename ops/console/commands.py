@@ -1,6 +1,7 @@
-"""The operator's read commands: `tasks`, `show`, `audit`, `export` and `changes`.
-
-They only read, over a running service's `/v1` admin API (`--url`, `--token`).
+"""The operator's commands: `tasks`, `show`, `audit`, `export` and `changes` read;
+`endpoints` and `notify` (in `endpoints.py`) change notifications; `send-test` (in
+`send_test.py`) sends a provider's callback; `keys` (in `keys.py`) makes, lists and revokes
+API keys. All go through a running service's `/v1` admin API (`--url`, `--token`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from ops.console import endpoints, keys, send_test
 from ops.console.api import TIMEOUT_SECONDS, AdminApi, ApiError, CommandError, open_api
+from ops.console.arguments import iso_time
 from ops.console.export import export
 from ops.console.render import (
     as_int,
     audit_table,
+    change_json,
     change_line,
     objects,
     print_json,
@@ -48,10 +51,13 @@ Command = Callable[[AdminApi, argparse.Namespace], int]
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the read commands to the `taskledger` parser."""
+    """Add the console's commands to the `taskledger` parser."""
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", type=_url, help=f"default: ${PREFIX}URL or {DEFAULT_URL}")
     connection.add_argument("--token", help=f"admin token; default: ${PREFIX}ADMIN_TOKEN")
+    endpoints.add_commands(commands, connection)
+    keys.add_commands(commands, connection)
+    send_test.add_command(commands, connection)
     _add_tasks(commands.add_parser("tasks", parents=[connection], help="list tasks as a table"))
     show = commands.add_parser("show", parents=[connection], help="a task and its timeline")
     show.add_argument("ref", type=_ref, help="the task's ref (tl_…)")
@@ -80,8 +86,8 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=_iso_time, metavar="ISO", help="created at or after")
-    parser.add_argument("--until", type=_iso_time, metavar="ISO", help="created before")
+    parser.add_argument("--since", type=iso_time, metavar="ISO", help="created at or after")
+    parser.add_argument("--until", type=iso_time, metavar="ISO", help="created before")
 
 
 def _add_export(parser: argparse.ArgumentParser) -> None:
@@ -94,14 +100,7 @@ def _add_changes(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after", type=_seq, default=0, metavar="SEQ", help="start after SEQ")
     parser.add_argument("--follow", action="store_true", help="keep waiting for new changes")
     parser.add_argument("--limit", type=_positive, metavar="N", help="stop after N changes")
-
-
-def _iso_time(raw: str) -> str:
-    try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {raw!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+    parser.add_argument("--json", action="store_true", help="one JSON object per change")
 
 
 def _positive(raw: str) -> int:
@@ -131,7 +130,7 @@ def _url(raw: str) -> str:
 def run(
     args: argparse.Namespace, environ: Mapping[str, str], transport: httpx.BaseTransport | None
 ) -> int:
-    """Run one read command against the service the arguments and environment name."""
+    """Run one command against the service the arguments and environment name."""
     url = args.url or _url_from(environ)
     token = args.token or environ.get(PREFIX + "ADMIN_TOKEN")
     if not token:
@@ -173,7 +172,8 @@ def tasks_command(api: AdminApi, args: argparse.Namespace) -> int:
     elif not tasks:
         print("taskledger: no task matches", file=sys.stderr)
     else:
-        show(task_table(tasks), fit=False)  # like `ps`: long rows wrap, never fold
+        # like `ps`: long rows wrap, never fold
+        show(task_table(tasks, stuck=args.stuck), fit=False)
     if more and not args.json:
         print(
             f"taskledger: showing the first {len(tasks)}; raise --limit for more", file=sys.stderr
@@ -224,10 +224,13 @@ def audit_command(api: AdminApi, args: argparse.Namespace) -> int:
         return 0
     providers = objects(body.get("providers"))
     window = f"{text(body.get('since')) or 'the beginning'} to {text(body.get('until')) or 'now'}"
+    notified = endpoints.notifications_lines(body.get("notifications"))
     if not providers:
         print(f"taskledger: no task created from {window}", file=sys.stderr)
+        if notified:
+            show(*notified)
         return 0
-    show(f"audit of the tasks created from {window}", audit_table(providers))
+    show(f"audit of the tasks created from {window}", audit_table(providers), *notified)
     return 0
 
 
@@ -238,7 +241,9 @@ def export_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 
 def changes_command(api: AdminApi, args: argparse.Namespace) -> int:
-    feed = ChangeFeed(api, after=args.after, limit=args.limit, follow=args.follow)
+    feed = ChangeFeed(
+        api, after=args.after, limit=args.limit, follow=args.follow, as_json=args.json
+    )
     try:
         feed.run()
     except KeyboardInterrupt:
@@ -257,6 +262,7 @@ class ChangeFeed:
     limit: int | None
     follow: bool
     printed: int = 0
+    as_json: bool = False
 
     def run(self) -> None:
         while self.limit is None or self.printed < self.limit:
@@ -274,7 +280,7 @@ class ChangeFeed:
         by_seq = {as_int(c.get("seq")): c for c in objects(page.get("changes"))}
         fresh = [change for seq, change in sorted(by_seq.items()) if seq > self.after]
         for change in fresh[:room]:
-            print(change_line(change), flush=True)
+            print(change_json(change) if self.as_json else change_line(change), flush=True)
             self.after = as_int(change.get("seq"))
         if len(fresh) <= room:
             self.after = max(self.after, as_int(page.get("last_seq")))
@@ -288,4 +294,8 @@ COMMANDS: dict[str, Command] = {
     "audit": audit_command,
     "export": export_command,
     "changes": changes_command,
+    "endpoints": endpoints.endpoints_command,
+    "notify": endpoints.notify_command,
+    "keys": keys.keys_command,
+    "send-test": send_test.send_test_command,
 }

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console, RenderableType
 from rich.table import Table
 
+from schemas.clock import utc_now
+from schemas.fold import LAST_ERROR_MARK
 from schemas.states import State
 
 PIPE_WIDTH_COLUMNS = 1000
@@ -27,6 +29,19 @@ TASK_COLUMNS = (
     "terminal",
     "provider task id",
     "attention",
+)
+# `tasks --stuck`: how long each has waited, and why (its flag, the last poll's error).
+STUCK_COLUMNS = (
+    "ref",
+    "provider",
+    "state",
+    "confirmed",
+    "age",
+    "polls",
+    "next poll",
+    "provider task id",
+    "attention",
+    "last error",
 )
 
 Figure = Callable[[Mapping[str, Any]], str]
@@ -63,7 +78,12 @@ def print_json(value: Any) -> None:
 # -- tables of the API's answers ------------------------------------------------
 
 
-def task_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
+def task_table(
+    tasks: Iterable[Mapping[str, Any]], *, stuck: bool = False, now: datetime | None = None
+) -> Table:
+    """The tasks, one row each; `stuck`: with their age (at `now`) and last error."""
+    if stuck:
+        return stuck_table(tasks, now or utc_now())
     table = new_table(*TASK_COLUMNS)
     for task in tasks:
         table.add_row(
@@ -79,6 +99,32 @@ def task_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
             text(task.get("attention")),
         )
     return table
+
+
+def stuck_table(tasks: Iterable[Mapping[str, Any]], now: datetime) -> Table:
+    table = new_table(*STUCK_COLUMNS)
+    for task in tasks:
+        reason, error = attention_parts(task.get("attention"))
+        created = moment(task.get("created_at"))
+        table.add_row(
+            text(task.get("ref")),
+            text(task.get("provider")),
+            text(task.get("state")),
+            yes_no(task.get("confirmed")),
+            duration((now - created).total_seconds()) if created != NEVER else "",
+            number(task.get("poll_attempts")),
+            clock_text(task.get("next_poll_at")),
+            text(task.get("provider_task_id")),
+            reason,
+            error,
+        )
+    return table
+
+
+def attention_parts(value: Any) -> tuple[str, str]:
+    """A task's `attention` as (why it is flagged, the last poll's error it names)."""
+    reason, _, error = text(value).partition(LAST_ERROR_MARK)
+    return reason, error
 
 
 def audit_table(providers: list[dict[str, Any]]) -> Table:
@@ -139,6 +185,11 @@ def change_line(change: Mapping[str, Any]) -> str:
         f"{text(change.get('task_ref'))}  {before:>9} → {text(change.get('to_state')):<9}  "
         f"{text(change.get('source')):<7}  now {text(task.get('state'))}"
     )
+
+
+def change_json(change: Mapping[str, Any]) -> str:
+    """One change as one line of JSON (`changes --json`): the API's object as it came."""
+    return json.dumps(change, ensure_ascii=False, separators=(",", ":"))
 
 
 # -- values ---------------------------------------------------------------------

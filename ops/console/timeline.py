@@ -1,4 +1,5 @@
-"""What `taskledger show` prints of a task: its facts, and its timeline in the order it happened."""
+"""What `taskledger show` prints of a task: its facts, and its timeline in the order it happened
+(evidence, transitions, outputs, and the events sent to the product with each try)."""
 
 from __future__ import annotations
 
@@ -95,14 +96,16 @@ def result_summary(result: Any) -> str:
 
 
 def timeline(task: Mapping[str, Any]) -> list[Entry]:
-    """Registration, submission, deliveries, polls, transitions and the outputs' archiving,
-    in the order they happened."""
+    """Registration, submission, deliveries, polls, transitions, the outputs' archiving and
+    the events sent to the product (and each try), in the order they happened."""
     events = as_mapping(task.get("timeline"))
     entries = [registration_entry(task), *submission_entries(task)]
     entries += [delivery_entry(d) for d in objects(events.get("deliveries"))]
     entries += [poll_entry(p) for p in objects(events.get("polls"))]
     entries += [transition_entry(t) for t in objects(events.get("transitions"))]
     entries += [artifact_entry(a) for a in objects(events.get("artifacts"))]
+    for number, message in enumerate(objects(events.get("messages"))):
+        entries += message_entries(message, number)
     return sorted(entries, key=lambda e: (e.at, e.rank, e.order))
 
 
@@ -176,6 +179,47 @@ def artifact_entry(artifact: Mapping[str, Any]) -> Entry:
     at = moment(archived or artifact.get("created_at"))
     what = f"output {text(artifact.get('name'))}"
     return Entry(at, 4, as_int(artifact.get("id")), what, key_values(fields))
+
+
+def message_entries(message: Mapping[str, Any], number: int) -> list[Entry]:
+    """An event sent to the product, where it stands at each endpoint, then each try."""
+    dispatches = objects(message.get("dispatches"))
+    fields = {
+        "seq": message.get("seq"),
+        "unconfirmed": "yes" if message.get("unconfirmed") else None,
+        "msg": message.get("msg_id"),
+    }
+    where = "; ".join(_dispatch_text(d) for d in dispatches)
+    if not where:
+        where = "to no endpoint" if message.get("fanned_out") else "not fanned out yet"
+    what = f"event {text(message.get('event_type'))}"
+    at = moment(message.get("created_at"))
+    entries = [Entry(at, 5, number, what, f"{key_values(fields)} {where}")]
+    for dispatch in dispatches:
+        endpoint = text(dispatch.get("endpoint_id"))
+        for attempt in objects(dispatch.get("attempt_log")):
+            entries.append(_attempt_entry(attempt, endpoint, number))
+    return entries
+
+
+def _dispatch_text(dispatch: Mapping[str, Any]) -> str:
+    fields = {
+        "attempts": dispatch.get("attempts"),
+        "last": dispatch.get("last_status"),
+        "error": dispatch.get("last_error"),
+    }
+    return f"{text(dispatch.get('endpoint_id'))} {text(dispatch.get('state'))} {key_values(fields)}"
+
+
+def _attempt_entry(attempt: Mapping[str, Any], endpoint: str, number: int) -> Entry:
+    latency = attempt.get("latency_ms")
+    fields = {
+        "status": attempt.get("status_code"),
+        "latency": f"{latency:.0f}ms" if isinstance(latency, int | float) else None,
+        "error": attempt.get("error"),
+        "answer": _short(text(attempt.get("answer")), 60) or None,
+    }
+    return Entry(moment(attempt.get("at")), 6, number, f"sent to {endpoint}", key_values(fields))
 
 
 def facts_table(facts: Iterable[tuple[str, str]]) -> Table:

@@ -4,7 +4,7 @@ store that owns its concern (ingest, registration, queries, claims, refold, rete
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,18 +17,23 @@ from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.store import (
     artifacts,
     claims,
+    idempotency,
     ingest,
+    keys,
     notifications,
+    payloads,
     queries,
     refold,
     registration,
     retention,
 )
 from schemas.store.artifacts import Attempt
+from schemas.store.idempotency import IdempotencyKey, StoredAnswer
+from schemas.store.keys import ApiKey, KeyScope
 from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
 from schemas.store.queries import Cursor, TaskFilter
 from schemas.store.registration import NewTask
-from schemas.store.rows import ArchiveJob, Artifact, Claim, Task, Timeline
+from schemas.store.rows import ArchiveJob, Artifact, Claim, PollEntry, Task, Timeline
 from schemas.store.sqlite_ingest import SqliteWriter
 from schemas.store.transactions import Database
 
@@ -176,16 +181,31 @@ class LedgerStore:
         return await notifications.fan_out(self._db, limit)
 
     async def claim_dispatches(
-        self, owner: str, limit: int, lease_seconds: float
+        self,
+        owner: str,
+        limit: int,
+        lease_seconds: float,
+        skip_endpoints: frozenset[str] = frozenset(),
     ) -> list[DispatchJob]:
         """Lease due dispatches: `notifications.claim_dispatches`."""
-        return await notifications.claim_dispatches(self._db, owner, limit, lease_seconds)
+        return await notifications.claim_dispatches(
+            self._db, owner, limit, lease_seconds, skip_endpoints
+        )
 
     async def record_dispatch(
         self, job: DispatchJob, owner: str, result: AttemptResult, disable_after: timedelta
     ) -> bool:
         """One delivery attempt: `notifications.record_attempt`."""
         return await notifications.record_attempt(self._db, job, owner, result, disable_after)
+
+    async def record_dispatches(
+        self,
+        owner: str,
+        results: list[tuple[DispatchJob, AttemptResult]],
+        disable_after: timedelta,
+    ) -> int:
+        """A batch of delivery attempts in one transaction: `notifications.record_attempts`."""
+        return await notifications.record_attempts(self._db, owner, results, disable_after)
 
     async def release_dispatches(self, owner: str) -> int:
         return await notifications.release(self._db, owner)
@@ -243,6 +263,63 @@ class LedgerStore:
         """(provider task id, state) of every task: for audits against a provider's records."""
         return await queries.final_states(self._db)
 
+    async def delivery(self, ref: str, delivery_id: int) -> dict[str, Any] | None:
+        """A task's delivery as kept, body and headers included (admins' dashboard)."""
+        return await payloads.delivery(self._db, ref, delivery_id)
+
+    async def last_poll_errors(self) -> dict[str, PollEntry]:
+        """By provider, the newest poll of its tasks that ended in an error."""
+        return await payloads.last_poll_errors(self._db)
+
     async def ping(self) -> str | None:
         """The schema's migration revision, read in a read-only transaction."""
         return await queries.ping(self._db)
+
+    # -- API keys ----------------------------------------------------------------
+
+    async def create_key(
+        self, key_id: str, name: str, secret_sha256: str, scope: KeyScope, owner: str | None
+    ) -> ApiKey:
+        """Keep a new key by its id and its secret's SHA-256: `keys.create`."""
+        return await keys.create(self._db, key_id, name, secret_sha256, scope, owner)
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        return await keys.get(self._db, key_id)
+
+    async def api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        return await keys.list_all(self._db)
+
+    async def revoke_key(self, key_id: str) -> ApiKey | None:
+        """Revoke a key (revoking it again changes nothing); None if unknown."""
+        return await keys.revoke(self._db, key_id)
+
+    async def touch_key(self, key_id: str) -> None:
+        """Record that a key was just used."""
+        await keys.touch(self._db, key_id)
+
+    async def owner_changes(self, owner: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """`changes`, of one owner's tasks only: `keys.changes_of_owner`."""
+        return await keys.changes_of_owner(self._db, owner, after, limit)
+
+    async def owner_audit(
+        self,
+        owner: str,
+        since: datetime | None,
+        until: datetime | None,
+        prices: Mapping[str, float | None],
+    ) -> dict[str, Any]:
+        """`audit`, of one owner's tasks only: `keys.audit_of_owner`."""
+        return await keys.audit_of_owner(self._db, owner, since, until, prices)
+
+    # -- idempotent registration ------------------------------------------------------
+
+    async def idempotent_answer(self, key: IdempotencyKey) -> StoredAnswer | None:
+        """The answer the first request with `key` got: `idempotency.answered`."""
+        return await idempotency.answered(self._db, key)
+
+    async def register_once(
+        self, new: NewTask, key: IdempotencyKey, answer: Callable[[Task], tuple[int, bytes]]
+    ) -> StoredAnswer:
+        """Register a task and keep its answer under `key`: `idempotency.register_once`."""
+        return await idempotency.register_once(self._db, new, key, answer)

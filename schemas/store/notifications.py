@@ -164,7 +164,11 @@ async def delete_endpoint(db: Database, endpoint_id: str) -> bool:
 
 async def fan_out(db: Database, limit: int) -> int:
     """Turn up to `limit` new messages into one pending dispatch per endpoint that wants
-    it; how many messages. Several relays share the outbox (`SKIP LOCKED`)."""
+    it; how many messages. Several relays share the outbox (`SKIP LOCKED`). An outbox with
+    nothing new is seen in a read: no write lock is taken for it (the relay looks often)."""
+    async with db.read() as conn:
+        if await conn.scalar(sa.select(MESSAGE.c.id).where(UNSENT).limit(1)) is None:
+            return 0
     now = db.clock()
     query = (
         sa.select(MESSAGE.c.id, MESSAGE.c.event_type, MESSAGE.c.payload, MESSAGE.c.unconfirmed)
@@ -212,80 +216,147 @@ def _new_dispatch(message_id: int, endpoint_id: str, now: datetime) -> dict[str,
 
 
 async def claim_dispatches(
-    db: Database, owner: str, limit: int, lease_seconds: float
+    db: Database,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    skip_endpoints: frozenset[str] = frozenset(),
 ) -> list[DispatchJob]:
-    """Lease up to `limit` due dispatches of enabled endpoints, the longest due first."""
+    """Lease up to `limit` due dispatches of enabled endpoints, the longest due first,
+    leaving out those of `skip_endpoints` (full at this relay). Each endpoint is read once
+    a claim, its jobs sharing it (the relay claims often: a claim costs little per job)."""
     now = db.clock()
-    query = (
-        sa.select(
-            DISPATCH.c.id,
-            DISPATCH.c.attempts,
-            MESSAGE.c.msg_id,
-            MESSAGE.c.event_type,
-            MESSAGE.c.payload,
-            MESSAGE.c.created_at,
-            *[column.label("endpoint_" + column.name) for column in _ENDPOINT_COLUMNS],
-        )
-        .select_from(
-            DISPATCH.join(MESSAGE, MESSAGE.c.id == DISPATCH.c.message_id).join(
-                ENDPOINT, ENDPOINT.c.id == DISPATCH.c.endpoint_id
-            )
-        )
-        .where(DISPATCH.c.state == DispatchState.PENDING.value)
-        .where(DISPATCH.c.next_attempt_at <= now)
-        .where(sa.or_(DISPATCH.c.lease_until.is_(None), DISPATCH.c.lease_until < now))
-        .where(ENDPOINT.c.enabled)
-        .order_by(DISPATCH.c.next_attempt_at, DISPATCH.c.id)
-        .limit(limit)
-    )
-    if db.locks_rows:
-        query = query.with_for_update(skip_locked=True, of=DISPATCH)
+    params = {"now": now, "limit": limit, "skip": sorted(skip_endpoints)}
     until = now + timedelta(seconds=lease_seconds)
     async with db.write() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-        if rows:
-            await conn.execute(
-                DISPATCH.update()
-                .where(DISPATCH.c.id.in_([row["id"] for row in rows]))
-                .values(lease_owner=owner, lease_until=until)
-            )
-    return [_job(row) for row in rows]
+        rows = (await conn.execute(_CLAIM_LOCKING if db.locks_rows else _CLAIM, params)).all()
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
+        await conn.execute(_LEASE, {"ids": ids, "l_owner": owner, "l_until": until})
+        wanted = sorted({row.endpoint_id for row in rows})
+        found = await conn.execute(_ENDPOINTS_BY_ID, {"ids": wanted})
+        endpoints = {row["id"]: _endpoint(row) for row in found.mappings()}
+    return [
+        DispatchJob(
+            row.id,
+            row.attempts,
+            row.msg_id,
+            row.event_type,
+            row.payload,
+            row.created_at,
+            endpoints[row.endpoint_id],
+        )
+        for row in rows
+    ]
 
 
-def _job(row: sa.RowMapping) -> DispatchJob:
-    endpoint = _endpoint({f.name: row["endpoint_" + f.name] for f in fields(Endpoint)})
-    return DispatchJob(
-        row["id"],
-        row["attempts"],
-        row["msg_id"],
-        row["event_type"],
-        row["payload"],
-        row["created_at"],
-        endpoint,
+_NOW = sa.bindparam("now", type_=DISPATCH.c.next_attempt_at.type)
+_CLAIM = (
+    sa.select(
+        DISPATCH.c.id,
+        DISPATCH.c.attempts,
+        DISPATCH.c.endpoint_id,
+        MESSAGE.c.msg_id,
+        MESSAGE.c.event_type,
+        MESSAGE.c.payload,
+        MESSAGE.c.created_at,
     )
+    .select_from(
+        DISPATCH.join(MESSAGE, MESSAGE.c.id == DISPATCH.c.message_id).join(
+            ENDPOINT, ENDPOINT.c.id == DISPATCH.c.endpoint_id
+        )
+    )
+    .where(DISPATCH.c.state == DispatchState.PENDING.value)
+    .where(DISPATCH.c.next_attempt_at <= _NOW)
+    .where(sa.or_(DISPATCH.c.lease_until.is_(None), DISPATCH.c.lease_until < _NOW))
+    .where(ENDPOINT.c.enabled)
+    .where(DISPATCH.c.endpoint_id.not_in(sa.bindparam("skip", expanding=True)))
+    .order_by(DISPATCH.c.next_attempt_at, DISPATCH.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer()))
+)
+# Built once: a statement made anew each claim costs more to build and key than to run.
+_CLAIM_LOCKING = _CLAIM.with_for_update(skip_locked=True, of=DISPATCH)
+_LEASE = (
+    DISPATCH.update()
+    .where(DISPATCH.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(lease_owner=sa.bindparam("l_owner"), lease_until=sa.bindparam("l_until"))
+)
+_ENDPOINTS_BY_ID = sa.select(*_ENDPOINT_COLUMNS).where(
+    ENDPOINT.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 
 
 async def record_attempt(
     db: Database, job: DispatchJob, owner: str, result: AttemptResult, disable_after: timedelta
 ) -> bool:
-    """Write one attempt, move its dispatch on, and keep its endpoint's health: a 410, or
-    failing everything for longer than `disable_after`, disables it. False when the lease
-    was lost (another relay has the dispatch now); the attempt is recorded all the same."""
+    """One attempt: `record_attempts` of one."""
+    return bool(await record_attempts(db, owner, [(job, result)], disable_after))
+
+
+async def record_attempts(
+    db: Database,
+    owner: str,
+    results: list[tuple[DispatchJob, AttemptResult]],
+    disable_after: timedelta,
+) -> int:
+    """Write a batch of attempts in one transaction, move each dispatch on, and keep each
+    endpoint's health from its latest attempt: a 410, or failing everything for longer than
+    `disable_after`, disables it. How many dispatches moved: one whose lease was lost
+    (another relay has it now) does not, though its attempt is recorded all the same."""
+    if not results:
+        return 0
     now = db.clock()
+    latest = {job.endpoint.id: (job.endpoint, result) for job, result in results}
     async with db.write() as conn:
-        await conn.execute(DISPATCH_ATTEMPT.insert().values(**_attempt_row(job.id, now, result)))
-        moved = await conn.execute(
-            DISPATCH.update()
-            .where(DISPATCH.c.id == job.id, DISPATCH.c.lease_owner == owner)
-            .where(DISPATCH.c.state == DispatchState.PENDING.value)
-            .values(**_dispatch_change(now, result))
-        )
         await conn.execute(
-            ENDPOINT.update()
-            .where(ENDPOINT.c.id == job.endpoint.id)
-            .values(**_health_change(job.endpoint, now, result, disable_after))
+            DISPATCH_ATTEMPT.insert(), [_attempt_row(job.id, now, r) for job, r in results]
         )
-    return bool(moved.rowcount)
+        moved = await conn.execute(
+            _MOVE_DISPATCH, [_dispatch_params(job, owner, now, r) for job, r in results]
+        )
+        for endpoint_id, (endpoint, result) in sorted(latest.items()):
+            change = _health_change(endpoint, now, result, disable_after)
+            await conn.execute(ENDPOINT.update().where(ENDPOINT.c.id == endpoint_id).values(change))
+    return max(0, int(moved.rowcount))
+
+
+_MOVE_DISPATCH = (
+    DISPATCH.update()
+    .where(DISPATCH.c.id == sa.bindparam("d_id"))
+    .where(DISPATCH.c.lease_owner == sa.bindparam("d_owner"))
+    .where(DISPATCH.c.state == DispatchState.PENDING.value)
+    .values(
+        attempts=DISPATCH.c.attempts + 1,
+        lease_owner=None,
+        lease_until=None,
+        last_status=sa.bindparam("d_status"),
+        last_error=sa.bindparam("d_error"),
+        state=sa.bindparam("d_state"),
+        next_attempt_at=sa.func.coalesce(sa.bindparam("d_next"), DISPATCH.c.next_attempt_at),
+        delivered_at=sa.bindparam("d_delivered"),
+    )
+)
+
+
+def _dispatch_params(
+    job: DispatchJob, owner: str, now: datetime, result: AttemptResult
+) -> dict[str, Any]:
+    if result.delivered:
+        state, retry_at = DispatchState.DELIVERED, None
+    elif result.retry_at is None or result.gone:
+        state, retry_at = DispatchState.FAILED, None
+    else:
+        state, retry_at = DispatchState.PENDING, result.retry_at
+    return {
+        "d_id": job.id,
+        "d_owner": owner,
+        "d_status": result.status_code,
+        "d_error": result.error[:REASON_MAX_CHARS] if result.error else None,
+        "d_state": state.value,
+        "d_next": retry_at,
+        "d_delivered": now if result.delivered else None,
+    }
 
 
 def _attempt_row(dispatch_id: int, now: datetime, result: AttemptResult) -> dict[str, Any]:
@@ -297,21 +368,6 @@ def _attempt_row(dispatch_id: int, now: datetime, result: AttemptResult) -> dict
         "answer": result.answer[:ANSWER_KEEP_CHARS] if result.answer else None,
         "error": result.error[:REASON_MAX_CHARS] if result.error else None,
     }
-
-
-def _dispatch_change(now: datetime, result: AttemptResult) -> dict[str, Any]:
-    change: dict[str, Any] = {
-        "attempts": DISPATCH.c.attempts + 1,
-        "lease_owner": None,
-        "lease_until": None,
-        "last_status": result.status_code,
-        "last_error": result.error[:REASON_MAX_CHARS] if result.error else None,
-    }
-    if result.delivered:
-        return change | {"state": DispatchState.DELIVERED.value, "delivered_at": now}
-    if result.retry_at is None or result.gone:
-        return change | {"state": DispatchState.FAILED.value}
-    return change | {"next_attempt_at": result.retry_at}
 
 
 def _health_change(

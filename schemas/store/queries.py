@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
+from schemas.fold import POLL_FLAGS
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, Source
 from schemas.store import artifacts
 from schemas.store.ingest import UNFOLDED
@@ -260,10 +261,18 @@ def _task_conditions(where: TaskFilter) -> list[sa.ColumnElement[bool]]:
     if where.until:
         conditions.append(TASK.c.created_at < where.until)
     if where.stuck:
-        # Open tasks, and final ones an operator should look at (an end never confirmed).
-        open_task = TASK.c.state.not_in([s.value for s in TERMINAL])
-        conditions.append(sa.or_(open_task, TASK.c.attention.is_not(None)))
+        conditions.append(_stuck())
     return conditions
+
+
+def _stuck() -> sa.ColumnElement[bool]:
+    """Open tasks, ends only an unsigned callback reported (never confirmed), and tasks
+    flagged for attention, but for a polling flag on an end confirmed since."""
+    open_task = TASK.c.state.not_in([s.value for s in TERMINAL])
+    polling = sa.or_(*(TASK.c.attention.startswith(flag, autoescape=True) for flag in POLL_FLAGS))
+    settled = sa.and_(polling, TASK.c.state.in_([s.value for s in REAL_TERMINAL]))
+    flagged = sa.and_(TASK.c.attention.is_not(None), sa.not_(settled))
+    return sa.or_(open_task, sa.not_(TASK.c.confirmed), flagged)
 
 
 def _merge_buckets(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:

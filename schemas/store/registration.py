@@ -85,19 +85,15 @@ async def register(db: Database, new: NewTask) -> Task:
     row = new_task_row(new, now)
     try:
         async with db.write() as conn:
-            await _insert(conn, row, new.provider_task_id, now)
+            await insert_task(conn, row, new.provider_task_id, now)
     except UniqueRace:
         raise TaskConflict(
             "another task already has this provider task id", provider=new.provider
         ) from None
-    if new.provider_task_id is None or not await _waiting(db, row, new.provider_task_id):
-        return Task(**row)
-    async with db.write() as conn:
-        await _fold_in_waiting(db, conn, row["ref"], new.provider_task_id)
-    return await get(db, row["ref"]) or Task(**row)
+    return await fold_in_waiting(db, row, new.provider_task_id)
 
 
-async def _insert(
+async def insert_task(
     conn: AsyncConnection, row: dict[str, Any], provider_task_id: str | None, now: datetime
 ) -> None:
     """The task's row and its first transition, under the locks its writers take."""
@@ -117,6 +113,16 @@ async def _insert(
     )
 
 
+async def fold_in_waiting(db: Database, row: dict[str, Any], provider_task_id: str | None) -> Task:
+    """The task just inserted as `row`, with the deliveries that came for its provider id
+    before it was registered folded in (none to fold in: `row` as it is)."""
+    if provider_task_id is None or not await _waiting(db, row, provider_task_id):
+        return Task(**row)
+    async with db.write() as conn:
+        await _fold_in_waiting(db, conn, row["ref"], provider_task_id)
+    return await get(db, row["ref"]) or Task(**row)
+
+
 async def _waiting(db: Database, task: dict[str, Any], provider_task_id: str) -> bool:
     """Whether deliveries wait for this task's provider id (a read, no write lock)."""
     async with db.read() as conn:
@@ -124,8 +130,9 @@ async def _waiting(db: Database, task: dict[str, Any], provider_task_id: str) ->
 
 
 async def attach(db: Database, ref: str, provider_task_id: str) -> Task:
-    """Record the provider's task id (the user's word: an authority for it), then fold in
-    the callbacks that arrived before it, in the same transaction."""
+    """Record the provider's task id (the user's word: an authority for it; the task's
+    `updated_at` moves with it), then fold in the callbacks that arrived before it, in the
+    same transaction."""
     try:
         async with db.write() as conn:
             await conn.run_sync(lock_task_ids, {provider_task_id})
@@ -137,7 +144,11 @@ async def attach(db: Database, ref: str, provider_task_id: str) -> Task:
                 await conn.execute(
                     TASK.update()
                     .where(TASK.c.ref == ref)
-                    .values(provider_task_id=provider_task_id, version=TASK.c.version + 1)
+                    .values(
+                        provider_task_id=provider_task_id,
+                        version=TASK.c.version + 1,
+                        updated_at=db.clock(),
+                    )
                 )
             await _fold_in_waiting(db, conn, ref, provider_task_id)
     except UniqueRace:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import TERMINAL
 from schemas.store.transactions import Database
-from schemas.tables import DELIVERY, OBSERVATION, TASK
+from schemas.tables import DELIVERY, IDEMPOTENCY, OBSERVATION, TASK
 
 _TERMINAL_STATES = sorted(state.value for state in TERMINAL)
 
@@ -35,8 +35,9 @@ class _PruneStage:
         return self.table.delete().where(where)
 
 
-def _prune_stages(cutoffs: RetentionCutoffs) -> tuple[_PruneStage, _PruneStage, _PruneStage]:
-    """Delete old deliveries, then strip younger ones, then delete polls (in that order)."""
+def _prune_stages(cutoffs: RetentionCutoffs) -> tuple[_PruneStage, ...]:
+    """Delete old deliveries, then strip younger ones, then delete polls, then old
+    idempotency keys (in that order)."""
     keys_expired = sa.and_(
         DELIVERY.c.last_seen_at < cutoffs.keys_before,
         sa.or_(
@@ -58,6 +59,7 @@ def _prune_stages(cutoffs: RetentionCutoffs) -> tuple[_PruneStage, _PruneStage, 
         _PruneStage(DELIVERY, keys_expired),
         _PruneStage(DELIVERY, body_expired, strip=True),
         _PruneStage(OBSERVATION, polls_expired),
+        _PruneStage(IDEMPOTENCY, IDEMPOTENCY.c.created_at < cutoffs.keys_before),
     )
 
 
@@ -77,8 +79,9 @@ async def prune(
 
     Deliveries last seen before `cutoffs.keys_before` go (unmatched ones too); younger
     ones of tasks finished before `cutoffs.bodies_before` keep their dedup key and
-    counters but lose body and headers; their polls go. Open tasks' evidence, tasks
-    and transitions are never touched. A dry run counts and changes nothing.
+    counters but lose body and headers; their polls go; so do idempotency keys made
+    before `cutoffs.keys_before`. Open tasks' evidence, tasks and transitions are never
+    touched. A dry run counts and changes nothing.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive (got {batch_size})")
@@ -90,11 +93,12 @@ async def prune(
         done = [await _prune_stage(db, stage, batch_size) for stage in stages]
         counts = [count for count, _ in done]
         batches = sum(stage_batches for _, stage_batches in done)
-    deleted, stripped, polls = counts
+    deleted, stripped, polls, idempotency_keys = counts
     return PruneReport(
         bodies_stripped=stripped,
         deliveries_deleted=deleted,
         observations_deleted=polls,
+        idempotency_keys_deleted=idempotency_keys,
         batches=batches,
         dry_run=dry_run,
     )

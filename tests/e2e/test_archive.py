@@ -113,6 +113,7 @@ async def test_every_succeeded_output_is_archived_before_expiry_or_missed_with_i
         tasks = {task["ref"]: task for task in await system.tasks()}
         truth = {t["task_id"]: t for t in await system.truth_of_tasks()}
         metrics = generate_latest(system.reconcilers[0][0].metrics.registry).decode()
+        audit = (await system.service.http.get("/v1/audit", headers=system.service.admin)).json()
         media = open_store(archive.settings["ARCHIVE_URL"], archive.environ, spool_dir=tmp_path)
         try:
             hashes = {
@@ -154,5 +155,8 @@ async def test_every_succeeded_output_is_archived_before_expiry_or_missed_with_i
     assert outcomes["archived"] > len(rows) * 0.7
     assert outcomes["failed"] > 0
     assert outcomes["missed"] > 0
+    shares = {p["provider"]: p["archive"] for p in audit["providers"] if p["archive"]}
+    assert sum(share["archived_before_expiry"] for share in shares.values()) == outcomes["archived"]
+    assert all(0 < share["share_archived_before_expiry"] <= 1 for share in shares.values())
     assert "taskledger_archive_bytes_total" in metrics
     assert "taskledger_archive_failures_total{provider=" in metrics

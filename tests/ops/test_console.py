@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from ops.cli import main
 from ops.console import export
+from ops.demo import format_report, run_demo, task_count
 from tests.support.servers import free_port
 
 URL = "http://ledger.test"
@@ -143,6 +146,27 @@ def test_tasks_makes_terminal_escapes_from_a_provider_inert(
     forged = task("tl_001", provider_task_id="\x1b]52;c;cm0gLXJm\x07\x1b[2J")
     assert Api(answer({"tasks": [forged], "next_cursor": None})).run("tasks") == 0
     assert "\x1b" not in capsys.readouterr().out
+
+
+def test_tasks_stuck_shows_age_reason_and_last_error(capsys: pytest.CaptureFixture[str]) -> None:
+    created = (datetime.now(UTC) - timedelta(hours=2, minutes=5, seconds=30)).isoformat()
+    flag = (
+        "overdue: succeeded not confirmed after 2h 05m (expected 5m);"
+        " last poll error: apidot: 503 from the provider"
+    )
+    flagged = task("tl_old", state="succeeded", created_at=created, attention=flag)
+    api = Api(answer({"tasks": [flagged], "next_cursor": None}))
+    assert api.run("tasks", "--stuck") == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    for column in ("age", "polls", "attention", "last error"):
+        assert column in header
+    row = " ".join(row_of(out, "tl_old"))
+    assert row.startswith("tl_old apidot succeeded no 2h 05m 1 2025-03-01 12:05:00")
+    assert row.endswith(
+        "overdue: succeeded not confirmed after 2h 05m (expected 5m) apidot: 503 from the provider"
+    )
+    assert api.params() == {"stuck": "true", "limit": "50"}
 
 
 # -- show ----------------------------------------------------------------------
@@ -542,6 +566,15 @@ def test_changes_limit_stops_after_that_many(capsys: pytest.CaptureFixture[str])
     assert [r.url.params["limit"] for r in api.requests] == ["3", "1"]
 
 
+def test_changes_json_prints_each_change_as_one_json_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = Api(Feed([[1, 2, 3]], interrupt_after_calls=10))
+    assert api.run("changes", "--json") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == [change(1), change(2), change(3)]
+
+
 # -- connection and errors -----------------------------------------------------
 
 
@@ -596,3 +629,31 @@ def test_the_default_url_is_the_local_service(capsys: pytest.CaptureFixture[str]
 def test_init_env_still_writes_the_env_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init-env"]) == 0
     assert "TASKLEDGER_ADMIN_TOKEN=" in Path(".env").read_text()
+
+
+# -- demo ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", ["-3", "0", "abc"])
+def test_demo_refuses_a_task_count_below_one(count: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number of tasks"):
+        task_count(count)
+
+
+def test_demo_run_refuses_a_negative_task_count(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_demo(-3) == 2
+    assert "--tasks must be a whole number of tasks" in capsys.readouterr().err
+
+
+def test_demo_report_aligns_every_label_and_count() -> None:
+    summary = {
+        "by_state": {"failed": 29, "succeeded": 119},
+        "recovered_by_poll": 39,
+        "duplicates": 34,
+        "conflicts": 0,
+    }
+    lines = format_report(summary, 24, 150, 150).splitlines()[1:]
+    assert "  forged or bad callbacks refused   24" in lines
+    ends = {len(line.split(" of ")[0].rstrip()) for line in lines}
+    assert len(ends) == 1, lines  # every count ends in the same column
+    assert lines[-1].endswith("150 of 150")

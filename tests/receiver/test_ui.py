@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from itsdangerous import TimestampSigner
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright
 
-from receiver.ui import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS
+from ops.console.render import NEVER
+from ops.console.timeline import timeline as show_timeline
+from receiver.dashboard import body_json
+from receiver.ui import SESSION_COOKIE, SESSION_MAX_AGE_SECONDS, STATIC_DIR
 from schemas.database import create_engine
+from schemas.endpoint_urls import kind_of
+from schemas.fold import LAST_ERROR_MARK
 from schemas.ledger import Poll, Reader
 from schemas.media.storage import LocalStore, content_key
 from schemas.settings import ArchiveSettings
 from schemas.states import State
-from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore
+from schemas.store import ArchivedFile, ArtifactState, Attempt, AttemptResult, LedgerStore
 from schemas.wire import Observation, WireFormat
 from schemas.wire.openai import content_paths
 from simulator import Faults, Lifecycle, SimConfig
@@ -28,6 +36,7 @@ from tests.conftest import FakeClock
 from tests.support.databases import in_ci
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
 from tests.support.system import System, running_system
+from tests.support.waiting import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,6 +50,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 BROWSER_TIMEOUT_MS = 20_000
+VIEWPORT_WIDTH = 1280  # the narrowest desktop the dashboard is built for
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -143,6 +153,81 @@ async def test_the_page_plays_media_from_its_own_origin_only(service: Service) -
     assert "media-src 'self';" in policy["content-security-policy"]
 
 
+async def test_a_delivery_payload_is_only_for_an_admin(service: Service) -> None:
+    ref = (await service.register("apidot"))["ref"]
+    for path in (f"/v1/tasks/{ref}/deliveries/1", f"/v1/tasks/{ref}/polls/1"):
+        assert (await service.http.get(path)).status_code == 401
+        assert (await service.http.get(path, headers=service.admin)).status_code == 404
+
+
+async def test_a_poll_payload_is_the_providers_answer_as_kept(
+    service: Service, database_url: str, clock: FakeClock
+) -> None:
+    ref = (await service.register("apidot", provider_task_id="t-raw"))["ref"]
+    answer = '{"code":200,"data":{"task_id":"t-raw","status":"running"}}'
+    await ingest_poll(database_url, clock, ref, Observation("t-raw", State.RUNNING, 40), answer)
+    polls = (await service.task(ref))["timeline"]["polls"]
+    response = await service.http.get(
+        f"/v1/tasks/{ref}/polls/{polls[0]['id']}", headers=service.admin
+    )
+    assert response.json()["body"] == answer
+    assert response.json()["encoding"] == "utf-8"
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "shown"),
+    [
+        (b'{"ok":true}', "utf-8", '{"ok":true}'),
+        (b"\xff\xfe\x00raw", "base64", base64.b64encode(b"\xff\xfe\x00raw").decode()),
+    ],
+    ids=["utf-8", "binary"],
+)
+def test_a_body_that_is_not_utf8_is_shown_as_base64(body: bytes, encoding: str, shown: str) -> None:
+    assert body_json(body) == {"encoding": encoding, "body": shown}
+
+
+@pytest.mark.parametrize(
+    ("hours", "bucket_seconds"),
+    [(1, 300), (6, 900), (24, 3600), (168, 6 * 3600)],
+    ids=["hour", "6h", "day", "week"],
+)
+async def test_outcome_buckets_fit_the_window(
+    service: Service, clock: FakeClock, hours: int, bucket_seconds: int
+) -> None:
+    window = {"since": (clock() - timedelta(hours=hours)).isoformat(), "until": clock().isoformat()}
+    response = await service.http.get(
+        "/v1/dashboard/outcomes", params=window, headers=service.admin
+    )
+    assert response.json()["bucket_seconds"] == bucket_seconds
+
+
+async def test_a_provider_without_a_base_url_is_not_configured(service: Service) -> None:
+    response = await service.http.get("/v1/dashboard/providers", headers=service.admin)
+    apidot = next(p for p in response.json()["providers"] if p["provider"] == "apidot")
+    assert (apidot["status"], apidot["pollable"]) == ("not configured", False)
+    assert "TASKLEDGER_PROVIDER_APIDOT_BASE_URL" in apidot["reason"]
+
+
+async def test_the_sign_in_page_script_is_served_before_sign_in(service: Service) -> None:
+    page = await service.http.get("/ui")
+    script = await service.http.get("/ui/static/login.js")
+    assert '<script src="/ui/static/login.js"' in page.text
+    assert script.status_code == 200
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+
+
+async def ingest_poll(
+    database_url: str, clock: FakeClock, ref: str, observation: Observation, answer: str
+) -> None:
+    engine = create_engine(database_url)
+    store = LedgerStore(engine, clock, {"apidot": Reader(WireFormat.APIDOT, 3600.0, True)})
+    try:
+        await store.ingest([Poll(ref, clock(), None, observation, 200, answer)])
+    finally:
+        await store.close()
+        await engine.dispose()
+
+
 # -- the page in a real browser -----------------------------------------------------
 
 
@@ -154,20 +239,115 @@ def chromium() -> Path:
     pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
 
 
+@asynccontextmanager
+async def browser_session(seconds: float) -> AsyncIterator[Browser]:
+    executable = chromium()
+    async with asyncio.timeout(seconds), async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(executable), args=CHROMIUM_ARGS, timeout=BROWSER_TIMEOUT_MS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def new_page(browser: Browser, height: int = 1600) -> Page:
+    """A page of its own (no cookie yet), `VIEWPORT_WIDTH` wide, that may use the clipboard."""
+    context = await browser.new_context(
+        viewport={"width": VIEWPORT_WIDTH, "height": height},
+        permissions=["clipboard-read", "clipboard-write"],
+    )
+    page = await context.new_page()
+    page.set_default_timeout(BROWSER_TIMEOUT_MS)
+    return page
+
+
+def watch_errors(page: Page) -> list[str]:
+    """Script errors and console errors from here on (the sign-in page is a 401 by design)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return errors
+
+
 async def system_with_history(system: System) -> list[str]:
-    """30 finished tasks whose callbacks were often dropped, and 2 that never will finish."""
+    """30 finished tasks whose callbacks were often dropped, and 2 that never will finish
+    (no provider task id to poll). Once both were polled the reconciler stops: the page and
+    the API are compared on a ledger that no longer moves."""
     refs: list[str] = []
     for provider in ("openai", "apidot", "evolink"):
         refs += await system.submit(provider, 10)
     await system.settle(len(refs), within_seconds=60)
-    stuck = [await system.service.register("apidot", owner="ops") for _ in range(2)]
-    return [task["ref"] for task in stuck]
+    stuck = [(await system.service.register("apidot", owner="ops"))["ref"] for _ in range(2)]
+
+    async def polled() -> bool:
+        tasks = [await system.service.task(ref) for ref in stuck]
+        return all(task["timeline"]["polls"] for task in tasks)
+
+    await eventually(polled, within=30)
+    await system.stop_reconcilers()
+    return stuck
 
 
 async def api(system: System, path: str, **params: str) -> dict[str, Any]:
     response = await system.service.http.get(path, params=params, headers=system.service.admin)
     assert response.status_code == 200, response.text
     return dict(response.json())
+
+
+def last_day() -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {"since": (now - timedelta(days=1)).isoformat(), "until": now.isoformat()}
+
+
+async def sign_in(page: Page, url: str) -> None:
+    response = await page.goto(url)
+    assert response is not None
+    assert response.status == 401
+    await page.fill("#token", ADMIN_TOKEN)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("body[data-state=ready]")
+
+
+async def test_dashboard_draws_the_ledger_and_opens_a_task_timeline(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = SimConfig(
+        seed=5,
+        time_scale=0.05,
+        lifecycle=Lifecycle(min_duration_s=0.3, max_duration_s=1.2, progress_callbacks=True),
+        faults=Faults(drop_rate=0.5, duplicate_rate=0.2),
+    )
+    async with running_system(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", config) as system:
+        await system_with_history(system)
+        async with browser_session(120) as browser:
+            page = await new_page(browser)
+            await sign_in(page, f"{system.service.base_url}/ui")
+            errors = watch_errors(page)
+            await check_dashboard(page, system)
+            task = await check_task_panel(page, system)
+            await check_deep_links(page, system, task["ref"])
+            await check_deep_link_survives_sign_in(await new_page(browser), system, task["ref"])
+            assert errors == []
+    urls = task["result"]["urls"]
+    logged = "".join(capfd.readouterr())
+    assert urls
+    assert not [url for url in urls if url in logged]
+
+
+async def check_dashboard(page: Page, system: System) -> None:
+    await check_charts(page, system)
+    assert await layout_problems(page) == []
+    assert await hidden_columns(page, "providers", "health", "stuck", "tasks") == {}
+    await check_health(page, system)
+    await check_stuck(page, system)
+    await check_filters(page, system)
+    await screenshot(page, "dashboard.png")
+    await check_last_hour(page)
+
+
+# -- the charts ----------------------------------------------------------------------
 
 
 async def chart_numbers(page: Page) -> dict[str, Any]:
@@ -181,89 +361,319 @@ async def chart_numbers(page: Page) -> dict[str, Any]:
               histogram: Number(document.querySelector('svg.histogram').dataset.total),
               rates: Object.fromEntries([...document.querySelectorAll('svg.missed rect.bar')]
                 .map((r) => [r.dataset.provider, Number(r.dataset.rate)])),
+              points: [...document.querySelectorAll('svg.missed-rate circle.rate-point')]
+                .map((c) => [c.dataset.provider, c.dataset.slot, Number(c.dataset.rate)]),
+              ticks: [...document.querySelectorAll('svg.outcomes .tick, svg.histogram .tick')]
+                .map((t) => t.textContent),
+              rateTicks: [...document.querySelectorAll('svg.missed-rate text.tick')]
+                .map((t) => t.textContent),
               stuck: Number(document.getElementById('stuck').dataset.rows),
+              bucket: Number(document.getElementById('outcomes').dataset.bucketSeconds),
+              slots: Number(document.getElementById('outcomes').dataset.slots),
             })"""
         )
     )
 
 
-async def sign_in(page: Page, base_url: str) -> None:
-    response = await page.goto(f"{base_url}/ui")
-    assert response is not None
-    assert response.status == 401
-    await page.fill("#token", ADMIN_TOKEN)
-    await page.click("button[type=submit]")
-    await page.wait_for_selector("body[data-state=ready]")
-
-
-async def open_first_recovered(page: Page) -> str:
-    button = page.locator("#recovered button.ref").first
-    ref = str(await button.get_attribute("data-ref"))
-    await button.click()
-    await page.wait_for_selector("#panel[data-state=ready]")
-    return ref
-
-
-async def test_dashboard_draws_the_ledger_and_opens_a_task_timeline(tmp_path: Path) -> None:
-    executable = chromium()
-    config = SimConfig(
-        seed=5,
-        time_scale=0.05,
-        lifecycle=Lifecycle(min_duration_s=0.3, max_duration_s=1.2, progress_callbacks=True),
-        faults=Faults(drop_rate=0.5, duplicate_rate=0.2),
-    )
-    async with running_system(f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}", config) as system:
-        await system_with_history(system)
-        async with asyncio.timeout(90), async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=str(executable), args=CHROMIUM_ARGS, timeout=BROWSER_TIMEOUT_MS
-            )
-            try:
-                page = await browser.new_page(viewport={"width": 1400, "height": 1600})
-                page.set_default_timeout(BROWSER_TIMEOUT_MS)
-                await check_dashboard(page, system)
-            finally:
-                await browser.close()
-
-
-async def check_dashboard(page: Page, system: System) -> None:
-    await sign_in(page, system.service.base_url)
-    errors: list[str] = []  # from here on: the sign-in page itself is a 401, by design
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    await page.reload()
-    await page.wait_for_selector("body[data-state=ready]")
-    now = datetime.now(UTC)
-    window = {"since": (now - timedelta(days=1)).isoformat(), "until": now.isoformat()}
-    audit = await api(system, "/v1/audit", **window)
+async def check_charts(page: Page, system: System) -> None:
+    audit = await api(system, "/v1/audit", **last_day())
+    series = await api(system, "/v1/dashboard/outcomes", **last_day())
     stuck = await api(system, "/v1/tasks", stuck="true")
     drawn = await chart_numbers(page)
-    finished = sum(b[o] for b in audit["buckets"] for o in ("succeeded", "failed", "cancelled"))
-    finished += sum(b["lost"] for b in audit["buckets"])
-    assert drawn["outcomes"] == drawn["segments"] == finished == 30
+    final = sum(
+        b[o] for b in series["buckets"] for o in ("succeeded", "failed", "cancelled", "lost")
+    )
+    hourly = sum(
+        b[o] for b in audit["buckets"] for o in ("succeeded", "failed", "cancelled", "lost")
+    )
+    assert drawn["outcomes"] == drawn["segments"] == final == hourly == 30
     assert drawn["histogram"] == sum(b["count"] for b in audit["time_to_terminal_histogram"])
     assert drawn["rates"] == {p["provider"]: p["missed_callback_rate"] for p in audit["providers"]}
     assert drawn["stuck"] == len(stuck["tasks"]) == 2
-    await screenshot(page, "dashboard.png")
-    ref = await open_first_recovered(page)
-    await check_timeline(page, system, ref)
-    await screenshot(page, "dashboard-task.png")
-    assert errors == []
+    assert drawn["bucket"] == 3600
+    assert 24 <= drawn["slots"] <= 25  # a window not on the hour touches 25 hours
+    assert all(tick.isdigit() for tick in drawn["ticks"]), drawn["ticks"]
+    assert drawn["rateTicks"] == ["0%", "25%", "50%", "75%", "100%"]
+    expected = {
+        (b["provider"], moment(b["start"])): b["recovered"] / b["terminal"]
+        for b in series["buckets"]
+        if b["terminal"]
+    }
+    assert {(p, moment(slot)): rate for p, slot, rate in drawn["points"]} == expected
+    assert sum(b["recovered"] for b in series["buckets"]) > 0
 
 
-async def check_timeline(page: Page, system: System, ref: str) -> None:
-    task = await api(system, f"/v1/tasks/{ref}")
-    transitions = task["timeline"]["transitions"]
-    rows = page.locator("#panel-transitions tbody tr")
-    assert await rows.count() == len(transitions) > 0
-    last = rows.nth(len(transitions) - 1)
-    assert task["state"] in await last.inner_text()
-    assert transitions[-1]["source"] in await last.inner_text()
+async def check_last_hour(page: Page) -> None:
+    """The last hour is cut in 5-minute buckets, not drawn as one hour-wide bar."""
+    await page.select_option("#range", "1")
+    await page.wait_for_selector("#outcomes[data-bucket-seconds='300']")
+    await page.wait_for_selector("body[data-state=ready]")
+    drawn = await chart_numbers(page)
+    assert drawn["outcomes"] == 30
+    assert 12 <= drawn["slots"] <= 13
+    assert await page.locator("#outcomes-title").inner_text() == "Outcomes per 5 minutes"
+    await page.locator("#outcomes-card").screenshot(path=str(artifact("dashboard-last-hour.png")))
+    await page.select_option("#range", "24")
+    await page.wait_for_selector("#outcomes[data-bucket-seconds='3600']")
+
+
+def moment(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+# -- the layout at 1280 px -------------------------------------------------------------
+
+
+async def layout_problems(page: Page) -> list[str]:
+    """Whatever a reader at this width cannot reach: the page scrolling sideways, or a table
+    wider than its card that does not scroll inside it."""
+    return list(
+        await page.evaluate(
+            """() => {
+              const problems = [];
+              const root = document.scrollingElement;
+              if (root.scrollWidth > window.innerWidth) problems.push(`page ${root.scrollWidth}px`);
+              for (const table of document.querySelectorAll('main table, #panel table')) {
+                if (!table.offsetParent) continue;
+                const box = table.closest('.scroll');
+                const card = table.closest('section, aside');
+                if (!box) { problems.push(`${table.id}: no scroll box`); continue; }
+                if (box.getBoundingClientRect().right > card.getBoundingClientRect().right + 1) {
+                  problems.push(`${table.id}: leaves its card`);
+                }
+                const scrolls = ['auto', 'scroll'].includes(getComputedStyle(box).overflowX);
+                if (table.scrollWidth > box.clientWidth && !scrolls) {
+                  problems.push(`${table.id}: cut off`);
+                }
+              }
+              return problems;
+            }"""
+        )
+    )
+
+
+async def hidden_columns(page: Page, *tables: str) -> dict[str, list[str]]:
+    """Per table, the headers of the columns that need scrolling to be seen."""
+    hidden = await page.evaluate(
+        """(ids) => Object.fromEntries(ids.map((id) => {
+              const table = document.getElementById(id);
+              const right = table.closest('.scroll').getBoundingClientRect().right;
+              return [id, [...table.querySelectorAll('th')]
+                .filter((th) => th.getBoundingClientRect().right > right + 1)
+                .map((th) => th.textContent)];
+            }))""",
+        list(tables),
+    )
+    return {table: columns for table, columns in hidden.items() if columns}
+
+
+# -- provider health and the task list's filters ------------------------------------------
+
+
+async def health_rows(page: Page) -> dict[str, dict[str, str]]:
+    return dict(
+        await page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('#health tbody tr')]
+              .map((tr) => [tr.dataset.provider, {
+                pollable: tr.dataset.pollable,
+                polling: tr.cells[1].innerText,
+                error: tr.cells[3].innerText,
+              }]))"""
+        )
+    )
+
+
+async def check_health(page: Page, system: System) -> None:
+    health = await api(system, "/v1/dashboard/providers")
+    rows = await health_rows(page)
+    assert set(rows) == set(system.settings.providers)
+    for provider in health["providers"]:
+        row = rows[provider["provider"]]
+        assert row["pollable"] == "true"
+        error = provider["last_poll_error"]
+        assert (error["error"] in row["error"]) if error else row["error"] == "none"
+    # The two tasks registered without a provider task id cannot be polled: it says why.
+    assert health_of(health, "apidot")["last_poll_error"]["task_ref"] in rows["apidot"]["error"]
+
+
+async def check_stuck(page: Page, system: System) -> None:
+    """The stuck list shows why each task is stuck and its last poll error, as `tasks
+    --stuck` does."""
+    stuck = await api(system, "/v1/tasks", stuck="true")
+    shown = await page.evaluate(
+        """() => [...document.querySelectorAll('#stuck tbody tr')]
+          .map((tr) => [...tr.cells].slice(-2).map((td) => td.innerText))"""
+    )
+    expected = []
+    for task in stuck["tasks"]:
+        reason, _, error = (task["attention"] or "").partition(LAST_ERROR_MARK)
+        expected.append([reason or "—", error or "—"])
+    assert shown == expected
+
+
+def health_of(health: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(p for p in health["providers"] if p["provider"] == name)
+
+
+async def filtered(page: Page, owner: str = "", state: str = "", provider: str = "") -> list[str]:
+    await page.fill("#filter-owner", owner)
+    await page.select_option("#filter-state", state)
+    await page.select_option("#filter-provider", provider)
+    await page.click("#task-filters button[type=submit]")
+    wanted = json.dumps(
+        {"owner": owner, "state": state, "provider": provider}, separators=(",", ":")
+    )
+    await page.wait_for_function(
+        "(wanted) => document.getElementById('tasks').dataset.filters === wanted", arg=wanted
+    )
+    return list(
+        await page.evaluate(
+            "() => [...document.querySelectorAll('#tasks tbody tr[data-ref]')]"
+            ".map((tr) => tr.dataset.ref)"
+        )
+    )
+
+
+def test_the_state_filter_offers_every_state() -> None:
+    script = (STATIC_DIR / "ui.js").read_text()
+    assert f"const STATES = {json.dumps([s.value for s in State])};" in script
+
+
+def test_the_stuck_list_splits_attention_as_the_store_writes_it() -> None:
+    script = (STATIC_DIR / "ui.js").read_text()
+    assert f"const LAST_ERROR_MARK = {json.dumps(LAST_ERROR_MARK)};" in script
+
+
+async def check_filters(page: Page, system: System) -> None:
+    for filters in ({"provider": "openai"}, {"owner": "ops"}, {"state": "failed"}):
+        shown = await filtered(page, **filters)
+        listed = await api(system, "/v1/tasks", limit="20", **filters)
+        assert shown == [t["ref"] for t in listed["tasks"]], filters
+        assert shown
+    assert len(await filtered(page, owner="ops", provider="openai")) == 0
+    await filtered(page, owner="ops")
+    await page.locator("#tasks-card").screenshot(path=str(artifact("dashboard-filters.png")))
+    await filtered(page)
+
+
+# -- the task panel: one timeline, payloads, copy, result links ---------------------------
+
+
+async def a_task_with_everything(system: System) -> dict[str, Any]:
+    """A succeeded task with result URLs, at least one callback and one poll."""
+    listed = await api(system, "/v1/tasks", state="succeeded", limit="100")
+    for summary in listed["tasks"]:
+        task = await api(system, f"/v1/tasks/{summary['ref']}")
+        timeline = task["timeline"]
+        if timeline["deliveries"] and timeline["polls"] and task["result"].get("urls"):
+            return task
+    raise AssertionError("no succeeded task has callbacks, polls and result URLs")
+
+
+async def check_task_panel(page: Page, system: System) -> dict[str, Any]:
+    task = await a_task_with_everything(system)
+    await page.fill("#ref-input", task["ref"])
+    await page.click("#open-task button[type=submit]")
+    await page.wait_for_selector(f"#panel[data-state=ready][data-ref='{task['ref']}']")
+    await check_merged_timeline(page, task)
+    await check_delivery_key(page, task["timeline"]["deliveries"][0])
+    await check_payloads(page, system, task)
+    await check_result_links(page, task)
+    assert await layout_problems(page) == []
+    assert await hidden_columns(page, "panel-timeline") == {}
     assert task["callback_url"] not in await page.content()
+    await screenshot(page, "dashboard-task.png", full_page=False)
+    return task
+
+
+async def timeline_rows(page: Page) -> list[dict[str, str]]:
+    return list(
+        await page.evaluate(
+            """() => [...document.querySelectorAll('#panel-timeline tbody tr[data-kind]')]
+              .map((tr) => ({ kind: tr.dataset.kind, id: tr.dataset.id ?? '',
+                              at: tr.cells[0].innerText, what: tr.cells[1].innerText }))"""
+        )
+    )
+
+
+async def check_merged_timeline(page: Page, task: dict[str, Any]) -> None:
+    """The panel's one timeline is `taskledger show`'s: the same entries in the same order."""
+    rows = await timeline_rows(page)
+    printed = show_timeline(task)
+    assert [row["what"] for row in rows] == [entry.what for entry in printed]
+    moments = ["—" if e.at == NEVER else f"{e.at:%Y-%m-%d %H:%M:%S.%f}"[:-3] for e in printed]
+    assert [row["at"] for row in rows] == moments
+    kinds = {row["kind"] for row in rows}
+    assert {"registered", "delivery", "poll", "transition"} <= kinds
+
+
+async def check_delivery_key(page: Page, delivery: dict[str, Any]) -> None:
+    row = page.locator(f"#panel-timeline tr[data-kind=delivery][data-id='{delivery['id']}']")
+    key = row.locator(".delivery-key")
+    shown = await key.inner_text()
+    assert len(shown) < len(delivery["delivery_key"])
+    assert await key.get_attribute("title") == delivery["delivery_key"]
+    await row.locator("button.copy").click()
+    await page.wait_for_selector("button.copy[data-copied=true]")
+    assert await page.evaluate("() => navigator.clipboard.readText()") == delivery["delivery_key"]
+
+
+async def check_payloads(page: Page, system: System, task: dict[str, Any]) -> None:
+    """An admin sees any delivery's or poll's raw payload, as the payload routes give it."""
+    for kind, row_id in (
+        ("delivery", task["timeline"]["deliveries"][0]["id"]),
+        ("poll", task["timeline"]["polls"][-1]["id"]),
+    ):
+        row = page.locator(f"#panel-timeline tr[data-kind={kind}][data-id='{row_id}']")
+        await row.locator("button.payload").click()
+        shown = await row.locator("xpath=following-sibling::tr[1]").locator("pre").inner_text()
+        route = "deliveries" if kind == "delivery" else "polls"
+        payload = await api(system, f"/v1/tasks/{task['ref']}/{route}/{row_id}")
+        body = shown.split("body\n", 1)[1]
+        assert json.loads(body) == json.loads(payload["body"])
+
+
+async def check_result_links(page: Page, task: dict[str, Any]) -> None:
+    links = page.locator("#panel-summary a.result-url")
+    assert await links.count() == len(task["result"]["urls"])
+    for index, url in enumerate(task["result"]["urls"]):
+        link = links.nth(index)
+        assert await link.get_attribute("href") == url
+        assert await link.get_attribute("rel") == "noreferrer noopener"
+        assert "?" not in await link.inner_text()
+
+
+# -- deep links ----------------------------------------------------------------------------
+
+
+async def shown_ref(page: Page, ref: str) -> None:
+    await page.wait_for_selector(f"#panel[data-state=ready][data-ref='{ref}']")
+
+
+async def check_deep_links(page: Page, system: System, ref: str) -> None:
+    """`#task=<ref>` opens the task on load and whenever the address changes to it."""
+    other = (await api(system, "/v1/tasks", stuck="true"))["tasks"][0]["ref"]
+    assert page.url.endswith(f"#task={ref}")
+    await page.reload()
+    await shown_ref(page, ref)
+    await page.evaluate("(ref) => { window.location.hash = `task=${ref}`; }", other)
+    await shown_ref(page, other)
+    await page.go_back()
+    await shown_ref(page, ref)
+    await page.click("#panel-close")
+    assert await page.locator("#panel").is_hidden()
+    assert "#task=" not in page.url
+    await page.go_back()
+    await shown_ref(page, ref)
+
+
+async def check_deep_link_survives_sign_in(page: Page, system: System, ref: str) -> None:
+    await sign_in(page, f"{system.service.base_url}/ui#task={ref}")
+    await shown_ref(page, ref)
+    assert page.url.endswith(f"/ui#task={ref}")
 
 
 # -- the archived outputs of a task, in a real browser ----------------------------------
-
 THUMBNAIL = png("thumbnail", 320, 180)
 VIDEO = b"".join(Video("video", 256 * 1024).chunks())
 
@@ -303,29 +713,19 @@ async def put(archive: LocalStore, data: bytes, content_type: str) -> ArchivedFi
 async def test_task_panel_plays_an_archived_video_with_its_thumbnail_as_poster(
     tmp_path: Path, clock: FakeClock
 ) -> None:
-    executable = chromium()
     archive = ArchiveSettings(url=str(tmp_path / "archive"), spool_dir=str(tmp_path / "spool"))
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
     async with running_service(settings_for(database_url, archive=archive), clock) as service:
         ref = await archived_openai_task(
             service, database_url, LocalStore(Path(archive.url)), clock
         )
-        async with asyncio.timeout(60), async_playwright() as playwright:
-            browser = await playwright.chromium.launch(
-                executable_path=str(executable), args=CHROMIUM_ARGS, timeout=BROWSER_TIMEOUT_MS
-            )
-            try:
-                page = await browser.new_page(viewport={"width": 1400, "height": 1200})
-                page.set_default_timeout(BROWSER_TIMEOUT_MS)
-                await check_outputs(page, service.base_url, ref)
-            finally:
-                await browser.close()
+        async with browser_session(60) as browser:
+            await check_outputs(await new_page(browser, height=1200), service.base_url, ref)
 
 
 async def check_outputs(page: Page, base_url: str, ref: str) -> None:
-    await sign_in(page, base_url)
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await sign_in(page, f"{base_url}/ui")
+    errors = watch_errors(page)
     await page.fill("#ref-input", ref)
     await page.click("#open-task button[type=submit]")
     await page.wait_for_selector("#panel[data-state=ready]")
@@ -344,6 +744,11 @@ async def check_outputs(page: Page, base_url: str, ref: str) -> None:
     facts = await page.locator("#panel-artifacts figure[data-name=video]").inner_text()
     assert hashlib.sha256(VIDEO).hexdigest()[:12] in facts
     assert "256 KiB" in facts
+    outputs = page.locator("#panel-timeline tr[data-kind=output]")
+    assert sorted(await outputs.evaluate_all("(rows) => rows.map((r) => r.dataset.name)")) == [
+        "thumbnail",
+        "video",
+    ]
     await screenshot(page, "dashboard-outputs.png")
     assert errors == []
 
@@ -364,8 +769,163 @@ async def fetch_without_cookie(page: Page, source: str) -> dict[str, Any]:
     )
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
+    """The page as drawn; the task panel is fixed to the window, so it is shot alone."""
+    await page.screenshot(path=str(artifact(name)), full_page=full_page)
+
+
+# -- notification endpoints, in a real browser -------------------------------------------
+
+PRODUCT_HOOK = "https://hooks.product.example/taskledger"
+BROKER = "nats://relay:s3cret-pass@nats.internal:4222/taskledger.events"
+
+
+async def endpoints_with_history(service: Service, database_url: str, clock: FakeClock) -> str:
+    """A webhook that failed once then took every event, and a broker endpoint the relay
+    disabled when it answered 410; the task whose two events went to both."""
+    engine = create_engine(database_url)
+    store = LedgerStore(engine, clock)
+    try:
+        for endpoint_id, url, about in (
+            ("ep_product", PRODUCT_HOOK, "product backend"),
+            ("ep_analytics", BROKER, "analytics"),
+        ):
+            values = {"id": endpoint_id, "kind": kind_of(url), "url": url, "secrets": []}
+            await store.create_endpoint(values | {"description": about})
+        task = await service.register("apidot", provider_task_id="t-events")
+        for state in (State.RUNNING, State.SUCCEEDED):
+            observation = Observation("t-events", state, 100 if state is State.SUCCEEDED else 30)
+            await store.ingest([Poll(task["ref"], clock(), None, observation, 200, "{}")])
+            clock.advance(20)
+        await store.fan_out(10)
+        await try_each(store, clock, {"ep_product": (503, None), "ep_analytics": (500, None)})
+        await try_each(store, clock, {"ep_product": (200, None), "ep_analytics": (410, True)})
+    finally:
+        await store.close()
+        await engine.dispose()
+    return str(task["ref"])
+
+
+async def try_each(
+    store: LedgerStore, clock: FakeClock, answers: dict[str, tuple[int, bool | None]]
+) -> None:
+    """One try of every due dispatch, answered as its endpoint says; a failure is due again.
+    After a 410, the relay tries that endpoint no more (its other dispatch stays pending)."""
+    clock.advance(5)
+    said_gone: set[str] = set()
+    for job in await store.claim_dispatches("ui-test", 10, 30):
+        if job.endpoint.id in said_gone:
+            continue
+        status, gone = answers[job.endpoint.id]
+        if gone:
+            said_gone.add(job.endpoint.id)
+        error = None if status < 300 else f"HTTP {status}"
+        result = AttemptResult(
+            status < 300, status, 84.0, "ok" if status < 300 else "busy", error, clock(), bool(gone)
+        )
+        await store.record_dispatch(job, "ui-test", result, timedelta(days=5))
+
+
+async def endpoint_rows(page: Page) -> dict[str, dict[str, Any]]:
+    return dict(
+        await page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('#endpoints tbody tr')]
+              .map((tr) => [tr.dataset.endpoint, {
+                enabled: tr.dataset.enabled,
+                cells: [...tr.cells].map((td) => td.innerText.trim()),
+                badge: tr.querySelector('.badge').className,
+              }]))"""
+        )
+    )
+
+
+async def test_endpoints_card_shows_a_disabled_endpoint_in_red_with_its_reason(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    async with running_service(settings_for(database_url), clock) as service:
+        ref = await endpoints_with_history(service, database_url, clock)
+        listed = (await service.http.get("/v1/endpoints", headers=service.admin)).json()
+        task = await service.task(ref)
+        async with browser_session(90) as browser:
+            page = await new_page(browser, height=1200)
+            await check_endpoints(page, service.base_url, listed["endpoints"])
+            await check_unpolled_providers(page)
+            await check_task_events(page, task)
+            await check_payloads_hidden_without_admin(await new_page(browser), service, ref)
+
+
+async def check_endpoints(page: Page, base_url: str, listed: list[dict[str, Any]]) -> None:
+    await sign_in(page, f"{base_url}/ui")
+    errors = watch_errors(page)
+    rows = await endpoint_rows(page)
+    assert set(rows) == {"ep_product", "ep_analytics"}
+    disabled = rows["ep_analytics"]
+    assert disabled["enabled"] == "false"
+    assert "bad" in disabled["badge"]
+    assert "the endpoint answered 410 Gone" in disabled["cells"][1]
+    assert rows["ep_product"]["cells"][1] == "enabled"
+    for endpoint in listed:
+        counts = endpoint["health"]["dispatches"]
+        drawn = rows[endpoint["id"]]["cells"][3:6]
+        assert drawn == [str(counts[s]) for s in ("pending", "delivered", "failed")]
+    assert "HTTP 410" in rows["ep_analytics"]["cells"][6]
+    assert "failing since" in rows["ep_analytics"]["cells"][2]
+    assert "failing since" not in rows["ep_product"]["cells"][2]
+    assert await page.locator("#endpoints-alert").inner_text() == "1 disabled"
+    assert "s3cret-pass" not in await page.content()
+    assert await layout_problems(page) == []
+    await page.locator("#endpoints-card").screenshot(path=str(artifact("dashboard-endpoints.png")))
+    assert errors == []
+
+
+async def check_unpolled_providers(page: Page) -> None:
+    """The test settings give no provider a base URL: none is polled, and the card says so."""
+    rows = await health_rows(page)
+    assert set(rows) == {"openai", "apidot", "vidgo", "evolink"}
+    assert {row["pollable"] for row in rows.values()} == {"false"}
+    assert "TASKLEDGER_PROVIDER_VIDGO_BASE_URL" in rows["vidgo"]["polling"]
+    assert await page.locator("#health-alert").inner_text() == "4 not configured"
+    await page.locator("#health-card").screenshot(path=str(artifact("dashboard-health.png")))
+
+
+async def check_task_events(page: Page, task: dict[str, Any]) -> None:
+    """The events sent, with each endpoint's state and every try, in the merged timeline."""
+    await page.fill("#ref-input", task["ref"])
+    await page.click("#open-task button[type=submit]")
+    await shown_ref(page, task["ref"])
+    states = await page.evaluate(
+        """() => [...document.querySelectorAll('#panel-timeline tr[data-kind=event]')]
+          .flatMap((tr) => [...tr.querySelectorAll('.dispatch-state')]
+            .map((part) => [tr.dataset.event, part.dataset.endpoint, part.dataset.state]))"""
+    )
+    assert sorted(map(tuple, states)) == [
+        ("task.running", "ep_analytics", "failed"),
+        ("task.running", "ep_product", "delivered"),
+        ("task.succeeded", "ep_analytics", "pending"),
+        ("task.succeeded", "ep_product", "delivered"),
+    ]
+    rows = await timeline_rows(page)
+    assert [row["what"] for row in rows] == [entry.what for entry in show_timeline(task)]
+    assert await hidden_columns(page, "panel-timeline") == {}
+    messages = task["timeline"]["messages"]
+    tries = sum(len(d["attempt_log"]) for m in messages for d in m["dispatches"])
+    assert [row["kind"] for row in rows].count("attempt") == tries > 0
+    await page.locator("#panel-timeline tr[data-kind=event]").first.scroll_into_view_if_needed()
+    await page.screenshot(path=str(artifact("dashboard-task-events.png")))
+
+
+async def check_payloads_hidden_without_admin(page: Page, service: Service, ref: str) -> None:
+    """A session the payload routes refuse (a read key) is shown no payload button."""
+    await page.route("**/v1/tasks/*/polls/*", lambda route: route.fulfill(status=403, body="{}"))
+    await sign_in(page, f"{service.base_url}/ui#task={ref}")
+    await shown_ref(page, ref)
+    buttons = page.locator("#panel-timeline button.payload")
+    assert await buttons.count() == 2
+    assert await buttons.evaluate_all("(all) => all.every((b) => b.hidden)")
+
+
+def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
-    await page.screenshot(path=str(path), full_page=True)
-    print(f"\nscreenshot: {path}")
+    print(f"\nscreenshot: {ARTIFACTS / name}")
+    return ARTIFACTS / name

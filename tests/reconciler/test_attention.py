@@ -190,3 +190,126 @@ async def test_a_flagged_final_task_is_listed_with_the_stuck_ones(
 def _hint(ref: str, task_id: str, now: datetime) -> Delivery:
     observation = Observation(task_id, State.SUCCEEDED)
     return Delivery("evolink", f"k-{task_id}", b"{}", {}, Auth.TOKEN, observation, now, ref)
+
+
+# -- tasks that cannot be polled, or wait past their time, are flagged with the last error --
+
+
+async def test_a_task_of_a_provider_without_base_url_is_flagged_and_listed_stuck(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """The trap: `succeeded, confirmed: no` forever, missing from the stuck list."""
+    provider = ProviderSettings("evolink", WireFormat.EVOLINK, expected_seconds=1)
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"evolink": provider})
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    await store.ingest([_hint(row.ref, "t-1", clock())])
+    clock.advance(2)
+    sent = await _passes(store, clock, _never, passes=1, step_seconds=1, settings=settings)
+    task = await store.get(row.ref)
+    assert task is not None
+    assert sent == []
+    assert (task.state, task.confirmed) == (State.SUCCEEDED.value, False)
+    assert task.attention == (
+        "not pollable: TASKLEDGER_PROVIDER_EVOLINK_BASE_URL is not set;"
+        " last poll error: no base URL configured to poll"
+    )
+    stuck, _ = await store.list_tasks(TaskFilter(stuck=True), limit=10)
+    assert [t.ref for t in stuck] == [row.ref]
+
+
+async def test_an_open_task_of_a_provider_without_base_url_is_lost_saying_why(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    provider = ProviderSettings("evolink", WireFormat.EVOLINK, expected_seconds=1)
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"evolink": provider})
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    clock.advance(2)
+    await _passes(store, clock, _never, passes=1, step_seconds=86_400, settings=settings)
+    await _passes(store, clock, _never, passes=1, step_seconds=1, settings=settings)
+    task = await store.get(row.ref)
+    assert task is not None
+    assert task.state == State.LOST.value
+    assert task.result is not None
+    assert task.result["lost_reason"].startswith("no base URL configured to poll")
+
+
+async def test_an_unconfirmed_end_whose_polls_fail_past_its_time_names_the_last_error(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    await store.ingest([_hint(row.ref, "t-1", clock())])
+    clock.advance(3)
+
+    def down(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, json={"error": "maintenance"})
+
+    await _passes(store, clock, down, passes=1, step_seconds=1)
+    task = await store.get(row.ref)
+    assert task is not None
+    assert task.attention is not None
+    reason, mark, error = task.attention.partition("; last poll error: ")
+    assert reason == "overdue: succeeded not confirmed after 3s (expected 1s)"
+    assert mark
+    assert "503" in error
+    stuck, _ = await store.list_tasks(TaskFilter(stuck=True), limit=10)
+    assert [t.ref for t in stuck] == [row.ref]
+
+
+async def test_a_poll_error_within_the_expected_time_raises_no_flag(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    clock.advance(1)
+
+    def down(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    await _passes(store, clock, down, passes=1, step_seconds=1, settings=_settings())
+    task = await store.get(row.ref)
+    assert task is not None
+    assert task.attention is None
+
+
+async def test_an_end_confirmed_after_a_polling_flag_leaves_the_stuck_list(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    await store.ingest([_hint(row.ref, "t-1", clock())])
+    clock.advance(3)
+
+    def completed(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "t-1", "status": "completed", "progress": 100})
+
+    await _passes(store, clock, lambda _r: httpx.Response(503), passes=1, step_seconds=600)
+    flagged = await store.get(row.ref)
+    await _passes(store, clock, completed, passes=1, step_seconds=1)
+    task = await store.get(row.ref)
+    assert flagged is not None
+    assert flagged.attention is not None
+    assert flagged.attention.startswith("overdue")
+    assert task is not None
+    assert (task.state, task.confirmed) == (State.SUCCEEDED.value, True)
+    stuck, _ = await store.list_tasks(TaskFilter(stuck=True), limit=10)
+    assert stuck == []
+
+
+async def test_a_polling_flag_never_hides_another_reason(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    row = await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    clock.advance(3)
+
+    def odd(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"id": "t-1", "status": "teleporting"})
+
+    await _passes(store, clock, odd, passes=1, step_seconds=60)
+    down = await _passes(store, clock, lambda _r: httpx.Response(503), passes=1, step_seconds=1)
+    task = await store.get(row.ref)
+    assert down  # polled, and failed, past its time
+    assert task is not None
+    assert task.attention is not None
+    assert task.attention.startswith("provider answers unrecognized")
+
+
+def _never(_request: httpx.Request) -> httpx.Response:
+    raise AssertionError("a provider without a base URL is never called")

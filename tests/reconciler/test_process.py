@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 import structlog.testing
+from prometheus_client import generate_latest
 
 from reconciler.clients import ProviderClients
+from reconciler.metrics import ReconcilerMetrics
 from reconciler.process import Reconciler
+from reconciler.retry import RetryPolicy
 from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.migrate import upgrade
@@ -24,6 +29,7 @@ from schemas.wire import WireFormat
 from simulator import Faults, Lifecycle, SimConfig, create_app
 from tests.conftest import FakeClock
 from tests.support.servers import serve
+from tests.support.service import ADMIN_TOKEN, CALLBACK_SECRETS
 
 SLOW = SimConfig(
     api_key="sk-test",
@@ -85,8 +91,8 @@ def _environ(url: str, sim_url: str) -> dict[str, str]:
     return {
         **os.environ,
         "TASKLEDGER_DATABASE_URL": url,
-        "TASKLEDGER_ADMIN_TOKEN": "t",
-        "TASKLEDGER_CALLBACK_SECRETS": "s",
+        "TASKLEDGER_ADMIN_TOKEN": ADMIN_TOKEN,
+        "TASKLEDGER_CALLBACK_SECRETS": ",".join(CALLBACK_SECRETS),
         "TASKLEDGER_PROVIDERS": "apidot",
         "TASKLEDGER_PROVIDER_APIDOT_BASE_URL": f"{sim_url}/apidot",
         "TASKLEDGER_PROVIDER_APIDOT_API_KEY": "sk-test",
@@ -216,3 +222,49 @@ async def test_a_submit_that_may_have_reached_the_provider_is_never_sent_again(
     assert "server error" in failed["error"]
     assert final is not None
     assert final.state == "lost"
+
+
+async def test_start_up_names_the_pollable_providers_and_those_not_configured(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    providers = {
+        "apidot": ProviderSettings("apidot", WireFormat.APIDOT, base_url="https://api.example"),
+        "evolink": ProviderSettings("evolink", WireFormat.EVOLINK),
+    }
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers=providers)
+    async with ProviderClients.open(settings.providers.values()) as clients:
+        reconciler = Reconciler(settings, store, clients, clock=clock)
+        reconciler.stopping.set()
+        with structlog.testing.capture_logs() as logs:
+            await reconciler.run()
+    (started,) = [line for line in logs if line["event"] == "reconciler_started"]
+    assert (started["pollable"], started["not_configured"]) == (["apidot"], ["evolink"])
+    (warned,) = [line for line in logs if line["event"] == "provider_not_pollable"]
+    assert warned["missing"] == "TASKLEDGER_PROVIDER_EVOLINK_BASE_URL"
+
+
+@pytest.mark.parametrize(
+    ("status", "label"),
+    [(404, "rejected"), (429, "rate_limited"), (503, "provider_unavailable")],
+)
+async def test_poll_results_are_labelled_in_lowercase_snake_case(
+    store: LedgerStore, clock: FakeClock, status: int, label: str
+) -> None:
+    provider = ProviderSettings(
+        "evolink", WireFormat.EVOLINK, base_url="https://api.example", expected_seconds=1
+    )
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"evolink": provider})
+    await store.register(NewTask("evolink", provider_task_id="t-1", expected_seconds=1))
+    clock.advance(2)
+    metrics = ReconcilerMetrics()
+    transport = httpx.MockTransport(lambda _request: httpx.Response(status))
+    policy = RetryPolicy(attempts=1, base_delay_seconds=0.0)
+    async with ProviderClients.open(
+        settings.providers.values(), transport=transport, policy=policy
+    ) as clients:
+        reconciler = Reconciler(settings, store, clients, clock=clock, metrics=metrics)
+        await reconciler.run_pass()
+    exposed = generate_latest(metrics.registry).decode()
+    assert f'taskledger_polls_total{{provider="evolink",result="{label}"}} 1.0' in exposed
+    results = re.findall(r'taskledger_polls_total\{provider="evolink",result="([^"]*)"\}', exposed)
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", result) for result in results)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from schemas.definition import Definition
 from schemas.errors import ConfigError
@@ -15,7 +16,10 @@ from schemas.settings import (
     BUILTIN_PROVIDERS_DIR,
     DEFAULT_RESULT_TTL_SECONDS,
     ProviderSettings,
+    RelaySettings,
     Settings,
+    setting_names,
+    unknown_settings,
 )
 from schemas.wire import WireFormat
 
@@ -186,3 +190,98 @@ def test_archive_limits_and_hosts_are_read() -> None:
 def test_a_bad_archive_setting_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"TASKLEDGER_{name}"):
         Settings.from_environ({**SECRETS, f"TASKLEDGER_{name}": value})
+
+
+# -- names: the parser's own list, warnings for the names it does not read -------------------
+
+ENV_EXAMPLE = Path(__file__).resolve().parents[2] / ".env.example"
+STRONG = {
+    "TASKLEDGER_CALLBACK_SECRETS": "c" * 32,
+    "TASKLEDGER_ADMIN_TOKEN": "Xk3-q9_vB2mT7wLp4nRz8s",
+}
+
+
+def test_the_names_are_read_from_the_parser_itself() -> None:
+    names = setting_names(Settings)
+    assert {
+        "DATABASE_URL",
+        "WRITER_BATCH_SIZE",
+        "ARCHIVE_URL",
+        "NOTIFY_METRICS_PORT",
+    } <= names.plain
+    assert {"KIND", "BASE_URL", "API_KEY", "WEBHOOK_SECRETS", "SUNSET"} <= names.provider_fields
+    assert setting_names(RelaySettings).plain < names.plain
+
+
+def test_every_name_in_env_example_is_a_setting() -> None:
+    assert unknown_settings(dotenv_values(ENV_EXAMPLE)) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("variable", "warning"),
+    [
+        (
+            "TASKLEDGER_WRITER_BATCHSIZE",
+            "TASKLEDGER_WRITER_BATCHSIZE is not a setting;"
+            " did you mean TASKLEDGER_WRITER_BATCH_SIZE?",
+        ),
+        (
+            "TASKLEDGER_PROVIDER_OPENAI_API_KYE",
+            "TASKLEDGER_PROVIDER_OPENAI_API_KYE is not a setting;"
+            " did you mean TASKLEDGER_PROVIDER_OPENAI_API_KEY?",
+        ),
+        (
+            "TASKLEDGER_PROVIDER_RUNWAY_API_KEY",
+            "TASKLEDGER_PROVIDER_RUNWAY_API_KEY is ignored: runway is not in"
+            " TASKLEDGER_PROVIDERS (openai)",
+        ),
+        ("TASKLEDGER_COLOUR", "TASKLEDGER_COLOUR is not a setting (ignored)"),
+    ],
+    ids=["typo", "provider-typo", "provider-not-listed", "nothing-near"],
+)
+def test_an_unknown_name_is_warned_about_with_the_nearest_valid_one(
+    variable: str, warning: str
+) -> None:
+    environ = {"TASKLEDGER_PROVIDERS": "openai", variable: "1", "TASKLEDGER_URL": "http://x"}
+    assert unknown_settings(environ) == [warning]
+
+
+def test_a_missing_required_secret_points_at_a_near_name_that_is_set() -> None:
+    environ = {"TASKLEDGER_CALLBACK_SECRETS": "c" * 32, "TASKLEDGER_ADMIN_TOKN": "x"}
+    with pytest.raises(ConfigError, match=r"\(TASKLEDGER_ADMIN_TOKN is set: a typo\?\)"):
+        Settings.from_environ(environ)
+
+
+# -- secrets: placeholders and weak admin tokens are refused at start-up ---------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        *(
+            (name, value)
+            for name, value in dotenv_values(ENV_EXAMPLE).items()
+            if name.endswith(("_TOKEN", "_SECRETS")) and value
+        ),
+        ("TASKLEDGER_PROVIDER_OPENAI_API_KEY", "sk-\u2026"),
+    ],
+)
+def test_a_placeholder_secret_is_refused_naming_its_variable(variable: str, value: str) -> None:
+    settings = Settings.from_environ({**STRONG, "TASKLEDGER_PROVIDERS": "openai", variable: value})
+    with pytest.raises(ConfigError, match=f"^{variable} holds a placeholder"):
+        settings.check_secrets()
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["abcabcabcabcabcabcabcabc", "Xk3-q9_vB2mT7wL"],
+    ids=["few-characters", "short"],
+)
+def test_a_weak_admin_token_is_refused(token: str) -> None:
+    settings = Settings.from_environ({**STRONG, "TASKLEDGER_ADMIN_TOKEN": token})
+    with pytest.raises(ConfigError, match=r"^TASKLEDGER_ADMIN_TOKEN is too weak"):
+        settings.check_secrets()
+
+
+def test_generated_secrets_pass() -> None:
+    Settings.from_environ(STRONG).check_secrets()

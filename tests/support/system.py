@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
+from ops.procfile import python_command
 from ops.simulated import SIMULATED_PROVIDERS, simulated_environment
 from reconciler.__main__ import archiving, open_archive
 from reconciler.clients import ProviderClients
@@ -314,6 +318,49 @@ async def running_system(
         finally:
             await system.stop_reconcilers()
             await engine.dispose()
+
+
+# -- the relay, as its own process -------------------------------------------------------
+
+
+def relay_environment(system: System, **notify: str) -> dict[str, str]:
+    """The environment of a `python -m reconciler.relay` beside `system`: this process's
+    (without any TASKLEDGER_*), the system's settings (its database), JSON logs, and
+    `TASKLEDGER_NOTIFY_<NAME>` for each of `notify` (`ALLOW_HTTP="true"`)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEDGER_")}
+    settings = {"LOG_JSON": "true"} | {f"NOTIFY_{name}": value for name, value in notify.items()}
+    return system_environment(
+        system.settings.database_url, system.sim_url, settings=settings, base=base
+    )
+
+
+async def start_relay(
+    environ: Mapping[str, str], log_path: Path, within_seconds: float = 30
+) -> asyncio.subprocess.Process:
+    """The Procfile's `relay` process, its output appended to `log_path`; returned once it
+    logged `relay_started`."""
+    with log_path.open("ab") as log:
+        offset = log.tell()
+        process = await asyncio.create_subprocess_exec(
+            *python_command("relay"), env=dict(environ), stdout=log, stderr=log
+        )
+
+    def started() -> bool:
+        with log_path.open("rb") as log:
+            log.seek(offset)
+            return b'"relay_started"' in log.read() or process.returncode is not None
+
+    await until(started, within_seconds)
+    if process.returncode is not None:
+        raise RuntimeError(f"the relay exited at start-up ({process.returncode})")
+    return process
+
+
+async def stop_relay(process: asyncio.subprocess.Process, within_seconds: float = 30) -> int:
+    """SIGTERM (unless it has ended already); its exit code."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+    return await asyncio.wait_for(process.wait(), timeout=within_seconds)
 
 
 # -- holding the ledger to the simulator's record ---------------------------------------

@@ -1,0 +1,25 @@
+"""Argument types the console's commands share: times and ids as the API reads them."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import UTC, datetime
+
+_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def iso_time(raw: str) -> str:
+    """An ISO-8601 time, UTC when it names no zone, written back in full."""
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {raw!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def identifier(raw: str) -> str:
+    """An id the API made (`tl_…`, `ep_…`, `msg_…`): letters, digits, `_` and `-`."""
+    if not _ID.fullmatch(raw):
+        raise argparse.ArgumentTypeError(f"not an id: {raw!r}")
+    return raw

@@ -1,0 +1,230 @@
+"""API keys in the ledger: made (only their secret's SHA-256 is kept), found, listed, marked
+used and revoked; and the reads of a key limited to one owner that the ledger-wide queries
+do not narrow by owner (the change feed and the audit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from schemas.audit import ProviderAudit, histogram, hour_buckets
+from schemas.states import Outcome
+from schemas.store import queries
+from schemas.store.artifacts import ArtifactState
+from schemas.store.queries import TaskFilter
+from schemas.store.transactions import Database
+from schemas.tables import API_KEY, ARTIFACT, DELIVERY, TASK, TRANSITION
+
+
+class KeyScope(StrEnum):
+    """What a key may do; each scope includes those below it (`read` < `write` < `admin`)."""
+
+    READ = "read"  # the ledger: tasks, changes, audit, export, outputs
+    WRITE = "write"  # and registering tasks, attaching provider ids
+    ADMIN = "admin"  # and endpoints, keys, retries, raw payloads
+
+    def includes(self, needed: KeyScope) -> bool:
+        return _RANKS[self] >= _RANKS[needed]
+
+
+_RANKS = {KeyScope.READ: 0, KeyScope.WRITE: 1, KeyScope.ADMIN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as the ledger holds it: never its secret, only the secret's SHA-256."""
+
+    id: str
+    name: str
+    secret_sha256: str
+    scope: str
+    owner: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+async def create(
+    db: Database, key_id: str, name: str, secret_sha256: str, scope: KeyScope, owner: str | None
+) -> ApiKey:
+    row: dict[str, Any] = {
+        "id": key_id,
+        "name": name,
+        "secret_sha256": secret_sha256,
+        "scope": scope.value,
+        "owner": owner,
+        "created_at": db.clock(),
+        "last_used_at": None,
+        "revoked_at": None,
+    }
+    async with db.write() as conn:
+        await conn.execute(API_KEY.insert().values(row))
+    return ApiKey(**row)
+
+
+async def get(db: Database, key_id: str) -> ApiKey | None:
+    async with db.read() as conn:
+        row = (await conn.execute(sa.select(API_KEY).where(API_KEY.c.id == key_id))).first()
+    return ApiKey(**row._mapping) if row else None
+
+
+async def list_all(db: Database) -> list[ApiKey]:
+    """Every key, revoked ones too, oldest first."""
+    query = sa.select(API_KEY).order_by(API_KEY.c.created_at, API_KEY.c.id)
+    async with db.read() as conn:
+        return [ApiKey(**row) for row in (await conn.execute(query)).mappings()]
+
+
+async def revoke(db: Database, key_id: str) -> ApiKey | None:
+    """Revoke the key (once: revoking it again keeps the first time); None if unknown."""
+    async with db.write() as conn:
+        await conn.execute(
+            API_KEY.update()
+            .where(API_KEY.c.id == key_id, API_KEY.c.revoked_at.is_(None))
+            .values(revoked_at=db.clock())
+        )
+    return await get(db, key_id)
+
+
+async def touch(db: Database, key_id: str) -> None:
+    """Record that the key was just used."""
+    async with db.write() as conn:
+        await conn.execute(
+            API_KEY.update().where(API_KEY.c.id == key_id).values(last_used_at=db.clock())
+        )
+
+
+# -- what a key limited to one owner reads ------------------------------------------------
+
+
+async def changes_of_owner(
+    db: Database, owner: str, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """`queries.changes`, of `owner`'s tasks only."""
+    query = (
+        sa.select(
+            TRANSITION,
+            TASK.c.provider,
+            TASK.c.provider_task_id,
+            TASK.c.state.label("task_state"),
+            TASK.c.result,
+        )
+        .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
+        .where(TRANSITION.c.seq > after, TASK.c.owner == owner)
+        .order_by(TRANSITION.c.seq)
+        .limit(limit)
+    )
+    async with db.read() as conn:
+        return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def audit_of_owner(
+    db: Database,
+    owner: str,
+    since: datetime | None,
+    until: datetime | None,
+    prices: Mapping[str, float | None],
+) -> dict[str, Any]:
+    """`queries.audit`, of `owner`'s tasks only: their deliveries and outputs, and no
+    unmatched delivery (it belongs to no task, so to no owner)."""
+    audits: dict[str, ProviderAudit] = {}
+    buckets: list[dict[str, Any]] = []
+    async for tasks in queries.pages(db, TaskFilter(since=since, until=until, owner=owner)):
+        for task in tasks:
+            audits.setdefault(task.provider, ProviderAudit(task.provider)).add(task)
+        buckets += hour_buckets(tasks)
+    for provider, duplicates, unrecognized, ignored in await _delivery_counts(
+        db, owner, since, until
+    ):
+        found = audits.setdefault(provider, ProviderAudit(provider))
+        found.duplicates, found.unrecognized, found.ignored = duplicates, unrecognized, ignored
+    ordered = [audits[name] for name in sorted(audits)]
+    archive = await _archive_shares(db, owner, since, until)
+    return {
+        "since": since.isoformat() if since else None,
+        "until": until.isoformat() if until else None,
+        "providers": [
+            a.summary(prices.get(a.provider)) | {"archive": archive.get(a.provider)}
+            for a in ordered
+        ],
+        "buckets": queries._merge_buckets(buckets),
+        "time_to_terminal_histogram": histogram(ordered),
+    }
+
+
+async def _delivery_counts(
+    db: Database, owner: str, since: datetime | None, until: datetime | None
+) -> list[tuple[str, int, int, int]]:
+    """(provider, duplicate, unrecognized and ignored deliveries) of `owner`'s tasks
+    received in the window."""
+    window = [TASK.c.owner == owner]
+    if since:
+        window.append(DELIVERY.c.received_at >= since)
+    if until:
+        window.append(DELIVERY.c.received_at < until)
+    query = (
+        sa.select(
+            DELIVERY.c.provider,
+            sa.func.coalesce(sa.func.sum(DELIVERY.c.duplicate_count), 0),
+            sa.func.count().filter(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value),
+            sa.func.count().filter(DELIVERY.c.outcome == Outcome.IGNORED.value),
+        )
+        .select_from(DELIVERY.join(TASK, TASK.c.ref == DELIVERY.c.task_ref))
+        .where(*window)
+        .group_by(DELIVERY.c.provider)
+    )
+    async with db.read() as conn:
+        return [(p, int(d), int(r), int(i)) for p, d, r, i in await conn.execute(query)]
+
+
+async def _archive_shares(
+    db: Database, owner: str, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    """`artifacts.shares`, of `owner`'s tasks only."""
+    window = [TASK.c.owner == owner]
+    if since:
+        window.append(TASK.c.created_at >= since)
+    if until:
+        window.append(TASK.c.created_at < until)
+    in_time = sa.and_(
+        ARTIFACT.c.archived_at.is_not(None), ARTIFACT.c.archived_at <= ARTIFACT.c.expires_at
+    )
+    query = (
+        sa.select(
+            ARTIFACT.c.provider,
+            ARTIFACT.c.state,
+            sa.func.count(),
+            sa.func.count().filter(in_time),
+            sa.func.coalesce(sa.func.sum(ARTIFACT.c.size), 0),
+        )
+        .select_from(ARTIFACT.join(TASK, TASK.c.ref == ARTIFACT.c.task_ref))
+        .where(*window)
+        .group_by(ARTIFACT.c.provider, ARTIFACT.c.state)
+    )
+    found: dict[str, dict[str, Any]] = {}
+    async with db.read() as conn:
+        for provider, state, count, before, size in await conn.execute(query):
+            entry = found.setdefault(provider, _empty_share())
+            entry[state] = entry.get(state, 0) + int(count)
+            entry["archived_before_expiry"] += int(before)
+            entry["bytes"] += int(size)
+    for entry in found.values():
+        total = sum(entry.get(state.value, 0) for state in ArtifactState)
+        entry["outputs"] = total
+        entry["share_archived_before_expiry"] = (
+            round(entry["archived_before_expiry"] / total, 4) if total else None
+        )
+    return found
+
+
+def _empty_share() -> dict[str, Any]:
+    return {state.value: 0 for state in ArtifactState} | {
+        "archived_before_expiry": 0,
+        "bytes": 0,
+    }

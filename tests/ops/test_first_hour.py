@@ -1,0 +1,443 @@
+"""The traps of a newcomer's first hour, through the real entry points: the token for the
+README's curl lines, the port the callback URLs name, one precedence (the environment over
+`.env`), one lock per SQLite file, one line and a documented exit code for every refusal,
+`--help` everywhere, and Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from dotenv import dotenv_values
+
+from ops.envfile import webhook_secret
+from ops.procfile import SOURCE_PROCFILE
+from ops.supervisor import public_url_mismatch
+from schemas.database import create_engine
+from schemas.migrate import head_revision, upgrade
+from tests.support.servers import free_port
+
+ROOT = SOURCE_PROCFILE.parent
+BIN = Path(sys.executable).parent
+TASKLEDGER = str(BIN / "taskledger")
+START_SECONDS = 60.0
+# The secrets of .env.example, each a placeholder.
+PLACEHOLDERS = (
+    "TASKLEDGER_ADMIN_TOKEN",
+    "TASKLEDGER_CALLBACK_SECRETS",
+    "TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS",
+)
+
+
+def fresh() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def base_environ(**settings: str) -> dict[str, str]:
+    """This process's environment without any `TASKLEDGER_*`, plus `settings` (named
+    without the prefix)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TASKLEDGER_")}
+    base.pop("PORT", None)
+    return base | {f"TASKLEDGER_{name}": value for name, value in settings.items()}
+
+
+def service_environ(database: Path, **settings: str) -> dict[str, str]:
+    """What a receiver and a reconciler need to start on `database`, archive off."""
+    defaults = {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "ADMIN_TOKEN": fresh(),
+        "CALLBACK_SECRETS": fresh(),
+        "ARCHIVE_URL": "off",
+        "PROVIDERS": "apidot",
+        "LOG_JSON": "true",
+    }
+    return base_environ(**(defaults | settings))
+
+
+def project(tmp_path: Path) -> Path:
+    """A directory to run `taskledger` in, as in a fresh clone: the Procfile, no `.env`."""
+    shutil.copy(SOURCE_PROCFILE, tmp_path / "Procfile")
+    return tmp_path
+
+
+def run(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(args), env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=START_SECONDS
+    )
+
+
+def migrated(database: Path, revision: str = "head") -> Path:
+    async def migrate() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{database}")
+        try:
+            await upgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    return database
+
+
+@dataclass
+class Started:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextmanager
+def started(args: Sequence[str], env: Mapping[str, str], cwd: Path, port: int) -> Iterator[Started]:
+    """`args` running until the receiver on `port` is ready; SIGTERM (then a bounded wait)
+    when the block ends, unless the test ended it."""
+    log = cwd / f"{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            list(args), env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+    running = Started(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=START_SECONDS)
+
+
+def wait_ready(running: Started) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise AssertionError(f"it stopped:\n{running.output()}")
+        try:
+            if httpx.get(running.base_url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"not ready within {START_SECONDS:g} s:\n{running.output()}")
+
+
+# -- 1. the README's curl lines need the token: `taskledger token` -------------------------
+
+
+def test_token_prints_the_admin_token_of_dotenv_and_nothing_else(tmp_path: Path) -> None:
+    assert run([TASKLEDGER, "init-env"], base_environ(), tmp_path).returncode == 0
+    token = dotenv_values(tmp_path / ".env")["TASKLEDGER_ADMIN_TOKEN"]
+    answer = run([TASKLEDGER, "token"], base_environ(), tmp_path)
+    assert (answer.returncode, answer.stdout, answer.stderr) == (0, f"{token}\n", "")
+
+
+def test_token_prints_the_exported_token_over_dotenv(tmp_path: Path) -> None:
+    run([TASKLEDGER, "init-env"], base_environ(), tmp_path)
+    exported = fresh()
+    answer = run([TASKLEDGER, "token"], base_environ(ADMIN_TOKEN=exported), tmp_path)
+    assert answer.stdout == f"{exported}\n"
+
+
+def test_token_without_one_says_how_to_get_one_and_exits_2(tmp_path: Path) -> None:
+    answer = run([TASKLEDGER, "token"], base_environ(), tmp_path)
+    assert answer.returncode == 2
+    assert answer.stdout == ""
+    (line,) = answer.stderr.splitlines()
+    assert "TASKLEDGER_ADMIN_TOKEN is not set" in line
+    assert "taskledger init-env" in line
+
+
+# -- 2. callback URLs on the port served; one `taskledger run` per SQLite file --------------
+
+
+def test_init_env_writes_no_public_base_url(tmp_path: Path) -> None:
+    run([TASKLEDGER, "init-env"], base_environ(), tmp_path)
+    assert "TASKLEDGER_PUBLIC_BASE_URL" not in dotenv_values(tmp_path / ".env")
+
+
+@pytest.mark.parametrize("given_by", ["option", "PORT"])
+def test_run_issues_callback_urls_on_the_port_it_serves(tmp_path: Path, given_by: str) -> None:
+    cwd, port = project(tmp_path), free_port()
+    env = service_environ(tmp_path / "l.db")
+    run([TASKLEDGER, "init-env"], base_environ(), cwd)  # a .env as dev.py writes it
+    args = [TASKLEDGER, "run"]
+    if given_by == "option":
+        args += ["--port", str(port)]
+    else:
+        env["PORT"] = str(port)
+    with started(args, env, cwd, port) as service:
+        answer = httpx.post(
+            service.base_url + "/v1/tasks",
+            json={"provider": "apidot", "owner": "team-a", "model": "m"},
+            headers={"authorization": f"Bearer {env['TASKLEDGER_ADMIN_TOKEN']}"},
+        )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["callback_url"].startswith(f"http://127.0.0.1:{port}/callbacks/apidot/")
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [
+        ("http://127.0.0.1:8000", True),
+        ("http://localhost:8011", False),
+        ("https://hooks.example.com", False),
+        ("", False),
+    ],
+    ids=["loopback-other-port", "loopback-same-port", "public", "unset"],
+)
+def test_a_public_url_on_another_loopback_port_is_warned_about(url: str, warned: bool) -> None:
+    warning = public_url_mismatch({"TASKLEDGER_PUBLIC_BASE_URL": url}, 8011)
+    assert (warning is not None) is warned
+
+
+def test_a_second_run_on_the_same_sqlite_file_is_refused_naming_file_and_holder(
+    tmp_path: Path,
+) -> None:
+    cwd, port, other = project(tmp_path), free_port(), free_port()
+    env = service_environ(tmp_path / "l.db")
+    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as first:
+        second = run([TASKLEDGER, "run", "--port", str(other)], env, cwd)
+    assert second.returncode == 4
+    (line,) = second.stderr.splitlines()
+    assert str(tmp_path / "l.db") in line
+    assert f"taskledger run (pid {first.process.pid}, http://127.0.0.1:{port}" in line
+
+
+def test_run_stops_cleanly_on_sigint_and_exits_0(tmp_path: Path) -> None:
+    cwd, port = project(tmp_path), free_port()
+    env = service_environ(tmp_path / "l.db")
+    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
+        service.process.send_signal(signal.SIGINT)
+        assert service.process.wait(timeout=START_SECONDS) == 0, service.output()
+    assert "Traceback" not in service.output()
+
+
+def test_run_exits_with_the_code_of_the_process_that_failed(tmp_path: Path) -> None:
+    cwd, port = project(tmp_path), free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        env = service_environ(tmp_path / "l.db", RECONCILER_METRICS_PORT=busy)
+        answer = run([TASKLEDGER, "run", "--port", str(port)], env, cwd)
+    assert answer.returncode == 4, answer.stdout + answer.stderr
+    assert "taskledger: reconciler exited with code 4; stopped the others" in answer.stdout
+    assert "Traceback" not in answer.stdout + answer.stderr
+
+
+def test_ctrl_c_of_dev_py_run_waits_for_everything_and_exits_130(tmp_path: Path) -> None:
+    """dev.py copied beside a copy of the project's files and its virtualenv's scripts, as it
+    finds them after a first run (so nothing is installed, and the clone is left alone)."""
+    for name in ("dev.py", "pyproject.toml", "Procfile"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(BIN)
+    stamp = hashlib.sha256((tmp_path / "pyproject.toml").read_bytes()).hexdigest()
+    (tmp_path / ".venv" / ".taskledger-install").write_text(stamp)
+    port = free_port()
+    env = service_environ(tmp_path / "var" / "l.db")
+    args = [sys.executable, "dev.py", "run", "--port", str(port)]
+    log = tmp_path / "dev.log"
+    with log.open("wb") as out:
+        # Its own session, like a terminal's job: Ctrl-C is SIGINT to the whole group.
+        process = subprocess.Popen(
+            args,
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = Started(process, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(running)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=START_SECONDS) == 130, running.output()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=START_SECONDS)
+    assert "Traceback" not in running.output()
+    assert "KeyboardInterrupt" not in running.output()
+    with pytest.raises(httpx.TransportError):  # the receiver stopped with it
+        httpx.get(running.base_url + "/healthz", timeout=1)
+
+
+# -- 3. the environment over .env; what db upgrade did; the start-up lines ------------------
+
+
+def test_the_exported_database_url_wins_over_dotenv(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"TASKLEDGER_DATABASE_URL=sqlite:///{tmp_path / 'dotenv.db'}\n")
+    env = base_environ(DATABASE_URL=f"sqlite:///{tmp_path / 'exported.db'}")
+    answer = run([TASKLEDGER, "db", "upgrade"], env, tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    assert "exported.db" in answer.stdout
+    assert (tmp_path / "exported.db").exists()
+    assert not (tmp_path / "dotenv.db").exists()
+
+
+def test_db_upgrade_says_from_which_migration_to_which(tmp_path: Path) -> None:
+    database = migrated(tmp_path / "l.db", "0004")
+    env = base_environ(DATABASE_URL=f"sqlite:///{database}")
+    first = run([TASKLEDGER, "db", "upgrade"], env, tmp_path)
+    again = run([TASKLEDGER, "db", "upgrade"], env, tmp_path)
+    head = head_revision()
+    assert (
+        first.stdout == f"taskledger: upgraded sqlite:///{database} from migration 0004 to {head}\n"
+    )
+    assert again.stdout == f"taskledger: sqlite:///{database} is already at migration {head}\n"
+
+
+def test_each_process_names_its_database_without_credentials(tmp_path: Path) -> None:
+    cwd, port = project(tmp_path), free_port()
+    database = tmp_path / "l.db"
+    env = service_environ(database)
+    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
+        deadline = time.monotonic() + START_SECONDS
+        while "relay_started" not in service.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    output = service.output()
+    named = f'"database":"sqlite+aiosqlite:///{database}"'
+    for event in ("receiver_started", "reconciler_configured", "relay_started"):
+        (line,) = [line for line in output.splitlines() if f'"event":"{event}"' in line]
+        assert named in line, line
+    assert '"not_configured":["apidot"]' in output  # no BASE_URL: not polled
+
+
+# -- 4. bad settings: one line naming the variable, a documented exit code -----------------
+
+WEB = [sys.executable, "-m", "uvicorn", "receiver.app:create_app", "--factory", "--port", "0"]
+RECONCILER = [sys.executable, "-m", "reconciler"]
+RELAY = [sys.executable, "-m", "reconciler.relay"]
+UPGRADE = [TASKLEDGER, "db", "upgrade"]
+ENTRY_POINTS = {"web": WEB, "reconciler": RECONCILER, "relay": RELAY}
+
+
+def refusal(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int, str]:
+    """The exit code and the one line on stderr."""
+    answer = run(args, env, cwd)
+    lines = answer.stderr.splitlines()
+    assert len(lines) == 1, answer.stderr
+    assert "Traceback" not in answer.stdout
+    return answer.returncode, lines[0]
+
+
+@pytest.mark.parametrize("name", ["web", "reconciler", "relay", "db upgrade"])
+def test_an_unreachable_database_is_one_line_and_exit_3(tmp_path: Path, name: str) -> None:
+    url = f"postgresql://taskledger:hunter2@127.0.0.1:{free_port()}/ledger"
+    env = service_environ(tmp_path / "unused.db", DATABASE_URL=url)
+    code, line = refusal(ENTRY_POINTS.get(name, UPGRADE), env, tmp_path)
+    assert code == 3
+    assert "TASKLEDGER_DATABASE_URL: cannot reach postgresql://127.0.0.1:" in line
+    assert "hunter2" not in line
+    assert "taskledger@" not in line
+
+
+@pytest.mark.parametrize("name", ["web", "reconciler", "relay"])
+def test_a_database_not_migrated_is_one_line_and_exit_3(tmp_path: Path, name: str) -> None:
+    env = service_environ(tmp_path / "empty.db")
+    code, line = refusal(ENTRY_POINTS[name], env, tmp_path)
+    assert code == 3
+    assert line.endswith(
+        f"is at migration none, not {head_revision()}: run `taskledger db upgrade`"
+    )
+
+
+def test_a_word_for_a_number_in_the_web_process_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = service_environ(migrated(tmp_path / "l.db"), WRITER_BATCH_SIZE="abc")
+    assert refusal(WEB, env, tmp_path) == (
+        2,
+        "web: TASKLEDGER_WRITER_BATCH_SIZE must be a number (got 'abc')",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [("reconciler", "RECONCILER_METRICS_PORT"), ("relay", "NOTIFY_METRICS_PORT")],
+)
+def test_a_busy_metrics_port_is_one_line_and_exit_4(
+    tmp_path: Path, name: str, variable: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = service_environ(migrated(tmp_path / "l.db"), **{variable: str(port)})
+        code, line = refusal(ENTRY_POINTS[name], env, tmp_path)
+    assert code == 4
+    assert line.startswith(f"{name}: TASKLEDGER_{variable}: cannot listen on port {port}")
+
+
+@pytest.mark.parametrize("variable", PLACEHOLDERS, ids=str.lower)
+def test_a_copy_of_env_example_is_refused_naming_each_placeholder(
+    tmp_path: Path, variable: str
+) -> None:
+    """`cp .env.example .env`, every placeholder but one replaced: `taskledger run` names it."""
+    example = {k: v for k, v in dotenv_values(ROOT / ".env.example").items() if v is not None}
+    real = {"TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS": webhook_secret()}
+    for name in PLACEHOLDERS:
+        if name != variable:
+            example[name] = real.get(name, fresh())
+    example["TASKLEDGER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'l.db'}"
+    (project(tmp_path) / ".env").write_text("".join(f"{k}={v}\n" for k, v in example.items()))
+    code, line = refusal([TASKLEDGER, "run", "--port", str(free_port())], base_environ(), tmp_path)
+    assert code == 2
+    assert line.startswith(f"taskledger: {variable} holds a placeholder")
+    assert not (tmp_path / "l.db").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize("token", ["short-token", "a" * 40], ids=["short", "one-character"])
+def test_a_weak_admin_token_is_refused(tmp_path: Path, token: str) -> None:
+    env = service_environ(migrated(tmp_path / "l.db"), ADMIN_TOKEN=token)
+    code, line = refusal(WEB, env, tmp_path)
+    assert code == 2
+    assert line.startswith("web: TASKLEDGER_ADMIN_TOKEN is too weak")
+
+
+def test_an_unknown_setting_is_warned_about_with_the_nearest_name(tmp_path: Path) -> None:
+    env = service_environ(tmp_path / "empty.db", WRITER_BATCHSIZE="64")
+    answer = run(RECONCILER, env, tmp_path)
+    (warning,) = [line for line in answer.stdout.splitlines() if "setting_ignored" in line]
+    assert (
+        "TASKLEDGER_WRITER_BATCHSIZE is not a setting; did you mean TASKLEDGER_WRITER_BATCH_SIZE?"
+        in warning
+    )
+
+
+# -- 7. --help, without any setting --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (RECONCILER, "TASKLEDGER_PROVIDER_<NAME>_{"),
+        (RELAY, "TASKLEDGER_NOTIFY_METRICS_PORT"),
+        ([TASKLEDGER], "usage: taskledger"),
+        ([TASKLEDGER, "run"], "exit codes"),
+        ([TASKLEDGER, "token"], "export TASKLEDGER_ADMIN_TOKEN=$(taskledger token)"),
+        ([TASKLEDGER, "db", "upgrade"], "usage: taskledger db upgrade"),
+        ([sys.executable, str(ROOT / "dev.py")], "python3 dev.py run"),
+    ],
+    ids=["reconciler", "relay", "taskledger", "run", "token", "db-upgrade", "dev.py"],
+)
+def test_every_entry_point_answers_help_without_any_setting(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    answer = run([*args, "--help"], base_environ(), tmp_path)
+    assert answer.returncode == 0, answer.stderr
+    assert says in answer.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing written, nothing started
