@@ -198,10 +198,12 @@ async def backlog(db: Database) -> tuple[int, datetime | None]:
     return int(count), earliest if isinstance(earliest, datetime) else None
 
 
-async def shares(db: Database, since: datetime | None, until: datetime | None) -> dict[str, Any]:
-    """Per provider, the outputs of tasks created in the window by archive state, and how
-    many were archived before their source expired."""
-    window = []
+async def shares(
+    db: Database, since: datetime | None, until: datetime | None, owner: str | None = None
+) -> dict[str, Any]:
+    """Per provider, the outputs of tasks created in the window (of `owner`'s tasks only,
+    when given) by archive state, and how many were archived before their source expired."""
+    window = [] if owner is None else [TASK.c.owner == owner]
     if since:
         window.append(TASK.c.created_at >= since)
     if until:

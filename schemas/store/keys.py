@@ -15,11 +15,10 @@ import sqlalchemy as sa
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.states import Outcome
-from schemas.store import queries
-from schemas.store.artifacts import ArtifactState
+from schemas.store import artifacts, queries
 from schemas.store.queries import TaskFilter
 from schemas.store.transactions import Database
-from schemas.tables import API_KEY, ARTIFACT, DELIVERY, TASK, TRANSITION
+from schemas.tables import API_KEY, DELIVERY, TASK
 
 
 class KeyScope(StrEnum):
@@ -103,27 +102,6 @@ async def touch(db: Database, key_id: str) -> None:
 # -- what a key limited to one owner reads ------------------------------------------------
 
 
-async def changes_of_owner(
-    db: Database, owner: str, after: int, limit: int
-) -> list[dict[str, Any]]:
-    """`queries.changes`, of `owner`'s tasks only."""
-    query = (
-        sa.select(
-            TRANSITION,
-            TASK.c.provider,
-            TASK.c.provider_task_id,
-            TASK.c.state.label("task_state"),
-            TASK.c.result,
-        )
-        .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
-        .where(TRANSITION.c.seq > after, TASK.c.owner == owner)
-        .order_by(TRANSITION.c.seq)
-        .limit(limit)
-    )
-    async with db.read() as conn:
-        return [dict(r) for r in (await conn.execute(query)).mappings()]
-
-
 async def audit_of_owner(
     db: Database,
     owner: str,
@@ -145,7 +123,7 @@ async def audit_of_owner(
         found = audits.setdefault(provider, ProviderAudit(provider))
         found.duplicates, found.unrecognized, found.ignored = duplicates, unrecognized, ignored
     ordered = [audits[name] for name in sorted(audits)]
-    archive = await _archive_shares(db, owner, since, until)
+    archive = await artifacts.shares(db, since, until, owner)
     return {
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
@@ -181,50 +159,3 @@ async def _delivery_counts(
     )
     async with db.read() as conn:
         return [(p, int(d), int(r), int(i)) for p, d, r, i in await conn.execute(query)]
-
-
-async def _archive_shares(
-    db: Database, owner: str, since: datetime | None, until: datetime | None
-) -> dict[str, Any]:
-    """`artifacts.shares`, of `owner`'s tasks only."""
-    window = [TASK.c.owner == owner]
-    if since:
-        window.append(TASK.c.created_at >= since)
-    if until:
-        window.append(TASK.c.created_at < until)
-    in_time = sa.and_(
-        ARTIFACT.c.archived_at.is_not(None), ARTIFACT.c.archived_at <= ARTIFACT.c.expires_at
-    )
-    query = (
-        sa.select(
-            ARTIFACT.c.provider,
-            ARTIFACT.c.state,
-            sa.func.count(),
-            sa.func.count().filter(in_time),
-            sa.func.coalesce(sa.func.sum(ARTIFACT.c.size), 0),
-        )
-        .select_from(ARTIFACT.join(TASK, TASK.c.ref == ARTIFACT.c.task_ref))
-        .where(*window)
-        .group_by(ARTIFACT.c.provider, ARTIFACT.c.state)
-    )
-    found: dict[str, dict[str, Any]] = {}
-    async with db.read() as conn:
-        for provider, state, count, before, size in await conn.execute(query):
-            entry = found.setdefault(provider, _empty_share())
-            entry[state] = entry.get(state, 0) + int(count)
-            entry["archived_before_expiry"] += int(before)
-            entry["bytes"] += int(size)
-    for entry in found.values():
-        total = sum(entry.get(state.value, 0) for state in ArtifactState)
-        entry["outputs"] = total
-        entry["share_archived_before_expiry"] = (
-            round(entry["archived_before_expiry"] / total, 4) if total else None
-        )
-    return found
-
-
-def _empty_share() -> dict[str, Any]:
-    return {state.value: 0 for state in ArtifactState} | {
-        "archived_before_expiry": 0,
-        "bytes": 0,
-    }

@@ -299,8 +299,8 @@ class LedgerStore:
         await keys.touch(self._db, key_id)
 
     async def owner_changes(self, owner: str, after: int, limit: int) -> list[dict[str, Any]]:
-        """`changes`, of one owner's tasks only: `keys.changes_of_owner`."""
-        return await keys.changes_of_owner(self._db, owner, after, limit)
+        """`changes`, of one owner's tasks only."""
+        return await queries.changes(self._db, after, limit, owner)
 
     async def owner_audit(
         self,

@@ -135,8 +135,12 @@ async def list_tasks(
     return tasks, ((tasks[-1].created_at, tasks[-1].ref) if more else None)
 
 
-async def changes(db: Database, after: int, limit: int) -> list[dict[str, Any]]:
-    """Transitions after `after` in seq order, each with its task's current state."""
+async def changes(
+    db: Database, after: int, limit: int, owner: str | None = None
+) -> list[dict[str, Any]]:
+    """Transitions after `after` in seq order, each with its task's current state (of
+    `owner`'s tasks only, when given)."""
+    mine = [] if owner is None else [TASK.c.owner == owner]
     query = (
         sa.select(
             TRANSITION,
@@ -146,7 +150,7 @@ async def changes(db: Database, after: int, limit: int) -> list[dict[str, Any]]:
             TASK.c.result,
         )
         .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
-        .where(TRANSITION.c.seq > after)
+        .where(TRANSITION.c.seq > after, *mine)
         .order_by(TRANSITION.c.seq)
         .limit(limit)
     )
