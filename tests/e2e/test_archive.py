@@ -51,8 +51,13 @@ class Store:
     environ: dict[str, str]
 
 
-@pytest.fixture(params=["local", "s3"])
-async def archive(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+# Each store on one backend (the store is independent of the database): SQLite with the
+# local directory, the embedded default, and PostgreSQL with S3, the scaled-out shape.
+STORE_OF_BACKEND = {"sqlite": "local", "postgresql": "s3"}
+
+
+@pytest.fixture
+async def archive(database_url: str, tmp_path: Path) -> AsyncIterator[Store]:
     common = {
         "ARCHIVE_ALLOW_HTTP": "true",
         "ARCHIVE_ALLOW_NETWORKS": "127.0.0.1/32",
@@ -60,7 +65,7 @@ async def archive(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         "ARCHIVE_READ_TIMEOUT_SECONDS": "5",
         "ARCHIVE_SPOOL_DIR": str(tmp_path / "spool"),
     }
-    if request.param == "local":
+    if STORE_OF_BACKEND[database_url.partition("+")[0]] == "local":
         yield Store("local", common | {"ARCHIVE_URL": str(tmp_path / "media")}, {})
         return
     async with s3_server() as server:
