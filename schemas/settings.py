@@ -98,10 +98,7 @@ class ArchiveSettings:
     def from_env(cls, env: _Env) -> ArchiveSettings:
         d = _ARCHIVE_DEFAULTS
         key = "ARCHIVE_"
-        try:
-            networks = parse_networks(env.text(key + "ALLOW_NETWORKS", ""))
-        except ConfigError as exc:
-            raise ConfigError(f"{PREFIX}{key}ALLOW_NETWORKS: {exc}") from None
+        networks = env.networks(key + "ALLOW_NETWORKS")
         return cls(
             url=env.text(key + "URL", d.url),
             spool_dir=env.text(key + "SPOOL_DIR", d.spool_dir),
@@ -159,10 +156,7 @@ class NotifySettings:
     def from_env(cls, env: _Env) -> NotifySettings:
         d = _NOTIFY_DEFAULTS
         key = "NOTIFY_"
-        try:
-            networks = parse_networks(env.text(key + "ALLOW_NETWORKS", ""))
-        except ConfigError as exc:
-            raise ConfigError(f"{PREFIX}{key}ALLOW_NETWORKS: {exc}") from None
+        networks = env.networks(key + "ALLOW_NETWORKS")
         return cls(
             allow_http=bool(env.flag(key + "ALLOW_HTTP")),
             allowed_networks=networks,
@@ -653,6 +647,13 @@ class _Env:
         if any(not 0 <= value < float("inf") for value in values):
             raise ConfigError(f"{PREFIX}{name} must be seconds, none negative (got {raw!r})")
         return values
+
+    def networks(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+        """Comma-separated networks or addresses (`10.0.0.0/8,127.0.0.1`)."""
+        try:
+            return parse_networks(self.text(name, ""))
+        except ConfigError as exc:
+            raise ConfigError(f"{PREFIX}{name}: {exc}") from None
 
     def port(self, name: str) -> int | None:
         raw = self.text(name, "")
