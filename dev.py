@@ -26,6 +26,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".taskledger-install"
 CHROMIUM = Path("/usr/bin/chromium")
 EXIT_INTERRUPTED = 130
+WORKERS = 3
 
 
 def ensure_environment() -> None:
@@ -83,7 +84,13 @@ def test(extra: list[str]) -> None:
     run(BIN / "ruff", "format", "--check", ".")
     run(BIN / "mypy")
     ensure_chromium()
-    run(BIN / "pytest", *(extra or ["-q"]))
+    if extra:
+        run(BIN / "pytest", *extra)
+        return
+    # Independent files on parallel workers (most tests wait on sockets and subprocesses),
+    # then alone the few that stop a service every other test shares.
+    run(BIN / "pytest", "-q", "-n", str(WORKERS), "--dist", "loadfile", "-m", "not serial")
+    run(BIN / "pytest", "-q", "-m", "serial")
 
 
 def main() -> None:

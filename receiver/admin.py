@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import Any
@@ -14,12 +13,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver import contract
 from receiver.auth import ADMIN_SUBJECT, Principal, authorize, bearer_is_valid, session_subject
 from receiver.bodies import read_json
+from receiver.contract import validated
 from receiver.errors import (
     Conflict,
     Forbidden,
-    MalformedBody,
     NotFound,
     ReceiverError,
     Unauthenticated,
@@ -31,17 +31,10 @@ from schemas.settings import ProviderSettings, Settings
 from schemas.store import Artifact, LedgerStore, NewTask, Task
 from schemas.store.idempotency import IdempotencyKey, KeyReused, StoredAnswer
 from schemas.store.keys import KeyScope
-from schemas.tables import IDEMPOTENCY_KEY_MAX_CHARS, LABEL_MAX_CHARS
+from schemas.tables import IDEMPOTENCY_KEY_MAX_CHARS
 from schemas.tokens import CallbackTokens
 
 ADMIN_BODY_LIMIT_BYTES = 256 * 1024
-MAX_TEXT = LABEL_MAX_CHARS  # owner, model and provider task id share the columns' limit
-# A task's fields the API shows, in the table's column order (not its lease or authority).
-SHOWN_FIELDS = tuple(
-    f.name for f in fields(Task) if f.name not in ("authority", "lease_owner", "lease_until")
-)
-NEW_TASK_FIELDS = ("provider", "owner", "model", "request", "provider_task_id", "submit")
-ATTACH_FIELDS = ("provider_task_id",)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -53,28 +46,14 @@ def require_admin(request: Request) -> None:
         raise Unauthenticated("a valid admin bearer token is required")
 
 
-async def _json_body(request: Request, allowed: Iterable[str]) -> dict[str, Any]:
-    return known_fields(await read_json(request, ADMIN_BODY_LIMIT_BYTES), allowed)
-
-
-def known_fields(body: dict[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
-    """`body` if it names only `allowed` fields; a 400 naming the others if not."""
-    allowed = tuple(allowed)
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise MalformedBody(
-            f"unknown field(s): {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-        )
-    return body
-
-
 async def create_task(request: Request) -> Response:
     """`POST /v1/tasks` (write scope). With an `Idempotency-Key`, the first answer is kept:
     the same key with the same body gets it again (`Idempotent-Replayed: true`), with
     another body a 409; a key is the caller's own, kept a week at least."""
     principal = await authorize(request, KeyScope.WRITE)
-    body = await _json_body(request, NEW_TASK_FIELDS)
-    key = idempotency_key(request, principal, body)
+    raw = await read_json(request, ADMIN_BODY_LIMIT_BYTES)
+    body = validated(contract.NewTask, raw)
+    key = idempotency_key(request, principal, raw)
     store: LedgerStore = request.app.state.store
     if key is not None and (first := await _answered(store, key)) is not None:
         return _answer_of(first)
@@ -97,17 +76,17 @@ async def create_task(request: Request) -> Response:
 
 
 def _new_task(
-    request: Request, principal: Principal, body: dict[str, Any]
+    request: Request, principal: Principal, body: contract.NewTask
 ) -> tuple[ProviderSettings, NewTask]:
     settings: Settings = request.app.state.settings
-    provider = _configured(settings, body.get("provider"))
+    provider = _configured(settings, body.provider)
     _refuse_after_sunset(request, provider, body)
     new = NewTask(
         provider=provider.name,
-        owner=_owner(principal, body),
-        model=_text(body, "model"),
-        request=_object(body, "request"),
-        provider_task_id=_text(body, "provider_task_id") or None,
+        owner=_owner(principal, body.owner or ""),
+        model=body.model or "",
+        request=body.request,
+        provider_task_id=body.provider_task_id or None,
         expected_seconds=provider.expected_seconds,
         submit=_submit_flag(body, provider),
     )
@@ -144,10 +123,9 @@ def _answer_of(answer: StoredAnswer) -> Response:
     return Response(answer.body, answer.status, headers, "application/json")
 
 
-def _owner(principal: Principal, body: dict[str, Any]) -> str:
+def _owner(principal: Principal, owner: str) -> str:
     """The task's owner: as the body says; a key limited to an owner registers its tasks
     only (the body may leave it out)."""
-    owner = _text(body, "owner")
     if principal.owner is None:
         return owner
     if owner and owner != principal.owner:
@@ -160,10 +138,8 @@ async def attach_task_id(request: Request) -> Response:
     the whole task, its callback URL included."""
     principal = await authorize(request, KeyScope.WRITE)
     ref = task_ref(request)
-    body = await _json_body(request, ATTACH_FIELDS)
-    task_id = _text(body, "provider_task_id")
-    if not task_id:
-        raise Unprocessable("provider_task_id is required")
+    raw = await read_json(request, ADMIN_BODY_LIMIT_BYTES)
+    task_id = validated(contract.AttachTaskId, raw).provider_task_id
     store: LedgerStore = request.app.state.store
     await visible_task(request, principal, ref)
     try:
@@ -278,29 +254,58 @@ def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
     return f"{settings.public_base_url}/callbacks/{provider.name}/{tokens.make(ref, provider.name)}"
 
 
-def task_json(task: Task, url: str | None = None) -> dict[str, Any]:
-    """The one place a task becomes JSON: its shown fields, then its callback URL."""
-    shown = {name: jsonable(getattr(task, name)) for name in SHOWN_FIELDS}
+def task_json(task: Task, url: str | None = None) -> contract.Task:
+    """The one place a task becomes JSON: its shown fields (not its lease or authority),
+    then its callback URL."""
+    t = task
+    shown = contract.Task(
+        ref=t.ref,
+        provider=t.provider,
+        provider_task_id=t.provider_task_id,
+        owner=t.owner,
+        model=t.model,
+        request=t.request,
+        state=t.state,
+        progress=t.progress,
+        result=t.result,
+        state_source=t.state_source,
+        confirmed=t.confirmed,
+        conflict=t.conflict,
+        recovered=t.recovered,
+        version=t.version,
+        created_at=t.created_at.isoformat(),
+        updated_at=t.updated_at.isoformat(),
+        last_event_at=_time(t.last_event_at),
+        terminal_at=_time(t.terminal_at),
+        next_poll_at=_time(t.next_poll_at),
+        poll_attempts=t.poll_attempts,
+        submission=t.submission,
+        attention=t.attention,
+    )
     if url is not None:
         shown["callback_url"] = url
     return shown
 
 
-def artifact_json(artifact: Artifact) -> dict[str, Any]:
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def artifact_json(artifact: Artifact) -> contract.Artifact:
     """An output's metadata, fit for any reader: never its source, key or lease."""
     a = artifact
-    return {
-        "name": a.name,
-        "state": a.state,
-        "content_type": a.content_type,
-        "size": a.size,
-        "sha256": a.sha256,
-        "expires_at": a.expires_at.isoformat(),
-        "archived_at": a.archived_at.isoformat() if a.archived_at else None,
-        "source_host": a.source_host,
-        "attempts": a.attempts,
-        "last_error": a.last_error,
-    }
+    return contract.Artifact(
+        name=a.name,
+        state=a.state,
+        content_type=a.content_type,
+        size=a.size,
+        sha256=a.sha256,
+        expires_at=a.expires_at.isoformat(),
+        archived_at=_time(a.archived_at),
+        source_host=a.source_host,
+        attempts=a.attempts,
+        last_error=a.last_error,
+    )
 
 
 def jsonable(value: Any) -> Any:
@@ -316,8 +321,8 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _configured(settings: Settings, name: object) -> ProviderSettings:
-    provider = settings.provider(name) if isinstance(name, str) else None
+def _configured(settings: Settings, name: str) -> ProviderSettings:
+    provider = settings.provider(name)
     if provider is None:
         known = ", ".join(sorted(settings.providers))
         raise Unprocessable(f"provider must be one of: {known}")
@@ -325,14 +330,12 @@ def _configured(settings: Settings, name: object) -> ProviderSettings:
 
 
 def _refuse_after_sunset(
-    request: Request, provider: ProviderSettings, body: dict[str, Any]
+    request: Request, provider: ProviderSettings, body: contract.NewTask
 ) -> None:
     """After its provider's sunset a task may still be registered to follow one created
     before (its provider task id given), never to be created now."""
     today = request.app.state.inbox.clock().date()
-    if not provider.sunset_passed(today) or (
-        body.get("provider_task_id") and not body.get("submit")
-    ):
+    if not provider.sunset_passed(today) or (body.provider_task_id and not body.submit):
         return
     raise Unprocessable(
         f"provider {provider.name} shut down on {provider.sunset}: no new tasks; register a"
@@ -341,30 +344,9 @@ def _refuse_after_sunset(
     )
 
 
-def _submit_flag(body: dict[str, Any], provider: ProviderSettings) -> bool:
-    submit = body.get("submit", False)
-    if not isinstance(submit, bool):
-        raise Unprocessable("submit must be true or false")
-    if submit and not provider.base_url:
+def _submit_flag(body: contract.NewTask, provider: ProviderSettings) -> bool:
+    if body.submit and not provider.base_url:
         raise Unprocessable(f"provider {provider.name} has no base URL: taskledger cannot submit")
-    if submit and body.get("provider_task_id"):
+    if body.submit and body.provider_task_id:
         raise Unprocessable("a task submitted by taskledger gets its provider task id from it")
-    return submit
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name, "")
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
-        raise Unprocessable(f"{name} must be a string of at most {MAX_TEXT} characters, no NUL")
-    return value
-
-
-def _object(body: dict[str, Any], name: str) -> dict[str, Any] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise Unprocessable(f"{name} must be a JSON object")
-    return value
+    return body.submit

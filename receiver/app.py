@@ -130,7 +130,8 @@ def create_app(
     app.state.settings = settings
     app.state.media = media
     app.state.openapi = openapi.document(
-        {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS}
+        {name: provider.kind for name, provider in settings.providers.items()},
+        {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS},
     )
     app.state.metrics = metrics
     app.state.keys = auth.KeyCache()

@@ -20,6 +20,7 @@ from itsdangerous import BadData, TimestampSigner, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
+from receiver import contract
 from receiver.admin import artifact_json, task_ref, visible_task
 from receiver.auth import authenticate, authorize
 from receiver.errors import NotFound, Overloaded, ReceiverError, Unauthenticated
@@ -177,17 +178,19 @@ async def list_artifacts(request: Request) -> Response:
     return JSONResponse([_listed(request, artifact, tokens) for artifact in found])
 
 
-def _listed(request: Request, artifact: Artifact, tokens: MediaTokens | None) -> dict[str, Any]:
-    shown = artifact_json(artifact) | {"url": None, "url_expires_at": None}
+def _listed(
+    request: Request, artifact: Artifact, tokens: MediaTokens | None
+) -> contract.ListedArtifact:
+    shown = contract.ListedArtifact(**artifact_json(artifact), url=None, url_expires_at=None)
     if artifact.state != ArtifactState.ARCHIVED:
         return shown
     settings: Settings = request.app.state.settings
     path = f"/v1/tasks/{quote(artifact.task_ref, safe='')}/artifacts/{quote(artifact.name)}"
-    shown["url"] = settings.public_base_url + path
+    url = settings.public_base_url + path
     if tokens is not None:
-        token = tokens.make(artifact.task_ref, artifact.name)
-        shown["url"] += f"?{MEDIA_QUERY_NAME}={token}"
+        url += f"?{MEDIA_QUERY_NAME}={tokens.make(artifact.task_ref, artifact.name)}"
         shown["url_expires_at"] = tokens.expires_at().isoformat()
+    shown["url"] = url
     return shown
 
 
@@ -437,13 +440,24 @@ def _parameters(*names: tuple[str, str, bool]) -> list[dict[str, Any]]:
 
 
 _REFUSED = ((401, "not authenticated"), (404, "unknown task or output"), (503, "store failed"))
+_LISTED = contract.ref(contract.ListedArtifact)
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/tasks/{ref}/artifacts": {
         "get": {
             "summary": "A task's outputs and their archive state; archived ones have a media URL",
             "security": [{"bearer": []}],
             "parameters": _parameters(("ref", "path", True)),
-            "responses": {"200": {"description": "the outputs"}, **_described(*_REFUSED)},
+            "responses": {
+                "200": {
+                    "description": "the outputs",
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "array", "items": _LISTED},
+                        }
+                    },
+                },
+                **_described(*_REFUSED),
+            },
         }
     },
     "/v1/tasks/{ref}/artifacts/{name}": {

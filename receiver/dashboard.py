@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver import contract
 from receiver.admin import jsonable, task_ref
 from receiver.auth import authorize
 from receiver.errors import NotFound, Unprocessable
@@ -228,7 +229,10 @@ def _operation(summary: str, params: list[tuple[str, str]], *refused: int) -> di
                 for n, where in params
             ],
             "responses": {
-                "200": {"description": "success"},
+                "200": {
+                    "description": "success",
+                    "content": {"application/json": {"schema": contract.JSON_OBJECT}},
+                },
                 **{str(c): {"description": reasons[c], "content": error} for c in refused},
             },
         }

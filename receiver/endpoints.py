@@ -15,10 +15,12 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver import contract
 from receiver.admin import ADMIN_BODY_LIMIT_BYTES, jsonable
 from receiver.auth import authorize
 from receiver.bodies import parse_json, read_body
-from receiver.errors import MalformedBody, NotFound, Unprocessable
+from receiver.contract import FILTER_MAX_ITEMS, URL_MAX_CHARS, validated
+from receiver.errors import NotFound, Unprocessable
 from receiver.queries import parse_time
 from schemas.addresses import AddressPolicy, BlockedURL
 from schemas.endpoint_urls import EndpointUrlError, kind_of, parse_broker_url, redact
@@ -30,20 +32,7 @@ from schemas.tables import LABEL_MAX_CHARS
 
 log = structlog.get_logger("taskledger.receiver")
 
-ENDPOINT_FIELDS = (
-    "url",
-    "description",
-    "providers",
-    "owners",
-    "event_types",
-    "include_unconfirmed",
-    "enabled",
-)
-URL_MAX_CHARS = 2_048
-FILTER_MAX_ITEMS = 100
 RESOLVE_TIMEOUT_SECONDS = 5.0
-DEFAULT_GRACE_SECONDS = 86_400
-MAX_GRACE_SECONDS = 30 * 86_400
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = 32  # Standard Webhooks: whsec_ + base64 of the key
 SECRET_SHOWN_CHARS = 4
@@ -55,9 +44,7 @@ DISABLED_BY_OPERATOR = "disabled by an operator"
 
 async def create_endpoint(request: Request) -> Response:
     await authorize(request, KeyScope.ADMIN)
-    body = known_fields(await read_object(request), ENDPOINT_FIELDS)
-    if "url" not in body:
-        raise Unprocessable("url is required")
+    body = _fields_set(validated(contract.NewEndpoint, await read_object(request)))
     store: LedgerStore = request.app.state.store
     values = await checked_values(request.app.state.settings, body)
     if values.get("enabled") is False:
@@ -85,9 +72,7 @@ async def show_endpoint(request: Request) -> Response:
 
 async def update_endpoint(request: Request) -> Response:
     await authorize(request, KeyScope.ADMIN)
-    body = known_fields(await read_object(request), ENDPOINT_FIELDS)
-    if not body:
-        raise Unprocessable(f"name at least one field to change: {', '.join(ENDPOINT_FIELDS)}")
+    body = _fields_set(validated(contract.EndpointChanges, await read_object(request)))
     store: LedgerStore = request.app.state.store
     endpoint = await _existing(store, request)
     changes = await checked_values(request.app.state.settings, body)
@@ -113,8 +98,8 @@ async def delete_endpoint(request: Request) -> Response:
 async def rotate_secret(request: Request) -> Response:
     """A new signing secret, shown once; the current one keeps signing for the grace."""
     await authorize(request, KeyScope.ADMIN)
-    body = known_fields(await read_object(request, optional=True), ("grace_seconds",))
-    grace = grace_seconds(body.get("grace_seconds", DEFAULT_GRACE_SECONDS))
+    rotation = validated(contract.Rotation, await read_object(request, optional=True))
+    grace = int(rotation.grace_seconds)
     store: LedgerStore = request.app.state.store
     endpoint = await _existing(store, request)
     secret = new_secret()
@@ -177,14 +162,9 @@ async def read_object(request: Request, *, optional: bool = False) -> dict[str, 
     return parse_json(request.headers, body)
 
 
-def known_fields(body: dict[str, Any], allowed: Iterable[str]) -> dict[str, Any]:
-    """`body` if it names only `allowed` fields; a 400 naming the others if not."""
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise MalformedBody(
-            f"unknown field(s): {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-        )
-    return body
+def _fields_set(body: contract.NewEndpoint | contract.EndpointChanges) -> dict[str, Any]:
+    """The fields the body named (null included: a filter's null lets everything through)."""
+    return body.model_dump(exclude_unset=True)
 
 
 async def checked_values(settings: Settings, body: dict[str, Any]) -> dict[str, Any]:
@@ -273,16 +253,6 @@ def _label(item: object) -> bool:
     return isinstance(item, str) and 0 < len(item) <= LABEL_MAX_CHARS and "\x00" not in item
 
 
-def grace_seconds(value: object) -> int:
-    if (
-        not isinstance(value, int | float)
-        or isinstance(value, bool)
-        or not 0 <= value <= MAX_GRACE_SECONDS
-    ):
-        raise Unprocessable(f"grace_seconds must be a number from 0 to {MAX_GRACE_SECONDS}")
-    return int(value)
-
-
 # -- secrets -----------------------------------------------------------------------------
 
 
@@ -318,58 +288,57 @@ def _expiry(entry: dict[str, Any]) -> datetime | None:
     return expires if expires.tzinfo else expires.replace(tzinfo=UTC)
 
 
-def secret_json(entry: dict[str, Any]) -> dict[str, Any]:
+def secret_json(entry: dict[str, Any]) -> contract.Secret:
     """A secret as answers show it after its creation: a prefix to tell it apart."""
     key = str(entry.get("secret", "")).removeprefix(SECRET_PREFIX)
-    return {
-        "prefix": f"{SECRET_PREFIX}{key[:SECRET_SHOWN_CHARS]}…",
-        "expires_at": entry.get("expires_at"),
-    }
+    return contract.Secret(
+        prefix=f"{SECRET_PREFIX}{key[:SECRET_SHOWN_CHARS]}…", expires_at=entry.get("expires_at")
+    )
 
 
 # -- answers -----------------------------------------------------------------------------
 
 
-def endpoint_json(endpoint: Endpoint, health: dict[str, Any] | None = None) -> dict[str, Any]:
+def endpoint_json(endpoint: Endpoint, health: dict[str, Any] | None = None) -> contract.Endpoint:
     """An endpoint as answers show it: its URL without credentials, its secrets by prefix,
     and, when given, its dispatches by state and its recent failures."""
     e = endpoint
-    shown: dict[str, Any] = {
-        "id": e.id,
-        "kind": e.kind,
-        "url": redact(e.url),
-        "description": e.description,
-        "providers": e.providers,
-        "owners": e.owners,
-        "event_types": e.event_types,
-        "include_unconfirmed": e.include_unconfirmed,
-        "secrets": [secret_json(entry) for entry in e.secrets],
-        "enabled": e.enabled,
-        "disabled_reason": e.disabled_reason,
-        "disabled_at": jsonable(e.disabled_at),
-        "failing_since": jsonable(e.failing_since),
-        "last_success_at": jsonable(e.last_success_at),
-        "created_at": jsonable(e.created_at),
-        "updated_at": jsonable(e.updated_at),
-    }
+    shown = contract.Endpoint(
+        id=e.id,
+        kind=e.kind,
+        url=redact(e.url),
+        description=e.description,
+        providers=e.providers,
+        owners=e.owners,
+        event_types=e.event_types,
+        include_unconfirmed=e.include_unconfirmed,
+        secrets=[secret_json(entry) for entry in e.secrets],
+        enabled=e.enabled,
+        disabled_reason=e.disabled_reason,
+        disabled_at=jsonable(e.disabled_at),
+        failing_since=jsonable(e.failing_since),
+        last_success_at=jsonable(e.last_success_at),
+        created_at=jsonable(e.created_at),
+        updated_at=jsonable(e.updated_at),
+    )
     if health is not None:
         shown["health"] = health_json(health)
     return shown
 
 
-def health_json(health: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "dispatches": health["dispatches"],
-        "recent_failures": [
-            {
-                "at": jsonable(failure["at"]),
-                "status_code": failure["status_code"],
-                "latency_ms": failure["latency_ms"],
-                "error": failure["error"],
-                "answer": failure["answer"],
-                "msg_id": failure["msg_id"],
-                "task_ref": failure["task_ref"],
-            }
+def health_json(health: dict[str, Any]) -> contract.Health:
+    return contract.Health(
+        dispatches=health["dispatches"],
+        recent_failures=[
+            contract.Failure(
+                at=jsonable(failure["at"]),
+                status_code=failure["status_code"],
+                latency_ms=failure["latency_ms"],
+                error=failure["error"],
+                answer=failure["answer"],
+                msg_id=failure["msg_id"],
+                task_ref=failure["task_ref"],
+            )
             for failure in health["recent_failures"]
         ],
-    }
+    )

@@ -4,35 +4,33 @@ prefix, revoked. The ledger keeps a key's id and its secret's SHA-256, never the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from receiver.admin import ADMIN_BODY_LIMIT_BYTES, jsonable, known_fields
+from receiver import contract
+from receiver.admin import ADMIN_BODY_LIMIT_BYTES, jsonable
 from receiver.auth import KeyCache, authorize, is_key_id, issue_key, listed_prefix
 from receiver.bodies import read_json
+from receiver.contract import validated
 from receiver.errors import NotFound, Unprocessable
 from schemas.store import LedgerStore
 from schemas.store.keys import ApiKey, KeyScope
-from schemas.tables import LABEL_MAX_CHARS
 
 log = structlog.get_logger("taskledger.receiver")
-
-KEY_FIELDS = ("name", "scope", "owner")
-SCOPES = tuple(scope.value for scope in KeyScope)
 
 
 async def create_key(request: Request) -> Response:
     """`POST /v1/keys`: a new key; the answer's `key` is the only time it is shown."""
     await authorize(request, KeyScope.ADMIN)
-    body = known_fields(await read_json(request, ADMIN_BODY_LIMIT_BYTES), KEY_FIELDS)
-    name = _label(body.get("name"), "name")
+    body = validated(contract.NewKey, await read_json(request, ADMIN_BODY_LIMIT_BYTES))
+    name = body.name.strip()
     if not name:
         raise Unprocessable("name is required: what the key is for")
-    scope = _scope(body.get("scope"))
-    owner = _label(body.get("owner"), "owner") or None
+    scope = KeyScope(body.scope)
+    owner = (body.owner or "").strip() or None
     if owner is not None and scope is KeyScope.ADMIN:
         raise Unprocessable("an admin key sees every owner: limit a read or write key instead")
     issued = issue_key()
@@ -64,29 +62,15 @@ async def revoke_key(request: Request) -> Response:
     return JSONResponse(key_json(key))
 
 
-def key_json(key: ApiKey) -> dict[str, Any]:
+def key_json(key: ApiKey) -> contract.ApiKey:
     """A key as answers show it: its prefix, never its secret nor the secret's hash."""
-    return {
-        "id": key.id,
-        "prefix": listed_prefix(key.id),
-        "name": key.name,
-        "scope": key.scope,
-        "owner": key.owner,
-        "created_at": jsonable(key.created_at),
-        "last_used_at": jsonable(key.last_used_at),
-        "revoked_at": jsonable(key.revoked_at),
-    }
-
-
-def _scope(value: object) -> KeyScope:
-    if not isinstance(value, str) or value not in SCOPES:
-        raise Unprocessable(f"scope must be one of: {', '.join(SCOPES)}")
-    return KeyScope(value)
-
-
-def _label(value: object, name: str) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str) or len(value) > LABEL_MAX_CHARS or "\x00" in value:
-        raise Unprocessable(f"{name} must be a string of at most {LABEL_MAX_CHARS} characters")
-    return value.strip()
+    return contract.ApiKey(
+        id=key.id,
+        prefix=listed_prefix(key.id),
+        name=key.name,
+        scope=cast(contract.Scope, key.scope),
+        owner=key.owner,
+        created_at=key.created_at.isoformat(),
+        last_used_at=jsonable(key.last_used_at),
+        revoked_at=jsonable(key.revoked_at),
+    )

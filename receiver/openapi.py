@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-ERROR = {"$ref": "#/components/schemas/Error"}
-TASK = {"$ref": "#/components/schemas/Task"}
+from receiver import contract
+from schemas.states import State
+from schemas.wire import Kind
+from schemas.wire.examples import EXAMPLE_TASK_IDS, callback_body, callback_states
+from schemas.wire.formats import scheme_of
+
+ERROR = contract.ref(contract.Error)
+TASK = contract.ref(contract.Task)
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
@@ -36,7 +43,8 @@ _REASONS = {
     413: "body too large",
     415: "not JSON",
     422: "invalid parameters",
-    503: "storage unavailable or writer saturated; retry after Retry-After",
+    503: "storage unavailable (and the local spool full or off) or writer saturated; retry"
+    " after Retry-After",
 }
 
 
@@ -53,121 +61,85 @@ def _path(*names: str) -> list[dict[str, Any]]:
 
 
 # Authenticated means kept: 200 (folded in, or kept as `unrecognized` or `ignored`) and 202
-# (kept as `unmatched` or `held`) both carry `{"outcome": ...}`; nothing else is refused
+# (kept as `unmatched` or `held`, or `spooled` locally while PostgreSQL is unavailable)
+# both carry `{"outcome": ...}`; nothing else is refused
 # but authentication, another task's body, and transport.
-OUTCOME = {
-    "type": "object",
-    "properties": {
-        "outcome": {
-            "type": "string",
-            "enum": [
-                "applied",
-                "confirmed",
-                "duplicate",
-                "stale",
-                "conflict",
-                "unrecognized",
-                "ignored",
-                "unmatched",
-                "held",
-            ],
-        }
-    },
-    "required": ["outcome"],
-}
+OUTCOME = contract.ref(contract.Outcome)
 KEPT = {
     "200": {
         "description": "stored (folded in, or kept raw as unrecognized or ignored)",
         "content": {"application/json": {"schema": OUTCOME}},
     },
     "202": {
-        "description": "stored, folded in later (unmatched, or held for the submit answer)",
+        "description": "kept, folded in later (unmatched, held for the submit answer, or"
+        " spooled on the receiver's host while PostgreSQL is unavailable)",
         "content": {"application/json": {"schema": OUTCOME}},
     },
 }
-CALLBACK = {
-    "post": {
-        "summary": "Unsigned provider callback, bound to its task by the URL token",
-        "parameters": _path("provider", "token"),
-        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-        "responses": {**_answers(401, 403, 404, 408, 409, 413, 503), **KEPT},
+# Any body that authenticates is kept, whatever it holds: the examples are what each
+# provider sends (`schemas.wire.examples`, read back by taskledger's own readers).
+ANY_BODY: dict[str, Any] = {"description": "the provider's body, kept as sent"}
+
+
+def _callback(providers: list[str], examples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Unsigned provider callback, bound to its task by the URL token",
+            "parameters": [_named("provider", providers), *_path("token")],
+            "requestBody": _examples(examples),
+            "responses": {**_answers(401, 403, 404, 408, 409, 413, 503), **KEPT},
+        }
     }
-}
-WEBHOOK = {
-    "post": {
-        "summary": "Standard Webhooks signed event (OpenAI, any Standard Webhooks sender)",
-        "parameters": _path("source")
-        + [
-            {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
-            for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
-        ],
-        "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}},
-        "responses": {**_answers(401, 404, 408, 409, 413, 503), **KEPT},
+
+
+def _webhook(sources: list[str], examples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Standard Webhooks signed event (OpenAI, any Standard Webhooks sender)",
+            "parameters": [_named("source", sources)]
+            + [
+                {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+                for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
+            ],
+            "requestBody": _examples(examples),
+            "responses": {**_answers(401, 404, 408, 409, 413, 503), **KEPT},
+        }
     }
-}
 
 
-def _json_body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
+def _named(name: str, values: list[str]) -> dict[str, Any]:
+    schema = {"type": "string", "enum": values} if values else {"type": "string"}
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-_NAMES = {"type": ["array", "null"], "items": {"type": "string"}, "minItems": 1}
-_ENDPOINT_FIELDS: dict[str, Any] = {
-    "url": {"type": "string", "description": "https://…, nats://host/subject, amqp://…"},
-    "description": {"type": "string"},
-    "providers": _NAMES,
-    "owners": _NAMES,
-    "event_types": _NAMES,
-    "include_unconfirmed": {"type": "boolean"},
-    "enabled": {"type": "boolean"},
-}
-NEW_ENDPOINT = {
-    "type": "object",
-    "required": ["url"],
-    "additionalProperties": False,
-    "properties": _ENDPOINT_FIELDS,
-}
-ENDPOINT_CHANGES = {
-    "type": "object",
-    "minProperties": 1,
-    "additionalProperties": False,
-    "properties": _ENDPOINT_FIELDS,
-}
-ROTATION = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {"grace_seconds": {"type": "number", "minimum": 0, "default": 86400}},
-}
-ENDPOINT = {"$ref": "#/components/schemas/Endpoint"}
-ENDPOINT_WITH_SECRET = {
-    "allOf": [
-        ENDPOINT,
-        {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}},
-    ]
-}
-ENDPOINT_LIST = {
-    "type": "object",
-    "properties": {"endpoints": {"type": "array", "items": ENDPOINT}},
-}
-KEY_SCOPES = ["read", "write", "admin"]
-NEW_KEY = {
-    "type": "object",
-    "required": ["name", "scope"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "scope": {"type": "string", "enum": KEY_SCOPES},
-        "owner": {"type": ["string", "null"], "maxLength": 200},
-    },
-}
-KEY = {"$ref": "#/components/schemas/ApiKey"}
-KEY_WITH_SECRET = {
-    "allOf": [
-        KEY,
-        {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
-    ]
-}
-KEY_LIST = {"type": "object", "properties": {"keys": {"type": "array", "items": KEY}}}
+def _examples(examples: dict[str, Any]) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": ANY_BODY}
+    if examples:
+        media["examples"] = examples
+    return {"required": True, "content": {"application/json": media}}
+
+
+def provider_examples(kinds: Mapping[str, Kind]) -> dict[str, dict[str, Any]]:
+    """Each provider's callback bodies (`succeeded`, `failed`) as OpenAPI examples, by
+    where they arrive: `webhook` (Standard Webhooks) or `callback` (a task's URL)."""
+    found: dict[str, dict[str, Any]] = {"webhook": {}, "callback": {}}
+    for name, kind in sorted(kinds.items()):
+        route = "webhook" if scheme_of(kind) == "standard-webhooks" else "callback"
+        task_id = EXAMPLE_TASK_IDS.get(name, "task_0123456789")
+        for state in (State.SUCCEEDED, State.FAILED):
+            if state not in callback_states(kind):
+                continue
+            found[route][f"{name}-{state.value}"] = {
+                "summary": f"{name}: a task {state.value}",
+                "value": callback_body(kind, task_id, state),
+            }
+    return found
+
+
+def _json_body(kind: type, *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": contract.ref(kind)}}}
+
+
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -176,14 +148,10 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 SINCE_REQUIRED = {"name": "since", "in": "query", "required": True, "schema": {"type": "string"}}
-REQUEUED = {
-    "type": "object",
-    "required": ["requeued"],
-    "properties": {"requeued": {"type": "integer"}},
-}
+REQUEUED = contract.ref(contract.Requeued)
+ENDPOINT = contract.ref(contract.Endpoint)
+KEY = contract.ref(contract.ApiKey)
 PATHS: dict[str, Any] = {
-    "/callbacks/{provider}/{token}": CALLBACK,
-    "/webhooks/{source}": WEBHOOK,
     "/v1/tasks": {
         "post": {
             "summary": "Register a task (submit: true lets taskledger submit it; write scope)",
@@ -195,14 +163,13 @@ PATHS: dict[str, Any] = {
             ),
             "security": BEARER,
             "parameters": [IDEMPOTENCY_KEY],
-            "requestBody": {
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/NewTask"}}
-                }
-            },
+            "requestBody": _json_body(contract.NewTask),
             "responses": {
                 **_answers(400, 401, 409, 415, 422, 503, ok=TASK, ok_code=201),
-                "202": {"description": "registered; submission queued"},
+                "202": {
+                    "description": "registered; submission queued",
+                    "content": {"application/json": {"schema": TASK}},
+                },
             },
         },
         "get": {
@@ -220,7 +187,7 @@ PATHS: dict[str, Any] = {
                 "limit",
                 "cursor",
             ),
-            "responses": _answers(400, 401, 422, 503),
+            "responses": _answers(400, 401, 422, 503, ok=contract.ref(contract.TaskPage)),
         },
     },
     "/v1/tasks/{ref}": {
@@ -228,24 +195,13 @@ PATHS: dict[str, Any] = {
             "summary": "A task and its timeline",
             "security": BEARER,
             "parameters": _path("ref"),
-            "responses": _answers(401, 404, 503, ok=TASK),
+            "responses": _answers(401, 404, 503, ok=contract.ref(contract.TaskStory)),
         },
         "patch": {
             "summary": "Attach the provider's task id; answers the whole task (write scope)",
             "security": BEARER,
             "parameters": _path("ref"),
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["provider_task_id"],
-                            "additionalProperties": False,
-                            "properties": {"provider_task_id": {"type": "string"}},
-                        }
-                    }
-                }
-            },
+            "requestBody": _json_body(contract.AttachTaskId),
             "responses": _answers(400, 401, 404, 409, 415, 422, 503, ok=TASK),
         },
     },
@@ -254,7 +210,7 @@ PATHS: dict[str, Any] = {
             "summary": "Authoritative changes in seq order (long-poll: wait)",
             "security": BEARER,
             "parameters": _query("after", "limit", "wait"),
-            "responses": _answers(401, 422, 503),
+            "responses": _answers(401, 422, 503, ok=contract.ref(contract.ChangePage)),
         }
     },
     "/v1/audit": {
@@ -262,7 +218,7 @@ PATHS: dict[str, Any] = {
             "summary": "Per-provider audit summary",
             "security": BEARER,
             "parameters": _query("since", "until"),
-            "responses": _answers(401, 422, 503),
+            "responses": _answers(401, 422, 503, ok=contract.JSON_OBJECT),
         }
     },
     "/v1/export": {
@@ -270,20 +226,31 @@ PATHS: dict[str, Any] = {
             "summary": "Stream tasks and outcomes as JSON lines or CSV",
             "security": BEARER,
             "parameters": _query("format", "since", "until", "state", "provider"),
-            "responses": _answers(400, 401, 422, 503),
+            "responses": {
+                **_answers(400, 401, 422, 503),
+                "200": {
+                    "description": "one task a line (format=jsonl), or CSV with a header row",
+                    "content": {
+                        "application/x-ndjson": {"schema": {"type": "string"}},
+                        "text/csv": {"schema": {"type": "string"}},
+                    },
+                },
+            },
         }
     },
     "/v1/endpoints": {
         "post": {
             "summary": "Add a notification endpoint; its signing secret is shown this once",
             "security": BEARER,
-            "requestBody": _json_body(NEW_ENDPOINT),
-            "responses": _answers(400, 401, 415, 422, 503, ok=ENDPOINT_WITH_SECRET, ok_code=201),
+            "requestBody": _json_body(contract.NewEndpoint),
+            "responses": _answers(
+                400, 401, 415, 422, 503, ok=contract.ref(contract.EndpointWithSecret), ok_code=201
+            ),
         },
         "get": {
             "summary": "Every notification endpoint, with its dispatches and recent failures",
             "security": BEARER,
-            "responses": _answers(401, 503, ok=ENDPOINT_LIST),
+            "responses": _answers(401, 503, ok=contract.ref(contract.EndpointList)),
         },
     },
     "/v1/endpoints/{id}": {
@@ -297,7 +264,7 @@ PATHS: dict[str, Any] = {
             "summary": "Change an endpoint: its URL (checked again), filters, or enable it",
             "security": BEARER,
             "parameters": _path("id"),
-            "requestBody": _json_body(ENDPOINT_CHANGES),
+            "requestBody": _json_body(contract.EndpointChanges),
             "responses": _answers(400, 401, 404, 415, 422, 503, ok=ENDPOINT),
         },
         "delete": {
@@ -312,8 +279,10 @@ PATHS: dict[str, Any] = {
             "summary": "A new signing secret, shown this once; the old one signs for the grace",
             "security": BEARER,
             "parameters": _path("id"),
-            "requestBody": _json_body(ROTATION, required=False),
-            "responses": _answers(400, 401, 404, 415, 422, 503, ok=ENDPOINT_WITH_SECRET),
+            "requestBody": _json_body(contract.Rotation, required=False),
+            "responses": _answers(
+                400, 401, 404, 415, 422, 503, ok=contract.ref(contract.EndpointWithSecret)
+            ),
         }
     },
     "/v1/endpoints/{id}/recover": {
@@ -336,13 +305,15 @@ PATHS: dict[str, Any] = {
         "post": {
             "summary": "Make an API key (admin scope); the key is shown this once",
             "security": BEARER,
-            "requestBody": _json_body(NEW_KEY),
-            "responses": _answers(400, 401, 415, 422, 503, ok=KEY_WITH_SECRET, ok_code=201),
+            "requestBody": _json_body(contract.NewKey),
+            "responses": _answers(
+                400, 401, 415, 422, 503, ok=contract.ref(contract.ApiKeyWithSecret), ok_code=201
+            ),
         },
         "get": {
             "summary": "Every API key by its prefix, revoked ones too (admin scope)",
             "security": BEARER,
-            "responses": _answers(401, 503, ok=KEY_LIST),
+            "responses": _answers(401, 503, ok=contract.ref(contract.KeyList)),
         },
     },
     "/v1/keys/{id}": {
@@ -367,81 +338,22 @@ COMPONENTS = {
             " write or admin, perhaps limited to one owner's tasks",
         }
     },
-    "schemas": {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
-        },
-        "NewTask": {
-            "type": "object",
-            "required": ["provider"],
-            "additionalProperties": False,
-            "properties": {
-                "provider": {"type": "string"},
-                "owner": {"type": "string"},
-                "model": {"type": "string"},
-                "request": {"type": "object"},
-                "provider_task_id": {"type": "string"},
-                "submit": {"type": "boolean"},
-            },
-        },
-        "ApiKey": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "prefix": {"type": "string"},
-                "name": {"type": "string"},
-                "scope": {"type": "string", "enum": KEY_SCOPES},
-                "owner": {"type": ["string", "null"]},
-                "created_at": {"type": "string"},
-                "last_used_at": {"type": ["string", "null"]},
-                "revoked_at": {"type": ["string", "null"]},
-            },
-        },
-        "Endpoint": {
-            "type": "object",
-            "properties": {
-                "id": {"type": "string"},
-                "kind": {"type": "string", "enum": ["http", "nats", "amqp"]},
-                **_ENDPOINT_FIELDS,
-                "secrets": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "prefix": {"type": "string"},
-                            "expires_at": {"type": ["string", "null"]},
-                        },
-                    },
-                },
-                "disabled_reason": {"type": ["string", "null"]},
-                "disabled_at": {"type": ["string", "null"]},
-                "failing_since": {"type": ["string", "null"]},
-                "last_success_at": {"type": ["string", "null"]},
-                "health": {"type": "object"},
-            },
-        },
-        "Task": {
-            "type": "object",
-            "properties": {
-                "ref": {"type": "string"},
-                "provider": {"type": "string"},
-                "provider_task_id": {"type": ["string", "null"]},
-                "state": {"type": "string"},
-                "progress": {"type": "integer"},
-                "confirmed": {"type": "boolean"},
-                "conflict": {"type": "boolean"},
-                "submission": {"type": ["string", "null"]},
-                "attention": {"type": ["string", "null"]},
-                "callback_url": {"type": "string"},
-            },
-        },
-    },
+    "schemas": contract.component_schemas(),
 }
 
 
-def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+def document(
+    kinds: Mapping[str, Kind], extra_paths: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The whole description: the `/v1` routes, and the callback routes with each
+    configured provider's bodies (`kinds`, by provider name) as examples."""
+    examples = provider_examples(kinds)
+    signed = sorted(n for n, k in kinds.items() if scheme_of(k) == "standard-webhooks")
+    by_url = sorted(set(kinds) - set(signed))
+    callbacks = {
+        "/callbacks/{provider}/{token}": _callback(by_url, examples["callback"]),
+        "/webhooks/{source}": _webhook(signed, examples["webhook"]),
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -449,7 +361,7 @@ def document(extra_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "version": "0.1.0",
             "description": "Webhook receiver and reconciliation ledger.",
         },
-        "paths": _scoped({**PATHS, **(extra_paths or {})}),
+        "paths": _scoped({**callbacks, **PATHS, **(extra_paths or {})}),
         "components": COMPONENTS,
     }
 

@@ -26,11 +26,11 @@ from ops.console.arguments import identifier
 from ops.console.render import text, yes_no
 from ops.envfile import load_environ
 from schemas.clock import utc_now
-from schemas.definition import Definition
 from schemas.settings import PREFIX, builtin_definitions, provider_readers
 from schemas.states import State
-from schemas.wire import Kind, WireFormat
+from schemas.wire import Kind
 from schemas.wire.examples import NoExample, callback_body
+from schemas.wire.formats import scheme_of
 
 STATES = tuple(s.value for s in State if s not in (State.SUBMITTED, State.LOST))
 USER_AGENT = "taskledger-send-test"
@@ -180,13 +180,6 @@ def _signed(
         signed = hmac_fields_headers(keys[0], task_id, now)
         return Callback(url, body, headers | signed, f"with the URL token and {name}'s HMAC")
     return Callback(url, body, headers, "with the URL token alone (unsigned)")
-
-
-def scheme_of(kind: Kind) -> str:
-    """How a kind's callbacks are authenticated (`schemas.definition.VERIFY_SCHEMES`)."""
-    if isinstance(kind, Definition):
-        return kind.verify
-    return "standard-webhooks" if kind is WireFormat.OPENAI else "url-token"
 
 
 def standard_webhooks_headers(

@@ -26,6 +26,15 @@ class WireFormat(StrEnum):
 # A provider kind: a format written in code, or one read from a definition file.
 Kind = WireFormat | Definition
 
+
+def scheme_of(kind: Kind) -> str:
+    """How a kind's callbacks are authenticated (`schemas.definition.VERIFY_SCHEMES`):
+    `standard-webhooks` ones come to `/webhooks/{name}`, the others to a task's URL."""
+    if isinstance(kind, Definition):
+        return kind.verify
+    return "standard-webhooks" if kind is WireFormat.OPENAI else "url-token"
+
+
 # A status (or submit) body, the state to assume when it names none (None: it must say),
 # and its result URLs' lifetime.
 StatusReader = Callable[[object, State | None, Lifetime], Observation]

@@ -26,6 +26,7 @@ PG_CTL = shutil.which("pg_ctlcluster")
 CLUSTERS = Path("/etc/postgresql")
 JSON = {"content-type": "application/json"}
 CAN_CONTROL = PG_CTL is not None and CLUSTERS.is_dir() and os.geteuid() == 0
+pytestmark = pytest.mark.serial
 
 
 @pytest.fixture

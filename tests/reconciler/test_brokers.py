@@ -387,6 +387,7 @@ async def test_amqp_sink_delivers_concurrent_messages(amqp_sink: AmqpSink) -> No
     assert sorted(m.message_id or "" for m in delivered) == sorted(job.msg_id for job in sent)
 
 
+@pytest.mark.serial
 async def test_amqp_sink_loses_nothing_across_a_broker_restart(amqp_sink: AmqpSink) -> None:
     if RABBITMQCTL is None:
         missing("rabbitmqctl is not on PATH")
