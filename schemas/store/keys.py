@@ -5,7 +5,6 @@ do not narrow by owner (the change feed and the audit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -13,12 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from schemas.audit import ProviderAudit, histogram, hour_buckets
-from schemas.states import Outcome
-from schemas.store import artifacts, queries
-from schemas.store.queries import TaskFilter
 from schemas.store.transactions import Database
-from schemas.tables import API_KEY, DELIVERY, TASK
+from schemas.tables import API_KEY
 
 
 class KeyScope(StrEnum):
@@ -97,65 +92,3 @@ async def touch(db: Database, key_id: str) -> None:
         await conn.execute(
             API_KEY.update().where(API_KEY.c.id == key_id).values(last_used_at=db.clock())
         )
-
-
-# -- what a key limited to one owner reads ------------------------------------------------
-
-
-async def audit_of_owner(
-    db: Database,
-    owner: str,
-    since: datetime | None,
-    until: datetime | None,
-    prices: Mapping[str, float | None],
-) -> dict[str, Any]:
-    """`queries.audit`, of `owner`'s tasks only: their deliveries and outputs, and no
-    unmatched delivery (it belongs to no task, so to no owner)."""
-    audits: dict[str, ProviderAudit] = {}
-    buckets: list[dict[str, Any]] = []
-    async for tasks in queries.pages(db, TaskFilter(since=since, until=until, owner=owner)):
-        for task in tasks:
-            audits.setdefault(task.provider, ProviderAudit(task.provider)).add(task)
-        buckets += hour_buckets(tasks)
-    for provider, duplicates, unrecognized, ignored in await _delivery_counts(
-        db, owner, since, until
-    ):
-        found = audits.setdefault(provider, ProviderAudit(provider))
-        found.duplicates, found.unrecognized, found.ignored = duplicates, unrecognized, ignored
-    ordered = [audits[name] for name in sorted(audits)]
-    archive = await artifacts.shares(db, since, until, owner)
-    return {
-        "since": since.isoformat() if since else None,
-        "until": until.isoformat() if until else None,
-        "providers": [
-            a.summary(prices.get(a.provider)) | {"archive": archive.get(a.provider)}
-            for a in ordered
-        ],
-        "buckets": queries._merge_buckets(buckets),
-        "time_to_terminal_histogram": histogram(ordered),
-    }
-
-
-async def _delivery_counts(
-    db: Database, owner: str, since: datetime | None, until: datetime | None
-) -> list[tuple[str, int, int, int]]:
-    """(provider, duplicate, unrecognized and ignored deliveries) of `owner`'s tasks
-    received in the window."""
-    window = [TASK.c.owner == owner]
-    if since:
-        window.append(DELIVERY.c.received_at >= since)
-    if until:
-        window.append(DELIVERY.c.received_at < until)
-    query = (
-        sa.select(
-            DELIVERY.c.provider,
-            sa.func.coalesce(sa.func.sum(DELIVERY.c.duplicate_count), 0),
-            sa.func.count().filter(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value),
-            sa.func.count().filter(DELIVERY.c.outcome == Outcome.IGNORED.value),
-        )
-        .select_from(DELIVERY.join(TASK, TASK.c.ref == DELIVERY.c.task_ref))
-        .where(*window)
-        .group_by(DELIVERY.c.provider)
-    )
-    async with db.read() as conn:
-        return [(p, int(d), int(r), int(i)) for p, d, r, i in await conn.execute(query)]

@@ -309,8 +309,8 @@ class LedgerStore:
         until: datetime | None,
         prices: Mapping[str, float | None],
     ) -> dict[str, Any]:
-        """`audit`, of one owner's tasks only: `keys.audit_of_owner`."""
-        return await keys.audit_of_owner(self._db, owner, since, until, prices)
+        """`audit`, of one owner's tasks only."""
+        return await queries.audit(self._db, since, until, prices, owner)
 
     # -- idempotent registration ------------------------------------------------------
 

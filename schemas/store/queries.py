@@ -181,19 +181,22 @@ async def audit(
     since: datetime | None,
     until: datetime | None,
     prices: Mapping[str, float | None],
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost."""
+    """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost; with
+    `owner`, of that owner's tasks only: their deliveries and outputs, and no unmatched
+    delivery (it belongs to no task, so to no owner)."""
     audits: dict[str, ProviderAudit] = {}
     buckets: list[dict[str, Any]] = []
-    async for tasks in pages(db, TaskFilter(since=since, until=until)):
+    async for tasks in pages(db, TaskFilter(since=since, until=until, owner=owner)):
         for task in tasks:
             audits.setdefault(task.provider, ProviderAudit(task.provider)).add(task)
         buckets += hour_buckets(tasks)
-    for provider, *counts in await _delivery_counts(db, since, until):
+    for provider, *counts in await _delivery_counts(db, since, until, owner):
         found = audits.setdefault(provider, ProviderAudit(provider))
         found.duplicates, found.unmatched, found.unrecognized, found.ignored = counts
     ordered = [audits[name] for name in sorted(audits)]
-    archive = await artifacts.shares(db, since, until)
+    archive = await artifacts.shares(db, since, until, owner)
     return {
         "since": since.isoformat() if since else None,
         "until": until.isoformat() if until else None,
@@ -207,11 +210,15 @@ async def audit(
 
 
 async def _delivery_counts(
-    db: Database, since: datetime | None, until: datetime | None
+    db: Database, since: datetime | None, until: datetime | None, owner: str | None
 ) -> list[tuple[str, int, int, int, int]]:
     """(provider, duplicate, unmatched, unrecognized and ignored deliveries) received in
-    the window."""
+    the window; with `owner`, those of its tasks (so none unmatched)."""
+    source: sa.FromClause = DELIVERY
     window = []
+    if owner is not None:
+        source = DELIVERY.join(TASK, TASK.c.ref == DELIVERY.c.task_ref)
+        window.append(TASK.c.owner == owner)
     if since:
         window.append(DELIVERY.c.received_at >= since)
     if until:
@@ -224,6 +231,7 @@ async def _delivery_counts(
             sa.func.count().filter(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value),
             sa.func.count().filter(DELIVERY.c.outcome == Outcome.IGNORED.value),
         )
+        .select_from(source)
         .where(*window)
         .group_by(DELIVERY.c.provider)
     )
