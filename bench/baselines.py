@@ -8,6 +8,10 @@ thread that inserts whatever has queued (a body and its hash, nothing else: no
 authentication, parsing, ledger or index beyond the key) and commits it in one SQLite
 transaction (WAL, synchronous=FULL); each request answers once its body is committed. It
 shows how near the no-op any handler that stores a delivery durably can come on this machine.
+Given a PostgreSQL URL, the floor is the same on PostgreSQL: an asyncpg pool, and as many
+batches in flight as taskledger's receiver commits at once, each one
+`INSERT ... SELECT unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING` (its own
+transaction) into a table whose one index is the key's.
 All take any POST path; `GET /healthz` says they are up.
 """
 
@@ -19,11 +23,12 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -34,9 +39,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from schemas.store import POSTGRES_INGEST_WRITERS
+
 NAIVE_DATABASE_URL = "BENCH_NAIVE_DATABASE_URL"
 FLOOR_DATABASE_URL = "BENCH_FLOOR_DATABASE_URL"
 FLOOR_TABLE = "floor_delivery"
+# How many batches the PostgreSQL floor has in flight (default: as many as taskledger's).
+FLOOR_IN_FLIGHT = "BENCH_FLOOR_IN_FLIGHT"
 
 
 class NaiveDelivery(SQLModel, table=True):
@@ -136,7 +145,10 @@ _Queued = tuple[str, bytes, "asyncio.Future[None]"]
 
 
 def floor_app() -> Starlette:
-    path = sa.engine.make_url(os.environ[FLOOR_DATABASE_URL]).database
+    url = sa.engine.make_url(os.environ[FLOOR_DATABASE_URL])
+    if url.get_backend_name() == "postgresql":
+        return pg_floor_app(url.set(drivername="postgresql").render_as_string(False))
+    path = url.database
     if not path:
         raise ValueError(f"{FLOOR_DATABASE_URL} must name an SQLite file")
     bodies: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
@@ -172,10 +184,69 @@ def floor_app() -> Starlette:
             bodies.put(None)
             await asyncio.to_thread(writer.join)
 
+    return _group_commit_app(bodies.put, lifespan)
+
+
+def _resolve(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+# The PostgreSQL floor's statement: a batch of bodies, one round trip, one commit.
+PG_FLOOR_INSERT = (
+    f"INSERT INTO {FLOOR_TABLE} (delivery_key, body) "
+    "SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING"
+)
+
+
+def pg_floor_app(dsn: str) -> Starlette:
+    """The durable floor on PostgreSQL (see the module's docstring)."""
+    bodies: asyncio.Queue[_Queued] = asyncio.Queue()
+    writers: list[asyncio.Task[None]] = []
+
+    async def write(pool: asyncpg.Pool) -> None:
+        while True:
+            batch = [await bodies.get()]
+            while not bodies.empty():
+                batch.append(bodies.get_nowait())
+            try:
+                await pool.execute(
+                    PG_FLOOR_INSERT, [key for key, _, _ in batch], [body for _, body, _ in batch]
+                )
+            except Exception as exc:  # each waiting request gets the error
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            _resolve([future for _, _, future in batch])
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        in_flight = int(os.environ.get(FLOOR_IN_FLIGHT, str(POSTGRES_INGEST_WRITERS)))
+        async with asyncpg.create_pool(dsn, min_size=in_flight, max_size=in_flight) as pool:
+            await pool.execute(
+                f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
+                "(delivery_key text PRIMARY KEY, body bytea NOT NULL)"
+            )
+            writers.extend(asyncio.create_task(write(pool)) for _ in range(in_flight))
+            try:
+                yield
+            finally:
+                for writer in writers:
+                    writer.cancel()
+                await asyncio.gather(*writers, return_exceptions=True)
+
+    return _group_commit_app(bodies.put_nowait, lifespan)
+
+
+def _group_commit_app(queue: Callable[[_Queued], None], lifespan: Any) -> Starlette:
+    """A floor's routes: each body is queued with its key, answered once it is committed."""
+
     async def store(request: Request) -> Response:
         body = await request.body()
         future = asyncio.get_running_loop().create_future()
-        bodies.put((hashlib.sha256(body).hexdigest(), body, future))
+        queue((hashlib.sha256(body).hexdigest(), body, future))
         await future
         return PlainTextResponse("ok")
 
@@ -184,9 +255,3 @@ def floor_app() -> Starlette:
         Route("/{path:path}", store, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-def _resolve(futures: list[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)

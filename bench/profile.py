@@ -117,7 +117,7 @@ STARTUP_CHAIN = (
 def by_thread(collapsed: str) -> dict[str, str]:
     """The collapsed stacks grouped by thread name (py-spy's `--threads` puts
     `thread (id): name` first): uvicorn's event loop runs in `MainThread`, SQLite's commits in
-    `taskledger-commit_0`."""
+    `taskledger-commit`."""
     groups: dict[str, list[str]] = {}
     for line in collapsed.splitlines():
         if line.strip():

@@ -1,5 +1,5 @@
-"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg,archive]`: run the
-benchmarks.
+"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg,archive,scale]`: run
+the benchmarks (`catchup-pg`: the catch-up part of `pg` alone).
 
 Writes `bench/results/<timestamp>.json` and `bench/results/summary.md`.
 """
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import archive, catchup, dupes, growth, ingest, ledger, pg, relay
+from bench import archive, catchup, dupes, growth, ingest, ledger, pg, relay, scale
 from bench.context import Context
 from bench.load import ensure_wrk
 from bench.report import CaseResult, Check, write_results
@@ -27,12 +27,16 @@ from bench.report import CaseResult, Check, write_results
 CASES: dict[str, Callable[[Context], list[CaseResult]]] = {
     "ingest": lambda ctx: [sqlite_ingest(ctx)],
     "dupes": lambda ctx: [dupes.run_dupes(ctx)],
-    "growth": lambda ctx: [growth.run_growth(ctx)],
+    "growth": growth.run_growth,
     "catchup": lambda ctx: [catchup.run_catchup_sqlite(ctx)],
+    "catchup-pg": lambda ctx: [catchup.run_catchup(ctx, pg.postgres_urls, "PostgreSQL")],
     "pg": pg.run_postgres,
     "archive": lambda ctx: [archive.run_archive(ctx)],
     "relay": lambda ctx: [relay.run_relay(ctx)],
+    "scale": lambda ctx: [scale.run_scale(ctx)],
 }
+# Parts of another case, for running alone: left out of the default (every case).
+PARTS = frozenset({"catchup-pg"})
 
 
 def sqlite_ingest(ctx: Context) -> CaseResult:
@@ -50,8 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one short run per figure")
     parser.add_argument(
         "--cases",
-        default=",".join(CASES),
-        help=f"comma-separated, from {', '.join(CASES)} (default: all)",
+        default=",".join(name for name in CASES if name not in PARTS),
+        help=f"comma-separated, from {', '.join(CASES)} (default: all but {', '.join(PARTS)})",
     )
     args = parser.parse_args(argv)
     args.cases = [name.strip() for name in args.cases.split(",") if name.strip()]
@@ -110,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
             meta["loadavg_samples"] = ctx.loadavg
             path = write_results(stamp, meta, results)  # after each case: a crash keeps them
+        if pg.add_cpu_check(results):  # PostgreSQL's CPU against SQLite's, when both ran
+            path = write_results(stamp, meta, results)
     print(f"results: {path}")
     print((path.parent / "summary.md").read_text())
     return 0

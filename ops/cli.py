@@ -56,7 +56,8 @@ Start every process of the Procfile (web, reconciler, relay) with the environmen
 .env (an exported variable wins), after checking the settings and bringing the database to
 the newest migration; Ctrl-C or SIGTERM stops them all. The receiver listens on --port, else
 $PORT, else 8000; TASKLEDGER_PUBLIC_BASE_URL, when not set, is http://HOST:PORT. A second
-`taskledger run` on the same SQLite file is refused.
+`taskledger run` on the same SQLite file is refused. --workers N (or WEB_CONCURRENCY) runs N
+receiver workers (PostgreSQL), their metrics summed at /metrics.
 
 exit codes: 0 stopped when asked; 1 a process failed; 2 a bad setting; 3 the database
 unreachable or not migrated; 4 the port, or the SQLite file, in use.
@@ -131,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     run = _add_described(commands, "run", "start every process of the Procfile", RUN_HELP)
     run.add_argument("--port", type=_port, help=f"default: $PORT, else {DEFAULT_PORT}")
     run.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        help="receiver worker processes (PostgreSQL); default: $WEB_CONCURRENCY, else 1",
+    )
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
     _add_described(commands, "token", "print the admin token (for export)", ADMIN_HELP)
     demo = commands.add_parser("demo", help="simulator + receiver + reconciler, faults on")
@@ -230,14 +236,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "token":
         return _token(load_environ())
-    return _run(args.host, args.port)
+    return _run(args.host, args.port, args.workers)
 
 
-def _run(host: str, port: int | None) -> int:
+def _run(host: str, port: int | None, workers: int | None = None) -> int:
     """Settings checked, the SQLite file held, the port free and the database migrated,
     then every process; each refusal is one line and its exit code."""
     write_env_file(ENV_FILE)
     environ = load_environ()
+    if workers is not None:
+        environ["WEB_CONCURRENCY"] = str(workers)
     port = port or _port_of(environ)
     Settings.from_environ(environ).check_secrets()
     RelaySettings.from_environ(environ)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 from ops.procfile import expand, procfile_commands
 from schemas.clock import utc_now
-from schemas.errors import EXIT_FAILED, InUse
+from schemas.errors import EXIT_FAILED, ConfigError, InUse
 from schemas.settings import PREFIX
 
 STOP_TIMEOUT_SECONDS = 20
@@ -26,6 +27,8 @@ STOP_TIMEOUT_SECONDS = 20
 STOPPED_CLEANLY = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 ANY_ADDRESS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
+# prometheus_client's variable: where the receiver's workers write their metrics.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def supervise(environ: Mapping[str, str], *, host: str, port: int) -> int:
@@ -33,6 +36,11 @@ def supervise(environ: Mapping[str, str], *, host: str, port: int) -> int:
     stop we were asked for; else the code of the process that stopped first (see
     `first_failure`)."""
     env = child_environment(environ, host, port)
+    with workers_metrics(env) as web_env:
+        return _supervise(env, web_env, host, port)
+
+
+def _supervise(env: dict[str, str], web_env: dict[str, str], host: str, port: int) -> int:
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -45,7 +53,9 @@ def supervise(environ: Mapping[str, str], *, host: str, port: int) -> int:
     # SIGTERM from us (a second signal makes uvicorn skip its graceful shutdown).
     procs = {
         name: subprocess.Popen(  # noqa: S603 - the Procfile's own commands
-            shlex.split(expand(command, env)), env=env, process_group=0
+            shlex.split(expand(command, env)),
+            env=web_env if name == "web" else env,
+            process_group=0,
         )
         for name, command in procfile_commands().items()
     }
@@ -80,6 +90,33 @@ def stop_all(procs: Mapping[str, subprocess.Popen[bytes]]) -> dict[str, int]:
             proc.kill()
             codes[name] = proc.wait()
     return codes
+
+
+@contextmanager
+def workers_metrics(env: Mapping[str, str]) -> Iterator[dict[str, str]]:
+    """The web process's environment. With several uvicorn workers (`WEB_CONCURRENCY`), it
+    names a directory where each worker writes its metrics, so that `/metrics` on any shows
+    the totals of all: a new one for this run, unless `PROMETHEUS_MULTIPROC_DIR` names one
+    (emptied of an earlier run's files). The other processes serve metrics of their own."""
+    given = env.get(MULTIPROCESS_DIR_VARIABLE, "").strip()
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+    if given or workers_of(env) < 2:
+        yield dict(env)
+        return
+    with tempfile.TemporaryDirectory(prefix="taskledger-metrics-") as directory:
+        yield {**env, MULTIPROCESS_DIR_VARIABLE: directory}
+
+
+def workers_of(env: Mapping[str, str]) -> int:
+    """How many workers uvicorn starts: `WEB_CONCURRENCY`, as uvicorn reads it (1 unset)."""
+    raw = env.get("WEB_CONCURRENCY", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"WEB_CONCURRENCY must be a whole number of workers (got {raw!r})")
+    return int(raw)
 
 
 def child_environment(environ: Mapping[str, str], host: str, port: int) -> dict[str, str]:

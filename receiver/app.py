@@ -36,7 +36,8 @@ from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
 from receiver.errors import ReceiverError
-from receiver.metrics import ReceiverMetrics
+from receiver.metrics import ReceiverMetrics, multiprocess_dir
+from receiver.spool import open_spool
 from receiver.writer import GroupCommitWriter
 from schemas import logs
 from schemas.clock import utc_now
@@ -63,12 +64,16 @@ class ReceiverApp(Starlette):
 
 
 def create_app(
-    settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], datetime] = utc_now,
+    metrics_dir: str | None = None,
 ) -> ReceiverApp:
-    """Build the app; without `settings` it reads `TASKLEDGER_*` (uvicorn's `--factory`)."""
+    """Build the app; without `settings` it reads `TASKLEDGER_*` (uvicorn's `--factory`).
+    `metrics_dir`: where every worker's metrics go, with several (`PROMETHEUS_MULTIPROC_DIR`)."""
     if settings is None:
         return _from_environ(clock)
-    metrics = ReceiverMetrics()
+    metrics = ReceiverMetrics(metrics_dir)
     # Opened once, with the app (a bad archive URL stops the factory as a bad setting does).
     media = artifacts.open_archive(settings, os.environ)
 
@@ -91,9 +96,12 @@ def create_app(
             answer_within=settings.answer_deadline_seconds,
         )
         await writer.start()
+        spool = open_spool(settings, engine, metrics)
+        if spool is not None:
+            await spool.start(store, changes.notify)
         app.state.store = store
         app.state.changes = changes
-        app.state.inbox = Inbox.build(settings, writer, metrics, clock)
+        app.state.inbox = Inbox.build(settings, writer, metrics, clock, spool)
         gc.freeze()  # start-up objects live forever: keep them out of every collection
         archive = media.describe() if media is not None else "off"
         log.info(
@@ -106,10 +114,13 @@ def create_app(
             yield
         finally:
             await writer.stop()
+            if spool is not None:
+                await spool.stop()
             if media is not None:
                 await media.close()
             await store.close()
             await engine.dispose()
+            metrics.close()
             log.info("receiver_stopped")
 
     app = ReceiverApp(
@@ -148,7 +159,7 @@ def _from_environ(clock: Callable[[], datetime]) -> ReceiverApp:
         for warning in unknown_settings(os.environ):
             log.warning("setting_ignored", detail=warning)
         _check_database(settings)
-        return create_app(settings, clock=clock)
+        return create_app(settings, clock=clock, metrics_dir=multiprocess_dir(os.environ))
     except ConfigError as exc:
         print(f"web: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(exc.exit_code) from None

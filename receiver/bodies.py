@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,9 +30,7 @@ async def read_body(
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"the body exceeds {limit} bytes")
     try:
-        return await deadlines.of_running_loop().within(
-            within_seconds, _read_limited(receive, limit)
-        )
+        return await _deadlines().within(within_seconds, _read_limited(receive, limit))
     except TimeoutError:
         raise BodyTimeout(f"the body did not arrive within {within_seconds:g} s") from None
 
@@ -66,6 +65,19 @@ def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise MalformedBody("the body must be a JSON object")
     return payload
+
+
+# The deadline table last looked up, with its loop: one loop serves every request of a
+# process, and `deadlines.of_running_loop` finds it in a weak mapping (a new weak reference
+# for each lookup).
+_LAST: list[tuple[asyncio.AbstractEventLoop, deadlines.Deadlines]] = []
+
+
+def _deadlines() -> deadlines.Deadlines:
+    loop = asyncio.get_running_loop()
+    if not _LAST or _LAST[0][0] is not loop:
+        _LAST[:] = [(loop, deadlines.of_running_loop())]
+    return _LAST[0][1]
 
 
 def _media_type(headers: Headers) -> str:

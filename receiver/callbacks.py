@@ -7,6 +7,7 @@ too, for the providers whose scheme says so: `receiver.schemes`);
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -25,7 +26,8 @@ from receiver.errors import Forbidden, Overloaded, Unauthenticated, UnknownRoute
 from receiver.metrics import ReceiverMetrics
 from receiver.schemes import CallbackScheme, callback_schemes
 from receiver.signatures import SignatureVerifier
-from receiver.writer import GroupCommitWriter
+from receiver.spool import SPOOL_SECONDS, Spool
+from receiver.writer import GroupCommitWriter, NotStored
 from schemas.clock import Clock
 from schemas.ledger import Auth, Delivery, parse_payload, read_payload
 from schemas.settings import ProviderSettings, Settings
@@ -60,10 +62,19 @@ class Inbox:
     metrics: ReceiverMetrics
     clock: Clock
     schemes: dict[str, CallbackScheme]
+    # With a spool (PostgreSQL), the writer has less than the whole answer deadline: the
+    # rest is for spooling a delivery it could not store.
+    spool: Spool | None = None
+    write_within: float = 0.0
 
     @classmethod
     def build(
-        cls, settings: Settings, writer: GroupCommitWriter, metrics: ReceiverMetrics, clock: Clock
+        cls,
+        settings: Settings,
+        writer: GroupCommitWriter,
+        metrics: ReceiverMetrics,
+        clock: Clock,
+        spool: Spool | None = None,
     ) -> Inbox:
         verifiers = {
             name: SignatureVerifier(p.webhook_secrets, clock, settings.webhook_tolerance_seconds)
@@ -72,7 +83,10 @@ class Inbox:
         }
         tokens = CallbackTokens(settings.callback_secrets)
         schemes = callback_schemes(settings, clock)
-        return cls(settings, tokens, verifiers, writer, metrics, clock, schemes)
+        within = settings.answer_deadline_seconds
+        if spool is not None:
+            within -= min(SPOOL_SECONDS, within / 2)
+        return cls(settings, tokens, verifiers, writer, metrics, clock, schemes, spool, within)
 
     def refused(self, name: str, reason: str) -> None:
         """Count and log a refused delivery; a name we do not serve is "unknown"."""
@@ -231,9 +245,16 @@ def kept_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
-    stored = await inbox.writer.submit(
-        delivery, arrived=started, within=inbox.settings.answer_deadline_seconds
-    )
+    spool = inbox.spool
+    if spool is not None and spool.engaged:
+        return await _spool(inbox, spool, delivery, started)
+    try:
+        stored = await inbox.writer.submit(delivery, arrived=started, within=inbox.write_within)
+    except NotStored as exc:
+        if spool is None:
+            raise
+        spool.note_down(exc.message)
+        return await _spool(inbox, spool, delivery, started)
     if stored.refused:
         raise Forbidden(
             "the callback names a task that is not the token's",
@@ -264,6 +285,21 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
     return _ANSWERS[stored.outcome]
 
 
+async def _spool(inbox: Inbox, spool: Spool, delivery: Delivery, started: float) -> Answer:
+    """Keep `delivery` in the local spool while the database cannot take it: 202 once it
+    is there durably (it is replayed into the ledger later, in order), 503 if it is full."""
+    elapsed = time.perf_counter() - started
+    deadline = asyncio.get_running_loop().time() + inbox.settings.answer_deadline_seconds - elapsed
+    await spool.keep(delivery, deadline)
+    log.debug(
+        "delivery_spooled",
+        provider=delivery.provider,
+        delivery_key=delivery.delivery_key[:64],
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return _SPOOLED
+
+
 # Kept, and folded in once its task (or the task's provider id) is known: 202 Accepted.
 _NOT_YET_FOLDED = frozenset({Outcome.UNMATCHED, Outcome.HELD})
 # The few answers a stored delivery can get, rendered once.
@@ -273,3 +309,5 @@ _ANSWERS = {
     )
     for outcome in Outcome
 }
+# Kept in the local spool, stored once the database takes writes again.
+_SPOOLED = Answer(202, orjson.dumps({"outcome": "spooled"}))

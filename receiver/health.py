@@ -24,7 +24,21 @@ async def healthz(_request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    store: LedgerStore = request.app.state.store
+    """Ready: the database takes writes; or, on PostgreSQL, it does not but the local spool
+    has room (`spooling`): a load balancer routing on this keeps the receiver in rotation
+    through a failover, which is what the spool is for."""
+    inbox: Inbox | None = getattr(request.app.state, "inbox", None)
+    try:
+        await _database_ready(request.app.state.store, inbox)
+    except Overloaded as exc:
+        spool = inbox.spool if inbox is not None else None
+        if spool is None or spool.size >= spool.max_bytes:
+            raise
+        return JSONResponse({"status": "spooling", "reason": exc.message, "depth": spool.depth})
+    return JSONResponse({"status": "ready"})
+
+
+async def _database_ready(store: LedgerStore, inbox: Inbox | None) -> None:
     try:
         revision = await store.ping()
     except (StorageUnavailable, OSError) as exc:
@@ -33,11 +47,9 @@ async def readyz(request: Request) -> Response:
         raise Overloaded(f"readiness check failed: {type(exc).__name__}") from exc
     if revision != _head():
         raise Overloaded("the database schema is not at the current migration")
-    inbox: Inbox | None = getattr(request.app.state, "inbox", None)
     refusal = inbox.writer.refusal if inbox is not None else None
     if refusal is not None:
         raise Overloaded(f"the database refuses writes: {refusal}")
-    return JSONResponse({"status": "ready"})
 
 
 @functools.cache

@@ -49,6 +49,13 @@ LINGER_TURNS = 8
 REFUSAL_SHOWN_SECONDS = 30.0
 
 
+class NotStored(Overloaded):
+    """The database refused the delivery's batch (unreachable, read-only): it is not
+    stored, and may be kept elsewhere (`receiver.spool`) instead. A write merely slower than
+    the deadline is a plain `Overloaded` (503): the database may still commit it, and
+    spooling it would answer 2xx before its task was checked."""
+
+
 class GroupCommitWriter:
     def __init__(
         self,
@@ -70,8 +77,10 @@ class GroupCommitWriter:
         self._on_batch = on_batch or (lambda _size: None)
         self._on_commit = on_commit or (lambda _size: None)
         self._tasks: list[asyncio.Task[None]] = []
+        self._deadlines: deadlines.Deadlines  # set by `start`, before any `submit`
 
     async def start(self) -> None:
+        self._deadlines = deadlines.of_running_loop()  # the loop's, looked up once
         self._tasks = [
             asyncio.create_task(self._run(), name=f"taskledger-writer-{i}")
             for i in range(self._concurrency)
@@ -109,8 +118,10 @@ class GroupCommitWriter:
         except asyncio.QueueFull:
             raise Overloaded("the writer queue is full") from None
         try:
-            return await deadlines.of_running_loop().by(deadline, future)
+            return await self._deadlines.by(deadline, future)
         except TimeoutError:
+            # Slow is not down: only a database known to refuse hands deliveries to the spool,
+            # whose replay checks what this write would have (the task a token names).
             raise Overloaded("the delivery was not stored within the answer deadline") from None
 
     @property
@@ -185,7 +196,7 @@ class GroupCommitWriter:
                 _fail(batch, Conflict("the delivery conflicts with what the ledger holds"))
                 log.warning("delivery_conflicted", provider=batch[0][0].provider)
                 return
-            _fail(batch, Overloaded("storage unavailable"))
+            _fail(batch, (NotStored if expected else Overloaded)("storage unavailable"))
             log.warning(
                 "batch_failed",
                 size=len(batch),

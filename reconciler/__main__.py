@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -48,6 +49,7 @@ async def serve(settings: Settings, media: ArchiveStore | None = None) -> None:
         metrics = await _started(settings, store, media)
         async with ProviderClients.open(settings.providers.values()) as clients:
             reconciler = Reconciler(settings, store, clients, clock=utc_now, metrics=metrics)
+            gc.freeze()  # start-up objects live forever: keep them out of every collection
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, reconciler.stopping.set)

@@ -1,31 +1,40 @@
 """HTTP to the providers: status polls and submits, rate limited and retried by policy.
 
-The only place that catches httpx errors; they leave as `ProviderError` subclasses.
-Polls go through aiohttp's connection pool (`httpx_aiohttp`): httpcore's pool walks
-every connection on every request, which cost about 2.5 ms of CPU per poll at 32 in
-flight, against 0.5 ms. Submits keep httpcore: its errors tell a request that never
-left (safe to send again) from one that may have reached the provider, and a second
-submit is a second billed video.
+The only place that catches httpx and aiohttp errors; they leave as `ProviderError`
+subclasses. Polls go out on aiohttp's own session (`reconciler.sessions`): httpcore's pool
+walks every connection on every request (about 2.5 ms of CPU per poll at 32 in flight),
+and httpx's models over aiohttp's pool still cost 3x aiohttp alone. Submits keep httpx
+and httpcore: their errors tell a request that never left (safe to send again) from one
+that may have reached the provider, and a second submit is a second billed video.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import aiohttp
 import httpx
 import orjson
 import structlog
-from httpx_aiohttp import AiohttpTransport
 
 from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
 from reconciler.limits import Clock, RateLimiter, Sleep
 from reconciler.retry import RetryPolicy, parse_http_date
+from reconciler.sessions import (
+    CONNECT_TIMEOUT_SECONDS,
+    POOL_TIMEOUT_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    AiohttpSession,
+    Answer,
+    HttpxSession,
+    Session,
+)
 from schemas.clock import utc_now
 from schemas.definition import Definition
 from schemas.errors import WireFormatError
@@ -45,9 +54,6 @@ from schemas.wire import (
     task_id_hint,
 )
 
-CONNECT_TIMEOUT_SECONDS = 5.0
-READ_TIMEOUT_SECONDS = 15.0
-POOL_TIMEOUT_SECONDS = 5.0
 TIMEOUT = httpx.Timeout(
     READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS, pool=POOL_TIMEOUT_SECONDS
 )
@@ -59,10 +65,26 @@ TIMEOUT = httpx.Timeout(
 # connection after 1 s idle instead. (Polls are retried after such a failure.)
 SUBMIT_KEEPALIVE_SECONDS = 1.0
 KEEPALIVE_SECONDS = 5.0  # httpx's default
-# The request never left this process: repeating it cannot create anything twice.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The request never left this process: repeating it cannot create anything twice. (aiohttp's
+# connect timeout covers the wait for a pooled connection too.)
+_NOT_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
 # A configuration fault (bad base URL, unusable API key): asking again will not help.
-_UNSENDABLE = (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+_UNSENDABLE = (
+    httpx.InvalidURL,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    aiohttp.InvalidURL,
+    aiohttp.NonHttpUrlClientError,
+)
+# No answer after the request may have left: a read timeout, a closed or broken connection.
+_TIMED_OUT = (httpx.TimeoutException, aiohttp.ServerTimeoutError)
+_TRANSPORT_FAILED = (httpx.HTTPError, aiohttp.ClientError)
 # A body in the provider's envelope whose code is not 200: the provider's own refusal, an
 # error like a non-2xx answer, not a body we cannot read.
 _REFUSED_IN_BODY = "provider_error"
@@ -104,12 +126,15 @@ class ProviderClient:
         *,
         clock: Callable[[], datetime] = utc_now,
         submit_http: httpx.AsyncClient | None = None,
+        polls: Session | None = None,
     ) -> None:
+        """Polls go out on `polls` if given, else on `http`; submits on `submit_http`, else
+        on `http`."""
         self.settings = settings
         self.limiter = limiter
         self.policy = policy
-        self._http = http
-        self._submit_http = submit_http or http
+        self._polls = polls or HttpxSession(http)
+        self._submits = HttpxSession(submit_http or http)
         self._sleep = sleep
         self._clock = clock
         kind, key = settings.kind, settings.api_key
@@ -182,10 +207,10 @@ class ProviderClient:
             and observation.state not in REAL_TERMINAL
         )
 
-    async def _get(self, path: str, accept: tuple[int, ...] = ()) -> httpx.Response:
-        async def send() -> httpx.Response:
+    async def _get(self, path: str, accept: tuple[int, ...] = ()) -> Answer:
+        async def send() -> Answer:
             return await self._send(
-                self._http, "GET", path, idempotent=True, headers=self._poll_headers, accept=accept
+                self._polls, "GET", path, idempotent=True, headers=self._poll_headers, accept=accept
             )
 
         return await self._with_retries(send, (ProviderUnavailable,))
@@ -206,8 +231,8 @@ class ProviderClient:
         path = self._submit_path(callback_url, model)
         body = build_submit_body(self.settings.kind, model, request, callback_url)
 
-        async def send() -> httpx.Response:
-            return await self._send(self._submit_http, "POST", path, idempotent=False, json=body)
+        async def send() -> Answer:
+            return await self._send(self._submits, "POST", path, idempotent=False, json=body)
 
         response = await self._with_retries(send, (ProviderUnavailable, RateLimited))
         answer = self._json(response, retryable=False)
@@ -220,9 +245,9 @@ class ProviderClient:
 
     async def _with_retries(
         self,
-        send: Callable[[], Awaitable[httpx.Response]],
+        send: Callable[[], Awaitable[Answer]],
         retry_on: tuple[type[ProviderError], ...],
-    ) -> httpx.Response:
+    ) -> Answer:
         attempt = 1
         while True:
             try:
@@ -256,7 +281,7 @@ class ProviderClient:
 
     async def _send(
         self,
-        http: httpx.AsyncClient,
+        session: Session,
         method: str,
         path: str,
         *,
@@ -264,26 +289,26 @@ class ProviderClient:
         json: object = None,
         headers: dict[str, str] | None = None,
         accept: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        """One request on `http`, within the limiter; any answer but 2xx or `accept` raises."""
+    ) -> Answer:
+        """One request on `session`, within the limiter; any answer but 2xx or `accept` raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
         try:
             async with self.limiter.slot():
-                response = await http.request(method, url, headers=sent, json=json)
+                response = await session.request(method, url, sent, json)
         except _UNSENDABLE as exc:
             raise self._failure(Rejected, "request cannot be sent", exc, False) from exc
         except _NOT_SENT as exc:
             raise self._failure(ProviderUnavailable, "cannot connect", exc, True) from exc
-        except httpx.TimeoutException as exc:
+        except _TIMED_OUT as exc:
             raise self._failure(ProviderUnavailable, "timed out", exc, idempotent) from exc
-        except httpx.HTTPError as exc:
+        except _TRANSPORT_FAILED as exc:
             raise self._failure(ProviderUnavailable, "transport failed", exc, idempotent) from exc
         if response.status_code not in accept:
             self._check(response, idempotent=idempotent)
         return response
 
-    def _check(self, response: httpx.Response, *, idempotent: bool) -> None:
+    def _check(self, response: Answer, *, idempotent: bool) -> None:
         code = response.status_code
         if 200 <= code < 300:
             return
@@ -301,13 +326,13 @@ class ProviderClient:
             )
         raise self._error(Rejected, "refused the request", response, retryable=False)
 
-    def _rate_limited(self, response: httpx.Response) -> RateLimited:
+    def _rate_limited(self, response: Answer) -> RateLimited:
         seconds = self._retry_after(response)
         self.limiter.pause(seconds)
         log.warning("provider_rate_limited", provider=self.name, retry_after_seconds=seconds)
         return self._error(RateLimited, "rate limited", response, retry_after_seconds=seconds)
 
-    def _retry_after(self, response: httpx.Response) -> float:
+    def _retry_after(self, response: Answer) -> float:
         header = response.headers.get("retry-after")
         return self.policy.retry_after(header, _server_time(response) or self._clock())
 
@@ -327,7 +352,7 @@ class ProviderClient:
                 f"{self.name}: {exc}", provider=self.name, provider_task_id=provider_task_id
             ) from exc
 
-    def _json(self, response: httpx.Response, *, retryable: bool) -> object:
+    def _json(self, response: Answer, *, retryable: bool) -> object:
         try:
             body: object = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
@@ -336,7 +361,7 @@ class ProviderClient:
         return body
 
     def _unrecognized(
-        self, task_id: str, response: httpx.Response, body: object, exc: WireFormatError
+        self, task_id: str, response: Answer, body: object, exc: WireFormatError
     ) -> StatusAnswer:
         """A status body we cannot read: kept for the ledger, unless it is no status at all."""
         if exc.reason == _REFUSED_IN_BODY:
@@ -349,7 +374,7 @@ class ProviderClient:
             None, response.status_code, _trimmed(response), unrecognized=exc.reason, detail=str(exc)
         )
 
-    def _check_task(self, asked: str, answered: str, response: httpx.Response) -> None:
+    def _check_task(self, asked: str, answered: str, response: Answer) -> None:
         if answered != asked:
             raise self._error(BadAnswer, "answered about another task", response, retryable=True)
 
@@ -357,7 +382,7 @@ class ProviderClient:
         self,
         kind: type[_E],
         what: str,
-        response: httpx.Response,
+        response: Answer,
         *,
         retryable: bool = True,
         retry_after_seconds: float | None = None,
@@ -380,14 +405,15 @@ class ProviderClient:
 
 
 class ProviderClients:
-    """One `ProviderClient` per provider with a base URL; all share one HTTP client for polls
-    and one for submits (one client for both when a test gives its own `transport`)."""
+    """One `ProviderClient` per provider with a base URL; all share one aiohttp session for
+    polls and one httpx client for submits (that client for both when a test gives its own
+    `transport`)."""
 
     def __init__(self, clients: Mapping[str, ProviderClient]) -> None:
         self._clients = dict(clients)
 
     @classmethod
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def open(
         cls,
         providers: Iterable[ProviderSettings],
@@ -398,21 +424,24 @@ class ProviderClients:
         sleep: Sleep = asyncio.sleep,
     ) -> AsyncIterator[ProviderClients]:
         """Clients for `providers` (those without a base URL are left out), each with its own
-        shared `RateLimiter`; the HTTP client closes when the block exits."""
+        shared `RateLimiter`; the HTTP sessions close when the block exits."""
         usable = [provider for provider in providers if provider.base_url]
-        poll_transport = transport or AiohttpTransport(limits=pool_limits(usable))
         async with (
-            new_http_client(usable, poll_transport) as polls,
             new_http_client(usable, transport, SUBMIT_KEEPALIVE_SECONDS) as submits,
+            contextlib.AsyncExitStack() as stack,
         ):
+            polls: Session | None = None
+            if transport is None:
+                polls = AiohttpSession(pool_size(usable), KEEPALIVE_SECONDS)
+                stack.push_async_callback(polls.aclose)
             clients = {
                 provider.name: ProviderClient(
                     provider,
-                    polls,
+                    submits,
                     RateLimiter.for_provider(provider, clock=clock, sleep=sleep),
                     policy or RetryPolicy(),
                     sleep,
-                    submit_http=submits,
+                    polls=polls,
                 )
                 for provider in usable
             }
@@ -439,10 +468,15 @@ def new_http_client(
 def pool_limits(
     providers: Iterable[ProviderSettings], keepalive_seconds: float = KEEPALIVE_SECONDS
 ) -> httpx.Limits:
-    size = max(1, sum(provider.concurrency for provider in providers))
+    size = pool_size(providers)
     return httpx.Limits(
         max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_seconds
     )
+
+
+def pool_size(providers: Iterable[ProviderSettings]) -> int:
+    """Connections enough for every provider's concurrency at once."""
+    return max(1, sum(provider.concurrency for provider in providers))
 
 
 def join_url(base_url: str, path: str) -> str:
@@ -454,10 +488,10 @@ def join_url(base_url: str, path: str) -> str:
     return base + path
 
 
-def _trimmed(response: httpx.Response) -> str:
+def _trimmed(response: Answer) -> str:
     return response.text[:BODY_KEEP_CHARS]
 
 
-def _server_time(response: httpx.Response) -> datetime | None:
+def _server_time(response: Answer) -> datetime | None:
     """The answer's `Date` header: the instant an HTTP-date Retry-After counts from."""
     return parse_http_date(response.headers.get("date", ""))

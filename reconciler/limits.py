@@ -9,8 +9,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 from schemas.settings import ProviderSettings
 
@@ -80,17 +79,24 @@ class RateLimiter:
         if seconds > 0 and math.isfinite(seconds):
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Wait for a concurrency slot, then for the rate window and any pause; hold the slot."""
-        async with self._in_flight:
+    def slot(self) -> _Slot:
+        """Wait for a concurrency slot, then for the rate window and any pause; hold the slot.
+        (A small class rather than an async generator: it is entered on every request.)"""
+        return _Slot(self)
+
+    async def _enter(self) -> None:
+        await self._in_flight.acquire()
+        try:
             await self._admit()
-            try:
-                yield
-            finally:
-                self._flying -= 1
-                self._ended.append(self._clock())
-                self._answered.set()
+        except BaseException:
+            self._in_flight.release()
+            raise
+
+    def _leave(self) -> None:
+        self._flying -= 1
+        self._ended.append(self._clock())
+        self._answered.set()
+        self._in_flight.release()
 
     async def _admit(self) -> None:
         """Count this request in once the window and the pause allow it (callers queue)."""
@@ -115,3 +121,18 @@ class RateLimiter:
             leaves = ended[excess] + self.window_seconds - now if excess < len(ended) else math.inf
             wait = max(wait, leaves)
         return wait
+
+
+class _Slot:
+    """`RateLimiter.slot()`: one request's place, held while it is in flight."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        await self._limiter._enter()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._limiter._leave()

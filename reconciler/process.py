@@ -2,8 +2,8 @@
 
 Each pass claims due tasks per provider under a lease, polls (or submits) them
 within the provider's limits, and writes the results through the store's one
-write path in small batches. A stop request finishes in-flight calls, skips the
-rest and gives the leases back.
+write path in small batches, in the background while the polls go on. A stop
+request finishes in-flight calls, skips the rest and gives the leases back.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from schemas.tokens import CallbackTokens
 log = structlog.get_logger("taskledger.reconciler")
 FLUSH_EVERY_SECONDS = 0.25
 FLUSH_AT_ITEMS = 200
+# Coroutines working through a pass's claims, per unit of the provider's concurrency: more
+# than one, so that a call sleeping before its retry leaves its slot to another.
+WORKERS_PER_SLOT = 2
 # A final state no poll confirmed: past the task's maximum age it is asked at most this
 # many times in all (on the usual backoff), then left flagged for an operator.
 UNCONFIRMED_POLL_LIMIT = 12
@@ -193,7 +196,15 @@ class Reconciler:
         report = PassReport(claimed=len(claims))
         if claims:
             batch = _Batch(self.store, report, self.metrics, provider.name)
-            await asyncio.gather(*[self._reconcile(c, client, provider, batch) for c in claims])
+            queue = iter(claims)
+
+            async def work() -> None:
+                for claim in queue:
+                    await self._reconcile(claim, client, provider, batch)
+
+            # A few workers rather than a task per claim: a pass claims thousands.
+            workers = min(len(claims), provider.concurrency * WORKERS_PER_SLOT)
+            await asyncio.gather(*[work() for _ in range(workers)])
             await batch.flush()
         return report
 
@@ -214,10 +225,10 @@ class Reconciler:
             if claim.submission == SubmissionStatus.PENDING.value:
                 # Claimed for sending but never sent: give it back as it was.
                 now = self.clock()
-                await batch.add(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, now))
+                batch.add(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, now))
             return
         evidence = await self._evidence(claim, client, provider)
-        await batch.add(claim, evidence)
+        batch.add(claim, evidence)
 
     async def _evidence(
         self, claim: Claim, client: ProviderClient | None, provider: ProviderSettings
@@ -360,7 +371,9 @@ class Reconciler:
 
 
 class _Batch:
-    """Collects a pass's evidence and writes it in small transactions as it comes."""
+    """Collects a pass's evidence and writes it in small transactions as it comes, each in a
+    task of its own (as many at once as the store commits at once), so that polling goes
+    on meanwhile."""
 
     def __init__(
         self, store: LedgerStore, report: PassReport, metrics: ReconcilerMetrics, provider: str
@@ -371,20 +384,32 @@ class _Batch:
         self.provider = provider
         self._pending: list[tuple[Claim, Evidence]] = []
         self._last_flush = time.monotonic()
-        self._lock = asyncio.Lock()
+        self._writers = asyncio.Semaphore(store.ingest_writers)
+        self._writes: list[asyncio.Task[None]] = []  # kept to the end: each one's failure too
 
-    async def add(self, claim: Claim, evidence: Evidence) -> None:
+    def add(self, claim: Claim, evidence: Evidence) -> None:
         self._pending.append((claim, evidence))
         due = time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS
         if due or len(self._pending) >= FLUSH_AT_ITEMS:
-            await self.flush()
+            self._start_write()
 
     async def flush(self) -> None:
-        async with self._lock:
-            pending, self._pending = self._pending, []
-            self._last_flush = time.monotonic()
-            if pending:
-                await self._write(pending)
+        """Write what is left and wait for every write; the first failure is raised."""
+        self._start_write()
+        outcomes = await asyncio.gather(*self._writes, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _start_write(self) -> None:
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        if pending:
+            self._writes.append(asyncio.create_task(self._write_in_turn(pending)))
+
+    async def _write_in_turn(self, pending: list[tuple[Claim, Evidence]]) -> None:
+        async with self._writers:
+            await self._write(pending)
 
     async def _write(self, pending: list[tuple[Claim, Evidence]]) -> None:
         """One transaction; should the batch break a unique key, each item alone, so that

@@ -7,6 +7,7 @@ import asyncio
 import functools
 import os
 import sqlite3
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from schemas.errors import DatabaseUnreachable, LedgerError
+from schemas.errors import ConfigError, DatabaseUnreachable, LedgerError
 from schemas.migrate import head_revision
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -92,6 +93,19 @@ _FILES: weakref.WeakKeyDictionary[sa.Engine, SqliteFile] = weakref.WeakKeyDictio
 # statements costs far less than one such scan.
 POSTGRES_SESSION = {"plan_cache_mode": "force_custom_plan"}
 
+# How connections reach PostgreSQL, named by the URL's `pooling` parameter: `session` (the
+# default: directly, or through a pooler that keeps one server connection per client), or
+# `transaction`, through a pooler that hands the server connection to another client after
+# every transaction (PgBouncer's transaction pooling, how most managed PostgreSQL is reached).
+POOLING_PARAMETER = "pooling"
+POOLING_MODES = ("session", "transaction")
+# In transaction pooling, no statement outlives its transaction on a server connection:
+# nothing is cached, each statement is prepared under a name no other client can be using
+# (PgBouncer may have given another client the connection before), and no session setting
+# is sent (PgBouncer refuses startup parameters it does not know). Each statement being
+# prepared for one execution, PostgreSQL plans it for its parameters without being told.
+TRANSACTION_POOLING = {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+
 
 def normalize_url(url: str) -> str:
     """Pick the async driver for a plain `sqlite:` or `postgresql:` URL."""
@@ -151,17 +165,55 @@ def create_engine(
     busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
 ) -> AsyncEngine:
     """An async engine for the ledger; SQLite gets WAL, a busy timeout and durable commits."""
-    url = normalize_url(url)
+    url, pooling = pooling_of(normalize_url(url))
     if url.startswith("sqlite"):
+        if pooling != "session":
+            raise ConfigError(
+                f"{DATABASE_URL_VARIABLE}: {POOLING_PARAMETER}={pooling} is for PostgreSQL"
+            )
         return _sqlite_engine(url, synchronous, busy_timeout_ms)
-    return create_async_engine(
+    connect_args: dict[str, Any] = {"server_settings": POSTGRES_SESSION}
+    if pooling == "transaction":
+        connect_args = {**TRANSACTION_POOLING, "prepared_statement_name_func": _statement_name}
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         json_serializer=_dumps,
-        connect_args={"server_settings": POSTGRES_SESSION},
+        connect_args=connect_args,
     )
+    sa.event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, _record: object, _proxy: object) -> None:
+    """A pooled connection the server closed (a restart, a failover, an idle timeout) is
+    known to asyncpg without a round trip: the pool drops it and checks out another. This
+    stands in for SQLAlchemy's pre-ping, which cost three round trips (BEGIN, `SELECT`,
+    ROLLBACK) at every checkout: half of a callback batch's. A connection that dies unseen
+    fails its transaction, which the pool then drops (SQLAlchemy's disconnect handling) and
+    the asyncpg path retries before its first statement (`store.transactions.driver_write`)."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa.exc.DisconnectionError("the server closed this pooled connection")
+
+
+def pooling_of(url: str) -> tuple[str, str]:
+    """The URL without its `pooling` parameter, and the mode it names (`session` unless it
+    names one); any other value is a `ConfigError` in one line."""
+    parsed = make_url(url)
+    mode = parsed.query.get(POOLING_PARAMETER, "session")
+    if mode not in POOLING_MODES:
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE}: {POOLING_PARAMETER} must be one of"
+            f" {', '.join(POOLING_MODES)} (got {mode!r})"
+        )
+    bare = parsed.difference_update_query([POOLING_PARAMETER])
+    return bare.render_as_string(hide_password=False), str(mode)
+
+
+def _statement_name() -> str:
+    """A prepared statement's name, unique across every client of the pooler."""
+    return f"__taskledger_{uuid.uuid4().hex}__"
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -172,6 +172,33 @@ class NotifySettings:
         )
 
 
+# Holds about two minutes of 1,000 callbacks/s of 2 KiB each: a managed failover's length.
+SPOOL_MAX_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSettings:
+    """The receiver's local spool: where callbacks that PostgreSQL cannot take right now are
+    kept, durably, until it can (`receiver.spool`); SQLite is local already."""
+
+    enabled: bool = True
+    dir: str = "./var/spool"
+    max_bytes: int = SPOOL_MAX_BYTES
+    # Deliveries replayed into the database per transaction once it answers again.
+    drain_batch_size: int = 256
+
+    @classmethod
+    def from_env(cls, env: _Env) -> SpoolSettings:
+        d = _SPOOL_DEFAULTS
+        key = "SPOOL_"
+        return cls(
+            enabled=env.flag(key + "ENABLED") is not False,
+            dir=env.text(key + "DIR", d.dir),
+            max_bytes=int(env.number(key + "MAX_BYTES", d.max_bytes)),
+            drain_batch_size=int(env.number(key + "DRAIN_BATCH_SIZE", d.drain_batch_size)),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     """What `python -m reconciler.relay` reads: the database, logging and `NotifySettings`;
@@ -275,6 +302,7 @@ class Settings:
     archive: ArchiveSettings = field(default_factory=ArchiveSettings)
     # The receiver checks endpoint URLs with the relay's address policy.
     notify: NotifySettings = field(default_factory=NotifySettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -315,6 +343,7 @@ class Settings:
             retention=_retention(env),
             archive=ArchiveSettings.from_env(env),
             notify=NotifySettings.from_env(env),
+            spool=SpoolSettings.from_env(env),
         )
 
     def provider(self, name: str) -> ProviderSettings | None:
@@ -349,6 +378,7 @@ _DEFAULTS: Final = Settings()
 _PROVIDER_DEFAULTS: Final = ProviderSettings(name="", kind=WireFormat.OPENAI)
 _ARCHIVE_DEFAULTS: Final = ArchiveSettings()
 _NOTIFY_DEFAULTS: Final = NotifySettings()
+_SPOOL_DEFAULTS: Final = SpoolSettings()
 
 
 def retention_policy(

@@ -211,11 +211,15 @@ class Simulator:
         described = self.described.get(task.fmt)
         if described is not None:
             return shapes.status(task, now, described, self.media.links)
-        position = self.queue_position(task, now)
+        position = self.queue_position(task, now) if task.fmt == "fal" else 0
         return status_body(task, now, self.config, self.media.links, position)
 
     def queue_position(self, task: SimTask, now: float) -> int:
-        """How many tasks of its format, submitted before it, are still queued at `now`."""
+        """How many tasks of its format, submitted before it, are still queued at `now`; 0 for
+        a task no longer queued (only fal says it). The count walks every older task: asked
+        on every poll, it would make a catch-up of N tasks cost N^2."""
+        if task.phase(now) != "queued":
+            return 0
         ahead = self._order[task.fmt][: self._order[task.fmt].index(task.task_id)]
         return sum(self._tasks[f"{task.fmt}/{i}"].phase(now) == "queued" for i in ahead)
 

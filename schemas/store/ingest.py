@@ -1,14 +1,16 @@
 """The one write path: a batch of evidence loaded, folded in memory and written in one
-transaction, through either ingest session (SQLAlchemy Core here, raw `sqlite3` in
-`schemas.store.sqlite_ingest`); a lost unique race retries the batch.
+transaction, through one of three ingest sessions (SQLAlchemy Core here, raw `sqlite3` in
+`schemas.store.sqlite_ingest`, raw asyncpg in `schemas.store.pg_ingest`), all driven by
+the same steps; a lost unique race retries the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -22,8 +24,9 @@ from schemas.ledger import Delivery, DeliveryId, Evidence, Reader, Stored, Submi
 from schemas.states import Outcome
 from schemas.store.locks import lock_task_ids, order_transitions
 from schemas.store.outbox import message_rows
+from schemas.store.pg_ingest import PgSession
 from schemas.store.sqlite_ingest import STORED_DELIVERIES, SqliteSession, SqliteWriter, keys_json
-from schemas.store.transactions import Database, UniqueRace
+from schemas.store.transactions import Database, UniqueRace, driver_write
 from schemas.tables import (
     ARTIFACT,
     DELIVERY,
@@ -65,6 +68,11 @@ async def _ingest_once(
         return await sqlite.run(
             lambda conn: fold_batch(SqliteSession(conn, TASK_FIELDS), items, now, readers)
         )
+    if db.locks_rows:
+        keys = {item.identity for item in items if isinstance(item, Delivery)}
+        async with driver_write(db.engine) as conn:
+            session = PgSession(conn, TASK_FIELDS, keys)
+            return await fold_batch_async(session, items, now, readers)
     async with db.write() as conn:
         return await conn.run_sync(lambda sync: fold_batch(CoreSession(sync), items, now, readers))
 
@@ -89,10 +97,54 @@ class IngestSession(Protocol):
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One call of an ingest session's: the method's name and its arguments."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
 def fold_batch(
     session: IngestSession, items: list[Evidence], now: datetime, readers: Mapping[str, Reader]
 ) -> list[Stored]:
-    """Load what the batch touches, fold it in memory, write every decision."""
+    """Load what the batch touches, fold it in memory, write every decision (`_steps`)."""
+    steps = _steps(items, now, readers)
+    step, done = _advance(steps, None)
+    while step is not None:
+        step, done = _advance(steps, getattr(session, step.method)(*step.args, **step.kwargs))
+    return done
+
+
+async def fold_batch_async(
+    session: Any, items: list[Evidence], now: datetime, readers: Mapping[str, Reader]
+) -> list[Stored]:
+    """`fold_batch` on a session whose methods are coroutines (`PgSession`)."""
+    steps = _steps(items, now, readers)
+    step, done = _advance(steps, None)
+    while step is not None:
+        answer = await getattr(session, step.method)(*step.args, **step.kwargs)
+        step, done = _advance(steps, answer)
+    return done
+
+
+def _advance(
+    steps: Generator[_Step, Any, list[Stored]], answer: Any
+) -> tuple[_Step | None, list[Stored]]:
+    """The next call the ingest needs, given the last one's answer; or None and its results."""
+    try:
+        return steps.send(answer), []
+    except StopIteration as finished:
+        return None, cast(list[Stored], finished.value)
+
+
+def _steps(
+    items: list[Evidence], now: datetime, readers: Mapping[str, Reader]
+) -> Generator[_Step, Any, list[Stored]]:
+    """An ingest as the calls it makes of its session, each answered with what the call
+    returned: one order of locks and reads on every database, whether the session's
+    methods are plain calls or coroutines."""
     refs = {item.task_ref for item in items if item.task_ref is not None}
     pairs = {
         (item.provider, item.provider_task_id)
@@ -100,27 +152,25 @@ def fold_batch(
         if isinstance(item, Delivery) and item.task_ref is None and item.provider_task_id
     }
     keys = {item.identity for item in items if isinstance(item, Delivery)}
-    session.lock_ids({task_id for _, task_id in pairs} | _answer_ids(items))
+    yield _Step("lock_ids", ({task_id for _, task_id in pairs} | _answer_ids(items),))
     # Tasks first, in ref order (one global lock order on PostgreSQL: no deadlocks).
-    tasks = session.tasks(refs, pairs)
+    tasks: list[dict[str, Any]] = yield _Step("tasks", (refs, pairs))
     submitted = {item.task_ref for item in items if isinstance(item, Submission)}
-    held = session.held(submitted) if submitted else {}
+    held = (yield _Step("held", (submitted,))) if submitted else {}
     answered = _answered_ids(items, tasks)
-    unmatched = session.unmatched(answered) if answered else {}
+    unmatched = (yield _Step("unmatched", (answered,))) if answered else {}
     proposed = _proposed_ids(items, tasks, held)
     if proposed:
         # Ids proposed to tasks without one: whoever holds them already must be known,
         # so that no id is adopted twice (read, not locked: they are not written).
         loaded = {row["ref"] for row in tasks}
-        tasks += [
-            row for row in session.tasks(set(), proposed, lock=False) if row["ref"] not in loaded
-        ]
-    fold = Fold(
-        tasks, session.deliveries(keys), now, held=held, unmatched=unmatched, readers=readers
-    )
+        holders = yield _Step("tasks", (set(), proposed), {"lock": False})
+        tasks += [row for row in holders if row["ref"] not in loaded]
+    existing = yield _Step("deliveries", (keys,))
+    fold = Fold(tasks, existing, now, held=held, unmatched=unmatched, readers=readers)
     results = [fold.apply(item) for item in items]
     fold.finish()
-    session.flush(fold.writes, fold.changed_tasks(), now)
+    yield _Step("flush", (fold.writes, fold.changed_tasks(), now))
     return results
 
 

@@ -37,10 +37,10 @@ def lock_task_ids(conn: sa.Connection, task_ids: set[str]) -> None:
     the other's uncommitted row and leave the delivery unmatched for good. Taken before
     any row lock, in key order (no cycles); SQLite runs one writer at a time already."""
     if conn.dialect.name == "postgresql" and task_ids:
-        conn.execute(_LOCK_TASK_IDS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": _id_keys(task_ids)})
+        conn.execute(_LOCK_TASK_IDS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": id_keys(task_ids)})
 
 
-def _id_keys(task_ids: set[str]) -> list[int]:
+def id_keys(task_ids: set[str]) -> list[int]:
     """Each id as a 32-bit lock key, sorted and distinct (a collision only serializes)."""
     keys = {
         int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4).digest(), "big", signed=True)

@@ -27,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -168,7 +169,9 @@ class _Reader:
     def decode(self, values: Sequence[Any]) -> dict[str, Any]:
         row = dict(zip(self.names, values, strict=True))
         for name, decode in self._decoders:
-            row[name] = decode(row[name])
+            value = row[name]
+            if value is not None:  # every decoder keeps NULL as None: no call for it
+                row[name] = decode(value)
         return row
 
 
@@ -256,28 +259,35 @@ class SqliteSession:
     def tasks(
         self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
     ) -> list[dict[str, Any]]:
-        """The tasks by ref or by (provider, provider task id); the write lock is the
-        transaction's already, so `lock` changes nothing here."""
-        refs = set(refs)
-        if pairs:
-            providers = sorted({provider for provider, _ in pairs})
-            ids = sorted({task_id for _, task_id in pairs})
-            found = self._conn.execute(
-                "SELECT ref, provider, provider_task_id FROM task "
-                f"WHERE provider IN ({_marks(len(providers))}) "
-                f"AND provider_task_id IN ({_marks(len(ids))})",
-                [*providers, *ids],
+        """The tasks by ref or by (provider, provider task id), in ref order; the write
+        lock is the transaction's already, so `lock` changes nothing here.
+
+        The tasks a pair names are read whole at once (one statement, not a lookup of
+        their refs and then of them: signed events name tasks by id alone)."""
+        found = {row["ref"]: row for row in self._by_pairs(pairs)} if pairs else {}
+        missing = sorted(refs - found.keys())
+        if missing:
+            rows = self._conn.execute(
+                f"SELECT {self._task_reader.select} FROM task "
+                f"WHERE ref IN ({_marks(len(missing))})",
+                missing,
             )
-            refs |= {ref for ref, provider, task_id in found if (provider, task_id) in pairs}
-        if not refs:
-            return []
-        ordered = sorted(refs)
+            for values in rows:
+                row = self._task_reader.decode(values)
+                found[row["ref"]] = row
+        return [found[ref] for ref in sorted(found)]
+
+    def _by_pairs(self, pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
+        providers = sorted({provider for provider, _ in pairs})
+        ids = sorted({task_id for _, task_id in pairs})
         rows = self._conn.execute(
             f"SELECT {self._task_reader.select} FROM task "
-            f"WHERE ref IN ({_marks(len(ordered))}) ORDER BY ref",
-            ordered,
+            f"WHERE provider IN ({_marks(len(providers))}) "
+            f"AND provider_task_id IN ({_marks(len(ids))})",
+            [*providers, *ids],
         )
-        return [self._task_reader.decode(row) for row in rows]
+        decoded = [self._task_reader.decode(values) for values in rows]
+        return [row for row in decoded if (row["provider"], row["provider_task_id"]) in pairs]
 
     def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
         if not keys:
@@ -407,6 +417,61 @@ class SqliteSession:
         self._conn.executemany(new.insert, [new.row.encode(row) for row in rows])
 
 
+# A COMMIT to run: the connection, and the loop and future that await it.
+_Job = tuple[sqlite3.Connection, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+class Committer:
+    """One thread that runs COMMITs, each answered on its caller's loop.
+
+    Not a `ThreadPoolExecutor`: profiled under load, its hand-off (a concurrent future,
+    its condition and callbacks, the idle semaphore) took 5-10% of the loop's samples, and
+    the thread must hold the GIL for all of that Python after each fsync, each time
+    waiting for the busy loop to let go of it. Here the thread holds it only to read the
+    next job and to hand the result back (`call_soon_threadsafe`).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="taskledger-commit", daemon=True)
+        self._thread.start()
+
+    def commit(self, conn: sqlite3.Connection) -> asyncio.Future[None]:
+        """A future of the running loop, done once `conn`'s COMMIT has ended (with its
+        error, if it failed)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._jobs.put((conn, loop, done))
+        return done
+
+    def stop(self) -> None:
+        """End the thread once the COMMITs queued before have run (blocks: call it on a
+        thread)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            conn, loop, done = job
+            error: Exception | None = None
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:  # handed to the caller, which rolls back
+                error = exc
+            # A closed loop (RuntimeError) has nobody awaiting this COMMIT any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, done, error)
+
+
+def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
 class SqliteWriter:
     """One connection; each call is one write transaction: its statements on the caller's
     thread, its commit on the writer's own thread. Calls run one at a time."""
@@ -414,7 +479,7 @@ class SqliteWriter:
     def __init__(self, file: SqliteFile) -> None:
         self._file = file
         self._conn: sqlite3.Connection | None = None
-        self._committer: ThreadPoolExecutor | None = None
+        self._committer: Committer | None = None
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run `work` in a write transaction, waiting (without blocking) for the write lock.
@@ -475,8 +540,8 @@ class SqliteWriter:
         """COMMIT on the committer thread; a cancelled caller still waits for it to end,
         since the connection must not be touched while it runs."""
         if self._committer is None:
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="taskledger-commit")
-        done = asyncio.get_running_loop().run_in_executor(self._committer, conn.execute, "COMMIT")
+            self._committer = Committer()
+        done = self._committer.commit(conn)
         try:
             await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -516,4 +581,4 @@ class SqliteWriter:
             self._drop()
             committer, self._committer = self._committer, None
         if committer is not None:
-            committer.shutdown(wait=True)
+            await asyncio.to_thread(committer.stop)

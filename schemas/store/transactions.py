@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -95,15 +96,7 @@ class Transaction:
         return conn
 
     async def _connect(self, until: float | None) -> AsyncConnection:
-        try:
-            async with asyncio.timeout_at(until):
-                return await self._engine.connect()
-        except TimeoutError as exc:
-            if until is not None and asyncio.get_running_loop().time() >= until:
-                raise WriteBusy("database unavailable: no connection before the deadline") from exc
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
-        except (SQLAlchemyError, OSError) as exc:
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        return await _connect(self._engine, until)
 
     async def _begin(self, conn: AsyncConnection, until: float | None) -> None:
         """BEGIN; on SQLite its wait for the write lock ends at `until`, for which the
@@ -145,6 +138,97 @@ class Transaction:
         held, self._held = self._held, None
         if held is not None:
             held.release()
+
+
+async def _connect(engine: AsyncEngine, until: float | None) -> AsyncConnection:
+    """A connection from the pool, waited for until `until` (then `WriteBusy`)."""
+    try:
+        async with asyncio.timeout_at(until):
+            return await engine.connect()
+    except TimeoutError as exc:
+        if until is not None and asyncio.get_running_loop().time() >= until:
+            raise WriteBusy("database unavailable: no connection before the deadline") from exc
+        raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+
+@contextlib.asynccontextmanager
+async def driver_write(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A write transaction on the pool's own asyncpg connection, for statements that skip
+    SQLAlchemy (`schemas.store.pg_ingest`): the pool, its settings and the write deadline
+    stay those of every other transaction. asyncpg's errors become the store's; a
+    connection whose state is unknown (cancelled or failed mid-statement) is dropped."""
+    conn, driver, transaction = await _started(engine)
+    try:
+        try:
+            yield driver
+            await transaction.commit()
+        except BaseException as exc:
+            await _abandon(conn, driver, transaction, exc)
+            error = _driver_error(exc)
+            if error is exc:
+                raise
+            raise error from exc
+    finally:
+        await _close(conn)
+
+
+# A connection the server ended unseen fails its next statement with one of these: asyncpg
+# raises `InternalClientError` ("another operation is in progress") when the server's
+# goodbye came before the statement.
+_CONNECTION_ERRORS = (
+    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
+
+async def _started(engine: AsyncEngine) -> tuple[AsyncConnection, Any, Any]:
+    """A pooled connection with a transaction begun on its asyncpg connection. A connection
+    that fails its BEGIN (closed while pooled, unseen) is dropped and another tried once:
+    nothing was sent in it yet, so nothing is lost or doubled."""
+    for attempt in (1, 2):
+        conn = await _connect(engine, current_deadline())
+        try:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            transaction = driver.transaction()
+            await transaction.start()
+        except _CONNECTION_ERRORS as exc:
+            await _discard(conn)
+            await _close(conn)
+            if attempt == 2:
+                raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            continue
+        except BaseException:
+            await _close(conn)
+            raise
+        return conn, driver, transaction
+    raise AssertionError("unreachable")
+
+
+async def _abandon(
+    conn: AsyncConnection, driver: Any, transaction: Any, exc: BaseException
+) -> None:
+    """Roll back what a failed transaction did; drop the connection if that is not sure."""
+    if isinstance(exc, asyncio.CancelledError) or driver.is_closed():
+        await _discard(conn)
+        return
+    try:
+        if driver.is_in_transaction():
+            await transaction.rollback()
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        await _discard(conn)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """An asyncpg error in the store's terms (`exc` itself when it is not the database's)."""
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return UniqueRace()
+    if isinstance(exc, (asyncpg.PostgresError, *_CONNECTION_ERRORS)):
+        return StorageUnavailable(f"database error: {type(exc).__name__}")
+    return exc
 
 
 def _not_begun(exc: BaseException) -> BaseException:

@@ -7,6 +7,7 @@ driven by the definition's field paths, status words and envelope.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -32,6 +33,13 @@ from schemas.wire.fields import (
 from schemas.wire.formats import WireSpec
 from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
 
+_NO_FIELD = Field(())  # a field the definition does not name: reads as absent
+# Each field or path read on the hot path, by its id, with the reader made for it (and the
+# object itself, which keeps its id from being reused while it is here).
+_READERS: dict[int, tuple[object, Callable[[object], Any]]] = {}
+# `FieldPath.split_each` of the strict URL paths read, by the path's id (with the path).
+_SPLIT: dict[int, tuple[FieldPath, tuple[FieldPath, FieldPath | None]]] = {}
+
 
 def spec_of(definition: Definition) -> WireSpec:
     return WireSpec(
@@ -54,7 +62,9 @@ def read_status(
     task_id = _task_id(definition, task, at)
     _check_shapes(definition, task, at)
     urls = _urls(definition, task, at)
-    state, fetch = _state(definition, task, missing, at)
+    error_code = _text(definition, task, "error_code", CODE_MAX_CHARS)
+    error_message = _text(definition, task, "error_message", MESSAGE_MAX_CHARS)
+    state, fetch = _state(definition, task, missing, at, (error_code, error_message))
     finished = _time(definition, task, "finished_at")
     extra = _expiry(definition, task, urls, finished, lifetime) | _cost(definition, task)
     return Observation(
@@ -62,8 +72,8 @@ def read_status(
         state=state,
         progress=_progress(definition, task, at),
         result_urls=urls,
-        error_code=_text(definition, task, "error_code", CODE_MAX_CHARS),
-        error_message=_text(definition, task, "error_message", MESSAGE_MAX_CHARS),
+        error_code=error_code,
+        error_message=error_message,
         provider_time=_provider_time(definition, task, finished),
         needs_fetch=fetch or definition.callback_shape == "thin",
         extra=extra,
@@ -83,14 +93,15 @@ def read_task_id(definition: Definition, body: object) -> str:
 
 def _task_id(definition: Definition, task: dict[str, Any], at: str) -> str:
     found = _field(definition, "task_id")
-    value = found.read(task)
-    name = at + found.path_of(task).text
+    value = _read(found, task)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise _fail(definition, name, f"must be a non-empty string, not {kind(value)}")
+        problem = f"must be a non-empty string, not {kind(value)}"
+        raise _fail(definition, _where(found, task, at), problem)
     if len(value.strip()) > ID_MAX_CHARS:
-        raise _fail(definition, name, f"is longer than {ID_MAX_CHARS} characters")
+        problem = f"is longer than {ID_MAX_CHARS} characters"
+        raise _fail(definition, _where(found, task, at), problem)
     return value.strip()
 
 
@@ -167,7 +178,7 @@ def _checked(definition: Definition, body: object) -> dict[str, Any]:
         )
     envelope = definition.envelope
     if envelope is not None and envelope.code is not None:
-        raw = envelope.code.read(body)
+        raw = _read(envelope.code, body)
         code = number(raw)
         if raw is not None and code not in envelope.ok:
             said = short_text(envelope.message.read(body), 200) if envelope.message else None
@@ -185,7 +196,7 @@ def _task_of(definition: Definition, body: object) -> tuple[dict[str, Any], str]
     at = definition.task
     if at is None or (at.unless_named and _field(definition, "task_id").present(checked)):
         return checked, ""
-    inner = at.path.read(checked)
+    inner = _read(at.path, checked)
     if isinstance(inner, dict):
         return inner, f"{at.path.text}."
     if at.unless_named:
@@ -196,14 +207,59 @@ def _task_of(definition: Definition, body: object) -> tuple[dict[str, Any], str]
 def _check_shapes(definition: Definition, task: dict[str, Any], at: str) -> None:
     """Strict kinds: each `strict.object_or_text` present is an object or a string."""
     for path in definition.strict.object_or_text if definition.strict else ():
-        value = path.read(task)
+        value = _read(path, task)
         if value is not None and not isinstance(value, dict | str):
             problem = f"must be an object or a string, not {kind(value)}"
             raise _fail(definition, at + path.text, problem)
 
 
 def _field(definition: Definition, name: str) -> Field:
-    return definition.fields.get(name) or Field(())
+    return definition.fields.get(name, _NO_FIELD)
+
+
+def _read(found: Field | FieldPath, body: object) -> Any:
+    """`found.read(body)`, by a reader made for it once (`_reader_of`)."""
+    kept = _READERS.get(id(found))
+    if kept is None:
+        kept = _READERS[id(found)] = (found, _reader_of(found))
+    return kept[1](body)
+
+
+def _reader_of(found: Field | FieldPath) -> Callable[[object], Any]:
+    """What `found.read` does, as a plain loop over keys when its paths are only keys
+    (nearly every field: `data.task_id`), else `found.read` itself."""
+    paths = found.paths if isinstance(found, Field) else (found,)
+    if any(step.key is None for path in paths for step in path.steps):
+        return found.read
+    keys = [tuple(str(step.key) for step in path.steps) for path in paths]
+    if isinstance(found, FieldPath):
+        return partial(_read_keys, keys[0])
+    if found.union:
+        return found.read
+    return partial(_read_first, keys)
+
+
+def _read_keys(keys: tuple[str, ...], value: Any) -> Any:
+    """`FieldPath.read` of a path of keys: None wherever a key or an object is missing."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _read_first(paths: list[tuple[str, ...]], body: object) -> Any:
+    """`Field.read` of paths of keys: the first value that is neither null nor []."""
+    for keys in paths:
+        value = _read_keys(keys, body)
+        if value is not None and value != []:
+            return value
+    return None
+
+
+def _where(found: Field, body: dict[str, Any], at: str) -> str:
+    """A field's name in an error: the path its value was read from, after the task's."""
+    return at + found.path_of(body).text
 
 
 def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_field") -> Exception:
@@ -211,21 +267,22 @@ def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_fi
 
 
 def _state(
-    definition: Definition, body: dict[str, Any], missing: State | None, at: str
+    definition: Definition,
+    body: dict[str, Any],
+    missing: State | None,
+    at: str,
+    error: tuple[str | None, str | None],
 ) -> tuple[State, bool]:
-    """The state a body says, and whether it says only "finished": its result tells how."""
+    """The state a body says (`error`: its error code and message, which state rules may
+    read), and whether it says only "finished": its result tells how."""
     found = _field(definition, "status")
-    word = found.read(body)
-    name = at + found.path_of(body).text
+    word = _read(found, body)
     if word is None and missing is not None:
         return missing, False
     if not isinstance(word, str):
-        raise _fail(definition, name, f"must be a string, not {kind(word)}", "unknown_status")
+        problem = f"must be a string, not {kind(word)}"
+        raise _fail(definition, _where(found, body, at), problem, "unknown_status")
     word = word.strip().lower()
-    error = (
-        _text(definition, body, "error_code", CODE_MAX_CHARS),
-        _text(definition, body, "error_message", MESSAGE_MAX_CHARS),
-    )
     for rule in definition.rules:
         if rule.applies(word, error, body):
             return rule.state or State.RUNNING, rule.state is None
@@ -233,18 +290,19 @@ def _state(
     if state is None and word in definition.fetch_to_know:
         return State.RUNNING, True  # finished, but how only its result says: fetched next
     if state is None:
-        raise _fail(definition, name, f"has unknown value {word[:50]!r}", "unknown_status")
+        problem = f"has unknown value {word[:50]!r}"
+        raise _fail(definition, _where(found, body, at), problem, "unknown_status")
     return state, False
 
 
 def _progress(definition: Definition, body: dict[str, Any], at: str) -> int | None:
     """A percentage clamped to 0..100, rounded down (strict: present, it must be a number)."""
     found = _field(definition, "progress")
-    raw = found.read(body)
+    raw = _read(found, body)
     value = number(raw)
     if value is None and raw is not None and definition.strict is not None:
         problem = f"must be a finite number, not {kind(raw)}"
-        raise _fail(definition, at + found.path_of(body).text, problem)
+        raise _fail(definition, _where(found, body, at), problem)
     return None if value is None else min(100, max(0, math.floor(value)))
 
 
@@ -253,7 +311,7 @@ def _urls(definition: Definition, body: dict[str, Any], at: str) -> tuple[str, .
     if definition.strict is not None:
         urls = [url for path in found.paths for url in _strict_urls(definition, body, path, at)]
         return tuple(dict.fromkeys(urls))
-    value = found.read(body)
+    value = _read(found, body)
     items = value if isinstance(value, list) else [value]
     urls = [i.strip() for i in items if isinstance(i, str) and 0 < len(i.strip()) <= URL_MAX_CHARS]
     return tuple(dict.fromkeys(urls))
@@ -263,8 +321,8 @@ def _strict_urls(
     definition: Definition, body: dict[str, Any], path: FieldPath, at: str
 ) -> list[str]:
     """`list[].key`: an array (if present) of URLs or of objects holding one at `key`."""
-    head, rest = path.split_each()
-    value = head.read(body)
+    head, rest = _split_each(path)
+    value = _read(head, body)
     if value is None:
         return []
     if not isinstance(value, list):
@@ -274,13 +332,21 @@ def _strict_urls(
     ]
 
 
+def _split_each(path: FieldPath) -> tuple[FieldPath, FieldPath | None]:
+    """`path.split_each()`, once per path object (a definition's paths live as long as it)."""
+    kept = _SPLIT.get(id(path))
+    if kept is None:
+        kept = _SPLIT[id(path)] = (path, path.split_each())
+    return kept[1]
+
+
 def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath | None) -> str:
     if isinstance(item, str) and 0 < len(item.strip()) <= URL_MAX_CHARS:
         return item.strip()
     if not isinstance(item, dict) or rest is None:
         inside = f" or an object with '{rest.text}'" if rest else ""
         raise _fail(definition, name, f"must be a URL{inside}, not {kind(item)}")
-    url = rest.read(item)
+    url = _read(rest, item)
     name = f"{name}.{rest.text}"
     if not isinstance(url, str) or not url.strip():
         raise _fail(definition, name, f"must be a non-empty string, not {kind(url)}")
@@ -290,13 +356,13 @@ def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath
 
 
 def _text(definition: Definition, body: dict[str, Any], name: str, limit: int) -> str | None:
-    return short_text(_field(definition, name).read(body), limit)
+    return short_text(_read(_field(definition, name), body), limit)
 
 
 def _time(definition: Definition, body: dict[str, Any], name: str) -> Any:
     """The first readable time among the field's paths (informational: None if none)."""
     for path in _field(definition, name).paths:
-        found = moment(path.read(body))
+        found = moment(_read(path, body))
         if found is not None:
             return found
     return None
@@ -322,5 +388,5 @@ def _expiry(
 
 
 def _cost(definition: Definition, body: dict[str, Any]) -> dict[str, object]:
-    value = amount(_field(definition, "cost_credits").read(body))
+    value = amount(_read(_field(definition, "cost_credits"), body))
     return {} if value is None else {"cost_credits": value}

@@ -1,12 +1,10 @@
-"""PostgreSQL stopped and restarted under load: 503 while down, never 2xx unstored, self-healing."""
+"""PostgreSQL stopped and restarted under load, the spool turned off: 503 while down, never
+2xx unstored, self-healing. (With the spool, see test_spool_outage.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,14 +16,13 @@ import sqlalchemy as sa
 from schemas.database import create_engine
 from schemas.tables import DELIVERY
 from simulator import Faults, Lifecycle, SimConfig
-from tests.support.databases import in_ci, temporary_database
+from tests.support.databases import temporary_database
+from tests.support.postgres import outage, require_control
 from tests.support.senders import apidot_body
 from tests.support.system import System, running_system
 
-PG_CTL = shutil.which("pg_ctlcluster")
-CLUSTERS = Path("/etc/postgresql")
 JSON = {"content-type": "application/json"}
-CAN_CONTROL = PG_CTL is not None and CLUSTERS.is_dir() and os.geteuid() == 0
+SPOOL_OFF = {"TASKLEDGER_SPOOL_ENABLED": "false"}
 pytestmark = pytest.mark.serial
 
 
@@ -35,36 +32,15 @@ async def database_url(tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
-def cluster(action: str) -> None:
-    version = sorted(p.name for p in CLUSTERS.iterdir())[-1]
-    assert PG_CTL is not None
-    subprocess.run(
-        [
-            PG_CTL,
-            "--skip-systemctl-redirect",
-            version,
-            "main",
-            action,
-            *(["-m", "fast"] if action == "stop" else []),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-
-
 async def test_database_restart_under_load_answers_503_and_recovers(database_url: str) -> None:
-    if not CAN_CONTROL:
-        if in_ci():
-            pytest.fail("the outage test needs pg_ctlcluster as root in CI")
-        pytest.skip("pg_ctlcluster as root is needed to stop the local PostgreSQL")
+    require_control()
     config = SimConfig(
         seed=41,
         time_scale=0.05,
         faults=Faults(drop_rate=1.0),
         lifecycle=Lifecycle(min_duration_s=0.5, max_duration_s=2.0),
     )
-    async with running_system(database_url, config) as system:
+    async with running_system(database_url, config, environ=SPOOL_OFF) as system:
         refs = await system.submit("apidot", 30)
         gateway = [
             await system.service.register("apidot", provider_task_id=f"o-{i}") for i in range(120)
@@ -73,11 +49,7 @@ async def test_database_restart_under_load_answers_503_and_recovers(database_url
         acked: set[str] = set()
         load = asyncio.create_task(send(system.service.http, gateway, codes, acked))
         await asyncio.sleep(1.0)
-        try:
-            await asyncio.to_thread(cluster, "stop")
-            await asyncio.sleep(3.0)
-        finally:
-            await asyncio.to_thread(cluster, "start")
+        await outage(3.0)
         await load
         submitted = await settled(system, set(refs))
         truth = await system.truth()

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from receiver.app import ReceiverApp, create_app
 from receiver.deadlines import AnswerDeadline
 from schemas.database import sqlite_file
+from schemas.settings import SpoolSettings
 from schemas.store import LedgerStore
 from tests.conftest import FakeClock
 from tests.support.databases import PG_HOST, PG_PORT, PG_USER, temporary_database
@@ -43,11 +44,13 @@ JSON = {"content-type": "application/json"}
 
 @contextlib.asynccontextmanager
 async def receiver(database_url: str) -> AsyncIterator[tuple[Service, ReceiverApp]]:
-    """The receiver with a short answer deadline (and SQLite's usual 5 s busy timeout)."""
+    """The receiver with a short answer deadline (and SQLite's usual 5 s busy timeout), and
+    no spool: what is tested is the answer when the database cannot take a write."""
     await migrate(database_url)
     port = free_port()
+    no_spool = SpoolSettings(enabled=False)
     settings = replace(
-        settings_for(database_url, answer_deadline_seconds=DEADLINE),
+        settings_for(database_url, answer_deadline_seconds=DEADLINE, spool=no_spool),
         public_base_url=f"http://127.0.0.1:{port}",
     )
     app = create_app(settings, clock=FakeClock())

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from schemas.settings import SpoolSettings
 from tests.conftest import FakeClock
 from tests.support.databases import PG_HOST, PG_PORT, PG_USER
 from tests.support.senders import apidot_body
@@ -45,7 +46,8 @@ async def test_restart_loses_nothing_that_was_acknowledged(
 async def test_storage_outage_answers_503_then_recovers_without_restart(
     database_url: str, clock: FakeClock
 ) -> None:
-    settings = settings_for(database_url, sqlite_busy_timeout_ms=200)
+    no_spool = SpoolSettings(enabled=False)  # on PostgreSQL, see tests/e2e/test_spool_outage.py
+    settings = settings_for(database_url, sqlite_busy_timeout_ms=200, spool=no_spool)
     async with running_service(settings, clock) as service:
         task = await service.register("apidot", provider_task_id="t-out")
         path = urlsplit(task["callback_url"]).path

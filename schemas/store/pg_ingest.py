@@ -1,0 +1,432 @@
+"""The store's ingest path on PostgreSQL: the batch's statements on the pool's own asyncpg
+connection, rows passed as arrays.
+
+Profiled under load, SQLAlchemy's per-statement work (compiling and caching, bind and
+result processors, the greenlet hop of `run_sync`) took more of the receiver's CPU than
+the HTTP path, and a batch made a round trip for each of its ten or so statements. Here
+a batch makes at most these, each one statement whatever its size, and skips those with
+nothing to do:
+
+1. its locks and reads, in one call of `taskledger_ingest_load` (migration 0008), whose
+   statements each see what was committed before they ran: the provider-id advisory
+   locks (when the batch may keep an unmatched delivery or give a task its id), then
+   its tasks, found by ref or by (provider, provider task id) and locked in ref order,
+   then its deliveries already stored (as committed by any writer that held one of
+   those task rows while this one waited for it);
+2. rarely, the reads of submit answers and of tasks without a provider id yet (the
+   deliveries held or unmatched for them, and who holds the ids they are proposed);
+3. when it appends transitions: the change feed's lock, and its `seq` numbers and new
+   rows' ids handed out under that lock;
+4. every write in one statement: a data-modifying CTE for each table, rows from `unnest`
+   of one array per column (stored deliveries folded in again, which are rare, are
+   updated just before it, one statement per set of changed columns).
+
+Every value is bound; the statements are assembled only from the tables' own column
+names and types.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from schemas.fold import TaskWork, Writes
+from schemas.ledger import DeliveryId
+from schemas.store.locks import FEED_LOCK_KEY, TASK_ID_LOCK_NAMESPACE, id_keys
+from schemas.store.outbox import message_rows
+from schemas.tables import (
+    ARTIFACT,
+    DELIVERY,
+    MESSAGE,
+    OBSERVATION,
+    TASK,
+    TRANSITION,
+    UNFOLDED_WHERE,
+    UTCDateTime,
+)
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_QUOTE = _DIALECT.identifier_preparer.quote
+
+
+def _encode_json(value: Any) -> str:
+    return orjson.dumps(value).decode()  # None is stored as JSON null, as SQLAlchemy does
+
+
+def _decode_json(value: Any) -> Any:
+    """JSON as read: text, unless the connection's codec (SQLAlchemy's sets one) parsed it."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+class _Columns:
+    """Some columns of a table: how to read them into dicts, and how to pass many rows of
+    them as one array per column (`unnest` turns the arrays back into rows)."""
+
+    def __init__(self, table: sa.Table, names: Sequence[str]) -> None:
+        self.table = _QUOTE(table.name)
+        self.names = tuple(names)
+        self.quoted = [_QUOTE(name) for name in names]
+        self.select = ", ".join(self.quoted)
+        is_json = [isinstance(table.c[name].type, sa.JSON) for name in names]
+        self._json = [i for i, flag in enumerate(is_json) if flag]
+        self._types = [
+            "text" if flag else table.c[name].type.compile(dialect=_DIALECT)
+            for name, flag in zip(names, is_json, strict=True)
+        ]
+        # JSON travels as text, cast back on the way in.
+        self.value_list = [
+            f"w.{q}::json" if flag else f"w.{q}"
+            for q, flag in zip(self.quoted, is_json, strict=True)
+        ]
+        self.values = ", ".join(self.value_list)
+
+    def decode(self, record: Any) -> dict[str, Any]:
+        row = dict(zip(self.names, record, strict=True))
+        for i in self._json:
+            name = self.names[i]
+            row[name] = _decode_json(row[name])
+        return row
+
+    def unnest(self, first: int) -> str:
+        """`unnest($first::type[], ...) AS w(columns)`: the rows of `arrays`' parameters."""
+        arrays = ", ".join(f"${first + i}::{kind}[]" for i, kind in enumerate(self._types))
+        return f"unnest({arrays}) AS w({', '.join(self.quoted)})"
+
+    def arrays(self, rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+        columns = [[row[name] for row in rows] for name in self.names]
+        for i in self._json:
+            columns[i] = [_encode_json(value) for value in columns[i]]
+        return columns
+
+    def insert(self, first: int, tail: str = "") -> str:
+        return (
+            f"INSERT INTO {self.table} ({self.select}) "  # noqa: S608
+            f"SELECT {self.values} FROM {self.unnest(first)}{tail}"
+        )
+
+
+# What the fold reads of a task (as the SQLite session): not its request, which ingest
+# never changes or sends.
+_TASK_READ = ("ref", "provider", "owner", "model", "created_at")
+_DELIVERY_ALL = _Columns(DELIVERY, [c.name for c in DELIVERY.c])
+_DELIVERY_NEW = _Columns(DELIVERY, [c.name for c in DELIVERY.c if c.name != "id"])
+_OBSERVATION_ALL = _Columns(OBSERVATION, [c.name for c in OBSERVATION.c])
+_OBSERVATION_NEW = _Columns(OBSERVATION, [c.name for c in OBSERVATION.c if c.name != "id"])
+_TRANSITIONS = _Columns(
+    TRANSITION, ("seq", "task_ref", "from_state", "to_state", "source", "source_id", "at")
+)
+_MESSAGES = _Columns(MESSAGE, [c.name for c in MESSAGE.c if c.name != "id"])
+_ARTIFACTS = _Columns(
+    ARTIFACT,
+    (
+        "task_ref",
+        "provider",
+        "name",
+        "source",
+        "state",
+        "expires_at",
+        "next_attempt_at",
+        "attempts",
+        "created_at",
+    ),
+)
+_DUPLICATES = (
+    "UPDATE delivery AS d SET duplicate_count = d.duplicate_count + w.n, last_seen_at = ${now} "
+    "FROM unnest(${p}::text[], ${t}::text[], ${k}::text[], ${n}::int[]) AS w(p, t, k, n) "
+    "WHERE d.provider = w.p AND d.provider_task_id = w.t AND d.delivery_key = w.k"
+)
+_LOAD = (
+    "SELECT tasks, seen FROM taskledger_ingest_load($1::int, $2::int[], $3::text[], "
+    "$4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+)
+# The task columns that hold times: JSON carries them as ISO 8601 text.
+_TASK_TIMES = frozenset(c.name for c in TASK.c if isinstance(c.type, UTCDateTime))
+# The change feed's lock, then (only once it is held, hence the EXISTS) the transitions'
+# `seq`; the new rows' ids come from their sequences at the same time.
+_FEED = (
+    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)) SELECT "
+    "ARRAY(SELECT nextval(pg_get_serial_sequence('transition', 'seq')) "
+    "FROM generate_series(1, $2::int) WHERE EXISTS (SELECT FROM feed)), "
+    "ARRAY(SELECT nextval(pg_get_serial_sequence('delivery', 'id')) "
+    "FROM generate_series(1, $3::int)), "
+    "ARRAY(SELECT nextval(pg_get_serial_sequence('observation', 'id')) "
+    "FROM generate_series(1, $4::int))"
+)
+# What the fold needs to know of a delivery stored before: whose it is, what it said.
+_DELIVERY_SEEN = _Columns(
+    DELIVERY, ("provider", "provider_task_id", "delivery_key", "task_ref", "state")
+)
+_STORED_DELIVERIES = (
+    "SELECT d.provider, d.provider_task_id, d.delivery_key, d.task_ref, d.state "
+    "FROM unnest($1::text[], $2::text[], $3::text[]) AS w(p, t, k) JOIN delivery AS d "
+    "ON d.provider = w.p AND d.provider_task_id = w.t AND d.delivery_key = w.k"
+)
+
+
+@functools.cache
+def _task_reader(task_fields: tuple[str, ...]) -> _Columns:
+    return _Columns(TASK, [*_TASK_READ, *task_fields])
+
+
+@functools.cache
+def _tasks_query(task_fields: tuple[str, ...]) -> str:
+    """Tasks by ref, or by (provider, provider task id), unlocked: one index probe each,
+    through the primary key once the pairs are turned into refs."""
+    return (
+        f"SELECT {_task_reader(task_fields).select} FROM task WHERE ref = ANY($1::text[] || "  # noqa: S608
+        "ARRAY(SELECT t.ref FROM unnest($2::text[], $3::text[]) AS w(p, i) JOIN task AS t "
+        "ON t.provider = w.p AND t.provider_task_id = w.i)) ORDER BY ref"
+    )
+
+
+@functools.cache
+def _task_columns(task_fields: tuple[str, ...]) -> _Columns:
+    return _Columns(TASK, ["ref", *task_fields])
+
+
+@functools.cache
+def _task_update(task_fields: tuple[str, ...], first: int) -> str:
+    """Every field the fold may change, for each changed task, its parameters from `first`."""
+    columns = _task_columns(task_fields)
+    assigns = ", ".join(
+        f"{q} = {value}"
+        for q, value in zip(columns.quoted[1:], columns.value_list[1:], strict=True)
+    )
+    return f"UPDATE task AS t SET {assigns} FROM {columns.unnest(first)} WHERE t.ref = w.ref"  # noqa: S608
+
+
+@functools.cache
+def _delivery_update(changed: tuple[str, ...]) -> tuple[str, _Columns]:
+    """An UPDATE of stored deliveries folded in again (rare: one statement per shape)."""
+    columns = _Columns(DELIVERY, ["id", *changed])
+    assigns = ", ".join(f"{q} = w.{q}" for q in columns.quoted[1:])
+    statement = f"UPDATE delivery AS d SET {assigns} FROM {columns.unnest(1)} WHERE d.id = w.id"  # noqa: S608
+    return statement, columns
+
+
+class _Statement:
+    """A data-modifying statement being assembled: its CTEs and their parameters."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    @property
+    def next(self) -> int:
+        return len(self.params) + 1
+
+    def add(self, sql: str, params: Sequence[Any]) -> None:
+        self.parts.append(sql)
+        self.params.extend(params)
+
+    def rows(self, columns: _Columns, rows: Sequence[dict[str, Any]], tail: str = "") -> None:
+        if rows:
+            self.add(columns.insert(self.next, tail), columns.arrays(rows))
+
+    def text(self) -> str:
+        ctes = ", ".join(f"w{i} AS ({part})" for i, part in enumerate(self.parts))
+        return f"WITH {ctes} SELECT 1"
+
+
+class PgSession:
+    """An ingest's reads and writes on one asyncpg connection, inside its transaction.
+
+    The batch's locks, its tasks and its stored deliveries come in one call of
+    `taskledger_ingest_load` (migration 0008): given the batch's delivery `keys` up front,
+    the first locking `tasks` call reads them too, and `deliveries` answers from that.
+    """
+
+    def __init__(
+        self, conn: Any, task_fields: tuple[str, ...], keys: set[DeliveryId] | None = None
+    ) -> None:
+        self._conn = conn
+        self._task_fields = task_fields
+        self._reader = _task_reader(task_fields)
+        self._keys = keys or set()
+        self._lock_keys: list[int] = []
+        self._seen: dict[DeliveryId, dict[str, Any]] | None = None
+
+    async def lock_ids(self, task_ids: set[str]) -> None:
+        """`schemas.store.locks.lock_task_ids`: taken by the next locking `tasks` call,
+        before any row lock."""
+        self._lock_keys = id_keys(task_ids)
+
+    async def tasks(
+        self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
+    ) -> list[dict[str, Any]]:
+        """The batch's tasks, locked in ref order (unless `lock` is false)."""
+        providers = [provider for provider, _ in pairs]
+        ids = [task_id for _, task_id in pairs]
+        if lock:
+            return await self._load(sorted(refs), providers, ids)
+        if not refs and not pairs:
+            return []
+        query = _tasks_query(self._task_fields)
+        records = await self._conn.fetch(query, sorted(refs), providers, ids)
+        return [self._reader.decode(record) for record in records]
+
+    async def _load(
+        self, refs: list[str], providers: list[str], ids: list[str]
+    ) -> list[dict[str, Any]]:
+        keys = sorted(self._keys)
+        key_arrays = [[key[i] for key in keys] for i in range(3)]
+        tasks, seen = await self._conn.fetchrow(
+            _LOAD, TASK_ID_LOCK_NAMESPACE, self._lock_keys, refs, providers, ids, *key_arrays
+        )
+        self._lock_keys = []
+        self._seen = {
+            (provider, task_id, key): {
+                "provider": provider,
+                "provider_task_id": task_id,
+                "delivery_key": key,
+                "task_ref": ref,
+                "state": state,
+            }
+            for provider, task_id, key, ref, state in _decode_json(seen) or []
+        }
+        return [_task_from_json(row, self._reader.names) for row in _decode_json(tasks) or []]
+
+    async def deliveries(self, keys: set[DeliveryId]) -> dict[DeliveryId, dict[str, Any]]:
+        if self._seen is not None and keys == self._keys:
+            return self._seen
+        if not keys:
+            return {}
+        arrays = [list(column) for column in zip(*keys, strict=True)]
+        rows = map(_DELIVERY_SEEN.decode, await self._conn.fetch(_STORED_DELIVERIES, *arrays))
+        return {_delivery_id(row): row for row in rows}
+
+    async def held(self, refs: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The deliveries held for these tasks until their provider id is settled."""
+        records = await self._conn.fetch(
+            f"SELECT {_DELIVERY_ALL.select} FROM delivery WHERE task_ref = ANY($1::text[]) "  # noqa: S608
+            f"AND {UNFOLDED_WHERE} AND outcome = 'held' ORDER BY id",
+            sorted(refs),
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        for record in records:
+            row = _DELIVERY_ALL.decode(record)
+            found.setdefault(row["task_ref"], []).append(row)
+        return found
+
+    async def unmatched(
+        self, pairs: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Deliveries kept for these (provider, id) pairs before any task had the id."""
+        ordered = sorted(pairs)
+        records = await self._conn.fetch(
+            f"SELECT {', '.join('d.' + q for q in _DELIVERY_ALL.quoted)} "  # noqa: S608
+            "FROM unnest($1::text[], $2::text[]) AS w(p, t) JOIN delivery AS d "
+            "ON d.provider = w.p AND d.provider_task_id = w.t WHERE d.task_ref IS NULL "
+            "ORDER BY d.id",
+            [provider for provider, _ in ordered],
+            [task_id for _, task_id in ordered],
+        )
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for record in records:
+            row = _DELIVERY_ALL.decode(record)
+            found.setdefault((row["provider"], row["provider_task_id"]), []).append(row)
+        return {pair: found[pair] for pair in ordered if pair in found}
+
+    async def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None:
+        """Every write of the batch: stored deliveries folded in again first (they may be
+        counted as duplicates below), then one statement for all the rest."""
+        for change_shape, changes in _by_shape(writes.delivery_updates).items():
+            update, columns = _delivery_update(change_shape)
+            await self._conn.execute(update, *columns.arrays(changes))
+        # Keys in key order: batches meeting over a new key wait on it in one order.
+        deliveries = sorted(writes.deliveries, key=_delivery_id)
+        duplicates = _count_new_duplicates(deliveries, writes.duplicates, now)
+        with_ids = bool(writes.transitions)
+        if with_ids:
+            await self._number(writes, deliveries)
+        statement = _Statement()
+        statement.rows(_DELIVERY_ALL if with_ids else _DELIVERY_NEW, deliveries)
+        statement.rows(_OBSERVATION_ALL if with_ids else _OBSERVATION_NEW, writes.observations)
+        if duplicates:
+            self._count_duplicates(statement, duplicates, now)
+        if tasks:
+            columns = _task_columns(self._task_fields)
+            sql = _task_update(self._task_fields, statement.next)
+            statement.add(sql, columns.arrays([work.row for work in tasks]))
+        statement.rows(_TRANSITIONS, [_transition_row(t) for t in writes.transitions])
+        statement.rows(_MESSAGES, message_rows(writes.messages))
+        statement.rows(_ARTIFACTS, writes.artifacts, " ON CONFLICT (task_ref, name) DO NOTHING")
+        if statement.parts:
+            await self._conn.execute(statement.text(), *statement.params)
+
+    async def _number(self, writes: Writes, deliveries: list[dict[str, Any]]) -> None:
+        """Take the change feed's lock and give the new rows their ids and `seq`s: each
+        transition names its source row, and each event its transition's `seq`."""
+        seqs, delivery_ids, observation_ids = await self._conn.fetchrow(
+            _FEED, FEED_LOCK_KEY, len(writes.transitions), len(deliveries), len(writes.observations)
+        )
+        for row, row_id in zip(deliveries, delivery_ids, strict=True):
+            row["id"] = row_id
+        for row, row_id in zip(writes.observations, observation_ids, strict=True):
+            row["id"] = row_id
+        for transition, seq in zip(writes.transitions, seqs, strict=True):
+            transition.seq = seq
+
+    @staticmethod
+    def _count_duplicates(
+        statement: _Statement, duplicates: dict[DeliveryId, int], now: datetime
+    ) -> None:
+        first = statement.next
+        keys = sorted(duplicates)
+        sql = _DUPLICATES.format(now=first, p=first + 1, t=first + 2, k=first + 3, n=first + 4)
+        columns = [list(column) for column in zip(*keys, strict=True)]
+        statement.add(sql, [now, *columns, [duplicates[key] for key in keys]])
+
+
+def _by_shape(updates: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in updates:
+        shape = tuple(sorted(name for name in change if name != "id"))
+        by_shape.setdefault(shape, []).append(change)
+    return by_shape
+
+
+def _count_new_duplicates(
+    deliveries: list[dict[str, Any]], duplicates: dict[DeliveryId, int], now: datetime
+) -> dict[DeliveryId, int]:
+    """Resends of a delivery this batch stores are counted in its new row (one statement
+    cannot update a row it inserts); the others are left to count in the stored rows."""
+    left = dict(duplicates)
+    for row in deliveries:
+        count = left.pop(_delivery_id(row), 0)
+        if count:
+            row["duplicate_count"] += count
+            row["last_seen_at"] = now
+    return left
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _task_from_json(row: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """A task row as `taskledger_ingest_load` returns it, as the fold reads tasks."""
+    return {name: _decode_when(row[name]) if name in _TASK_TIMES else row[name] for name in names}
+
+
+def _delivery_id(row: dict[str, Any]) -> DeliveryId:
+    return row["provider"], row["provider_task_id"], row["delivery_key"]
+
+
+def _transition_row(t: Any) -> dict[str, Any]:
+    return {
+        "seq": t.seq,
+        "task_ref": t.task_ref,
+        "from_state": t.from_state,
+        "to_state": t.to_state,
+        "source": t.source,
+        "source_id": str(t.source_row["id"]) if t.source_row else None,
+        "at": t.at,
+    }

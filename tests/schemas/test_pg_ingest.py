@@ -1,0 +1,148 @@
+"""PostgreSQL's asyncpg ingest session against the SQLAlchemy Core one it replaced on the
+hot path: the same reads, the same rows written, column for column."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.database import create_engine
+from schemas.ledger import Delivery, DeliveryId, Evidence, Stored
+from schemas.migrate import upgrade
+from schemas.states import State
+from schemas.store.ingest import TASK_FIELDS, CoreSession, fold_batch, fold_batch_async
+from schemas.store.pg_ingest import PgSession
+from schemas.store.transactions import driver_write
+from tests.schemas.test_ingest_sessions import (
+    HELD_FOR,
+    KNOWN,
+    NOW,
+    READERS,
+    batch,
+    callback,
+    in_session,
+    loaded_shape,
+    seeded,
+    tables,
+)
+from tests.schemas.test_ingest_sessions import reads as core_reads
+from tests.support.databases import PG_HOST, PG_PORT, PG_USER, temporary_database
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with temporary_database("postgresql", tmp_path) as url:
+        engine = create_engine(url)
+        await upgrade(engine)
+        yield engine
+        await engine.dispose()
+
+
+async def in_pg_session(
+    engine: AsyncEngine,
+    work: Callable[[PgSession], Awaitable[T]],
+    keys: set[DeliveryId] | None = None,
+) -> T:
+    async with driver_write(engine) as conn:
+        return await work(PgSession(conn, TASK_FIELDS, keys))
+
+
+async def reads(session: PgSession) -> dict[str, Any]:
+    """`test_ingest_sessions.reads`, awaited."""
+    await session.lock_ids({"t-1", "early"})
+    return {
+        "tasks": await session.tasks({HELD_FOR}, {("apidot", "t-1"), ("apidot", "nobody")}),
+        "proposed": await session.tasks(set(), {("apidot", "t-1")}, lock=False),
+        "deliveries": await session.deliveries(
+            {("apidot", "t-1", "k-1"), ("apidot", "t-1", "k-9")}
+        ),
+        "held": await session.held({HELD_FOR, KNOWN}),
+        "unmatched": await session.unmatched({("apidot", "early"), ("apidot", "t-2")}),
+    }
+
+
+async def test_asyncpg_session_loads_what_the_core_session_loads(engine: AsyncEngine) -> None:
+    await seeded(engine)
+    found = await in_pg_session(engine, reads)
+    assert loaded_shape(found) == loaded_shape(await in_session(engine, "core", core_reads))
+    assert found["tasks"] == [
+        {name: row[name] for name in found["tasks"][0]}
+        for row in (await in_session(engine, "core", core_reads))["tasks"]
+    ]
+
+
+def _with_resends(items: list[Evidence]) -> list[Evidence]:
+    """The batch, plus a new delivery sent twice in it and a stored one sent again: resends
+    of a row the batch itself inserts are counted in that row."""
+    fresh = callback(KNOWN, "k-3", "t-1", State.RUNNING)
+    return [*items, fresh, fresh, callback(KNOWN, "k-1", "t-1", State.QUEUED)]
+
+
+async def test_asyncpg_session_writes_what_core_writes(tmp_path: Path) -> None:
+    """Column for column (ids, `seq`s and event ids aside: sequences and randomness)."""
+    seen = []
+    for kind in ("core", "asyncpg"):
+        async with temporary_database("postgresql", tmp_path / kind) as url:
+            engine = create_engine(url)
+            try:
+                await upgrade(engine)
+                await seeded(engine)
+                stored = await _ingest(engine, kind, _with_resends(batch()))
+                seen.append((stored, _comparable(await tables(engine))))
+            finally:
+                await engine.dispose()
+    (core_stored, core_tables), (pg_stored, pg_tables) = seen
+    assert pg_stored == core_stored
+    assert pg_tables == core_tables
+    duplicates = {row["delivery_key"]: row["duplicate_count"] for row in pg_tables["delivery"]}
+    assert (duplicates["k-3"], duplicates["k-1"]) == (1, 2)
+
+
+async def _ingest(engine: AsyncEngine, kind: str, items: list[Evidence]) -> list[Stored]:
+    if kind == "core":
+        async with engine.begin() as conn:
+            return await conn.run_sync(
+                lambda sync: fold_batch(CoreSession(sync), items, NOW, READERS)
+            )
+    # As an ingest does: the batch's keys given up front, read with its tasks.
+    keys = {item.identity for item in items if isinstance(item, Delivery)}
+    return await in_pg_session(engine, lambda s: fold_batch_async(s, items, NOW, READERS), keys)
+
+
+def _comparable(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows without the numbers sequences hand out, in an order of their content."""
+    generated = {"id", "seq", "source_id"}
+    return {
+        name: sorted(
+            ({k: v for k, v in row.items() if k not in generated} for row in rows), key=repr
+        )
+        for name, rows in found.items()
+    }
+
+
+async def test_a_connection_the_server_closed_is_replaced_before_a_write(
+    engine: AsyncEngine,
+) -> None:
+    """Every backend killed between two writes (a restart, a failover, an idle timeout):
+    the next write gets a live connection, with no pre-ping round trip at checkout."""
+    async with driver_write(engine) as driver:
+        assert await driver.fetchval("SELECT 1") == 1
+    admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            engine.url.database,
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+    for _ in range(3):  # the pool's connections, whether asyncpg has seen them close or not
+        async with driver_write(engine) as driver:
+            assert await driver.fetchval("SELECT 1") == 1
