@@ -65,6 +65,19 @@ class AdminApi:
             return None
         return _object(response, path)
 
+    def sent(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """`send`, for a write that answers a JSON object: an empty answer is an error."""
+        answer = self.send(method, path, body, params)
+        if answer is None:
+            raise ApiError(f"{path} answered nothing")
+        return answer
+
     @contextmanager
     def stream(
         self,

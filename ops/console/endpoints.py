@@ -24,6 +24,8 @@ from ops.console.render import (
     number,
     objects,
     print_json,
+    print_listing,
+    print_shown_once,
     show,
     text,
     yes_no,
@@ -151,19 +153,15 @@ def create_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {"url": args.endpoint_url, **_filters(args)}
     if args.include_unconfirmed:
         body["include_unconfirmed"] = True
-    created = _sent(api, "POST", "/v1/endpoints", body)
+    created = api.sent("POST", "/v1/endpoints", body)
     _print_with_secret(created, args.json)
     return 0
 
 
 def list_command(api: AdminApi, args: argparse.Namespace) -> int:
     found = objects(api.get("/v1/endpoints").get("endpoints"))
-    if args.json:
-        print_json(found)
-    elif not found:
-        print("taskledger: no endpoint yet: add one with `taskledger endpoints create URL`")
-    else:
-        show(endpoints_table(found), fit=False)
+    empty = "taskledger: no endpoint yet: add one with `taskledger endpoints create URL`"
+    print_listing(found, args.json, empty, lambda: endpoints_table(found))
     return 0
 
 
@@ -217,14 +215,14 @@ def delete_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 def rotate_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {} if args.grace_seconds is None else {"grace_seconds": args.grace_seconds}
-    rotated = _found(args.id, lambda: _sent(api, "POST", _path(args.id, "rotate"), body))
+    rotated = _found(args.id, lambda: api.sent("POST", _path(args.id, "rotate"), body))
     _print_with_secret(rotated, args.json)
     return 0
 
 
 def recover_command(api: AdminApi, args: argparse.Namespace) -> int:
     path = _path(args.id, "recover")
-    answer = _found(args.id, lambda: _sent(api, "POST", path, None, {"since": args.since}))
+    answer = _found(args.id, lambda: api.sent("POST", path, None, {"since": args.since}))
     if args.json:
         print_json(answer)
         return 0
@@ -246,7 +244,7 @@ def notify_command(api: AdminApi, args: argparse.Namespace) -> int:
     """`notify retry MSG_ID` (its only subcommand)."""
     path = f"/v1/messages/{quote(args.msg_id, safe='')}/retry"
     try:
-        answer = _sent(api, "POST", path, None)
+        answer = api.sent("POST", path, None)
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no event has the msg id {args.msg_id}") from exc
@@ -282,21 +280,8 @@ def _path(endpoint_id: str, action: str = "") -> str:
     return f"{path}/{action}" if action else path
 
 
-def _sent(
-    api: AdminApi,
-    method: str,
-    path: str,
-    body: Mapping[str, Any] | None,
-    params: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    answer = api.send(method, path, body, params)
-    if answer is None:
-        raise ApiError(f"{path} answered nothing")
-    return answer
-
-
 def _patched(api: AdminApi, endpoint_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    return _found(endpoint_id, lambda: _sent(api, "PATCH", _path(endpoint_id), body))
+    return _found(endpoint_id, lambda: api.sent("PATCH", _path(endpoint_id), body))
 
 
 def _found(endpoint_id: str, call: Callable[[], T]) -> T:
@@ -318,12 +303,9 @@ def _print_endpoint(endpoint: dict[str, Any], as_json: bool) -> None:
 
 def _print_with_secret(endpoint: dict[str, Any], as_json: bool) -> None:
     """The endpoint and the secret the service shows this once, and a word saying so."""
-    if as_json:
-        print_json(endpoint)
-    else:
-        show(facts_table(endpoint_facts(endpoint)))
-        print(f"signing secret: {text(endpoint.get('secret'))}")
-    print(SHOWN_ONCE, file=sys.stderr)
+    secret = f"signing secret: {text(endpoint.get('secret'))}"
+    facts = facts_table(endpoint_facts(endpoint))
+    print_shown_once(endpoint, as_json, facts, secret, SHOWN_ONCE)
 
 
 # -- what is printed ---------------------------------------------------------------------

@@ -6,7 +6,6 @@ its prefix only.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +14,15 @@ from rich.table import Table
 
 from ops.console.api import AdminApi, ApiError, CommandError
 from ops.console.arguments import identifier
-from ops.console.render import clock_text, new_table, objects, print_json, show, text
+from ops.console.render import (
+    clock_text,
+    new_table,
+    objects,
+    print_json,
+    print_listing,
+    print_shown_once,
+    text,
+)
 from ops.console.timeline import facts_table
 
 SCOPES = ("read", "write", "admin")
@@ -57,31 +64,23 @@ def keys_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 def create_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {"name": args.name, "scope": args.scope, "owner": args.owner}
-    created = _sent(api, "POST", "/v1/keys", body)
-    if args.json:
-        print_json(created)
-    else:
-        show(facts_table(key_facts(created)))
-        print(f"key: {text(created.get('key'))}")
-    print(SHOWN_ONCE, file=sys.stderr)
+    created = api.sent("POST", "/v1/keys", body)
+    key = f"key: {text(created.get('key'))}"
+    print_shown_once(created, args.json, facts_table(key_facts(created)), key, SHOWN_ONCE)
     return 0
 
 
 def list_command(api: AdminApi, args: argparse.Namespace) -> int:
     found = objects(api.get("/v1/keys").get("keys"))
-    if args.json:
-        print_json(found)
-    elif not found:
-        print("taskledger: no key yet: make one with `taskledger keys create NAME --scope read`")
-    else:
-        show(keys_table(found), fit=False)
+    empty = "taskledger: no key yet: make one with `taskledger keys create NAME --scope read`"
+    print_listing(found, args.json, empty, lambda: keys_table(found))
     return 0
 
 
 def revoke_command(api: AdminApi, args: argparse.Namespace) -> int:
     path = f"/v1/keys/{quote(args.id, safe='')}"
     try:
-        revoked = _sent(api, "DELETE", path, None)
+        revoked = api.sent("DELETE", path)
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no key has the id {args.id}") from exc
@@ -98,13 +97,6 @@ KEY_COMMANDS: dict[str, Command] = {
     "list": list_command,
     "revoke": revoke_command,
 }
-
-
-def _sent(api: AdminApi, method: str, path: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
-    answer = api.send(method, path, body)
-    if answer is None:
-        raise ApiError(f"{path} answered nothing")
-    return answer
 
 
 def key_facts(key: Mapping[str, Any]) -> list[tuple[str, str]]:

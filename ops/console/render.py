@@ -291,3 +291,28 @@ def as_mapping(value: Any) -> dict[str, Any]:
 
 def as_int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def print_listing(
+    found: list[dict[str, Any]], as_json: bool, empty: str, table: Callable[[], RenderableType]
+) -> None:
+    """A list command's output: JSON, or `empty` when there is nothing, or the table."""
+    if as_json:
+        print_json(found)
+    elif not found:
+        print(empty)
+    else:
+        show(table(), fit=False)
+
+
+def print_shown_once(
+    shown: dict[str, Any], as_json: bool, facts: RenderableType, secret: str, warning: str
+) -> None:
+    """What the service shows this once (a new key, a signing secret), and a word saying so
+    on standard error, where it does not spoil the JSON."""
+    if as_json:
+        print_json(shown)
+    else:
+        show(facts)
+        print(secret)
+    print(warning, file=sys.stderr)
