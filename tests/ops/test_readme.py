@@ -79,7 +79,6 @@ def clone(tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="the copy is made from git's file list")
 def test_quickstart_and_using_it_work_pasted_into_a_fresh_shell(tmp_path: Path) -> None:
     quickstart = shell_blocks(section("Quickstart"))[0]
     assert any(line.startswith(RUN_LINE) for line in quickstart.splitlines()), quickstart
