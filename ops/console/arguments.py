@@ -23,3 +23,10 @@ def identifier(raw: str) -> str:
     if not _ID.fullmatch(raw):
         raise argparse.ArgumentTypeError(f"not an id: {raw!r}")
     return raw
+
+
+def json_output() -> argparse.ArgumentParser:
+    """A parent parser for commands that can print the API's JSON instead of a table."""
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print the API's JSON")
+    return output

@@ -15,7 +15,7 @@ from rich.console import RenderableType
 from rich.table import Table
 
 from ops.console.api import AdminApi, ApiError, CommandError
-from ops.console.arguments import identifier, iso_time
+from ops.console.arguments import identifier, iso_time, json_output
 from ops.console.render import (
     as_mapping,
     clock_text,
@@ -62,8 +62,7 @@ def add_commands(
     connection: argparse.ArgumentParser,
 ) -> None:
     """Add `endpoints` and `notify` to the `taskledger` parser."""
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print the API's JSON")
+    output = json_output()
     group = commands.add_parser("endpoints", help="where the service sends its events")
     sub = group.add_subparsers(dest="endpoints_command", required=True)
     parents = [connection, output]

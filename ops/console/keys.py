@@ -13,7 +13,7 @@ from urllib.parse import quote
 from rich.table import Table
 
 from ops.console.api import AdminApi, ApiError, CommandError
-from ops.console.arguments import identifier
+from ops.console.arguments import identifier, json_output
 from ops.console.render import (
     clock_text,
     new_table,
@@ -39,8 +39,7 @@ def add_commands(
     connection: argparse.ArgumentParser,
 ) -> None:
     """Add `keys` to the `taskledger` parser."""
-    output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("--json", action="store_true", help="print the API's JSON")
+    output = json_output()
     parents = [connection, output]
     group = commands.add_parser("keys", help="API keys with a scope: read, write or admin")
     sub = group.add_subparsers(dest="keys_command", required=True)
