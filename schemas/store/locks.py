@@ -1,4 +1,4 @@
-"""PostgreSQL's advisory locks: the change feed's commit order, and writers meeting over
+"""PostgreSQL's advisory locks: the change feed's horizon, and writers meeting over
 one provider task id. SQLite runs one writer at a time, so there they do nothing.
 """
 
@@ -18,16 +18,28 @@ _LOCK_TASK_IDS = sa.text(
 
 
 def order_transitions(conn: sa.Connection) -> None:
-    """Make `seq` order commit order, so a change feed reader never skips a late commit.
+    """Announce that this transaction appends transitions, so a change feed reader never
+    skips a late commit (`feed_horizon`).
 
-    PostgreSQL hands out sequence numbers at insert time, not at commit: without this,
-    seq 11 could become visible before seq 10, and a reader at `after=11` would never
-    see 10. Transactions that append transitions take this lock before writing anything
-    (no lock-order cycle with row or unique-key waits) and hold it to commit. SQLite
-    already runs one writer at a time.
+    PostgreSQL hands out sequence numbers at insert time, not at commit: seq 11 can become
+    visible before seq 10, and a reader at `after=11` would never see 10. Every writer
+    that appends transitions holds this lock, shared, from before it takes a `seq` until
+    it ends, so writers never wait for each other (their commits, and so their fsyncs,
+    overlap). A reader takes it exclusively for an instant (`feed_horizon`) to learn a
+    `seq` below which every transaction has ended; it holds no other lock meanwhile, so
+    no lock-order cycle can pass through it. SQLite already runs one writer at a time.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": FEED_LOCK_KEY})
+
+
+# The exclusive feed lock, then (only once it is held) the last `seq` handed out. With the
+# sequence's cache of 1, nothing at or below it is still to be handed out.
+FEED_HORIZON = (
+    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock(:key)) "
+    "SELECT pg_sequence_last_value(pg_get_serial_sequence('transition', 'seq')) "
+    "WHERE EXISTS (SELECT FROM feed)"
+)
 
 
 def lock_task_ids(conn: sa.Connection, task_ids: set[str]) -> None:

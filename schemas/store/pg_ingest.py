@@ -147,10 +147,11 @@ _LOAD = (
 )
 # The task columns that hold times: JSON carries them as ISO 8601 text.
 _TASK_TIMES = frozenset(c.name for c in TASK.c if isinstance(c.type, UTCDateTime))
-# The change feed's lock, then (only once it is held, hence the EXISTS) the transitions'
-# `seq`; the new rows' ids come from their sequences at the same time.
+# The change feed's lock, shared (`schemas.store.locks.order_transitions`), then (only once
+# it is held, hence the EXISTS) the transitions' `seq`; the new rows' ids come from their
+# sequences at the same time.
 _FEED = (
-    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock($1::bigint)) SELECT "
+    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint)) SELECT "
     "ARRAY(SELECT nextval(pg_get_serial_sequence('transition', 'seq')) "
     "FROM generate_series(1, $2::int) WHERE EXISTS (SELECT FROM feed)), "
     "ARRAY(SELECT nextval(pg_get_serial_sequence('delivery', 'id')) "

@@ -17,6 +17,7 @@ from schemas.fold import POLL_FLAGS
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, Source
 from schemas.store import artifacts
 from schemas.store.ingest import UNFOLDED
+from schemas.store.locks import FEED_HORIZON, FEED_LOCK_KEY
 from schemas.store.rows import (
     Artifact,
     DeliveryEntry,
@@ -139,8 +140,19 @@ async def changes(
     db: Database, after: int, limit: int, owner: str | None = None
 ) -> list[dict[str, Any]]:
     """Transitions after `after` in seq order, each with its task's current state (of
-    `owner`'s tasks only, when given)."""
+    `owner`'s tasks only, when given). On PostgreSQL a page with rows is read again below
+    the feed's horizon, so a later call never finds one it should have given already; an
+    empty page (a long poll's usual answer) costs no lock."""
     mine = [] if owner is None else [TASK.c.owner == owner]
+    rows = await _changes(db, after, limit, mine)
+    if not rows or not db.locks_rows:
+        return rows
+    return await _changes(db, after, limit, [*mine, TRANSITION.c.seq <= await feed_horizon(db)])
+
+
+async def _changes(
+    db: Database, after: int, limit: int, where: list[sa.ColumnElement[bool]]
+) -> list[dict[str, Any]]:
     query = (
         sa.select(
             TRANSITION,
@@ -150,12 +162,21 @@ async def changes(
             TASK.c.result,
         )
         .join(TASK, TASK.c.ref == TRANSITION.c.task_ref)
-        .where(TRANSITION.c.seq > after, *mine)
+        .where(TRANSITION.c.seq > after, *where)
         .order_by(TRANSITION.c.seq)
         .limit(limit)
     )
     async with db.read() as conn:
         return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def feed_horizon(db: Database) -> int:
+    """The last `seq` at or below which every transaction has ended (PostgreSQL): taken
+    under the feed lock held exclusively for one statement, which waits for the writers
+    appending transitions now to end (`schemas.store.locks.order_transitions`)."""
+    async with db.read() as conn:
+        horizon = (await conn.execute(sa.text(FEED_HORIZON), {"key": FEED_LOCK_KEY})).scalar()
+    return int(horizon or 0)
 
 
 async def pages(

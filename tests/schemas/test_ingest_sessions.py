@@ -22,7 +22,7 @@ from schemas.store.sqlite_ingest import SqliteSession
 from schemas.tables import DELIVERY, OBSERVATION, TASK, TRANSITION
 from schemas.wire import Observation, WireFormat
 from tests.conftest import FakeClock
-from tests.support.databases import temporary_database
+from tests.support.databases import migrated_engine
 from tests.support.senders import apidot_body
 
 T = TypeVar("T")
@@ -38,11 +38,8 @@ async def session_engine(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[AsyncEngine, str]]:
     backend, kind = request.param
-    async with temporary_database(backend, tmp_path) as url:
-        engine = create_engine(url)
-        await upgrade(engine)
+    async with migrated_engine(backend, tmp_path) as engine:
         yield engine, kind
-        await engine.dispose()
 
 
 READERS = {"apidot": Reader(WireFormat.APIDOT)}

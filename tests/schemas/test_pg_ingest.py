@@ -31,18 +31,15 @@ from tests.schemas.test_ingest_sessions import (
     tables,
 )
 from tests.schemas.test_ingest_sessions import reads as core_reads
-from tests.support.databases import PG_HOST, PG_PORT, PG_USER, temporary_database
+from tests.support.databases import PG_HOST, PG_PORT, PG_USER, migrated_engine, temporary_database
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with temporary_database("postgresql", tmp_path) as url:
-        engine = create_engine(url)
-        await upgrade(engine)
+    async with migrated_engine("postgresql", tmp_path) as engine:
         yield engine
-        await engine.dispose()
 
 
 async def in_pg_session(

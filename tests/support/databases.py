@@ -10,6 +10,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from schemas.database import create_engine
+from schemas.migrate import upgrade
 
 PG_HOST = os.environ.get("TASKLEDGER_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TASKLEDGER_TEST_PG_PORT", "5432"))
@@ -34,6 +38,18 @@ async def temporary_database(backend: str, directory: Path) -> AsyncIterator[str
     finally:
         # A fresh connection: the test may have restarted the server meanwhile.
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def migrated_engine(backend: str, directory: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on a new database at the latest migration, disposed of and removed after."""
+    async with temporary_database(backend, directory) as url:
+        engine = create_engine(url)
+        await upgrade(engine)
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 async def _admin(statement: str) -> None:
