@@ -16,7 +16,7 @@ from typing import TypeAlias
 import httpx
 from sqlalchemy.engine import make_url
 
-from ops import console
+from ops import console, spool
 from ops.demo import run_demo, task_count
 from ops.envfile import ENV_FILE, load_environ, write_env_file
 from ops.providers import check as check_definition
@@ -28,7 +28,14 @@ from ops.supervisor import (
     supervise,
 )
 from schemas.clock import utc_now
-from schemas.database import create_engine, describe, normalize_url, reachable_revision
+from schemas.database import (
+    checked_url,
+    create_engine,
+    describe,
+    names_sqlite,
+    normalize_url,
+    reachable_revision,
+)
 from schemas.errors import (
     EXIT_DATABASE_UNREACHABLE,
     EXIT_FAILED,
@@ -146,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     checked = providers.add_parser("check", help="print what a definition says; run its examples")
     checked.add_argument("file", type=Path)
+    spool.add_commands(commands)
     console.add_commands(commands)
     return parser
 
@@ -236,6 +244,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "token":
         return _token(load_environ())
+    if args.command == "spool":
+        return spool.run(args, load_environ())
     return _run(args.host, args.port, args.workers)
 
 
@@ -271,7 +281,7 @@ def _port_of(environ: Mapping[str, str]) -> int:
 @contextmanager
 def _held(url: str, who: str) -> Iterator[None]:
     """The SQLite file's lock for the block; PostgreSQL takes any number of processes."""
-    if make_url(normalize_url(url)).get_backend_name() != "sqlite":
+    if not names_sqlite(url):
         yield
         return
     with database_lock(sqlite_path(url).resolve(), who):
@@ -306,7 +316,7 @@ async def _upgrade(url: str) -> str:
 
 
 def _database_url(environ: Mapping[str, str]) -> str:
-    return environ.get(PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL
+    return checked_url(environ.get(PREFIX + "DATABASE_URL") or DEFAULT_DATABASE_URL)
 
 
 def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

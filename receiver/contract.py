@@ -316,6 +316,21 @@ class Requeued(TypedDict):
     requeued: int
 
 
+class Alive(TypedDict):
+    status: Literal["ok"]
+
+
+class Readiness(TypedDict):
+    """`/readyz` at 200: the database takes writes (`ready`), or on PostgreSQL it does not
+    and the local spool has room (`spooling`, with why and how many deliveries it holds).
+    `quarantined`, when above 0: spooled deliveries an operator must look at."""
+
+    status: Literal["ready", "spooling"]
+    reason: NotRequired[str]
+    depth: NotRequired[int]
+    quarantined: NotRequired[int]
+
+
 REQUESTS: tuple[type[_Body], ...] = (
     NewTask,
     AttachTaskId,
@@ -340,6 +355,8 @@ ANSWERS: tuple[type, ...] = (
     EndpointWithSecret,
     EndpointList,
     Requeued,
+    Alive,
+    Readiness,
 )
 REF = "#/components/schemas/{model}"
 # Reports whose shape follows the providers and states configured (audit, dashboard series,

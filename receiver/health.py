@@ -11,16 +11,18 @@ import functools
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from receiver import contract
 from receiver.callbacks import Inbox
 from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
+from receiver.spool import Spool
 from schemas.errors import StorageUnavailable
 from schemas.migrate import head_revision
 from schemas.store import LedgerStore
 
 
 async def healthz(_request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(contract.Alive(status="ok"))
 
 
 async def readyz(request: Request) -> Response:
@@ -28,14 +30,24 @@ async def readyz(request: Request) -> Response:
     has room (`spooling`): a load balancer routing on this keeps the receiver in rotation
     through a failover, which is what the spool is for."""
     inbox: Inbox | None = getattr(request.app.state, "inbox", None)
+    spool = inbox.spool if inbox is not None else None
     try:
         await _database_ready(request.app.state.store, inbox)
     except Overloaded as exc:
-        spool = inbox.spool if inbox is not None else None
         if spool is None or spool.size >= spool.max_bytes:
             raise
-        return JSONResponse({"status": "spooling", "reason": exc.message, "depth": spool.depth})
-    return JSONResponse({"status": "ready"})
+        spooling = contract.Readiness(status="spooling", reason=exc.message, depth=spool.depth)
+        return JSONResponse(_with_quarantine(spooling, spool))
+    return JSONResponse(_with_quarantine(contract.Readiness(status="ready"), spool))
+
+
+def _with_quarantine(answer: contract.Readiness, spool: Spool | None) -> contract.Readiness:
+    """How many spooled deliveries wait in quarantine for an operator, when any do: said,
+    with the answer still 200 (they are kept; taking this receiver out of rotation would
+    not help them)."""
+    if spool is not None and spool.quarantined:
+        answer["quarantined"] = spool.quarantined
+    return answer
 
 
 async def _database_ready(store: LedgerStore, inbox: Inbox | None) -> None:

@@ -88,6 +88,19 @@ class ReceiverMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.spool_quarantined = Counter(
+            "taskledger_spool_quarantined_total",
+            "Spooled callbacks set aside in quarantine after failing to drain, by provider.",
+            ["provider"],
+            registry=self.registry,
+        )
+        # Every worker counts the same directory's files: the largest count is the count.
+        self.spool_quarantine_depth = Gauge(
+            "taskledger_spool_quarantine_depth",
+            "Spooled callbacks in quarantine, waiting for an operator's replay.",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
         # One per worker while it serves; a stopping worker takes itself out (`close`).
         self.workers = Gauge(
             "taskledger_receiver_workers",

@@ -324,8 +324,15 @@ PATHS: dict[str, Any] = {
             "responses": _answers(401, 404, 503, ok=KEY),
         }
     },
-    "/healthz": {"get": {"summary": "Alive", "responses": _answers()}},
-    "/readyz": {"get": {"summary": "Database reachable and migrated", "responses": _answers(503)}},
+    "/healthz": {
+        "get": {"summary": "Alive", "responses": _answers(ok=contract.ref(contract.Alive))}
+    },
+    "/readyz": {
+        "get": {
+            "summary": "Database reachable, migrated and taking writes, or the spool taking them",
+            "responses": _answers(503, ok=contract.ref(contract.Readiness)),
+        }
+    },
     "/metrics": {"get": {"summary": "Prometheus metrics", "responses": _answers()}},
     "/openapi.json": {"get": {"summary": "This description", "responses": _answers()}},
 }

@@ -1,51 +1,52 @@
 """The local spool: authenticated callbacks kept durably on this host while PostgreSQL cannot
 take them, answered once kept, and replayed into it, in arrival order, once it can.
 
-A spool is a SQLite file (WAL, `synchronous=FULL`). That makes it safe against kill -9 with
-no code of its own: a commit is atomic and durable when COMMIT returns; SQLite's recovery
-drops a torn tail of the log (its frames are checksummed); and what has been replayed goes
-in one DELETE. An append-only file would need its own record checksums, torn-tail
-truncation, a durable read cursor and segment rotation to do the same.
+Its files (`schemas.spool_file`) are SQLite, one per receiver process, locked while it
+runs. A file nobody holds was left by a process that is gone: the next receiver of that
+database to look adopts it and drains it. A spooled delivery is replayed through the
+ledger's one write path, `LedgerStore.ingest`, like any other: a replay of one that is
+stored already is a duplicate, and ownership (403) is checked then, since it needs the
+database.
 
-One directory per database (a spool is never replayed into another ledger), one file per
-receiver process, `spool-<n>.sqlite`, held under an exclusive `flock` of `spool-<n>.lock`
-while the process runs. A file nobody holds was left by a process that is gone: the next
-receiver of that database to look adopts it and drains it. A spooled delivery is replayed
-through the ledger's one write path, `LedgerStore.ingest`, like any other: a replay of one
-that is stored already is a duplicate, and ownership (403) is checked then, since it needs
-the database.
+A spooled delivery that fails its replay with anything but the database being unavailable
+is tried `MAX_ATTEMPTS` times, then set aside in its file's quarantine so that those after
+it drain on; an operator lists and replays them (`taskledger spool`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import hashlib
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
 
-import orjson
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from receiver import deadlines
 from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
-from schemas.database import SqliteFile, describe, is_sqlite
-from schemas.errors import ConstraintViolation, StorageUnavailable
-from schemas.ledger import Auth, Delivery, Reader, Stored, Unread, read_delivery
+from schemas.clock import Clock, utc_now
+from schemas.database import is_sqlite
+from schemas.errors import StorageUnavailable
+from schemas.ledger import Delivery, Reader, Stored
 from schemas.settings import Settings
-from schemas.store.sqlite_ingest import SqliteWriter
+from schemas.spool_file import (
+    Entry,
+    Ledger,
+    Row,
+    SpoolFile,
+    Undecodable,
+    encode,
+    outcome_of,
+    quarantined,
+    spool_directory,
+    spool_files,
+)
 from schemas.write_deadline import write_deadline
 
 log = structlog.get_logger("taskledger.spool")
-# What a spooled delivery counts against the cap beyond its body, headers and key.
-RECORD_OVERHEAD_BYTES = 64
 # The part of a callback's answer deadline kept for spooling it when the writer gives up.
 SPOOL_SECONDS = 1.0
 # While the database is down, the drain tries it this often.
@@ -55,149 +56,13 @@ DRAIN_WRITE_SECONDS = 10.0
 # How often a receiver looks for spool files that a process now gone left behind.
 ADOPT_EVERY_SECONDS = 30.0
 MAX_SLOTS = 1024
-# A drain batch stops at this many bytes of bodies (at least one delivery, whatever its size).
-DRAIN_BATCH_MAX_BYTES = 16 << 20
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS spooled (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " provider TEXT NOT NULL, delivery_key TEXT NOT NULL, body BLOB NOT NULL,"
-    " headers BLOB NOT NULL, auth TEXT NOT NULL, received_at TEXT NOT NULL, task_ref TEXT,"
-    " size INTEGER NOT NULL)"
-)
-_COLUMNS = "provider, delivery_key, body, headers, auth, received_at, task_ref, size"
-_INSERT = f"INSERT INTO spooled ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
-_OLDEST = f"SELECT seq, {_COLUMNS} FROM spooled ORDER BY seq LIMIT ?"  # noqa: S608
-# A row as inserted: the delivery's stored fields, its size last.
-Row = tuple[str, str, bytes, bytes, str, str, str | None, int]
+# A spooled delivery whose replay fails this many times with an error other than the
+# database being unavailable (which waits, uncounted) goes to quarantine.
+MAX_ATTEMPTS = 3
 
 
 class SpoolFull(Overloaded):
     """The spool holds its cap: the sender is told to retry, as with no spool at all."""
-
-
-class Ledger(Protocol):
-    """What the drain needs of the store: its one write path, and a cheap read."""
-
-    async def ingest(self, evidence: Sequence[Delivery]) -> list[Stored]: ...
-
-    async def ping(self) -> str | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A spooled delivery, read back: its place in its file and what it counts for."""
-
-    seq: int
-    delivery: Delivery
-    size: int
-
-
-class SpoolFile:
-    """One spool file, held (locked) by this process from `hold` to `release`. Its writes
-    are SQLite transactions of their own (statements on the loop, COMMIT on a thread)."""
-
-    def __init__(self, path: Path, lock: int) -> None:
-        self.path = path
-        self._lock = lock
-        self._sqlite = SqliteWriter(SqliteFile(str(path)))
-        self.depth = 0
-        self.size = 0
-
-    @classmethod
-    async def hold(cls, path: Path) -> SpoolFile | None:
-        """The file at `path` (made if new), or None while another process holds it."""
-        lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
-            return None
-        file = cls(path, lock)
-        try:
-            file.depth, file.size = await file._sqlite.run(_prepare)
-        except BaseException:
-            await file.release()
-            raise
-        return file
-
-    async def append(self, rows: list[Row]) -> None:
-        """Insert `rows`, durably: committed and flushed when this returns."""
-        await self._sqlite.run(lambda conn: conn.executemany(_INSERT, rows))
-        self.depth += len(rows)
-        self.size += sum(row[-1] for row in rows)
-
-    async def oldest(self, limit: int, readers: dict[str, Reader]) -> list[Entry]:
-        """The oldest entries, at most `limit` and about `DRAIN_BATCH_MAX_BYTES`."""
-        rows = await self._sqlite.run(lambda conn: _oldest(conn, limit))
-        return [_entry(row, readers) for row in rows]
-
-    async def remove(self, entries: list[Entry]) -> None:
-        """Forget `entries`, the oldest of the file (they are in the ledger now)."""
-        last = entries[-1].seq
-        await self._sqlite.run(
-            lambda conn: conn.execute("DELETE FROM spooled WHERE seq <= ?", (last,))
-        )
-        self.depth -= len(entries)
-        self.size -= sum(entry.size for entry in entries)
-
-    async def release(self) -> None:
-        try:
-            await self._sqlite.close()
-        finally:
-            os.close(self._lock)  # the lock goes with its descriptor
-
-
-def _prepare(conn: Any) -> tuple[int, int]:
-    """Make the table if new; what the file holds already (entries, bytes)."""
-    conn.execute(_SCHEMA)
-    depth, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM spooled").fetchone()
-    return int(depth), int(size)
-
-
-def _oldest(conn: Any, limit: int) -> list[tuple[Any, ...]]:
-    rows, size = [], 0
-    for row in conn.execute(_OLDEST, (limit,)):
-        rows.append(row)
-        size += row[-1]
-        if size >= DRAIN_BATCH_MAX_BYTES:
-            break
-    return rows
-
-
-def _row(delivery: Delivery) -> Row:
-    headers = orjson.dumps(delivery.headers)
-    size = len(delivery.body) + len(headers) + len(delivery.delivery_key) + RECORD_OVERHEAD_BYTES
-    return (
-        delivery.provider,
-        delivery.delivery_key,
-        delivery.body,
-        headers,
-        delivery.auth.value,
-        delivery.received_at.isoformat(),
-        delivery.task_ref,
-        size,
-    )
-
-
-def _entry(row: tuple[Any, ...], readers: dict[str, Reader]) -> Entry:
-    """A stored row as the delivery it was, its body read again by its provider's reader
-    (reading is a pure function of the body and the time it was received)."""
-    seq, provider, key, body, headers, auth, received_at, task_ref, size = row
-    delivery = Delivery(
-        provider=provider,
-        delivery_key=key,
-        body=bytes(body),
-        headers=orjson.loads(headers),
-        auth=Auth(auth),
-        observation=None,
-        received_at=datetime.fromisoformat(received_at),
-        task_ref=task_ref,
-    )
-    reader = readers.get(provider)
-    if reader is None:
-        unread = Unread("unknown_provider", "the provider is no longer configured")
-        return Entry(seq, replace(delivery, unread=unread), size)
-    return Entry(seq, read_delivery(delivery, reader), size)
 
 
 _Pending = tuple[Row, "asyncio.Future[None]"]
@@ -215,12 +80,14 @@ class Spool:
         readers: dict[str, Reader],
         metrics: ReceiverMetrics,
         drain_batch_size: int = 256,
+        clock: Clock = utc_now,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self._readers = readers
         self._metrics = metrics
         self._batch_size = drain_batch_size
+        self._clock = clock
         self._held: dict[Path, SpoolFile] = {}
         self._own_file: SpoolFile | None = None
         self._pending: list[_Pending] = []
@@ -229,8 +96,12 @@ class Spool:
         self._entries = asyncio.Event()
         self._down = False
         self._tasks: list[asyncio.Task[None]] = []
+        # Failed replays of the entry each file stopped at: (file, seq) -> attempts.
+        self._attempts: dict[tuple[Path, int], int] = {}
         self.depth = 0
         self.size = 0
+        # Entries in quarantine in this database's spool files, waiting for an operator.
+        self.quarantined = 0
 
     @property
     def engaged(self) -> bool:
@@ -247,7 +118,7 @@ class Spool:
     async def keep(self, delivery: Delivery, deadline: float) -> None:
         """Return once `delivery` is in the spool, durably: `SpoolFull` if it would pass the
         cap, `Overloaded` if that has not happened by loop time `deadline`."""
-        row = _row(delivery)
+        row = encode(delivery)
         if self.size + self._pending_bytes + row[-1] > self.max_bytes:
             raise SpoolFull("the database is unavailable and the local spool is full")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -283,13 +154,11 @@ class Spool:
 
     async def adopt(self) -> None:
         """Hold every spool file of this database that holds deliveries and no running
-        process holds: one left by a process that is gone."""
-        if not self.directory.is_dir():
-            return
-        for path in sorted(self.directory.glob("spool-*.sqlite")):
+        process holds: one left by a process that is gone. Count what is in quarantine."""
+        for path in spool_files(self.directory):
             if path in self._held:
                 continue
-            file = await SpoolFile.hold(path)
+            file = await _hold(path)
             if file is None:
                 continue
             if file.depth == 0:
@@ -298,6 +167,17 @@ class Spool:
             log.info("spool_adopted", file=path.name, depth=file.depth)
             self._held[path] = file
             self._counted(file.depth, file.size)
+        await self._count_quarantine()
+
+    async def _count_quarantine(self) -> None:
+        """What waits in quarantine in every spool file of this database (an operator's
+        replay, from another process, takes entries out)."""
+        try:
+            self.quarantined = len(await quarantined(self.directory))
+        except Exception as exc:
+            log.error("spool_quarantine_unreadable", error=type(exc).__name__)
+            return
+        self._metrics.spool_quarantine_depth.set(self.quarantined)
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -333,7 +213,7 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         for slot in range(MAX_SLOTS):
             path = self.directory / f"spool-{slot}.sqlite"
-            file = self._held.get(path) or await SpoolFile.hold(path)
+            file = self._held.get(path) or await _hold(path)
             if file is not None:
                 self._held[path] = self._own_file = file
                 return file
@@ -396,44 +276,143 @@ class Spool:
     async def _drain_once(
         self, file: SpoolFile, ledger: Ledger, on_commit: Callable[[int], None]
     ) -> None:
-        """Replay the oldest entries of `file` in one transaction, then forget them; a
-        failure leaves them where they are, for the next try."""
-        entries = await file.oldest(self._batch_size, self._readers)
-        if not entries:  # nothing there after all: count it as it is
+        """Replay the oldest entries of `file`, in order, and forget those the ledger
+        committed; the entry the replay stopped at stays where it is (`_failed`)."""
+        entries, undecodable = await file.oldest(self._batch_size, self._readers)
+        if not entries and undecodable is not None:
+            await self._quarantine(file, undecodable, undecodable.error, 0)
+        elif not entries:  # nothing there after all: count it as it is
             self._counted(-file.depth, -file.size)
             file.depth = file.size = 0
             return
-        try:
-            with write_deadline(asyncio.get_running_loop().time() + DRAIN_WRITE_SECONDS):
-                results = await _ingest(ledger, [entry.delivery for entry in entries])
-        except StorageUnavailable as exc:  # down, or refusing writes (read-only, disk full)
-            log.warning("spool_drain_refused", detail=str(exc), depth=self.depth)
-            self.note_down(str(exc))
-            await asyncio.sleep(RETRY_SECONDS)
-            return
-        await file.remove(entries)
-        self._counted(-len(entries), -sum(entry.size for entry in entries))
-        self._back()
-        on_commit(len(entries))
-        self._report(entries, results)
+        else:
+            await self._replay_batch(file, ledger, entries, on_commit)
         if file.depth == 0:
-            log.info("spool_drained", file=file.path.name)
-            if file is not self._own_file:
-                del self._held[file.path]
-                await file.release()
+            await self._drained(file)
 
-    def _report(self, entries: list[Entry], results: list[Stored | None]) -> None:
+    async def _replay_batch(
+        self,
+        file: SpoolFile,
+        ledger: Ledger,
+        entries: list[Entry],
+        on_commit: Callable[[int], None],
+    ) -> None:
+        replay = await _replay(ledger, entries)
+        if replay.done:
+            await self._forget(file, replay, on_commit)
+        if replay.failed is not None and replay.error is not None:
+            await self._failed(file, replay.failed, replay.error)
+
+    async def _forget(
+        self, file: SpoolFile, replay: _Replay, on_commit: Callable[[int], None]
+    ) -> None:
+        """The entries `replay` committed leave the file: they are in the ledger now."""
+        await file.remove(replay.done)
+        self._counted(-len(replay.done), -sum(entry.size for entry in replay.done))
+        for entry in replay.done:
+            self._attempts.pop((file.path, entry.seq), None)
+        self._back()
+        on_commit(len(replay.done))
+        self._report(replay.done, replay.results)
+
+    async def _failed(self, file: SpoolFile, entry: Entry, error: Exception) -> None:
+        """The database being unavailable (down, or refusing writes: read-only, disk full)
+        is waited out, however long; any other error is tried `MAX_ATTEMPTS` times, then
+        the entry goes to quarantine and those after it drain on at once."""
+        if isinstance(error, StorageUnavailable):
+            log.warning("spool_drain_refused", detail=str(error), depth=self.depth)
+            self.note_down(str(error))
+        else:
+            attempts = self._attempts.pop((file.path, entry.seq), 0) + 1
+            if attempts >= MAX_ATTEMPTS:
+                await self._quarantine(file, entry, f"{type(error).__name__}: {error}", attempts)
+                return
+            self._attempts[file.path, entry.seq] = attempts
+            log.warning(
+                "spooled_delivery_failed",
+                provider=entry.delivery.provider,
+                delivery_key=entry.delivery.delivery_key[:64],
+                attempts=attempts,
+                error=type(error).__name__,
+            )
+        await asyncio.sleep(RETRY_SECONDS)
+
+    async def _quarantine(
+        self, file: SpoolFile, entry: Entry | Undecodable, error: str, attempts: int
+    ) -> None:
+        """Set `entry` aside, kept with its error (whose text stays in the file: it may
+        quote the delivery, which a log line must not: the line names its type only)."""
+        provider, key, task_ref = await file.quarantine(entry, error, attempts, self._clock())
+        self._counted(-1, -entry.size)
+        self.quarantined += 1
+        self._metrics.spool_quarantined.labels(provider).inc()
+        self._metrics.spool_quarantine_depth.set(self.quarantined)
+        log.error(
+            "spooled_delivery_quarantined",
+            provider=provider,
+            task_ref=task_ref,
+            delivery_key=key[:64],
+            attempts=attempts,
+            error=error.partition(":")[0],
+            file=file.path.name,
+            seq=entry.seq,
+        )
+
+    async def _drained(self, file: SpoolFile) -> None:
+        """`file` is empty: let go of it unless it is this process's own."""
+        log.info("spool_drained", file=file.path.name)
+        if file is not self._own_file:
+            del self._held[file.path]
+            await file.release()
+
+    def _report(self, entries: list[Entry], results: list[Stored]) -> None:
         metrics = self._metrics
         for entry, stored in zip(entries, results, strict=True):
-            provider = entry.delivery.provider
-            if stored is None or stored.refused:
-                reason = "conflict" if stored is None else "forbidden"
-                metrics.spool_drained.labels(reason).inc()
-                metrics.rejections.labels(provider, reason).inc()
-                log.warning("spooled_delivery_refused", provider=provider, reason=reason)
+            provider, outcome = entry.delivery.provider, outcome_of(stored)
+            metrics.spool_drained.labels(outcome).inc()
+            if stored.refused:
+                metrics.rejections.labels(provider, outcome).inc()
+                log.warning("spooled_delivery_refused", provider=provider, reason=outcome)
                 continue
-            metrics.spool_drained.labels(stored.outcome.value).inc()
-            metrics.deliveries.labels(provider, stored.outcome.value).inc()
+            metrics.deliveries.labels(provider, outcome).inc()
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """How far a replay went: the entries committed, with what became of each, and the
+    first entry it stopped at, with the error it stopped on."""
+
+    done: list[Entry]
+    results: list[Stored]
+    failed: Entry | None = None
+    error: Exception | None = None
+
+
+async def _replay(ledger: Ledger, entries: list[Entry]) -> _Replay:
+    """`ledger.ingest` of `entries`, as far as it goes in their order. On an error other
+    than the database being unavailable (a bug; a delivery breaking a unique key on every
+    try, which is not dropped: it was answered 202 already), the batch is halved until the
+    first entry that fails alone is found; those before it are committed, it and those
+    after it are not."""
+    try:
+        with write_deadline(asyncio.get_running_loop().time() + DRAIN_WRITE_SECONDS):
+            results = list(await ledger.ingest([entry.delivery for entry in entries]))
+    except StorageUnavailable as exc:
+        return _Replay([], [], entries[0], exc)
+    except Exception as exc:
+        if len(entries) == 1:
+            return _Replay([], [], entries[0], exc)
+        return await _halved(ledger, entries)
+    return _Replay(entries, results)
+
+
+async def _halved(ledger: Ledger, entries: list[Entry]) -> _Replay:
+    half = len(entries) // 2
+    first = await _replay(ledger, entries[:half])
+    if first.error is not None:
+        return first
+    rest = await _replay(ledger, entries[half:])
+    return replace(rest, done=first.done + rest.done, results=first.results + rest.results)
 
 
 async def _answers(ledger: Ledger) -> bool:
@@ -446,18 +425,15 @@ async def _answers(ledger: Ledger) -> bool:
     return True
 
 
-async def _ingest(ledger: Ledger, deliveries: list[Delivery]) -> list[Stored | None]:
-    """`ledger.ingest`; a delivery that breaks a unique key on every try (the writer answers
-    409 to it) alone is dropped, as None, and its neighbours are stored without it."""
+async def _hold(path: Path) -> SpoolFile | None:
+    """`SpoolFile.hold`; None, said in a log line, for a file SQLite cannot open (damaged
+    beyond what its recovery mends): it stays on disk for an operator, and the spool goes
+    on with its other files."""
     try:
-        return list(await ledger.ingest(deliveries))
-    except ConstraintViolation:
-        if len(deliveries) == 1:
-            return [None]
-    results: list[Stored | None] = []
-    for delivery in deliveries:
-        results += await _ingest(ledger, [delivery])
-    return results
+        return await SpoolFile.hold(path)
+    except Exception as exc:
+        log.error("spool_file_unreadable", file=path.name, error=type(exc).__name__)
+        return None
 
 
 def _settle(batch: list[_Pending], error: Exception | None) -> None:
@@ -468,13 +444,6 @@ def _settle(batch: list[_Pending], error: Exception | None) -> None:
             future.set_result(None)
         else:
             future.set_exception(error)
-
-
-def spool_directory(settings: Settings) -> Path:
-    """Where the spool files of `settings.database_url` go: a directory of their own per
-    database (named by a digest of the URL without user or password)."""
-    digest = hashlib.sha256(describe(settings.database_url).encode()).hexdigest()[:16]
-    return Path(settings.spool.dir) / digest
 
 
 def open_spool(settings: Settings, engine: AsyncEngine, metrics: ReceiverMetrics) -> Spool | None:

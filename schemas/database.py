@@ -115,6 +115,34 @@ def normalize_url(url: str) -> str:
     return parsed.set(drivername=driver.get(name, name)).render_as_string(hide_password=False)
 
 
+# The database kinds taskledger runs on, by the async driver it uses for each.
+DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+
+
+def checked_url(url: str) -> str:
+    """`url`, trimmed, once it names a database taskledger runs on (and a `pooling` it
+    knows); otherwise a `ConfigError` in one line naming the variable."""
+    url = url.strip()
+    example = "sqlite:///path/to/ledger.db or postgresql://user@host:5432/name"
+    try:
+        parsed = make_url(normalize_url(url))
+    except sa.exc.ArgumentError:
+        raise ConfigError(f"{DATABASE_URL_VARIABLE} is not a database URL: use {example}") from None
+    backend = parsed.get_backend_name()
+    if DRIVERS.get(backend) != parsed.get_driver_name():
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE} names {parsed.drivername}, which taskledger does not run"
+            f" on: use {example}"
+        )
+    pooling_of(url)
+    return url
+
+
+def names_sqlite(url: str) -> bool:
+    """Whether a (checked) database URL names a SQLite file."""
+    return make_url(normalize_url(url)).get_backend_name() == "sqlite"
+
+
 def describe(url: str) -> str:
     """The database a URL names, without user or password: fit for a log line."""
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Final
 
 from schemas.addresses import AddressPolicy, parse_networks
+from schemas.database import checked_url
 from schemas.definition import Definition, load_definitions
 from schemas.errors import ConfigError
 from schemas.ledger import Reader
@@ -219,7 +220,7 @@ class RelaySettings:
     def from_env(cls, env: _Env) -> RelaySettings:
         d = _DEFAULTS
         return cls(
-            database_url=env.text("DATABASE_URL", d.database_url),
+            database_url=checked_url(env.text("DATABASE_URL", d.database_url)),
             sqlite_synchronous=env.choice(
                 "SQLITE_SYNCHRONOUS", d.sqlite_synchronous, SQLITE_SYNCHRONOUS_MODES
             ),
@@ -312,7 +313,7 @@ class Settings:
     def from_env(cls, env: _Env) -> Settings:
         d = _DEFAULTS
         return cls(
-            database_url=env.text("DATABASE_URL", d.database_url),
+            database_url=checked_url(env.text("DATABASE_URL", d.database_url)),
             public_base_url=env.text("PUBLIC_BASE_URL", d.public_base_url).rstrip("/"),
             callback_secrets=env.required_list("CALLBACK_SECRETS"),
             admin_token=env.required_text("ADMIN_TOKEN"),

@@ -16,10 +16,11 @@ import sqlalchemy as sa
 
 from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
-from receiver.spool import Spool, SpoolFile, SpoolFull
+from receiver.spool import Spool, SpoolFull
 from schemas.errors import StorageUnavailable
 from schemas.ledger import Auth, Delivery, Stored, parse_payload, read_payload
 from schemas.settings import ProviderSettings
+from schemas.spool_file import SpoolFile
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import DELIVERY
 from schemas.wire import WireFormat
@@ -223,11 +224,12 @@ async def test_a_damaged_tail_is_dropped_and_what_came_before_survives(
     file = await SpoolFile.hold(crashed / "spool-0.sqlite")
     assert file is not None
     try:
-        entries = await file.oldest(10, {"apidot": READER})
+        entries, undecodable = await file.oldest(10, {"apidot": READER})
     finally:
         await file.release()
     expected = ["t-1", "t-2"] if damage == "torn" else ["t-1", "t-2", "t-3"]
     assert [e.delivery.provider_task_id for e in entries] == expected
+    assert undecodable is None
 
 
 async def test_a_file_held_by_a_running_process_is_not_adopted(

@@ -53,3 +53,24 @@ def test_a_wrong_pooling_value_is_one_line_and_exit_2(tmp_path: Path, name: str)
     assert line.endswith(
         "TASKLEDGER_DATABASE_URL: pooling must be one of session, transaction (got 'statement')"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("nonsense", "TASKLEDGER_DATABASE_URL is not a database URL: use sqlite:///"),
+        ("mysql://u@host/db", "TASKLEDGER_DATABASE_URL names mysql, which taskledger does not"),
+        ("postgresql+psycopg2://u@host/db", "names postgresql+psycopg2, which taskledger"),
+    ],
+    ids=["not-a-url", "another-database", "a-sync-driver"],
+)
+@pytest.mark.parametrize("name", ["web", "reconciler", "relay", "db upgrade"])
+def test_a_database_url_taskledger_cannot_use_is_one_line_and_exit_2(
+    tmp_path: Path, name: str, url: str, says: str
+) -> None:
+    """Not a traceback from the URL parser or a missing driver: the variable, and what works."""
+    env = service_environ(tmp_path / "unused.db", DATABASE_URL=url)
+    code, line = refusal(ENTRY_POINTS.get(name, UPGRADE), env, tmp_path)
+    assert code == 2
+    assert says in line
+    assert "Traceback" not in line
