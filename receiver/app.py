@@ -41,8 +41,8 @@ from receiver.spool import open_spool
 from receiver.writer import GroupCommitWriter
 from schemas import logs
 from schemas.clock import utc_now
-from schemas.database import create_engine, describe, require_current
-from schemas.errors import ConfigError, StorageUnavailable
+from schemas.database import create_engine, describe, names_sqlite, require_current
+from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, StorageUnavailable
 from schemas.settings import Settings, unknown_settings
 from schemas.store import LedgerStore
 
@@ -174,6 +174,14 @@ def _check_database(settings: Settings) -> None:
         store = LedgerStore(engine, utc_now)
         try:
             await require_current(store.ping, settings.database_url)
+        except DatabaseNotMigrated:
+            raise
+        except DatabaseUnreachable as exc:
+            # A receiver started during a failover (a deploy, a restart) serves anyway when
+            # it can spool: refusing to start would turn away the callbacks the spool is for.
+            if names_sqlite(settings.database_url) or not settings.spool.enabled:
+                raise
+            log.warning("database_unreachable_at_start", detail=str(exc), action="spooling")
         finally:
             await store.close()
             await engine.dispose()

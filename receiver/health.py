@@ -6,8 +6,6 @@ transaction, and learns whether the database takes writes from the writer's late
 
 from __future__ import annotations
 
-import functools
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -57,17 +55,11 @@ async def _database_ready(store: LedgerStore, inbox: Inbox | None) -> None:
         raise Overloaded("the database is unreachable") from exc
     except Exception as exc:
         raise Overloaded(f"readiness check failed: {type(exc).__name__}") from exc
-    if revision != _head():
+    if revision != head_revision():
         raise Overloaded("the database schema is not at the current migration")
     refusal = inbox.writer.refusal if inbox is not None else None
     if refusal is not None:
         raise Overloaded(f"the database refuses writes: {refusal}")
-
-
-@functools.cache
-def _head() -> str | None:
-    """The newest migration (read from the scripts once, not on every probe)."""
-    return head_revision()
 
 
 async def metrics(request: Request) -> Response:

@@ -31,6 +31,7 @@ from schemas.clock import Clock, utc_now
 from schemas.database import is_sqlite
 from schemas.errors import StorageUnavailable
 from schemas.ledger import Delivery, Reader, Stored
+from schemas.migrate import head_revision
 from schemas.settings import Settings
 from schemas.spool_file import (
     Entry,
@@ -416,11 +417,15 @@ async def _halved(ledger: Ledger, entries: list[Entry]) -> _Replay:
 
 
 async def _answers(ledger: Ledger) -> bool:
-    """Whether the database answers a read now."""
+    """Whether the database answers a read now, at the newest migration (a receiver that
+    started while it was down has not seen it yet: nothing is replayed into another schema)."""
     try:
         async with asyncio.timeout(DRAIN_WRITE_SECONDS):
-            await ledger.ping()
+            revision = await ledger.ping()
     except Exception:  # any failure to answer is "not back yet"
+        return False
+    if revision != head_revision():
+        log.error("spool_drain_waits", detail="the database is not at the newest migration")
         return False
     return True
 

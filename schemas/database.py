@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from schemas.errors import ConfigError, DatabaseUnreachable, LedgerError
+from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, LedgerError
 from schemas.migrate import head_revision
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -169,7 +169,7 @@ async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -
     """Start-up: the database answers and is at the newest migration."""
     revision, head = await reachable_revision(ping, url), head_revision()
     if revision != head:
-        raise DatabaseUnreachable(
+        raise DatabaseNotMigrated(
             f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration {revision or 'none'},"
             f" not {head}: run `taskledger db upgrade`"
         )

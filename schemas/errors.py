@@ -35,6 +35,10 @@ class DatabaseUnreachable(ConfigError):
     exit_code = EXIT_DATABASE_UNREACHABLE
 
 
+class DatabaseNotMigrated(DatabaseUnreachable):
+    """At start-up, the database answers but is not at the newest migration."""
+
+
 class InUse(ConfigError):
     """At start-up, a port to listen on, or the SQLite file, is held by another process."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,7 +21,9 @@ def alembic_config() -> Config:
     return config
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest migration (read from the scripts once: they do not change while running)."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

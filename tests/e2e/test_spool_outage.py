@@ -157,6 +157,38 @@ async def test_kill_9_during_the_outage_and_during_the_drain_loses_nothing(
     assert set(counts.values()) == {1}
 
 
+async def test_a_receiver_started_while_postgresql_is_down_spools_and_drains_once_back(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A deploy or a restart during a failover: the receiver starts anyway (its spool has
+    room), says `spooling`, keeps what comes, and replays it when PostgreSQL is back."""
+    await migrate(database_url)
+    env = receiver_environment(database_url, tmp_path / "spool")
+    port = free_port()
+    async with receiver_process(env, port), _client(port) as http:
+        paths = await callback_paths(Service(str(http.base_url), http), TASKS)
+    await asyncio.to_thread(cluster, "stop")
+    down = True
+    try:
+        async with receiver_process(env, port), _client(port) as http:
+            readiness = await http.get("/readyz")
+            load = Load(http, paths)
+            for path, body in itertools.islice(load.callbacks(), 2 * TASKS):
+                assert await load.send(path, body) == 202
+            await asyncio.to_thread(cluster, "start")
+            down = False
+            await eventually(lambda: all_stored(database_url, load.acked), within=30)
+            await eventually(lambda: spool_empty(http), within=30)
+    finally:
+        if down:
+            await asyncio.to_thread(cluster, "start")
+    assert (readiness.status_code, readiness.json()["status"]) == (200, "spooling")
+    assert load.outcomes == {"spooled": 2 * TASKS}
+    counts = await stored_counts(database_url)
+    assert set(counts) == load.acked
+    assert set(counts.values()) == {1}
+
+
 def receiver_environment(database_url: str, spool_dir: Path) -> dict[str, str]:
     """The receiver's environment, its spool in `spool_dir`, draining a few at a time (so
     that a kill lands halfway)."""

@@ -338,8 +338,9 @@ def refusal(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int
 
 @pytest.mark.parametrize("name", ["web", "reconciler", "relay", "db upgrade"])
 def test_an_unreachable_database_is_one_line_and_exit_3(tmp_path: Path, name: str) -> None:
+    """(A receiver with a spool starts anyway: `tests/e2e/test_spool_outage.py`.)"""
     url = f"postgresql://taskledger:hunter2@127.0.0.1:{free_port()}/ledger"
-    env = service_environ(tmp_path / "unused.db", DATABASE_URL=url)
+    env = service_environ(tmp_path / "unused.db", DATABASE_URL=url, SPOOL_ENABLED="false")
     code, line = refusal(ENTRY_POINTS.get(name, UPGRADE), env, tmp_path)
     assert code == 3
     assert "TASKLEDGER_DATABASE_URL: cannot reach postgresql://127.0.0.1:" in line

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -24,7 +25,9 @@ from schemas.spool_file import SpoolFile
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import DELIVERY
 from schemas.wire import WireFormat
-from tests.support.senders import apidot_body
+from tests.e2e.test_spool_outage import receiver_environment
+from tests.support.senders import WEBHOOK_SECRET, apidot_body, openai_event, signed_headers
+from tests.support.servers import free_port, receiver_process
 from tests.support.waiting import until
 
 READER = ProviderSettings("apidot", WireFormat.APIDOT).reader
@@ -282,3 +285,25 @@ async def test_a_spooled_delivery_naming_another_task_is_refused_when_drained(
         await spool.stop()
     assert drained(metrics, "forbidden") == 1
     assert await stored_keys(store) == []
+
+
+async def test_a_receiver_started_with_postgresql_unreachable_serves_and_says_spooling(
+    tmp_path: Path,
+) -> None:
+    """Started during a failover, with a spool: it serves (readiness 200 `spooling`) rather
+    than exit 3; a signed callback is kept (202). The drain once PostgreSQL is back is
+    `tests/e2e/test_spool_outage.py`'s."""
+    url = f"postgresql://taskledger@127.0.0.1:{free_port()}/ledger"
+    env = receiver_environment(url, tmp_path / "spool") | {
+        "TASKLEDGER_PROVIDERS": "openai",
+        "TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+    }
+    port = free_port()
+    body = openai_event("video_1")
+    base_url = f"http://127.0.0.1:{port}"
+    async with receiver_process(env, port), httpx.AsyncClient(base_url=base_url) as http:
+        readiness = await http.get("/readyz")
+        headers = signed_headers(body, datetime.now(UTC))
+        answer = await http.post("/webhooks/openai", content=body, headers=headers)
+    assert (readiness.status_code, readiness.json()["status"]) == (200, "spooling")
+    assert (answer.status_code, answer.json()["outcome"]) == (202, "spooled")

@@ -25,7 +25,7 @@ from schemas.spool_file import SpoolFile, encode, quarantined, replay_quarantine
 from schemas.store import LedgerStore, NewTask
 from schemas.wire import Kind
 from tests.receiver.test_spool import READER, Switched, delivery, keep, stored_keys
-from tests.support.databases import temporary_database
+from tests.support.databases import migrated_engine, temporary_database
 from tests.support.service import running_service, settings_for
 from tests.support.waiting import until
 
@@ -292,3 +292,44 @@ async def test_readiness_says_how_many_deliveries_wait_in_quarantine_and_stays_2
     async with running_service(settings, utc_now) as service:
         readiness = await service.http.get("/readyz")
     assert (readiness.status_code, readiness.json()) == (200, answer)
+
+
+class Behind:
+    """The real store, answering pings as a database at an older migration would until
+    `migrated`: what a receiver started during an outage may find when it comes back."""
+
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
+        self.migrated = False
+        self.pings = 0
+        self.ingested = 0
+
+    async def ingest(self, deliveries: Sequence[Delivery]) -> list[Stored]:
+        self.ingested += len(deliveries)
+        return await self.store.ingest(deliveries)
+
+    async def ping(self) -> str | None:
+        self.pings += 1
+        return await self.store.ping() if self.migrated else "0001"
+
+
+async def test_the_drain_replays_nothing_into_a_database_not_at_the_newest_migration(
+    tmp_path: Path,
+) -> None:
+    async with migrated_engine("sqlite", tmp_path) as engine:
+        ledger = Behind(LedgerStore(engine, utc_now))
+        spool = new_spool(tmp_path / "spool", ReceiverMetrics(), READERS)
+        await spool.start(ledger, lambda _n: None)
+        try:
+            spool.note_down("test")
+            await keep(spool, delivery("t-1", "running", 10), delivery("t-1", "running", 20))
+            await until(lambda: ledger.pings >= 3)
+            assert (ledger.ingested, spool.depth) == (0, 2)
+            ledger.migrated = True
+            await until(lambda: spool.depth == 0)
+            kept = await stored_keys(ledger.store)
+        finally:
+            await spool.stop()
+            await ledger.store.close()
+    assert ledger.ingested == 2
+    assert len(kept) == 2
