@@ -151,13 +151,15 @@ _TASK_TIMES = frozenset(c.name for c in TASK.c if isinstance(c.type, UTCDateTime
 # it is held, hence the EXISTS) the transitions' `seq`; the new rows' ids come from their
 # sequences at the same time.
 _FEED = (
-    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint)) SELECT "
-    "ARRAY(SELECT nextval(pg_get_serial_sequence('transition', 'seq')) "
-    "FROM generate_series(1, $2::int) WHERE EXISTS (SELECT FROM feed)), "
-    "ARRAY(SELECT nextval(pg_get_serial_sequence('delivery', 'id')) "
-    "FROM generate_series(1, $3::int)), "
-    "ARRAY(SELECT nextval(pg_get_serial_sequence('observation', 'id')) "
-    "FROM generate_series(1, $4::int))"
+    "WITH feed AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint)), "
+    # The sequences looked up once, not once for every row (50-80 µs a batch of 16).
+    "s AS MATERIALIZED (SELECT pg_get_serial_sequence('transition', 'seq')::regclass AS t, "
+    "pg_get_serial_sequence('delivery', 'id')::regclass AS d, "
+    "pg_get_serial_sequence('observation', 'id')::regclass AS o) SELECT "
+    "ARRAY(SELECT nextval(s.t) FROM s, generate_series(1, $2::int) "
+    "WHERE EXISTS (SELECT FROM feed)), "
+    "ARRAY(SELECT nextval(s.d) FROM s, generate_series(1, $3::int)), "
+    "ARRAY(SELECT nextval(s.o) FROM s, generate_series(1, $4::int))"
 )
 # What the fold needs to know of a delivery stored before: whose it is, what it said.
 _DELIVERY_SEEN = _Columns(

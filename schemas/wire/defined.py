@@ -7,7 +7,7 @@ driven by the definition's field paths, status words and envelope.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -59,22 +59,23 @@ def read_status(
 ) -> Observation:
     """A status (or submit, or callback) body, read by the definition's field paths."""
     task, at = _task_of(definition, body)
-    task_id = _task_id(definition, task, at)
+    read = _readers(definition.fields)
+    task_id = _task_id(definition, read, task, at)
     _check_shapes(definition, task, at)
-    urls = _urls(definition, task, at)
-    error_code = _text(definition, task, "error_code", CODE_MAX_CHARS)
-    error_message = _text(definition, task, "error_message", MESSAGE_MAX_CHARS)
-    state, fetch = _state(definition, task, missing, at, (error_code, error_message))
-    finished = _time(definition, task, "finished_at")
-    extra = _expiry(definition, task, urls, finished, lifetime) | _cost(definition, task)
+    urls = _urls(definition, read, task, at)
+    error_code = short_text(read.field("error_code", task), CODE_MAX_CHARS)
+    error_message = short_text(read.field("error_message", task), MESSAGE_MAX_CHARS)
+    state, fetch = _state(definition, read, task, missing, at, (error_code, error_message))
+    finished = read.time("finished_at", task)
+    extra = _expiry(read, task, urls, finished, lifetime) | _cost(read, task)
     return Observation(
         provider_task_id=task_id,
         state=state,
-        progress=_progress(definition, task, at),
+        progress=_progress(definition, read, task, at),
         result_urls=urls,
         error_code=error_code,
         error_message=error_message,
-        provider_time=_provider_time(definition, task, finished),
+        provider_time=_provider_time(read, task, finished),
         needs_fetch=fetch or definition.callback_shape == "thin",
         extra=extra,
     )
@@ -88,20 +89,19 @@ def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> O
 
 
 def read_task_id(definition: Definition, body: object) -> str:
-    return _task_id(definition, *_task_of(definition, body))
+    return _task_id(definition, _readers(definition.fields), *_task_of(definition, body))
 
 
-def _task_id(definition: Definition, task: dict[str, Any], at: str) -> str:
-    found = _field(definition, "task_id")
-    value = _read(found, task)
+def _task_id(definition: Definition, read: _Readers, task: dict[str, Any], at: str) -> str:
+    value = read.field("task_id", task)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         problem = f"must be a non-empty string, not {kind(value)}"
-        raise _fail(definition, _where(found, task, at), problem)
+        raise _fail(definition, _where(definition, "task_id", task, at), problem)
     if len(value.strip()) > ID_MAX_CHARS:
         problem = f"is longer than {ID_MAX_CHARS} characters"
-        raise _fail(definition, _where(found, task, at), problem)
+        raise _fail(definition, _where(definition, "task_id", task, at), problem)
     return value.strip()
 
 
@@ -151,10 +151,11 @@ def read_result(
             reason="not_object",
         )
     found = replace(definition, fields=result.fields)
+    read = _readers(result.fields)
     if 200 <= http_status < 300:
-        urls = _urls(found, body, "")
-        finished = _time(found, body, "finished_at")
-        extra = _expiry(found, body, urls, finished, lifetime) | _cost(found, body)
+        urls = _urls(found, read, body, "")
+        finished = read.time("finished_at", body)
+        extra = _expiry(read, body, urls, finished, lifetime) | _cost(read, body)
         return Observation(task_id, State.SUCCEEDED, 100, urls, extra=extra, provider_time=finished)
     if http_status not in result.failed_status:
         raise WireFormatError(
@@ -163,8 +164,8 @@ def read_result(
     return Observation(
         task_id,
         State.FAILED,
-        error_code=_text(found, body, "error_code", CODE_MAX_CHARS) or str(http_status),
-        error_message=_text(found, body, "error_message", MESSAGE_MAX_CHARS),
+        error_code=short_text(read.field("error_code", body), CODE_MAX_CHARS) or str(http_status),
+        error_message=short_text(read.field("error_message", body), MESSAGE_MAX_CHARS),
     )
 
 
@@ -213,6 +214,44 @@ def _check_shapes(definition: Definition, task: dict[str, Any], at: str) -> None
             raise _fail(definition, at + path.text, problem)
 
 
+class _Readers:
+    """A definition's fields as readers made once (`_reader_of`): each whole field's, and
+    each of its paths' (times are the first of their paths that reads as one)."""
+
+    def __init__(self, fields: Mapping[str, Field]) -> None:
+        self._fields = {name: _reader_of(found) for name, found in fields.items()}
+        self._paths = {
+            name: tuple(_reader_of(path) for path in found.paths) for name, found in fields.items()
+        }
+        self.names_provider_time = "provider_time" in fields
+
+    def field(self, name: str, body: object) -> Any:
+        """The value of the field `name` (None when the definition does not name it)."""
+        read = self._fields.get(name)
+        return None if read is None else read(body)
+
+    def time(self, name: str, body: object) -> Any:
+        """The first readable time among the field's paths (informational: None if none)."""
+        for read in self._paths.get(name, ()):
+            value = read(body)
+            found = None if value is None else moment(value)
+            if found is not None:
+                return found
+        return None
+
+
+# The readers of each `fields` mapping read (a definition's, or its `[result]`'s), by its
+# id (with the mapping, which keeps the id from being reused while it is here).
+_FIELDS: dict[int, tuple[Mapping[str, Field], _Readers]] = {}
+
+
+def _readers(fields: Mapping[str, Field]) -> _Readers:
+    kept = _FIELDS.get(id(fields))
+    if kept is None:
+        kept = _FIELDS[id(fields)] = (fields, _Readers(fields))
+    return kept[1]
+
+
 def _field(definition: Definition, name: str) -> Field:
     return definition.fields.get(name, _NO_FIELD)
 
@@ -226,40 +265,54 @@ def _read(found: Field | FieldPath, body: object) -> Any:
 
 
 def _reader_of(found: Field | FieldPath) -> Callable[[object], Any]:
-    """What `found.read` does, as a plain loop over keys when its paths are only keys
+    """What `found.read` does, as one plain loop over keys when its paths are only keys
     (nearly every field: `data.task_id`), else `found.read` itself."""
     paths = found.paths if isinstance(found, Field) else (found,)
     if any(step.key is None for path in paths for step in path.steps):
         return found.read
     keys = [tuple(str(step.key) for step in path.steps) for path in paths]
     if isinstance(found, FieldPath):
-        return partial(_read_keys, keys[0])
+        return _keys_reader(keys[0])
     if found.union:
         return found.read
-    return partial(_read_first, keys)
+    return _first_reader(keys)
 
 
-def _read_keys(keys: tuple[str, ...], value: Any) -> Any:
+def _keys_reader(keys: tuple[str, ...]) -> Callable[[object], Any]:
     """`FieldPath.read` of a path of keys: None wherever a key or an object is missing."""
-    for key in keys:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
+
+    def read(value: Any) -> Any:
+        for key in keys:
+            if not isinstance(value, dict):
+                return None
+            value = value.get(key)
+        return value
+
+    return read
 
 
-def _read_first(paths: list[tuple[str, ...]], body: object) -> Any:
-    """`Field.read` of paths of keys: the first value that is neither null nor []."""
-    for keys in paths:
-        value = _read_keys(keys, body)
-        if value is not None and value != []:
-            return value
-    return None
+def _first_reader(paths: list[tuple[str, ...]]) -> Callable[[object], Any]:
+    """`Field.read` of paths of keys: the first value that is neither null nor [] (each
+    path walked here, as `_keys_reader` walks one: a call per path would cost as much)."""
+
+    def read(body: object) -> Any:
+        for keys in paths:
+            value: Any = body
+            for key in keys:
+                if not isinstance(value, dict):
+                    value = None
+                    break
+                value = value.get(key)
+            if value is not None and value != []:
+                return value
+        return None
+
+    return read
 
 
-def _where(found: Field, body: dict[str, Any], at: str) -> str:
+def _where(definition: Definition, name: str, body: dict[str, Any], at: str) -> str:
     """A field's name in an error: the path its value was read from, after the task's."""
-    return at + found.path_of(body).text
+    return at + _field(definition, name).path_of(body).text
 
 
 def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_field") -> Exception:
@@ -268,6 +321,7 @@ def _fail(definition: Definition, name: str, problem: str, reason: str = "bad_fi
 
 def _state(
     definition: Definition,
+    read: _Readers,
     body: dict[str, Any],
     missing: State | None,
     at: str,
@@ -275,13 +329,12 @@ def _state(
 ) -> tuple[State, bool]:
     """The state a body says (`error`: its error code and message, which state rules may
     read), and whether it says only "finished": its result tells how."""
-    found = _field(definition, "status")
-    word = _read(found, body)
+    word = read.field("status", body)
     if word is None and missing is not None:
         return missing, False
     if not isinstance(word, str):
         problem = f"must be a string, not {kind(word)}"
-        raise _fail(definition, _where(found, body, at), problem, "unknown_status")
+        raise _fail(definition, _where(definition, "status", body, at), problem, "unknown_status")
     word = word.strip().lower()
     for rule in definition.rules:
         if rule.applies(word, error, body):
@@ -291,27 +344,26 @@ def _state(
         return State.RUNNING, True  # finished, but how only its result says: fetched next
     if state is None:
         problem = f"has unknown value {word[:50]!r}"
-        raise _fail(definition, _where(found, body, at), problem, "unknown_status")
+        raise _fail(definition, _where(definition, "status", body, at), problem, "unknown_status")
     return state, False
 
 
-def _progress(definition: Definition, body: dict[str, Any], at: str) -> int | None:
+def _progress(definition: Definition, read: _Readers, body: dict[str, Any], at: str) -> int | None:
     """A percentage clamped to 0..100, rounded down (strict: present, it must be a number)."""
-    found = _field(definition, "progress")
-    raw = _read(found, body)
+    raw = read.field("progress", body)
     value = number(raw)
     if value is None and raw is not None and definition.strict is not None:
         problem = f"must be a finite number, not {kind(raw)}"
-        raise _fail(definition, _where(found, body, at), problem)
+        raise _fail(definition, _where(definition, "progress", body, at), problem)
     return None if value is None else min(100, max(0, math.floor(value)))
 
 
-def _urls(definition: Definition, body: dict[str, Any], at: str) -> tuple[str, ...]:
-    found = _field(definition, "result_urls")
+def _urls(definition: Definition, read: _Readers, body: dict[str, Any], at: str) -> tuple[str, ...]:
     if definition.strict is not None:
-        urls = [url for path in found.paths for url in _strict_urls(definition, body, path, at)]
+        paths = _field(definition, "result_urls").paths
+        urls = [url for path in paths for url in _strict_urls(definition, body, path, at)]
         return tuple(dict.fromkeys(urls))
-    value = _read(found, body)
+    value = read.field("result_urls", body)
     items = value if isinstance(value, list) else [value]
     urls = [i.strip() for i in items if isinstance(i, str) and 0 < len(i.strip()) <= URL_MAX_CHARS]
     return tuple(dict.fromkeys(urls))
@@ -355,38 +407,25 @@ def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath
     return url.strip()
 
 
-def _text(definition: Definition, body: dict[str, Any], name: str, limit: int) -> str | None:
-    return short_text(_read(_field(definition, name), body), limit)
-
-
-def _time(definition: Definition, body: dict[str, Any], name: str) -> Any:
-    """The first readable time among the field's paths (informational: None if none)."""
-    for path in _field(definition, name).paths:
-        found = moment(_read(path, body))
-        if found is not None:
-            return found
-    return None
-
-
-def _provider_time(definition: Definition, body: dict[str, Any], finished: Any) -> Any:
-    if "provider_time" in definition.fields:
-        return _time(definition, body, "provider_time")
-    return finished or _time(definition, body, "created_at")
+def _provider_time(read: _Readers, body: dict[str, Any], finished: Any) -> Any:
+    if read.names_provider_time:
+        return read.time("provider_time", body)
+    return finished or read.time("created_at", body)
 
 
 def _expiry(
-    definition: Definition,
+    read: _Readers,
     body: dict[str, Any],
     urls: tuple[str, ...],
     finished: Any,
     lifetime: Lifetime,
 ) -> dict[str, object]:
-    said = _time(definition, body, "expires_at")
+    said = read.time("expires_at", body)
     if said is not None and urls:
         return {"expires_at": iso(said)}
     return url_expiry(urls, finished, lifetime)
 
 
-def _cost(definition: Definition, body: dict[str, Any]) -> dict[str, object]:
-    value = amount(_read(_field(definition, "cost_credits"), body))
+def _cost(read: _Readers, body: dict[str, Any]) -> dict[str, object]:
+    value = amount(read.field("cost_credits", body))
     return {} if value is None else {"cost_credits": value}
