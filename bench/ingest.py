@@ -388,14 +388,23 @@ def floor_checks(
     for connections in CONCURRENCY:
         mine = spread(runs[key][connections], "rps").median
         floor = spread(runs["floor"][connections], "rps").median
+        cpu = spread(runs[key][connections], "cpu_us_per_request").median
         checks.append(
             Check(
                 f"{label} {key} c={connections}: ≥ {share:.0%} of the durable floor",
-                f"{ratio(mine, floor):.0%}",
+                f"{ratio(mine, floor):.0%}; {one_core_ceiling(cpu, floor)}",
                 mine >= share * floor,
             )
         )
     return checks
+
+
+def one_core_ceiling(cpu_us: float, floor_rps: float) -> str:
+    """What the receiver could answer with its CPU per request and a whole core busy (one
+    process, one event loop): an upper bound, as a share of the floor. Below the target,
+    no change but a cheaper request can meet it."""
+    ceiling = 1e6 / cpu_us if cpu_us else 0.0
+    return f"a core at {cpu_us:.0f} µs/request: {ceiling:,.0f}/s, {ratio(ceiling, floor_rps):.0%}"
 
 
 def ingest_checks(label: str, runs: dict[str, dict[int, list[dict[str, Any]]]]) -> list[Check]:
