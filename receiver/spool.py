@@ -307,9 +307,20 @@ class Spool:
     async def _forget(
         self, file: SpoolFile, replay: _Replay, on_commit: Callable[[int], None]
     ) -> None:
-        """The entries `replay` committed leave the file: they are in the ledger now."""
-        await file.remove(replay.done)
-        self._counted(-len(replay.done), -sum(entry.size for entry in replay.done))
+        """The entries `replay` committed leave the file: they are in the ledger now. Those
+        the ledger refused (another task's callback: the check a live request makes before
+        its answer) go to quarantine instead: they were answered 202 when spooled, so the
+        sender will not send them again, and they stay where an operator sees them."""
+        kept = []
+        for entry, stored in zip(replay.done, replay.results, strict=True):
+            if stored.refused:
+                refusal = f"refused when drained: {outcome_of(stored)}"
+                await self._quarantine(file, entry, refusal, 1)
+            else:
+                kept.append(entry)
+        if kept:
+            await file.remove(kept)
+            self._counted(-len(kept), -sum(entry.size for entry in kept))
         for entry in replay.done:
             self._attempts.pop((file.path, entry.seq), None)
         self._back()
@@ -371,9 +382,8 @@ class Spool:
         for entry, stored in zip(entries, results, strict=True):
             provider, outcome = entry.delivery.provider, outcome_of(stored)
             metrics.spool_drained.labels(outcome).inc()
-            if stored.refused:
+            if stored.refused:  # quarantined by `_forget`, which logged it
                 metrics.rejections.labels(provider, outcome).inc()
-                log.warning("spooled_delivery_refused", provider=provider, reason=outcome)
                 continue
             metrics.deliveries.labels(provider, outcome).inc()
 

@@ -21,7 +21,7 @@ from receiver.spool import Spool, SpoolFull
 from schemas.errors import StorageUnavailable
 from schemas.ledger import Auth, Delivery, Stored, parse_payload, read_payload
 from schemas.settings import ProviderSettings
-from schemas.spool_file import SpoolFile
+from schemas.spool_file import SpoolFile, quarantined
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import DELIVERY
 from schemas.wire import WireFormat
@@ -270,21 +270,30 @@ async def test_a_spool_left_by_a_process_that_is_gone_is_adopted_and_drained(
     assert sum(committed) == 2
 
 
-async def test_a_spooled_delivery_naming_another_task_is_refused_when_drained(
+async def test_a_spooled_delivery_naming_another_task_is_refused_and_quarantined_when_drained(
     store: LedgerStore, tmp_path: Path
 ) -> None:
+    """Not stored (the check a live request makes before its 403), but not dropped either:
+    it was answered 202, so its sender will not send it again."""
     mine = await store.register(NewTask(provider="apidot", provider_task_id="t-1"))
     await store.register(NewTask(provider="apidot", provider_task_id="t-2"))
     metrics = ReceiverMetrics()
     spool = new_spool(tmp_path, metrics=metrics)
     await spool.start(Switched(store, down=False), lambda _n: None)
+    sent = delivery("t-2", "finished", 100, task_ref=mine.ref)
     try:
-        await keep(spool, delivery("t-2", "finished", 100, task_ref=mine.ref))
+        await keep(spool, sent, delivery("t-1", "running", 50, task_ref=mine.ref))
         await until(lambda: spool.depth == 0)
     finally:
         await spool.stop()
     assert drained(metrics, "forbidden") == 1
-    assert await stored_keys(store) == []
+    assert len(await stored_keys(store)) == 1  # its neighbour
+    (aside,) = await quarantined(tmp_path)
+    assert (aside.delivery_key, aside.error) == (
+        sent.delivery_key,
+        "refused when drained: forbidden",
+    )
+    assert spool.quarantined == 1
 
 
 async def test_a_receiver_started_with_postgresql_unreachable_serves_and_says_spooling(
