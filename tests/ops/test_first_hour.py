@@ -306,13 +306,16 @@ def test_each_process_names_its_database_without_credentials(tmp_path: Path) -> 
     cwd, port = project(tmp_path), free_port()
     database = tmp_path / "l.db"
     env = service_environ(database)
+    events = ("receiver_started", "reconciler_configured", "relay_started")
     with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
         deadline = time.monotonic() + START_SECONDS
-        while "relay_started" not in service.output() and time.monotonic() < deadline:
+        # Each process's line, whichever of the three starts last (they start side by side).
+        while not all(f'"event":"{e}"' in service.output() for e in events):
+            assert time.monotonic() < deadline, service.output()
             time.sleep(0.1)
     output = service.output()
     named = f'"database":"sqlite+aiosqlite:///{database}"'
-    for event in ("receiver_started", "reconciler_configured", "relay_started"):
+    for event in events:
         (line,) = [line for line in output.splitlines() if f'"event":"{event}"' in line]
         assert named in line, line
     assert '"not_configured":["apidot"]' in output  # no BASE_URL: not polled
