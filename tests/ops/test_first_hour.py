@@ -309,8 +309,9 @@ def test_each_process_names_its_database_without_credentials(tmp_path: Path) -> 
     events = ("receiver_started", "reconciler_configured", "relay_started")
     with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
         deadline = time.monotonic() + START_SECONDS
-        # Each process's line, whichever of the three starts last (they start side by side).
-        while not all(f'"event":"{e}"' in service.output() for e in events):
+        # Each process's lines, whichever starts last (they start side by side).
+        awaited = [f'"event":"{e}"' for e in (*events, "reconciler_started")]
+        while not all(line in service.output() for line in awaited):
             assert time.monotonic() < deadline, service.output()
             time.sleep(0.1)
     output = service.output()
