@@ -1,4 +1,4 @@
-"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg,archive,scale]`: run
+"""`python -m bench.run [--quick] [--cases ingest,dupes,growth,catchup,pg,archive,scale,feed]`: run
 the benchmarks (`catchup-pg`: the catch-up part of `pg` alone).
 
 Writes `bench/results/<timestamp>.json` and `bench/results/summary.md`.
@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import archive, catchup, dupes, growth, ingest, ledger, pg, relay, scale
+from bench import archive, catchup, dupes, feed, growth, ingest, ledger, pg, relay, scale
 from bench.context import Context
 from bench.load import ensure_wrk
 from bench.report import CaseResult, Check, write_results
@@ -34,6 +34,7 @@ CASES: dict[str, Callable[[Context], list[CaseResult]]] = {
     "archive": lambda ctx: [archive.run_archive(ctx)],
     "relay": lambda ctx: [relay.run_relay(ctx)],
     "scale": lambda ctx: [scale.run_scale(ctx)],
+    "feed": lambda ctx: [feed.run_feed(ctx)],
 }
 # Parts of another case, for running alone: left out of the default (every case).
 PARTS = frozenset({"catchup-pg"})
