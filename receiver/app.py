@@ -37,11 +37,11 @@ from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
 from receiver.errors import ReceiverError
 from receiver.metrics import ReceiverMetrics, multiprocess_dir
-from receiver.spool import open_spool
+from receiver.spool import keeps_spool, open_spool
 from receiver.writer import GroupCommitWriter
 from schemas import logs
 from schemas.clock import utc_now
-from schemas.database import create_engine, describe, names_sqlite, require_current
+from schemas.database import create_engine, describe, require_current
 from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, StorageUnavailable
 from schemas.settings import Settings, unknown_settings
 from schemas.store import LedgerStore
@@ -96,7 +96,7 @@ def create_app(
             answer_within=settings.answer_deadline_seconds,
         )
         await writer.start()
-        spool = open_spool(settings, engine, metrics)
+        spool = open_spool(settings, metrics)
         if spool is not None:
             await spool.start(store, changes.notify)
         app.state.store = store
@@ -179,7 +179,7 @@ def _check_database(settings: Settings) -> None:
         except DatabaseUnreachable as exc:
             # A receiver started during a failover (a deploy, a restart) serves anyway when
             # it can spool: refusing to start would turn away the callbacks the spool is for.
-            if names_sqlite(settings.database_url) or not settings.spool.enabled:
+            if not keeps_spool(settings):
                 raise
             log.warning("database_unreachable_at_start", detail=str(exc), action="spooling")
         finally:

@@ -22,13 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from receiver import deadlines
 from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
 from schemas.clock import Clock, utc_now
-from schemas.database import is_sqlite
+from schemas.database import names_sqlite
 from schemas.errors import StorageUnavailable
 from schemas.ledger import Delivery, Reader, Stored
 from schemas.migrate import head_revision
@@ -461,9 +460,15 @@ def _settle(batch: list[_Pending], error: Exception | None) -> None:
             future.set_exception(error)
 
 
-def open_spool(settings: Settings, engine: AsyncEngine, metrics: ReceiverMetrics) -> Spool | None:
-    """The spool of a PostgreSQL ledger, unless turned off; None on SQLite (local already)."""
-    if is_sqlite(engine) or not settings.spool.enabled:
+def keeps_spool(settings: Settings) -> bool:
+    """Whether a receiver of `settings` keeps a spool: on PostgreSQL, unless turned off
+    (SQLite is local already)."""
+    return settings.spool.enabled and not names_sqlite(settings.database_url)
+
+
+def open_spool(settings: Settings, metrics: ReceiverMetrics) -> Spool | None:
+    """The spool of `settings`' ledger, if it keeps one (`keeps_spool`)."""
+    if not keeps_spool(settings):
         return None
     directory, spool = spool_directory(settings), settings.spool
     return Spool(directory, spool.max_bytes, settings.readers, metrics, spool.drain_batch_size)
