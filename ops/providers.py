@@ -67,6 +67,8 @@ def _fetch_lines(definition: Definition) -> list[str]:
         fields = ", ".join(f"{n}={_paths(f.paths)}" for n, f in result.fields.items())
         failed = ", ".join(str(code) for code in result.failed_status) or "none"
         where = f"GET {result.path}, fields {fields}; failed when HTTP {failed}"
+        if result.error_type is not None:
+            where += f", or any error answer naming {_paths(result.error_type.paths)}"
     return [f"  finished, outcome fetched: {words}: {where}"]
 
 

@@ -31,7 +31,7 @@ from receiver.spool import SPOOL_SECONDS, Spool
 from receiver.writer import GroupCommitWriter, NotStored
 from schemas.clock import Clock
 from schemas.ledger import Auth, Delivery, parse_payload, read_payload
-from schemas.settings import ProviderSettings, Settings
+from schemas.settings import ProviderSettings, Settings, unprefixed_is_raw
 from schemas.states import Outcome
 from schemas.tables import DELIVERY_KEY_MAX_CHARS
 from schemas.tokens import CallbackTokens
@@ -80,7 +80,12 @@ class Inbox:
         spool: Spool | None = None,
     ) -> Inbox:
         verifiers = {
-            name: SignatureVerifier(p.webhook_secrets, clock, settings.webhook_tolerance_seconds)
+            name: SignatureVerifier(
+                p.webhook_secrets,
+                clock,
+                settings.webhook_tolerance_seconds,
+                raw_unprefixed=unprefixed_is_raw(p.kind),
+            )
             for name, p in settings.providers.items()
             if p.kind.signs_callbacks and p.webhook_secrets
         }

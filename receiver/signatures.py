@@ -12,19 +12,24 @@ from datetime import UTC, datetime
 
 from standardwebhooks import Webhook
 
-from schemas.settings import WEBHOOK_TOLERANCE_SECONDS
+from schemas.settings import WEBHOOK_TOLERANCE_SECONDS, webhook_key
 
 MAX_SIGNATURES = 16
 
 
 class SignatureVerifier:
+    """`raw_unprefixed`: a secret without `whsec_` is the key's own bytes, as OpenAI's SDK
+    takes it (the Standard Webhooks libraries decode every secret as base64)."""
+
     def __init__(
         self,
         secrets: Sequence[str],
         clock: Callable[[], datetime],
         tolerance_seconds: float = WEBHOOK_TOLERANCE_SECONDS,
+        *,
+        raw_unprefixed: bool = False,
     ) -> None:
-        self._hooks = [Webhook(secret) for secret in secrets]
+        self._hooks = [Webhook(webhook_key(secret, raw_unprefixed)) for secret in secrets]
         self._clock = clock
         self._tolerance = tolerance_seconds
 

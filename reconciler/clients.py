@@ -53,6 +53,7 @@ from schemas.wire import (
     submit_path,
     task_id_hint,
 )
+from schemas.wire.defined import request_error
 
 TIMEOUT = httpx.Timeout(
     READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS, pool=POOL_TIMEOUT_SECONDS
@@ -95,6 +96,19 @@ log = structlog.get_logger("taskledger.reconciler")
 _E = TypeVar("_E", bound=ProviderError)
 # A task's status or result path: its kind, its provider task id and its model.
 _PathOf = Callable[[Any, str, str], str]
+# Which answers other than 2xx a request takes as answers rather than as errors.
+Accept = Callable[[Answer], bool]
+
+
+def _NOTHING_ELSE(response: Answer) -> bool:
+    return False
+
+
+def _json_or_none(content: bytes) -> object:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +179,7 @@ class ProviderClient:
                 body,
                 result_ttl_seconds=self.settings.result_ttl_seconds,
                 now=self._clock(),
+                task_id=provider_task_id,
             )
         except WireFormatError as exc:
             return self._unrecognized(provider_task_id, response, body, exc)
@@ -181,8 +196,15 @@ class ProviderClient:
         if not isinstance(kind, Definition):
             raise Rejected(f"{self.name}: {kind} has no result endpoint", provider=self.name)
         path = self._path(result_path, provider_task_id, model)
-        failing = kind.result.failed_status if kind.result else ()
-        response = await self._get(path, accept=failing)
+        result = kind.result
+
+        def failed(response: Answer) -> bool:
+            """The request's failure, not the fetch's: a listed status, or a named error."""
+            if result is None or response.status_code in result.failed_status:
+                return result is not None
+            return request_error(result, _json_or_none(response.content)) is not None
+
+        response = await self._get(path, accept=failed)
         body = self._json(response, retryable=True)
         try:
             observation = normalize_result(
@@ -207,7 +229,7 @@ class ProviderClient:
             and observation.state not in REAL_TERMINAL
         )
 
-    async def _get(self, path: str, accept: tuple[int, ...] = ()) -> Answer:
+    async def _get(self, path: str, accept: Accept = _NOTHING_ELSE) -> Answer:
         async def send() -> Answer:
             return await self._send(
                 self._polls, "GET", path, idempotent=True, headers=self._poll_headers, accept=accept
@@ -288,9 +310,10 @@ class ProviderClient:
         idempotent: bool,
         json: object = None,
         headers: dict[str, str] | None = None,
-        accept: tuple[int, ...] = (),
+        accept: Accept = _NOTHING_ELSE,
     ) -> Answer:
-        """One request on `session`, within the limiter; any answer but 2xx or `accept` raises."""
+        """One request on `session`, within the limiter; any answer but 2xx or one `accept`
+        takes raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
         try:
@@ -304,7 +327,7 @@ class ProviderClient:
             raise self._failure(ProviderUnavailable, "timed out", exc, idempotent) from exc
         except _TRANSPORT_FAILED as exc:
             raise self._failure(ProviderUnavailable, "transport failed", exc, idempotent) from exc
-        if response.status_code not in accept:
+        if not (200 <= response.status_code < 300 or accept(response)):
             self._check(response, idempotent=idempotent)
         return response
 

@@ -92,11 +92,14 @@ class Poll:
 class Result:
     """Where a finished task's outcome is fetched when its status word does not say it
     (fal's COMPLETED): a 2xx answer is success, one in `failed_status` a failure, and
-    `fields` read either (the answer need not name the task)."""
+    `fields` read either (the answer need not name the task). `error_type` is where any
+    other non-2xx answer names the request's own failure (fal's request errors: a timeout
+    or a runner crash, with 5xx): such an answer is a failure too, its value the error code."""
 
     path: str
     fields: Mapping[str, Field] = field(default_factory=dict)
     failed_status: tuple[int, ...] = ()
+    error_type: Field | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,13 +399,14 @@ def _path(data: Mapping[str, Any], where: str) -> str:
 def _result(data: Any) -> Result | None:
     if data is None:
         return None
-    _known(data, "result.", {"path", "fields", "failed_status"})
+    _known(data, "result.", {"path", "fields", "failed_status", "error_type"})
     fields = data.get("fields", {})
     _known(fields, "result.fields.", set(RESULT_FIELD_NAMES))
     return Result(
         path=_path(data, "result"),
         fields={name: Field.of(spec) for name, spec in fields.items()},
         failed_status=tuple(int(code) for code in data.get("failed_status", [])),
+        error_type=Field.of(data["error_type"]) if "error_type" in data else None,
     )
 
 

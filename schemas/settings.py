@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import functools
 from collections.abc import Iterable, Mapping
@@ -26,6 +28,7 @@ DEFAULT_PROVIDERS = "openai,apidot,vidgo,evolink,aivideoapi"
 DEFAULT_PUBLIC_BASE_URL = "http://127.0.0.1:8000"
 # How far a signed webhook's timestamp may stray from our clock (Standard Webhooks: 5 min).
 WEBHOOK_TOLERANCE_SECONDS = 300.0
+WHSEC_PREFIX = "whsec_"
 # Senders post small JSON bodies; one that trickles in is a stalled or hostile client.
 BODY_TIMEOUT_SECONDS = 10.0
 # Every callback and admin write is answered (stored, or 503) this long after it arrived.
@@ -359,6 +362,7 @@ class Settings:
         for provider in self.providers.values():
             key = f"PROVIDER_{provider.name.upper()}_"
             _refuse_placeholders(key + "WEBHOOK_SECRETS", provider.webhook_secrets)
+            _check_webhook_keys(key + "WEBHOOK_SECRETS", provider)
             _refuse_placeholders(key + "API_KEY", (provider.api_key,))
         token = self.admin_token
         if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
@@ -517,6 +521,41 @@ def _defaults_of(kind: Kind) -> ProviderSettings:
         rate_limit_per_second=kind.rate_limit_per_second,
         jwks_url=kind.jwks_url,
     )
+
+
+def webhook_key(secret: str, raw_unprefixed: bool = False) -> bytes:
+    """The HMAC key a configured secret stands for: `whsec_` and base64, or (unprefixed)
+    base64 too, or the secret's own bytes when `raw_unprefixed`. `ValueError` for an
+    unprefixed secret that must be base64 and is not."""
+    if secret.startswith(WHSEC_PREFIX):
+        key = base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + "==")
+    elif raw_unprefixed:
+        key = secret.encode()
+    else:
+        try:
+            key = base64.b64decode(secret + "=" * (-len(secret) % 4), validate=True)
+        except binascii.Error:
+            raise ValueError("a secret without `whsec_` must be base64") from None
+    if not key:
+        raise ValueError("a secret must not be empty")
+    return key
+
+
+def unprefixed_is_raw(kind: Kind) -> bool:
+    """Whether a secret without `whsec_` is the key's own bytes: OpenAI's SDK takes it so."""
+    return kind is WireFormat.OPENAI
+
+
+def _check_webhook_keys(name: str, provider: ProviderSettings) -> None:
+    """Each Standard Webhooks secret stands for a key (`webhook_key`), or the setting is
+    refused: a secret decoded to another key would turn every delivery away, silently."""
+    if not provider.kind.signs_callbacks:
+        return
+    for secret in provider.webhook_secrets:
+        try:
+            webhook_key(secret, raw_unprefixed=unprefixed_is_raw(provider.kind))
+        except ValueError as exc:
+            raise ConfigError(f"{PREFIX}{name}: {exc} (as the provider shows it)") from None
 
 
 def _refuse_placeholders(name: str, values: tuple[str, ...]) -> None:

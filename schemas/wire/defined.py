@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from schemas.definition import Definition
+from schemas.definition import Definition, Result
 from schemas.errors import IgnoredEvent, WireFormatError
 from schemas.fieldpath import Field, FieldPath
 from schemas.states import State
@@ -33,7 +33,12 @@ from schemas.wire.fields import (
 from schemas.wire.formats import WireSpec
 from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
 
+# How far into a result field's lists and objects its URLs are looked for.
+URL_NESTING = 3
+_WEB_SCHEMES = ("https://", "http://")
 _NO_FIELD = Field(())  # a field the definition does not name: reads as absent
+# The reason of a body refused by its envelope's code (the provider's own error answer).
+_REFUSED_IN_BODY = "provider_error"
 # Each field or path read on the hot path, by its id, with the reader made for it (and the
 # object itself, which keeps its id from being reused while it is here).
 _READERS: dict[int, tuple[object, Callable[[object], Any]]] = {}
@@ -55,12 +60,20 @@ def spec_of(definition: Definition) -> WireSpec:
 
 
 def read_status(
-    definition: Definition, body: object, missing: State | None, lifetime: Lifetime
+    definition: Definition,
+    body: object,
+    missing: State | None,
+    lifetime: Lifetime,
+    *,
+    envelope: bool = True,
+    asked: str | None = None,
 ) -> Observation:
-    """A status (or submit, or callback) body, read by the definition's field paths."""
-    task, at = _task_of(definition, body)
+    """A status (or submit, or callback) body, read by the definition's field paths
+    (`envelope`: a code other than the envelope's success refuses the body; `asked`: the
+    task polled, whose answer need not name it)."""
+    task, at = _task_of(definition, body, envelope=envelope)
     read = _readers(definition.fields)
-    task_id = _task_id(definition, read, task, at)
+    task_id = _task_id(definition, read, task, at, asked)
     _check_shapes(definition, task, at)
     urls = _urls(definition, read, task, at)
     error_code = short_text(read.field("error_code", task), CODE_MAX_CHARS)
@@ -82,18 +95,42 @@ def read_status(
 
 
 def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> Observation:
-    observation = read_status(definition, body, None, lifetime)
+    """A callback body. Its envelope's code reports on the task, not on a request of ours:
+    a failed task's callback comes with an error code (kie: 501 and `state: "fail"`), so a
+    code other than success refuses only a body whose task names no status."""
+    try:
+        observation = read_status(definition, body, None, lifetime)
+    except WireFormatError as exc:
+        if exc.reason != _REFUSED_IN_BODY or not _names_status(definition, body):
+            raise
+        observation = read_status(definition, body, None, lifetime, envelope=False)
     if definition.callback_shape == "thin" and not observation.needs_fetch:
         raise IgnoredEvent("a thin callback that names no outcome", reason="ignored")
     return observation
 
 
 def read_task_id(definition: Definition, body: object) -> str:
-    return _task_id(definition, _readers(definition.fields), *_task_of(definition, body))
+    """The task id a body names, whatever its envelope's code says (a signature over the
+    task id, or a body kept unread beside its task, needs the id of a failed task too)."""
+    task, at = _task_of(definition, body, envelope=False)
+    return _task_id(definition, _readers(definition.fields), task, at)
 
 
-def _task_id(definition: Definition, read: _Readers, task: dict[str, Any], at: str) -> str:
+def _names_status(definition: Definition, body: object) -> bool:
+    """Whether the task object of `body` (its envelope not checked) has a status word."""
+    try:
+        task, _ = _task_of(definition, body, envelope=False)
+    except WireFormatError:
+        return False
+    return _readers(definition.fields).field("status", task) is not None
+
+
+def _task_id(
+    definition: Definition, read: _Readers, task: dict[str, Any], at: str, asked: str | None = None
+) -> str:
     value = read.field("task_id", task)
+    if value is None and asked is not None:
+        return asked  # fal's status answer names no request id (its docs' example)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
     if not isinstance(value, str) or not value.strip():
@@ -157,43 +194,55 @@ def read_result(
         finished = read.time("finished_at", body)
         extra = _expiry(read, body, urls, finished, lifetime) | _cost(read, body)
         return Observation(task_id, State.SUCCEEDED, 100, urls, extra=extra, provider_time=finished)
-    if http_status not in result.failed_status:
+    named = request_error(result, body)
+    if http_status not in result.failed_status and named is None:
         raise WireFormatError(
             f"{definition.name} result answered HTTP {http_status}", reason="bad_result"
         )
+    code = named or short_text(read.field("error_code", body), CODE_MAX_CHARS)
     return Observation(
         task_id,
         State.FAILED,
-        error_code=short_text(read.field("error_code", body), CODE_MAX_CHARS) or str(http_status),
+        error_code=code or str(http_status),
         error_message=short_text(read.field("error_message", body), MESSAGE_MAX_CHARS),
     )
+
+
+def request_error(result: Result, body: object) -> str | None:
+    """The request's own failure a result answer names (`[result] error_type`), if any."""
+    if result.error_type is None or not isinstance(body, dict):
+        return None
+    return short_text(_read(result.error_type, body), CODE_MAX_CHARS)
 
 
 # -- reading fields ---------------------------------------------------------------------
 
 
-def _checked(definition: Definition, body: object) -> dict[str, Any]:
+def _checked(definition: Definition, body: object, *, envelope: bool = True) -> dict[str, Any]:
+    """`body` as an object, its envelope's code checked (unless `envelope` is false)."""
     if not isinstance(body, dict):
         raise WireFormatError(
             f"{definition.name} body must be a JSON object, not {kind(body)}", reason="not_object"
         )
-    envelope = definition.envelope
-    if envelope is not None and envelope.code is not None:
-        raw = _read(envelope.code, body)
+    wrapper = definition.envelope if envelope else None
+    if wrapper is not None and wrapper.code is not None:
+        raw = _read(wrapper.code, body)
         code = number(raw)
-        if raw is not None and code not in envelope.ok:
-            said = short_text(envelope.message.read(body), 200) if envelope.message else None
+        if raw is not None and code not in wrapper.ok:
+            said = short_text(wrapper.message.read(body), 200) if wrapper.message else None
             shown = kind(raw) if code is None else f"{code:g}"
             raise WireFormatError(
                 f"{definition.name} answered code {shown}: {said or 'no message'}",
-                reason="provider_error",
+                reason=_REFUSED_IN_BODY,
             )
     return body
 
 
-def _task_of(definition: Definition, body: object) -> tuple[dict[str, Any], str]:
+def _task_of(
+    definition: Definition, body: object, *, envelope: bool = True
+) -> tuple[dict[str, Any], str]:
     """The task object of a checked body (`[task]`), and its path as a prefix for errors."""
-    checked = _checked(definition, body)
+    checked = _checked(definition, body, envelope=envelope)
     at = definition.task
     if at is None or (at.unless_named and _field(definition, "task_id").present(checked)):
         return checked, ""
@@ -363,10 +412,22 @@ def _urls(definition: Definition, read: _Readers, body: dict[str, Any], at: str)
         paths = _field(definition, "result_urls").paths
         urls = [url for path in paths for url in _strict_urls(definition, body, path, at)]
         return tuple(dict.fromkeys(urls))
-    value = read.field("result_urls", body)
-    items = value if isinstance(value, list) else [value]
-    urls = [i.strip() for i in items if isinstance(i, str) and 0 < len(i.strip()) <= URL_MAX_CHARS]
-    return tuple(dict.fromkeys(urls))
+    found: list[str] = []
+    _web_urls(read.field("result_urls", body), found, URL_NESTING)
+    return tuple(dict.fromkeys(found))
+
+
+def _web_urls(value: object, found: list[str], depth: int) -> None:
+    """The http(s) URLs in `value`, in order: a string, or inside lists and objects (a
+    model's output may be `{"video": url, "thumbnail": url}` or `[[url]]`), `depth` levels
+    down at most. Other text (a language model's output) is no result URL."""
+    if isinstance(value, str):
+        url = value.strip()
+        if len(url) <= URL_MAX_CHARS and url[:8].lower().startswith(_WEB_SCHEMES):
+            found.append(url)
+    elif depth > 0 and isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            _web_urls(item, found, depth - 1)
 
 
 def _strict_urls(

@@ -88,14 +88,19 @@ def normalize_status(
     *,
     result_ttl_seconds: float | None = None,
     now: datetime | None = None,
+    task_id: str | None = None,
 ) -> Observation:
-    """What the status endpoint's body says about its task.
+    """What the status endpoint's body says about its task (`task_id`: the one asked
+    about, for a definition's answer that does not name it).
 
     When it lists results, `extra["expires_at"]` is the body's own expiry or, given the
     provider's URL lifetime `result_ttl_seconds`, the body's finished time (else `now`,
     when the body was read) plus it; without either, no expiry is recorded.
     """
-    return spec(fmt).read_status(body, None, Lifetime(result_ttl_seconds, now))
+    lifetime = Lifetime(result_ttl_seconds, now)
+    if task_id is not None and isinstance(fmt, Definition):
+        return defined.read_status(fmt, body, None, lifetime, asked=task_id)
+    return spec(fmt).read_status(body, None, lifetime)
 
 
 def parse_submit_response(fmt: Kind, body: object) -> Observation:

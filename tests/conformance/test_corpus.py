@@ -3,9 +3,12 @@ client's parsing: the answer, the outcome and what the task then holds."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import httpx
 import pytest
 
-from reconciler.errors import BadAnswer
+from reconciler.errors import BadAnswer, ProviderUnavailable
 from schemas.ledger import result_of
 from schemas.states import State
 from schemas.wire import Kind
@@ -20,6 +23,7 @@ from tests.conformance.corpus import (
     check_result,
     client_answering,
     client_fetching_result,
+    client_with,
 )
 
 # One provider account per case: its task ids are its own.
@@ -113,3 +117,23 @@ async def test_documented_result_answer_tells_how_a_finished_task_ended(case: Ca
     )
     assert answer.http_status == case.expect["http_status"]
     check_result(case, result_of(answer.observation), POLLED_AT)
+
+
+@pytest.mark.parametrize("status", [500, 503, 504])
+async def test_a_result_error_that_names_no_failure_is_the_endpoints_and_asked_again(
+    status: int,
+) -> None:
+    """fal's request errors name their `error_type`; a bare 5xx (a proxy's page, a
+    restart) says nothing of the request, which may have succeeded: not a failure."""
+    (case,) = [c for c in cases_for("result") if c.id == "fal/result_request_timeout_504"]
+    bare = dataclasses.replace(case, body={"detail": "upstream connect error"})
+    completed = {"status": "COMPLETED", "request_id": case.task_id}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return httpx.Response(200, json=completed)
+        return httpx.Response(status, content=bare.raw())
+
+    async with client_with(bare, answer) as client:
+        with pytest.raises(ProviderUnavailable):
+            await client.fetch_status(str(case.task_id), MODEL)

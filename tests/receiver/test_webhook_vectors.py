@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime, timedelta
 
+import openai
 import pytest
 from standardwebhooks import Webhook
 
 from receiver.signatures import SignatureVerifier
+from schemas.settings import webhook_key
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 MSG_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
@@ -190,3 +192,20 @@ def test_non_utf8_body_is_refused_without_raising() -> None:
 
 def test_non_ascii_id_is_refused_without_raising() -> None:
     assert verifier().verify(PAYLOAD, headers(**{"webhook-id": "msg_ü\udcff"})) is None
+
+
+@pytest.mark.parametrize("secret", [SECRET, "a raw secret, as the dashboard may show it"])
+def test_openai_secrets_mean_what_openais_sdk_takes_them_to_mean(secret: str) -> None:
+    """OpenAI's SDK decodes a `whsec_` secret and takes any other as its own bytes; a
+    delivery its `verify_signature` accepts, ours accepts, and one it refuses, ours does."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    key = webhook_key(secret, raw_unprefixed=True)
+    signed = Webhook(key).sign(msg_id=MSG_ID, timestamp=now, data=PAYLOAD.decode())
+    sent = headers(**{"webhook-timestamp": str(int(now.timestamp())), "webhook-signature": signed})
+    sdk = openai.OpenAI(api_key="sk-test", webhook_secret=secret).webhooks
+    sdk.verify_signature(PAYLOAD, sent)  # raises if the SDK refuses it
+    ours = SignatureVerifier((secret,), lambda: now, TOLERANCE_SECONDS, raw_unprefixed=True)
+    assert ours.verify(PAYLOAD, sent) == MSG_ID
+    assert ours.verify(PAYLOAD + b" ", sent) is None
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        sdk.verify_signature(PAYLOAD + b" ", sent)

@@ -19,6 +19,7 @@ from schemas.wire import (
     result_path,
     status_path,
     submit_path,
+    task_id_hint,
 )
 
 FAL_MODEL = "fal-ai/veo3/fast"
@@ -83,3 +84,55 @@ def test_a_result_path_may_name_only_known_placeholders(tmp_path: Path) -> None:
     broken.write_text(text.replace('"/{app}/requests/{task_id}"', '"/{owner}/{task_id}"'))
     with pytest.raises(ConfigError, match=r"result.path` names \{owner\}"):
         load_definition(broken)
+
+
+# Replicate's `output` is whatever the model's schema says: a URL, a list of them, text,
+# tokens, or an object of named files (https://replicate.com/docs/reference/http, "output").
+@pytest.mark.parametrize(
+    ("output", "urls"),
+    [
+        ("https://replicate.delivery/a.mp4", ["https://replicate.delivery/a.mp4"]),
+        (["https://replicate.delivery/a.png", "https://replicate.delivery/b.png"], None),
+        ("hello Alice", []),
+        (["Hello", " world", "!"], []),
+        (
+            {"video": "https://replicate.delivery/v.mp4", "thumbnail": "HTTPS://x.example/t.jpg"},
+            ["https://replicate.delivery/v.mp4", "HTTPS://x.example/t.jpg"],
+        ),
+        ([["https://replicate.delivery/n.png"]], ["https://replicate.delivery/n.png"]),
+        ({"files": [{"url": "ftp://x.example/f"}, {"url": "data:video/mp4;base64,AAAA"}]}, []),
+        ([[[["https://too.deep.example/x.png"]]]], []),
+    ],
+)
+def test_replicate_result_urls_are_the_web_urls_of_its_output(output: object, urls: object) -> None:
+    body = {"id": "p1", "status": "succeeded", "output": output}
+    seen = normalize_callback(kind("replicate"), body)
+    assert seen.state is State.SUCCEEDED
+    assert list(seen.result_urls) == (output if urls is None else urls)
+
+
+def test_a_fal_request_error_is_the_requests_failure_whatever_its_status() -> None:
+    body = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
+    seen = normalize_result(kind("fal"), REQUEST_ID, 503, body)
+    assert (seen.state, seen.error_code, seen.error_message) == (
+        State.FAILED,
+        "runner_disconnected",
+        "Runner disconnected",
+    )
+    with pytest.raises(WireFormatError):
+        normalize_result(kind("fal"), REQUEST_ID, 503, {"detail": "no healthy upstream"})
+
+
+def test_a_kie_failure_callback_reads_as_failed_and_names_its_task() -> None:
+    body = {
+        "code": 501,
+        "msg": "Generation Failed",
+        "data": {"taskId": "t-1", "state": "fail", "failCode": "501", "failMsg": "boom"},
+    }
+    seen = normalize_callback(kind("kie"), body)
+    assert (seen.provider_task_id, seen.state, seen.error_message) == ("t-1", State.FAILED, "boom")
+    # With no state the envelope's refusal stands (kept unread, its task still known).
+    with pytest.raises(WireFormatError) as caught:
+        normalize_callback(kind("kie"), {"code": 501, "msg": "no", "data": {"taskId": "t-1"}})
+    assert caught.value.reason == "provider_error"
+    assert task_id_hint(kind("kie"), {"code": 501, "data": {"taskId": "t-1"}}) == "t-1"

@@ -84,8 +84,9 @@ def test_a_submit_answer_without_a_status_is_queued() -> None:
 
 
 def test_a_poll_only_provider_reads_upper_case_words() -> None:
-    seen = normalize_status(STILL, {"job": {"id": "j-1", "state": "DONE", "artifacts": ["u"]}})
-    assert (seen.state, seen.result_urls) == (State.SUCCEEDED, ("u",))
+    artifact = "https://cdn.example/j-1.png"
+    seen = normalize_status(STILL, {"job": {"id": "j-1", "state": "DONE", "artifacts": [artifact]}})
+    assert (seen.state, seen.result_urls) == (State.SUCCEEDED, (artifact,))
     assert build_submit_body(STILL, "m", {"prompt": "p"}, None) == {"model": "m", "prompt": "p"}
 
 

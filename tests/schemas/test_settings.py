@@ -3,6 +3,7 @@ the variable at fault."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from schemas.settings import (
     Settings,
     setting_names,
     unknown_settings,
+    webhook_key,
 )
 from schemas.wire import WireFormat
 
@@ -285,3 +287,22 @@ def test_a_weak_admin_token_is_refused(token: str) -> None:
 
 def test_generated_secrets_pass() -> None:
     Settings.from_environ(STRONG).check_secrets()
+
+
+@pytest.mark.parametrize("secret", ["not base64!", "whsec_"])
+def test_a_standard_webhooks_secret_that_stands_for_no_key_is_refused(secret: str) -> None:
+    variable = "TASKLEDGER_PROVIDER_REPLICATE_WEBHOOK_SECRETS"
+    settings = Settings.from_environ(
+        {**STRONG, "TASKLEDGER_PROVIDERS": "replicate", variable: secret}
+    )
+    with pytest.raises(ConfigError, match=f"^{variable}: a secret"):
+        settings.check_secrets()
+
+
+def test_an_openai_secret_without_its_prefix_is_taken_as_it_is() -> None:
+    variable = "TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS"
+    Settings.from_environ(
+        {**STRONG, "TASKLEDGER_PROVIDERS": "openai", variable: "not base64!"}
+    ).check_secrets()
+    assert webhook_key("not base64!", raw_unprefixed=True) == b"not base64!"
+    assert webhook_key("whsec_" + base64.b64encode(b"k" * 24).decode()) == b"k" * 24
