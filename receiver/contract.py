@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, NotRequired, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from receiver.errors import MalformedBody, Unprocessable
@@ -30,6 +38,27 @@ Scope = Literal["read", "write", "admin"]
 Time = Annotated[str, Field(description="ISO 8601, with its offset")]
 
 
+# How deep a task's `request` may nest: the ledger writes it as JSON, whose encoder stops at
+# 254 levels (a deeper one would fail the write, not the request); no real one comes near.
+REQUEST_MAX_DEPTH = 64
+
+
+def _shallow(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`value` if it nests at most `REQUEST_MAX_DEPTH` levels (without recursion)."""
+    level: list[Any] = [value]
+    for _ in range(REQUEST_MAX_DEPTH):
+        level = [
+            inner
+            for item in level
+            for inner in (item.values() if isinstance(item, dict) else item)
+            if isinstance(inner, dict | list)
+        ]
+        if not level:
+            return value
+    raise ValueError(f"nested more than {REQUEST_MAX_DEPTH} levels deep")
+
+
+Request = Annotated[dict[str, Any], AfterValidator(_shallow)]
 LABEL = f"a string of at most {LABEL_MAX_CHARS} characters, no NUL"
 FLAG = "true or false"
 FILTER = (
@@ -50,7 +79,7 @@ class NewTask(_Body):
     provider: Name
     owner: Label | None = None
     model: Label | None = None
-    request: dict[str, Any] | None = Field(None, description="what the provider is asked")
+    request: Request | None = Field(None, description="what the provider is asked")
     provider_task_id: Label | None = None
     submit: bool = Field(False, description="taskledger submits it (the provider's base URL)")
 
@@ -58,7 +87,7 @@ class NewTask(_Body):
         "provider": "the name of a configured provider",
         "owner": LABEL,
         "model": LABEL,
-        "request": "a JSON object",
+        "request": f"a JSON object nested at most {REQUEST_MAX_DEPTH} levels deep",
         "provider_task_id": LABEL,
         "submit": FLAG,
     }
