@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 15.0
 SAMPLE_EVERY_SECONDS = 0.1
-UVICORN_OPTIONS = ("--loop", "uvloop", "--http", "httptools", "--log-level", "warning")
+# The HTTP protocol is the Procfile's (`receiver.server`), for taskledger and baselines alike.
+UVICORN_OPTIONS = ("--loop", "uvloop", "--log-level", "warning")
 
 
 def free_port() -> int:

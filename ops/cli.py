@@ -48,6 +48,7 @@ from schemas.migrate import head_revision, upgrade
 from schemas.retention import PruneReport, RetentionPolicy
 from schemas.settings import (
     DEFAULT_DATABASE_URL,
+    MAX_DAYS,
     PREFIX,
     RelaySettings,
     Settings,
@@ -213,8 +214,8 @@ def _days(raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of days: {raw!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {raw!r}")
+    if not 0 < value <= MAX_DAYS:  # nan and inf included
+        raise argparse.ArgumentTypeError(f"must be over 0 and at most {MAX_DAYS:g}: {raw!r}")
     return value
 
 

@@ -20,8 +20,11 @@ SOURCE_PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 _VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
 
 
-def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:
-    """Each process's command line by name, as written."""
+def procfile_commands(path: Path | None = None) -> dict[str, str]:
+    """Each process's command line by name, as written: in `path`, else the current
+    directory's Procfile (a deployment's own), else the one taskledger ships with."""
+    if path is None:
+        path = PROCFILE if PROCFILE.is_file() else SOURCE_PROCFILE
     commands = {}
     for line in path.read_text().splitlines():
         name, sep, command = line.partition(":")

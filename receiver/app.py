@@ -35,8 +35,9 @@ from receiver import (
 from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
-from receiver.errors import ReceiverError
+from receiver.errors import Overloaded, ReceiverError
 from receiver.metrics import ReceiverMetrics, multiprocess_dir
+from receiver.schemes import callback_schemes
 from receiver.spool import keeps_spool, open_spool
 from receiver.writer import GroupCommitWriter
 from schemas import logs
@@ -49,18 +50,38 @@ from schemas.store import LedgerStore
 log = structlog.get_logger("taskledger.receiver")
 
 
+# Requests answered at once; more get 503 with Retry-After. It bounds the memory bodies
+# being read take (each at most `TASKLEDGER_MAX_BODY_BYTES`). Counted here, not by
+# uvicorn's `--limit-concurrency`, which counts open connections, idle ones too: a few
+# thousand connections that send nothing would turn every callback away.
+IN_FLIGHT_MAX = 2048
+_BUSY = answer_of(Overloaded("too many requests in flight"))
+
+
 class ReceiverApp(Starlette):
     """Starlette, except that a callback POST goes straight to its endpoint: the one
     route senders load skips the middleware stack and the router's scan of every route
     (the same endpoints are also routes below, for the rare path the shortcut passes)."""
 
+    in_flight = 0
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = callbacks.match(scope)
-        if endpoint is None:
+        if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        scope["app"] = self
-        await endpoint(scope, receive, send)
+        if self.in_flight >= IN_FLIGHT_MAX:
+            await _BUSY.send(send)
+            return
+        self.in_flight += 1
+        try:
+            endpoint = callbacks.match(scope)
+            if endpoint is None:
+                await super().__call__(scope, receive, send)
+                return
+            scope["app"] = self
+            await endpoint(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 def create_app(
@@ -73,6 +94,9 @@ def create_app(
     `metrics_dir`: where every worker's metrics go, with several (`PROMETHEUS_MULTIPROC_DIR`)."""
     if settings is None:
         return _from_environ(clock)
+    # Built with the app, not at start-up: a setting they lack (fal's user id) stops the
+    # factory as any bad setting does, in one line, instead of failing the lifespan.
+    schemes = callback_schemes(settings, clock)
     metrics = ReceiverMetrics(metrics_dir)
     # Opened once, with the app (a bad archive URL stops the factory as a bad setting does).
     media = artifacts.open_archive(settings, os.environ)
@@ -101,7 +125,7 @@ def create_app(
             await spool.start(store, changes.notify)
         app.state.store = store
         app.state.changes = changes
-        app.state.inbox = Inbox.build(settings, writer, metrics, clock, spool)
+        app.state.inbox = Inbox.build(settings, writer, metrics, clock, spool, schemes)
         gc.freeze()  # start-up objects live forever: keep them out of every collection
         archive = media.describe() if media is not None else "off"
         log.info(
@@ -199,6 +223,8 @@ def routes() -> list[Route]:
         Route("/v1/changes", queries.changes, methods=["GET"]),
         Route("/v1/audit", queries.audit, methods=["GET"]),
         Route("/v1/export", queries.export, methods=["GET"]),
+        Route("/v1/deliveries", queries.list_deliveries, methods=["GET"]),
+        Route("/v1/deliveries/{id}", queries.show_delivery, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.show_task, methods=["GET"]),
         Route("/v1/tasks/{ref}", admin.attach_task_id, methods=["PATCH"]),
         Route("/v1/tasks/{ref}/artifacts", artifacts.list_artifacts, methods=["GET"]),

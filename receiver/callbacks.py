@@ -78,7 +78,10 @@ class Inbox:
         metrics: ReceiverMetrics,
         clock: Clock,
         spool: Spool | None = None,
+        schemes: dict[str, CallbackScheme] | None = None,
     ) -> Inbox:
+        """`schemes`: the providers' callback schemes, built beforehand (`callback_schemes`)
+        where a setting they lack must stop start-up as a bad setting does."""
         verifiers = {
             name: SignatureVerifier(
                 p.webhook_secrets,
@@ -90,7 +93,8 @@ class Inbox:
             if p.kind.signs_callbacks and p.webhook_secrets
         }
         tokens = CallbackTokens(settings.callback_secrets)
-        schemes = callback_schemes(settings, clock)
+        if schemes is None:
+            schemes = callback_schemes(settings, clock)
         within = settings.answer_deadline_seconds
         if spool is not None:
             within -= min(SPOOL_SECONDS, within / 2)

@@ -189,25 +189,34 @@ async def checked_values(settings: Settings, body: dict[str, Any]) -> dict[str, 
 
 
 async def checked_url(url: object, policy: AddressPolicy) -> tuple[str, str]:
-    """The kind of sink `url` names, and the URL: a webhook's host must resolve to addresses
-    the policy allows; a broker URL must name a subject or an exchange."""
+    """The kind of sink `url` names, and the URL. A webhook's or a broker's host must
+    resolve to addresses the policy allows; a broker URL must name a subject or an exchange."""
     if not isinstance(url, str) or not url or len(url) > URL_MAX_CHARS:
         raise Unprocessable(f"url must be a string of 1 to {URL_MAX_CHARS} characters")
     try:
         kind = kind_of(url)
-        if kind == "http":
-            await _check_reachable(url, policy)
-        else:
-            parse_broker_url(url)
+        host, port = _webhook_address(url, policy) if kind == "http" else _broker_address(url)
+        await _check_reachable(host, port, policy)
     except (EndpointUrlError, BlockedURL) as exc:
         raise Unprocessable(f"url refused: {exc}") from None
     return kind, url
 
 
-async def _check_reachable(url: str, policy: AddressPolicy) -> None:
+def _webhook_address(url: str, policy: AddressPolicy) -> tuple[str, int]:
+    """The host and port of a webhook URL whose scheme (and literal address) `policy` takes."""
     parts = policy.check_url(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _broker_address(url: str) -> tuple[str, int]:
+    """The host and port of a broker URL that names a subject or an exchange."""
+    target = parse_broker_url(url)
+    return target.host, target.port
+
+
+async def _check_reachable(host: str, port: int, policy: AddressPolicy) -> None:
+    """Raise `BlockedURL` unless every address `host` resolves to is one `policy` allows (a
+    literal address is checked as it is)."""
     try:
         async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
             await policy.resolve(host, port)

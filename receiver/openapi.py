@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import TypeAdapter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12
 
 from receiver import contract
 from schemas.states import State
+from schemas.store.queries import TASKLESS_OUTCOMES
 from schemas.wire import Kind
 from schemas.wire.examples import EXAMPLE_TASK_IDS, callback_body, callback_states
 from schemas.wire.formats import scheme_of
@@ -36,7 +39,7 @@ _REASONS = {
     " allowed ones)",
     401: "not authenticated",
     403: "another task's callback",
-    404: "unknown provider, source or task",
+    404: "unknown provider, source, task or delivery",
     408: "body not received in time",
     409: "conflicts with the ledger (a callback: it breaks a unique key, alone; a registration:"
     " its Idempotency-Key came before with another body)",
@@ -140,6 +143,47 @@ def _json_body(kind: type, *, required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": contract.ref(kind)}}}
 
 
+class TasklessDelivery(TypedDict):
+    """A delivery kept with no task (`GET /v1/deliveries`); its headers for the admin scope."""
+
+    id: int
+    provider: str
+    provider_task_id: str
+    delivery_key: str
+    outcome: str  # one of `TASKLESS_OUTCOMES`, as the schema says
+    reason: str | None
+    received_at: contract.Time
+    last_seen_at: contract.Time
+    duplicate_count: int
+    auth: str
+    headers: dict[str, Any] | None
+
+
+class TasklessPayload(TasklessDelivery):
+    """One of them with its body (`GET /v1/deliveries/{id}`): UTF-8 text, else base64."""
+
+    encoding: Literal["utf-8", "base64"] | None
+    body: str | None
+
+
+def _taskless(kind: type) -> dict[str, Any]:
+    """`kind`'s schema, in line (the components stay `receiver.contract`'s own types), its
+    outcome one of those a delivery with no task can have."""
+    schema = TypeAdapter(kind).json_schema()
+    schema["properties"]["outcome"]["enum"] = list(TASKLESS_OUTCOMES)
+    return schema
+
+
+TASKLESS = _taskless(TasklessDelivery)
+TASKLESS_PAYLOAD = _taskless(TasklessPayload)
+TASKLESS_PAGE = {
+    "type": "object",
+    "properties": {
+        "deliveries": {"type": "array", "items": TASKLESS},
+        "next_cursor": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["deliveries", "next_cursor"],
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -219,6 +263,24 @@ PATHS: dict[str, Any] = {
             "security": BEARER,
             "parameters": _query("since", "until"),
             "responses": _answers(401, 422, 503, ok=contract.JSON_OBJECT),
+        }
+    },
+    "/v1/deliveries": {
+        "get": {
+            "summary": "Deliveries kept with no task, newest first, by cursor (keys limited to an"
+            " owner: none; headers for the admin scope)",
+            "security": BEARER,
+            "parameters": _query("provider", "outcome", "since", "until", "limit", "cursor"),
+            "responses": _answers(400, 401, 422, 503, ok=TASKLESS_PAGE),
+        }
+    },
+    "/v1/deliveries/{id}": {
+        "get": {
+            "summary": "A delivery kept with no task, its headers and raw body (UTF-8 text, else"
+            " base64); admin only",
+            "security": BEARER,
+            "parameters": _path("id"),
+            "responses": _answers(401, 404, 503, ok=TASKLESS_PAYLOAD),
         }
     },
     "/v1/export": {

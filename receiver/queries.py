@@ -1,5 +1,6 @@
-"""The read side of the admin API (read scope): task lists, the change feed, the audit and
-exports; a key limited to an owner reads that owner's tasks only."""
+"""The read side of the admin API (read scope): task lists, the change feed, the audit,
+exports and the deliveries kept with no task; a key limited to an owner reads that owner's
+tasks only."""
 
 from __future__ import annotations
 
@@ -18,14 +19,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.admin import artifact_json, jsonable, task_json
 from receiver.auth import Principal, authorize
-from receiver.errors import ReceiverError, Unprocessable
+from receiver.errors import NotFound, ReceiverError, Unprocessable
+from receiver.openapi import TasklessDelivery
 from schemas.endpoint_urls import redact
 from schemas.settings import Settings
 from schemas.states import State
-from schemas.store import Artifact, LedgerStore, Task, TaskFilter
+from schemas.store import Artifact, DeliveryEntry, LedgerStore, Task, TaskFilter
 from schemas.store.keys import KeyScope
+from schemas.store.queries import TASKLESS_OUTCOMES, DeliveryCursor, DeliveryFilter
 
 MAX_PAGE = 500
+ROW_ID_MAX = 2**63 - 1  # a BIGINT: past it no row has the id
 MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
 STATES = tuple(state.value for state in State)
@@ -80,6 +84,72 @@ async def list_tasks(request: Request) -> Response:
     tasks, after = await store.list_tasks(where, limit, cursor) if where else ([], None)
     return JSONResponse(
         {"tasks": [task_json(task) for task in tasks], "next_cursor": _encode_cursor(after)}
+    )
+
+
+async def list_deliveries(request: Request) -> Response:
+    """`GET /v1/deliveries` (read scope): the deliveries kept with no task, newest first.
+    Such a delivery belongs to no task, so to no owner: a key limited to an owner sees none
+    of them, as the audit counts none for it. Their kept headers are a raw payload, shown to
+    the admin scope only, as in a task's timeline."""
+    principal = await authorize(request, KeyScope.READ)
+    params = request.query_params
+    where = delivery_filter(params)
+    limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
+    cursor = _delivery_cursor(params.get("cursor"))
+    found: list[DeliveryEntry] = []
+    after = None
+    if principal.owner is None:
+        store: LedgerStore = request.app.state.store
+        found, after = await store.taskless_deliveries(where, limit, cursor)
+    admin = principal.scope.includes(KeyScope.ADMIN)
+    return JSONResponse(
+        {
+            "deliveries": [taskless_json(entry, admin) for entry in found],
+            "next_cursor": _encode_cursor(after),
+        }
+    )
+
+
+async def show_delivery(request: Request) -> Response:
+    """`GET /v1/deliveries/{id}` (admin scope, as a task's delivery is): a delivery kept
+    with no task, its headers and its body; one that belongs to a task is its task's."""
+    from receiver.dashboard import body_json  # the dashboard imports this module
+
+    await authorize(request, KeyScope.ADMIN)
+    number = row_id(request.path_params["id"])
+    store: LedgerStore = request.app.state.store
+    row = await store.taskless_delivery(number) if number else None
+    if row is None:
+        raise NotFound("no delivery without a task has this id")
+    shown = taskless_json(DeliveryEntry(**{k: v for k, v in row.items() if k != "body"}), True)
+    return JSONResponse({**shown, **body_json(row["body"])})
+
+
+def taskless_json(entry: DeliveryEntry, admin: bool) -> TasklessDelivery:
+    """A delivery kept with no task as JSON: its kept headers for the admin scope only."""
+    return TasklessDelivery(
+        id=entry.id,
+        provider=entry.provider,
+        provider_task_id=entry.provider_task_id,
+        delivery_key=entry.delivery_key,
+        outcome=entry.outcome,
+        reason=entry.reason,
+        received_at=entry.received_at.isoformat(),
+        last_seen_at=entry.last_seen_at.isoformat(),
+        duplicate_count=entry.duplicate_count,
+        auth=entry.auth,
+        headers=(entry.headers or {}) if admin else None,
+    )
+
+
+def delivery_filter(params: Any) -> DeliveryFilter:
+    outcome = params.get("outcome")
+    return DeliveryFilter(
+        provider=_text(params.get("provider"), "provider"),
+        outcome=_choice(outcome, "outcome", TASKLESS_OUTCOMES) if outcome else None,
+        since=parse_time(params.get("since"), "since"),
+        until=parse_time(params.get("until"), "until"),
     )
 
 
@@ -285,7 +355,12 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise Unprocessable(f"{name} must be an ISO-8601 time") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)  # the ledger compares in UTC: 9999-12-31T23:00-05:00 is past it
+    except OverflowError:
+        raise Unprocessable(f"{name} must be an ISO-8601 time in years 1 to 9999 UTC") from None
+    return value
 
 
 def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
@@ -308,7 +383,9 @@ def _flag(raw: str | None, name: str) -> bool | None:
 def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+    # Never int() of thousands of digits: Python refuses to read them.
+    short = raw.isascii() and raw.isdigit() and len(raw.lstrip("0")) <= len(str(high))
+    if not short or not low <= int(raw) <= high:
         raise Unprocessable(f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -325,7 +402,9 @@ def _number(raw: str | None, name: str, default: float, low: float, high: float)
     return value
 
 
-def _encode_cursor(after: tuple[datetime, str] | None) -> str | None:
+def _encode_cursor(after: tuple[datetime, str | int] | None) -> str | None:
+    """The last row of a page as its next page's cursor: its time and its key (a task's
+    ref, a delivery's id)."""
     if after is None:
         return None
     return base64.urlsafe_b64encode(orjson.dumps([after[0].isoformat(), after[1]])).decode()
@@ -338,6 +417,30 @@ def _cursor(raw: str | None) -> tuple[datetime, str] | None:
         when, ref = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
         if "\x00" in str(ref):
             raise ValueError("NUL in the cursor's ref")
-        return datetime.fromisoformat(when), str(ref)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        after = datetime.fromisoformat(when)
+        if after.tzinfo is None:
+            raise ValueError("the cursor's time names no zone")
+        after.astimezone(UTC)  # a time the ledger can compare: in range in UTC
+        return after, str(ref)
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise Unprocessable("cursor is not one this API returned") from None
+
+
+def _delivery_cursor(raw: str | None) -> DeliveryCursor | None:
+    """A cursor of the delivery list: a time and a delivery's id (not a task's ref)."""
+    after = _cursor(raw)
+    if after is None:
+        return None
+    when, key = after
+    number = row_id(key)
+    if number is None:
+        raise Unprocessable("cursor is not one this API returned")
+    return when, number
+
+
+def row_id(raw: str) -> int | None:
+    """`raw` as a row's id (a BIGINT above 0); None when no row can have it."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(ROW_ID_MAX)):
+        return None  # and never int() of thousands of digits: Python refuses them
+    number = int(raw)
+    return number if 0 < number <= ROW_ID_MAX else None

@@ -1,29 +1,41 @@
 """Sinks for broker endpoints: a notification published to a NATS JetStream subject or a
-RabbitMQ exchange, reported delivered only once the broker holds it (PubAck, confirm).
+RabbitMQ exchange, reported delivered only once the broker holds it (PubAck, confirm). Every
+connection goes to an address the notify address policy allows, checked as it is made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import aio_pika
+import aiormq
 import nats.errors
 import nats.js.errors
 import structlog
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    ConnectionParameter,
+)
+from aio_pika.connection import make_url
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
+    AMQPConnectionError,
     ChannelNotFoundEntity,
     DeliveryError,
     PublishError,
 )
 from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
+from yarl import URL
 
+from schemas.addresses import AddressPolicy, BlockedURL
 from schemas.endpoint_urls import (
     AmqpTarget,
     EndpointUrlError,
@@ -63,13 +75,17 @@ class NatsSink:
     A dropped connection is neither buffered nor retried in the background: the client
     closes, a publish waiting for its PubAck fails at once, and the next `deliver`
     connects again (refused at once while the server is down). Nothing waits longer than
-    `timeout_seconds`.
+    `timeout_seconds`. Each connect resolves the server's host again and goes only to
+    addresses `policy` allows; a refused host fails the delivery (`refused: ...`).
 
     A failure comes back with `retry_at` None and `status_code` None: the relay sets the
     schedule (`dataclasses.replace(result, retry_at=...)`). `deliver` raises only on a bug.
     """
 
-    def __init__(self, *, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, *, policy: AddressPolicy, timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
+        self.policy = policy
         self.timeout_seconds = timeout_seconds
         self._connections: _Shared[NatsTarget, _NatsConnection] = _Shared(
             self._connect, lambda connection: connection.usable
@@ -113,11 +129,16 @@ class NatsSink:
 
     async def _connect(self, server: NatsTarget) -> _NatsConnection:
         """A client that gives up at once: no reconnects, no retries of the first connect
-        (nats-py tries a server `max_reconnect_attempts + 1` times even then)."""
+        (nats-py tries a server `max_reconnect_attempts + 1` times even then). It connects
+        to the checked addresses of the host, never to the name (which could resolve anew);
+        TLS, if the server asks for it, still verifies the name (`tls_hostname`)."""
+        addresses = await _checked_addresses(self.policy, server.host, server.port)
         connection = _NatsConnection(NatsClient(), server.server)
         try:
             await connection.client.connect(
-                servers=[_nats_server_url(server)],
+                servers=[_nats_server_url(address, server.port) for address in addresses],
+                dont_randomize=True,
+                tls_hostname=server.host,
                 name=CONNECTION_NAME,
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
@@ -197,20 +218,24 @@ class AmqpSink:
 
     While the connection is down (aio-pika reconnects it every
     `reconnect_interval_seconds` in the background) a publish fails at once; nothing
-    waits longer than `timeout_seconds`. Failures as for `NatsSink`: `retry_at` None, the
-    relay sets the schedule. A lost confirm may hide a message the broker has: consumers
-    deduplicate on `message_id` (at least once).
+    waits longer than `timeout_seconds`. Every connect, the background ones included,
+    resolves the server's host again and goes only to an address `policy` allows
+    (`_CheckedTransport`). Failures as for `NatsSink`: `retry_at` None, the relay sets the
+    schedule. A lost confirm may hide a message the broker has: consumers deduplicate on
+    `message_id` (at least once).
     """
 
     def __init__(
         self,
         *,
+        policy: AddressPolicy,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         reconnect_interval_seconds: float = DEFAULT_RECONNECT_INTERVAL_SECONDS,
     ) -> None:
+        self.policy = policy
         self.timeout_seconds = timeout_seconds
         self.reconnect_interval_seconds = reconnect_interval_seconds
-        self._connections: _Shared[AmqpTarget, AbstractRobustConnection] = _Shared(
+        self._connections: _Shared[AmqpTarget, _CheckedConnection] = _Shared(
             self._connect, lambda connection: not connection.is_closed
         )
         self._routes: _Shared[AmqpTarget, _Route] = _Shared(
@@ -240,6 +265,9 @@ class AmqpSink:
         (AMQP and OS errors, RuntimeError for a closed channel or connection)."""
         connection = await self._connections.get(_amqp_server(target))
         if not connection.connected.is_set():
+            refused = connection.transport_factory.refused
+            if refused is not None:
+                raise BrokerFailure(f"refused: {refused}")
             raise BrokerFailure(f"RabbitMQ at {target.server} is unreachable (reconnecting)")
         route = await self._routes.get(dataclasses.replace(target, routing_key=None))
         key = target.routing_key_for(event)
@@ -259,23 +287,100 @@ class AmqpSink:
             ) from exc
         return _Route(connection, channel, exchange)
 
-    async def _connect(self, server: AmqpTarget) -> AbstractRobustConnection:
+    async def _connect(self, server: AmqpTarget) -> _CheckedConnection:
+        """What `aio_pika.connect_robust` makes, its connects made by `_CheckedTransport`."""
+        url = make_url(
+            host=server.host,
+            port=server.port,
+            virtualhost=server.vhost,
+            ssl=server.tls,
+            login=AMQP_DEFAULT_CREDENTIAL if server.username is None else server.username,
+            password=AMQP_DEFAULT_CREDENTIAL if server.password is None else server.password,
+        )
+        connection = _CheckedConnection(
+            url,
+            transport_factory=_CheckedTransport(self.policy),
+            reconnect_interval=self.reconnect_interval_seconds,
+            client_properties={"connection_name": CONNECTION_NAME},
+        )
         try:
-            return await aio_pika.connect_robust(
-                host=server.host,
-                port=server.port,
-                virtualhost=server.vhost,
-                ssl=server.tls,
-                timeout=self.timeout_seconds,
-                reconnect_interval=self.reconnect_interval_seconds,
-                client_properties={"connection_name": CONNECTION_NAME},
-                login=AMQP_DEFAULT_CREDENTIAL if server.username is None else server.username,
-                password=AMQP_DEFAULT_CREDENTIAL if server.password is None else server.password,
-            )
+            await connection.connect(timeout=self.timeout_seconds)
         except CONNECTION_EXCEPTIONS as exc:
+            await connection.close()
+            if isinstance(exc, _RefusedAddress):
+                raise BrokerFailure(f"refused: {exc.blocked}") from exc
             raise BrokerFailure(
                 f"cannot connect to RabbitMQ at {server.server}: {_reason(exc)}"
             ) from exc
+        return connection
+
+
+class _RefusedAddress(AMQPConnectionError):
+    """The server's host resolved to an address the policy refuses. An AMQP connection
+    error: aio-pika hands those to the caller of `connect` (or retries them later)."""
+
+    def __init__(self, blocked: BlockedURL) -> None:
+        super().__init__(str(blocked))
+        self.blocked = blocked
+
+
+class _CheckedTransport(aiormq.TransportFactory):
+    """aiormq's TCP or TLS connection to an AMQP server, made to an address `policy`
+    allows: the host is resolved and every address checked before each connect, then the
+    connection goes to a checked address (never to the name, which could resolve anew);
+    TLS still verifies the certificate for the host's name (`server_hostname`). The last
+    refusal is kept (None once a connect gets past the check) to say why a publish fails."""
+
+    def __init__(self, policy: AddressPolicy) -> None:
+        self.policy = policy
+        self.refused: BlockedURL | None = None
+
+    async def create(
+        self, url: URL, **kwargs: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        provider: aiormq.SSLContextProvider = kwargs.pop("ssl_context_provider")
+        host, port = url.host or "", url.port
+        try:
+            addresses = await self.policy.resolve(host, port or 0)
+        except BlockedURL as exc:
+            self.refused = exc
+            raise _RefusedAddress(exc) from exc
+        self.refused = None
+        tls = await provider.get_context() if url.scheme == "amqps" else None
+        failure: OSError | None = None
+        for address in addresses:  # in the resolver's order, as asyncio tries a name's
+            try:
+                return await _open(address, port, tls, host, **kwargs)
+            except OSError as exc:
+                failure = exc
+        raise AMQPConnectionError(*(failure.args if failure else ())) from failure
+
+
+async def _open(
+    address: str, port: int | None, tls: ssl.SSLContext | None, name: str, **kwargs: Any
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream to `address`; over TLS, the certificate is checked for `name`."""
+    if tls is None:
+        return await asyncio.open_connection(address, port, **kwargs)
+    return await asyncio.open_connection(address, port, ssl=tls, server_hostname=name, **kwargs)
+
+
+def _as_given(value: Any) -> Any:
+    return value
+
+
+class _CheckedConnection(aio_pika.RobustConnection):
+    """A robust connection whose every connect, the background reconnects included, goes
+    through its `transport_factory` (aio-pika hands aiormq only the parameters it names)."""
+
+    PARAMETERS = (
+        *aio_pika.RobustConnection.PARAMETERS,
+        ConnectionParameter(name="transport_factory", parser=_as_given, is_kwarg=True),
+    )
+
+    def __init__(self, url: URL, *, transport_factory: _CheckedTransport, **kwargs: Any) -> None:
+        super().__init__(url, transport_factory=transport_factory, **kwargs)
+        self.transport_factory = transport_factory
 
 
 def nats_headers(job: DispatchJob, headers: Mapping[str, str]) -> dict[str, str]:
@@ -351,9 +456,17 @@ class _Shared(Generic[K, T]):
         return self._alive(made.result())
 
 
-def _nats_server_url(server: NatsTarget) -> str:
-    host = f"[{server.host}]" if ":" in server.host else server.host
-    return f"nats://{host}:{server.port}"
+async def _checked_addresses(policy: AddressPolicy, host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, if `policy` allows each; else a failure."""
+    try:
+        return await policy.resolve(host, port)
+    except BlockedURL as exc:
+        raise BrokerFailure(f"refused: {exc}") from exc
+
+
+def _nats_server_url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"nats://{host}:{port}"
 
 
 def _reason(exc: BaseException) -> str:

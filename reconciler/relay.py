@@ -105,9 +105,9 @@ def sink_for(kind: str, settings: NotifySettings) -> Sink:
     if kind == "http":
         return HttpSink(settings)
     if kind == "nats":
-        return NatsSink(timeout_seconds=settings.timeout_seconds)
+        return NatsSink(policy=settings.policy, timeout_seconds=settings.timeout_seconds)
     if kind == "amqp":
-        return AmqpSink(timeout_seconds=settings.timeout_seconds)
+        return AmqpSink(policy=settings.policy, timeout_seconds=settings.timeout_seconds)
     raise ValueError(f"no sink delivers to endpoints of kind {kind!r}")
 
 

@@ -6,12 +6,14 @@ import base64
 import binascii
 import difflib
 import functools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from schemas.addresses import AddressPolicy, parse_networks
 from schemas.database import checked_url
@@ -38,11 +40,27 @@ SQLITE_SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 ADMIN_TOKEN_MIN_CHARS = 20
 ADMIN_TOKEN_MIN_DISTINCT = 10
 KEYGEN_COMMAND = 'python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+# A callback secret signs the tokens of callback URLs: one short enough to guess forges them.
+CALLBACK_SECRET_MIN_CHARS = 16
 # The secrets of `.env.example`, and their like: never a real secret. So is any value with
 # an ellipsis in it (`whsec_...`, `sk-…`).
 PLACEHOLDER_SECRETS = frozenset(
     {"change-me", "changeme", "newest-secret", "previous-secret", "secret", "password", "xxx"}
 )
+# The largest value a numeric setting may take, by what it counts. Beyond them a value is a
+# typo, and overflows a date (now + a span), a C int or a PostgreSQL integer further on.
+MAX_DAYS = 36_500.0  # a hundred years
+MAX_SECONDS = MAX_DAYS * 86_400
+MAX_COUNT = 1_000_000  # batch sizes, queue sizes, concurrency, redirects
+MAX_MILLISECONDS = 2**31 - 1  # a C int: SQLite's busy timeout
+MAX_BYTES = 1 << 50  # a pebibyte
+# S3 presigns a URL for 7 days at most (`schemas.media.storage.MAX_PRESIGN_SECONDS`).
+MAX_PRESIGN_SECONDS = 7 * 86_400
+FLAG_WORDS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Read by the `taskledger` command's read commands (ops/console), not by a process.
 CLIENT_SETTINGS = ("URL",)
 DEFAULT_KIND_BY_NAME = {
@@ -106,19 +124,21 @@ class ArchiveSettings:
         return cls(
             url=env.text(key + "URL", d.url),
             spool_dir=env.text(key + "SPOOL_DIR", d.spool_dir),
-            max_bytes=int(env.number(key + "MAX_BYTES", d.max_bytes)),
+            max_bytes=env.integer(key + "MAX_BYTES", d.max_bytes, at_most=MAX_BYTES),
             connect_timeout_seconds=env.number(
                 key + "CONNECT_TIMEOUT_SECONDS", d.connect_timeout_seconds
             ),
             read_timeout_seconds=env.number(key + "READ_TIMEOUT_SECONDS", d.read_timeout_seconds),
-            max_redirects=int(env.number(key + "MAX_REDIRECTS", d.max_redirects)),
+            max_redirects=env.integer(key + "MAX_REDIRECTS", d.max_redirects),
             allow_http=bool(env.flag(key + "ALLOW_HTTP")),
             allowed_networks=networks,
-            concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
+            concurrency=env.integer(key + "CONCURRENCY", d.concurrency),
             lease_seconds=env.number(key + "LEASE_SECONDS", d.lease_seconds),
-            retention_days=env.number(key + "RETENTION_DAYS", d.retention_days),
+            retention_days=env.number(key + "RETENTION_DAYS", d.retention_days, at_most=MAX_DAYS),
             presign=bool(env.flag(key + "PRESIGN")),
-            presign_seconds=int(env.number(key + "PRESIGN_SECONDS", d.presign_seconds)),
+            presign_seconds=env.integer(
+                key + "PRESIGN_SECONDS", d.presign_seconds, at_most=MAX_PRESIGN_SECONDS
+            ),
         )
 
 
@@ -165,12 +185,14 @@ class NotifySettings:
             allow_http=bool(env.flag(key + "ALLOW_HTTP")),
             allowed_networks=networks,
             timeout_seconds=env.number(key + "TIMEOUT_SECONDS", d.timeout_seconds),
-            concurrency_per_endpoint=int(
-                env.number(key + "CONCURRENCY_PER_ENDPOINT", d.concurrency_per_endpoint)
+            concurrency_per_endpoint=env.integer(
+                key + "CONCURRENCY_PER_ENDPOINT", d.concurrency_per_endpoint
             ),
-            disable_after_days=env.number(key + "DISABLE_AFTER_DAYS", d.disable_after_days),
+            disable_after_days=env.number(
+                key + "DISABLE_AFTER_DAYS", d.disable_after_days, at_most=MAX_DAYS
+            ),
             lease_seconds=env.number(key + "LEASE_SECONDS", d.lease_seconds),
-            batch_size=int(env.number(key + "BATCH_SIZE", d.batch_size)),
+            batch_size=env.integer(key + "BATCH_SIZE", d.batch_size),
             metrics_port=env.port(key + "METRICS_PORT"),
             retry_schedule_seconds=env.delays(key + "RETRY_SCHEDULE", d.retry_schedule_seconds),
         )
@@ -198,8 +220,8 @@ class SpoolSettings:
         return cls(
             enabled=env.flag(key + "ENABLED") is not False,
             dir=env.text(key + "DIR", d.dir),
-            max_bytes=int(env.number(key + "MAX_BYTES", d.max_bytes)),
-            drain_batch_size=int(env.number(key + "DRAIN_BATCH_SIZE", d.drain_batch_size)),
+            max_bytes=env.integer(key + "MAX_BYTES", d.max_bytes, at_most=MAX_BYTES),
+            drain_batch_size=env.integer(key + "DRAIN_BATCH_SIZE", d.drain_batch_size),
         )
 
 
@@ -227,10 +249,10 @@ class RelaySettings:
             sqlite_synchronous=env.choice(
                 "SQLITE_SYNCHRONOUS", d.sqlite_synchronous, SQLITE_SYNCHRONOUS_MODES
             ),
-            sqlite_busy_timeout_ms=int(
-                env.number("SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms)
+            sqlite_busy_timeout_ms=env.integer(
+                "SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms, at_most=MAX_MILLISECONDS
             ),
-            log_level=env.text("LOG_LEVEL", d.log_level).lower(),
+            log_level=env.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),
             log_json=env.flag("LOG_JSON"),
             notify=NotifySettings.from_env(env),
         )
@@ -317,31 +339,31 @@ class Settings:
         d = _DEFAULTS
         return cls(
             database_url=checked_url(env.text("DATABASE_URL", d.database_url)),
-            public_base_url=env.text("PUBLIC_BASE_URL", d.public_base_url).rstrip("/"),
+            public_base_url=env.url("PUBLIC_BASE_URL", d.public_base_url),
             callback_secrets=env.required_list("CALLBACK_SECRETS"),
             admin_token=env.required_text("ADMIN_TOKEN"),
             providers=_providers(env),
             webhook_tolerance_seconds=env.number(
                 "WEBHOOK_TOLERANCE_SECONDS", d.webhook_tolerance_seconds
             ),
-            max_body_bytes=int(env.number("MAX_BODY_BYTES", d.max_body_bytes)),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", d.max_body_bytes, at_most=MAX_BYTES),
             body_timeout_seconds=env.number("BODY_TIMEOUT_SECONDS", d.body_timeout_seconds),
             answer_deadline_seconds=env.number(
                 "ANSWER_DEADLINE_SECONDS", d.answer_deadline_seconds
             ),
-            writer_queue_size=int(env.number("WRITER_QUEUE_SIZE", d.writer_queue_size)),
-            writer_batch_size=int(env.number("WRITER_BATCH_SIZE", d.writer_batch_size)),
-            writer_concurrency=int(env.number("WRITER_CONCURRENCY", 0)) or None,
+            writer_queue_size=env.integer("WRITER_QUEUE_SIZE", d.writer_queue_size),
+            writer_batch_size=env.integer("WRITER_BATCH_SIZE", d.writer_batch_size),
+            writer_concurrency=env.integer("WRITER_CONCURRENCY", 0) or None,
             sqlite_synchronous=env.choice(
                 "SQLITE_SYNCHRONOUS", d.sqlite_synchronous, SQLITE_SYNCHRONOUS_MODES
             ),
-            sqlite_busy_timeout_ms=int(
-                env.number("SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms)
+            sqlite_busy_timeout_ms=env.integer(
+                "SQLITE_BUSY_TIMEOUT_MS", d.sqlite_busy_timeout_ms, at_most=MAX_MILLISECONDS
             ),
-            log_level=env.text("LOG_LEVEL", d.log_level).lower(),
+            log_level=env.choice("LOG_LEVEL", d.log_level, LOG_LEVELS),
             log_json=env.flag("LOG_JSON"),
             poll_interval_seconds=env.number("POLL_INTERVAL_SECONDS", d.poll_interval_seconds),
-            reconciler_batch_size=int(env.number("RECONCILER_BATCH_SIZE", d.reconciler_batch_size)),
+            reconciler_batch_size=env.integer("RECONCILER_BATCH_SIZE", d.reconciler_batch_size),
             lease_seconds=env.number("LEASE_SECONDS", d.lease_seconds),
             reconciler_metrics_port=env.port("RECONCILER_METRICS_PORT"),
             retention=_retention(env),
@@ -371,6 +393,7 @@ class Settings:
                 f" characters, {ADMIN_TOKEN_MIN_DISTINCT} of them different"
                 f" (`taskledger init-env` writes one; or `{KEYGEN_COMMAND}`)"
             )
+        _check_callback_secrets(self.callback_secrets)
 
     @property
     def readers(self) -> dict[str, Reader]:
@@ -399,9 +422,11 @@ def retention_policy(
 
 def _retention(env: _Env, retention_days: float | None = None) -> RetentionPolicy:
     days = (
-        env.number("RETENTION_DAYS", RETENTION_DAYS) if retention_days is None else retention_days
+        env.number("RETENTION_DAYS", RETENTION_DAYS, at_most=MAX_DAYS)
+        if retention_days is None
+        else retention_days
     )
-    keep = env.number("DEDUP_KEEP_DAYS", MIN_DEDUP_KEEP_DAYS)
+    keep = env.number("DEDUP_KEEP_DAYS", MIN_DEDUP_KEEP_DAYS, at_most=MAX_DAYS)
     if keep < MIN_DEDUP_KEEP_DAYS:
         raise ConfigError(
             f"{PREFIX}DEDUP_KEEP_DAYS must be at least {MIN_DEDUP_KEEP_DAYS:g}, longer than"
@@ -469,17 +494,19 @@ def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettin
     return ProviderSettings(
         name=name,
         kind=kind,
-        base_url=env.text(key + "BASE_URL", "").rstrip("/"),
+        base_url=env.url(key + "BASE_URL", ""),
         api_key=env.text(key + "API_KEY", ""),
         webhook_secrets=env.list(key + "WEBHOOK_SECRETS"),
         expected_seconds=env.number(key + "EXPECTED_SECONDS", d.expected_seconds),
         max_age_seconds=env.number(key + "MAX_AGE_SECONDS", d.max_age_seconds),
-        rate_limit_per_second=env.number(key + "RATE_LIMIT", d.rate_limit_per_second),
-        concurrency=int(env.number(key + "CONCURRENCY", d.concurrency)),
+        rate_limit_per_second=env.number(
+            key + "RATE_LIMIT", d.rate_limit_per_second, at_most=MAX_COUNT
+        ),
+        concurrency=env.integer(key + "CONCURRENCY", d.concurrency),
         price_per_second=env.number(key + "PRICE_PER_SECOND", 0.0) or None,
         result_ttl_seconds=env.number(key + "RESULT_TTL_SECONDS", 0.0) or None,
         sunset=_sunset(env, key + "SUNSET", kind),
-        jwks_url=env.text(key + "JWKS_URL", d.jwks_url),
+        jwks_url=env.url(key + "JWKS_URL", d.jwks_url),
         webhook_user_id=env.text(key + "WEBHOOK_USER_ID", ""),
         archive=_archived(env, key + "ARCHIVE"),
         media_hosts=env.list(key + "MEDIA_HOSTS"),
@@ -488,9 +515,8 @@ def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettin
 
 def _archived(env: _Env, name: str) -> bool:
     """A provider's outputs are archived when the archive is on, unless it says `off`."""
-    if env.text("ARCHIVE_URL", DEFAULT_ARCHIVE_URL).lower() in ARCHIVE_OFF:
-        return False
-    return env.flag(name) is not False
+    wanted = env.flag(name) is not False
+    return wanted and env.text("ARCHIVE_URL", DEFAULT_ARCHIVE_URL).lower() not in ARCHIVE_OFF
 
 
 def _sunset(env: _Env, name: str, kind: Kind) -> date | None:
@@ -556,6 +582,18 @@ def _check_webhook_keys(name: str, provider: ProviderSettings) -> None:
             webhook_key(secret, raw_unprefixed=unprefixed_is_raw(provider.kind))
         except ValueError as exc:
             raise ConfigError(f"{PREFIX}{name}: {exc} (as the provider shows it)") from None
+
+
+def _check_callback_secrets(secrets: tuple[str, ...]) -> None:
+    """Each callback secret signs the tokens of callback URLs (`schemas.tokens`): one short
+    enough to guess lets anyone forge a callback for any task."""
+    for secret in secrets:
+        if len(secret) < CALLBACK_SECRET_MIN_CHARS:
+            raise ConfigError(
+                f"{PREFIX}CALLBACK_SECRETS holds a secret too short to be safe: use at least"
+                f" {CALLBACK_SECRET_MIN_CHARS} characters, each secret"
+                f" (`taskledger init-env` writes one; or `{KEYGEN_COMMAND}`)"
+            )
 
 
 def _refuse_placeholders(name: str, values: tuple[str, ...]) -> None:
@@ -691,7 +729,8 @@ class _Env:
             )
         return values
 
-    def number(self, name: str, default: float) -> float:
+    def number(self, name: str, default: float, *, at_most: float = MAX_SECONDS) -> float:
+        """A finite positive number up to `at_most` (seconds unless the setting says else)."""
         raw = self.text(name, "")
         if not raw:
             return default
@@ -699,9 +738,27 @@ class _Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{PREFIX}{name} must be a number (got {raw!r})") from None
-        if value <= 0:
-            raise ConfigError(f"{PREFIX}{name} must be positive (got {raw!r})")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{PREFIX}{name} must be a finite positive number (got {raw!r})")
+        if value > at_most:
+            raise ConfigError(f"{PREFIX}{name} must be at most {at_most:.15g} (got {raw!r})")
         return value
+
+    def integer(self, name: str, default: int, *, at_most: int = MAX_COUNT) -> int:
+        """A whole number from 1 to `at_most`: a size, a count, milliseconds (`1e6` is one)."""
+        value = self.number(name, default, at_most=at_most)
+        if value != int(value):
+            raw = self.text(name, "")
+            raise ConfigError(f"{PREFIX}{name} must be a whole number (got {raw!r})")
+        return int(value)
+
+    def url(self, name: str, default: str) -> str:
+        """An absolute http(s) URL with a host and without query or fragment, as the base
+        of others; without its trailing `/`. Empty when unset and `default` is."""
+        value = self.text(name, default)
+        if value and (fault := _url_fault(value)):
+            raise ConfigError(f"{PREFIX}{name} {fault}")
+        return value.rstrip("/")
 
     def delays(self, name: str, default: tuple[float, ...]) -> tuple[float, ...]:
         """Comma-separated seconds, each zero or more (`0,0.2,0.5,1`)."""
@@ -734,13 +791,38 @@ class _Env:
         return int(raw)
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default).upper()
-        if value not in allowed:
+        """One of `allowed`, in any case; returned as `allowed` spells it."""
+        value = self.text(name, default)
+        by_case = {option.lower(): option for option in allowed}
+        if value.lower() not in by_case:
             raise ConfigError(f"{PREFIX}{name} must be one of {', '.join(allowed)} (got {value!r})")
-        return value
+        return by_case[value.lower()]
 
     def flag(self, name: str) -> bool | None:
-        raw = self.text(name, "").lower()
+        """On or off (`true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`, any case); None unset."""
+        raw = self.text(name, "")
         if not raw:
             return None
-        return raw in {"1", "true", "yes", "on"}
+        if raw.lower() not in FLAG_WORDS:
+            raise ConfigError(
+                f"{PREFIX}{name} must be true or false (or yes/no, on/off, 1/0; got {raw!r})"
+            )
+        return FLAG_WORDS[raw.lower()]
+
+
+def _url_fault(url: str) -> str | None:
+    """What keeps `url` from being a base URL; None when nothing does. The URL is shown only
+    when it cannot hold a credential (no user part, no query)."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname or not port_ok:
+        shown = f" (got {url!r})" if "@" not in url and "?" not in url else ""
+        return f"must be an absolute http(s) URL with a host, like https://example.com{shown}"
+    if any(char.isspace() for char in url):
+        return "must be a URL without spaces"
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return "must be a URL without a query (?...) or a fragment (#...)"
+    return None

@@ -31,9 +31,9 @@ from schemas.store.artifacts import Attempt
 from schemas.store.idempotency import IdempotencyKey, StoredAnswer
 from schemas.store.keys import ApiKey, KeyScope
 from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
-from schemas.store.queries import Cursor, TaskFilter
+from schemas.store.queries import Cursor, DeliveryCursor, DeliveryFilter, TaskFilter
 from schemas.store.registration import NewTask
-from schemas.store.rows import ArchiveJob, Artifact, Claim, PollEntry, Task, Timeline
+from schemas.store.rows import ArchiveJob, Artifact, Claim, DeliveryEntry, PollEntry, Task, Timeline
 from schemas.store.sqlite_ingest import SqliteWriter
 from schemas.store.transactions import Database
 
@@ -258,6 +258,16 @@ class LedgerStore:
     ) -> dict[str, Any]:
         """Per provider: outcomes, missed callbacks, duplicates, conflicts, timings, cost."""
         return await queries.audit(self._db, since, until, prices)
+
+    async def taskless_deliveries(
+        self, where: DeliveryFilter, limit: int, after: DeliveryCursor | None = None
+    ) -> tuple[list[DeliveryEntry], DeliveryCursor | None]:
+        """A page of the deliveries kept with no task, newest first."""
+        return await queries.taskless_deliveries(self._db, where, limit, after)
+
+    async def taskless_delivery(self, delivery_id: int) -> dict[str, Any] | None:
+        """A delivery kept with no task, with its body; None if none has the id."""
+        return await queries.taskless_delivery(self._db, delivery_id)
 
     async def final_states(self) -> list[tuple[str | None, str]]:
         """(provider task id, state) of every task: for audits against a provider's records."""

@@ -1,5 +1,6 @@
-"""The ledger's reads: a task, its timeline, pages of tasks, the change feed, the audit and
-the ledger-wide counts, each in a read-only transaction.
+"""The ledger's reads: a task, its timeline, pages of tasks, the change feed, the audit,
+the ledger-wide counts and the deliveries that belong to no task, each in a read-only
+transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ from schemas.store.transactions import Database
 from schemas.tables import ARTIFACT, DELIVERY, OBSERVATION, TASK, TRANSITION
 
 Cursor = tuple[datetime, str]  # (created_at, ref) of the last task of a page
+DeliveryCursor = tuple[datetime, int]  # (received_at, id) of the last delivery of a page
+# What a delivery kept with no task can have become: no task has its provider id yet
+# (`unmatched`), its body could not be read or speaks of no task (`unrecognized`,
+# `ignored`), or, read again (`refold`), it turned out to repeat one already stored.
+TASKLESS_OUTCOMES = tuple(
+    outcome.value
+    for outcome in (Outcome.UNMATCHED, Outcome.UNRECOGNIZED, Outcome.IGNORED, Outcome.DUPLICATE)
+)
 _same_provider_task = sa.and_(
     DELIVERY.c.provider == TASK.c.provider,
     DELIVERY.c.provider_task_id == TASK.c.provider_task_id,
@@ -47,6 +56,16 @@ class TaskFilter:
     conflict: bool | None = None
     recovered: bool | None = None
     stuck: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFilter:
+    """Which deliveries with no task to list: `since` and `until` bound `received_at`."""
+
+    provider: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 async def get(db: Database, ref: str) -> Task | None:
@@ -134,6 +153,49 @@ async def list_tasks(
     more = len(tasks) > limit
     tasks = tasks[:limit]
     return tasks, ((tasks[-1].created_at, tasks[-1].ref) if more else None)
+
+
+async def taskless_deliveries(
+    db: Database, where: DeliveryFilter, limit: int, after: DeliveryCursor | None = None
+) -> tuple[list[DeliveryEntry], DeliveryCursor | None]:
+    """One page of the deliveries kept with no task, newest received first, keyset-paginated
+    like the tasks; without their bodies."""
+    key = (DELIVERY.c.received_at, DELIVERY.c.id)
+    query = (
+        sa.select(*_TIMELINE_DELIVERY)
+        .where(*_taskless_conditions(where))
+        .order_by(*(column.desc() for column in key))
+        .limit(limit + 1)
+    )
+    if after:
+        query = query.where(sa.tuple_(*key) < after)
+    async with db.read() as conn:
+        found = [DeliveryEntry(**row) for row in (await conn.execute(query)).mappings()]
+    more = len(found) > limit
+    found = found[:limit]
+    return found, ((found[-1].received_at, found[-1].id) if more else None)
+
+
+async def taskless_delivery(db: Database, delivery_id: int) -> dict[str, Any] | None:
+    """A delivery kept with no task, its body (bytes) and headers included; None when no
+    delivery has the id, or it belongs to a task."""
+    query = sa.select(DELIVERY).where(DELIVERY.c.id == delivery_id, DELIVERY.c.task_ref.is_(None))
+    async with db.read() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+def _taskless_conditions(where: DeliveryFilter) -> list[sa.ColumnElement[bool]]:
+    conditions: list[sa.ColumnElement[bool]] = [DELIVERY.c.task_ref.is_(None)]
+    if where.provider is not None:
+        conditions.append(DELIVERY.c.provider == where.provider)
+    if where.outcome is not None:
+        conditions.append(DELIVERY.c.outcome == where.outcome)
+    if where.since:
+        conditions.append(DELIVERY.c.received_at >= where.since)
+    if where.until:
+        conditions.append(DELIVERY.c.received_at < where.until)
+    return conditions
 
 
 async def changes(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+from ipaddress import ip_network
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,6 +28,8 @@ SUBJECT = "taskledger.e2e.events"
 # Quick retries, enough of them to outlast the restart below.
 SCHEDULE = RetrySchedule((0.0, *(0.25,) * 40), jitter=0.0)
 TASKS_PER_ROUND = 15
+# The test's nats-server listens on loopback, which the relay refuses unless allowed.
+LOOPBACK = NotifySettings(allowed_networks=(ip_network("127.0.0.1/32"),), timeout_seconds=2)
 
 
 async def start_running(store: LedgerStore, prefix: str) -> None:
@@ -70,7 +73,7 @@ async def test_every_event_reaches_jetstream_once_through_a_broker_restart(
                 "secrets": [{"secret": secret}],
             }
         )
-        relay = Relay(NotifySettings(timeout_seconds=2), store, clock=utc_now, schedule=SCHEDULE)
+        relay = Relay(LOOPBACK, store, clock=utc_now, schedule=SCHEDULE)
         running = asyncio.create_task(relay.run())
         try:
             await start_running(store, "before")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+import pytest
 
 from ops.procfile import SOURCE_PROCFILE, expand, procfile_commands, web_command
 
@@ -31,3 +34,12 @@ def test_web_command_serves_another_app_with_the_same_flags() -> None:
     other = web_command("127.0.0.1", 8123, app="bench.baselines:noop_app")
     assert other[3] == "bench.baselines:noop_app"
     assert other[:3] + other[4:] == receiver[:3] + receiver[4:]
+
+
+def test_outside_a_checkout_the_shipped_procfile_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no Procfile here: `taskledger run` from anywhere
+    assert procfile_commands() == procfile_commands(SOURCE_PROCFILE)
+    (tmp_path / "Procfile").write_text("web: uvicorn mine:app\n")
+    assert procfile_commands() == {"web": "uvicorn mine:app"}  # a deployment's own wins

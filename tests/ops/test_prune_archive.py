@@ -85,3 +85,13 @@ def test_prune_deletes_archived_files_past_the_archives_retention(
         f"archive files deleted {0 if kept else 1:>10}".split()
         == [line for line in report.splitlines() if "archive files deleted" in line][-1].split()
     )
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "1e6", "0", "-1"])
+def test_a_retention_that_is_no_number_of_days_is_refused_before_anything_is_read(
+    days: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "prune", "--retention-days", days])
+    assert exited.value.code == 2
+    assert f"must be over 0 and at most 36500: {days!r}" in capsys.readouterr().err

@@ -111,9 +111,10 @@ async def _callback_path(service: Service, provider: str, task_id: str) -> str:
 
 
 def sign(body: bytes, msg_id: bytes, stamp: bytes, secret: str = WEBHOOK_SECRET) -> str:
-    """A `v1,` signature over the raw bytes, as the server reads the (latin-1) headers."""
+    """A `v1,` signature over the raw bytes, as a sender signs them (the spec's
+    `{id}.{timestamp}.{body}`: a UTF-8 id is signed as its UTF-8 bytes)."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
-    text = msg_id.decode("latin-1").encode() + b"." + stamp.decode("latin-1").encode() + b"."
+    text = msg_id + b"." + stamp + b"."
     return "v1," + base64.b64encode(hmac.new(key, text + body, hashlib.sha256).digest()).decode()
 
 

@@ -179,6 +179,9 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/v1/changes"): Row(READ, path("/v1/changes"), 200, check=only_my_changes),
     ("GET", "/v1/audit"): Row(READ, path("/v1/audit"), 200, check=only_my_audit),
     ("GET", "/v1/export"): Row(READ, path("/v1/export"), 200, check=only_my_export),
+    ("GET", "/v1/deliveries"): Row(READ, path("/v1/deliveries"), 200),
+    # The seed's one delivery is a task's: no delivery without a task has its id.
+    ("GET", "/v1/deliveries/{id}"): Row(ADMIN, path("/v1/deliveries/1"), 404),
     ("GET", "/v1/tasks/{ref}"): Row(
         READ, path("/v1/tasks/{ref}"), 200, owned=True, check=raw_payloads_for_admins
     ),

@@ -8,6 +8,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from nats.aio.msg import Msg
 from nats.js.api import RawStreamMsg
 
 from reconciler.brokers import AmqpSink, NatsSink
+from schemas.addresses import AddressPolicy
 from schemas.endpoint_urls import (
     AmqpTarget,
     EndpointUrlError,
@@ -48,6 +50,8 @@ SUBJECT = "taskledger.events.tasks"
 SINK_TIMEOUT_SECONDS = 2.0
 RESTART_MESSAGES = 50
 RETRY_WITHIN_SECONDS = 30.0
+# The brokers listen on loopback, which the address policy refuses unless allowed.
+LOOPBACK = AddressPolicy(allowed_networks=(ip_network("127.0.0.1/32"),))
 
 
 class Sink(Protocol):
@@ -160,7 +164,7 @@ async def jetstream(tmp_path: Path) -> AsyncIterator[JetStreamServer]:
 
 @pytest.fixture
 async def nats_sink() -> AsyncIterator[NatsSink]:
-    sink = NatsSink(timeout_seconds=SINK_TIMEOUT_SECONDS)
+    sink = NatsSink(policy=LOOPBACK, timeout_seconds=SINK_TIMEOUT_SECONDS)
     yield sink
     await sink.aclose()
 
@@ -245,7 +249,7 @@ async def test_nats_sink_fails_without_credentials_when_the_server_is_down(
 async def test_nats_sink_fails_a_publish_in_flight_as_soon_as_the_server_goes_away(
     jetstream: JetStreamServer,
 ) -> None:
-    sink = NatsSink(timeout_seconds=600)  # only the drop can end this publish
+    sink = NatsSink(policy=LOOPBACK, timeout_seconds=600)  # only the drop can end this publish
     listener, heard = await connect_once(jetstream.url), asyncio.Event()
 
     async def hear(message: Msg) -> None:
@@ -305,7 +309,9 @@ async def rabbitmq() -> None:
 
 @pytest.fixture
 async def amqp_sink(rabbitmq: None) -> AsyncIterator[AmqpSink]:
-    sink = AmqpSink(timeout_seconds=SINK_TIMEOUT_SECONDS, reconnect_interval_seconds=0.2)
+    sink = AmqpSink(
+        policy=LOOPBACK, timeout_seconds=SINK_TIMEOUT_SECONDS, reconnect_interval_seconds=0.2
+    )
     yield sink
     await sink.aclose()
 
