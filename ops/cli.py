@@ -241,6 +241,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return run_demo(args.tasks)
     if args.command == "init-env":
+        if ENV_FILE.exists():
+            print(f"taskledger: {ENV_FILE} exists; kept as it is (remove it for fresh secrets)")
+            return 0
         write_env_file(ENV_FILE)
         return 0
     if args.command == "token":

@@ -69,8 +69,8 @@ class ReceiverApp(Starlette):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        if self.in_flight >= IN_FLIGHT_MAX:
-            await _BUSY.send(send)
+        if self.in_flight >= IN_FLIGHT_MAX and scope["path"] != "/healthz":
+            await _BUSY.send(send)  # (alive all the same: a liveness probe must not restart it)
             return
         self.in_flight += 1
         try:

@@ -19,7 +19,7 @@ from receiver.admin import jsonable, task_ref
 from receiver.auth import authorize
 from receiver.errors import NotFound, Unprocessable
 from receiver.openapi import ERROR
-from receiver.queries import owned, parse_time
+from receiver.queries import owned, parse_time, row_id
 from schemas.settings import ProviderSettings, Settings
 from schemas.states import REAL_TERMINAL, State
 from schemas.store import LedgerStore, PollEntry, Task, TaskFilter
@@ -30,7 +30,6 @@ BUCKET_CHOICES_SECONDS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 360
 BUCKETS_WANTED = 30
 MAX_BUCKETS = 500
 DEFAULT_WINDOW = timedelta(hours=24)
-ROW_ID_MAX = 2**63 - 1  # a BIGINT: past it no row has the id
 OUTCOMES = ("succeeded", "failed", "cancelled", "lost")
 _FINAL = frozenset({*REAL_TERMINAL, State.LOST})
 
@@ -208,10 +207,10 @@ def _bucket_seconds(raw: str | None, span: timedelta) -> int:
 
 
 def _row_id(request: Request) -> int:
-    raw: str = request.path_params["id"]
-    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= ROW_ID_MAX:
+    number = row_id(request.path_params["id"])
+    if number is None:
         raise NotFound("no row has this id")
-    return int(raw)
+    return number
 
 
 # -- the OpenAPI description -----------------------------------------------------

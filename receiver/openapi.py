@@ -209,7 +209,7 @@ PATHS: dict[str, Any] = {
             "parameters": [IDEMPOTENCY_KEY],
             "requestBody": _json_body(contract.NewTask),
             "responses": {
-                **_answers(400, 401, 409, 415, 422, 503, ok=TASK, ok_code=201),
+                **_answers(400, 401, 408, 409, 413, 415, 422, 503, ok=TASK, ok_code=201),
                 "202": {
                     "description": "registered; submission queued",
                     "content": {"application/json": {"schema": TASK}},
@@ -246,7 +246,7 @@ PATHS: dict[str, Any] = {
             "security": BEARER,
             "parameters": _path("ref"),
             "requestBody": _json_body(contract.AttachTaskId),
-            "responses": _answers(400, 401, 404, 409, 415, 422, 503, ok=TASK),
+            "responses": _answers(400, 401, 404, 408, 409, 413, 415, 422, 503, ok=TASK),
         },
     },
     "/v1/changes": {
@@ -306,7 +306,15 @@ PATHS: dict[str, Any] = {
             "security": BEARER,
             "requestBody": _json_body(contract.NewEndpoint),
             "responses": _answers(
-                400, 401, 415, 422, 503, ok=contract.ref(contract.EndpointWithSecret), ok_code=201
+                400,
+                401,
+                408,
+                413,
+                415,
+                422,
+                503,
+                ok=contract.ref(contract.EndpointWithSecret),
+                ok_code=201,
             ),
         },
         "get": {
@@ -327,7 +335,7 @@ PATHS: dict[str, Any] = {
             "security": BEARER,
             "parameters": _path("id"),
             "requestBody": _json_body(contract.EndpointChanges),
-            "responses": _answers(400, 401, 404, 415, 422, 503, ok=ENDPOINT),
+            "responses": _answers(400, 401, 404, 408, 413, 415, 422, 503, ok=ENDPOINT),
         },
         "delete": {
             "summary": "Remove an endpoint and its dispatches (the events stay)",
@@ -343,7 +351,7 @@ PATHS: dict[str, Any] = {
             "parameters": _path("id"),
             "requestBody": _json_body(contract.Rotation, required=False),
             "responses": _answers(
-                400, 401, 404, 415, 422, 503, ok=contract.ref(contract.EndpointWithSecret)
+                400, 401, 404, 408, 413, 415, 422, 503, ok=contract.ref(contract.EndpointWithSecret)
             ),
         }
     },
@@ -369,7 +377,15 @@ PATHS: dict[str, Any] = {
             "security": BEARER,
             "requestBody": _json_body(contract.NewKey),
             "responses": _answers(
-                400, 401, 415, 422, 503, ok=contract.ref(contract.ApiKeyWithSecret), ok_code=201
+                400,
+                401,
+                408,
+                413,
+                415,
+                422,
+                503,
+                ok=contract.ref(contract.ApiKeyWithSecret),
+                ok_code=201,
             ),
         },
         "get": {

@@ -70,6 +70,11 @@ class Delivery:
 
 
 NOT_JSON: Any = object()  # what `parse_payload` gives for a body that is not JSON
+# Why: orjson reads JSON as RFC 8259 allows readers to limit it, and refuses past that.
+NOT_READ_AS_JSON = (
+    "not JSON, or JSON past what is read: integers over 64 bits, nesting over 1,024 levels,"
+    " lone surrogates"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,7 @@ def parse_payload(body: bytes) -> Any:
 def read_payload(reader: Reader, payload: Any, received_at: datetime) -> Reading:
     """A parsed callback body read by its provider's normalizer."""
     if payload is NOT_JSON:
-        return Reading(None, "", Unread("not_json", "not valid JSON"))
+        return Reading(None, "", Unread("not_json", NOT_READ_AS_JSON))
     try:
         observation = normalize_callback(
             reader.kind, payload, result_ttl_seconds=reader.result_ttl_seconds, now=received_at

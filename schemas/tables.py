@@ -114,6 +114,9 @@ class DeliveryRow(SQLModel, table=True):
         ),
         # The few deliveries kept but not folded in, by task: see `UNFOLDED_OUTCOMES`.
         _partial_index("ix_delivery_unfolded", "task_ref", where=UNFOLDED_WHERE),
+        # The deliveries with no task, newest first (`GET /v1/deliveries`); a matched one,
+        # nearly all of them, is never in it.
+        _partial_index("ix_delivery_taskless", "received_at", "id", where="task_ref IS NULL"),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(BigId, primary_key=True))

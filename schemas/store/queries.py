@@ -160,20 +160,26 @@ async def taskless_deliveries(
 ) -> tuple[list[DeliveryEntry], DeliveryCursor | None]:
     """One page of the deliveries kept with no task, newest received first, keyset-paginated
     like the tasks; without their bodies."""
-    key = (DELIVERY.c.received_at, DELIVERY.c.id)
-    query = (
-        sa.select(*_TIMELINE_DELIVERY)
-        .where(*_taskless_conditions(where))
-        .order_by(*(column.desc() for column in key))
-        .limit(limit + 1)
-    )
-    if after:
-        query = query.where(sa.tuple_(*key) < after)
+    query = taskless_query(where, limit + 1, after)
     async with db.read() as conn:
         found = [DeliveryEntry(**row) for row in (await conn.execute(query)).mappings()]
     more = len(found) > limit
     found = found[:limit]
     return found, ((found[-1].received_at, found[-1].id) if more else None)
+
+
+def taskless_query(
+    where: DeliveryFilter, limit: int, after: DeliveryCursor | None
+) -> sa.Select[Any]:
+    """The statement of a page of `taskless_deliveries` (its own index walks it)."""
+    key = (DELIVERY.c.received_at, DELIVERY.c.id)
+    query = (
+        sa.select(*_TIMELINE_DELIVERY)
+        .where(*_taskless_conditions(where))
+        .order_by(*(column.desc() for column in key))
+        .limit(limit)
+    )
+    return query.where(sa.tuple_(*key) < after) if after else query
 
 
 async def taskless_delivery(db: Database, delivery_id: int) -> dict[str, Any] | None:

@@ -628,7 +628,11 @@ def test_the_default_url_is_the_local_service(capsys: pytest.CaptureFixture[str]
 
 def test_init_env_still_writes_the_env_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init-env"]) == 0
-    assert "TASKLEDGER_ADMIN_TOKEN=" in Path(".env").read_text()
+    written = Path(".env").read_text()
+    assert "TASKLEDGER_ADMIN_TOKEN=" in written
+    assert main(["init-env"]) == 0  # a second time: kept, and it says so
+    assert Path(".env").read_text() == written
+    assert ".env exists; kept as it is" in capsys.readouterr().out.splitlines()[-1]
 
 
 # -- demo ------------------------------------------------------------------------

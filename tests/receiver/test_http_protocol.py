@@ -103,6 +103,7 @@ async def test_requests_past_the_in_flight_limit_get_503_with_retry_after(
         busy = await until_answered(service, lambda r: r.status_code == 503)
         assert busy.headers["retry-after"] == "5"
         assert busy.json()["error"] == "unavailable"
+        assert (await service.http.get("/healthz")).status_code == 200  # alive, busy or not
         for _, writer in held:
             writer.close()
         await until_answered(service, lambda r: r.status_code == 200)
@@ -111,10 +112,10 @@ async def test_requests_past_the_in_flight_limit_get_503_with_retry_after(
 async def until_answered(
     service: Service, wanted: Callable[[httpx.Response], bool], within: float = 10
 ) -> httpx.Response:
-    """`GET /healthz` until its answer is `wanted` (bounded)."""
+    """`GET /readyz` until its answer is `wanted` (bounded)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        answer = await service.http.get("/healthz")
+        answer = await service.http.get("/readyz")
         if wanted(answer) or asyncio.get_running_loop().time() > deadline:
             assert wanted(answer), answer.text
             return answer

@@ -160,6 +160,15 @@ async def test_a_delivery_payload_is_only_for_an_admin(service: Service) -> None
         assert (await service.http.get(path, headers=service.admin)).status_code == 404
 
 
+@pytest.mark.parametrize("row", ["0", "9" * 19, "9" * 5000, "x1", "\u0661"])  # an Arabic-Indic 1
+async def test_a_row_id_no_row_can_have_is_404(service: Service, row: str) -> None:
+    """Not a 503: thousands of digits are no number Python converts, nor a BIGINT."""
+    ref = (await service.register("apidot"))["ref"]
+    for kind in ("deliveries", "polls"):
+        answer = await service.http.get(f"/v1/tasks/{ref}/{kind}/{row}", headers=service.admin)
+        assert answer.status_code == 404, answer.text
+
+
 async def test_a_poll_payload_is_the_providers_answer_as_kept(
     service: Service, database_url: str, clock: FakeClock
 ) -> None:

@@ -4,12 +4,14 @@ they are asked, and the format's parts they needed (`[submit] model/extra`, `bod
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from schemas.definition import Definition, load_definition
 from schemas.errors import ConfigError, WireFormatError
+from schemas.ledger import NOT_READ_AS_JSON, Reader, parse_payload, read_payload
 from schemas.settings import BUILTIN_PROVIDERS_DIR, builtin_definitions
 from schemas.states import State
 from schemas.wire import (
@@ -136,3 +138,14 @@ def test_a_kie_failure_callback_reads_as_failed_and_names_its_task() -> None:
         normalize_callback(kind("kie"), {"code": 501, "msg": "no", "data": {"taskId": "t-1"}})
     assert caught.value.reason == "provider_error"
     assert task_id_hint(kind("kie"), {"code": 501, "data": {"taskId": "t-1"}}) == "t-1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{", b'{"code": 1' + b"0" * 400 + b"}", b"[" * 2000 + b"]" * 2000, b'{"a": "\\ud800"}'],
+    ids=["invalid", "big-integer", "deep", "lone-surrogate"],
+)
+def test_a_body_not_read_as_json_says_why_it_may_be_so(body: bytes) -> None:
+    reading = read_payload(Reader(kind("fal")), parse_payload(body), datetime.now(UTC))
+    assert reading.unread is not None
+    assert (reading.unread.reason, reading.unread.detail) == ("not_json", NOT_READ_AS_JSON)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.database import create_engine
 from schemas.migrate import current_revision, head_revision, upgrade
+from schemas.store.queries import DeliveryFilter, taskless_query
 from schemas.tables import DELIVERY, METADATA, TASK
 from tests.conftest import FakeClock
 
@@ -99,9 +101,12 @@ async def test_a_tasks_deliveries_and_the_unmatched_ones_are_found_by_the_unique
             )
             .where(TASK.c.ref == "tl_1", DELIVERY.c.task_ref == "tl_1")
         )
-        for query in (unmatched, timeline):
-            plan = await _plan(engine, query)
-            assert _uses_the_delivery_key(engine, plan), plan
+        plan = await _plan(engine, timeline)
+        assert _uses_the_delivery_key(engine, plan), plan
+        # The unmatched ones: by the unique key, or among the deliveries with no task
+        # (`ix_delivery_taskless`, which an empty table's planner may find cheaper).
+        plan = await _plan(engine, unmatched)
+        assert _uses_the_delivery_key(engine, plan) or "ix_delivery_taskless" in plan, plan
     finally:
         await engine.dispose()
 
@@ -154,5 +159,25 @@ async def test_the_migrations_build_exactly_the_tables_the_code_declares(
                 lambda sync: compare_metadata(MigrationContext.configure(sync), METADATA)
             )
         assert differences == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_deliveries_with_no_task_are_listed_from_their_own_index(
+    database_url: str,
+) -> None:
+    """`GET /v1/deliveries` walks `ix_delivery_taskless` newest first: no sort, and never
+    the whole delivery table. (With a `provider` filter SQLite's planner prefers the
+    unique key's prefix, and sorts what it finds.)"""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        after = (datetime(2026, 12, 1, tzinfo=UTC), 10)
+        where = DeliveryFilter(outcome="unmatched")
+        for query in (taskless_query(where, 51, None), taskless_query(where, 51, after)):
+            plan = await _plan(engine, query)
+            assert "ix_delivery_taskless" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+            assert "Sort" not in plan, plan
     finally:
         await engine.dispose()
