@@ -11,11 +11,13 @@ import base64
 import hashlib
 from html import escape
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from receiver import contract
 from receiver.auth import (
     SESSION_COOKIE,
     SESSION_MAX_AGE_SECONDS,
@@ -23,7 +25,7 @@ from receiver.auth import (
     session_signer,
     token_principal,
 )
-from receiver.bodies import read_form
+from receiver.bodies import FORM_MEDIA_TYPE, read_form
 from receiver.errors import NotFound, Unauthenticated
 from schemas.settings import Settings
 
@@ -82,6 +84,14 @@ PRESIGNED_PAGE_HEADERS = {
 
 
 _HTML_401 = {"description": "not signed in: a sign-in form", "content": {"text/html": {}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    """A refusal's answer, in the API's error shape."""
+    schema = contract.ref(contract.Error)
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
 OPENAPI_PATHS = {
     "/ui": {
         "get": {
@@ -93,7 +103,13 @@ OPENAPI_PATHS = {
         "post": {
             "summary": "Trade the admin token or an API key (form field `token`) for a 12 h"
             " session cookie",
-            "responses": {"303": {"description": "signed in: go to /ui"}, "401": _HTML_401},
+            "responses": {
+                "303": {"description": "signed in: go to /ui"},
+                "401": _HTML_401,
+                "408": _error("the form not received in time"),
+                "413": _error("the form too large"),
+                "422": _error(f"not a {FORM_MEDIA_TYPE} form"),
+            },
         }
     },
     "/ui/logout": {
