@@ -32,6 +32,7 @@ from reconciler.sessions import (
     READ_TIMEOUT_SECONDS,
     AiohttpSession,
     Answer,
+    AnswerTooLarge,
     HttpxSession,
     Session,
 )
@@ -321,6 +322,9 @@ class ProviderClient:
                 response = await session.request(method, url, sent, json)
         except _UNSENDABLE as exc:
             raise self._failure(Rejected, "request cannot be sent", exc, False) from exc
+        except AnswerTooLarge as exc:
+            # Asked again at the task's next poll, not at once: it would be as large.
+            raise self._failure(ProviderUnavailable, "answer too large", exc, False) from exc
         except _NOT_SENT as exc:
             raise self._failure(ProviderUnavailable, "cannot connect", exc, True) from exc
         except _TIMED_OUT as exc:

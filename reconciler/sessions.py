@@ -9,7 +9,8 @@ Neither catches errors: `reconciler.clients` translates both libraries' errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,16 @@ import httpx
 CONNECT_TIMEOUT_SECONDS = 5.0
 READ_TIMEOUT_SECONDS = 15.0
 POOL_TIMEOUT_SECONDS = 5.0
+# A whole answer, from sending to its last byte: a provider that drips one (a byte every
+# few seconds keeps every read timeout happy) must not hold up a pass.
+ANSWER_TOTAL_SECONDS = 30.0
+# The most of an answer read: a status or submit answer is a few KiB, and a provider's
+# answer of 100 MB must not become 100 MB of the reconciler's memory (each time it polls).
+ANSWER_MAX_BYTES = 4 << 20
+
+
+class AnswerTooLarge(Exception):
+    """The answer's body goes past `ANSWER_MAX_BYTES`: it is not read further."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +64,13 @@ class HttpxSession:
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], json: object = None
     ) -> Answer:
-        response = await self._http.request(method, url, headers=headers, json=json)
-        return Answer(response.status_code, response.headers, response.content)
+        try:
+            async with asyncio.timeout(ANSWER_TOTAL_SECONDS):
+                async with self._http.stream(method, url, headers=headers, json=json) as response:
+                    body = await _capped(response.headers, response.aiter_bytes())
+        except TimeoutError:
+            raise httpx.ReadTimeout(_LATE) from None
+        return Answer(response.status_code, response.headers, body)
 
 
 class AiohttpSession:
@@ -83,10 +99,34 @@ class AiohttpSession:
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], json: object = None
     ) -> Answer:
-        async with self._session.request(
-            method, url, headers=headers, json=json, allow_redirects=False
-        ) as response:
-            return Answer(response.status, response.headers, await response.read())
+        try:
+            async with (
+                asyncio.timeout(ANSWER_TOTAL_SECONDS),
+                self._session.request(
+                    method, url, headers=headers, json=json, allow_redirects=False
+                ) as response,
+            ):
+                body = await _capped(response.headers, response.content.iter_chunked(1 << 16))
+        except TimeoutError:
+            raise aiohttp.ServerTimeoutError(_LATE) from None
+        return Answer(response.status, response.headers, body)
 
     async def aclose(self) -> None:
         await self._session.close()
+
+
+_LATE = f"the answer was not complete within {ANSWER_TOTAL_SECONDS:g} s"
+
+
+async def _capped(headers: Mapping[str, str], chunks: AsyncIterator[bytes]) -> bytes:
+    """The body of `chunks`, refused (`AnswerTooLarge`) past `ANSWER_MAX_BYTES`, at once
+    when its `Content-Length` says so."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > ANSWER_MAX_BYTES:
+        raise AnswerTooLarge(f"the answer declares {declared} bytes")
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > ANSWER_MAX_BYTES:
+            raise AnswerTooLarge(f"the answer goes past {ANSWER_MAX_BYTES} bytes")
+    return bytes(body)

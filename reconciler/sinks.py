@@ -157,7 +157,8 @@ async def _answer_of(response: aiohttp.ClientResponse) -> str:
         if not chunk:
             break
         kept += chunk
-    return kept.decode(errors="replace").strip()
+    # Kept as text: no NUL (PostgreSQL's text holds none; one would fail the attempt's row).
+    return kept.decode(errors="replace").replace("\x00", "\ufffd").strip()
 
 
 def _answered(status: int, answer: str, latency_ms: float) -> AttemptResult:

@@ -98,6 +98,8 @@ class AddressPolicy:
     def check_address(self, address: str | IPAddress) -> IPAddress:
         """`address` if it may be connected to; `BlockedURL` (`blocked_address`) if not."""
         ip = ip_address(address) if isinstance(address, str) else address
+        if isinstance(ip, IPv6Address) and ip.scope_id is not None:
+            ip = IPv6Address(int(ip))  # `fe80::1%eth0` is `fe80::1` on a link: no zone
         reached = embedded_ipv4(ip) if isinstance(ip, IPv6Address) else None
         target = ip if reached is None else reached
         if ip in METADATA_ADDRESSES or target in METADATA_ADDRESSES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +14,8 @@ from schemas.errors import LedgerError
 from schemas.settings import PREFIX
 
 TIMEOUT_SECONDS = 10.0
+# How much of an error answer is read (its message is in the first few hundred bytes).
+ERROR_BODY_MAX_BYTES = 64 << 10
 
 
 class CommandError(LedgerError):
@@ -58,7 +61,7 @@ class AdminApi:
             response = self.http.request(
                 method, path, json=body, params=query(params), timeout=TIMEOUT_SECONDS
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ApiError(_failure(exc, str(self.http.base_url).rstrip("/"))) from exc
         _check(response)
         if response.status_code == 204 or not response.content:
@@ -92,7 +95,7 @@ class AdminApi:
             with self.http.stream("GET", path, params=query(params), timeout=timeout) as response:
                 _check(response)
                 yield response
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ApiError(_failure(exc, str(self.http.base_url).rstrip("/"))) from exc
 
 
@@ -115,31 +118,46 @@ def _object(response: httpx.Response, path: str) -> dict[str, Any]:
 def _check(response: httpx.Response) -> None:
     if response.is_success:
         return
-    response.read()
+    kept = _start_of(response, ERROR_BODY_MAX_BYTES)
     status = response.status_code
     if status == 401:
         raise ApiError(
             f"the service refused the admin token (401): pass --token or set {PREFIX}ADMIN_TOKEN",
             status_code=status,
         )
-    raise ApiError(f"the service answered {status}: {_reason(response)}", status_code=status)
+    raise ApiError(f"the service answered {status}: {_reason(response, kept)}", status_code=status)
 
 
-def _reason(response: httpx.Response) -> str:
+def _start_of(response: httpx.Response, limit: int) -> bytes:
+    """The first `limit` bytes of an answer's body, the rest never read: an error answer
+    that never ends must not grow this process without bound."""
+    if response.is_stream_consumed:
+        return response.content[:limit]
+    kept = bytearray()
+    for chunk in response.iter_bytes():
+        kept += chunk
+        if len(kept) >= limit:
+            break
+    return bytes(kept[:limit])
+
+
+def _reason(response: httpx.Response, body: bytes) -> str:
     try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return text(body["message"])
+        said = json.loads(body)
+    except (ValueError, RecursionError):
+        said = None
+    if isinstance(said, dict) and said.get("message"):
+        return text(said["message"])
     return response.reason_phrase or "no reason given"
 
 
-def _failure(exc: httpx.HTTPError, url: str) -> str:
+def _failure(exc: httpx.HTTPError | httpx.InvalidURL, url: str) -> str:
     if isinstance(exc, httpx.ConnectError):
         return f"cannot reach the service at {url}: {text(exc) or 'connection failed'}"
     if isinstance(exc, httpx.TimeoutException):
         return f"the service at {url} did not answer in time ({type(exc).__name__})"
+    if isinstance(exc, httpx.InvalidURL):
+        return f"cannot send that request to {url}: {text(exc)}"
     return f"the request to {url} failed: {type(exc).__name__}: {text(exc)}"
 
 

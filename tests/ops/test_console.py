@@ -661,3 +661,30 @@ def test_demo_report_aligns_every_label_and_count() -> None:
     ends = {len(line.split(" of ")[0].rstrip()) for line in lines}
     assert len(ends) == 1, lines  # every count ends in the same column
     assert lines[-1].endswith("150 of 150")
+
+
+def test_an_error_answer_that_never_ends_is_read_only_as_far_as_its_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sent: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(100_000):  # 6.5 GB, were it read whole
+            sent.append(1)
+            yield b'{"message": "busy"}' + b" " * 65_536
+
+    api = Api(lambda _request: httpx.Response(500, content=endless()))
+    assert main(["tasks", "--token", TOKEN], transport=httpx.MockTransport(api)) != 0
+    assert "the service answered 500" in capsys.readouterr().err
+    assert len(sent) < 10
+
+
+def test_a_filter_too_long_for_a_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    api = Api(answer({"tasks": [], "next_cursor": None}))
+    code = main(
+        ["tasks", "--owner", "a" * 70_000, "--token", TOKEN], transport=httpx.MockTransport(api)
+    )
+    assert code != 0
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err

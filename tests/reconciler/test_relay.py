@@ -41,7 +41,7 @@ from schemas.ledger import Poll
 from schemas.settings import NotifySettings
 from schemas.states import State
 from schemas.store import AttemptResult, DispatchJob, LedgerStore, NewTask
-from schemas.tables import DISPATCH
+from schemas.tables import DISPATCH, DISPATCH_ATTEMPT
 from schemas.wire import Observation
 from tests.conftest import FakeClock
 from tests.support.servers import free_port, serve
@@ -498,3 +498,25 @@ async def test_an_unreachable_database_pauses_the_relay_without_ending_it() -> N
         await asyncio.wait_for(running, timeout=10)
     await engine.dispose()
     assert [e["event"] for e in logs][-2:] == ["leases_left_to_expire", "relay_stopped"]
+
+
+async def test_an_answer_holding_nul_is_kept_and_the_dispatch_moves_on(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """PostgreSQL's text holds no NUL: such an answer failed its attempt's row, and the
+    dispatch was sent again every lease, for ever, beside every other in its batch."""
+
+    async def nul(_: Request) -> Response:
+        return Response(b"\xff\xfe\x00\x00ab", status_code=500)
+
+    async with consumer_at(Consumer(nul)) as url, relay_for(store, clock) as relay:
+        await endpoint(store, url)
+        await change(store, clock)
+        await one_pass(relay)
+    (dispatch,) = await dispatches(store)
+    assert dispatch["attempts"] == 1, dispatch
+    async with store.engine.connect() as conn:
+        (answer,) = (await conn.execute(sa.select(DISPATCH_ATTEMPT.c.answer))).scalars()
+    assert answer is not None
+    assert "\x00" not in answer
+    assert answer.endswith("ab")

@@ -143,9 +143,10 @@ def test_allowed_networks_open_only_themselves() -> None:
     [
         ("169.254.0.0/16", "169.254.169.254"),
         ("fd00::/8", "fd00:ec2::254"),
+        ("fc00::/7", "fd00:ec2::254%eth0"),
         ("100.64.0.0/10", "100.100.100.200"),
     ],
-    ids=["aws", "aws-v6", "alibaba"],
+    ids=["aws", "aws-v6", "aws-v6-with-a-zone", "alibaba"],
 )
 def test_metadata_addresses_stay_refused_inside_an_allowed_network(
     network: str, address: str
