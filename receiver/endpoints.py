@@ -20,7 +20,7 @@ from receiver.admin import ADMIN_BODY_LIMIT_BYTES, jsonable
 from receiver.auth import authorize
 from receiver.bodies import parse_json, read_body
 from receiver.contract import FILTER_MAX_ITEMS, URL_MAX_CHARS, validated
-from receiver.errors import Conflict, NotFound, Unprocessable
+from receiver.errors import NotFound, Unprocessable
 from receiver.queries import parse_time
 from schemas.addresses import AddressPolicy, BlockedURL
 from schemas.endpoint_urls import EndpointUrlError, kind_of, parse_broker_url, redact
@@ -119,9 +119,6 @@ async def recover_endpoint(request: Request) -> Response:
         raise Unprocessable("since is required: an ISO-8601 time")
     store: LedgerStore = request.app.state.store
     endpoint = await _existing(store, request)
-    if not endpoint.enabled:
-        # Its dispatches would wait, unsent, while the answer said they were on their way.
-        raise Conflict("the endpoint is disabled: enable it (PATCH enabled=true), then recover")
     requeued = await store.recover_endpoint(endpoint.id, since)
     log.info("endpoint_recovered", endpoint_id=endpoint.id, requeued=requeued)
     return JSONResponse({"requeued": requeued})

@@ -42,7 +42,7 @@ _REASONS = {
     404: "unknown provider, source, task or delivery",
     408: "body not received in time",
     409: "conflicts with the ledger (a callback: it breaks a unique key, alone; a registration:"
-    " its Idempotency-Key came before with another body; a recover: the endpoint is disabled)",
+    " its Idempotency-Key came before with another body)",
     413: "body too large",
     415: "not JSON",
     422: "invalid parameters",
@@ -360,7 +360,7 @@ PATHS: dict[str, Any] = {
             "summary": "Send again the endpoint's failed events made since a time",
             "security": BEARER,
             "parameters": [*_path("id"), SINCE_REQUIRED],
-            "responses": _answers(401, 404, 409, 422, 503, ok=REQUEUED),
+            "responses": _answers(401, 404, 422, 503, ok=REQUEUED),
         }
     },
     "/v1/messages/{msg_id}/retry": {

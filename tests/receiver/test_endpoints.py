@@ -452,21 +452,6 @@ async def test_recover_requeues_what_failed_since_a_time(
     assert job.event_type == "task.succeeded"
 
 
-async def test_recover_on_a_disabled_endpoint_is_refused_not_promised(
-    service: Service, store: LedgerStore, clock: FakeClock
-) -> None:
-    created = await create(service)
-    await failed_events(service, store, clock)
-    path = f"/v1/endpoints/{created['id']}"
-    disabled = await service.http.patch(path, json={"enabled": False}, headers=service.admin)
-    assert disabled.status_code == 200, disabled.text
-    since = {"since": "2020-01-01T00:00:00Z"}
-    response = await service.http.post(path + "/recover", params=since, headers=service.admin)
-    assert response.status_code == 409
-    assert "enable it" in response.json()["message"]
-    assert await store.claim_dispatches("relay", 10, 30) == []
-
-
 @pytest.mark.parametrize("since", [None, "yesterday"], ids=["missing", "not-a-time"])
 async def test_recover_needs_an_iso_time(service: Service, since: str | None) -> None:
     created = await create(service)
