@@ -72,41 +72,49 @@ class Archiver:
         self.metrics = metrics
         self.stopping = stopping
         self.policy = policy
-        self._outages = 0
 
     async def run(self) -> None:
-        """Batch after batch until `stopping` is set; then give back every lease. An
-        unreachable database pauses the loop; it never ends it."""
+        """`settings.concurrency` workers until `stopping` is set; then give back every
+        lease. Each worker claims one artifact when it is free, so a slow source (one
+        fetch lasts at most the fetcher's `total_timeout_seconds`) holds only its own."""
         _clear_stale_spool(self.media.spool_dir)
         log.info("archiver_started", owner=self.owner, archive=self.media.describe())
         try:
-            while not self.stopping.is_set():
-                await self._idle(await self._batch_or_pause())
+            async with asyncio.TaskGroup() as workers:
+                for _ in range(self.settings.concurrency):
+                    workers.create_task(self._work())
         finally:
             with contextlib.suppress(StorageUnavailable):
                 await self.store.release_artifacts(self.owner)
 
-    async def _batch_or_pause(self) -> float:
-        try:
-            done = await self.run_batch()
-        except StorageUnavailable as exc:
-            self._outages += 1
-            pause = self.policy.backoff(self._outages) + IDLE_SECONDS
-            log.warning("archive_batch_failed", error=str(exc), retry_in_s=round(pause, 2))
-            return pause
-        self._outages = 0
-        return 0.0 if done else IDLE_SECONDS
+    async def _work(self) -> None:
+        """One artifact after another; an unreachable database pauses the worker, it never
+        ends it."""
+        outages = 0
+        while not self.stopping.is_set():
+            try:
+                done = await self.run_batch(limit=1)
+            except StorageUnavailable as exc:
+                outages += 1
+                pause = self.policy.backoff(outages) + IDLE_SECONDS
+                log.warning("archive_batch_failed", error=str(exc), retry_in_s=round(pause, 2))
+                await self._idle(pause)
+                continue
+            outages = 0
+            await self._idle(0.0 if done else IDLE_SECONDS)
 
     async def _idle(self, seconds: float) -> None:
         if seconds > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
 
-    async def run_batch(self) -> int:
-        """Archive one leased batch; how many artifacts it held."""
+    async def run_batch(self, limit: int | None = None) -> int:
+        """Archive one leased batch of at most `limit` artifacts (twice the concurrency
+        unless given), `settings.concurrency` at a time, each recorded as soon as it is
+        done; how many the batch held."""
         await self._observe_queue()
-        limit = self.settings.concurrency * 2
-        jobs = await self.store.claim_artifacts(self.owner, limit, self.settings.lease_seconds)
+        wanted = self.settings.concurrency * 2 if limit is None else limit
+        jobs = await self.store.claim_artifacts(self.owner, wanted, self.settings.lease_seconds)
         gate = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(job: ArchiveJob) -> None:

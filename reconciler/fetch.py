@@ -30,15 +30,25 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 USER_AGENT = "taskledger-archiver"
 # The body as stored, byte for byte: the archive keeps the media, not a gzip of it.
 IDENTITY = "identity"
+# One fetch in all, from the first request to the last byte of the last hop: a source that
+# drips its body (a byte now and then, so no read times out) gives up its worker by then.
+# Under the archive's default lease (300 s), so the attempt is recorded while it is leased.
+TOTAL_TIMEOUT_SECONDS = 240.0
 
 
 @dataclass(frozen=True, slots=True)
 class FetchLimits:
-    """How much one fetch may take; `chunk_bytes` is how much is held and written at once."""
+    """How much one fetch may take; `chunk_bytes` is how much is held and written at once.
+
+    `connect_timeout_seconds` and `read_timeout_seconds` bound each wait on the network;
+    `total_timeout_seconds` bounds the whole fetch, redirects included, however steadily
+    the bytes come (a timeout then, as any other: `reason` `timeout`, retryable).
+    """
 
     max_bytes: int
     connect_timeout_seconds: float = 10
     read_timeout_seconds: float = 30
+    total_timeout_seconds: float = TOTAL_TIMEOUT_SECONDS
     max_redirects: int = 5
     chunk_bytes: int = 1 << 20
 
@@ -227,13 +237,15 @@ class SafeFetcher:
         and counting it as it goes; follow up to `limits.max_redirects` redirects, each hop
         checked like the first. `headers` (credentials) go only to a hop whose host is in
         `credential_hosts`; a non-empty `allowed_hosts` (`host_allowed` patterns) bounds
-        every hop. Raises `FetchError`, after which `sink` may hold part of a body."""
+        every hop. All of it ends within `limits.total_timeout_seconds`. Raises `FetchError`,
+        after which `sink` may hold part of a body."""
         target = self._checked(url, allowed_hosts)
         trusted = frozenset(_bare_host(host) for host in credential_hosts)
+        deadline = asyncio.get_running_loop().time() + self.limits.total_timeout_seconds
         redirects = 0
         while True:
             request = self._request(target, headers or {}, trusted)
-            outcome = await self._hop(request, sink, redirects)
+            outcome = await self._hop(request, sink, redirects, deadline)
             if isinstance(outcome, Fetched):
                 return outcome
             if redirects == self.limits.max_redirects:
@@ -277,17 +289,23 @@ class SafeFetcher:
             headers.update(credentials)
         return httpx.Request("GET", target, headers=headers, extensions={"timeout": self._timeout})
 
-    async def _hop(self, request: httpx.Request, sink: BinaryIO, redirects: int) -> Fetched | str:
-        """One request: the file written to `sink`, or the `Location` a redirect names."""
+    async def _hop(
+        self, request: httpx.Request, sink: BinaryIO, redirects: int, deadline: float
+    ) -> Fetched | str:
+        """One request, over by `deadline` (the event loop's clock): the file written to
+        `sink`, or the `Location` a redirect names."""
         host = _host(request.url)
         try:
-            response = await self._client.send(
-                request, stream=True, auth=None, follow_redirects=False
-            )
-            try:
-                return await self._answer(response, sink, redirects)
-            finally:
-                await response.aclose()
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(
+                    request, stream=True, auth=None, follow_redirects=False
+                )
+                try:
+                    return await self._answer(response, sink, redirects)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise _overdue(host, self.limits.total_timeout_seconds) from exc
         except BlockedURL as exc:
             raise _blocked(exc, host) from exc
         except httpx.HTTPError as exc:
@@ -415,6 +433,11 @@ def _failed(exc: httpx.HTTPError, host: str) -> FetchError:
     broken = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
     message = f"the exchange with {host} failed ({what})"
     return FetchError(message, reason="protocol", host=host, retryable=broken)
+
+
+def _overdue(host: str, total_seconds: float) -> FetchError:
+    message = f"fetching from {host} took more than {total_seconds:g} s in all"
+    return FetchError(message, reason="timeout", host=host, retryable=True)
 
 
 def _blocked(exc: BlockedURL, host: str) -> FetchError:

@@ -63,7 +63,8 @@ class UnusableSecret(Exception):
 @dataclass(frozen=True, slots=True)
 class RetrySchedule:
     """When a failed dispatch is tried again: after its `n`th failed attempt, in
-    `delays_seconds[n - 1]` (give or take `jitter` of it); after the last, never."""
+    `delays_seconds[n - 1]` (give or take `jitter` of it); after the last, never. The first
+    attempt is not in it (it is made at once), so `n` delays make `n + 1` attempts."""
 
     delays_seconds: tuple[float, ...] = NOTIFY_RETRY_SCHEDULE_SECONDS
     jitter: float = 0.1

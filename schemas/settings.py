@@ -142,10 +142,10 @@ class ArchiveSettings:
         )
 
 
-# Each failed notification is tried again after the next of these delays (the first at
-# once); after the last, it has failed. Svix's schedule, with a little jitter.
+# A notification is sent at once; each failed attempt is tried again after the next of
+# these delays; after the last, it has failed: 8 attempts. Svix's schedule, with a little
+# jitter.
 NOTIFY_RETRY_SCHEDULE_SECONDS: tuple[float, ...] = (
-    0.0,
     5.0,
     300.0,
     1_800.0,

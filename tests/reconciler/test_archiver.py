@@ -12,7 +12,6 @@ from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -84,14 +83,8 @@ async def media() -> AsyncIterator[tuple[Media, str]]:
 
 
 @pytest.fixture
-async def ledger(engine: AsyncEngine, clock: FakeClock) -> AsyncIterator[LedgerStore]:
-    readers = {
-        "apidot": ProviderSettings("apidot", WireFormat.APIDOT, archive=True).reader,
-        "openai": ProviderSettings("openai", WireFormat.OPENAI, archive=True).reader,
-    }
-    store = LedgerStore(engine, clock, readers)
-    yield store
-    await store.close()
+def ledger(archive_ledger: LedgerStore) -> LedgerStore:
+    return archive_ledger
 
 
 Made = tuple[Archiver, LocalStore, ReconcilerMetrics]

@@ -9,7 +9,6 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from ipaddress import ip_network
-from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -28,24 +27,21 @@ from schemas.endpoint_urls import (
 )
 from schemas.events import envelope
 from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
+from tests.reconciler.conftest import STREAM, missing
 from tests.support.brokers import (
-    NATS_SERVER,
     RABBITMQCTL,
     JetStreamServer,
     connect_once,
     drain_queue,
-    jetstream_server,
     rabbitmq_answers,
     scratch_exchange,
     start_rabbitmq,
     stop_rabbitmq,
 )
-from tests.support.databases import in_ci
 from tests.support.servers import free_port
 from tests.support.waiting import eventually
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-STREAM = "TASKLEDGER_EVENTS"
 SUBJECT = "taskledger.events.tasks"
 SINK_TIMEOUT_SECONDS = 2.0
 RESTART_MESSAGES = 50
@@ -143,23 +139,7 @@ async def retry_until_delivered(sink: Sink, job: DispatchJob) -> None:
     await eventually(delivered, within=RETRY_WITHIN_SECONDS, every=0.1)
 
 
-def missing(what: str) -> None:
-    """A broker this machine lacks: a skip on a laptop, a failure in CI (CI has them)."""
-    if in_ci():
-        pytest.fail(f"{what}, and CI must run the broker tests")
-    pytest.skip(what)
-
-
 # -- NATS JetStream ------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def jetstream(tmp_path: Path) -> AsyncIterator[JetStreamServer]:
-    if NATS_SERVER is None:
-        missing("nats-server is not on PATH")
-    async with jetstream_server(tmp_path) as server:
-        await server.add_stream(STREAM, ["taskledger.events.>"])
-        yield server
 
 
 @pytest.fixture
@@ -299,12 +279,6 @@ async def test_nats_sink_loses_nothing_and_duplicates_nothing_across_a_server_re
 
 
 # -- RabbitMQ ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def rabbitmq() -> None:
-    if not await rabbitmq_answers():
-        missing("no RabbitMQ answers on 127.0.0.1:5672")
 
 
 @pytest.fixture

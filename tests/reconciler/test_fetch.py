@@ -36,6 +36,7 @@ from reconciler.fetch import (
 )
 from schemas.addresses import AddressPolicy
 from schemas.media.sniff import SNIFF_BYTES
+from tests.reconciler.conftest import Dripper, Names
 from tests.support.servers import free_port, serve
 
 MB = 1 << 20
@@ -74,35 +75,6 @@ class Recorder(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self.inner.sleep(seconds)
-
-
-class Names:
-    """The running loop's DNS, answered from a table for the names given, as usual for the
-    rest. An answer is a list of addresses, an exception to raise, or `HANG`; a name given
-    several answers gets them in turn, the last one repeated."""
-
-    HANG = "hang"
-
-    def __init__(self, original: Callable[..., Any]) -> None:
-        self.original = original
-        self.answers: dict[str, list[Any]] = {}
-        self.asked: list[str] = []
-        self.never = asyncio.Event()
-
-    def answer(self, name: str, *answers: Any) -> None:
-        self.answers[name] = list(answers)
-
-    async def getaddrinfo(self, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        turns = self.answers.get(host)
-        if turns is None:
-            return await self.original(host, port, *args, **kwargs)
-        self.asked.append(host)
-        answer = turns.pop(0) if len(turns) > 1 else turns[0]
-        if answer == self.HANG:
-            await self.never.wait()
-        if isinstance(answer, BaseException):
-            raise answer
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, port)) for ip in answer]
 
 
 def create_app(release: asyncio.Event) -> Starlette:
@@ -173,14 +145,6 @@ async def base_url() -> AsyncIterator[str]:
             yield url
         finally:
             release.set()
-
-
-@pytest.fixture
-async def names(monkeypatch: pytest.MonkeyPatch) -> Names:
-    loop = asyncio.get_running_loop()
-    table = Names(loop.getaddrinfo)
-    monkeypatch.setattr(loop, "getaddrinfo", table.getaddrinfo)
-    return table
 
 
 @pytest.fixture
@@ -547,6 +511,17 @@ async def test_a_body_that_stalls_times_out(base_url: str) -> None:
     async with SafeFetcher(POLICY, limits) as fetcher:
         error = await refused(fetcher, f"{base_url}/slow")
     assert (error.reason, error.retryable) == ("timeout", True)
+
+
+async def test_a_body_that_drips_times_out_when_the_whole_fetch_outlasts_its_limit(
+    dripper: Dripper,
+) -> None:
+    # A byte every 50 ms: the 5 s read timeout never fires; the whole fetch's limit does.
+    limits = FetchLimits(max_bytes=MB, read_timeout_seconds=5, total_timeout_seconds=0.3)
+    async with SafeFetcher(POLICY, limits) as fetcher, asyncio.timeout(5):
+        error = await refused(fetcher, f"{dripper.url}/v.mp4")
+    assert (error.reason, error.retryable, error.host) == ("timeout", True, "127.0.0.1")
+    assert "0.3 s in all" in str(error)
 
 
 async def test_a_port_nobody_listens_on_fails_to_connect(fetcher: SafeFetcher) -> None:

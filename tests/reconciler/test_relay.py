@@ -261,8 +261,8 @@ async def test_a_dispatch_whose_schedule_is_spent_has_failed(
 
 @pytest.mark.parametrize(
     ("failed_attempts", "delay"),
-    [(1, 0.0), (2, 5.0), (3, 300.0), (8, 36_000.0), (9, None)],
-    ids=["first-at-once", "second-5s", "third-5min", "last-10h", "spent"],
+    [(1, 5.0), (2, 300.0), (3, 1_800.0), (7, 36_000.0), (8, None)],
+    ids=["first-5s", "second-5min", "third-30min", "last-10h", "spent"],
 )
 def test_the_default_schedule_waits_about_its_delay(failed_attempts: int, delay: float) -> None:
     now = utc_now()
