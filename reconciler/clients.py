@@ -24,7 +24,7 @@ import orjson
 import structlog
 
 from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
-from reconciler.limits import Clock, RateLimiter, Sleep
+from reconciler.limits import Clock, Deadline, RateLimiter, Sleep
 from reconciler.retry import RetryPolicy, parse_http_date
 from reconciler.sessions import (
     CONNECT_TIMEOUT_SECONDS,
@@ -160,10 +160,15 @@ class ProviderClient:
     def name(self) -> str:
         return self.settings.name
 
-    async def fetch_status(self, provider_task_id: str, model: str = "") -> StatusAnswer:
+    async def fetch_status(
+        self, provider_task_id: str, model: str = "", *, deadline: Deadline | None = None
+    ) -> StatusAnswer:
         """Poll one task (`model`: the task's, for a path that names it). Transport errors,
         timeouts and 5xx are retried up to `policy.attempts` times with backoff; a 429
         pauses the limiter and raises `RateLimited`; any other refusal raises `Rejected`.
+        No wait (for the limiter, before a retry) goes past `deadline`: a request that
+        could start only later raises `DeadlineReached` unsent, and a retry that could
+        start only later is not made (the last error is raised).
 
         A 2xx answer that is not JSON, names another task, or carries the provider's error
         code in its envelope raises `BadAnswer` (retryable); JSON that does not normalize
@@ -172,7 +177,7 @@ class ProviderClient:
         whose answer is the one returned (`fetch_result`).
         """
         path = self._path(status_path, provider_task_id, model)
-        response = await self._get(path)
+        response = await self._get(path, deadline=deadline)
         body = self._json(response, retryable=True)
         try:
             observation = normalize_status(
@@ -186,13 +191,15 @@ class ProviderClient:
             return self._unrecognized(provider_task_id, response, body, exc)
         self._check_task(provider_task_id, observation.provider_task_id, response)
         if self._fetches_result(observation):
-            return await self.fetch_result(provider_task_id, model)
+            return await self.fetch_result(provider_task_id, model, deadline=deadline)
         return StatusAnswer(observation, response.status_code, _trimmed(response))
 
-    async def fetch_result(self, provider_task_id: str, model: str = "") -> StatusAnswer:
+    async def fetch_result(
+        self, provider_task_id: str, model: str = "", *, deadline: Deadline | None = None
+    ) -> StatusAnswer:
         """The outcome of a finished task from its definition's `[result]` endpoint, on the
-        same limiter and retry policy as a poll: 2xx is success, an HTTP status the
-        definition lists as failing (fal: 422 with `detail`) is failure."""
+        same limiter, retry policy and `deadline` as a poll: 2xx is success, an HTTP status
+        the definition lists as failing (fal: 422 with `detail`) is failure."""
         kind = self.settings.kind
         if not isinstance(kind, Definition):
             raise Rejected(f"{self.name}: {kind} has no result endpoint", provider=self.name)
@@ -205,7 +212,7 @@ class ProviderClient:
                 return result is not None
             return request_error(result, _json_or_none(response.content)) is not None
 
-        response = await self._get(path, accept=failed)
+        response = await self._get(path, accept=failed, deadline=deadline)
         body = self._json(response, retryable=True)
         try:
             observation = normalize_result(
@@ -230,16 +237,31 @@ class ProviderClient:
             and observation.state not in REAL_TERMINAL
         )
 
-    async def _get(self, path: str, accept: Accept = _NOTHING_ELSE) -> Answer:
+    async def _get(
+        self, path: str, accept: Accept = _NOTHING_ELSE, *, deadline: Deadline | None
+    ) -> Answer:
+        within = deadline or Deadline()
+
         async def send() -> Answer:
             return await self._send(
-                self._polls, "GET", path, idempotent=True, headers=self._poll_headers, accept=accept
+                self._polls,
+                "GET",
+                path,
+                idempotent=True,
+                headers=self._poll_headers,
+                accept=accept,
+                deadline=within,
             )
 
-        return await self._with_retries(send, (ProviderUnavailable,))
+        return await self._with_retries(send, (ProviderUnavailable,), within)
 
     async def submit(
-        self, model: str, request: dict[str, object], callback_url: str | None
+        self,
+        model: str,
+        request: dict[str, object],
+        callback_url: str | None,
+        *,
+        deadline: Deadline | None = None,
     ) -> Observation:
         """Create a task; the observation carries the provider's task id.
 
@@ -250,14 +272,18 @@ class ProviderClient:
         A timeout, a broken connection or another 5xx after sending may have created a task: it
         raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
         (`BadAnswer`); the caller must find out from the provider before submitting again.
+        `deadline` as for `fetch_status`: `DeadlineReached` means nothing was sent.
         """
         path = self._submit_path(callback_url, model)
         body = build_submit_body(self.settings.kind, model, request, callback_url)
+        within = deadline or Deadline()
 
         async def send() -> Answer:
-            return await self._send(self._submits, "POST", path, idempotent=False, json=body)
+            return await self._send(
+                self._submits, "POST", path, idempotent=False, json=body, deadline=within
+            )
 
-        response = await self._with_retries(send, (ProviderUnavailable, RateLimited))
+        response = await self._with_retries(send, (ProviderUnavailable, RateLimited), within)
         answer = self._json(response, retryable=False)
         try:
             return parse_submit_response(self.settings.kind, answer)
@@ -270,14 +296,17 @@ class ProviderClient:
         self,
         send: Callable[[], Awaitable[Answer]],
         retry_on: tuple[type[ProviderError], ...],
+        deadline: Deadline,
     ) -> Answer:
+        """`send()`, repeated after the errors in `retry_on` as the policy says, as long as
+        the wait before the next attempt ends by the deadline; its stop ends that wait."""
         attempt = 1
         while True:
             try:
                 return await send()
             except retry_on as exc:
                 delay = self._retry_delay(exc, attempt)
-                if delay is None:
+                if delay is None or not deadline.allows(delay):
                     raise
                 log.info(
                     "provider_call_retried",
@@ -287,7 +316,7 @@ class ProviderClient:
                     error=type(exc).__name__,
                     delay_seconds=round(delay, 3),
                 )
-            await self._sleep(delay)
+            await deadline.wait(self._sleep(delay))
             attempt += 1
 
     def _retry_delay(self, exc: ProviderError, attempt: int) -> float | None:
@@ -312,13 +341,14 @@ class ProviderClient:
         json: object = None,
         headers: dict[str, str] | None = None,
         accept: Accept = _NOTHING_ELSE,
+        deadline: Deadline,
     ) -> Answer:
-        """One request on `session`, within the limiter; any answer but 2xx or one `accept`
-        takes raises."""
+        """One request on `session`, within the limiter by `deadline`; any answer but 2xx or
+        one `accept` takes raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
         try:
-            async with self.limiter.slot():
+            async with self.limiter.slot(deadline):
                 response = await session.request(method, url, sent, json)
         except _UNSENDABLE as exc:
             raise self._failure(Rejected, "request cannot be sent", exc, False) from exc

@@ -1,9 +1,10 @@
 """The reconciler loop: claim due tasks, ask their providers, fold the answers in.
 
-Each pass claims due tasks per provider under a lease, polls (or submits) them
-within the provider's limits, and writes the results through the store's one
-write path in small batches, in the background while the polls go on. A stop
-request finishes in-flight calls, skips the rest and gives the leases back.
+Each provider has its own loop of passes: a pass claims its due tasks under a lease,
+polls (or submits) them within the provider's limits and within the lease, and writes
+the results through the store's one write path in small batches, in the background
+while the polls go on. A stop request ends the waits, finishes in-flight calls, skips
+the rest and gives the leases back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 
 from reconciler.clients import ProviderClient, ProviderClients, StatusAnswer
 from reconciler.errors import ProviderError, RateLimited
+from reconciler.limits import Deadline, DeadlineReached
 from reconciler.metrics import ReconcilerMetrics, label_value
 from reconciler.retry import RetryPolicy
 from schemas.definition import Definition
@@ -36,6 +38,10 @@ from schemas.tokens import CallbackTokens
 log = structlog.get_logger("taskledger.reconciler")
 FLUSH_EVERY_SECONDS = 0.25
 FLUSH_AT_ITEMS = 200
+# A pass waits (for its provider's limiter, before a retry) at most this share of its lease,
+# counted from its claim: the rest is for the last answers (`sessions.ANSWER_TOTAL_SECONDS`)
+# and their write. It is also the share `_claim_limit` sizes a pass's claims to.
+WAIT_SHARE_OF_LEASE = 0.5
 # Coroutines working through a pass's claims, per unit of the provider's concurrency: more
 # than one, so that a call sleeping before its retry leaves its slot to another.
 WORKERS_PER_SLOT = 2
@@ -45,6 +51,7 @@ UNCONFIRMED_POLL_LIMIT = 12
 UNCONFIRMED = "the provider never confirmed the final state a callback reported"
 INTERRUPTED_SUBMIT = "the reconciler sending it stopped before the answer was recorded"
 NO_BASE_URL = "no base URL configured to poll"
+NOT_POLLED = "not polled within the lease"
 # A task still open (or an end still unconfirmed) this many times its provider's expected
 # duration after it was created is overdue: a failed poll then flags it with the error.
 OVERDUE_AFTER_EXPECTED = 2.0
@@ -103,13 +110,14 @@ class Reconciler:
         self.owner = owner or new_owner()
         self.stopping = asyncio.Event()
         self._tokens = CallbackTokens(settings.callback_secrets)
-        self._outages = 0
         self._backlog_seen_at = -math.inf
 
     async def run(self) -> None:
-        """Pass after pass until `stopping` is set; then give back every lease.
+        """Pass after pass for each provider, in a loop of its own so that one provider's
+        pause or slow answers never hold another's passes back, until `stopping` is set;
+        then give back every lease.
 
-        An unreachable database pauses the loop with backoff; it never ends it.
+        An unreachable database pauses the loops with backoff; it never ends them.
         """
         names = list(self.settings.providers)
         log.info(
@@ -121,10 +129,17 @@ class Reconciler:
         for name in names:
             if self.clients.get(name) is None:
                 log.warning("provider_not_pollable", provider=name, missing=_base_url_setting(name))
+        loops = [
+            asyncio.create_task(self._provider_loop(provider), name=f"passes-{provider.name}")
+            for provider in self.settings.providers.values()
+        ]
         try:
-            while not self.stopping.is_set():
-                await self._idle(await self._pass_or_pause())
+            await asyncio.gather(*loops)
         finally:
+            # Should one loop fail, the others end with it.
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._release()
 
     async def _release(self) -> None:
@@ -135,17 +150,27 @@ class Reconciler:
             return
         log.info("reconciler_stopped", owner=self.owner, released=released)
 
-    async def _pass_or_pause(self) -> float:
-        """Run one pass; how long to rest before the next one."""
-        try:
-            report = await self.run_pass()
-        except StorageUnavailable as exc:
-            self._outages += 1
-            pause = self.policy.backoff(self._outages) + self.settings.poll_interval_seconds
-            log.warning("pass_failed", owner=self.owner, error=str(exc), retry_in_s=round(pause, 2))
-            return pause
-        self._outages = 0
-        return 0.0 if report.claimed else self.settings.poll_interval_seconds
+    async def _provider_loop(self, provider: ProviderSettings) -> None:
+        """One provider's passes until `stopping` is set: the next at once after a pass that
+        claimed tasks, after the poll interval otherwise, later still after an outage."""
+        outages = 0
+        while not self.stopping.is_set():
+            try:
+                report = await self._pass(provider)
+            except StorageUnavailable as exc:
+                outages += 1
+                rest = self.policy.backoff(outages) + self.settings.poll_interval_seconds
+                log.warning(
+                    "pass_failed",
+                    owner=self.owner,
+                    provider=provider.name,
+                    error=str(exc),
+                    retry_in_s=round(rest, 2),
+                )
+            else:
+                outages = 0
+                rest = 0.0 if report.claimed else self.settings.poll_interval_seconds
+            await self._idle(rest)
 
     async def _idle(self, seconds: float) -> None:
         if seconds <= 0:
@@ -156,31 +181,37 @@ class Reconciler:
             return
 
     async def run_pass(self) -> PassReport:
-        started = time.perf_counter()
-        providers = list(self.settings.providers.values())
-        reports = await asyncio.gather(*[self._provider_pass(p) for p in providers])
+        """One pass for every provider at once (`run` gives each provider its own loop)."""
+        providers = self.settings.providers.values()
         total = PassReport()
-        for report in reports:
+        for report in await asyncio.gather(*[self._pass(p) for p in providers]):
             total.add(report)
+        return total
+
+    async def _pass(self, provider: ProviderSettings) -> PassReport:
+        """One provider's pass, timed and logged; the backlog gauge read when it is due."""
+        started = time.perf_counter()
+        report = await self._provider_pass(provider)
         if time.monotonic() - self._backlog_seen_at >= BACKLOG_EVERY_SECONDS:
             await self._observe_backlog()
         elapsed = time.perf_counter() - started
         self.metrics.pass_seconds.observe(elapsed)
-        if total.claimed:
+        if report.claimed:
             log.info(
                 "pass_finished",
                 owner=self.owner,
-                claimed=total.claimed,
-                polled=total.polled,
-                submitted=total.submitted,
-                recovered=total.recovered,
-                conflicts=total.conflicts,
-                lost=total.lost,
-                errors=total.errors,
-                skipped=total.skipped,
+                provider=provider.name,
+                claimed=report.claimed,
+                polled=report.polled,
+                submitted=report.submitted,
+                recovered=report.recovered,
+                conflicts=report.conflicts,
+                lost=report.lost,
+                errors=report.errors,
+                skipped=report.skipped,
                 ms=round(elapsed * 1000, 1),
             )
-        return total
+        return report
 
     async def _observe_backlog(self) -> None:
         self._backlog_seen_at = time.monotonic()
@@ -190,8 +221,10 @@ class Reconciler:
 
     async def _provider_pass(self, provider: ProviderSettings) -> PassReport:
         client = self.clients.get(provider.name)
+        lease_seconds = self.settings.lease_seconds
+        deadline = Deadline(time.monotonic() + lease_seconds * WAIT_SHARE_OF_LEASE)
         claims = await self.store.claim_due(
-            self.owner, provider.name, self._claim_limit(provider), self.settings.lease_seconds
+            self.owner, provider.name, self._claim_limit(provider), lease_seconds
         )
         report = PassReport(claimed=len(claims))
         if claims:
@@ -200,17 +233,27 @@ class Reconciler:
 
             async def work() -> None:
                 for claim in queue:
-                    await self._reconcile(claim, client, provider, batch)
+                    await self._reconcile(claim, client, provider, batch, deadline)
 
             # A few workers rather than a task per claim: a pass claims thousands.
             workers = min(len(claims), provider.concurrency * WORKERS_PER_SLOT)
-            await asyncio.gather(*[work() for _ in range(workers)])
+            stop = asyncio.create_task(self._stop_at_stopping(deadline))
+            try:
+                await asyncio.gather(*[work() for _ in range(workers)])
+            finally:
+                stop.cancel()
             await batch.flush()
         return report
 
+    async def _stop_at_stopping(self, deadline: Deadline) -> None:
+        """End the pass's waits as soon as a stop is asked for."""
+        await self.stopping.wait()
+        deadline.stop()
+
     def _claim_limit(self, provider: ProviderSettings) -> int:
         """No more than the provider's limits let us finish well within one lease."""
-        within_lease = math.ceil(provider.rate_limit_per_second * self.settings.lease_seconds / 2)
+        waits = self.settings.lease_seconds * WAIT_SHARE_OF_LEASE
+        within_lease = math.ceil(provider.rate_limit_per_second * waits)
         return max(1, min(self.settings.reconciler_batch_size, within_lease))
 
     async def _reconcile(
@@ -219,19 +262,52 @@ class Reconciler:
         client: ProviderClient | None,
         provider: ProviderSettings,
         batch: _Batch,
+        deadline: Deadline,
     ) -> None:
         if self.stopping.is_set():
-            batch.report.skipped += 1
-            if claim.submission == SubmissionStatus.PENDING.value:
-                # Claimed for sending but never sent: give it back as it was.
-                now = self.clock()
-                batch.add(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, now))
+            self._skip(claim, batch)
             return
-        evidence = await self._evidence(claim, client, provider)
+        try:
+            evidence = await self._evidence(claim, client, provider, deadline)
+        except DeadlineReached as exc:
+            if self.stopping.is_set():
+                self._skip(claim, batch)
+            else:
+                self._give_back(claim, provider, batch, exc.ready_in_seconds)
+            return
         batch.add(claim, evidence)
 
+    def _skip(self, claim: Claim, batch: _Batch) -> None:
+        """A claim left as it was by a stop; its lease is given back with the others."""
+        batch.report.skipped += 1
+        if claim.submission == SubmissionStatus.PENDING.value:
+            # Claimed for sending but never sent: give it back as it was.
+            now = self.clock()
+            batch.add(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, now))
+
+    def _give_back(
+        self, claim: Claim, provider: ProviderSettings, batch: _Batch, ready_in_seconds: float
+    ) -> None:
+        """A claim its provider's limits would let us ask about only past the pass's
+        deadline: given back unasked, due again when the provider will take it."""
+        now = self.clock()
+        ready = now + timedelta(seconds=ready_in_seconds)
+        if claim.submission == SubmissionStatus.PENDING.value:
+            batch.give_back(claim, Submission(claim.ref, now, SubmissionStatus.PENDING, ready))
+            return
+        due = self._capped(claim, provider, now, ready_in_seconds)
+        if ready_in_seconds >= 1:
+            why = f"{NOT_POLLED}: {provider.name} takes no request for {_span(ready_in_seconds)}"
+        else:
+            why = f"{NOT_POLLED}: {provider.name}'s earlier requests took it all"
+        batch.give_back(claim, Poll(claim.ref, now, due, error=why))
+
     async def _evidence(
-        self, claim: Claim, client: ProviderClient | None, provider: ProviderSettings
+        self,
+        claim: Claim,
+        client: ProviderClient | None,
+        provider: ProviderSettings,
+        deadline: Deadline,
     ) -> Evidence:
         now = self.clock()
         too_old = now >= claim.created_at + timedelta(seconds=provider.max_age_seconds)
@@ -247,12 +323,12 @@ class Reconciler:
             return Poll(claim.ref, now, None, error=UNCONFIRMED, attention=why)
         if client is None:
             # Without a base URL only the callbacks and expiry can settle the task.
-            deadline = self._capped(claim, provider, now, provider.max_age_seconds)
+            at_expiry = self._capped(claim, provider, now, provider.max_age_seconds)
             flag = f"{NOT_POLLABLE}: {_base_url_setting(provider.name)} is not set"
             return Poll(
                 claim.ref,
                 now,
-                deadline,
+                at_expiry,
                 error=NO_BASE_URL,
                 attention=_flag(claim, flag + LAST_ERROR_MARK + NO_BASE_URL),
             )
@@ -260,7 +336,7 @@ class Reconciler:
             if provider.sunset_passed(now.date()):
                 error = f"{provider.name} shut down on {provider.sunset}: not submitted"
                 return Submission(claim.ref, now, SubmissionStatus.REJECTED, None, error=error)
-            return await self._submit(claim, client, provider)
+            return await self._submit(claim, client, provider, deadline)
         if claim.provider_task_id is None:
             return Poll(
                 claim.ref,
@@ -268,13 +344,18 @@ class Reconciler:
                 self._next_poll(claim, provider, now),
                 error="no provider task id to poll yet",
             )
-        return await self._poll(claim, claim.provider_task_id, client, provider)
+        return await self._poll(claim, claim.provider_task_id, client, provider, deadline)
 
     async def _poll(
-        self, claim: Claim, task_id: str, client: ProviderClient, provider: ProviderSettings
+        self,
+        claim: Claim,
+        task_id: str,
+        client: ProviderClient,
+        provider: ProviderSettings,
+        deadline: Deadline,
     ) -> Poll:
         try:
-            answer = await client.fetch_status(task_id, claim.model)
+            answer = await client.fetch_status(task_id, claim.model, deadline=deadline)
         except ProviderError as exc:
             self.metrics.polls.labels(provider.name, label_value(type(exc).__name__)).inc()
             now = self.clock()
@@ -306,7 +387,8 @@ class Reconciler:
             return exc.retry_after_seconds
         attempt = claim.poll_attempts + 1
         if exc.retryable:
-            return self.policy.after_failure(attempt)
+            # A 503's Retry-After, no longer waited for within the pass, still holds.
+            return max(self.policy.after_failure(attempt), exc.retry_after_seconds or 0.0)
         return self.policy.after_refusal(attempt)
 
     def _next_poll(self, claim: Claim, provider: ProviderSettings, now: datetime) -> datetime:
@@ -325,11 +407,13 @@ class Reconciler:
         return min(now + timedelta(seconds=delay), max(deadline, now))
 
     async def _submit(
-        self, claim: Claim, client: ProviderClient, provider: ProviderSettings
+        self, claim: Claim, client: ProviderClient, provider: ProviderSettings, deadline: Deadline
     ) -> Submission:
         url = self._callback_url(claim, provider)
         try:
-            observation = await client.submit(claim.model, claim.request or {}, url)
+            observation = await client.submit(
+                claim.model, claim.request or {}, url, deadline=deadline
+            )
         except ProviderError as exc:
             return self._submit_failed(claim, provider, exc)
         self.metrics.submits.labels(provider.name, "sent").inc()
@@ -383,6 +467,7 @@ class _Batch:
         self.metrics = metrics
         self.provider = provider
         self._pending: list[tuple[Claim, Evidence]] = []
+        self._given_back: set[str] = set()  # counted as skipped, not as polled or submitted
         self._last_flush = time.monotonic()
         self._writers = asyncio.Semaphore(store.ingest_writers)
         self._writes: list[asyncio.Task[None]] = []  # kept to the end: each one's failure too
@@ -392,6 +477,12 @@ class _Batch:
         due = time.monotonic() - self._last_flush >= FLUSH_EVERY_SECONDS
         if due or len(self._pending) >= FLUSH_AT_ITEMS:
             self._start_write()
+
+    def give_back(self, claim: Claim, evidence: Evidence) -> None:
+        """`add` a claim's return unasked: it counts as skipped."""
+        self.report.skipped += 1
+        self._given_back.add(claim.ref)
+        self.add(claim, evidence)
 
     async def flush(self) -> None:
         """Write what is left and wait for every write; the first failure is raised."""
@@ -432,6 +523,8 @@ class _Batch:
     def _count(self, claim: Claim, evidence: Evidence, stored: Stored) -> None:
         report = self.report
         report.outcomes[stored.outcome.value] = report.outcomes.get(stored.outcome.value, 0) + 1
+        if claim.ref in self._given_back:
+            return
         if isinstance(evidence, Expiry):
             report.lost += stored.state is State.LOST
             self.metrics.lost.labels(self.provider).inc(stored.state is State.LOST)

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from reconciler.limits import RateLimiter
+from reconciler.limits import Deadline, DeadlineReached, RateLimiter
 from schemas.settings import ProviderSettings
 from schemas.wire import WireFormat
 from tests.support.fake_time import FakeTime
@@ -149,6 +149,99 @@ async def test_pause_starting_while_a_caller_waits_for_the_window_holds_it_too()
     gate = RateLimiter(1, 10, clock=time.clock, sleep=sleep_and_get_paused)
     starts = await start_times(gate, time, callers=2)
     assert starts[1] >= 1030.0
+
+
+async def test_a_wait_for_a_pause_past_the_deadline_is_refused_without_waiting() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=1000)
+    gate.pause(100)
+    with pytest.raises(DeadlineReached) as refused:
+        async with gate.slot(Deadline(time.now + 10, clock=time.clock)):
+            pass
+    assert refused.value.ready_in_seconds == pytest.approx(100.0)
+    assert time.sleeps == []
+
+
+async def test_a_wait_for_a_pause_within_the_deadline_is_waited_for() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=1000)
+    gate.pause(7)
+    async with gate.slot(Deadline(time.now + 10, clock=time.clock)):
+        assert time.now == pytest.approx(1007.0)
+
+
+async def test_a_slot_freed_only_after_the_deadline_starts_nothing() -> None:
+    time = FakeTime()
+    gate = limiter(time, rate=1000, concurrency=1)
+    answered = asyncio.Event()
+
+    async def slow() -> None:
+        async with gate.slot():
+            await answered.wait()
+            time.now += 30  # the answer came after the waiting caller's deadline
+
+    holder = asyncio.create_task(slow())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(_enter(gate, Deadline(time.now + 10, clock=time.clock)))
+    await asyncio.sleep(0)
+    answered.set()
+    await holder
+    with pytest.raises(DeadlineReached):
+        await waiter
+
+
+async def test_a_stop_ends_a_wait_for_the_pause() -> None:
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.sleep(seconds)
+
+    gate = RateLimiter(1000, 10, sleep=sleep)
+    gate.pause(60)
+    deadline = Deadline()
+    entering = asyncio.create_task(_enter(gate, deadline))
+    async with asyncio.timeout(1):
+        await waiting.wait()
+        deadline.stop()
+        with pytest.raises(DeadlineReached):
+            await entering
+
+
+async def test_a_caller_stopped_while_waiting_for_a_slot_starts_nothing_and_frees_it() -> None:
+    gate = RateLimiter(1000, 1)
+    answered = asyncio.Event()
+
+    async def slow() -> None:
+        async with gate.slot():
+            await answered.wait()
+
+    holder = asyncio.create_task(slow())
+    await asyncio.sleep(0)
+    deadline = Deadline()
+    entering = asyncio.create_task(_enter(gate, deadline))
+    await asyncio.sleep(0)
+    deadline.stop()
+    answered.set()
+    async with asyncio.timeout(1):
+        await holder
+        with pytest.raises(DeadlineReached):
+            await entering
+        async with gate.slot():  # the stopped caller left the slot to the next one
+            pass
+
+
+async def test_a_stopped_deadline_refuses_a_slot_at_once() -> None:
+    gate = RateLimiter(1000, 10)
+    deadline = Deadline()
+    deadline.stop()
+    with pytest.raises(DeadlineReached):
+        await _enter(gate, deadline)
+
+
+async def _enter(gate: RateLimiter, deadline: Deadline) -> None:
+    async with gate.slot(deadline):
+        pass
 
 
 def test_limiter_for_provider_takes_its_rate_and_concurrency() -> None:
