@@ -29,6 +29,7 @@ from schemas.ledger import (
     settled,
 )
 from schemas.media import plan as media
+from schemas.records import record
 from schemas.states import (
     REAL_TERMINAL,
     TERMINAL,
@@ -108,7 +109,7 @@ class Transition:
     seq: int | None = None  # set by the store once written
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Claim:
     """Whose a delivery is: its task (None: no task known), or why it may not touch the
     task it names; `held` while the task's provider id waits for the submit answer."""

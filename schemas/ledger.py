@@ -5,7 +5,7 @@ Pure: these types carry what the store needs; the store decides and writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import IgnoredEvent, WireFormatError
+from schemas.records import record
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
 from schemas.wire import ID_MAX_CHARS, Kind, Observation, normalize_callback, task_id_hint
 
@@ -27,7 +28,7 @@ class Auth(StrEnum):
     SIGNATURE = "signature"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Unread:
     """Why an authenticated body was kept without being folded in: `reason` is a short code
     (for metrics), `detail` says more. `ignored`: it speaks of no task we follow."""
@@ -37,7 +38,7 @@ class Unread:
     ignored: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Delivery:
     """One authenticated callback, ready to be stored and, when it could be read, merged.
 
@@ -77,7 +78,7 @@ NOT_READ_AS_JSON = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reader:
     """How one provider's callbacks are read: its wire format, how long the result URLs it
     sends stay valid (recorded as `expires_at`), and whether its outputs are archived."""
@@ -87,7 +88,7 @@ class Reader:
     archive: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reading:
     """What a body says, as far as it can be read: its observation and task id, or why not
     (`task_id` is "" when no id can be found)."""
@@ -138,7 +139,7 @@ def _storable(task_id: str | None) -> str | None:
     return task_id
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Poll:
     """One answer (or failure) of the provider's status endpoint for one task."""
 
@@ -155,7 +156,7 @@ class Poll:
     attention: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Expiry:
     """The reconciler gives up on a task that outlived its provider's maximum age."""
 
@@ -164,7 +165,7 @@ class Expiry:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Submission:
     """What came of submitting a task to its provider on the owner's behalf."""
 
@@ -187,7 +188,7 @@ class SubmissionStatus(StrEnum):
 Evidence = Delivery | Poll | Expiry | Submission
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Stored:
     """What became of one piece of evidence once committed."""
 

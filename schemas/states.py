@@ -6,9 +6,11 @@ order and any repetition of the same reports ends in the same task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
+
+from schemas.records import record
 
 
 class State(StrEnum):
@@ -78,7 +80,7 @@ _AUTHORITY_SIGNED = 2
 _AUTHORITY_PROVIDER = 3
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Report:
     """One thing a source said about a task: its state, progress and result."""
 
@@ -97,7 +99,7 @@ class Report:
         return _AUTHORITY_PROVIDER
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Snapshot:
     """The ledger's current view of a task, as far as the merge rule cares."""
 
@@ -114,7 +116,7 @@ class Snapshot:
         return self.state not in REAL_TERMINAL or self.authority >= _AUTHORITY_SIGNED
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     outcome: Outcome
     snapshot: Snapshot

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from typing import Any, Protocol, cast
 
@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from schemas.errors import ConstraintViolation
 from schemas.fold import Fold, TaskWork, Writes
 from schemas.ledger import Delivery, DeliveryId, Evidence, Reader, Stored, Submission
+from schemas.records import record
 from schemas.states import Outcome
 from schemas.store.locks import lock_task_ids, order_transitions
 from schemas.store.outbox import message_rows
@@ -97,7 +98,7 @@ class IngestSession(Protocol):
     def flush(self, writes: Writes, tasks: list[TaskWork], now: datetime) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Step:
     """One call of an ingest session's: the method's name and its arguments."""
 

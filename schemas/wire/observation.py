@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timedelta
 
+from schemas.records import record
 from schemas.states import State
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Observation:
     """What one provider body says about one task, in our terms.
 
@@ -30,7 +31,7 @@ class Observation:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lifetime:
     """How long result URLs live (`ttl_seconds`, None: unknown) and when the body was read."""
 
