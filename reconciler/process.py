@@ -15,7 +15,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -52,6 +52,10 @@ UNCONFIRMED = "the provider never confirmed the final state a callback reported"
 INTERRUPTED_SUBMIT = "the reconciler sending it stopped before the answer was recorded"
 NO_BASE_URL = "no base URL configured to poll"
 NOT_POLLED = "not polled within the lease"
+# Submit answers held in memory while the database refuses their write, per provider: the
+# provider's task id is in no other place (its job exists, and is billed). Past this many,
+# the oldest are given up (each was logged with its id when its write first failed).
+UNRECORDED_MAX = 10_000
 # A task still open (or an end still unconfirmed) this many times its provider's expected
 # duration after it was created is overdue: a failed poll then flags it with the error.
 OVERDUE_AFTER_EXPECTED = 2.0
@@ -111,6 +115,7 @@ class Reconciler:
         self.stopping = asyncio.Event()
         self._tokens = CallbackTokens(settings.callback_secrets)
         self._backlog_seen_at = -math.inf
+        self._unrecorded = _Unrecorded()
 
     async def run(self) -> None:
         """Pass after pass for each provider, in a loop of its own so that one provider's
@@ -140,6 +145,7 @@ class Reconciler:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            await self._record_late(None)
             await self._release()
 
     async def _release(self) -> None:
@@ -219,7 +225,25 @@ class Reconciler:
         age = (self.clock() - oldest).total_seconds() if oldest else 0.0
         self.metrics.oldest_open_seconds.set(max(0.0, age))
 
+    async def _record_late(self, provider: str | None) -> None:
+        """Write the submit answers an earlier write failed to keep (all providers' when
+        `provider` is None, at a stop, where a failure is logged instead of raised)."""
+        held = self._unrecorded.take(provider)
+        if not held:
+            return
+        batch = _Batch(self.store, PassReport(), self.metrics, provider or "", self._unrecorded)
+        try:
+            await batch.write(held)
+        except StorageUnavailable as exc:
+            if provider is not None:
+                raise
+            log.error("submits_unrecorded_at_stop", count=len(held), error=str(exc))
+            return
+        self._unrecorded.recorded(held)
+        log.info("submits_recorded_late", provider=provider, count=len(held))
+
     async def _provider_pass(self, provider: ProviderSettings) -> PassReport:
+        await self._record_late(provider.name)
         client = self.clients.get(provider.name)
         lease_seconds = self.settings.lease_seconds
         deadline = Deadline(time.monotonic() + lease_seconds * WAIT_SHARE_OF_LEASE)
@@ -228,7 +252,7 @@ class Reconciler:
         )
         report = PassReport(claimed=len(claims))
         if claims:
-            batch = _Batch(self.store, report, self.metrics, provider.name)
+            batch = _Batch(self.store, report, self.metrics, provider.name, self._unrecorded)
             queue = iter(claims)
 
             async def work() -> None:
@@ -460,9 +484,15 @@ class _Batch:
     on meanwhile."""
 
     def __init__(
-        self, store: LedgerStore, report: PassReport, metrics: ReconcilerMetrics, provider: str
+        self,
+        store: LedgerStore,
+        report: PassReport,
+        metrics: ReconcilerMetrics,
+        provider: str,
+        unrecorded: _Unrecorded,
     ) -> None:
         self.store = store
+        self.unrecorded = unrecorded
         self.report = report
         self.metrics = metrics
         self.provider = provider
@@ -500,14 +530,18 @@ class _Batch:
 
     async def _write_in_turn(self, pending: list[tuple[Claim, Evidence]]) -> None:
         async with self._writers:
-            await self._write(pending)
+            await self.write(pending)
 
-    async def _write(self, pending: list[tuple[Claim, Evidence]]) -> None:
+    async def write(self, pending: Sequence[tuple[Claim, Evidence]]) -> None:
         """One transaction; should the batch break a unique key, each item alone, so that
         one faulty answer never drops its neighbours (a lost submit answer would mean a
         task the provider bills but the ledger cannot follow)."""
         try:
             results = await self.store.ingest([evidence for _, evidence in pending])
+        except StorageUnavailable:
+            # A poll is asked again; a submit answer cannot be: keep it, and say what it was.
+            self.unrecorded.keep(_submit_answers(pending))
+            raise
         except ConstraintViolation:
             if len(pending) == 1:
                 claim, _ = pending[0]
@@ -515,7 +549,7 @@ class _Batch:
                 self.report.errors += 1
                 return
             for item in pending:
-                await self._write([item])
+                await self.write([item])
             return
         for (claim, evidence), stored in zip(pending, results, strict=True):
             self._count(claim, evidence, stored)
@@ -540,6 +574,57 @@ class _Batch:
         if claim.state not in TERMINAL and stored.state in REAL_TERMINAL:
             report.recovered += 1
             self.metrics.recoveries.labels(self.provider).inc()
+
+
+class _Unrecorded:
+    """Submit answers whose write the database refused, by provider, oldest first: written
+    before the provider's next pass claims anything, and at a stop."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[tuple[Claim, Submission]]] = {}
+        self._logged: set[str] = set()  # refs whose answer was logged when first refused
+
+    def keep(self, items: list[tuple[Claim, Submission]]) -> None:
+        for claim, submission in items:
+            if claim.ref not in self._logged:
+                self._logged.add(claim.ref)
+                observation = submission.observation
+                log.error(
+                    "submit_unrecorded",
+                    task_ref=claim.ref,
+                    provider=claim.provider,
+                    submission=submission.status.value,
+                    provider_task_id=observation.provider_task_id if observation else None,
+                    error=submission.error,
+                )
+            held = self._held.setdefault(claim.provider, [])
+            held.append((claim, submission))
+            if len(held) > UNRECORDED_MAX:
+                given_up, _ = held.pop(0)
+                self._logged.discard(given_up.ref)
+                log.error("submit_answer_given_up", task_ref=given_up.ref, provider=claim.provider)
+
+    def take(self, provider: str | None) -> list[tuple[Claim, Submission]]:
+        """The answers held for `provider` (every provider's when None), no longer held:
+        a write that fails again keeps them again."""
+        return self._held.pop(provider, []) if provider is not None else self._take_all()
+
+    def recorded(self, items: list[tuple[Claim, Submission]]) -> None:
+        self._logged.difference_update(claim.ref for claim, _ in items)
+
+    def _take_all(self) -> list[tuple[Claim, Submission]]:
+        held = [item for items in self._held.values() for item in items]
+        self._held.clear()
+        return held
+
+
+def _submit_answers(pending: Sequence[tuple[Claim, Evidence]]) -> list[tuple[Claim, Submission]]:
+    """The submissions that were sent or settled (not those given back still to send)."""
+    return [
+        (claim, evidence)
+        for claim, evidence in pending
+        if isinstance(evidence, Submission) and evidence.status is not SubmissionStatus.PENDING
+    ]
 
 
 def _why_unread(answer: StatusAnswer) -> str | None:

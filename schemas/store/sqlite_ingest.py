@@ -44,7 +44,7 @@ from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Transition, Writes
 from schemas.ledger import DeliveryId
 from schemas.store.outbox import message_rows
-from schemas.store.transactions import UniqueRace
+from schemas.store.transactions import UniqueRace, fault
 from schemas.tables import (
     DELIVERY,
     MESSAGE,
@@ -523,10 +523,10 @@ class SqliteWriter:
             if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None
             self._drop()
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise StorageUnavailable(f"database unavailable: {fault(exc)}") from exc
         except sqlite3.Error as exc:
             self._drop()
-            raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            raise StorageUnavailable(f"database unavailable: {fault(exc)}") from exc
         return self._conn
 
     def _work(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -560,7 +560,7 @@ class SqliteWriter:
         if isinstance(exc, sqlite3.IntegrityError):
             raise UniqueRace() from exc
         if isinstance(exc, sqlite3.Error):
-            raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
+            raise StorageUnavailable(f"database error: {fault(exc)}") from exc
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         try:

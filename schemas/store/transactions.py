@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -148,9 +149,9 @@ async def _connect(engine: AsyncEngine, until: float | None) -> AsyncConnection:
     except TimeoutError as exc:
         if until is not None and asyncio.get_running_loop().time() >= until:
             raise WriteBusy("database unavailable: no connection before the deadline") from exc
-        raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        raise StorageUnavailable(f"database unavailable: {fault(exc)}") from exc
     except (SQLAlchemyError, OSError) as exc:
-        raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+        raise StorageUnavailable(f"database unavailable: {fault(exc)}") from exc
 
 
 @contextlib.asynccontextmanager
@@ -199,7 +200,7 @@ async def _started(engine: AsyncEngine) -> tuple[AsyncConnection, Any, Any]:
             await _discard(conn)
             await _close(conn)
             if attempt == 2:
-                raise StorageUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+                raise StorageUnavailable(f"database unavailable: {fault(exc)}") from exc
             continue
         except BaseException:
             await _close(conn)
@@ -227,8 +228,39 @@ def _driver_error(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return UniqueRace()
     if isinstance(exc, (asyncpg.PostgresError, *_CONNECTION_ERRORS)):
-        return StorageUnavailable(f"database error: {type(exc).__name__}")
+        return StorageUnavailable(f"database error: {fault(exc)}")
     return exc
+
+
+# What an operator should read for the SQLite result codes a write meets in production.
+_SQLITE_FAULTS = {
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_CANTOPEN": "the database file cannot be opened",
+    "SQLITE_CORRUPT": "the database file is corrupt",
+    "SQLITE_NOTADB": "the file is not a database",
+}
+
+
+def fault(exc: BaseException) -> str:
+    """A database error as an operator can act on it, without its text (which may quote
+    a statement's values): the error's kind, and the driver's code for it (SQLite's result
+    code, PostgreSQL's error class and SQLSTATE)."""
+    driver: BaseException | None = getattr(exc, "orig", None) or exc
+    name = getattr(driver, "sqlite_errorname", None)
+    if isinstance(name, str):
+        # An extended code (SQLITE_READONLY_DBMOVED) says what its primary one says.
+        said = _SQLITE_FAULTS.get(name) or _SQLITE_FAULTS.get(re.sub(r"_[A-Z]+$", "", name))
+        return (
+            f"{type(exc).__name__}: {said} ({name})" if said else f"{type(exc).__name__} ({name})"
+        )
+    while driver is not None and not isinstance(driver, asyncpg.PostgresError | OSError):
+        driver = driver.__cause__
+    if isinstance(driver, asyncpg.PostgresError):
+        return f"{type(exc).__name__} ({type(driver).__name__}, SQLSTATE {driver.sqlstate})"
+    if isinstance(driver, OSError) and driver is not exc:
+        return f"{type(exc).__name__} ({type(driver).__name__}: {driver.strerror or driver})"
+    return type(exc).__name__
 
 
 def _not_begun(exc: BaseException) -> BaseException:
@@ -238,7 +270,7 @@ def _not_begun(exc: BaseException) -> BaseException:
     if isinstance(exc, SQLAlchemyError) and _lock_busy(exc):
         return WriteBusy("database unavailable: the write lock stayed busy")
     if isinstance(exc, SQLAlchemyError | OSError):
-        return StorageUnavailable(f"database unavailable: {type(exc).__name__}")
+        return StorageUnavailable(f"database unavailable: {fault(exc)}")
     return exc
 
 
@@ -262,7 +294,7 @@ def _translate(exc: BaseException | None) -> None:
     if isinstance(exc, IntegrityError):
         raise UniqueRace() from exc
     if isinstance(exc, SQLAlchemyError | OSError):
-        raise StorageUnavailable(f"database error: {type(exc).__name__}") from exc
+        raise StorageUnavailable(f"database error: {fault(exc)}") from exc
 
 
 async def _discard(conn: AsyncConnection) -> None:

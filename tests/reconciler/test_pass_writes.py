@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import httpx
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reconciler import process
@@ -92,3 +93,57 @@ async def test_a_pass_returns_with_every_poll_written(
 async def test_a_pass_whose_writes_fail_fails(engine: AsyncEngine, clock: FakeClock) -> None:
     with pytest.raises(StorageUnavailable):
         await _one_pass(DownStore, engine, clock)
+
+
+class OutageStore(LedgerStore):
+    """The real store, its writes refused while `down` is set, as on a full disk."""
+
+    down = True
+
+    async def ingest(self, evidence: Sequence[Evidence]) -> list[Stored]:
+        if self.down:
+            raise StorageUnavailable("database or disk is full")
+        return await super().ingest(evidence)
+
+
+def _accepting(request: httpx.Request) -> httpx.Response:
+    """EvoLink's answer to a submit: the provider's task id."""
+    return httpx.Response(200, json={"id": "task-evo-1", "status": "pending", "progress": 0})
+
+
+async def test_a_submit_answer_the_database_refused_is_kept_and_written_once_it_takes_writes(
+    engine: AsyncEngine, clock: FakeClock
+) -> None:
+    """The provider's task id is in the submit answer alone: a pass whose write of it fails
+    keeps it (and logs it), and the provider's next pass writes it before claiming more."""
+    store = OutageStore(engine, clock)
+    settings = _settings()
+    try:
+        row = await store.register(
+            NewTask("evolink", model="sora-2", request={"prompt": "x"}, submit=True)
+        )
+        sent: list[httpx.Request] = []
+
+        def provider(request: httpx.Request) -> httpx.Response:
+            sent.append(request)
+            return _accepting(request)
+
+        transport = httpx.MockTransport(provider)
+        async with ProviderClients.open(
+            settings.providers.values(), transport=transport
+        ) as clients:
+            reconciler = Reconciler(settings, store, clients, clock=clock)
+            with structlog.testing.capture_logs() as logs, pytest.raises(StorageUnavailable):
+                await reconciler.run_pass()
+            with pytest.raises(StorageUnavailable):  # still down: still kept
+                await reconciler.run_pass()
+            store.down = False
+            await reconciler.run_pass()
+        task = await store.get(row.ref)
+    finally:
+        await store.close()
+    assert [request.method for request in sent] == ["POST"]
+    assert task is not None
+    assert (task.submission, task.provider_task_id) == ("sent", "task-evo-1")
+    [unrecorded] = [line for line in logs if line["event"] == "submit_unrecorded"]
+    assert (unrecorded["task_ref"], unrecorded["provider_task_id"]) == (row.ref, "task-evo-1")
