@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -31,6 +31,7 @@ from receiver.spool import SPOOL_SECONDS, Spool
 from receiver.writer import GroupCommitWriter, NotStored
 from schemas.clock import Clock
 from schemas.ledger import Auth, Delivery, parse_payload, read_payload
+from schemas.logs import Throttle
 from schemas.settings import ProviderSettings, Settings, unprefixed_is_raw
 from schemas.states import Outcome
 from schemas.tables import DELIVERY_KEY_MAX_CHARS
@@ -69,6 +70,9 @@ class Inbox:
     # rest is for spooling a delivery it could not store.
     spool: Spool | None = None
     write_within: float = 0.0
+    # A line for a refusal at most every 10 s per provider and reason: forged callbacks,
+    # or every callback of an outage, are counted in the metrics, not logged each.
+    refusals_logged: Throttle = field(default_factory=Throttle)
 
     @classmethod
     def build(
@@ -105,7 +109,9 @@ class Inbox:
         """Count and log a refused delivery; a name we do not serve is "unknown"."""
         label = name if name in self.settings.providers else "unknown"
         self.metrics.rejections.labels(label, reason).inc()
-        self.log.info("delivery_refused", provider=label, reason=reason)
+        left_out = self.refusals_logged.due((label, reason))
+        if left_out is not None:
+            self.log.info("delivery_refused", provider=label, reason=reason, left_out=left_out)
 
 
 Handle = Callable[[Inbox, Scope, Receive], Awaitable[Answer]]

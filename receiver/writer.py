@@ -33,6 +33,7 @@ from receiver import deadlines
 from receiver.errors import Conflict, Overloaded
 from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.ledger import Delivery, Stored
+from schemas.logs import Throttle
 from schemas.settings import ANSWER_DEADLINE_SECONDS
 from schemas.write_deadline import WriteBusy, write_deadline
 
@@ -71,6 +72,8 @@ class GroupCommitWriter:
         self._ingest = ingest
         self._answer_within = answer_within
         self._refused: tuple[float, str] | None = None
+        # While the database refuses, every batch fails alike: a line every 10 s says so.
+        self._failures_logged = Throttle()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._concurrency = max(1, concurrency)
@@ -197,13 +200,16 @@ class GroupCommitWriter:
                 log.warning("delivery_conflicted", provider=batch[0][0].provider)
                 return
             _fail(batch, (NotStored if expected else Overloaded)("storage unavailable"))
-            log.warning(
-                "batch_failed",
-                size=len(batch),
-                error=type(exc).__name__,
-                detail=str(exc) if expected else None,
-                exc_info=not expected,
-            )
+            left_out = self._failures_logged.due(str(exc) if expected else type(exc).__name__)
+            if left_out is not None:
+                log.warning(
+                    "batch_failed",
+                    size=len(batch),
+                    error=type(exc).__name__,
+                    detail=str(exc) if expected else None,
+                    left_out=left_out,
+                    exc_info=not expected,
+                )
             return
         self._refused = None
         self._on_commit(len(batch))

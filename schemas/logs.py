@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sys
+import time
+from collections.abc import Callable, Hashable
 from typing import TextIO
 
 import orjson
@@ -15,6 +18,9 @@ import structlog
 REDACTED_KEYS = frozenset(
     {"token", "secret", "signature", "authorization", "prompt", "body", "url", "callback_url"}
 )
+# Keys a `Throttle` keeps at most (keys come from a few providers and reasons, but a name
+# in a URL is the sender's to choose).
+THROTTLE_KEYS_MAX = 1024
 
 
 def configure(level: str = "info", json: bool | None = None) -> None:
@@ -91,3 +97,36 @@ def drop_sensitive(
     for key in REDACTED_KEYS.intersection(event):
         event[key] = "[redacted]"
     return event
+
+
+class Throttle:
+    """At most one line for each key every `seconds`, for lines that can come once a
+    request: a flood of forged callbacks, or every callback of a database outage, must not
+    become a flood of log lines (the metrics count each one). The first line of a key goes
+    out at once; the next one due says how many were `left_out` since."""
+
+    def __init__(self, seconds: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._next: dict[Hashable, float] = {}
+        self._left_out: dict[Hashable, int] = {}
+
+    def due(self, key: Hashable) -> int | None:
+        """None: leave this line out; else how many lines of `key` were left out before it."""
+        now = self._clock()
+        if now < self._next.get(key, -math.inf):
+            self._left_out[key] = self._left_out.get(key, 0) + 1
+            return None
+        if len(self._next) >= THROTTLE_KEYS_MAX:
+            self._forget(now)
+            if len(self._next) >= THROTTLE_KEYS_MAX:  # all of them recent: start again
+                self._next.clear()
+                self._left_out.clear()
+        self._next[key] = now + self.seconds
+        return self._left_out.pop(key, 0)
+
+    def _forget(self, now: float) -> None:
+        """Keys whose time is past (their count is 0 or told with their next line: gone)."""
+        for key in [key for key, at in self._next.items() if at <= now]:
+            del self._next[key]
+            self._left_out.pop(key, None)

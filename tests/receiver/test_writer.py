@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
+import structlog
 
 from receiver.errors import Conflict, Overloaded
 from receiver.writer import GroupCommitWriter
@@ -256,3 +257,19 @@ async def test_a_refusal_by_the_database_is_reported_until_a_batch_commits() -> 
     await writer.submit(delivery("stored"))
     assert writer.refusal is None
     await writer.stop()
+
+
+async def test_batches_failing_alike_are_one_warning_and_every_delivery_answered() -> None:
+    recorder = Recorder()
+    writer = GroupCommitWriter(recorder)
+    await writer.start()
+    recorder.error = StorageUnavailable("database error: the disk is full (SQLITE_FULL)")
+    with structlog.testing.capture_logs() as logs:
+        for i in range(20):
+            with pytest.raises(Overloaded):
+                await writer.submit(delivery(f"full-{i}"))
+    await writer.stop()
+    failed = [line for line in logs if line["event"] == "batch_failed"]
+    assert [(line["detail"], line["left_out"]) for line in failed] == [
+        ("database error: the disk is full (SQLITE_FULL)", 0)
+    ]

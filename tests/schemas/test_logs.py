@@ -71,3 +71,14 @@ def test_a_line_logged_off_any_loop_is_flushed_at_once(monkeypatch: pytest.Monke
     structlog.get_logger("test").info("receiver_stopped")
     assert stream.flushes == 1
     assert "receiver_stopped" in stream.flushed
+
+
+def test_a_throttle_lets_one_line_a_key_through_each_period_and_counts_the_rest() -> None:
+    now = [100.0]
+    throttle = logs.Throttle(10.0, clock=lambda: now[0])
+    assert throttle.due("full") == 0
+    assert [throttle.due("full") for _ in range(5)] == [None] * 5
+    assert throttle.due("busy") == 0  # each key has its own period
+    now[0] += 10.0
+    assert throttle.due("full") == 5  # the lines left out, told with the next one
+    assert throttle.due("full") is None
