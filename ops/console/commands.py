@@ -33,7 +33,7 @@ from ops.console.render import (
     task_table,
     text,
 )
-from ops.console.timeline import facts_table, task_facts, timeline, timeline_table
+from ops.console.timeline import TASK_FIELDS, facts_table, task_facts, timeline, timeline_table
 from schemas.errors import ConfigError
 from schemas.settings import PREFIX
 from schemas.states import State
@@ -42,6 +42,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FOLLOW_WAIT_SECONDS = 25
 MAX_PAGE = 500
 DEFAULT_TASK_LIMIT = 50
+MAX_PORT = 65_535
 _REF = re.compile(r"[A-Za-z0-9_-]+")
 
 Command = Callable[[AdminApi, argparse.Namespace], int]
@@ -54,7 +55,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the console's commands to the `taskledger` parser."""
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", type=_url, help=f"default: ${PREFIX}URL or {DEFAULT_URL}")
-    connection.add_argument("--token", help=f"admin token; default: ${PREFIX}ADMIN_TOKEN")
+    connection.add_argument(
+        "--token", type=_token, help=f"admin token or API key; default: ${PREFIX}ADMIN_TOKEN"
+    )
     endpoints.add_commands(commands, connection)
     keys.add_commands(commands, connection)
     send_test.add_command(commands, connection)
@@ -122,9 +125,33 @@ def _ref(raw: str) -> str:
 
 
 def _url(raw: str) -> str:
+    """An http(s) URL httpx can send to: one it cannot parse (`http://[::1`) or with a port
+    no socket has (`:99999`) is refused here, not as a traceback or "connection refused"."""
     if not raw.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"not an http(s) URL: {raw!r}")
+    try:
+        parsed = httpx.URL(raw)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"not a valid URL: {raw!r} ({text(exc)})") from None
+    if not parsed.host:
+        raise argparse.ArgumentTypeError(f"not a valid URL: {raw!r} (no host)")
+    if parsed.port is not None and not 1 <= parsed.port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(
+            f"not a valid URL: {raw!r} (port {parsed.port} is not in 1-{MAX_PORT})"
+        )
     return raw.rstrip("/")
+
+
+def _token(raw: str) -> str:
+    """A token that fits an HTTP header: printable ASCII, and not empty (an empty `--token`
+    must not quietly mean the admin token of `.env`)."""
+    if not raw:
+        raise argparse.ArgumentTypeError("is empty: pass the admin token or an API key")
+    if not (raw.isascii() and raw.isprintable()):
+        raise argparse.ArgumentTypeError(
+            "must be printable ASCII, as the admin token and API keys are"
+        )
+    return raw
 
 
 def run(
@@ -132,11 +159,13 @@ def run(
 ) -> int:
     """Run one command against the service the arguments and environment name."""
     url = args.url or _url_from(environ)
-    token = args.token or environ.get(PREFIX + "ADMIN_TOKEN")
-    if not token:
+    admin_token = _admin_token_from(environ)
+    token = args.token if args.token is not None else admin_token
+    if token is None:
         raise ConfigError(f"no admin token: pass --token or set {PREFIX}ADMIN_TOKEN")
+    token_name = "the admin token" if token == admin_token else "the token"
     try:
-        with open_api(url, token, transport) as api:
+        with open_api(url, token, transport, token_name=token_name) as api:
             return COMMANDS[args.command](api, args)
     except KeyboardInterrupt:
         print("taskledger: interrupted", file=sys.stderr)
@@ -151,6 +180,16 @@ def _url_from(environ: Mapping[str, str]) -> str:
         return _url(environ.get(PREFIX + "URL") or DEFAULT_URL)
     except argparse.ArgumentTypeError as exc:
         raise ConfigError(f"{PREFIX}URL is {exc}") from None
+
+
+def _admin_token_from(environ: Mapping[str, str]) -> str | None:
+    raw = environ.get(PREFIX + "ADMIN_TOKEN")
+    if not raw:
+        return None
+    try:
+        return _token(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{PREFIX}ADMIN_TOKEN {exc}") from None
 
 
 def _silence_stdout() -> None:
@@ -194,7 +233,8 @@ def fetch_tasks(
     cursor: str | None = None
     while len(tasks) < limit:
         size = min(limit - len(tasks), MAX_PAGE)
-        page = api.get("/v1/tasks", {**filters, "limit": size, "cursor": cursor})
+        params = {**filters, "limit": size, "cursor": cursor}
+        page = api.get("/v1/tasks", params, needs=("tasks", "next_cursor"))
         rows = objects(page.get("tasks"))
         tasks += rows
         cursor = page.get("next_cursor") or None
@@ -205,7 +245,7 @@ def fetch_tasks(
 
 def show_command(api: AdminApi, args: argparse.Namespace) -> int:
     try:
-        task = api.get(f"/v1/tasks/{quote(args.ref, safe='')}")
+        task = api.get(f"/v1/tasks/{quote(args.ref, safe='')}", needs=TASK_FIELDS)
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no task has the ref {args.ref}") from exc
@@ -218,7 +258,8 @@ def show_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 
 def audit_command(api: AdminApi, args: argparse.Namespace) -> int:
-    body = api.get("/v1/audit", {"since": args.since, "until": args.until})
+    asked = {"since": args.since, "until": args.until}
+    body = api.get("/v1/audit", asked, needs=("providers",))
     if args.json:
         print_json(body)
         return 0
@@ -273,7 +314,12 @@ class ChangeFeed:
     def fetch(self, size: int) -> dict[str, Any]:
         wait = FOLLOW_WAIT_SECONDS if self.follow else 0
         params = {"after": self.after, "limit": size, "wait": wait}
-        return self.api.get("/v1/changes", params, read_timeout=wait + TIMEOUT_SECONDS)
+        return self.api.get(
+            "/v1/changes",
+            params,
+            needs=("changes", "last_seq"),
+            read_timeout=wait + TIMEOUT_SECONDS,
+        )
 
     def print_page(self, page: Mapping[str, Any], room: int) -> int:
         """Print at most `room` changes past `after`; how many were printed."""

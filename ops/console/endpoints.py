@@ -50,6 +50,10 @@ ENDPOINT_COLUMNS = (
     "failing since",
 )
 FAILURE_COLUMNS = ("at (UTC)", "status", "error", "message", "task")
+# The fields the commands read of each answer: without them it is not taskledger's.
+ENDPOINT_FIELDS = ("id", "url", "enabled")
+SECRET_FIELDS = (*ENDPOINT_FIELDS, "secret")
+REQUEUED = ("requeued",)
 T = TypeVar("T")
 Command = Callable[[AdminApi, argparse.Namespace], int]
 
@@ -152,20 +156,20 @@ def create_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {"url": args.endpoint_url, **_filters(args)}
     if args.include_unconfirmed:
         body["include_unconfirmed"] = True
-    created = api.sent("POST", "/v1/endpoints", body)
+    created = api.send("POST", "/v1/endpoints", body, needs=SECRET_FIELDS)
     _print_with_secret(created, args.json)
     return 0
 
 
 def list_command(api: AdminApi, args: argparse.Namespace) -> int:
-    found = objects(api.get("/v1/endpoints").get("endpoints"))
+    found = objects(api.get("/v1/endpoints", needs=("endpoints",))["endpoints"])
     empty = "taskledger: no endpoint yet: add one with `taskledger endpoints create URL`"
     print_listing(found, args.json, empty, lambda: endpoints_table(found))
     return 0
 
 
 def show_command(api: AdminApi, args: argparse.Namespace) -> int:
-    endpoint = _found(args.id, lambda: api.get(_path(args.id)))
+    endpoint = _found(args.id, lambda: api.get(_path(args.id), needs=ENDPOINT_FIELDS))
     if args.json:
         print_json(endpoint)
         return 0
@@ -207,21 +211,23 @@ def disable_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 
 def delete_command(api: AdminApi, args: argparse.Namespace) -> int:
-    _found(args.id, lambda: api.send("DELETE", _path(args.id)))
+    _found(args.id, lambda: api.send_no_content("DELETE", _path(args.id)))
     print(f"taskledger: deleted endpoint {args.id}")
     return 0
 
 
 def rotate_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {} if args.grace_seconds is None else {"grace_seconds": args.grace_seconds}
-    rotated = _found(args.id, lambda: api.sent("POST", _path(args.id, "rotate"), body))
+    path = _path(args.id, "rotate")
+    rotated = _found(args.id, lambda: api.send("POST", path, body, needs=SECRET_FIELDS))
     _print_with_secret(rotated, args.json)
     return 0
 
 
 def recover_command(api: AdminApi, args: argparse.Namespace) -> int:
     path = _path(args.id, "recover")
-    answer = _found(args.id, lambda: api.sent("POST", path, None, {"since": args.since}))
+    since = {"since": args.since}
+    answer = _found(args.id, lambda: api.send("POST", path, None, since, needs=REQUEUED))
     if args.json:
         print_json(answer)
         return 0
@@ -229,7 +235,7 @@ def recover_command(api: AdminApi, args: argparse.Namespace) -> int:
         f"taskledger: requeued {number(answer.get('requeued'))} failed event(s) of endpoint"
         f" {args.id} made since {args.since}"
     )
-    endpoint = api.get(_path(args.id))
+    endpoint = api.get(_path(args.id), needs=ENDPOINT_FIELDS)
     if not endpoint.get("enabled"):
         print(
             f"taskledger: endpoint {args.id} is disabled ({text(endpoint.get('disabled_reason'))}):"
@@ -243,7 +249,7 @@ def notify_command(api: AdminApi, args: argparse.Namespace) -> int:
     """`notify retry MSG_ID` (its only subcommand)."""
     path = f"/v1/messages/{quote(args.msg_id, safe='')}/retry"
     try:
-        answer = api.sent("POST", path, None)
+        answer = api.send("POST", path, needs=REQUEUED)
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no event has the msg id {args.msg_id}") from exc
@@ -280,7 +286,8 @@ def _path(endpoint_id: str, action: str = "") -> str:
 
 
 def _patched(api: AdminApi, endpoint_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    return _found(endpoint_id, lambda: api.sent("PATCH", _path(endpoint_id), body))
+    path = _path(endpoint_id)
+    return _found(endpoint_id, lambda: api.send("PATCH", path, body, needs=ENDPOINT_FIELDS))
 
 
 def _found(endpoint_id: str, call: Callable[[], T]) -> T:

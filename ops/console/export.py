@@ -16,14 +16,19 @@ from ops.console.render import stdout_is_terminal
 
 EXPORT_READ_TIMEOUT_SECONDS = 120.0
 PROGRESS_EVERY_ROWS = 500
+# The media type the service declares for each format: anything else is not its export.
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv"}
 
 
 def export(api: AdminApi, params: dict[str, Any], path: Path | None) -> None:
     """Stream `/v1/export` to `path` (None: stdout); say how many rows went where."""
     live = _stderr_is_terminal() and (path is not None or not stdout_is_terminal())
+    media_type = MEDIA_TYPES[params["format"]]
     read_timeout = EXPORT_READ_TIMEOUT_SECONDS
     with (
-        api.stream("/v1/export", params, read_timeout=read_timeout) as response,
+        api.stream(
+            "/v1/export", params, media_type=media_type, read_timeout=read_timeout
+        ) as response,
         destination(path) as out,
         progress(live) as report,
     ):

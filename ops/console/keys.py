@@ -63,14 +63,14 @@ def keys_command(api: AdminApi, args: argparse.Namespace) -> int:
 
 def create_command(api: AdminApi, args: argparse.Namespace) -> int:
     body = {"name": args.name, "scope": args.scope, "owner": args.owner}
-    created = api.sent("POST", "/v1/keys", body)
+    created = api.send("POST", "/v1/keys", body, needs=("id", "key"))
     key = f"key: {text(created.get('key'))}"
     print_shown_once(created, args.json, facts_table(key_facts(created)), key, SHOWN_ONCE)
     return 0
 
 
 def list_command(api: AdminApi, args: argparse.Namespace) -> int:
-    found = objects(api.get("/v1/keys").get("keys"))
+    found = objects(api.get("/v1/keys", needs=("keys",))["keys"])
     empty = "taskledger: no key yet: make one with `taskledger keys create NAME --scope read`"
     print_listing(found, args.json, empty, lambda: keys_table(found))
     return 0
@@ -79,7 +79,7 @@ def list_command(api: AdminApi, args: argparse.Namespace) -> int:
 def revoke_command(api: AdminApi, args: argparse.Namespace) -> int:
     path = f"/v1/keys/{quote(args.id, safe='')}"
     try:
-        revoked = api.sent("DELETE", path)
+        revoked = api.send("DELETE", path, needs=("id", "name", "revoked_at"))
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no key has the id {args.id}") from exc

@@ -24,6 +24,7 @@ from standardwebhooks import Webhook
 from ops.console.api import TIMEOUT_SECONDS, AdminApi, ApiError, CommandError
 from ops.console.arguments import identifier
 from ops.console.render import text, yes_no
+from ops.console.timeline import TASK_FIELDS
 from ops.envfile import load_environ
 from schemas.clock import utc_now
 from schemas.settings import PREFIX, builtin_definitions, provider_readers
@@ -219,7 +220,7 @@ def _secrets(environ: Mapping[str, str], name: str) -> list[str]:
 
 def _task(api: AdminApi, ref: str) -> dict[str, Any]:
     try:
-        return api.get(f"/v1/tasks/{quote(ref, safe='')}")
+        return api.get(f"/v1/tasks/{quote(ref, safe='')}", needs=TASK_FIELDS)
     except ApiError as exc:
         if exc.status_code == 404:
             raise CommandError(f"no task has the ref {ref}") from exc

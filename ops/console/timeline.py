@@ -25,6 +25,8 @@ from ops.console.render import (
     yes_no,
 )
 
+# The fields without which an answer is not a task (another service's JSON, say).
+TASK_FIELDS = ("ref", "provider", "state")
 REQUEST_FIELDS_SHOWN = ("duration", "seconds", "resolution", "size", "aspect_ratio")
 SHA256_SHOWN_CHARS = 12
 

@@ -417,8 +417,17 @@ CSV = [
 ]
 
 
+EXPORT_MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+def exported(request: httpx.Request, content: Iterator[bytes]) -> httpx.Response:
+    """An export answer with the media type the service declares for the format asked."""
+    kind = request.url.params.get("format", "jsonl")
+    return httpx.Response(200, content=content, headers={"content-type": EXPORT_MEDIA_TYPES[kind]})
+
+
 def streamed(chunks: list[bytes]) -> Handler:
-    return lambda request: httpx.Response(200, content=iter(chunks))
+    return lambda request: exported(request, iter(chunks))
 
 
 @pytest.mark.parametrize(
@@ -466,7 +475,7 @@ def test_export_cut_off_midway_leaves_no_file(
         raise httpx.ReadError("connection reset")
 
     target = tmp_path / "tasks.jsonl"
-    api = Api(lambda request: httpx.Response(200, content=cut_off()))
+    api = Api(lambda request: exported(request, cut_off()))
     assert api.run("export", "-o", str(target)) == 1
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().err.startswith("taskledger: the request to http://ledger.test")
@@ -578,15 +587,108 @@ def test_changes_json_prints_each_change_as_one_json_line(
 # -- connection and errors -----------------------------------------------------
 
 
+REFUSED = answer({"error": "unauthenticated", "message": "a valid bearer token is required"}, 401)
+
+
 def test_a_refused_token_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    api = Api(answer({"error": "unauthenticated", "message": "admin token required"}, 401))
-    assert api.run("tasks") == 1
+    assert Api(REFUSED).run("tasks") == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        "taskledger: the service refused the admin token (401): "
+        "taskledger: the service refused the token (401): "
         "pass --token or set TASKLEDGER_ADMIN_TOKEN\n"
     )
+
+
+def test_a_refused_admin_token_is_called_the_admin_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Path(".env").write_text(f"TASKLEDGER_ADMIN_TOKEN={TOKEN}\n")
+    assert main(["tasks", "--url", URL], transport=httpx.MockTransport(Api(REFUSED))) == 1
+    assert capsys.readouterr().err.startswith(
+        "taskledger: the service refused the admin token (401)"
+    )
+
+
+def test_a_refused_api_key_is_not_called_the_admin_token(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Path(".env").write_text("TASKLEDGER_ADMIN_TOKEN=the-real-admin-token\n")
+    assert Api(REFUSED).run("tasks") == 1  # --token: an API key, not the admin token
+    err = capsys.readouterr().err
+    assert err.startswith("taskledger: the service refused the token (401)")
+    assert "admin token (401)" not in err
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://[::1", "Invalid port"),
+        ("http://127.0.0.1:99999", "port 99999 is not in 1-65535"),
+        ("http://127.0.0.1:0", "port 0 is not in 1-65535"),
+        ("http://", "no host"),
+    ],
+    ids=["unclosed-ipv6", "port-too-high", "port-zero", "no-host"],
+)
+def test_a_url_httpx_cannot_send_to_is_refused_as_an_argument(
+    capsys: pytest.CaptureFixture[str], url: str, why: str
+) -> None:
+    api = Api(answer({"tasks": [], "next_cursor": None}))
+    with pytest.raises(SystemExit) as exited:
+        main(["tasks", "--url", url, "--token", TOKEN], transport=httpx.MockTransport(api))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --url: not a valid URL: {url!r}" in err.splitlines()[-1]
+    assert why in err
+    assert "Traceback" not in err
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1", "http://127.0.0.1:99999"], ids=["unclosed-ipv6", "port-too-high"]
+)
+def test_a_url_httpx_cannot_send_to_in_the_environment_names_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("TASKLEDGER_URL", url)
+    api = Api(answer({"tasks": [], "next_cursor": None}))
+    assert main(["tasks", "--token", TOKEN], transport=httpx.MockTransport(api)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"taskledger: TASKLEDGER_URL is not a valid URL: {url!r}")
+    assert err.count("\n") == 1
+    assert api.requests == []
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [("é", "must be printable ASCII"), ("tok\nen", "must be printable ASCII"), ("", "is empty")],
+    ids=["non-ascii", "newline", "empty"],
+)
+def test_a_token_no_header_can_carry_is_refused_as_an_argument(
+    capsys: pytest.CaptureFixture[str], token: str, why: str
+) -> None:
+    Path(".env").write_text("TASKLEDGER_ADMIN_TOKEN=admin-token-of-dotenv\n")
+    api = Api(answer({"tasks": [], "next_cursor": None}))
+    with pytest.raises(SystemExit) as exited:
+        main(["tasks", "--url", URL, "--token", token], transport=httpx.MockTransport(api))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --token: {why}" in err.splitlines()[-1]
+    assert "Traceback" not in err
+    assert api.requests == []  # an empty --token never falls back to the admin token
+
+
+def test_a_non_ascii_admin_token_in_the_environment_names_the_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKLEDGER_ADMIN_TOKEN", "tökén")
+    api = Api(answer({"tasks": [], "next_cursor": None}))
+    assert main(["tasks", "--url", URL], transport=httpx.MockTransport(api)) == 2
+    assert capsys.readouterr().err == (
+        "taskledger: TASKLEDGER_ADMIN_TOKEN must be printable ASCII,"
+        " as the admin token and API keys are\n"
+    )
+    assert api.requests == []
 
 
 def test_a_service_error_shows_its_message(capsys: pytest.CaptureFixture[str]) -> None:
