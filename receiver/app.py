@@ -13,10 +13,11 @@ from datetime import datetime
 
 import structlog
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from receiver import (
@@ -35,7 +36,7 @@ from receiver import (
 from receiver.answers import answer_of, refusal
 from receiver.callbacks import Inbox
 from receiver.deadlines import AnswerDeadline
-from receiver.errors import Overloaded, ReceiverError
+from receiver.errors import MethodNotAllowed, NotFound, Overloaded, ReceiverError
 from receiver.metrics import ReceiverMetrics, multiprocess_dir
 from receiver.schemes import callback_schemes
 from receiver.spool import keeps_spool, open_spool
@@ -155,6 +156,7 @@ def create_app(
         # Refusals and storage failures are answered by ExceptionMiddleware; anything else
         # (a bug) by ServerErrorMiddleware, which also lets the server log it.
         exception_handlers={
+            HTTPException: _unrouted,
             ReceiverError: _refused,
             StorageUnavailable: _refused,
             Exception: _refused,
@@ -258,3 +260,36 @@ async def _refused(request: Request, exc: Exception) -> Response:
     """Every error of the other routes: the same answers as the callback endpoints give."""
     answer = answer_of(refusal(exc, "other"))
     return Response(answer.body, answer.status, answer.headers, "application/json")
+
+
+async def _unrouted(request: Request, exc: Exception) -> Response:
+    """The router's own refusals, in the shape of every other error: no route has the path
+    (404), or its routes take other methods (405, with `Allow` naming them)."""
+    if not isinstance(exc, HTTPException):  # registered for this class only
+        return await _refused(request, exc)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        error: ReceiverError = MethodNotAllowed(f"this path takes {', '.join(allowed)} only")
+    elif exc.status_code == 404:
+        error = NotFound("no route has this path: see /openapi.json")
+    else:  # Starlette raises no other here; should it, its status and words are kept
+        error = ReceiverError(exc.detail)
+        error.status_code, error.reason = exc.status_code, "http_error"
+    answer = answer_of(error)
+    return Response(answer.body, answer.status, headers, "application/json")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route of the request's path (one route a method, so the
+    router's 405 names only the first route's)."""
+    methods = {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route)
+        and route.methods
+        and route.matches(request.scope)[0] != Match.NONE
+        for method in route.methods
+    }
+    return sorted(methods)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,6 +18,10 @@ from schemas.settings import BODY_TIMEOUT_SECONDS
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 FORM_MAX_FIELDS = 10
+INT64_MIN = -(2**63)
+UINT64_MAX = 2**64 - 1
+INT64_DIGITS_MAX = len(str(INT64_MIN))  # longer digits are out of range, never int() them
+SHOWN_CHARS = 40  # of a key or a number a refusal names
 
 
 async def read_body(
@@ -54,7 +59,9 @@ async def read_form(request: Request, limit: int, name: str = "form") -> dict[st
 
 
 def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
-    """A JSON object from the body; 415 when the sender says it is something else."""
+    """A JSON object from the body of an API request; 415 when the sender says it is
+    something else, 422 when orjson would read it as other than it says (`_check_exact`).
+    Callbacks do not come here: a provider's body is kept as it came."""
     media_type = _media_type(headers)
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise NotJson("the body must be application/json")
@@ -64,7 +71,39 @@ def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
         raise MalformedBody("the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise MalformedBody("the body must be a JSON object")
+    _check_exact(body)
     return payload
+
+
+class _Inexact(ValueError):
+    """What orjson made of a body differs from what it says."""
+
+
+def _check_exact(body: bytes) -> None:
+    """Refuse what orjson reads silently otherwise: an integer beyond 64 bits (it becomes a
+    float, rounded) and a key twice in an object (the last one wins). The stdlib reads the
+    same bytes (orjson took them: valid UTF-8 JSON) with hooks that build nothing."""
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys, parse_int=_int64)
+    except _Inexact as exc:
+        raise Unprocessable(str(exc)) from None
+    except RecursionError:  # orjson nests 1024 levels deep, the stdlib's parser fewer
+        raise Unprocessable("the body nests too deeply") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _Inexact(f"the key {key[:SHOWN_CHARS]!r} appears twice in an object")
+        seen.add(key)
+
+
+def _int64(digits: str) -> None:
+    # The range orjson keeps exact: a signed 64-bit integer, or an unsigned one.
+    if len(digits) > INT64_DIGITS_MAX or not INT64_MIN <= int(digits) <= UINT64_MAX:
+        shown = digits if len(digits) <= SHOWN_CHARS else digits[:SHOWN_CHARS] + "…"
+        raise _Inexact(f"the number {shown} does not fit in 64 bits: send it as a string")
 
 
 # The deadline table last looked up, with its loop: one loop serves every request of a

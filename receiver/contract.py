@@ -32,6 +32,32 @@ DEFAULT_GRACE_SECONDS = 86_400
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL's text holds no NUL, so no field does
 
 Label = Annotated[str, Field(max_length=LABEL_MAX_CHARS, pattern=NO_NUL)]
+# An owner, wherever one is accepted (a task's, a key's, a filter's), is one rule: at most
+# `LABEL_MAX_CHARS` characters, no NUL, not blank, stored and compared without the spaces
+# around it. A padded owner that kept its spaces would be another owner than the same name
+# trimmed: a key for " team-a " would read the tasks of another owner than "team-a".
+OWNER_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+OWNER_RULE = (
+    f"a string of at most {LABEL_MAX_CHARS} characters, no NUL, not empty nor only spaces;"
+    " the spaces around it are trimmed"
+)
+
+
+def trimmed_owner(raw: str) -> str:
+    """`raw` as the owner it names: without the spaces around it; a ValueError when it is
+    blank or holds a NUL (checked here too for owners that no model validates)."""
+    owner = raw.strip()
+    if not owner or "\x00" in owner or len(owner) > LABEL_MAX_CHARS:
+        raise ValueError(f"owner must be {OWNER_RULE}")
+    return owner
+
+
+Owner = Annotated[
+    str,
+    Field(min_length=1, max_length=LABEL_MAX_CHARS, pattern=OWNER_PATTERN, description=OWNER_RULE),
+    AfterValidator(trimmed_owner),
+]
+Owners = Annotated[list[Owner], Field(min_length=1, max_length=FILTER_MAX_ITEMS)]
 Name = Annotated[str, Field(min_length=1, max_length=LABEL_MAX_CHARS, pattern=NO_NUL)]
 Names = Annotated[list[Name], Field(min_length=1, max_length=FILTER_MAX_ITEMS)]
 Scope = Literal["read", "write", "admin"]
@@ -77,7 +103,7 @@ class NewTask(_Body):
     """`POST /v1/tasks`: a task to register, or to submit (`submit: true`)."""
 
     provider: Name
-    owner: Label | None = None
+    owner: Owner | None = None
     model: Label | None = None
     request: Request | None = Field(None, description="what the provider is asked")
     provider_task_id: Label | None = None
@@ -85,7 +111,7 @@ class NewTask(_Body):
 
     MUST: ClassVar[dict[str, str]] = {
         "provider": "the name of a configured provider",
-        "owner": LABEL,
+        "owner": OWNER_RULE + " (leave it out for a task of no owner)",
         "model": LABEL,
         "request": f"a JSON object nested at most {REQUEST_MAX_DEPTH} levels deep",
         "provider_task_id": LABEL,
@@ -108,12 +134,14 @@ class NewKey(_Body):
 
     name: Name
     scope: Scope
-    owner: Label | None = Field(None, description="read or write keys only")
+    owner: Owner | None = Field(
+        None, description=f"read or write keys only; left out, every owner. {OWNER_RULE}"
+    )
 
     MUST: ClassVar[dict[str, str]] = {
         "name": "what the key is for: " + LABEL,
         "scope": "one of: read, write, admin",
-        "owner": LABEL,
+        "owner": OWNER_RULE + " (leave it out for a key of every owner)",
     }
 
 
@@ -123,7 +151,7 @@ class _EndpointFields(_Body):
     )
     description: Label | None = None
     providers: Names | None = Field(None, description="null: every provider")
-    owners: Names | None = Field(None, description="null: every owner")
+    owners: Owners | None = Field(None, description=f"null: every owner; each owner {OWNER_RULE}")
     event_types: Names | None = Field(None, description="null: every event type")
     include_unconfirmed: bool | None = None
     enabled: bool | None = None
@@ -132,7 +160,7 @@ class _EndpointFields(_Body):
         "url": f"a string of 1 to {URL_MAX_CHARS} characters",
         "description": LABEL,
         "providers": FILTER,
-        "owners": FILTER,
+        "owners": FILTER + "; each owner not only spaces (the spaces around it are trimmed)",
         "event_types": FILTER,
         "include_unconfirmed": FLAG,
         "enabled": FLAG,

@@ -38,6 +38,10 @@ class NotFound(ReceiverError):
     status_code, reason = 404, "not_found"
 
 
+class MethodNotAllowed(ReceiverError):
+    status_code, reason = 405, "method_not_allowed"
+
+
 class Conflict(ReceiverError):
     status_code, reason = 409, "conflict"
 

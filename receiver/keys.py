@@ -30,7 +30,7 @@ async def create_key(request: Request) -> Response:
     if not name:
         raise Unprocessable("name is required: what the key is for")
     scope = KeyScope(body.scope)
-    owner = (body.owner or "").strip() or None
+    owner = body.owner  # trimmed, never blank (`contract.Owner`): None is every owner
     if owner is not None and scope is KeyScope.ADMIN:
         raise Unprocessable("an admin key sees every owner: limit a read or write key instead")
     issued = issue_key()

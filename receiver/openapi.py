@@ -57,6 +57,17 @@ def _query(*names: str) -> list[dict[str, Any]]:
     ]
 
 
+OWNER_FILTER = {
+    **_query("owner")[0],
+    "description": f"the tasks of this owner only; an owner is {contract.OWNER_RULE}",
+}
+CURSOR = {
+    **_query("cursor")[0],
+    "description": "the next_cursor of the previous page of this same list, in the same order"
+    " (stuck or not); another list's, or another order's, is refused (422)",
+}
+
+
 def _path(*names: str) -> list[dict[str, Any]]:
     return [
         {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names
@@ -219,18 +230,12 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "List tasks, newest first, by cursor (a key limited to an owner: its)",
             "security": BEARER,
-            "parameters": _query(
-                "state",
-                "provider",
-                "owner",
-                "since",
-                "until",
-                "conflict",
-                "recovered",
-                "stuck",
-                "limit",
-                "cursor",
-            ),
+            "parameters": [
+                *_query("state", "provider"),
+                OWNER_FILTER,
+                *_query("since", "until", "conflict", "recovered", "stuck", "limit"),
+                CURSOR,
+            ],
             "responses": _answers(400, 401, 422, 503, ok=contract.ref(contract.TaskPage)),
         },
     },
@@ -270,7 +275,7 @@ PATHS: dict[str, Any] = {
             "summary": "Deliveries kept with no task, newest first, by cursor (keys limited to an"
             " owner: none; headers for the admin scope)",
             "security": BEARER,
-            "parameters": _query("provider", "outcome", "since", "until", "limit", "cursor"),
+            "parameters": [*_query("provider", "outcome", "since", "until", "limit"), CURSOR],
             "responses": _answers(400, 401, 422, 503, ok=TASKLESS_PAGE),
         }
     },

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.admin import artifact_json, jsonable, task_json
 from receiver.auth import Principal, authorize
+from receiver.contract import trimmed_owner
 from receiver.errors import NotFound, ReceiverError, Unprocessable
 from receiver.openapi import TasklessDelivery
 from schemas.endpoint_urls import redact
@@ -26,10 +27,16 @@ from schemas.settings import Settings
 from schemas.states import State
 from schemas.store import Artifact, DeliveryEntry, LedgerStore, Task, TaskFilter
 from schemas.store.keys import KeyScope
-from schemas.store.queries import TASKLESS_OUTCOMES, DeliveryCursor, DeliveryFilter
+from schemas.store.queries import TASKLESS_OUTCOMES, Cursor, DeliveryCursor, DeliveryFilter
 
 MAX_PAGE = 500
 ROW_ID_MAX = 2**63 - 1  # a BIGINT: past it no row has the id
+REF_MAX_CHARS = 40  # a task's ref in the ledger
+# The listings a cursor may belong to: tasks newest first, stuck tasks oldest first, and
+# the deliveries with no task. A cursor names its own, and another refuses it.
+TASKS, STUCK_TASKS, DELIVERIES = "tasks", "stuck_tasks", "deliveries"
+CURSOR_MAX_CHARS = 256  # the longest this API returns is under 200
+_FORGED = "cursor is not one this API returned"
 MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
 STATES = tuple(state.value for state in State)
@@ -79,11 +86,15 @@ async def list_tasks(request: Request) -> Response:
     params = request.query_params
     where = owned(task_filter(params), principal)
     limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
-    cursor = _cursor(params.get("cursor"))
+    ordering = STUCK_TASKS if where and where.stuck else TASKS
+    cursor = _task_cursor(params.get("cursor"), ordering)
     store: LedgerStore = request.app.state.store
     tasks, after = await store.list_tasks(where, limit, cursor) if where else ([], None)
     return JSONResponse(
-        {"tasks": [task_json(task) for task in tasks], "next_cursor": _encode_cursor(after)}
+        {
+            "tasks": [task_json(task) for task in tasks],
+            "next_cursor": _encode_cursor(ordering, after),
+        }
     )
 
 
@@ -106,7 +117,7 @@ async def list_deliveries(request: Request) -> Response:
     return JSONResponse(
         {
             "deliveries": [taskless_json(entry, admin) for entry in found],
-            "next_cursor": _encode_cursor(after),
+            "next_cursor": _encode_cursor(DELIVERIES, after),
         }
     )
 
@@ -313,7 +324,7 @@ def task_filter(params: Any) -> TaskFilter:
     return TaskFilter(
         state=_choice(state, "state", STATES) if state else None,
         provider=_text(params.get("provider"), "provider"),
-        owner=_text(params.get("owner"), "owner"),
+        owner=_owner(params.get("owner")),
         since=parse_time(params.get("since"), "since"),
         until=parse_time(params.get("until"), "until"),
         conflict=_flag(params.get("conflict"), "conflict"),
@@ -345,6 +356,17 @@ def _text(raw: str | None, name: str) -> str | None:
     if raw and "\x00" in raw:
         raise Unprocessable(f"{name} must not contain NUL")
     return raw or None
+
+
+def _owner(raw: str | None) -> str | None:
+    """The owner filter, by the rule of every owner (`contract.trimmed_owner`); left out or
+    empty, as any filter, it filters nothing."""
+    if not raw:
+        return None
+    try:
+        return trimmed_owner(raw)
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 def parse_time(raw: str | None, name: str) -> datetime | None:
@@ -402,40 +424,66 @@ def _number(raw: str | None, name: str, default: float, low: float, high: float)
     return value
 
 
-def _encode_cursor(after: tuple[datetime, str | int] | None) -> str | None:
-    """The last row of a page as its next page's cursor: its time and its key (a task's
-    ref, a delivery's id)."""
+def _encode_cursor(ordering: str, after: tuple[datetime, str | int] | None) -> str | None:
+    """The last row of a page as its next page's cursor: the listing and order it belongs
+    to, the row's time and its key (a task's ref, a delivery's id)."""
     if after is None:
         return None
-    return base64.urlsafe_b64encode(orjson.dumps([after[0].isoformat(), after[1]])).decode()
+    shown = [ordering, after[0].isoformat(), after[1]]
+    return base64.urlsafe_b64encode(orjson.dumps(shown)).decode()
 
 
-def _cursor(raw: str | None) -> tuple[datetime, str] | None:
-    if not raw:
+def _task_cursor(raw: str | None, ordering: str) -> Cursor | None:
+    """A cursor of the task list in `ordering`: a time and a task's ref."""
+    after = _cursor(raw, ordering)
+    if after is None:
         return None
-    try:
-        when, ref = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
-        if "\x00" in str(ref):
-            raise ValueError("NUL in the cursor's ref")
-        after = datetime.fromisoformat(when)
-        if after.tzinfo is None:
-            raise ValueError("the cursor's time names no zone")
-        after.astimezone(UTC)  # a time the ledger can compare: in range in UTC
-        return after, str(ref)
-    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
-        raise Unprocessable("cursor is not one this API returned") from None
+    when, ref = after
+    if not (isinstance(ref, str) and 0 < len(ref) <= REF_MAX_CHARS and "\x00" not in ref):
+        raise Unprocessable(_FORGED)
+    return when, ref
 
 
 def _delivery_cursor(raw: str | None) -> DeliveryCursor | None:
     """A cursor of the delivery list: a time and a delivery's id (not a task's ref)."""
-    after = _cursor(raw)
+    after = _cursor(raw, DELIVERIES)
     if after is None:
         return None
-    when, key = after
-    number = row_id(key)
-    if number is None:
-        raise Unprocessable("cursor is not one this API returned")
+    when, number = after
+    if type(number) is not int or not 0 < number <= ROW_ID_MAX:
+        raise Unprocessable(_FORGED)
     return when, number
+
+
+def _cursor(raw: str | None, ordering: str) -> tuple[datetime, object] | None:
+    """A cursor's time and key, if it is one of the listing in `ordering`: another's would
+    start its page at a row of another order (a page that is silently wrong)."""
+    if not raw:
+        return None
+    if len(raw) > CURSOR_MAX_CHARS:
+        raise Unprocessable(_FORGED)
+    try:
+        shown = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
+    except (ValueError, orjson.JSONDecodeError):
+        raise Unprocessable(_FORGED) from None
+    if not (isinstance(shown, list) and len(shown) == 3 and isinstance(shown[1], str)):
+        raise Unprocessable(_FORGED)
+    kind, when, key = shown
+    if kind != ordering:
+        raise Unprocessable(f"cursor is not one of this list in this order ({ordering})")
+    return _cursor_time(when), key
+
+
+def _cursor_time(raw: str) -> datetime:
+    """A cursor's time: aware, and one the ledger can compare (in range in UTC)."""
+    try:
+        after = datetime.fromisoformat(raw)
+        if after.tzinfo is None:
+            raise ValueError("the cursor's time names no zone")
+        after.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise Unprocessable(_FORGED) from None
+    return after
 
 
 def row_id(raw: str) -> int | None:
