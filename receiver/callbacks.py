@@ -73,6 +73,9 @@ class Inbox:
     # A line for a refusal at most every 10 s per provider and reason: forged callbacks,
     # or every callback of an outage, are counted in the metrics, not logged each.
     refusals_logged: Throttle = field(default_factory=Throttle)
+    # Whether a line is logged for each stored delivery (at debug): its arguments cost the
+    # hot path about 1.5 µs a callback even when the line is left out.
+    log_stored: bool = False
 
     @classmethod
     def build(
@@ -103,7 +106,20 @@ class Inbox:
         if spool is not None:
             within -= min(SPOOL_SECONDS, within / 2)
         log = structlog.get_logger("taskledger.receiver").bind()
-        return cls(settings, tokens, verifiers, writer, metrics, clock, schemes, log, spool, within)
+        debug = settings.log_level == "debug"
+        return cls(
+            settings,
+            tokens,
+            verifiers,
+            writer,
+            metrics,
+            clock,
+            schemes,
+            log,
+            spool,
+            within,
+            log_stored=debug,
+        )
 
     def refused(self, name: str, reason: str) -> None:
         """Count and log a refused delivery; a name we do not serve is "unknown"."""
@@ -294,14 +310,15 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
         )
     # Every stored delivery is in the ledger and in the metrics; a line for each at info
     # would cost the hot path more than its merge does, so it is a debug line.
-    inbox.log.debug(
-        "delivery_stored",
-        provider=delivery.provider,
-        task_ref=stored.task_ref,
-        delivery_key=delivery.delivery_key[:64],
-        outcome=stored.outcome.value,
-        ms=round(elapsed * 1000, 2),
-    )
+    if inbox.log_stored:
+        inbox.log.debug(
+            "delivery_stored",
+            provider=delivery.provider,
+            task_ref=stored.task_ref,
+            delivery_key=delivery.delivery_key[:64],
+            outcome=stored.outcome.value,
+            ms=round(elapsed * 1000, 2),
+        )
     return _ANSWERS[stored.outcome]
 
 
