@@ -173,6 +173,21 @@ async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -
             f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration {revision or 'none'},"
             f" not {head}: run `taskledger db upgrade`"
         )
+    _require_writable(url)
+
+
+def _require_writable(url: str) -> None:
+    """SQLite opens a file this process may not write read-only, without a word: it would
+    start, say it is ready, and refuse every write. Start-up says so instead."""
+    parsed = make_url(normalize_url(url))
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise DatabaseUnreachable(
+            f"{DATABASE_URL_VARIABLE}: {describe(url)} is read-only for this process"
+            " (it may not write the file)"
+        )
 
 
 def _cause(exc: BaseException) -> str:

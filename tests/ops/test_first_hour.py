@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -360,6 +361,27 @@ def test_a_database_not_migrated_is_one_line_and_exit_3(tmp_path: Path, name: st
     assert line.endswith(
         f"is at migration none, not {head_revision()}: run `taskledger db upgrade`"
     )
+
+
+# An unprivileged user (root may write any file): the processes as a deployment runs them.
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking another user's identity needs root")
+@pytest.mark.parametrize("name", ["web", "reconciler", "relay"])
+def test_a_database_file_it_may_not_write_is_one_line_and_exit_3(name: str) -> None:
+    """SQLite would open it read-only: the process would start and refuse every write."""
+    directory = Path(tempfile.mkdtemp(prefix="taskledger-ro-"))
+    try:
+        directory.chmod(0o777)  # its journal files may be made: only the file is read-only
+        database = migrated(directory / "ledger.db")
+        database.chmod(0o444)
+        env = service_environ(database)
+        code, line = refusal([*NOBODY, *ENTRY_POINTS[name]], env, directory)
+    finally:
+        shutil.rmtree(directory)
+    assert code == 3
+    assert line.endswith("ledger.db is read-only for this process (it may not write the file)")
 
 
 def test_a_word_for_a_number_in_the_web_process_is_one_line_and_exit_2(tmp_path: Path) -> None:

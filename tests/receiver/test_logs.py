@@ -19,7 +19,7 @@ async def test_logs_carry_no_secrets_tokens_prompts_or_urls(
 ) -> None:
     logs.configure("debug", json=True)
     prompt = "a secret prompt about a lighthouse"
-    async with running_service(settings_for(database_url), clock) as service:
+    async with running_service(settings_for(database_url, log_level="debug"), clock) as service:
         task = await service.register(
             "apidot", provider_task_id="task-log", request={"prompt": prompt}
         )
