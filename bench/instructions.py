@@ -1,0 +1,243 @@
+"""`python -m bench.instructions [--requests N] [--concurrency C]`: the instructions a
+callback costs in process, against the durable floor's, counted by valgrind's callgrind.
+
+Timings on this host drift by two within a day for the same code; instructions do not.
+Each handler runs in its own process under callgrind: its ASGI app is driven straight (no
+HTTP, no sockets: the server's share is the same for every handler), C requests at a time
+on uvloop, first a warm-up, then N requests between two calls of `getppid`, at which
+callgrind cuts its profile. The count between them, divided by N, is printed with the
+ratio of the two, and each process's batches (taskledger's mean batch size says whether
+both ran alike). Token callbacks of the ingest benchmark's gateway, each one distinct, on
+SQLite with synchronous=FULL. It takes about five minutes; valgrind is installed with
+apt-get, as root, when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import baselines, ledger
+
+GATEWAY_BODY = (
+    '{"code":200,"msg":"success","data":{"task_id":"%s","status":"running","progress":%d,'
+    '"created_time":"2026-11-22T10:00:00Z","model":"sora-2-official","type":"video",'
+    '"input":{"prompt":"A slow dolly shot through a lighthouse at dusk, waves breaking on '
+    'black rocks below, warm lamp light sweeping over fog","duration":8,'
+    '"aspect_ratio":"16:9","resolution":"720p"},"request_id":"instructions-%d"}}'
+)
+TASKS = 500
+WARM_UP = 500
+MARKS = "getppid"  # the libc call callgrind cuts its profile at (`os.getppid`)
+HANDLERS = ("floor", "taskledger")
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    handler: str
+    instructions: int
+    requests: int
+    batches: str
+
+    @property
+    def per_request(self) -> float:
+        return self.instructions / self.requests
+
+
+# -- inside callgrind: one handler driven ------------------------------------------------
+
+
+async def _post(app: Any, path: str, body: bytes) -> int:
+    """One POST straight into the ASGI app; its status."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # no disconnect while the answer is awaited
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    status: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+
+    await app(scope, receive, send)
+    return status[0]
+
+
+async def _drive(app: Any, targets: Sequence[tuple[str, str]], count: int, at_once: int) -> int:
+    """`count` distinct callbacks, `at_once` clients; how many were not 2xx."""
+    sent = 0
+    failed = 0
+
+    async def client() -> None:
+        nonlocal sent, failed
+        while sent < count:
+            n = sent
+            sent += 1
+            path, task_id = targets[n % len(targets)]
+            body = (GATEWAY_BODY % (task_id, n // len(targets) % 99 + 1, n)).encode()
+            failed += not 200 <= await _post(app, path, body) < 300
+
+    await asyncio.gather(*[client() for _ in range(at_once)])
+    return failed
+
+
+async def _register(app: Any, admin: str) -> list[tuple[str, str]]:
+    transport = httpx.ASGITransport(app=app)
+    headers = {"authorization": f"Bearer {admin}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as http:
+        targets = []
+        for i in range(TASKS):
+            task_id = f"instructions-{i}"
+            body = {"provider": ledger.GATEWAY, "owner": "bench", "provider_task_id": task_id}
+            answer = await http.post("/v1/tasks", json=body)
+            answer.raise_for_status()
+            targets.append((httpx.URL(answer.json()["callback_url"]).path, task_id))
+    return targets
+
+
+def _inner(handler: str, requests: int, at_once: int, directory: Path) -> None:
+    import uvloop
+
+    url = f"sqlite+aiosqlite:///{directory / handler}.db"
+    batches = [0, 0]
+    admin = ""
+    if handler == "floor":
+        os.environ[baselines.FLOOR_DATABASE_URL] = url
+        app: Any = baselines.floor_app()
+        targets = [(f"/callbacks/{ledger.GATEWAY}/t{i}", f"t{i}") for i in range(TASKS)]
+    else:
+        targets = []
+        secrets = ledger.Secrets()
+        admin = secrets.admin
+        os.environ.update(secrets.receiver_env(url) | {"TASKLEDGER_LOG_LEVEL": "warning"})
+        ledger.migrate(url)
+        from receiver import writer
+        from receiver.app import create_app
+
+        commit = writer.GroupCommitWriter._commit
+
+        async def counted(self: writer.GroupCommitWriter, items: list[Any]) -> None:
+            batches[0] += 1
+            batches[1] += len(items)
+            await commit(self, items)
+
+        writer.GroupCommitWriter._commit = counted  # type: ignore[method-assign]
+        app = create_app()
+
+    async def measure() -> int:
+        async with app.router.lifespan_context(app):
+            ready = targets if handler == "floor" else await _register(app, admin)
+            await _drive(app, ready, WARM_UP, at_once)
+            batches[:] = [0, 0]
+            os.getppid()  # callgrind: the measured part starts
+            failed = await _drive(app, ready, requests, at_once)
+            os.getppid()  # callgrind: and ends
+            return failed
+
+    failed = uvloop.run(measure())
+    mean = f"{batches[1] / batches[0]:.1f}" if batches[0] else "-"
+    print(f"BATCHES {batches[0]} mean {mean} failed {failed}", flush=True)
+
+
+# -- outside: each handler under callgrind -------------------------------------------------
+
+
+def ensure_valgrind() -> str:
+    found = shutil.which("valgrind")
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        sys.exit("bench.instructions: valgrind is missing; as root on Debian it is installed")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for args in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "valgrind"]):
+        subprocess.run(args, env=env, check=True)
+    return shutil.which("valgrind") or sys.exit("bench.instructions: valgrind did not install")
+
+
+def count(handler: str, requests: int, at_once: int, directory: Path) -> Counted:
+    valgrind = ensure_valgrind()
+    out = directory / f"callgrind-{handler}"
+    command = [
+        valgrind,
+        "--tool=callgrind",
+        f"--dump-before={MARKS}",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "bench.instructions",
+        "--inner",
+        handler,
+        "--requests",
+        str(requests),
+        "--concurrency",
+        str(at_once),
+        "--directory",
+        str(directory),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    said = [line for line in done.stdout.splitlines() if line.startswith("BATCHES")]
+    part = Path(f"{out}.2")  # part 1 ends at the first mark, part 2 at the second
+    if done.returncode != 0 or not said or not part.exists():
+        sys.exit(f"bench.instructions: {handler} failed (exit {done.returncode}):\n{done.stderr}")
+    totals = [line for line in part.read_text().splitlines() if line.startswith("totals:")]
+    return Counted(handler, int(totals[0].split()[1]), requests, said[0].removeprefix("BATCHES "))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--inner", choices=HANDLERS, help=argparse.SUPPRESS)
+    parser.add_argument("--directory", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner:
+        _inner(args.inner, args.requests, args.concurrency, args.directory)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="taskledger-instructions-") as scratch:
+        floor, ours = (
+            count(handler, args.requests, args.concurrency, Path(scratch)) for handler in HANDLERS
+        )
+    print(f"{args.requests} token callbacks, {args.concurrency} at a time, SQLite, in process")
+    for counted in (floor, ours):
+        print(
+            f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a request"
+            f"  (batches {counted.batches})"
+        )
+    print(f"  ratio       {ours.per_request / floor.per_request:.2f}x the floor's")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
