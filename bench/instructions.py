@@ -30,12 +30,18 @@ import httpx
 
 from bench import baselines, ledger
 
+# The ingest benchmark's gateway callback (bench/load.lua), each one distinct.
+PROMPT = (
+    "A slow dolly shot through a lighthouse at dusk, waves breaking on black rocks below, warm"
+    " lamp light sweeping over fog, 35mm film grain, gentle camera shake, seagulls crossing the"
+    " frame, the keeper closing a wooden door behind him, cinematic colour grade, natural sound"
+    " of wind and surf"
+)
 GATEWAY_BODY = (
     '{"code":200,"msg":"success","data":{"task_id":"%s","status":"running","progress":%d,'
     '"created_time":"2026-11-22T10:00:00Z","model":"sora-2-official","type":"video",'
-    '"input":{"prompt":"A slow dolly shot through a lighthouse at dusk, waves breaking on '
-    'black rocks below, warm lamp light sweeping over fog","duration":8,'
-    '"aspect_ratio":"16:9","resolution":"720p"},"request_id":"instructions-%d"}}'
+    '"input":{"prompt":"' + PROMPT + '","duration":8,"aspect_ratio":"16:9",'
+    '"resolution":"720p"},"request_id":"instructions-%d"}}'
 )
 TASKS = 500
 WARM_UP = 500
@@ -166,8 +172,8 @@ def _inner(handler: str, requests: int, at_once: int, directory: Path) -> None:
             return failed
 
     failed = uvloop.run(measure())
-    mean = f"{batches[1] / batches[0]:.1f}" if batches[0] else "-"
-    print(f"BATCHES {batches[0]} mean {mean} failed {failed}", flush=True)
+    shape = f"{batches[0]} batches of {batches[1] / batches[0]:.1f}" if batches[0] else "-"
+    print(f"BATCHES {shape}, {failed} failed", flush=True)
 
 
 # -- outside: each handler under callgrind -------------------------------------------------
@@ -233,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for counted in (floor, ours):
         print(
             f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a request"
-            f"  (batches {counted.batches})"
+            f"  ({counted.batches})"
         )
     print(f"  ratio       {ours.per_request / floor.per_request:.2f}x the floor's")
     return 0
