@@ -123,6 +123,11 @@ def prepare(
     url = task.get("callback_url")
     if not isinstance(url, str) or not url:
         raise CommandError(f"the service gives task {args.ref} no callback URL")
+    if not _sendable(url):
+        raise CommandError(
+            f"the service gives task {args.ref} a callback URL that is no http(s) URL:"
+            f" check its {PREFIX}PUBLIC_BASE_URL"
+        )
     kind = kind_of(name, environ)
     try:
         body = callback_body(kind, task_id, State(args.status), now)
@@ -241,6 +246,14 @@ def _post(api: AdminApi, callback: Callback) -> httpx.Response:
             f"cannot deliver the callback to {shown_url(callback.url)} (the task's callback"
             f" URL, from the service's {PREFIX}PUBLIC_BASE_URL): {type(exc).__name__}"
         ) from exc
+
+
+def _sendable(url: str) -> bool:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return False
+    return parsed.scheme in ("http", "https") and bool(parsed.host)
 
 
 def shown_url(url: str) -> str:

@@ -281,3 +281,15 @@ async def test_the_task_ends_in_the_state_sent(
     (delivery,) = after["timeline"]["deliveries"]
     assert delivery["outcome"] == "applied"
     assert delivery["auth"] == ("signature" if provider in ("openai", "replicate") else "token")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://ledger.test/x", "http://"])
+def test_a_callback_url_that_cannot_be_sent_to_is_one_line_and_exit_1(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    provider = Provider(task_of("apidot", callback_url=url))
+    assert provider.run("apidot", "tl_0001", "succeeded") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "a callback URL that is no http(s) URL: check its TASKLEDGER_PUBLIC_BASE_URL" in err
+    assert provider.callbacks == []
