@@ -42,8 +42,6 @@ _REFUSED_IN_BODY = "provider_error"
 # Each field or path read on the hot path, by its id, with the reader made for it (and the
 # object itself, which keeps its id from being reused while it is here).
 _READERS: dict[int, tuple[object, Callable[[object], Any]]] = {}
-# `FieldPath.split_each` of the strict URL paths read, by the path's id (with the path).
-_SPLIT: dict[int, tuple[FieldPath, tuple[FieldPath, FieldPath | None]]] = {}
 
 
 def spec_of(definition: Definition) -> WireSpec:
@@ -76,10 +74,10 @@ def read_status(
     task_id = _task_id(definition, read, task, at, asked)
     _check_shapes(definition, task, at)
     urls = _urls(definition, read, task, at)
-    error_code = short_text(read.field("error_code", task), CODE_MAX_CHARS)
-    error_message = short_text(read.field("error_message", task), MESSAGE_MAX_CHARS)
+    error_code = short_text(read.error_code(task), CODE_MAX_CHARS)
+    error_message = short_text(read.error_message(task), MESSAGE_MAX_CHARS)
     state, fetch = _state(definition, read, task, missing, at, (error_code, error_message))
-    finished = read.time("finished_at", task)
+    finished = read.finished_at(task)
     extra = _expiry(read, task, urls, finished, lifetime) | _cost(read, task)
     return Observation(
         provider_task_id=task_id,
@@ -122,13 +120,13 @@ def _names_status(definition: Definition, body: object) -> bool:
         task, _ = _task_of(definition, body, envelope=False)
     except WireFormatError:
         return False
-    return _readers(definition.fields).field("status", task) is not None
+    return _readers(definition.fields).status(task) is not None
 
 
 def _task_id(
     definition: Definition, read: _Readers, task: dict[str, Any], at: str, asked: str | None = None
 ) -> str:
-    value = read.field("task_id", task)
+    value = read.task_id(task)
     if value is None and asked is not None:
         return asked  # fal's status answer names no request id (its docs' example)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
@@ -191,7 +189,7 @@ def read_result(
     read = _readers(result.fields)
     if 200 <= http_status < 300:
         urls = _urls(found, read, body, "")
-        finished = read.time("finished_at", body)
+        finished = read.finished_at(body)
         extra = _expiry(read, body, urls, finished, lifetime) | _cost(read, body)
         return Observation(task_id, State.SUCCEEDED, 100, urls, extra=extra, provider_time=finished)
     named = request_error(result, body)
@@ -199,12 +197,12 @@ def read_result(
         raise WireFormatError(
             f"{definition.name} result answered HTTP {http_status}", reason="bad_result"
         )
-    code = named or short_text(read.field("error_code", body), CODE_MAX_CHARS)
+    code = named or short_text(read.error_code(body), CODE_MAX_CHARS)
     return Observation(
         task_id,
         State.FAILED,
         error_code=code or str(http_status),
-        error_message=short_text(read.field("error_message", body), MESSAGE_MAX_CHARS),
+        error_message=short_text(read.error_message(body), MESSAGE_MAX_CHARS),
     )
 
 
@@ -264,29 +262,57 @@ def _check_shapes(definition: Definition, task: dict[str, Any], at: str) -> None
 
 
 class _Readers:
-    """A definition's fields as readers made once (`_reader_of`): each whole field's, and
-    each of its paths' (times are the first of their paths that reads as one)."""
+    """A `fields` mapping's readers, made once (`_reader_of`): one for each field the
+    readers below take (a field the mapping does not name reads as None), one for each
+    time (the first of its paths that reads as one), and the strict URL paths split at
+    their `[]` with a reader for the part before it."""
 
     def __init__(self, fields: Mapping[str, Field]) -> None:
-        self._fields = {name: _reader_of(found) for name, found in fields.items()}
-        self._paths = {
-            name: tuple(_reader_of(path) for path in found.paths) for name, found in fields.items()
-        }
-        self.names_provider_time = "provider_time" in fields
+        def value(name: str) -> Callable[[object], Any]:
+            found = fields.get(name)
+            return _absent if found is None else _reader_of(found)
 
-    def field(self, name: str, body: object) -> Any:
-        """The value of the field `name` (None when the definition does not name it)."""
-        read = self._fields.get(name)
-        return None if read is None else read(body)
+        def time(name: str) -> Callable[[object], Any]:
+            found = fields.get(name)
+            return _time_reader(tuple(_reader_of(path) for path in found.paths) if found else ())
 
-    def time(self, name: str, body: object) -> Any:
-        """The first readable time among the field's paths (informational: None if none)."""
-        for read in self._paths.get(name, ()):
-            value = read(body)
-            found = None if value is None else moment(value)
-            if found is not None:
-                return found
+        self.task_id = value("task_id")
+        self.status = value("status")
+        self.progress = value("progress")
+        self.result_urls = value("result_urls")
+        self.error_code = value("error_code")
+        self.error_message = value("error_message")
+        self.cost_credits = value("cost_credits")
+        self.finished_at = time("finished_at")
+        self.created_at = time("created_at")
+        self.expires_at = time("expires_at")
+        self.provider_time = time("provider_time") if "provider_time" in fields else None
+        urls = fields.get("result_urls")
+        self.strict_urls = tuple(
+            (_reader_of(head), head, rest)
+            for head, rest in (path.split_each() for path in (urls.paths if urls else ()))
+        )
+
+
+def _absent(body: object) -> None:
+    return None
+
+
+def _time_reader(paths: tuple[Callable[[object], Any], ...]) -> Callable[[object], Any]:
+    """The first value of `paths` that reads as a time (informational: None if none)."""
+    if not paths:
+        return _absent
+
+    def read(body: object) -> Any:
+        for path in paths:
+            value = path(body)
+            if value is not None:
+                found = moment(value)
+                if found is not None:
+                    return found
         return None
+
+    return read
 
 
 # The readers of each `fields` mapping read (a definition's, or its `[result]`'s), by its
@@ -378,7 +404,7 @@ def _state(
 ) -> tuple[State, bool]:
     """The state a body says (`error`: its error code and message, which state rules may
     read), and whether it says only "finished": its result tells how."""
-    word = read.field("status", body)
+    word = read.status(body)
     if word is None and missing is not None:
         return missing, False
     if not isinstance(word, str):
@@ -399,7 +425,7 @@ def _state(
 
 def _progress(definition: Definition, read: _Readers, body: dict[str, Any], at: str) -> int | None:
     """A percentage clamped to 0..100, rounded down (strict: present, it must be a number)."""
-    raw = read.field("progress", body)
+    raw = read.progress(body)
     value = number(raw)
     if value is None and raw is not None and definition.strict is not None:
         problem = f"must be a finite number, not {kind(raw)}"
@@ -409,11 +435,14 @@ def _progress(definition: Definition, read: _Readers, body: dict[str, Any], at: 
 
 def _urls(definition: Definition, read: _Readers, body: dict[str, Any], at: str) -> tuple[str, ...]:
     if definition.strict is not None:
-        paths = _field(definition, "result_urls").paths
-        urls = [url for path in paths for url in _strict_urls(definition, body, path, at)]
-        return tuple(dict.fromkeys(urls))
+        urls: list[str] = []
+        for head_reader, head, rest in read.strict_urls:
+            value = head_reader(body)
+            if value is not None:
+                urls += _strict_urls(definition, value, head, rest, at)
+        return tuple(dict.fromkeys(urls)) if len(urls) > 1 else tuple(urls)
     found: list[str] = []
-    _web_urls(read.field("result_urls", body), found, URL_NESTING)
+    _web_urls(read.result_urls(body), found, URL_NESTING)
     return tuple(dict.fromkeys(found))
 
 
@@ -431,26 +460,15 @@ def _web_urls(value: object, found: list[str], depth: int) -> None:
 
 
 def _strict_urls(
-    definition: Definition, body: dict[str, Any], path: FieldPath, at: str
+    definition: Definition, value: object, head: FieldPath, rest: FieldPath | None, at: str
 ) -> list[str]:
-    """`list[].key`: an array (if present) of URLs or of objects holding one at `key`."""
-    head, rest = _split_each(path)
-    value = _read(head, body)
-    if value is None:
-        return []
+    """`list[].key`: `value`, read at `head`, an array of URLs or of objects holding one at
+    `rest`."""
     if not isinstance(value, list):
         raise _fail(definition, at + head.text, f"must be an array, not {kind(value)}")
     return [
         _strict_url(definition, item, f"{at}{head.text}[{n}]", rest) for n, item in enumerate(value)
     ]
-
-
-def _split_each(path: FieldPath) -> tuple[FieldPath, FieldPath | None]:
-    """`path.split_each()`, once per path object (a definition's paths live as long as it)."""
-    kept = _SPLIT.get(id(path))
-    if kept is None:
-        kept = _SPLIT[id(path)] = (path, path.split_each())
-    return kept[1]
 
 
 def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath | None) -> str:
@@ -469,9 +487,9 @@ def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath
 
 
 def _provider_time(read: _Readers, body: dict[str, Any], finished: Any) -> Any:
-    if read.names_provider_time:
-        return read.time("provider_time", body)
-    return finished or read.time("created_at", body)
+    if read.provider_time is not None:
+        return read.provider_time(body)
+    return finished or read.created_at(body)
 
 
 def _expiry(
@@ -481,12 +499,12 @@ def _expiry(
     finished: Any,
     lifetime: Lifetime,
 ) -> dict[str, object]:
-    said = read.time("expires_at", body)
+    said = read.expires_at(body)
     if said is not None and urls:
         return {"expires_at": iso(said)}
     return url_expiry(urls, finished, lifetime)
 
 
 def _cost(read: _Readers, body: dict[str, Any]) -> dict[str, object]:
-    value = amount(read.field("cost_credits", body))
+    value = amount(read.cost_credits(body))
     return {} if value is None else {"cost_credits": value}
