@@ -1,7 +1,8 @@
 """Where a field is in a provider's JSON, written as a path: `data.files[].file_url`.
 
 A path is dot-separated keys; `[]` maps the rest of the path over a list, `[N]` takes one
-element, and `|json` parses a string that holds JSON (kie's `resultJson`). A field may be
+element, and `|json` parses a string that holds JSON (kie's `resultJson`; an object or a
+list there is taken as it is). `$` alone is the whole body. A field may be
 given as several paths: the first that finds a value wins; or as `{ all = [paths] }`: every
 path's values, together (APIDot's files are in one place, the other, or both).
 """
@@ -18,6 +19,7 @@ import orjson
 _SEGMENT = re.compile(r"(?P<key>[^.\[\]|]+)(?P<rest>(?:\[\d*\]|\|json)*)")
 _SUFFIX = re.compile(r"\[(?P<index>\d*)\]|\|json")
 _MISSING: Any = object()
+WHOLE_BODY = "$"
 
 
 class PathError(ValueError):
@@ -39,7 +41,10 @@ class FieldPath:
 
     @classmethod
     def parse(cls, text: str) -> FieldPath:
-        """`key.key[].key[0]|json.key`: dot-separated keys, each with its suffixes."""
+        """`key.key[].key[0]|json.key`: dot-separated keys, each with its suffixes; `$`,
+        the whole body."""
+        if text == WHOLE_BODY:
+            return cls(text, ())
         steps: list[Step] = []
         for segment in text.split("."):
             match = _SEGMENT.fullmatch(segment)
@@ -101,6 +106,8 @@ def _step(value: Any, step: Step) -> Any:
             return orjson.loads(value)
         except orjson.JSONDecodeError:
             return _MISSING
+    if isinstance(value, dict | list):
+        return value  # sent as JSON rather than as text holding it
     return _MISSING
 
 

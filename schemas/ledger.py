@@ -98,10 +98,14 @@ class Reading:
     unread: Unread | None = None
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse_payload(body: bytes) -> Any:
-    """The body as JSON, or `NOT_JSON`."""
+    """The body as JSON, or `NOT_JSON` (a UTF-8 byte order mark before it is skipped, as
+    RFC 8259 lets a reader do; the body is kept as it came)."""
     try:
-        return orjson.loads(body)
+        return orjson.loads(body[3:] if body.startswith(_BOM) else body)
     except orjson.JSONDecodeError:
         return NOT_JSON
 

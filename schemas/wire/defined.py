@@ -24,6 +24,7 @@ from schemas.wire.fields import (
     amount,
     iso,
     kind,
+    message_text,
     moment,
     number,
     short_text,
@@ -33,8 +34,12 @@ from schemas.wire.fields import (
 from schemas.wire.formats import WireSpec
 from schemas.wire.observation import UNKNOWN_LIFETIME, Lifetime, Observation
 
-# How far into a result field's lists and objects its URLs are looked for.
-URL_NESTING = 3
+# How far into a result field's lists and objects its URLs are looked for: enough for
+# `{"images": [{"file": {"url": ...}}]}` under the field's path.
+URL_NESTING = 4
+# A task in these states has no results: URLs its body holds are something else (the
+# documentation link of an error, an input echoed back).
+_NO_RESULTS = frozenset({State.FAILED, State.CANCELLED})
 _WEB_SCHEMES = ("https://", "http://")
 _NO_FIELD = Field(())  # a field the definition does not name: reads as absent
 # The reason of a body refused by its envelope's code (the provider's own error answer).
@@ -75,8 +80,10 @@ def read_status(
     _check_shapes(definition, task, at)
     urls = _urls(definition, read, task, at)
     error_code = short_text(read.error_code(task), CODE_MAX_CHARS)
-    error_message = short_text(read.error_message(task), MESSAGE_MAX_CHARS)
+    error_message = message_text(read.error_message(task), MESSAGE_MAX_CHARS)
     state, fetch = _state(definition, read, task, missing, at, (error_code, error_message))
+    if state in _NO_RESULTS:
+        urls = ()
     finished = read.finished_at(task)
     extra = _expiry(read, task, urls, finished, lifetime) | _cost(read, task)
     return Observation(
@@ -202,7 +209,7 @@ def read_result(
         task_id,
         State.FAILED,
         error_code=code or str(http_status),
-        error_message=short_text(read.error_message(body), MESSAGE_MAX_CHARS),
+        error_message=message_text(read.error_message(body), MESSAGE_MAX_CHARS),
     )
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+
 from schemas.errors import WireFormatError
 from schemas.states import State
 from schemas.tables import TASK_ID_MAX_CHARS
@@ -211,6 +213,14 @@ def short_text(value: object, max_chars: int) -> str | None:
     if not isinstance(value, str):
         return None
     return value.strip()[:max_chars] or None
+
+
+def message_text(value: object, max_chars: int) -> str | None:
+    """`short_text`, or an object or a list as compact JSON (Replicate's `error` may be an
+    object), capped."""
+    if isinstance(value, dict | list) and value:
+        return orjson.dumps(value).decode()[:max_chars]
+    return short_text(value, max_chars)
 
 
 def moment(value: object) -> datetime | None:

@@ -103,7 +103,8 @@ def test_a_result_path_may_name_only_known_placeholders(tmp_path: Path) -> None:
         ),
         ([["https://replicate.delivery/n.png"]], ["https://replicate.delivery/n.png"]),
         ({"files": [{"url": "ftp://x.example/f"}, {"url": "data:video/mp4;base64,AAAA"}]}, []),
-        ([[[["https://too.deep.example/x.png"]]]], []),
+        ([[[["https://deep.example/x.png"]]]], ["https://deep.example/x.png"]),
+        ([[[[["https://too.deep.example/x.png"]]]]], []),
     ],
 )
 def test_replicate_result_urls_are_the_web_urls_of_its_output(output: object, urls: object) -> None:
@@ -149,3 +150,57 @@ def test_a_body_not_read_as_json_says_why_it_may_be_so(body: bytes) -> None:
     reading = read_payload(Reader(kind("fal")), parse_payload(body), datetime.now(UTC))
     assert reading.unread is not None
     assert (reading.unread.reason, reading.unread.detail) == ("not_json", NOT_READ_AS_JSON)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"image": {"url": "https://fal.example/a.png", "content_type": "image/png"}},
+        {"audio_file": {"url": "https://fal.example/a.wav"}, "seed": 7},
+        {"model_mesh": {"url": "https://fal.example/a.glb"}, "timings": {"inference": 1.5}},
+        {"images": [{"file": {"url": "https://fal.example/a.png"}}]},
+    ],
+    ids=["image", "audio_file", "model_mesh", "nested"],
+)
+def test_a_fal_outputs_urls_are_results_whatever_the_models_keys(payload: object) -> None:
+    body = {"request_id": REQUEST_ID, "status": "OK", "payload": payload}
+    webhook = normalize_callback(kind("fal"), body)
+    fetched = normalize_result(kind("fal"), REQUEST_ID, 200, payload)
+    assert webhook.state is fetched.state is State.SUCCEEDED
+    assert len(webhook.result_urls) == 1
+    assert webhook.result_urls == fetched.result_urls
+    assert webhook.result_urls[0].startswith("https://fal.example/a.")
+
+
+def test_a_failed_tasks_body_has_no_results_though_it_holds_urls() -> None:
+    detail = [{"msg": "flagged", "type": "content_policy_violation", "url": "https://docs.fal.ai/e"}]
+    body = {"request_id": REQUEST_ID, "status": "ERROR", "payload": {"detail": detail}}
+    seen = normalize_callback(kind("fal"), body)
+    assert (seen.state, seen.result_urls, seen.error_code) == (
+        State.FAILED,
+        (),
+        "content_policy_violation",
+    )
+
+
+def test_a_kie_result_sent_as_an_object_rather_than_json_text_is_read() -> None:
+    urls = ["https://tempfile.example/v.mp4"]
+    for result in ({"resultUrls": urls}, '{"resultUrls": ["https://tempfile.example/v.mp4"]}'):
+        body = {"code": 200, "data": {"taskId": "t-1", "state": "success", "resultJson": result}}
+        assert normalize_callback(kind("kie"), body).result_urls == tuple(urls)
+
+
+def test_a_replicate_error_given_as_an_object_is_kept_as_its_json() -> None:
+    error = {"code": "E_OOM", "detail": "CUDA out of memory"}
+    body = {"id": "p1", "status": "failed", "error": error}
+    seen = normalize_callback(kind("replicate"), body)
+    assert seen.state is State.FAILED
+    assert seen.error_message == '{"code":"E_OOM","detail":"CUDA out of memory"}'
+
+
+def test_a_body_after_a_utf8_byte_order_mark_is_read() -> None:
+    body = b'\xef\xbb\xbf{"request_id": "r-1", "status": "IN_PROGRESS"}'
+    reading = read_payload(Reader(kind("fal")), parse_payload(body), datetime.now(UTC))
+    assert reading.unread is None
+    assert reading.observation is not None
+    assert (reading.task_id, reading.observation.state) == ("r-1", State.RUNNING)
