@@ -6,10 +6,11 @@ import asyncio
 import gc
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
 import structlog
 from starlette.applications import Starlette
@@ -18,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from receiver import (
     admin,
@@ -148,8 +149,12 @@ def create_app(
             metrics.close()
             log.info("receiver_stopped")
 
+    described = openapi.document(
+        {name: provider.kind for name, provider in settings.providers.items()},
+        {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS},
+    )
     app = ReceiverApp(
-        routes=routes(),
+        routes=query_checked(routes(), described),
         lifespan=lifespan,
         # Admin writes answer within the same deadline as callbacks, counted from arrival.
         middleware=[Middleware(AnswerDeadline, seconds=settings.answer_deadline_seconds)],
@@ -166,10 +171,7 @@ def create_app(
     app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.media = media
-    app.state.openapi = openapi.document(
-        {name: provider.kind for name, provider in settings.providers.items()},
-        {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS},
-    )
+    app.state.openapi = described
     app.state.metrics = metrics
     app.state.keys = auth.KeyCache()
     return app
@@ -254,6 +256,40 @@ def routes() -> list[Route]:
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
         *ui.routes(),
     ]
+
+
+def query_checked(found: list[Route], described: Mapping[str, Any]) -> list[Route]:
+    """`found`, each route whose operations' query is checked (`openapi.query_names`, from
+    the description served: the docs and the check never disagree) behind a `QueryCheck`."""
+    names = openapi.query_names(described)
+    return [_query_checked(route, names) for route in found]
+
+
+def _query_checked(route: Route, names: Mapping[tuple[str, str], tuple[str, ...]]) -> Route:
+    taken = {m: names[m, route.path] for m in route.methods or () if (m, route.path) in names}
+    if not taken:
+        return route
+    if "GET" in taken:
+        taken.setdefault("HEAD", taken["GET"])  # Starlette answers HEAD with the GET route
+    check = Middleware(QueryCheck, taken=taken)
+    return Route(
+        route.path, route.endpoint, methods=route.methods, name=route.name, middleware=[check]
+    )
+
+
+class QueryCheck:
+    """Refuses (422) a query parameter the route's operation does not declare, or one given
+    twice, before the endpoint runs (`queries.check_query`)."""
+
+    def __init__(self, app: ASGIApp, taken: Mapping[str, tuple[str, ...]]) -> None:
+        self.app = app
+        self.taken = taken
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw: bytes = scope.get("query_string", b"")
+        if raw and (taken := self.taken.get(scope["method"])) is not None:
+            queries.check_query(raw, taken)
+        await self.app(scope, receive, send)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

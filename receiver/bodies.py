@@ -13,7 +13,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
 from receiver import deadlines
-from receiver.errors import BodyTimeout, BodyTooLarge, MalformedBody, NotJson, Unprocessable
+from receiver.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    Compressed,
+    MalformedBody,
+    NotJson,
+    Unprocessable,
+)
 from schemas.settings import BODY_TIMEOUT_SECONDS
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
@@ -60,8 +67,10 @@ async def read_form(request: Request, limit: int, name: str = "form") -> dict[st
 
 def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
     """A JSON object from the body of an API request; 415 when the sender says it is
-    something else, 422 when orjson would read it as other than it says (`_check_exact`).
-    Callbacks do not come here: a provider's body is kept as it came."""
+    something else, or compressed (`_check_uncompressed`), 422 when orjson would read it as
+    other than it says (`_check_exact`). Callbacks do not come here: a provider's body is
+    kept as it came."""
+    _check_uncompressed(headers)
     media_type = _media_type(headers)
     if media_type and media_type != "application/json" and not media_type.endswith("+json"):
         raise NotJson("the body must be application/json")
@@ -73,6 +82,19 @@ def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
         raise MalformedBody("the body must be a JSON object")
     _check_exact(body)
     return payload
+
+
+def _check_uncompressed(headers: Headers) -> None:
+    """415 for a body with a Content-Encoding other than identity. The API does not inflate
+    bodies (a small one may inflate past the size bound); read as JSON, the compressed bytes
+    would be called malformed, as if the JSON inside were."""
+    codings = ",".join(headers.getlist("content-encoding")).lower()
+    sent = [coding.strip() for coding in codings.split(",") if coding.strip() != "identity"]
+    if any(sent):
+        named = ", ".join(filter(None, sent))[:SHOWN_CHARS]
+        raise Compressed(
+            f"the body must be sent uncompressed (no Content-Encoding, or identity), not {named}"
+        )
 
 
 class _Inexact(ValueError):

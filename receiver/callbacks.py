@@ -162,14 +162,15 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
     started = time.perf_counter()
     params = scope["path_params"]
     provider = _provider(inbox, params["provider"], signed=False)
+    # The token first, before the body is even read: a caller without one costs no memory
+    # and no wait, and only a caller holding one makes a scheme do any work (or fetch keys).
+    binding = inbox.tokens.verify(params["token"])
+    if binding is None or binding.provider != provider.name:
+        raise Unauthenticated("the callback token is not valid for this provider")
     headers = Headers(scope=scope)
     body = await read_body(
         receive, headers, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
     )
-    binding = inbox.tokens.verify(params["token"])
-    if binding is None or binding.provider != provider.name:
-        raise Unauthenticated("the callback token is not valid for this provider")
-    # The token first: only a caller holding one makes a scheme do any work (or fetch keys).
     payload = parse_payload(body)
     auth = await inbox.schemes[provider.name].verify(body, headers, payload)
     if auth is None:

@@ -60,6 +60,12 @@ class NotJson(ReceiverError):
     status_code, reason = 415, "not_json"
 
 
+class Compressed(ReceiverError):
+    """An API body sent with a Content-Encoding (gzip, br): the API reads bodies as sent."""
+
+    status_code, reason = 415, "compressed"
+
+
 class Unprocessable(ReceiverError):
     status_code, reason = 422, "invalid"
 

@@ -44,8 +44,9 @@ _REASONS = {
     409: "conflicts with the ledger (a callback: it breaks a unique key, alone; a registration:"
     " its Idempotency-Key came before with another body)",
     413: "body too large",
-    415: "not JSON",
-    422: "invalid parameters",
+    415: "not JSON, or compressed (a Content-Encoding other than identity)",
+    422: "invalid parameters: a value refused, or a query parameter the operation does not take"
+    " or given twice (the answer names the ones it takes)",
     503: "storage unavailable (and the local spool full or off) or writer saturated; retry"
     " after Retry-After",
 }
@@ -93,6 +94,15 @@ KEPT = {
 # Any body that authenticates is kept, whatever it holds: the examples are what each
 # provider sends (`schemas.wire.examples`, read back by taskledger's own readers).
 ANY_BODY: dict[str, Any] = {"description": "the provider's body, kept as sent"}
+
+
+# The routes senders call: their query is the provider's (kept, never checked).
+CALLBACK_PATHS = frozenset({"/callbacks/{provider}/{token}", "/webhooks/{source}"})
+UNDECLARED_QUERY = {
+    "description": "a query parameter the operation does not take (the answer names the ones"
+    " it takes), or one given twice",
+    "content": {"application/json": {"schema": ERROR}},
+}
 
 
 def _callback(providers: list[str], examples: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +302,11 @@ PATHS: dict[str, Any] = {
         "get": {
             "summary": "Stream tasks and outcomes as JSON lines or CSV",
             "security": BEARER,
-            "parameters": _query("format", "since", "until", "state", "provider"),
+            "parameters": [
+                *_query("format", "state", "provider"),
+                OWNER_FILTER,
+                *_query("since", "until", "conflict", "recovered", "stuck"),
+            ],
             "responses": {
                 **_answers(400, 401, 422, 503),
                 "200": {
@@ -451,7 +465,7 @@ def document(
             "version": "0.1.0",
             "description": "Webhook receiver and reconciliation ledger.",
         },
-        "paths": _scoped({**callbacks, **PATHS, **(extra_paths or {})}),
+        "paths": _query_checked(_scoped({**callbacks, **PATHS, **(extra_paths or {})})),
         "components": COMPONENTS,
     }
 
@@ -466,6 +480,41 @@ def _scoped(paths: dict[str, Any]) -> dict[str, Any]:
         path: {
             method: operation | {"responses": {"403": forbidden, **operation["responses"]}}
             if {"bearer": []} in operation.get("security", [])
+            else operation
+            for method, operation in item.items()
+        }
+        for path, item in paths.items()
+    }
+
+
+def query_names(document: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """By method (upper case) and path template, the query parameters declared by each
+    operation whose query is checked: every `/v1/` operation, and any other declaring
+    some; never the callbacks' (a provider may add its own parameters to them)."""
+    return {
+        (method.upper(), path): _declared_query(operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if _checks_query(path, operation)
+    }
+
+
+def _declared_query(operation: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(p["name"] for p in operation.get("parameters", ()) if p.get("in") == "query")
+
+
+def _checks_query(path: str, operation: Mapping[str, Any]) -> bool:
+    if path in CALLBACK_PATHS:
+        return False
+    return path.startswith("/v1/") or bool(_declared_query(operation))
+
+
+def _query_checked(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation whose query is checked may answer 422: an undeclared parameter."""
+    return {
+        path: {
+            method: operation | {"responses": {"422": UNDECLARED_QUERY, **operation["responses"]}}
+            if _checks_query(path, operation)
             else operation
             for method, operation in item.items()
         }

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -37,6 +38,7 @@ REF_MAX_CHARS = 40  # a task's ref in the ledger
 TASKS, STUCK_TASKS, DELIVERIES = "tasks", "stuck_tasks", "deliveries"
 CURSOR_MAX_CHARS = 256  # the longest this API returns is under 200
 _FORGED = "cursor is not one this API returned"
+SHOWN_CHARS = 40  # of a query parameter's name a refusal names
 MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
 STATES = tuple(state.value for state in State)
@@ -349,6 +351,21 @@ def _change_json(row: dict[str, Any]) -> dict[str, Any]:
             "result": row["result"],
         },
     }
+
+
+def check_query(query_string: bytes, taken: tuple[str, ...]) -> None:
+    """Refuse (422) a query parameter not in `taken`, or one given twice: a typo would
+    filter nothing, and of two values one would be silently dropped. The names are read
+    as `request.query_params` reads them."""
+    seen: set[str] = set()
+    for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        shown = repr(name[:SHOWN_CHARS] + ("…" if len(name) > SHOWN_CHARS else ""))
+        if name not in taken:
+            takes = f"takes {', '.join(taken)}" if taken else "takes no query parameters"
+            raise Unprocessable(f"unknown query parameter {shown}: this route {takes}")
+        if name in seen:
+            raise Unprocessable(f"query parameter {shown} is given twice: give it once")
+        seen.add(name)
 
 
 def _text(raw: str | None, name: str) -> str | None:

@@ -7,6 +7,7 @@ cloud metadata addresses are refused, also inside IPv6 forms), unless a network 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from urllib.parse import SplitResult, urlsplit
 from schemas.errors import ConfigError, LedgerError
 
 IPAddress = IPv4Address | IPv6Address
+# A host label the URL standard (WHATWG) reads as a number: decimal, or hex after 0x.
+_NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.IGNORECASE)
 IPNetwork = IPv4Network | IPv6Network
 
 # Cloud instance metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba): refused even
@@ -90,6 +93,9 @@ class AddressPolicy:
             raise BlockedURL("the URL names no host", reason="no_host")
         if "@" in parts.netloc:
             raise BlockedURL(f"the URL for {host} carries userinfo", reason="userinfo", host=host)
+        if odd_numeric_host(host):
+            problem = "ends in a number but is not an address written a.b.c.d"
+            raise BlockedURL(f"the host {host[:64]!r} {problem}", reason="odd_host", host=host)
         literal = _literal(host)
         if literal is not None:
             self._check_host(host, literal)
@@ -195,6 +201,23 @@ def _split(url: str) -> tuple[SplitResult, str]:
     except ValueError as exc:
         raise BlockedURL("the URL has no usable host", reason="no_host") from exc
     return parts, parts.hostname or ""
+
+
+def odd_numeric_host(host: str) -> bool:
+    """Whether `host` ends in a number but is not an IPv4 address written as four decimal
+    parts. The URL standard reads such a host as an address; other forms (2130706433,
+    0x7f.1, 017700000001, 127.1, 010.0.0.1) each parser reads its own way: `ipaddress` as
+    no address (so no literal check applies), the system's resolver as 127.0.0.1 (010.0.0.1
+    as 8.0.0.1), some HTTP clients as a literal they connect to unresolved. A URL with
+    one is checked as one address and may reach another."""
+    last = host.removesuffix(".").rpartition(".")[2]
+    if ":" in host or not _NUMBER_LABEL.fullmatch(last):
+        return False
+    try:
+        IPv4Address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def _literal(host: str) -> IPAddress | None:

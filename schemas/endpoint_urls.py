@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
 
+from schemas.addresses import odd_numeric_host
 from schemas.errors import LedgerError
 
 Kind = Literal["http", "nats", "amqp"]
@@ -23,6 +24,7 @@ DEFAULT_PORTS = {"nats": 4222, "amqp": 5672, "amqps": 5671}
 # AMQP 0-9-1 short strings: exchange names and routing keys.
 AMQP_NAME_MAX_BYTES = 255
 AMQP_PARAMETERS = ("exchange", "routing_key")
+HOST_SHOWN_CHARS = 64  # of a host a refusal names
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -71,14 +73,28 @@ BrokerTarget = NatsTarget | AmqpTarget
 
 def kind_of(url: str) -> Kind:
     """The kind of sink a URL names, by its scheme: `http` (http, https), `nats`, `amqp`
-    (amqp, amqps)."""
-    scheme = _split(url).scheme
-    if scheme not in KINDS:
-        named = f"scheme {scheme!r}" if scheme else "no scheme"
+    (amqp, amqps); refused when its host is an address in another form than a.b.c.d
+    (`check_host`)."""
+    parts = _split(url)
+    if parts.scheme not in KINDS:
+        named = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         raise EndpointUrlError(
             f"an endpoint URL has {named}; expected https, http, nats, amqp or amqps"
         )
-    return KINDS[scheme]
+    check_host(parts.hostname or "")
+    return KINDS[parts.scheme]
+
+
+def check_host(host: str) -> None:
+    """Raise if `host` ends in a number but is not an IPv4 address written a.b.c.d
+    (`schemas.addresses.odd_numeric_host`): such a URL is never delivered, or is checked as
+    one address and reaches another."""
+    if odd_numeric_host(host):
+        raise EndpointUrlError(
+            f"an endpoint URL's host {host[:HOST_SHOWN_CHARS]!r} ends in a number but is not"
+            " an address written a.b.c.d (four decimal numbers, no leading zero): other forms"
+            " are read as different addresses by different parsers, a way past address checks"
+        )
 
 
 def parse_broker_url(url: str) -> BrokerTarget:

@@ -51,6 +51,15 @@ async def test_stalled_body_gets_408_while_others_are_served(service: Service) -
     assert {line.split(b" ")[1] for line in lines} == {b"408"}
 
 
+async def test_a_forged_token_is_refused_without_waiting_for_its_body(service: Service) -> None:
+    task = await service.register("apidot", provider_task_id="t-forged")
+    path = urlsplit(task["callback_url"]).path
+    forged = path.rsplit("/", 1)[0] + "/" + "x" * 40
+    # The body never completes: read first, it would be answered 408 at the body deadline.
+    line = await stalled_request(service.base_url, forged)
+    assert line.split(b" ")[1] == b"401", line
+
+
 async def test_many_idle_connections_do_not_block_a_sender(service: Service) -> None:
     url = urlsplit(service.base_url)
     idle = [await asyncio.open_connection(url.hostname, url.port) for _ in range(200)]

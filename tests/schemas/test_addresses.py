@@ -170,6 +170,10 @@ def test_metadata_addresses_stay_refused_inside_an_allowed_network(
         ("https://127.0.0.1/v.mp4", "blocked_address"),
         ("https://[::ffff:169.254.169.254]/v.mp4", "blocked_address"),
         ("https://[fe80::1]/v.mp4", "blocked_address"),
+        ("https://2130706433/v.mp4", "odd_host"),
+        ("https://0x7f.1/v.mp4", "odd_host"),
+        ("https://017700000001/v.mp4", "odd_host"),
+        ("https://134744072/v.mp4", "odd_host"),  # 8.8.8.8, public, but not as written
     ],
     ids=[
         "http",
@@ -183,6 +187,10 @@ def test_metadata_addresses_stay_refused_inside_an_allowed_network(
         "literal-loopback",
         "literal-mapped-metadata",
         "literal-v6-link-local",
+        "decimal-loopback",
+        "hex-short-loopback",
+        "octal-loopback",
+        "decimal-public",
     ],
 )
 def test_check_url_refuses(url: str, reason: str) -> None:
@@ -194,6 +202,13 @@ def test_check_url_refuses(url: str, reason: str) -> None:
 def test_check_url_accepts_https_names_without_resolving() -> None:
     parts = POLICY.check_url("https://CDN.example.com/v.mp4?token=abc")
     assert parts.hostname == "cdn.example.com"
+
+
+@pytest.mark.parametrize("host", ["8.8.8.8", "cdn.example.com", "v2.cdn9.example", "[2001:db8::1]"])
+def test_check_url_takes_hosts_written_plainly(host: str) -> None:
+    assert AddressPolicy(allowed_networks=parse_networks("2001:db8::/32")).check_url(
+        f"https://{host}/v.mp4"
+    )
 
 
 def test_check_url_accepts_http_when_allowed() -> None:
