@@ -4,7 +4,9 @@ It runs beside the poll loop in the reconciler process. It leases pending artifa
 (earliest expiry first, `SKIP LOCKED` on PostgreSQL, so any number of reconcilers share
 the work), streams each source through the address-checked fetcher into a spool file while
 hashing it, checks the bytes are the media they claim, and moves the file into the store
-under its SHA-256. A source URL is never logged: it may carry a signed token.
+under its SHA-256. Outputs it will not fetch (their source expired, or past their task's
+limit) are settled by its claims in bulk, hundreds a transaction. A source URL is never
+logged: it may carry a signed token.
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ from schemas.media.sniff import sniff
 from schemas.media.storage import ArchiveStore, StorageError, content_key
 from schemas.settings import ArchiveSettings, ProviderSettings
 from schemas.store import ArchivedFile, ArchiveJob, ArtifactState, Attempt, LedgerStore
+from schemas.store.artifacts import EXPIRED, Claimed, OutputLimit, Settled
 from schemas.wire import request_headers
 
 log = structlog.get_logger("taskledger.archiver")
 IDLE_SECONDS = 1.0
+# The queue's gauge is read again at most this often (not at every claim).
+QUEUE_SECONDS = 1.0
+# After a claim that settled outputs in bulk, the next claim waits this long: SQLite queues
+# no writer of another process (the receiver), which needs the write lock left free a while.
+SETTLE_PAUSE_SECONDS = 0.1
 # A retry is never planned closer to the source's expiry than this: it would be refused.
 EXPIRY_MARGIN_SECONDS = 1.0
 # Spool files older than this at start-up were left by an archiver that died mid-copy.
@@ -43,6 +51,8 @@ STALE_SPOOL_SECONDS = 3600.0
 # caught up yet: tried again until its expiry, then `missed` with this as the reason.
 GONE_STATUSES = frozenset({401, 403, 404, 410})
 RETRY = RetryPolicy(base_delay_seconds=1.0, max_delay_seconds=120.0)
+# The failures' reason for outputs past their task's limit.
+TOO_MANY_OUTPUTS = "too_many_outputs"
 
 
 class Archiver:
@@ -72,6 +82,9 @@ class Archiver:
         self.metrics = metrics
         self.stopping = stopping
         self.policy = policy
+        self._limit = OutputLimit(settings.max_outputs_per_task, _past_limit(settings))
+        self._observed_at: float | None = None
+        self._claiming = asyncio.Lock()
 
     async def run(self) -> None:
         """`settings.concurrency` workers until `stopping` is set; then give back every
@@ -111,10 +124,12 @@ class Archiver:
     async def run_batch(self, limit: int | None = None) -> int:
         """Archive one leased batch of at most `limit` artifacts (twice the concurrency
         unless given), `settings.concurrency` at a time, each recorded as soon as it is
-        done; how many the batch held."""
+        done; how many the batch held, with those its claim settled without a fetch
+        (expired, or past their task's limit: in bulk, see `artifacts.claim`)."""
         await self._observe_queue()
         wanted = self.settings.concurrency * 2 if limit is None else limit
-        jobs = await self.store.claim_artifacts(self.owner, wanted, self.settings.lease_seconds)
+        claimed = await self._claim(wanted)
+        jobs = claimed.jobs
         gate = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(job: ArchiveJob) -> None:
@@ -123,11 +138,43 @@ class Archiver:
                     await self._settle(job, await self.archive(job))
 
         await asyncio.gather(*[one(job) for job in jobs])
-        return len(jobs)
+        return len(jobs) + sum(settled.count for settled in claimed.settled)
+
+    async def _claim(self, wanted: int) -> Claimed:
+        """Lease up to `wanted` artifacts, one claim at a time; what the claim settled in bulk
+        is counted, and then the next claim waits `SETTLE_PAUSE_SECONDS`."""
+        async with self._claiming:
+            lease = self.settings.lease_seconds
+            claimed = await self.store.claim_archive(self.owner, wanted, lease, self._limit)
+            for settled in claimed.settled:
+                self._count_settled(settled)
+            if claimed.settled:
+                await self._idle(SETTLE_PAUSE_SECONDS)
+        return claimed
 
     async def _observe_queue(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._observed_at is not None and now - self._observed_at < QUEUE_SECONDS:
+            return
+        self._observed_at = now
         pending, _ = await self.store.archive_backlog()
         self.metrics.archive_queue.set(pending)
+
+    def _count_settled(self, settled: Settled) -> None:
+        """Outputs settled without a fetch: in the metrics, and one log line a task."""
+        provider, count = settled.provider, settled.count
+        if settled.state is ArtifactState.MISSED:
+            self.metrics.archive_missed.labels(provider).inc(count)
+            self.metrics.archive_attempts.labels(provider, settled.state.value).inc(count)
+        else:
+            self.metrics.archive_failures.labels(provider, TOO_MANY_OUTPUTS).inc(count)
+        log.info(
+            "artifacts_settled",
+            task_ref=settled.task_ref,
+            provider=provider,
+            state=settled.state.value,
+            count=count,
+        )
 
     async def _settle(self, job: ArchiveJob, attempt: Attempt) -> None:
         artifact = job.artifact
@@ -225,8 +272,16 @@ def _request(
 
 
 def _missed(error: str | None) -> Attempt:
-    why = "the source expired before it was archived"
-    return Attempt(ArtifactState.MISSED, error=f"{why}: {error}" if error else why)
+    return Attempt(ArtifactState.MISSED, error=f"{EXPIRED}: {error}" if error else EXPIRED)
+
+
+def _past_limit(settings: ArchiveSettings) -> str:
+    """Why an output past its task's limit is not archived, as the API and audit show it."""
+    count = settings.max_outputs_per_task
+    return (
+        f"only the first {count} outputs of a task are archived"
+        f" (TASKLEDGER_ARCHIVE_MAX_OUTPUTS_PER_TASK)"
+    )
 
 
 def _not_media(fetched: Fetched, media_type: str | None) -> str | None:

@@ -95,6 +95,8 @@ class ArchiveSettings:
     url: str = DEFAULT_ARCHIVE_URL  # a directory, file://, s3://bucket/prefix, or off
     spool_dir: str = "./var/media-spool"  # downloads in progress, for an S3 archive
     max_bytes: int = 4 << 30
+    # A task's outputs archived, the first in its result's order; the rest are `failed`.
+    max_outputs_per_task: int = 100
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 30.0
     max_redirects: int = 5
@@ -125,6 +127,7 @@ class ArchiveSettings:
             url=env.text(key + "URL", d.url),
             spool_dir=env.text(key + "SPOOL_DIR", d.spool_dir),
             max_bytes=env.integer(key + "MAX_BYTES", d.max_bytes, at_most=MAX_BYTES),
+            max_outputs_per_task=env.integer(key + "MAX_OUTPUTS_PER_TASK", d.max_outputs_per_task),
             connect_timeout_seconds=env.number(
                 key + "CONNECT_TIMEOUT_SECONDS", d.connect_timeout_seconds
             ),

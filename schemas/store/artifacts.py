@@ -4,6 +4,7 @@ and reading them back (a task's outputs, the queue, the audit's share, prunable 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -18,6 +19,10 @@ from schemas.store.transactions import Database
 from schemas.tables import ARTIFACT, MESSAGE, REASON_MAX_CHARS, TASK
 
 _ARTIFACT_COLUMNS = [ARTIFACT.c[f.name] for f in fields(Artifact)]
+# Outputs settled at once without a fetch (expired, or past their task's limit): one short
+# hold of the write lock settles this many, however many there are.
+SETTLE_BATCH = 500
+EXPIRED = "the source expired before it was archived"
 
 
 class ArtifactState(StrEnum):
@@ -49,29 +54,196 @@ class Attempt:
     retry_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OutputLimit:
+    """How many of a task's outputs are archived (the first, in the order they were
+    planned), and the reason recorded on each of the others."""
+
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Outputs of one task that a claim settled without fetching them, all in one state."""
+
+    task_ref: str
+    provider: str
+    state: ArtifactState
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What a claim leased, and what it settled on the way."""
+
+    jobs: list[ArchiveJob]
+    settled: list[Settled]
+
+
 async def claim_due(db: Database, owner: str, limit: int, lease_seconds: float) -> list[ArchiveJob]:
-    """Lease up to `limit` pending artifacts that are due, earliest expiry first."""
+    """Lease up to `limit` pending artifacts that are due, earliest expiry first (those whose
+    source expired are settled `missed` on the way: `claim`)."""
+    return (await claim(db, owner, limit, lease_seconds)).jobs
+
+
+async def claim(
+    db: Database,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    outputs: OutputLimit | None = None,
+) -> Claimed:
+    """In one transaction, settle in bulk what no fetch is for, then lease up to `limit`
+    due artifacts, earliest expiry first. Settled: up to `SETTLE_BATCH` whose source expired
+    (`missed`) and, with `outputs`, up to as many past their task's limit (`failed`, with
+    its reason), however many of them the claim meets."""
     now = db.clock()
+    until = now + timedelta(seconds=lease_seconds)
+    if not await _any_due(db, now):
+        return Claimed([], [])  # an idle archiver never takes the write lock
+    async with db.write() as conn:
+        expired = await _expired(conn, now, db.locks_rows)
+        due = (await conn.execute(_due(now, limit, db.locks_rows))).mappings().all()
+        over: set[int] = set()
+        refused: list[Any] = []
+        if outputs is not None:
+            candidates = [(row.id, row.task_ref) for row in expired]
+            candidates += [(row["id"], row["task_ref"]) for row in due]
+            over, refused = await _refuse_past(conn, outputs, candidates, now, db.locks_rows)
+        missed = [row for row in expired if row.id not in over]
+        await _miss(conn, [row.id for row in missed])
+        leased = [row for row in due if row["id"] not in over]
+        await _lease(conn, [row["id"] for row in leased], owner, until)
+        for task_ref in sorted({row.task_ref for row in [*missed, *refused]}):
+            await _announce_if_settled(conn, task_ref, now)
+    settled = _grouped(missed, ArtifactState.MISSED) + _grouped(refused, ArtifactState.FAILED)
+    return Claimed([_job(row, owner, until) for row in leased], settled)
+
+
+async def _any_due(db: Database, now: datetime) -> bool:
+    """Whether any artifact is due (expired ones are), read without the write lock."""
+    query = sa.select(ARTIFACT.c.id).where(_free(now), ARTIFACT.c.next_attempt_at <= now)
+    async with db.read() as conn:
+        return await conn.scalar(query.limit(1)) is not None
+
+
+def _free(now: datetime) -> sa.ColumnElement[bool]:
+    """Pending and leased to no one (or its lease lapsed)."""
+    return sa.and_(
+        ARTIFACT.c.state == ArtifactState.PENDING.value,
+        sa.or_(ARTIFACT.c.lease_until.is_(None), ARTIFACT.c.lease_until < now),
+    )
+
+
+def _locked(query: sa.Select[Any], locks_rows: bool) -> sa.Select[Any]:
+    """`query` locking the artifacts it reads, skipping those another claim holds."""
+    return query.with_for_update(skip_locked=True, of=ARTIFACT) if locks_rows else query
+
+
+async def _expired(conn: Any, now: datetime, locks_rows: bool) -> list[Any]:
+    query = (
+        sa.select(ARTIFACT.c.id, ARTIFACT.c.task_ref, ARTIFACT.c.provider)
+        .where(_free(now), ARTIFACT.c.expires_at <= now)
+        .order_by(ARTIFACT.c.expires_at, ARTIFACT.c.id)
+        .limit(SETTLE_BATCH)
+    )
+    return list((await conn.execute(_locked(query, locks_rows))).all())
+
+
+def _due(now: datetime, limit: int, locks_rows: bool) -> sa.Select[Any]:
     query = (
         sa.select(*_ARTIFACT_COLUMNS, TASK.c.provider_task_id, TASK.c.result)
         .select_from(ARTIFACT.join(TASK, TASK.c.ref == ARTIFACT.c.task_ref))
-        .where(ARTIFACT.c.state == ArtifactState.PENDING.value)
-        .where(ARTIFACT.c.next_attempt_at <= now)
-        .where(sa.or_(ARTIFACT.c.lease_until.is_(None), ARTIFACT.c.lease_until < now))
+        .where(_free(now), ARTIFACT.c.next_attempt_at <= now, ARTIFACT.c.expires_at > now)
         .order_by(ARTIFACT.c.expires_at, ARTIFACT.c.id)
         .limit(limit)
     )
-    if db.locks_rows:
-        query = query.with_for_update(skip_locked=True, of=ARTIFACT)
-    async with db.write() as conn:
-        rows = (await conn.execute(query)).mappings().all()
-        if rows:
-            await conn.execute(
-                ARTIFACT.update()
-                .where(ARTIFACT.c.id.in_([row["id"] for row in rows]))
-                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+    return _locked(query, locks_rows)
+
+
+async def _refuse_past(
+    conn: Any,
+    outputs: OutputLimit,
+    candidates: list[tuple[int, str]],
+    now: datetime,
+    locks_rows: bool,
+) -> tuple[set[int], list[Any]]:
+    """The candidates (id, task) past their task's limit, to be neither leased nor missed,
+    and up to `SETTLE_BATCH` of those tasks' free outputs past it, now `failed`."""
+    last = await _last_kept(conn, {task_ref for _, task_ref in candidates}, outputs.count)
+    if not last:
+        return set(), []
+    over = {id_ for id_, task_ref in candidates if id_ > last.get(task_ref, id_)}
+    past = sa.or_(
+        *[sa.and_(ARTIFACT.c.task_ref == ref, ARTIFACT.c.id > kept) for ref, kept in last.items()]
+    )
+    query = (
+        sa.select(ARTIFACT.c.id, ARTIFACT.c.task_ref, ARTIFACT.c.provider)
+        .where(_free(now), past)
+        .order_by(ARTIFACT.c.id)
+        .limit(SETTLE_BATCH)
+    )
+    refused = list((await conn.execute(_locked(query, locks_rows))).all())
+    if refused:
+        await conn.execute(
+            ARTIFACT.update()
+            .where(ARTIFACT.c.id.in_([row.id for row in refused]))
+            .values(
+                state=ArtifactState.FAILED.value,
+                last_error=outputs.reason[:REASON_MAX_CHARS],
+                lease_owner=None,
+                lease_until=None,
             )
-    return [_job(row, owner, now + timedelta(seconds=lease_seconds)) for row in rows]
+        )
+    return over, refused
+
+
+async def _last_kept(conn: Any, task_refs: set[str], count: int) -> dict[str, int]:
+    """For each of the tasks with more than `count` outputs, the id of its `count`th."""
+    if not task_refs:
+        return {}
+    rank = sa.func.row_number().over(partition_by=ARTIFACT.c.task_ref, order_by=ARTIFACT.c.id)
+    ranked = (
+        sa.select(ARTIFACT.c.task_ref, ARTIFACT.c.id, rank.label("rank"))
+        .where(ARTIFACT.c.task_ref.in_(sorted(task_refs)))
+        .subquery()
+    )
+    query = sa.select(ranked.c.task_ref, ranked.c.id).where(ranked.c.rank == count)
+    return {ref: kept for ref, kept in (await conn.execute(query)).all()}
+
+
+async def _miss(conn: Any, ids: list[int]) -> None:
+    """`missed`, the last error kept after the reason (as `Attempt`s of the archiver have it)."""
+    if not ids:
+        return
+    prior = ARTIFACT.c.last_error
+    joined = sa.func.substr(sa.literal(f"{EXPIRED}: ") + prior, 1, REASON_MAX_CHARS)
+    await conn.execute(
+        ARTIFACT.update()
+        .where(ARTIFACT.c.id.in_(ids))
+        .values(
+            state=ArtifactState.MISSED.value,
+            attempts=ARTIFACT.c.attempts + 1,
+            last_error=sa.case((prior.is_(None), EXPIRED), else_=joined),
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+
+
+async def _lease(conn: Any, ids: list[int], owner: str, until: datetime) -> None:
+    if ids:
+        await conn.execute(
+            ARTIFACT.update()
+            .where(ARTIFACT.c.id.in_(ids))
+            .values(lease_owner=owner, lease_until=until)
+        )
+
+
+def _grouped(rows: list[Any], state: ArtifactState) -> list[Settled]:
+    counts = Counter((row.task_ref, row.provider) for row in rows)
+    return [Settled(ref, provider, state, n) for (ref, provider), n in sorted(counts.items())]
 
 
 def _job(row: Any, owner: str, lease_until: datetime) -> ArchiveJob:
@@ -121,14 +293,12 @@ async def record(db: Database, artifact_id: int, owner: str, attempt: Attempt) -
 async def _announce_if_settled(conn: Any, task_ref: str, now: datetime) -> None:
     """Once none of a task's outputs is pending and one was archived: `task.archived` in
     the outbox, in the transaction that settled the last one, with every output's fate."""
-    rows = (
-        (await conn.execute(sa.select(*_ARTIFACT_COLUMNS).where(ARTIFACT.c.task_ref == task_ref)))
-        .mappings()
-        .all()
-    )
-    states = {row["state"] for row in rows}
-    if ArtifactState.PENDING.value in states or ArtifactState.ARCHIVED.value not in states:
+    if await _has(conn, task_ref, ArtifactState.PENDING):
         return
+    if not await _has(conn, task_ref, ArtifactState.ARCHIVED):
+        return
+    query = sa.select(*_ARTIFACT_COLUMNS).where(ARTIFACT.c.task_ref == task_ref)
+    rows = (await conn.execute(query.order_by(ARTIFACT.c.id))).mappings().all()
     task = (await conn.execute(sa.select(TASK).where(TASK.c.ref == task_ref))).mappings().one()
     data = events.task_data(task) | {"seq": None, "artifacts": [_shown(row) for row in rows]}
     payload = events.envelope(events.ARCHIVED, data, now)
@@ -143,6 +313,12 @@ async def _announce_if_settled(conn: Any, task_ref: str, now: datetime) -> None:
         "created_at": now,
     }
     await conn.execute(MESSAGE.insert().values(**message))
+
+
+async def _has(conn: Any, task_ref: str, state: ArtifactState) -> bool:
+    """Whether one of the task's outputs is in `state` (read up to the first found)."""
+    query = sa.select(ARTIFACT.c.id).where(ARTIFACT.c.task_ref == task_ref)
+    return await conn.scalar(query.where(ARTIFACT.c.state == state.value).limit(1)) is not None
 
 
 def _shown(row: Any) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from schemas.store import (
     registration,
     retention,
 )
-from schemas.store.artifacts import Attempt
+from schemas.store.artifacts import Attempt, Claimed, OutputLimit
 from schemas.store.idempotency import IdempotencyKey, StoredAnswer
 from schemas.store.keys import ApiKey, KeyScope
 from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
@@ -130,6 +130,12 @@ class LedgerStore:
     ) -> list[ArchiveJob]:
         """Lease pending artifacts, earliest expiry first: `artifacts.claim_due`."""
         return await artifacts.claim_due(self._db, owner, limit, lease_seconds)
+
+    async def claim_archive(
+        self, owner: str, limit: int, lease_seconds: float, outputs: OutputLimit | None
+    ) -> Claimed:
+        """Settle in bulk the outputs no fetch is for, then lease: `artifacts.claim`."""
+        return await artifacts.claim(self._db, owner, limit, lease_seconds, outputs)
 
     async def record_attempt(self, artifact_id: int, owner: str, attempt: Attempt) -> bool:
         """What an archiving attempt came to: `artifacts.record`."""
