@@ -106,21 +106,27 @@ async def drain(worker: Archiver) -> None:
             pass
 
 
-async def test_expired_outputs_are_marked_missed_in_a_few_write_transactions(
-    archive_ledger: LedgerStore, engine: AsyncEngine, tmp_path: Path, clock: FakeClock
-) -> None:
-    ref = await expired(archive_ledger, clock, OUTPUTS)
-    worker = archiver(archive_ledger, tmp_path, clock, max_outputs_per_task=OUTPUTS)
+async def drained(worker: Archiver, engine: AsyncEngine) -> int:
+    """`drain` the worker, then close it; how many write transactions it began."""
     try:
         with write_transactions(engine) as begun:
             await drain(worker)
     finally:
         await worker.fetcher.aclose()
+    return begun[0]
+
+
+async def test_expired_outputs_are_marked_missed_in_a_few_write_transactions(
+    archive_ledger: LedgerStore, engine: AsyncEngine, tmp_path: Path, clock: FakeClock
+) -> None:
+    ref = await expired(archive_ledger, clock, OUTPUTS)
+    worker = archiver(archive_ledger, tmp_path, clock, max_outputs_per_task=OUTPUTS)
+    writes = await drained(worker, engine)
     rows = await archive_ledger.artifacts(ref)
     assert {row.state for row in rows} == {"missed"}
     assert {row.last_error for row in rows} == {"the source expired before it was archived"}
     assert len(rows) == OUTPUTS
-    assert begun[0] <= OUTPUTS / OUTPUTS_PER_WRITE
+    assert writes <= OUTPUTS / OUTPUTS_PER_WRITE
     assert worker.metrics.archive_missed.labels("apidot")._value.get() == OUTPUTS
 
 
@@ -231,11 +237,7 @@ async def test_outputs_past_the_limit_are_failed_saying_why_and_the_first_archiv
     limit, count = 10, 1_000
     ref = await succeeded(archive_ledger, clock, [f"{media_url}/v.mp4?n={n}" for n in range(count)])
     worker = archiver(archive_ledger, tmp_path, clock, max_outputs_per_task=limit)
-    try:
-        with write_transactions(engine) as begun:
-            await drain(worker)
-    finally:
-        await worker.fetcher.aclose()
+    writes = await drained(worker, engine)
     rows = await archive_ledger.artifacts(ref)
     assert [row.state for row in rows] == ["archived"] * limit + ["failed"] * (count - limit)
     (reason,) = {row.last_error for row in rows[limit:]}
@@ -244,7 +246,7 @@ async def test_outputs_past_the_limit_are_failed_saying_why_and_the_first_archiv
     assert f"first {limit}" in reason
     assert {row.attempts for row in rows[limit:]} == {0}  # never fetched
     # Each archived output takes a claim and a record; those past the limit a handful.
-    assert begun[0] <= 2 * limit + count / OUTPUTS_PER_WRITE
+    assert writes <= 2 * limit + count / OUTPUTS_PER_WRITE
     assert await archived_events(engine) == 1
 
 
