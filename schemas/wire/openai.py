@@ -47,12 +47,13 @@ def read_video(body: object, missing: State | None, lifetime: Lifetime) -> Obser
 
 
 def _result(video: Fields, task_id: str, state: State, lifetime: Lifetime) -> dict[str, object]:
-    """A completed video's content paths; its expiry (the body's own, else by lifetime)."""
-    result: dict[str, object] = {}
-    expires_at = video.time("expires_at")
-    if state is State.SUCCEEDED:
-        result["content"] = content_paths(task_id)
-        expires_at = expires_at or lifetime.expiry(video.first_time(FINISHED_TIME_KEYS))
+    """A completed video's content paths and their expiry (the body's own, else by
+    lifetime); nothing for a video that has none (a failed one's `expires_at` dates no
+    result)."""
+    if state is not State.SUCCEEDED:
+        return {}
+    result: dict[str, object] = {"content": content_paths(task_id)}
+    expires_at = video.time("expires_at") or lifetime.expiry(video.first_time(FINISHED_TIME_KEYS))
     if expires_at is not None:
         result["expires_at"] = iso(expires_at)
     return result

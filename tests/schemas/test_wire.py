@@ -253,6 +253,8 @@ def test_openai_completed_video_without_expiry_lives_the_lifetime_from_completio
 def test_openai_unfinished_video_has_no_content(status: str) -> None:
     body = openai_video(status=status, expires_at=None)
     assert normalize_status(OPENAI, body, result_ttl_seconds=3600, now=NOW).extra == {}
+    # Nor an expiry, though the body dates one: it dates no result.
+    assert normalize_status(OPENAI, openai_video(status=status)).extra == {}
 
 
 def test_openai_content_paths_quote_the_video_id() -> None:
