@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from schemas import events
+from schemas.store.locks import ARCHIVE_LOCK_NAMESPACE, LOCK_KEYS, id_keys
 from schemas.store.outbox import message_id
 from schemas.store.rows import ArchiveJob, Artifact
 from schemas.store.transactions import Database
@@ -115,7 +116,8 @@ async def claim(
         await _miss(conn, [row.id for row in missed])
         leased = [row for row in due if row["id"] not in over]
         await _lease(conn, [row["id"] for row in leased], owner, until)
-        for task_ref in sorted({row.task_ref for row in [*missed, *refused]}):
+        refs = {row.task_ref for row in [*missed, *refused]}
+        for task_ref in sorted(refs, key=lambda ref: id_keys({ref})):
             await _announce_if_settled(conn, task_ref, now)
     settled = _grouped(missed, ArtifactState.MISSED) + _grouped(refused, ArtifactState.FAILED)
     return Claimed([_job(row, owner, until) for row in leased], settled)
@@ -292,7 +294,15 @@ async def record(db: Database, artifact_id: int, owner: str, attempt: Attempt) -
 
 async def _announce_if_settled(conn: Any, task_ref: str, now: datetime) -> None:
     """Once none of a task's outputs is pending and one was archived: `task.archived` in
-    the outbox, in the transaction that settled the last one, with every output's fate."""
+    the outbox, in the transaction that settled the last one, with every output's fate.
+
+    On PostgreSQL the transactions settling one task's outputs take turns from here to
+    their commit (an advisory lock): two settling its last two at once would each see the
+    other's as still pending, and neither would announce it. A transaction settling
+    several tasks' takes them in key order (`claim`'s refs are sorted by key), so no two
+    wait on each other in a cycle."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(LOCK_KEYS, {"ns": ARCHIVE_LOCK_NAMESPACE, "keys": id_keys({task_ref})})
     if await _has(conn, task_ref, ArtifactState.PENDING):
         return
     if not await _has(conn, task_ref, ArtifactState.ARCHIVED):

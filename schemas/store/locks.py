@@ -9,9 +9,11 @@ import hashlib
 import sqlalchemy as sa
 
 FEED_LOCK_KEY = 0x7A5C_1ED6  # "taskledger" change feed, for pg_advisory_xact_lock
-# The two-key advisory locks (a key space apart from the one-key feed lock): provider ids.
+# The two-key advisory locks (a key space apart from the one-key feed lock): provider ids,
+# and the tasks whose outputs a transaction settles.
 TASK_ID_LOCK_NAMESPACE = 0x7A5C_1D00
-_LOCK_TASK_IDS = sa.text(
+ARCHIVE_LOCK_NAMESPACE = 0x7A5C_1D01
+LOCK_KEYS = sa.text(
     "SELECT pg_advisory_xact_lock(:ns, k) FROM (SELECT unnest(CAST(:keys AS integer[])) AS k "
     "ORDER BY k) AS wanted"
 )
@@ -49,7 +51,7 @@ def lock_task_ids(conn: sa.Connection, task_ids: set[str]) -> None:
     the other's uncommitted row and leave the delivery unmatched for good. Taken before
     any row lock, in key order (no cycles); SQLite runs one writer at a time already."""
     if conn.dialect.name == "postgresql" and task_ids:
-        conn.execute(_LOCK_TASK_IDS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": id_keys(task_ids)})
+        conn.execute(LOCK_KEYS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": id_keys(task_ids)})
 
 
 def id_keys(task_ids: set[str]) -> list[int]:

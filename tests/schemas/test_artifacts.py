@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.ledger import Auth, Delivery, Poll, Reader
 from schemas.states import State
-from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore, NewTask
+from schemas.store import ArchivedFile, ArtifactState, Attempt, LedgerStore, NewTask, artifacts
 from schemas.tables import MESSAGE
 from schemas.wire import Observation, WireFormat
 from tests.conftest import FakeClock
@@ -207,3 +208,36 @@ async def archived_events(store: LedgerStore) -> list[dict[str, object]]:
             sa.select(MESSAGE.c.payload).where(MESSAGE.c.event_type == "task.archived")
         )
         return [payload for (payload,) in rows]
+
+
+# SQLite runs one write transaction at a time: there no two can meet this way.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_two_transactions_settling_a_tasks_last_outputs_at_once_announce_it_once(
+    archiving: LedgerStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both record their attempt before either checks what is left pending: on PostgreSQL
+    they run side by side, and each would see the other's output as still pending."""
+    ref = await task(archiving)
+    await archiving.ingest([polled(ref, succeeded("t-1", URL, URL + "2"), clock())])
+    first, second = await archiving.claim_artifacts("a", 10, 60)
+    announce = artifacts._announce_if_settled
+    arrived: list[str] = []
+    both = asyncio.Event()
+
+    async def after_both_wrote(conn: Any, task_ref: str, now: datetime) -> None:
+        arrived.append(task_ref)
+        if len(arrived) == 2:
+            both.set()
+        await both.wait()  # each has written its output, neither has committed
+        await announce(conn, task_ref, now)
+
+    monkeypatch.setattr(artifacts, "_announce_if_settled", after_both_wrote)
+    stored = ArchivedFile("sha256/ab/cd/x", 10, "ab" * 32, "video/mp4")
+    done = Attempt(ArtifactState.ARCHIVED, "h", stored)
+    recorded = await asyncio.gather(
+        archiving.record_attempt(first.artifact.id, "a", done),
+        archiving.record_attempt(second.artifact.id, "a", done),
+    )
+    assert list(recorded) == [True, True]
+    (event,) = await archived_events(archiving)
+    assert {a["state"] for a in event["data"]["artifacts"]} == {"archived"}
