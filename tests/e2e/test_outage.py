@@ -1,39 +1,35 @@
 """PostgreSQL stopped and restarted under load, the spool turned off: 503 while down, never
-2xx unstored, self-healing. (With the spool, see test_spool_outage.py.)"""
+2xx unstored, self-healing. (With the spool, see test_spool_outage.py.) The server stopped is
+the test's own, so the test runs alongside others."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from schemas.database import create_engine
 from schemas.tables import DELIVERY
 from simulator import Faults, Lifecycle, SimConfig
-from tests.support.databases import temporary_database
-from tests.support.postgres import outage, require_control
+from tests.support.postgres import (  # fixtures: a PostgreSQL server of the test's own
+    ThrowawayPostgres,
+    own_database_url,  # noqa: F401
+    own_postgres,  # noqa: F401
+)
 from tests.support.senders import apidot_body
 from tests.support.system import System, running_system
 
 JSON = {"content-type": "application/json"}
 SPOOL_OFF = {"TASKLEDGER_SPOOL_ENABLED": "false"}
-pytestmark = pytest.mark.serial
 
 
-@pytest.fixture
-async def database_url(tmp_path: Path) -> AsyncIterator[str]:
-    async with temporary_database("postgresql", tmp_path) as url:
-        yield url
-
-
-async def test_database_restart_under_load_answers_503_and_recovers(database_url: str) -> None:
-    require_control()
+async def test_database_restart_under_load_answers_503_and_recovers(
+    postgres: ThrowawayPostgres, database_url: str
+) -> None:
     config = SimConfig(
         seed=41,
         time_scale=0.05,
@@ -49,7 +45,7 @@ async def test_database_restart_under_load_answers_503_and_recovers(database_url
         acked: set[str] = set()
         load = asyncio.create_task(send(system.service.http, gateway, codes, acked))
         await asyncio.sleep(1.0)
-        await outage(3.0)
+        await postgres.outage(3.0)
         await load
         submitted = await settled(system, set(refs))
         truth = await system.truth()
@@ -85,7 +81,7 @@ async def send(
     await asyncio.gather(*[one(task, i) for i, task in enumerate(tasks)])
 
 
-async def settled(system: System, refs: set[str]) -> list[dict[str, object]]:
+async def settled(system: System, refs: set[str]) -> list[dict[str, Any]]:
     """The submitted tasks once every one is final and confirmed (the reconciler recovered)."""
     async with asyncio.timeout(90):
         while True:

@@ -1,6 +1,7 @@
 """PostgreSQL stopped under load, with the spool: callbacks are kept locally and answered
 202, none 503 while the spool has room; once PostgreSQL is back every acknowledged one is
-in it exactly once; a kill -9 during the outage or during the drain loses none."""
+in it exactly once; a kill -9 during the outage or during the drain loses none. The server
+stopped is each test's own, so these run alongside others."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from ops.procfile import web_command
@@ -24,8 +24,11 @@ from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.settings import SpoolSettings
 from schemas.tables import DELIVERY
-from tests.support.databases import temporary_database
-from tests.support.postgres import cluster, outage, require_control
+from tests.support.postgres import (  # fixtures: a PostgreSQL server of the test's own
+    ThrowawayPostgres,
+    own_database_url,  # noqa: F401
+    own_postgres,  # noqa: F401
+)
 from tests.support.senders import apidot_body
 from tests.support.servers import free_port, receiver_process
 from tests.support.service import (
@@ -38,20 +41,12 @@ from tests.support.service import (
 )
 from tests.support.waiting import eventually, until
 
-pytestmark = pytest.mark.serial
 JSON = {"content-type": "application/json"}
 OUTAGE_SECONDS = 30.0
 SENDERS = 4
 # Each sender waits this long between callbacks: about 100 a second in all.
 PACE_SECONDS = 0.04
 TASKS = 100
-
-
-@pytest.fixture
-async def database_url(tmp_path: Path) -> AsyncIterator[str]:
-    require_control()
-    async with temporary_database("postgresql", tmp_path) as url:
-        yield url
 
 
 @dataclass
@@ -92,14 +87,14 @@ class Load:
 
 
 async def test_callbacks_through_a_30_s_outage_are_all_stored_once(
-    database_url: str, tmp_path: Path
+    postgres: ThrowawayPostgres, database_url: str, tmp_path: Path
 ) -> None:
     spool = SpoolSettings(dir=str(tmp_path / "spool"))
     async with running_service(settings_for(database_url, spool=spool), utc_now) as service:
         load = Load(service.http, await callback_paths(service, TASKS))
         running = asyncio.create_task(load.run())
         await until(lambda: len(load.acked) >= 50, within=10)
-        down = asyncio.create_task(outage(OUTAGE_SECONDS))
+        down = asyncio.create_task(postgres.outage(OUTAGE_SECONDS))
         # While down, readiness keeps the receiver in rotation: its spool has room.
         await until(lambda: load.outcomes["spooled"] > 0, within=OUTAGE_SECONDS)
         readiness = await service.http.get("/readyz")
@@ -126,20 +121,20 @@ async def test_callbacks_through_a_30_s_outage_are_all_stored_once(
 
 
 async def test_kill_9_during_the_outage_and_during_the_drain_loses_nothing(
-    database_url: str, tmp_path: Path
+    postgres: ThrowawayPostgres, database_url: str, tmp_path: Path
 ) -> None:
     await migrate(database_url)
     env = receiver_environment(database_url, tmp_path / "spool")
     port = free_port()
     async with receiver_process(env, port) as process, _client(port) as http:
         load = Load(http, await callback_paths(Service(str(http.base_url), http), TASKS))
-        await asyncio.to_thread(cluster, "stop")
+        await asyncio.to_thread(postgres.stop)
         try:
             for path, body in itertools.islice(load.callbacks(), 3 * TASKS):
                 assert await load.send(path, body) == 202
         finally:
             process.send_signal(signal.SIGKILL)  # during the outage, with all of them spooled
-            await asyncio.to_thread(cluster, "start")
+            await asyncio.to_thread(postgres.start)
     assert load.outcomes == {"spooled": 3 * TASKS}
     draining = await start_receiver(env, port)
     try:  # killed again halfway through the drain
@@ -158,7 +153,7 @@ async def test_kill_9_during_the_outage_and_during_the_drain_loses_nothing(
 
 
 async def test_a_receiver_started_while_postgresql_is_down_spools_and_drains_once_back(
-    database_url: str, tmp_path: Path
+    postgres: ThrowawayPostgres, database_url: str, tmp_path: Path
 ) -> None:
     """A deploy or a restart during a failover: the receiver starts anyway (its spool has
     room), says `spooling`, keeps what comes, and replays it when PostgreSQL is back."""
@@ -167,7 +162,7 @@ async def test_a_receiver_started_while_postgresql_is_down_spools_and_drains_onc
     port = free_port()
     async with receiver_process(env, port), _client(port) as http:
         paths = await callback_paths(Service(str(http.base_url), http), TASKS)
-    await asyncio.to_thread(cluster, "stop")
+    await asyncio.to_thread(postgres.stop)
     down = True
     try:
         async with receiver_process(env, port), _client(port) as http:
@@ -175,13 +170,13 @@ async def test_a_receiver_started_while_postgresql_is_down_spools_and_drains_onc
             load = Load(http, paths)
             for path, body in itertools.islice(load.callbacks(), 2 * TASKS):
                 assert await load.send(path, body) == 202
-            await asyncio.to_thread(cluster, "start")
+            await asyncio.to_thread(postgres.start)
             down = False
             await eventually(lambda: all_stored(database_url, load.acked), within=30)
             await eventually(lambda: spool_empty(http), within=30)
     finally:
         if down:
-            await asyncio.to_thread(cluster, "start")
+            await asyncio.to_thread(postgres.start)
     assert (readiness.status_code, readiness.json()["status"]) == (200, "spooling")
     assert load.outcomes == {"spooled": 2 * TASKS}
     counts = await stored_counts(database_url)

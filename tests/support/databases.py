@@ -26,18 +26,21 @@ def in_ci() -> bool:
 
 
 @asynccontextmanager
-async def temporary_database(backend: str, directory: Path) -> AsyncIterator[str]:
-    """Yield the URL of a new, empty database that is removed afterwards."""
+async def temporary_database(
+    backend: str, directory: Path, *, host: str = PG_HOST, port: int = PG_PORT
+) -> AsyncIterator[str]:
+    """Yield the URL of a new, empty database that is removed afterwards (PostgreSQL's on
+    the server at `host`:`port`, the local one unless told)."""
     if backend == "sqlite":
         yield f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
         return
     name = f"taskledger_test_{secrets.token_hex(6)}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await _admin(f'CREATE DATABASE "{name}"', host, port)
     try:
-        yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+        yield f"postgresql+asyncpg://{PG_USER}@{host}:{port}/{name}"
     finally:
         # A fresh connection: the test may have restarted the server meanwhile.
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', host, port)
 
 
 @asynccontextmanager
@@ -52,20 +55,20 @@ async def migrated_engine(backend: str, directory: Path) -> AsyncIterator[AsyncE
             await engine.dispose()
 
 
-async def _admin(statement: str) -> None:
-    admin = await _admin_connection()
+async def _admin(statement: str, host: str = PG_HOST, port: int = PG_PORT) -> None:
+    admin = await _admin_connection(host, port)
     try:
         await admin.execute(statement)
     finally:
         await admin.close()
 
 
-async def _admin_connection() -> asyncpg.Connection:
+async def _admin_connection(host: str = PG_HOST, port: int = PG_PORT) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres", timeout=5
+            host=host, port=port, user=PG_USER, database="postgres", timeout=5
         )
     except (OSError, asyncpg.PostgresError) as exc:
         if in_ci():
-            pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT} is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} is not reachable: {exc}")
+            pytest.fail(f"PostgreSQL at {host}:{port} is required in CI: {exc}")
+        pytest.skip(f"PostgreSQL at {host}:{port} is not reachable: {exc}")

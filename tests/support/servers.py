@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,35 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Linux's ephemeral ports (its default when they cannot be read), and how many ports below
+# them `free_fixed_port` draws from.
+_EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_DEFAULT_EPHEMERAL_LOW = 32768
+_FIXED_PORTS = 10000
+
+
+def free_fixed_port() -> int:
+    """A free loopback port below the ephemeral range, which the kernel never hands out on
+    its own (to a bind to port 0, or to an outgoing connection): a server stopped and
+    started again on it finds it free still, however many ports others take meanwhile."""
+    try:
+        low = int(_EPHEMERAL_PORTS.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = _DEFAULT_EPHEMERAL_LOW
+    first = max(1024, low - _FIXED_PORTS)
+    if first >= low:  # every unprivileged port is ephemeral here
+        return free_port()
+    for _ in range(100):
+        port = first + secrets.randbelow(low - first)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{low - 1}")
 
 
 @asynccontextmanager
