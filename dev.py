@@ -87,10 +87,10 @@ def test(extra: list[str]) -> None:
     if extra:
         run(BIN / "pytest", *extra)
         return
-    # Independent files on parallel workers (most tests wait on sockets and subprocesses),
-    # then alone the few that stop a service every other test shares.
-    run(BIN / "pytest", "-q", "-n", str(WORKERS), "--dist", "loadfile", "-m", "not serial")
-    run(BIN / "pytest", "-q", "-m", "serial")
+    # Independent files on parallel workers (most tests wait on sockets and subprocesses).
+    # A test that stops a server (PostgreSQL, RabbitMQ) starts one of its own to stop, so
+    # nothing needs to run alone.
+    run(BIN / "pytest", "-q", "-n", str(WORKERS), "--dist", "loadfile")
 
 
 def main() -> None:

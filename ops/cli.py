@@ -26,6 +26,7 @@ from ops.supervisor import (
     holder,
     public_url_mismatch,
     supervise,
+    workers_of,
 )
 from schemas.clock import utc_now
 from schemas.database import (
@@ -50,6 +51,7 @@ from schemas.settings import (
     DEFAULT_DATABASE_URL,
     MAX_DAYS,
     PREFIX,
+    ArchiveSettings,
     RelaySettings,
     Settings,
     archive_settings,
@@ -65,7 +67,8 @@ Start every process of the Procfile (web, reconciler, relay) with the environmen
 the newest migration; Ctrl-C or SIGTERM stops them all. The receiver listens on --port, else
 $PORT, else 8000; TASKLEDGER_PUBLIC_BASE_URL, when not set, is http://HOST:PORT. A second
 `taskledger run` on the same SQLite file is refused. --workers N (or WEB_CONCURRENCY) runs N
-receiver workers (PostgreSQL), their metrics summed at /metrics.
+receiver workers on PostgreSQL, their metrics summed at /metrics; SQLite takes one writer per
+file, so more than one worker on it is refused (exit 2).
 
 exit codes: 0 stopped when asked; 1 a process failed; 2 a bad setting; 3 the database
 unreachable or not migrated; 4 the port, or the SQLite file, in use.
@@ -143,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=_positive_int,
-        help="receiver worker processes (PostgreSQL); default: $WEB_CONCURRENCY, else 1",
+        help="receiver workers, PostgreSQL only; default: $WEB_CONCURRENCY, else 1",
     )
     commands.add_parser("init-env", help="write a .env with fresh local secrets if none exists")
     _add_described(commands, "token", "print the admin token (for export)", ADMIN_HELP)
@@ -261,15 +264,30 @@ def _run(host: str, port: int | None, workers: int | None = None) -> int:
     if workers is not None:
         environ["WEB_CONCURRENCY"] = str(workers)
     port = port or _port_of(environ)
-    Settings.from_environ(environ).check_secrets()
-    RelaySettings.from_environ(environ)
-    url = _database_url(environ)
+    url = _checked_settings(environ, workers)
     with _held(url, holder(host, port)):
         check_port_free(host, port)
         print(asyncio.run(_upgrade(url)), flush=True)
         if warning := public_url_mismatch(environ, port):
             print(warning, flush=True)
         return supervise(environ, host=host, port=port)
+
+
+def _checked_settings(environ: Mapping[str, str], workers: int | None) -> str:
+    """Every setting of web, reconciler and relay, checked before anything is migrated or
+    started: a refusal is one line here, not one per process and then "stopped the others".
+    The database's URL."""
+    Settings.from_environ(environ).check_secrets()
+    RelaySettings.from_environ(environ)
+    url = _database_url(environ)
+    count = workers_of(environ)
+    if count > 1 and names_sqlite(url):
+        given = f"--workers {count}" if workers is not None else f"WEB_CONCURRENCY={count}"
+        raise ConfigError(
+            f"{given}: SQLite takes one writer per file, so it runs one receiver worker;"
+            f" several are for PostgreSQL ({PREFIX}DATABASE_URL=postgresql://...)"
+        )
+    return url
 
 
 def _port_of(environ: Mapping[str, str]) -> int:
@@ -327,7 +345,8 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         if args.db_command == "prune":
             policy = retention_policy(environ, retention_days=args.retention_days)
-            report = asyncio.run(_prune(environ, policy, args.batch_size, args.dry_run))
+            archive = archive_settings(environ)
+            report = asyncio.run(_prune(environ, policy, archive, args.batch_size, args.dry_run))
             print(format_prune(report, policy))
             return 0
         if args.db_command == "backup":
@@ -346,23 +365,31 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def _prune(
-    environ: Mapping[str, str], policy: RetentionPolicy, batch_size: int, dry_run: bool
+    environ: Mapping[str, str],
+    policy: RetentionPolicy,
+    archive: ArchiveSettings,
+    batch_size: int,
+    dry_run: bool,
 ) -> PruneReport:
+    """The settings are read before (`archive`): a bad one prunes nothing."""
     engine = create_engine(_database_url(environ))
     try:
         store = LedgerStore(engine, utc_now)
         cutoffs = policy.cutoffs(store.clock())
         report = await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
-        return await _prune_archive(environ, store, report, batch_size)
+        return await _prune_archive(environ, archive, store, report, batch_size)
     finally:
         await engine.dispose()
 
 
 async def _prune_archive(
-    environ: Mapping[str, str], store: LedgerStore, report: PruneReport, batch_size: int
+    environ: Mapping[str, str],
+    archive: ArchiveSettings,
+    store: LedgerStore,
+    report: PruneReport,
+    batch_size: int,
 ) -> PruneReport:
     """Archived outputs past the archive's retention: rows marked, files deleted."""
-    archive = archive_settings(environ)
     if not archive.enabled:
         return report
     before = store.clock() - timedelta(days=archive.retention_days)

@@ -29,6 +29,7 @@ from reconciler.process import new_owner
 from reconciler.relay_metrics import RelayMetrics
 from reconciler.retry import RetryPolicy
 from reconciler.sinks import HttpSink, Sink
+from schemas.database import describe
 from schemas.errors import StorageUnavailable
 from schemas.settings import NOTIFY_RETRY_SCHEDULE_SECONDS, NotifySettings
 from schemas.store import AttemptResult, DispatchJob, Endpoint, LedgerStore
@@ -219,11 +220,10 @@ class Relay:
     async def _announce(self) -> None:
         with contextlib.suppress(StorageUnavailable):
             await self._observe()
-        url = self.store.engine.url.set(username=None, password=None)
         log.info(
             "relay_started",
             owner=self.owner,
-            database=url.render_as_string(hide_password=True),
+            database=describe(self.store.engine.url),
             endpoints_enabled=len(self._enabled) if self._disabled is not None else None,
         )
 

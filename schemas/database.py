@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, LedgerError
@@ -143,8 +143,9 @@ def names_sqlite(url: str) -> bool:
     return make_url(normalize_url(url)).get_backend_name() == "sqlite"
 
 
-def describe(url: str) -> str:
-    """The database a URL names, without user or password: fit for a log line."""
+def describe(url: str | URL) -> str:
+    """The database a URL names, without user or password: fit for a log line (an engine's
+    `URL` too)."""
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError:

@@ -7,10 +7,11 @@ import binascii
 import difflib
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -86,6 +87,11 @@ DEFAULT_RESULT_TTL_SECONDS: dict[WireFormat, float] = {
 # Where archived outputs go by default: a directory beside the embedded database.
 DEFAULT_ARCHIVE_URL = "./var/media"
 ARCHIVE_OFF = frozenset({"off", "none", "false", "0"})
+# An S3 bucket's name, as `schemas.media.storage` opens it.
+S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# A host a provider's outputs may come from: a name (`cdn.example.com`), one below a domain
+# (`*.r2.dev`), or an address, as `schemas.addresses.host_allowed` compares them.
+HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +129,9 @@ class ArchiveSettings:
         d = _ARCHIVE_DEFAULTS
         key = "ARCHIVE_"
         networks = env.networks(key + "ALLOW_NETWORKS")
+        url = _archive_url(env, key + "URL", d.url)
         return cls(
-            url=env.text(key + "URL", d.url),
+            url=url,
             spool_dir=env.text(key + "SPOOL_DIR", d.spool_dir),
             max_bytes=env.integer(key + "MAX_BYTES", d.max_bytes, at_most=MAX_BYTES),
             max_outputs_per_task=env.integer(key + "MAX_OUTPUTS_PER_TASK", d.max_outputs_per_task),
@@ -138,11 +145,47 @@ class ArchiveSettings:
             concurrency=env.integer(key + "CONCURRENCY", d.concurrency),
             lease_seconds=env.number(key + "LEASE_SECONDS", d.lease_seconds),
             retention_days=env.number(key + "RETENTION_DAYS", d.retention_days, at_most=MAX_DAYS),
-            presign=bool(env.flag(key + "PRESIGN")),
+            presign=_presign(env, key + "PRESIGN", url),
             presign_seconds=env.integer(
                 key + "PRESIGN_SECONDS", d.presign_seconds, at_most=MAX_PRESIGN_SECONDS
             ),
         )
+
+
+def _archive_url(env: _Env, name: str, default: str) -> str:
+    """`off`, a directory, `file:///dir` or `s3://bucket[/prefix]`: checked here, so that a
+    URL no store opens stops every command that reads it, before anything starts."""
+    url = env.text(name, default)
+    if url.lower() in ARCHIVE_OFF:
+        return url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "s3" and "@" in parts.netloc:
+        raise ConfigError(f"{PREFIX}{name} must not carry credentials; use AWS_* variables")
+    if scheme == "s3" and (
+        not S3_BUCKET_NAME.fullmatch(parts.netloc) or parts.query or parts.fragment
+    ):
+        raise ConfigError(f"{PREFIX}{name} must name a bucket: s3://bucket[/prefix]")
+    if scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path):
+        raise ConfigError(f"{PREFIX}{name} must be a file URL on this host: file:///dir")
+    if scheme not in ("s3", "file", ""):
+        shown = f" (got {url!r})" if "@" not in url and "?" not in url else ""
+        raise ConfigError(
+            f"{PREFIX}{name} must be s3://bucket[/prefix], file:///dir, a directory path"
+            f" or off{shown}"
+        )
+    return url
+
+
+def _presign(env: _Env, name: str, url: str) -> bool:
+    """Presigned redirects are an S3 archive's: asked of any other, they would never be."""
+    presign = bool(env.flag(name))
+    if presign and url.lower() not in ARCHIVE_OFF and urlsplit(url).scheme.lower() != "s3":
+        raise ConfigError(
+            f"{PREFIX}{name} is for an S3 archive, and {PREFIX}ARCHIVE_URL names a local"
+            " directory: unset it, or archive to s3://bucket[/prefix]"
+        )
+    return presign
 
 
 # A notification is sent at once; each failed attempt is tried again after the next of
@@ -380,8 +423,9 @@ class Settings:
 
     def check_secrets(self) -> None:
         """Refuse, naming the setting, a secret copied from `.env.example` (`change-me`,
-        `whsec_...`) and an admin token anyone could guess. The processes call it at
-        start-up; settings built for a test may hold short secrets."""
+        `whsec_...`), an admin token anyone could guess, and a provider whose callbacks
+        could not be verified (fal's without its user id). The processes and `taskledger
+        run` call it at start-up; settings built for a test may hold short secrets."""
         _refuse_placeholders("CALLBACK_SECRETS", self.callback_secrets)
         _refuse_placeholders("ADMIN_TOKEN", (self.admin_token,))
         for provider in self.providers.values():
@@ -389,6 +433,7 @@ class Settings:
             _refuse_placeholders(key + "WEBHOOK_SECRETS", provider.webhook_secrets)
             _check_webhook_keys(key + "WEBHOOK_SECRETS", provider)
             _refuse_placeholders(key + "API_KEY", (provider.api_key,))
+            _check_key_set(key, provider)
         token = self.admin_token
         if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
             raise ConfigError(
@@ -512,7 +557,7 @@ def _provider(env: _Env, name: str, kinds: Mapping[str, Kind]) -> ProviderSettin
         jwks_url=env.url(key + "JWKS_URL", d.jwks_url),
         webhook_user_id=env.text(key + "WEBHOOK_USER_ID", ""),
         archive=_archived(env, key + "ARCHIVE"),
-        media_hosts=env.list(key + "MEDIA_HOSTS"),
+        media_hosts=env.hosts(key + "MEDIA_HOSTS"),
     )
 
 
@@ -557,7 +602,10 @@ def webhook_key(secret: str, raw_unprefixed: bool = False) -> bytes:
     base64 too, or the secret's own bytes when `raw_unprefixed`. `ValueError` for an
     unprefixed secret that must be base64 and is not."""
     if secret.startswith(WHSEC_PREFIX):
-        key = base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + "==")
+        try:
+            key = base64.b64decode(secret.removeprefix(WHSEC_PREFIX) + "==")
+        except binascii.Error:
+            raise ValueError(f"a {WHSEC_PREFIX} secret must be base64 after the prefix") from None
     elif raw_unprefixed:
         key = secret.encode()
     else:
@@ -585,6 +633,25 @@ def _check_webhook_keys(name: str, provider: ProviderSettings) -> None:
             webhook_key(secret, raw_unprefixed=unprefixed_is_raw(provider.kind))
         except ValueError as exc:
             raise ConfigError(f"{PREFIX}{name}: {exc} (as the provider shows it)") from None
+
+
+def _check_key_set(key: str, provider: ProviderSettings) -> None:
+    """An `ed25519-jwks` provider (fal) needs its account's user id and a key set; the
+    receiver's scheme (`receiver.schemes.scheme_for`) says the same, later."""
+    kind = provider.kind
+    if not isinstance(kind, Definition) or kind.verify != "ed25519-jwks":
+        return
+    if not provider.webhook_user_id:
+        raise ConfigError(
+            f"{PREFIX}{key}WEBHOOK_USER_ID is required: callbacks signed for another user"
+            " are refused",
+            provider=provider.name,
+        )
+    if not provider.jwks_url:
+        raise ConfigError(
+            f"{PREFIX}{key}JWKS_URL is required (the definition names no `jwks_url`)",
+            provider=provider.name,
+        )
 
 
 def _check_callback_secrets(secrets: tuple[str, ...]) -> None:
@@ -723,6 +790,18 @@ class _Env:
     def list(self, name: str) -> tuple[str, ...]:
         return tuple(item.strip() for item in self.text(name, "").split(",") if item.strip())
 
+    def hosts(self, name: str) -> tuple[str, ...]:
+        """Comma-separated host patterns (`cdn.example.com,*.r2.dev`), never URLs."""
+        values = self.list(name)
+        for value in values:
+            if not _is_host_pattern(value):
+                shown = f" (got {value!r})" if "@" not in value and "?" not in value else ""
+                raise ConfigError(
+                    f"{PREFIX}{name} must be host names like cdn.example.com or *.r2.dev,"
+                    f" comma-separated, not URLs{shown}"
+                )
+        return values
+
     def required_list(self, name: str) -> tuple[str, ...]:
         values = self.list(name)
         if not values:
@@ -744,7 +823,8 @@ class _Env:
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{PREFIX}{name} must be a finite positive number (got {raw!r})")
         if value > at_most:
-            raise ConfigError(f"{PREFIX}{name} must be at most {at_most:.15g} (got {raw!r})")
+            limit = _limit(at_most, name)
+            raise ConfigError(f"{PREFIX}{name} must be at most {limit} (got {raw!r})")
         return value
 
     def integer(self, name: str, default: int, *, at_most: int = MAX_COUNT) -> int:
@@ -811,6 +891,29 @@ class _Env:
                 f"{PREFIX}{name} must be true or false (or yes/no, on/off, 1/0; got {raw!r})"
             )
         return FLAG_WORDS[raw.lower()]
+
+
+def _is_host_pattern(value: str) -> bool:
+    try:
+        ip_address(value)
+    except ValueError:
+        return HOST_PATTERN.fullmatch(value.lower()) is not None
+    return True
+
+
+BINARY_UNITS = (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20))
+
+
+def _limit(at_most: float, name: str) -> str:
+    """A bound as people read it: `1 PiB, 1125899906842624 bytes`, `36500`, `0.5`."""
+    if at_most != int(at_most):
+        return f"{at_most:g}"
+    whole = int(at_most)
+    if name.endswith("BYTES"):
+        for unit, size in BINARY_UNITS:
+            if whole >= size and whole % size == 0:
+                return f"{whole // size} {unit}, {whole} bytes"
+    return str(whole)
 
 
 def _url_fault(url: str) -> str | None:

@@ -124,17 +124,20 @@ async def test_metrics_of_either_worker_show_the_totals_of_both(tmp_path: Path) 
     assert not any("taskledger_polls_total" in text for text in shown)
 
 
-def test_run_with_two_workers_shows_both_at_metrics(tmp_path: Path) -> None:
-    """`taskledger run --workers 2`: the second worker may start after the first is ready;
-    once it serves, either worker's `/metrics` counts two."""
+async def test_run_with_two_workers_shows_both_at_metrics(tmp_path: Path) -> None:
+    """`taskledger run --workers 2` (on PostgreSQL: SQLite runs one): the second worker may
+    start after the first is ready; once it serves, either worker's `/metrics` counts two."""
     cwd, port = project(tmp_path), free_port()
     args = [TASKLEDGER, "run", "--port", str(port), "--workers", str(WORKERS)]
-    with started(args, service_environ(tmp_path / "l.db"), cwd, port) as service:
-        deadline = time.monotonic() + 30
-        counted: set[float] = set()
-        while time.monotonic() < deadline and counted != {WORKERS}:
-            shown = [httpx.get(service.base_url + "/metrics").text for _ in range(ROUND)]
-            counted = {total(text, "taskledger_receiver_workers") for text in shown}
+    async with temporary_database("postgresql", tmp_path) as url:
+        env = service_environ(tmp_path / "unused.db", DATABASE_URL=url)
+        with started(args, env, cwd, port) as service:
+            deadline = time.monotonic() + 30
+            counted: set[float] = set()
+            async with httpx.AsyncClient(base_url=service.base_url, limits=FRESH) as http:
+                while time.monotonic() < deadline and counted != {WORKERS}:
+                    shown = [(await http.get("/metrics")).text for _ in range(ROUND)]
+                    counted = {total(text, "taskledger_receiver_workers") for text in shown}
     assert counted == {WORKERS}
 
 

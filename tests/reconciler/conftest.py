@@ -19,9 +19,12 @@ from schemas.wire import WireFormat
 from tests.conftest import FakeClock
 from tests.support.brokers import (
     NATS_SERVER,
+    RABBITMQ_SERVER,
     JetStreamServer,
+    RabbitMQNode,
     jetstream_server,
     rabbitmq_answers,
+    rabbitmq_node,
 )
 from tests.support.databases import in_ci
 
@@ -54,6 +57,15 @@ async def rabbitmq() -> None:
     """The local RabbitMQ, which must answer."""
     if not await rabbitmq_answers():
         missing("no RabbitMQ answers on 127.0.0.1:5672")
+
+
+@pytest.fixture
+async def own_rabbitmq() -> AsyncIterator[RabbitMQNode]:
+    """A RabbitMQ node of the test's own, which it may stop (the local one others use, never)."""
+    if RABBITMQ_SERVER is None:
+        missing("rabbitmq-server is not installed")
+    async with rabbitmq_node() as node:
+        yield node
 
 
 class Names:

@@ -14,15 +14,13 @@ import pytest
 from reconciler.brokers import AmqpSink, NatsSink
 from schemas.addresses import AddressPolicy
 from schemas.store.notifications import AttemptResult
-from tests.reconciler.conftest import Names, missing
+from tests.reconciler.conftest import Names
 from tests.reconciler.test_brokers import SUBJECT, Sink, deliver, jobs
 from tests.support.brokers import (
     RABBITMQ_PORT,
-    RABBITMQCTL,
     JetStreamServer,
+    RabbitMQNode,
     scratch_exchange,
-    start_rabbitmq,
-    stop_rabbitmq,
 )
 from tests.support.waiting import eventually
 
@@ -180,25 +178,22 @@ async def test_amqp_connects_to_no_address_but_the_checked_one(names: Names) -> 
     assert names.asked == [BUS]
 
 
-@pytest.mark.serial
-@pytest.mark.usefixtures("rabbitmq")
 async def test_amqp_checks_the_name_again_when_it_reconnects_in_the_background(
-    names: Names,
+    names: Names, own_rabbitmq: RabbitMQNode
 ) -> None:
-    if RABBITMQCTL is None:
-        missing("rabbitmqctl is not on PATH")
     names.answer(BUS, ["127.0.0.1"])
     sink = amqp_sink(LOOPBACK)
-    async with scratch_exchange("#") as scratch:
-        url = scratch.url().replace(f"127.0.0.1:{RABBITMQ_PORT}", f"{BUS}:{RABBITMQ_PORT}")
+    async with scratch_exchange("#", own_rabbitmq.url) as scratch:
+        port = own_rabbitmq.port
+        url = scratch.url().replace(f"127.0.0.1:{port}", f"{BUS}:{port}")
         [first, second] = jobs(url, 2)
         try:
             delivered = await deliver(sink, first)
             names.answer(BUS, ["10.0.0.5"])
             try:
-                await stop_rabbitmq()
+                await own_rabbitmq.stop_app()
             finally:
-                await start_rabbitmq()
+                await own_rabbitmq.start_app()
             result = await _refused_in_time(sink, second)
         finally:
             await sink.aclose()

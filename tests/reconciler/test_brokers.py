@@ -1,5 +1,6 @@
 """The broker sinks against real brokers (a JetStream nats-server of the test's own, the
-local RabbitMQ), through a broker restart; and the broker endpoint URLs they read."""
+local RabbitMQ, a RabbitMQ node of the test's own for the restart), through a broker restart;
+and the broker endpoint URLs they read."""
 
 from __future__ import annotations
 
@@ -27,16 +28,14 @@ from schemas.endpoint_urls import (
 )
 from schemas.events import envelope
 from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
-from tests.reconciler.conftest import STREAM, missing
+from tests.reconciler.conftest import STREAM
 from tests.support.brokers import (
-    RABBITMQCTL,
     JetStreamServer,
+    RabbitMQNode,
     connect_once,
     drain_queue,
     rabbitmq_answers,
     scratch_exchange,
-    start_rabbitmq,
-    stop_rabbitmq,
 )
 from tests.support.servers import free_port
 from tests.support.waiting import eventually
@@ -281,11 +280,23 @@ async def test_nats_sink_loses_nothing_and_duplicates_nothing_across_a_server_re
 # -- RabbitMQ ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def amqp_sink(rabbitmq: None) -> AsyncIterator[AmqpSink]:
-    sink = AmqpSink(
+def new_amqp_sink() -> AmqpSink:
+    return AmqpSink(
         policy=LOOPBACK, timeout_seconds=SINK_TIMEOUT_SECONDS, reconnect_interval_seconds=0.2
     )
+
+
+@pytest.fixture
+async def amqp_sink(rabbitmq: None) -> AsyncIterator[AmqpSink]:
+    sink = new_amqp_sink()
+    yield sink
+    await sink.aclose()
+
+
+@pytest.fixture
+async def own_amqp_sink(own_rabbitmq: RabbitMQNode) -> AsyncIterator[AmqpSink]:
+    """An AMQP sink closed before the test's own node stops."""
+    sink = new_amqp_sink()
     yield sink
     await sink.aclose()
 
@@ -367,24 +378,23 @@ async def test_amqp_sink_delivers_concurrent_messages(amqp_sink: AmqpSink) -> No
     assert sorted(m.message_id or "" for m in delivered) == sorted(job.msg_id for job in sent)
 
 
-@pytest.mark.serial
-async def test_amqp_sink_loses_nothing_across_a_broker_restart(amqp_sink: AmqpSink) -> None:
-    if RABBITMQCTL is None:
-        missing("rabbitmqctl is not on PATH")
-    async with scratch_exchange("#") as scratch:
+async def test_amqp_sink_loses_nothing_across_a_broker_restart(
+    own_rabbitmq: RabbitMQNode, own_amqp_sink: AmqpSink
+) -> None:
+    async with scratch_exchange("#", own_rabbitmq.url) as scratch:
         sent = jobs(scratch.url(), RESTART_MESSAGES)
         try:
             results, while_down = await deliver_through_restart(
-                amqp_sink, sent, stop_rabbitmq, start_rabbitmq
+                own_amqp_sink, sent, own_rabbitmq.stop_app, own_rabbitmq.start_app
             )
         finally:
-            if not await rabbitmq_answers():
-                await start_rabbitmq()
+            if not await rabbitmq_answers(own_rabbitmq.url):
+                await own_rabbitmq.start_app()  # so the exchange can be deleted
         for job in sent:
             if not results[job.msg_id].delivered:
-                await retry_until_delivered(amqp_sink, job)
+                await retry_until_delivered(own_amqp_sink, job)
         assert scratch.queue is not None
-        delivered = await drain_queue(scratch.queue)
+        delivered = await drain_queue(scratch.queue, own_rabbitmq.url)
 
     assert not any(results[job.msg_id].delivered for job in while_down)
     assert {m.message_id for m in delivered} == {job.msg_id for job in sent}
