@@ -173,7 +173,9 @@ def test_a_fal_outputs_urls_are_results_whatever_the_models_keys(payload: object
 
 
 def test_a_failed_tasks_body_has_no_results_though_it_holds_urls() -> None:
-    detail = [{"msg": "flagged", "type": "content_policy_violation", "url": "https://docs.fal.ai/e"}]
+    detail = [
+        {"msg": "flagged", "type": "content_policy_violation", "url": "https://docs.fal.ai/e"}
+    ]
     body = {"request_id": REQUEST_ID, "status": "ERROR", "payload": {"detail": detail}}
     seen = normalize_callback(kind("fal"), body)
     assert (seen.state, seen.result_urls, seen.error_code) == (
