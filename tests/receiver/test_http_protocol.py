@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -95,7 +96,10 @@ async def test_requests_past_the_in_flight_limit_get_503_with_retry_after(
     monkeypatch.setattr(app_module, "IN_FLIGHT_MAX", 2)
     async with running_service(settings_for(database_url), clock) as service:
         port = int(service.base_url.rsplit(":", 1)[1])
-        head = b"POST /callbacks/apidot/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        # A valid token: its body is then read (a forged one is refused before that).
+        task = await service.register("apidot", provider_task_id="t-held")
+        path = urlsplit(task["callback_url"]).path
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{".encode()
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         for _, writer in held:
             writer.write(head)  # a body that never ends: the request stays in flight
