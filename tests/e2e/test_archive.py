@@ -27,7 +27,9 @@ from tests.support.system import BUILTIN_PROVIDERS, System, running_system
 from tests.support.waiting import eventually
 
 TASKS_PER_PROVIDER = 25  # 8 providers: 200 tasks
-MEDIA_TTL_SECONDS = 20
+# How long a truncated download is retried before it is missed; long enough for one that
+# fails twice (backoffs of up to 1 and 2 s) to end archived on a busy host.
+MEDIA_TTL_SECONDS = 12
 FAST = Lifecycle(min_duration_s=0.3, max_duration_s=1.5, succeeded_weight=0.8)
 MEDIA_FAULTS = Faults(
     drop_rate=0.2,

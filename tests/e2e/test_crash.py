@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.clock import utc_now
 from schemas.database import create_engine
-from schemas.store import LedgerStore, NewTask
-from schemas.tables import DELIVERY
+from schemas.states import Source, State
+from schemas.store import NewTask, new_task_row
+from schemas.tables import DELIVERY, TASK, TRANSITION
 from schemas.tokens import CallbackTokens
 from tests.support.senders import apidot_body
 from tests.support.servers import free_port, receiver_process
@@ -30,7 +32,7 @@ KILLS = 3
 async def test_acknowledged_deliveries_survive_repeated_kill_9(database_url: str) -> None:
     await migrate(database_url)
     engine = create_engine(database_url)
-    requests = await register(LedgerStore(engine, utc_now), TASKS)
+    requests = await register(engine, TASKS)
     port = free_port()
     acknowledged: set[str] = set()
     pending = list(requests)
@@ -53,13 +55,24 @@ async def test_acknowledged_deliveries_survive_repeated_kill_9(database_url: str
     assert integrity(database_url) == "ok"
 
 
-async def register(store: LedgerStore, n: int) -> list[tuple[str, bytes, str]]:
+async def register(engine: AsyncEngine, n: int) -> list[tuple[str, bytes, str]]:
+    """`n` registered tasks, written in one transaction (each as a registration writes it:
+    its row and its first transition); the callback each will be sent."""
     tokens = CallbackTokens(CALLBACK_SECRETS)
+    now = utc_now()
+    rows = [
+        new_task_row(NewTask(provider="apidot", provider_task_id=f"c-{i}"), now) for i in range(n)
+    ]
+    first = {"from_state": None, "to_state": State.SUBMITTED.value, "source": Source.API.value}
+    async with engine.begin() as conn:
+        await conn.execute(TASK.insert(), rows)
+        await conn.execute(
+            TRANSITION.insert(), [{"task_ref": row["ref"], "at": now, **first} for row in rows]
+        )
     requests = []
-    for i in range(n):
-        row = await store.register(NewTask(provider="apidot", provider_task_id=f"c-{i}"))
-        body = apidot_body(f"c-{i}", "finished", 100)
-        path = f"/callbacks/apidot/{tokens.make(row.ref, 'apidot')}"
+    for row in rows:
+        body = apidot_body(row["provider_task_id"], "finished", 100)
+        path = f"/callbacks/apidot/{tokens.make(row['ref'], 'apidot')}"
         requests.append((path, body, hashlib.sha256(body).hexdigest()))
     return requests
 
@@ -96,7 +109,7 @@ async def receiver(database_url: str, port: int) -> AsyncIterator[asyncio.subpro
         yield process
 
 
-async def stored_keys(engine: sa.ext.asyncio.AsyncEngine) -> set[str]:
+async def stored_keys(engine: AsyncEngine) -> set[str]:
     async with engine.connect() as conn:
         return set((await conn.execute(sa.select(DELIVERY.c.delivery_key))).scalars())
 

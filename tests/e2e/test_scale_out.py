@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -154,7 +155,7 @@ async def submit(ports: list[int], n: int) -> list[str]:
         return list(await asyncio.gather(*[one(i) for i in range(n)]))
 
 
-async def settle(database_url: str, n: int) -> list[dict[str, object]]:
+async def settle(database_url: str, n: int) -> list[dict[str, Any]]:
     engine = create_engine(database_url)
     try:
         async with asyncio.timeout(120):

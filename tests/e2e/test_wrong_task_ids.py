@@ -22,7 +22,7 @@ from tests.support.system import (
     with_tricks,
 )
 
-TASKS_PER_PROVIDER = 100
+TASKS_PER_PROVIDER = 50
 FAST = Lifecycle(min_duration_s=0.3, max_duration_s=1.5, progress_callbacks=True)
 TRANSPORT = Faults(
     drop_rate=0.1,

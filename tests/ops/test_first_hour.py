@@ -170,24 +170,49 @@ def test_init_env_writes_no_public_base_url(tmp_path: Path) -> None:
     assert "TASKLEDGER_PUBLIC_BASE_URL" not in dotenv_values(tmp_path / ".env")
 
 
-@pytest.mark.parametrize("given_by", ["option", "PORT"])
-def test_run_issues_callback_urls_on_the_port_it_serves(tmp_path: Path, given_by: str) -> None:
-    cwd, port = project(tmp_path), free_port()
-    env = service_environ(tmp_path / "l.db")
-    run([TASKLEDGER, "init-env"], base_environ(), cwd)  # a .env as dev.py writes it
-    args = [TASKLEDGER, "run"]
-    if given_by == "option":
-        args += ["--port", str(port)]
-    else:
-        env["PORT"] = str(port)
-    with started(args, env, cwd, port) as service:
-        answer = httpx.post(
-            service.base_url + "/v1/tasks",
-            json={"provider": "apidot", "owner": "team-a", "model": "m"},
-            headers={"authorization": f"Bearer {env['TASKLEDGER_ADMIN_TOKEN']}"},
-        )
+@dataclass
+class Served:
+    """A `taskledger run --port` left running for the tests that only look at it."""
+
+    running: Started
+    env: dict[str, str]
+    cwd: Path
+    port: int
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One `taskledger run --port` on a SQLite file in a fresh clone, with a .env as dev.py
+    writes it; started once, as starting its three processes is the slow part."""
+    cwd, port = project(tmp_path_factory.mktemp("served")), free_port()
+    env = service_environ(cwd / "l.db")
+    run([TASKLEDGER, "init-env"], base_environ(), cwd)
+    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as running:
+        yield Served(running, env, cwd, port)
+
+
+def issued_callback_url(service: Started, env: Mapping[str, str]) -> str:
+    answer = httpx.post(
+        service.base_url + "/v1/tasks",
+        json={"provider": "apidot", "owner": "team-a", "model": "m"},
+        headers={"authorization": f"Bearer {env['TASKLEDGER_ADMIN_TOKEN']}"},
+    )
     assert answer.status_code == 201, answer.text
-    assert answer.json()["callback_url"].startswith(f"http://127.0.0.1:{port}/callbacks/apidot/")
+    return str(answer.json()["callback_url"])
+
+
+def test_run_issues_callback_urls_on_the_port_its_option_gives(served: Served) -> None:
+    callback_url = issued_callback_url(served.running, served.env)
+    assert callback_url.startswith(f"http://127.0.0.1:{served.port}/callbacks/apidot/")
+
+
+def test_run_issues_callback_urls_on_the_port_the_port_variable_gives(tmp_path: Path) -> None:
+    cwd, port = project(tmp_path), free_port()
+    env = service_environ(tmp_path / "l.db") | {"PORT": str(port)}
+    run([TASKLEDGER, "init-env"], base_environ(), cwd)  # a .env as dev.py writes it
+    with started([TASKLEDGER, "run"], env, cwd, port) as service:
+        callback_url = issued_callback_url(service, env)
+    assert callback_url.startswith(f"http://127.0.0.1:{port}/callbacks/apidot/")
 
 
 @pytest.mark.parametrize(
@@ -206,16 +231,14 @@ def test_a_public_url_on_another_loopback_port_is_warned_about(url: str, warned:
 
 
 def test_a_second_run_on_the_same_sqlite_file_is_refused_naming_file_and_holder(
-    tmp_path: Path,
+    served: Served,
 ) -> None:
-    cwd, port, other = project(tmp_path), free_port(), free_port()
-    env = service_environ(tmp_path / "l.db")
-    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as first:
-        second = run([TASKLEDGER, "run", "--port", str(other)], env, cwd)
+    second = run([TASKLEDGER, "run", "--port", str(free_port())], served.env, served.cwd)
     assert second.returncode == 4
     (line,) = second.stderr.splitlines()
-    assert str(tmp_path / "l.db") in line
-    assert f"taskledger run (pid {first.process.pid}, http://127.0.0.1:{port}" in line
+    assert str(served.cwd / "l.db") in line
+    holder = f"taskledger run (pid {served.running.process.pid}, http://127.0.0.1:{served.port}"
+    assert holder in line
 
 
 def test_run_stops_cleanly_on_sigint_and_exits_0(tmp_path: Path) -> None:
@@ -303,20 +326,16 @@ def test_db_upgrade_says_from_which_migration_to_which(tmp_path: Path) -> None:
     assert again.stdout == f"taskledger: sqlite:///{database} is already at migration {head}\n"
 
 
-def test_each_process_names_its_database_without_credentials(tmp_path: Path) -> None:
-    cwd, port = project(tmp_path), free_port()
-    database = tmp_path / "l.db"
-    env = service_environ(database)
+def test_each_process_names_its_database_without_credentials(served: Served) -> None:
     events = ("receiver_started", "reconciler_configured", "relay_started")
-    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
-        deadline = time.monotonic() + START_SECONDS
-        # Each process's lines, whichever starts last (they start side by side).
-        awaited = [f'"event":"{e}"' for e in (*events, "reconciler_started")]
-        while not all(line in service.output() for line in awaited):
-            assert time.monotonic() < deadline, service.output()
-            time.sleep(0.1)
-    output = service.output()
-    named = f'"database":"sqlite+aiosqlite:///{database}"'
+    deadline = time.monotonic() + START_SECONDS
+    # Each process's lines, whichever starts last (they start side by side).
+    awaited = [f'"event":"{e}"' for e in (*events, "reconciler_started")]
+    while not all(line in served.running.output() for line in awaited):
+        assert time.monotonic() < deadline, served.running.output()
+        time.sleep(0.1)
+    output = served.running.output()
+    named = f'"database":"sqlite+aiosqlite:///{served.cwd / "l.db"}"'
     for event in events:
         (line,) = [line for line in output.splitlines() if f'"event":"{event}"' in line]
         assert named in line, line

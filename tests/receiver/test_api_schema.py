@@ -13,12 +13,15 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import Case
 from schemathesis.checks import response_schema_conformance
+from schemathesis.core.result import Err
 
 from tests.conftest import FakeClock
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
@@ -74,14 +77,18 @@ def exercise(base_url: str) -> Counter[tuple[str, int]]:
     """Every operation of the served description, `EXAMPLES_PER_OPERATION` cases each."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     answers: Counter[tuple[str, int]] = Counter()
+    session = requests.Session()  # one kept-alive connection, not one per case
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()
         operation = result.ok()
 
         @CASES
         @given(case=operation.as_strategy())
-        def run(case: Case) -> None:
+        def run(case: Case[Any]) -> None:
             bound_long_poll(case)
-            response = case.call(base_url=base_url, headers=ADMIN, timeout=10)
+            session.cookies.clear()  # each case as a new client would send it
+            response = case.call(base_url=base_url, session=session, headers=ADMIN, timeout=10)
             label = f"{case.method.upper()} {case.path}"
             undocumented = response.status_code >= 500 and not documented_503(response)
             answers[label, 599 if undocumented else response.status_code] += 1
@@ -93,6 +100,7 @@ def exercise(base_url: str) -> Counter[tuple[str, int]]:
                 raise AssertionError(f"{label} {response.status_code}: {exc}") from None
 
         run()
+    session.close()
     return answers
 
 
@@ -104,7 +112,7 @@ def documented_503(response: schemathesis.Response) -> bool:
     )
 
 
-def bound_long_poll(case: Case) -> None:
+def bound_long_poll(case: Case[Any]) -> None:
     """`GET /v1/changes?wait=30` is valid and would hold each case for 30 s."""
     wait = (case.query or {}).get("wait")
     if not isinstance(wait, str):

@@ -104,26 +104,24 @@ async def test_the_secret_is_shown_once_and_never_again(
     assert "secret" not in shown.json()
 
 
-@pytest.mark.parametrize(
-    ("url", "kind", "shown"),
-    [
-        (NATS, "nats", "nats://127.0.0.1:4222/taskledger.events"),
-        (
+async def test_a_broker_url_names_its_kind_and_its_credentials_are_never_shown(
+    service: Service, subtests: pytest.Subtests
+) -> None:
+    brokers = {
+        "nats": (NATS, "nats", "nats://127.0.0.1:4222/taskledger.events"),
+        "amqps": (
             "amqps://relay:s3cret-pass@127.0.0.1/%2F?exchange=events",
             "amqp",
             "amqps://127.0.0.1/%2F?exchange=events",
         ),
-    ],
-    ids=["nats", "amqps"],
-)
-async def test_a_broker_url_names_its_kind_and_its_credentials_are_never_shown(
-    service: Service, url: str, kind: str, shown: str
-) -> None:
-    created = await create(service, url=url)
-    listed = await service.http.get("/v1/endpoints", headers=service.admin)
-    assert (created["kind"], created["url"]) == (kind, shown)
-    assert "s3cret-pass" not in listed.text
-    assert "s3cret-pass" not in str(created)
+    }
+    for case, (url, kind, shown) in brokers.items():
+        with subtests.test(case=case):
+            created = await create(service, url=url)
+            listed = await service.http.get("/v1/endpoints", headers=service.admin)
+            assert (created["kind"], created["url"]) == (kind, shown)
+            assert "s3cret-pass" not in listed.text
+            assert "s3cret-pass" not in str(created)
 
 
 async def test_list_and_show_carry_dispatch_counts_and_recent_failures(
@@ -198,39 +196,36 @@ async def test_delete_answers_204_then_the_endpoint_is_gone(service: Service) ->
     assert (await service.http.delete(path, headers=service.admin)).status_code == 404
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
-        ("GET", "/v1/endpoints/ep_missing"),
-        ("PATCH", "/v1/endpoints/ep_missing"),
-        ("POST", "/v1/endpoints/ep_missing/rotate"),
-        ("POST", "/v1/endpoints/ep_missing/recover?since=2025-01-01T00:00:00Z"),
-        ("POST", "/v1/messages/msg_missing/retry"),
-    ],
-    ids=["show", "patch", "rotate", "recover", "retry"],
-)
-async def test_an_unknown_id_is_404(service: Service, method: str, path: str) -> None:
-    body = {"description": "x"} if method == "PATCH" else None
-    response = await service.http.request(method, path, json=body, headers=service.admin)
-    assert response.status_code == 404
+async def test_an_unknown_id_is_404(service: Service, subtests: pytest.Subtests) -> None:
+    routes = {
+        "show": ("GET", "/v1/endpoints/ep_missing"),
+        "patch": ("PATCH", "/v1/endpoints/ep_missing"),
+        "rotate": ("POST", "/v1/endpoints/ep_missing/rotate"),
+        "recover": ("POST", "/v1/endpoints/ep_missing/recover?since=2025-01-01T00:00:00Z"),
+        "retry": ("POST", "/v1/messages/msg_missing/retry"),
+    }
+    for case, (method, path) in routes.items():
+        with subtests.test(case=case):
+            body = {"description": "x"} if method == "PATCH" else None
+            response = await service.http.request(method, path, json=body, headers=service.admin)
+            assert response.status_code == 404
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
+async def test_every_endpoint_route_needs_the_admin_token(
+    service: Service, subtests: pytest.Subtests
+) -> None:
+    routes = [
         ("POST", "/v1/endpoints"),
         ("GET", "/v1/endpoints"),
         ("PATCH", "/v1/endpoints/ep_1"),
         ("DELETE", "/v1/endpoints/ep_1"),
         ("POST", "/v1/endpoints/ep_1/rotate"),
         ("POST", "/v1/messages/msg_1/retry"),
-    ],
-)
-async def test_every_endpoint_route_needs_the_admin_token(
-    service: Service, method: str, path: str
-) -> None:
-    response = await service.http.request(method, path, json={"url": HOOK})
-    assert response.status_code == 401
+    ]
+    for method, path in routes:
+        with subtests.test(route=f"{method} {path}"):
+            response = await service.http.request(method, path, json={"url": HOOK})
+            assert response.status_code == 401
 
 
 # -- rotation ------------------------------------------------------------------------------
@@ -274,58 +269,47 @@ async def test_a_secret_past_its_grace_is_dropped_at_the_next_rotation(
     ]
 
 
-@pytest.mark.parametrize(
-    "body", [{"grace_seconds": -1}, {"grace_seconds": "soon"}, {"grace_seconds": 10**9}]
-)
-async def test_rotation_refuses_a_bad_grace(service: Service, body: dict[str, Any]) -> None:
+async def test_rotation_refuses_a_bad_grace(service: Service, subtests: pytest.Subtests) -> None:
     created = await create(service)
     path = f"/v1/endpoints/{created['id']}/rotate"
-    status, message = await refusal(service, "POST", path, body)
-    assert status == 422
-    assert "grace_seconds" in message
+    for grace in (-1, "soon", 10**9):
+        with subtests.test(grace=grace):
+            status, message = await refusal(service, "POST", path, {"grace_seconds": grace})
+            assert status == 422
+            assert "grace_seconds" in message
 
 
 # -- refused URLs, filters and fields -------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("url", "why"),
-    [
-        ("http://93.184.216.34/hook", "scheme 'http' is not allowed"),
-        ("https://127.0.0.1/hook", "127.0.0.1 is not a public address"),
-        ("https://169.254.169.254/latest/meta-data", "cloud metadata address"),
-        ("https://localhost/hook", "not a public address"),
-        ("https://hooks.internal.example/hook", "10.1.2.3 is not a public address"),
-        ("https://user:pw@hooks.product.example/hook", "userinfo"),
-        ("ftp://hooks.product.example/hook", "scheme 'ftp'"),
-        ("nats://127.0.0.1:4222", "needs a subject"),
-        ("amqp://127.0.0.1/", "needs ?exchange="),
-        ("not a url", "spaces"),
-        ("", "url must be a string"),
-        (42, "url must be a string"),
-    ],
-    ids=[
-        "http",
-        "loopback",
-        "metadata",
-        "localhost",
-        "resolves-private",
-        "userinfo",
-        "ftp",
-        "nats-no-subject",
-        "amqp-no-exchange",
-        "spaces",
-        "empty",
-        "number",
-    ],
-)
+# (case, URL, what the refusal says): each would lead inside, or nowhere.
+REFUSED_URLS: list[tuple[str, Any, str]] = [
+    ("http", "http://93.184.216.34/hook", "scheme 'http' is not allowed"),
+    ("loopback", "https://127.0.0.1/hook", "127.0.0.1 is not a public address"),
+    ("metadata", "https://169.254.169.254/latest/meta-data", "cloud metadata address"),
+    ("localhost", "https://localhost/hook", "not a public address"),
+    ("resolves-private", "https://hooks.internal.example/hook", "10.1.2.3 is not a public address"),
+    ("userinfo", "https://user:pw@hooks.product.example/hook", "userinfo"),
+    ("ftp", "ftp://hooks.product.example/hook", "scheme 'ftp'"),
+    ("nats-no-subject", "nats://127.0.0.1:4222", "needs a subject"),
+    ("amqp-no-exchange", "amqp://127.0.0.1/", "needs ?exchange="),
+    ("spaces", "not a url", "spaces"),
+    ("empty", "", "url must be a string"),
+    ("number", 42, "url must be a string"),
+]
+
+
 @pytest.mark.usefixtures("fake_dns")
 async def test_a_url_that_would_lead_inside_or_nowhere_is_422(
-    strict: Service, url: Any, why: str
+    strict: Service, subtests: pytest.Subtests
 ) -> None:
-    status, message = await refusal(strict, "POST", "/v1/endpoints", {"url": url})
-    assert status == 422
-    assert why in message
+    for case, url, why in REFUSED_URLS:
+        with subtests.test(case=case):
+            status, message = await refusal(strict, "POST", "/v1/endpoints", {"url": url})
+            assert status == 422
+            assert why in message
+    listed = await strict.http.get("/v1/endpoints", headers=strict.admin)
+    assert listed.json()["endpoints"] == []  # none of them was taken
 
 
 @pytest.mark.usefixtures("fake_dns")
@@ -347,39 +331,34 @@ async def test_the_metadata_address_is_refused_even_inside_an_allowed_network(
     assert (status, "cloud metadata address" in message) == (422, True)
 
 
-@pytest.mark.parametrize(
-    ("fields", "named"),
-    [
-        ({"event_types": ["task.exploded"]}, "event_types: unknown 'task.exploded'"),
-        ({"event_types": []}, "event_types must be null"),
-        ({"event_types": "task.succeeded"}, "event_types must be null"),
-        ({"providers": ["nope"]}, "providers: unknown 'nope'"),
-        ({"owners": [""]}, "owners must be null"),
-        ({"owners": [1]}, "owners must be null"),
-        ({"include_unconfirmed": "yes"}, "include_unconfirmed must be true or false"),
-        ({"enabled": 1}, "enabled must be true or false"),
-        ({"description": 5}, "description must be a string"),
-        ({"description": "x" * 201}, "description must be a string"),
-    ],
-    ids=[
-        "unknown-event",
-        "empty-events",
-        "events-not-a-list",
-        "unknown-provider",
-        "empty-owner",
-        "owner-not-text",
+# (case, fields beside a good URL, what the refusal names).
+BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
+    ("unknown-event", {"event_types": ["task.exploded"]}, "event_types: unknown 'task.exploded'"),
+    ("empty-events", {"event_types": []}, "event_types must be null"),
+    ("events-not-a-list", {"event_types": "task.succeeded"}, "event_types must be null"),
+    ("unknown-provider", {"providers": ["nope"]}, "providers: unknown 'nope'"),
+    ("empty-owner", {"owners": [""]}, "owners must be null"),
+    ("owner-not-text", {"owners": [1]}, "owners must be null"),
+    (
         "unconfirmed-not-bool",
-        "enabled-not-bool",
-        "description-not-text",
-        "description-too-long",
-    ],
-)
-async def test_a_bad_field_is_422_naming_it(
-    service: Service, fields: dict[str, Any], named: str
-) -> None:
-    status, message = await refusal(service, "POST", "/v1/endpoints", {"url": HOOK, **fields})
-    assert status == 422
-    assert named in message
+        {"include_unconfirmed": "yes"},
+        "include_unconfirmed must be true or false",
+    ),
+    ("enabled-not-bool", {"enabled": 1}, "enabled must be true or false"),
+    ("description-not-text", {"description": 5}, "description must be a string"),
+    ("description-too-long", {"description": "x" * 201}, "description must be a string"),
+]
+
+
+async def test_a_bad_field_is_422_naming_it(service: Service, subtests: pytest.Subtests) -> None:
+    for case, fields, named in BAD_FIELDS:
+        with subtests.test(case=case):
+            body = {"url": HOOK, **fields}
+            status, message = await refusal(service, "POST", "/v1/endpoints", body)
+            assert status == 422
+            assert named in message
+    listed = await service.http.get("/v1/endpoints", headers=service.admin)
+    assert listed.json()["endpoints"] == []  # none of them was taken
 
 
 async def test_unknown_fields_are_400_naming_them(service: Service) -> None:
@@ -452,14 +431,14 @@ async def test_recover_requeues_what_failed_since_a_time(
     assert job.event_type == "task.succeeded"
 
 
-@pytest.mark.parametrize("since", [None, "yesterday"], ids=["missing", "not-a-time"])
-async def test_recover_needs_an_iso_time(service: Service, since: str | None) -> None:
+async def test_recover_needs_an_iso_time(service: Service, subtests: pytest.Subtests) -> None:
     created = await create(service)
     path = f"/v1/endpoints/{created['id']}/recover"
-    params = {} if since is None else {"since": since}
-    response = await service.http.post(path, params=params, headers=service.admin)
-    assert response.status_code == 422
-    assert "since" in response.json()["message"]
+    for case, params in {"missing": {}, "not-a-time": {"since": "yesterday"}}.items():
+        with subtests.test(case=case):
+            response = await service.http.post(path, params=params, headers=service.admin)
+            assert response.status_code == 422
+            assert "since" in response.json()["message"]
 
 
 async def test_retry_requeues_a_message_for_every_endpoint_it_went_to(

@@ -173,14 +173,20 @@ REFUSED = {
 }
 
 
-@pytest.mark.parametrize("forge", REFUSED.values(), ids=REFUSED.keys())
 async def test_fal_callback_that_does_not_verify_is_refused_and_nothing_stored(
-    service: Service, clock: FakeClock, jwks: Jwks, forge: Any
+    service: Service, clock: FakeClock, jwks: Jwks, subtests: pytest.Subtests
 ) -> None:
+    """Every forgery at one task, the first on a cold key cache: each refused, none kept."""
     ref, path = await service.task_with_callback("falsigned", provider_task_id="req-1")
-    body, headers = forge(fal_body("req-1"), jwks, clock.unix())
-    response = await service.http.post(path, content=body, headers=headers)
-    assert response.status_code == 401, response.text
+    for name, forge in REFUSED.items():
+        with subtests.test(forgery=name):
+            before = await service.task(ref)
+            body, headers = forge(fal_body("req-1"), jwks, clock.unix())
+            response = await service.http.post(path, content=body, headers=headers)
+            assert response.status_code == 401, response.text
+            task = await service.task(ref)
+            assert task["state"] == before["state"]
+            assert task["timeline"]["deliveries"] == before["timeline"]["deliveries"]
     task = await service.task(ref)
     assert task["state"] == "submitted"
     assert task["timeline"]["deliveries"] == []
