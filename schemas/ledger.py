@@ -121,6 +121,9 @@ def read_payload(reader: Reader, payload: Any, received_at: datetime) -> Reading
     except WireFormatError as exc:
         unread = Unread(exc.reason, str(exc), ignored=isinstance(exc, IgnoredEvent))
         return Reading(None, _storable(task_id_hint(reader.kind, payload)) or "", unread)
+    except Exception as exc:
+        problem = f"the reader failed on this body ({type(exc).__name__}); kept as it came"
+        return Reading(None, "", Unread("reader_failed", problem))
     task_id = observation.provider_task_id
     if _storable(task_id) is None:
         problem = f"the task id is empty, over {ID_MAX_CHARS} characters or holds NUL"

@@ -219,7 +219,10 @@ def message_text(value: object, max_chars: int) -> str | None:
     """`short_text`, or an object or a list as compact JSON (Replicate's `error` may be an
     object), capped."""
     if isinstance(value, dict | list) and value:
-        return orjson.dumps(value).decode()[:max_chars]
+        try:
+            return orjson.dumps(value).decode()[:max_chars]
+        except orjson.JSONEncodeError:  # nested past the 255 levels orjson writes
+            return None
     return short_text(value, max_chars)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas import ledger
 from schemas.definition import Definition, load_definition
 from schemas.errors import ConfigError, WireFormatError
 from schemas.ledger import NOT_READ_AS_JSON, Reader, parse_payload, read_payload
@@ -198,6 +199,29 @@ def test_a_replicate_error_given_as_an_object_is_kept_as_its_json() -> None:
     seen = normalize_callback(kind("replicate"), body)
     assert seen.state is State.FAILED
     assert seen.error_message == '{"code":"E_OOM","detail":"CUDA out of memory"}'
+
+
+def test_an_error_object_nested_past_what_json_writers_take_is_no_message() -> None:
+    error: object = "deep"
+    for _ in range(300):  # orjson reads 1,024 levels, writes 255
+        error = {"e": error}
+    body = {"id": "p1", "status": "failed", "error": error}
+    seen = normalize_callback(kind("replicate"), body)
+    assert (seen.state, seen.error_message) == (State.FAILED, None)
+
+
+def test_a_reader_that_fails_on_a_body_leaves_it_kept_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RecursionError("a reader's own bug")
+
+    monkeypatch.setattr(ledger, "normalize_callback", broken)
+    reading = read_payload(Reader(kind("fal")), {"request_id": "r-1"}, datetime.now(UTC))
+    assert (reading.observation, reading.task_id) == (None, "")
+    assert reading.unread is not None
+    assert reading.unread.reason == "reader_failed"
+    assert "RecursionError" in reading.unread.detail
 
 
 def test_a_body_after_a_utf8_byte_order_mark_is_read() -> None:
