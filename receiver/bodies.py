@@ -88,10 +88,10 @@ def _check_uncompressed(headers: Headers) -> None:
     """415 for a body with a Content-Encoding other than identity. The API does not inflate
     bodies (a small one may inflate past the size bound); read as JSON, the compressed bytes
     would be called malformed, as if the JSON inside were."""
-    codings = ",".join(headers.getlist("content-encoding")).lower()
-    sent = [coding.strip() for coding in codings.split(",") if coding.strip() != "identity"]
-    if any(sent):
-        named = ", ".join(filter(None, sent))[:SHOWN_CHARS]
+    codings = ",".join(headers.getlist("content-encoding")).lower().split(",")
+    sent = [coding for coding in map(str.strip, codings) if coding not in ("", "identity")]
+    if sent:
+        named = ", ".join(sent)[:SHOWN_CHARS]
         raise Compressed(
             f"the body must be sent uncompressed (no Content-Encoding, or identity), not {named}"
         )

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from receiver.admin import artifact_json, jsonable, task_json
 from receiver.auth import Principal, authorize
+from receiver.bodies import SHOWN_CHARS
 from receiver.contract import trimmed_owner
 from receiver.errors import NotFound, ReceiverError, Unprocessable
 from receiver.openapi import TasklessDelivery
@@ -38,7 +39,6 @@ REF_MAX_CHARS = 40  # a task's ref in the ledger
 TASKS, STUCK_TASKS, DELIVERIES = "tasks", "stuck_tasks", "deliveries"
 CURSOR_MAX_CHARS = 256  # the longest this API returns is under 200
 _FORGED = "cursor is not one this API returned"
-SHOWN_CHARS = 40  # of a query parameter's name a refusal names
 MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
 STATES = tuple(state.value for state in State)

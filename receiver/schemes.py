@@ -19,9 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from receiver.jwks import KeySet
 from schemas.clock import Clock
 from schemas.definition import Definition
-from schemas.errors import ConfigError
 from schemas.ledger import NOT_JSON, Auth
-from schemas.settings import PREFIX, ProviderSettings, Settings
+from schemas.settings import ProviderSettings, Settings, check_key_set
 from schemas.wire import Kind, task_id_hint
 
 FAL_HEADERS = (
@@ -162,16 +161,6 @@ def scheme_for(
         return HmacFields(provider.kind, provider.webhook_secrets, clock, tolerance_seconds)
     if verify != "ed25519-jwks":
         return UrlToken()
-    setting = f"{PREFIX}PROVIDER_{provider.name.upper()}_"
-    if not provider.webhook_user_id:
-        raise ConfigError(
-            f"{setting}WEBHOOK_USER_ID is required: callbacks signed for another user are refused",
-            provider=provider.name,
-        )
-    if not provider.jwks_url:
-        raise ConfigError(
-            f"{setting}JWKS_URL is required (the definition names no `jwks_url`)",
-            provider=provider.name,
-        )
+    check_key_set(provider)
     keys = KeySet(provider.jwks_url, clock)
     return Ed25519Jwks(keys, provider.webhook_user_id, clock, tolerance_seconds)

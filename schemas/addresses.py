@@ -17,6 +17,9 @@ from urllib.parse import SplitResult, urlsplit
 from schemas.errors import ConfigError, LedgerError
 
 IPAddress = IPv4Address | IPv6Address
+# What a host `odd_numeric_host` finds is not: its refusals say it.
+ODD_HOST = "ends in a number but is not an address written a.b.c.d"
+HOST_SHOWN_CHARS = 64  # of a host a refusal names
 # A host label the URL standard (WHATWG) reads as a number: decimal, or hex after 0x.
 _NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.IGNORECASE)
 IPNetwork = IPv4Network | IPv6Network
@@ -94,8 +97,8 @@ class AddressPolicy:
         if "@" in parts.netloc:
             raise BlockedURL(f"the URL for {host} carries userinfo", reason="userinfo", host=host)
         if odd_numeric_host(host):
-            problem = "ends in a number but is not an address written a.b.c.d"
-            raise BlockedURL(f"the host {host[:64]!r} {problem}", reason="odd_host", host=host)
+            shown = host[:HOST_SHOWN_CHARS]
+            raise BlockedURL(f"the host {shown!r} {ODD_HOST}", reason="odd_host", host=host)
         literal = _literal(host)
         if literal is not None:
             self._check_host(host, literal)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
 
-from schemas.addresses import odd_numeric_host
+from schemas.addresses import HOST_SHOWN_CHARS, ODD_HOST, odd_numeric_host
 from schemas.errors import LedgerError
 
 Kind = Literal["http", "nats", "amqp"]
@@ -24,7 +24,6 @@ DEFAULT_PORTS = {"nats": 4222, "amqp": 5672, "amqps": 5671}
 # AMQP 0-9-1 short strings: exchange names and routing keys.
 AMQP_NAME_MAX_BYTES = 255
 AMQP_PARAMETERS = ("exchange", "routing_key")
-HOST_SHOWN_CHARS = 64  # of a host a refusal names
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -91,8 +90,8 @@ def check_host(host: str) -> None:
     one address and reaches another."""
     if odd_numeric_host(host):
         raise EndpointUrlError(
-            f"an endpoint URL's host {host[:HOST_SHOWN_CHARS]!r} ends in a number but is not"
-            " an address written a.b.c.d (four decimal numbers, no leading zero): other forms"
+            f"an endpoint URL's host {host[:HOST_SHOWN_CHARS]!r} {ODD_HOST}"
+            " (four decimal numbers, no leading zero): other forms"
             " are read as different addresses by different parsers, a way past address checks"
         )
 

@@ -433,7 +433,7 @@ class Settings:
             _refuse_placeholders(key + "WEBHOOK_SECRETS", provider.webhook_secrets)
             _check_webhook_keys(key + "WEBHOOK_SECRETS", provider)
             _refuse_placeholders(key + "API_KEY", (provider.api_key,))
-            _check_key_set(key, provider)
+            check_key_set(provider)
         token = self.admin_token
         if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
             raise ConfigError(
@@ -635,12 +635,13 @@ def _check_webhook_keys(name: str, provider: ProviderSettings) -> None:
             raise ConfigError(f"{PREFIX}{name}: {exc} (as the provider shows it)") from None
 
 
-def _check_key_set(key: str, provider: ProviderSettings) -> None:
-    """An `ed25519-jwks` provider (fal) needs its account's user id and a key set; the
-    receiver's scheme (`receiver.schemes.scheme_for`) says the same, later."""
+def check_key_set(provider: ProviderSettings) -> None:
+    """An `ed25519-jwks` provider (fal) needs its account's user id and a key set: checked
+    with the secrets at start-up, and by the receiver's scheme (`receiver.schemes`)."""
     kind = provider.kind
     if not isinstance(kind, Definition) or kind.verify != "ed25519-jwks":
         return
+    key = f"PROVIDER_{provider.name.upper()}_"
     if not provider.webhook_user_id:
         raise ConfigError(
             f"{PREFIX}{key}WEBHOOK_USER_ID is required: callbacks signed for another user"

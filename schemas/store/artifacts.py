@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from schemas import events
-from schemas.store.locks import ARCHIVE_LOCK_NAMESPACE, LOCK_KEYS, id_keys
+from schemas.store.locks import id_keys, take_turns_settling
 from schemas.store.outbox import message_id
 from schemas.store.rows import ArchiveJob, Artifact
 from schemas.store.transactions import Database
@@ -294,15 +294,9 @@ async def record(db: Database, artifact_id: int, owner: str, attempt: Attempt) -
 
 async def _announce_if_settled(conn: Any, task_ref: str, now: datetime) -> None:
     """Once none of a task's outputs is pending and one was archived: `task.archived` in
-    the outbox, in the transaction that settled the last one, with every output's fate.
-
-    On PostgreSQL the transactions settling one task's outputs take turns from here to
-    their commit (an advisory lock): two settling its last two at once would each see the
-    other's as still pending, and neither would announce it. A transaction settling
-    several tasks' takes them in key order (`claim`'s refs are sorted by key), so no two
-    wait on each other in a cycle."""
-    if conn.dialect.name == "postgresql":
-        await conn.execute(LOCK_KEYS, {"ns": ARCHIVE_LOCK_NAMESPACE, "keys": id_keys({task_ref})})
+    the outbox, in the transaction that settled the last one, with every output's fate
+    (such transactions take turns: `take_turns_settling`; `claim` sorts its tasks by key)."""
+    await take_turns_settling(conn, task_ref)
     if await _has(conn, task_ref, ArtifactState.PENDING):
         return
     if not await _has(conn, task_ref, ArtifactState.ARCHIVED):

@@ -5,6 +5,7 @@ one provider task id. SQLite runs one writer at a time, so there they do nothing
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -52,6 +53,15 @@ def lock_task_ids(conn: sa.Connection, task_ids: set[str]) -> None:
     any row lock, in key order (no cycles); SQLite runs one writer at a time already."""
     if conn.dialect.name == "postgresql" and task_ids:
         conn.execute(LOCK_KEYS, {"ns": TASK_ID_LOCK_NAMESPACE, "keys": id_keys(task_ids)})
+
+
+async def take_turns_settling(conn: Any, task_ref: str) -> None:
+    """On PostgreSQL, the transactions settling one task's outputs take turns from here to
+    their commit: two settling its last two at once would each see the other's as still
+    pending, and neither would announce the task archived. A transaction settling several
+    tasks' takes them in key order (`id_keys`), so no two wait on each other in a cycle."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(LOCK_KEYS, {"ns": ARCHIVE_LOCK_NAMESPACE, "keys": id_keys({task_ref})})
 
 
 def id_keys(task_ids: set[str]) -> list[int]:

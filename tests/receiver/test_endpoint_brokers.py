@@ -5,7 +5,6 @@ address it resolves to; refused with the same 422 a webhook URL gets."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from ipaddress import ip_network
 from typing import Any
 
@@ -38,13 +37,6 @@ def fake_dns(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
-
-
-@pytest.fixture
-async def strict(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
-    """A service with the default policy: public addresses only."""
-    async with running_service(settings_for(database_url), clock) as service:
-        yield service
 
 
 async def post(service: Service, url: str) -> tuple[int, dict[str, Any]]:

@@ -41,13 +41,6 @@ async def loopback(database_url: str, clock: FakeClock) -> AsyncIterator[Service
         yield service
 
 
-@pytest.fixture
-async def strict(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
-    """The default policy: HTTPS to public addresses only."""
-    async with running_service(settings_for(database_url), clock) as service:
-        yield service
-
-
 async def refused_url(service: Service, method: str, path: str, url: str) -> str:
     answer = await service.http.request(method, path, json={"url": url}, headers=service.admin)
     assert answer.status_code == 422, answer.text

@@ -39,13 +39,6 @@ async def service(database_url: str, clock: FakeClock) -> AsyncIterator[Service]
 
 
 @pytest.fixture
-async def strict(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
-    """A service with the default policy: HTTPS to public addresses only."""
-    async with running_service(settings_for(database_url), clock) as service:
-        yield service
-
-
-@pytest.fixture
 def fake_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     real = socket.getaddrinfo
 

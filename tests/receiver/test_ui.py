@@ -33,7 +33,7 @@ from schemas.wire.openai import content_paths
 from simulator import Faults, Lifecycle, SimConfig
 from simulator.files import Video, png
 from tests.conftest import FakeClock
-from tests.support.databases import in_ci
+from tests.support.databases import unavailable
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
 from tests.support.system import System, running_system
 from tests.support.waiting import eventually
@@ -243,9 +243,10 @@ async def ingest_poll(
 def chromium() -> Path:
     if CHROMIUM.exists():
         return CHROMIUM
-    if in_ci():
-        pytest.fail(f"{CHROMIUM} is required in CI: apt-get install chromium (dev.py test does)")
-    pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
+    unavailable(
+        f"{CHROMIUM} is missing: apt-get install chromium",
+        f"{CHROMIUM} is required in CI: apt-get install chromium (dev.py test does)",
+    )
 
 
 @asynccontextmanager

@@ -26,7 +26,7 @@ from tests.support.brokers import (
     rabbitmq_answers,
     rabbitmq_node,
 )
-from tests.support.databases import in_ci
+from tests.support.databases import unavailable
 
 STREAM = "TASKLEDGER_EVENTS"
 # A dripping source sends a byte this often (far inside any read timeout of the tests) and
@@ -37,9 +37,7 @@ DRIP_BYTES = 100_000
 
 def missing(what: str) -> None:
     """A broker this machine lacks: a skip on a laptop, a failure in CI (CI has them)."""
-    if in_ci():
-        pytest.fail(f"{what}, and CI must run the broker tests")
-    pytest.skip(what)
+    unavailable(what, f"{what}, and CI must run the broker tests")
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import asyncpg
-import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support.databases import PG_HOST, PG_PORT, PG_USER, in_ci
+from tests.support.databases import PG_HOST, PG_PORT, PG_USER, unavailable
 from tests.support.servers import free_port
 
 PGBOUNCER = Path("/usr/sbin/pgbouncer")
@@ -70,9 +69,7 @@ def _install() -> None:
 
 
 def _missing(reason: str) -> NoReturn:
-    if in_ci():
-        pytest.fail(f"PgBouncer is required in CI: {reason}")
-    pytest.skip(reason)
+    unavailable(reason, f"PgBouncer is required in CI: {reason}")
 
 
 @asynccontextmanager

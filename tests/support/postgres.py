@@ -25,7 +25,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.support.databases import in_ci, temporary_database
+from tests.support.databases import temporary_database, unavailable
 from tests.support.servers import free_fixed_port
 
 SUPERUSER = "postgres"
@@ -215,9 +215,7 @@ def _unprivileged_account() -> _Account | None:
 
 
 def _missing(reason: str) -> NoReturn:
-    if in_ci():
-        pytest.fail(f"a PostgreSQL server of the test's own is required in CI: {reason}")
-    pytest.skip(reason)
+    unavailable(reason, f"a PostgreSQL server of the test's own is required in CI: {reason}")
 
 
 @pytest.fixture(name="postgres")
