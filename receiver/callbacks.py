@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -185,7 +185,17 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
         task_ref=binding.task_ref,
         payload=payload,
     )
+    if not delivery.provider_task_id:
+        delivery = replace(delivery, delivery_key=unnamed_key(binding.task_ref, body))
     return await _store(inbox, delivery, started)
+
+
+def unnamed_key(task_ref: str, body: bytes) -> str:
+    """The key of a token callback whose body names no task id (unreadable, or silent on
+    it): its body's hash, with the token's task in it. Such bodies are alike across tasks
+    (an empty body, a bare status): by their hash alone, one task's would be taken for a
+    resend of another's and not kept."""
+    return hashlib.sha256(task_ref.encode() + b"\0" + body).hexdigest()
 
 
 async def receive_webhook(inbox: Inbox, scope: Scope, receive: Receive) -> Answer:

@@ -189,8 +189,15 @@ def body_json(body: bytes | str | None) -> dict[str, Any]:
 def _window(request: Request, now: datetime) -> tuple[datetime, datetime]:
     params = request.query_params
     until = parse_time(params.get("until"), "until") or now
-    since = parse_time(params.get("since"), "since") or until - DEFAULT_WINDOW
-    if since >= until:
+    since = parse_time(params.get("since"), "since")
+    try:
+        since = since or until - DEFAULT_WINDOW
+        ordered = since < until  # aware times near year 1 or 9999 overflow here too
+    except OverflowError:
+        raise Unprocessable(
+            "since and until, or until less the default window, fall outside years 1-9999"
+        ) from None
+    if not ordered:
         raise Unprocessable("since must be before until")
     return since, until
 

@@ -218,7 +218,7 @@ class Archiver:
     async def _copy(
         self, job: ArchiveJob, provider: ProviderSettings, source: plan.Source
     ) -> Attempt:
-        url, headers, credential_hosts = _request(provider, source)
+        url, headers, credential_origins = _request(provider, source)
         spool = _spool_file(self.media.spool_dir)
         try:
             with spool.open("wb") as sink:
@@ -226,7 +226,7 @@ class Archiver:
                     url,
                     sink,
                     headers=headers,
-                    credential_hosts=credential_hosts,
+                    credential_origins=credential_origins,
                     allowed_hosts=provider.media_hosts,
                 )
             media_type = sniff(fetched.head)
@@ -261,14 +261,14 @@ class Archiver:
 def _request(
     provider: ProviderSettings, source: plan.Source
 ) -> tuple[str, dict[str, str], frozenset[str]]:
-    """The URL to fetch, the provider's credentials, and the only host they may go to: the
-    provider's own API host (OpenAI's content is fetched with the key; a gateway's CDN
-    URL is fetched without it)."""
-    api_host = (urlsplit(provider.base_url).hostname or "").lower()
+    """The URL to fetch, the provider's credentials, and the only origin they may go to:
+    the provider's own API (its scheme, host and port; OpenAI's content is fetched with
+    the key, a gateway's CDN URL without it)."""
+    api = frozenset({provider.base_url} if urlsplit(provider.base_url).hostname else ())
     headers = request_headers(provider.kind, provider.api_key) if provider.api_key else {}
     if source.kind == plan.CONTENT:
-        return join_url(provider.base_url, source.location), headers, frozenset({api_host})
-    return source.location, headers, frozenset({api_host} if api_host else ())
+        return join_url(provider.base_url, source.location), headers, api
+    return source.location, headers, api
 
 
 def _missed(error: str | None) -> Attempt:

@@ -230,17 +230,18 @@ class SafeFetcher:
         sink: BinaryIO,
         *,
         headers: Mapping[str, str] | None = None,
-        credential_hosts: frozenset[str] = frozenset(),
+        credential_origins: frozenset[str] = frozenset(),
         allowed_hosts: tuple[str, ...] = (),
     ) -> Fetched:
         """Stream the body at `url` into `sink` (a binary file the caller opened), hashing
         and counting it as it goes; follow up to `limits.max_redirects` redirects, each hop
-        checked like the first. `headers` (credentials) go only to a hop whose host is in
-        `credential_hosts`; a non-empty `allowed_hosts` (`host_allowed` patterns) bounds
-        every hop. All of it ends within `limits.total_timeout_seconds`. Raises `FetchError`,
-        after which `sink` may hold part of a body."""
+        checked like the first. `headers` (credentials) go only to a hop whose origin
+        (scheme, host and port, as `origin` spells them) is in `credential_origins`; a
+        non-empty `allowed_hosts` (`host_allowed` patterns) bounds every hop. All of it ends
+        within `limits.total_timeout_seconds`. Raises `FetchError`, after which `sink` may
+        hold part of a body."""
         target = self._checked(url, allowed_hosts)
-        trusted = frozenset(_bare_host(host) for host in credential_hosts)
+        trusted = frozenset(origin(httpx.URL(given)) for given in credential_origins)
         deadline = asyncio.get_running_loop().time() + self.limits.total_timeout_seconds
         redirects = 0
         while True:
@@ -282,10 +283,10 @@ class SafeFetcher:
     def _request(
         self, target: httpx.URL, credentials: Mapping[str, str], trusted: frozenset[str]
     ) -> httpx.Request:
-        """A GET of `target` with the credentials if its host is trusted with them (built
+        """A GET of `target` with the credentials if its origin is trusted with them (built
         apart from the client: none of a client's default headers or cookies go along)."""
         headers = {"user-agent": USER_AGENT, "accept": "*/*", "accept-encoding": IDENTITY}
-        if _bare_host(_host(target)) in trusted:
+        if origin(target) in trusted:
             headers.update(credentials)
         return httpx.Request("GET", target, headers=headers, extensions={"timeout": self._timeout})
 
@@ -473,6 +474,17 @@ def _wire_host(name: str) -> str:
         return name.encode("idna").decode("ascii").lower()
     except UnicodeError:
         return name.lower()
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: httpx.URL) -> str:
+    """`scheme://host:port`, the port written out: what a credential is bound to. The key
+    for `https://api.example` goes neither to `http://api.example` (in the clear) nor to
+    another port of that host (another service)."""
+    port = url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+    return f"{url.scheme}://{_bare_host(_host(url))}:{port}"
 
 
 def _bare_host(host: str) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from urllib.parse import SplitResult, urlsplit
 
+from yarl import URL
+
 from schemas.errors import ConfigError, LedgerError
 
 IPAddress = IPv4Address | IPv6Address
@@ -27,7 +29,12 @@ IPNetwork = IPv4Network | IPv6Network
 # Cloud instance metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba): refused even
 # inside an allowed network, so allowing a private range never opens them.
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
-    {ip_address("169.254.169.254"), ip_address("fd00:ec2::254"), ip_address("100.100.100.200")}
+    {
+        ip_address("169.254.169.254"),  # AWS, GCP, Azure, Oracle, DigitalOcean ...
+        ip_address("fd00:ec2::254"),  # AWS over IPv6
+        ip_address("100.100.100.200"),  # Alibaba Cloud
+        ip_address("168.63.129.16"),  # Azure's WireServer: a public address, a platform API
+    }
 )
 # Spelled out rather than left to `ipaddress.is_global`, whose lists changed between
 # Python releases; the properties are checked as well.
@@ -198,12 +205,18 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
 
 
 def _split(url: str) -> tuple[SplitResult, str]:
+    """The URL's parts, and its host as an HTTP client connects to it."""
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises for a port that is not a number in range
-    except ValueError as exc:
+        host = parts.hostname or ""
+        if not host.isascii():
+            # Clients map a host through IDNA first (UTS #46): to them `127。0。0。1` and
+            # fullwidth digits are the literal 127.0.0.1, connected to without a lookup.
+            host = (URL(url).host or "").lower()
+    except (ValueError, UnicodeError) as exc:
         raise BlockedURL("the URL has no usable host", reason="no_host") from exc
-    return parts, parts.hostname or ""
+    return parts, host
 
 
 def odd_numeric_host(host: str) -> bool:

@@ -92,6 +92,36 @@ async def test_a_resent_unreadable_callback_is_stored_once_and_counted(service: 
     assert kept["duplicate_count"] == 2
 
 
+async def test_a_body_naming_no_task_sent_to_several_tasks_is_kept_by_each(
+    service: Service, clock: FakeClock, subtests: pytest.Subtests
+) -> None:
+    """Bodies that name no task id are alike across tasks (empty, unreadable, a bare
+    status): each task's is its own delivery, kept and polled for, not another's resend."""
+    bodies = {
+        "unreadable": b"{not json",
+        "empty": b"",
+        "no task id": orjson.dumps({"code": 200, "data": {"status": "finished"}}),
+    }
+    for case, body in bodies.items():
+        with subtests.test(case=case):
+            tasks = [
+                await service.task_with_callback("apidot", provider_task_id=f"{case}-{i}")
+                for i in range(3)
+            ]
+            answers = await asyncio.gather(
+                *(service.http.post(path, content=body, headers=JSON) for _, path in tasks)
+            )
+            assert [a.json() for a in answers] == [{"outcome": "unrecognized"}] * 3
+            for ref, _ in tasks:
+                task = await service.task(ref)
+                (kept,) = _deliveries(task)
+                assert (kept["outcome"], kept["duplicate_count"]) == ("unrecognized", 0)
+                assert task["next_poll_at"] == clock().isoformat()
+            # A resend to the same task is still that task's duplicate.
+            again = await service.http.post(tasks[0][1], content=body, headers=JSON)
+            assert again.json() == {"outcome": "duplicate"}
+
+
 async def test_unreadable_callback_before_the_task_id_is_known_is_its_tokens(
     service: Service,
 ) -> None:

@@ -306,7 +306,7 @@ async def test_credentials_go_to_a_credential_host(fetcher: SafeFetcher, base_ur
         fetcher,
         f"{base_url}/echo",
         headers={"authorization": SECRET},
-        credential_hosts=frozenset({"127.0.0.1"}),
+        credential_origins=frozenset({base_url}),
     )
     assert echoed(body)["authorization"] == SECRET
 
@@ -316,9 +316,28 @@ async def test_credentials_never_go_to_another_host(fetcher: SafeFetcher, base_u
         fetcher,
         f"{base_url}/echo",
         headers={"authorization": SECRET},
-        credential_hosts=frozenset({"api.provider.test"}),
+        credential_origins=frozenset({"https://api.provider.test"}),
     )
     assert echoed(body)["authorization"] is None
+
+
+async def test_credentials_never_go_to_another_port_or_scheme_of_their_host(
+    fetcher: SafeFetcher, base_url: str, subtests: pytest.Subtests
+) -> None:
+    port = urlsplit(base_url).port
+    for case, trusted in {
+        "another port": f"http://127.0.0.1:{port + 1}",
+        "https, not http": f"https://127.0.0.1:{port}",
+        "the default port": "http://127.0.0.1",
+    }.items():
+        with subtests.test(case=case):
+            _, body = await fetch(
+                fetcher,
+                f"{base_url}/echo",
+                headers={"authorization": SECRET},
+                credential_origins=frozenset({trusted}),
+            )
+            assert echoed(body)["authorization"] is None
 
 
 async def test_credentials_follow_a_redirect_on_the_same_host(
@@ -328,7 +347,7 @@ async def test_credentials_follow_a_redirect_on_the_same_host(
         fetcher,
         redirect_to(base_url, "/echo"),
         headers={"authorization": SECRET},
-        credential_hosts=frozenset({"127.0.0.1"}),
+        credential_origins=frozenset({base_url}),
     )
     assert echoed(body)["authorization"] == SECRET
 
@@ -341,7 +360,7 @@ async def test_credentials_are_dropped_at_a_redirect_to_another_host(
         fetcher,
         redirect_to(base_url, named(base_url, "cdn.test", "/echo")),
         headers={"authorization": SECRET},
-        credential_hosts=frozenset({"127.0.0.1"}),
+        credential_origins=frozenset({base_url}),
     )
     seen = echoed(body)
     assert seen["host"] == f"cdn.test:{urlsplit(base_url).port}"

@@ -15,6 +15,13 @@ from schemas.addresses import AddressPolicy, BlockedURL, host_allowed, parse_net
 from schemas.errors import ConfigError
 
 POLICY = AddressPolicy()
+_FULLWIDTH_DIGITS = str.maketrans("0123456789", "".join(chr(0xFF10 + d) for d in range(10)))
+
+
+def fullwidth(text: str) -> str:
+    """`text` with its digits written fullwidth: to HTTP clients, the same address."""
+    return text.translate(_FULLWIDTH_DIGITS)
+
 
 BLOCKED = {
     "loopback": "127.0.0.1",
@@ -26,6 +33,7 @@ BLOCKED = {
     "link-local": "169.254.1.1",
     "metadata-aws": "169.254.169.254",
     "metadata-alibaba": "100.100.100.200",
+    "metadata-azure-wireserver": "168.63.129.16",
     "cgnat": "100.64.0.1",
     "cgnat-end": "100.127.255.255",
     "this-network": "0.0.0.0",
@@ -145,8 +153,9 @@ def test_allowed_networks_open_only_themselves() -> None:
         ("fd00::/8", "fd00:ec2::254"),
         ("fc00::/7", "fd00:ec2::254%eth0"),
         ("100.64.0.0/10", "100.100.100.200"),
+        ("168.63.0.0/16", "168.63.129.16"),
     ],
-    ids=["aws", "aws-v6", "aws-v6-with-a-zone", "alibaba"],
+    ids=["aws", "aws-v6", "aws-v6-with-a-zone", "alibaba", "azure-wireserver"],
 )
 def test_metadata_addresses_stay_refused_inside_an_allowed_network(
     network: str, address: str
@@ -174,6 +183,10 @@ def test_metadata_addresses_stay_refused_inside_an_allowed_network(
         ("https://0x7f.1/v.mp4", "odd_host"),
         ("https://017700000001/v.mp4", "odd_host"),
         ("https://134744072/v.mp4", "odd_host"),  # 8.8.8.8, public, but not as written
+        ("https://127\u30020\u30020\u30021/v.mp4", "blocked_address"),  # ideographic full stops
+        (f"https://{fullwidth('127.0.0.1')}/v.mp4", "blocked_address"),
+        (f"https://{fullwidth('169.254.169.254')}/v.mp4", "blocked_address"),
+        ("https://\udcff.example/v.mp4", "no_host"),
     ],
     ids=[
         "http",
@@ -191,6 +204,10 @@ def test_metadata_addresses_stay_refused_inside_an_allowed_network(
         "hex-short-loopback",
         "octal-loopback",
         "decimal-public",
+        "ideographic-dots-loopback",
+        "fullwidth-loopback",
+        "fullwidth-metadata",
+        "unencodable-host",
     ],
 )
 def test_check_url_refuses(url: str, reason: str) -> None:
