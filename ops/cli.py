@@ -36,6 +36,8 @@ from schemas.database import (
     names_sqlite,
     normalize_url,
     reachable_revision,
+    refuse_unknown,
+    require_current,
 )
 from schemas.errors import (
     EXIT_DATABASE_UNREACHABLE,
@@ -125,9 +127,18 @@ def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | 
     except console.CommandError as exc:
         print(f"taskledger: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a file a command writes or reads (an output path, a backup)
+        print(f"taskledger: {os_fault(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("taskledger: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def os_fault(exc: OSError) -> str:
+    """An error of the file system in one line: the file and what is wrong with it."""
+    what = exc.strerror or type(exc).__name__
+    return f"cannot use {exc.filename}: {what}" if exc.filename else what
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -327,6 +338,7 @@ async def _upgrade(url: str) -> str:
     store = LedgerStore(engine, utc_now)
     try:
         before = await reachable_revision(store.ping, url)
+        refuse_unknown(before, url)
         await upgrade(engine)
     finally:
         await store.close()
@@ -372,9 +384,11 @@ async def _prune(
     dry_run: bool,
 ) -> PruneReport:
     """The settings are read before (`archive`): a bad one prunes nothing."""
-    engine = create_engine(_database_url(environ))
+    url = _database_url(environ)
+    engine = create_engine(url)
     try:
         store = LedgerStore(engine, utc_now)
+        await require_current(store.ping, url)
         cutoffs = policy.cutoffs(store.clock())
         report = await store.prune(cutoffs, batch_size=batch_size, dry_run=dry_run)
         return await _prune_archive(environ, archive, store, report, batch_size)
@@ -415,9 +429,11 @@ async def _prune_archive(
 async def _refold(
     environ: Mapping[str, str], provider: str | None, since: datetime | None, dry_run: bool
 ) -> dict[str, int]:
-    engine = create_engine(_database_url(environ))
+    url = _database_url(environ)
+    engine = create_engine(url)
     try:
         store = LedgerStore(engine, utc_now, provider_readers(environ))
+        await require_current(store.ping, url)
         return await store.refold(provider=provider, since=since, dry_run=dry_run)
     finally:
         await engine.dispose()

@@ -3,6 +3,7 @@ the SQLite file against a second `taskledger run`; the exit code says how it end
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shlex
@@ -12,14 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ops.procfile import expand, procfile_commands
 from schemas.clock import utc_now
-from schemas.errors import EXIT_FAILED, ConfigError, InUse
+from schemas.errors import EXIT_FAILED, ConfigError, DatabaseUnreachable, InUse
 from schemas.settings import PREFIX
 
 STOP_TIMEOUT_SECONDS = 20
@@ -56,6 +57,7 @@ def _supervise(env: dict[str, str], web_env: dict[str, str], host: str, port: in
             shlex.split(expand(command, env)),
             env=web_env if name == "web" else env,
             process_group=0,
+            preexec_fn=_ending_with(os.getpid()),  # runs in the child; this process has no threads
         )
         for name, command in procfile_commands().items()
     }
@@ -68,6 +70,26 @@ def _supervise(env: dict[str, str], web_env: dict[str, str], host: str, port: in
         return 0 if all(code in STOPPED_CLEANLY for code in codes.values()) else EXIT_FAILED
     print(f"taskledger: {first} exited with code {codes[first]}; stopped the others", flush=True)
     return first_failure(codes[first])
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _ending_with(parent: int) -> Callable[[], None] | None:
+    """What a child runs before it starts, on Linux: the kernel sends it SIGTERM when
+    `parent` ends, however it ends. Killed with SIGKILL, `taskledger run` could not stop its
+    processes; they served on without the SQLite file's lock, and a second run started
+    beside them."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def end_with_parent() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it ended before this line: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return end_with_parent
 
 
 def first_failure(code: int) -> int:
@@ -169,8 +191,13 @@ def database_lock(database: Path, holder: str) -> Iterator[Path]:
     process holds is `InUse`, naming the file and its holder. The kernel drops the lock
     when its holder ends, however it ends: nothing stale to clean up."""
     path = database.with_name(database.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a directory that is a file, or one this user may not write
+        raise DatabaseUnreachable(
+            f"{PREFIX}DATABASE_URL: cannot use {database} ({exc.strerror or exc})"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, LedgerError
-from schemas.migrate import head_revision
+from schemas.migrate import head_revision, known_revision
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 DATABASE_URL_VARIABLE = "TASKLEDGER_DATABASE_URL"
@@ -126,13 +126,19 @@ def checked_url(url: str) -> str:
     example = "sqlite:///path/to/ledger.db or postgresql://user@host:5432/name"
     try:
         parsed = make_url(normalize_url(url))
-    except sa.exc.ArgumentError:
+        _ = parsed.port  # a host or port that does not parse ("[::1", "h:x") fails here
+    except (sa.exc.ArgumentError, ValueError):
         raise ConfigError(f"{DATABASE_URL_VARIABLE} is not a database URL: use {example}") from None
     backend = parsed.get_backend_name()
     if DRIVERS.get(backend) != parsed.get_driver_name():
         raise ConfigError(
             f"{DATABASE_URL_VARIABLE} names {parsed.drivername}, which taskledger does not run"
             f" on: use {example}"
+        )
+    if backend == "postgresql" and not parsed.database:
+        # The driver would pick one (the user's name): tables would land in another database.
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE} names no database: give its name, as in {example}"
         )
     pooling_of(url)
     return url
@@ -166,9 +172,21 @@ async def reachable_revision(ping: Callable[[], Awaitable[str | None]], url: str
         ) from None
 
 
+def refuse_unknown(revision: str | None, url: str) -> None:
+    """A database a newer taskledger migrated is refused in one line: nothing here can
+    upgrade it, and this code does not know its tables."""
+    if revision is not None and not known_revision(revision):
+        raise DatabaseNotMigrated(
+            f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration {revision}, newer than"
+            f" this taskledger knows (its newest: {head_revision()}): run the taskledger that"
+            " migrated it, or a newer one"
+        )
+
+
 async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -> None:
     """Start-up: the database answers and is at the newest migration."""
     revision, head = await reachable_revision(ping, url), head_revision()
+    refuse_unknown(revision, url)
     if revision != head:
         raise DatabaseNotMigrated(
             f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration {revision or 'none'},"

@@ -27,6 +27,17 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def known_revision(revision: str) -> bool:
+    """Whether this code has the migration `revision` (not one a newer taskledger added)."""
+    return revision in _revisions()
+
+
+@functools.cache
+def _revisions() -> frozenset[str]:
+    scripts = ScriptDirectory.from_config(alembic_config())
+    return frozenset(script.revision for script in scripts.walk_revisions())
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the database to `revision` (the newest by default)."""
     async with engine.begin() as conn:

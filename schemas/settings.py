@@ -496,6 +496,8 @@ def provider_readers(environ: Mapping[str, str]) -> dict[str, Reader]:
 
 def _providers(env: _Env) -> dict[str, ProviderSettings]:
     names = [n for n in env.text("PROVIDERS", DEFAULT_PROVIDERS).split(",") if n.strip()]
+    if not names:  # "," and the like: the reconciler would have nothing to do, and stop
+        raise ConfigError(f"{PREFIX}PROVIDERS names no provider: list some, as {DEFAULT_PROVIDERS}")
     kinds = _kinds(env)
     return {name.strip().lower(): _provider(env, name.strip().lower(), kinds) for name in names}
 
@@ -920,14 +922,17 @@ def _limit(at_most: float, name: str) -> str:
 def _url_fault(url: str) -> str | None:
     """What keeps `url` from being a base URL; None when nothing does. The URL is shown only
     when it cannot hold a credential (no user part, no query)."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
+        host = parts.hostname  # a bracketed host that is no address ("[zz]") fails here
         port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        port_ok = False
-    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname or not port_ok:
+    except ValueError:  # "http://[::1" too
+        parts, host, port_ok = urlsplit(""), None, False
+    if parts.scheme.lower() not in {"http", "https"} or not host or not port_ok:
         shown = f" (got {url!r})" if "@" not in url and "?" not in url else ""
         return f"must be an absolute http(s) URL with a host, like https://example.com{shown}"
+    if "@" in parts.netloc:
+        return "must be a URL without a user or password (credentials have settings of their own)"
     if any(char.isspace() for char in url):
         return "must be a URL without spaces"
     if parts.query or parts.fragment or url.endswith(("?", "#")):

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,44 @@ def test_a_second_run_on_the_same_sqlite_file_is_refused_naming_file_and_holder(
     assert holder in line
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_run_killed_with_sigkill_takes_its_processes_along(tmp_path: Path) -> None:
+    """Nothing goes on serving without the SQLite file's lock: the port is freed, and the
+    next run takes the file."""
+    cwd, port = project(tmp_path), free_port()
+    env = service_environ(tmp_path / "l.db")
+    with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
+        children = _children(service.process.pid)
+        assert len(children) >= 3, children  # web, reconciler, relay
+        service.process.kill()
+        service.process.wait(timeout=START_SECONDS)
+        deadline = time.monotonic() + START_SECONDS
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in children if _alive(pid)]
+        for pid in left:  # not to leave them serving after a failure
+            os.kill(pid, signal.SIGKILL)
+        assert not left
+    again = free_port()
+    with started([TASKLEDGER, "run", "--port", str(again)], env, cwd, again) as second:
+        second.process.send_signal(signal.SIGINT)
+        assert second.process.wait(timeout=START_SECONDS) == 0, second.output()
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (new) parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
 def test_run_stops_cleanly_on_sigint_and_exits_0(tmp_path: Path) -> None:
     cwd, port = project(tmp_path), free_port()
     env = service_environ(tmp_path / "l.db")
@@ -380,6 +419,92 @@ def test_a_database_not_migrated_is_one_line_and_exit_3(tmp_path: Path, name: st
     assert line.endswith(
         f"is at migration none, not {head_revision()}: run `taskledger db upgrade`"
     )
+
+
+def from_the_future(database: Path) -> Path:
+    """A ledger a newer taskledger migrated: at a migration this one does not have."""
+    with sqlite3.connect(migrated(database)) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0999'")
+    return database
+
+
+@pytest.mark.parametrize(
+    "name", ["web", "reconciler", "relay", "db upgrade", "run", "db prune", "db refold"]
+)
+def test_a_database_a_newer_taskledger_migrated_is_one_line_and_exit_3(
+    tmp_path: Path, name: str
+) -> None:
+    env = service_environ(from_the_future(tmp_path / "l.db"))
+    args = ENTRY_POINTS.get(name) or [TASKLEDGER, *name.split()]
+    if name == "run":
+        args = [*args, "--port", str(free_port())]
+    code, line = refusal(args, env, project(tmp_path))
+    assert code == 3
+    assert line.endswith(
+        f"l.db is at migration 0999, newer than this taskledger knows (its newest:"
+        f" {head_revision()}): run the taskledger that migrated it, or a newer one"
+    )
+
+
+@pytest.mark.parametrize("name", ["db prune", "db refold"])
+def test_maintenance_on_a_database_not_migrated_is_one_line_and_exit_3(
+    tmp_path: Path, name: str
+) -> None:
+    env = service_environ(migrated(tmp_path / "l.db", "0005"))
+    code, line = refusal([TASKLEDGER, *name.split()], env, tmp_path)
+    assert code == 3
+    assert line.endswith(
+        f"is at migration 0005, not {head_revision()}: run `taskledger db upgrade`"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://",
+        "postgresql://127.0.0.1",
+        "postgresql://u:p@127.0.0.1:5432/",
+        "postgresql://u:p@[::1/x",
+        "postgresql://u:p@127.0.0.1:port/x",
+    ],
+)
+def test_a_database_url_without_a_usable_database_is_one_line_and_exit_2(
+    tmp_path: Path, url: str
+) -> None:
+    """Nothing is migrated: the driver would have picked a database of its own choosing."""
+    env = service_environ(tmp_path / "unused.db", DATABASE_URL=url)
+    code, line = refusal(UPGRADE, env, tmp_path)
+    assert code == 2
+    assert line.startswith("taskledger: TASKLEDGER_DATABASE_URL ")
+
+
+def test_a_database_under_a_file_is_one_line_and_exit_3_for_run(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    env = service_environ(tmp_path / "afile" / "l.db")
+    code, line = refusal([TASKLEDGER, "run", "--port", str(free_port())], env, project(tmp_path))
+    assert code == 3
+    assert line.startswith(f"taskledger: TASKLEDGER_DATABASE_URL: cannot use {tmp_path}/afile")
+
+
+def test_a_backup_under_a_file_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    target = tmp_path / "afile" / "out"
+    env = service_environ(migrated(tmp_path / "l.db"))
+    code, line = refusal([TASKLEDGER, "db", "backup", str(target)], env, project(tmp_path))
+    assert code == 1
+    assert line.startswith(f"taskledger: cannot use {target}")
+    assert line.endswith(": Not a directory")
+
+
+def test_an_export_under_a_file_is_one_line_and_exit_1(served: Served, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    target = tmp_path / "afile" / "out.csv"
+    env = served.env | {"TASKLEDGER_URL": served.running.base_url}
+    args = [TASKLEDGER, "export", "--format", "csv", "-o", str(target)]
+    code, line = refusal(args, env, served.cwd)
+    assert code == 1
+    assert line.startswith(f"taskledger: cannot use {target}")  # or its `.partial`, first
+    assert line.endswith(": Not a directory")
 
 
 # An unprivileged user (root may write any file): the processes as a deployment runs them.

@@ -234,6 +234,9 @@ def test_a_log_level_is_read_in_any_case(value: str, level: str) -> None:
         ("https://hooks.example.com/?a=1", "must be a URL without a query"),
         ("https://hooks.example.com/?", "must be a URL without a query"),
         ("https://hooks.example.com/#top", "must be a URL without a query"),
+        ("http://[::1", "must be an absolute http(s) URL with a host"),
+        ("https://[zz]/x", "must be an absolute http(s) URL with a host"),
+        ("https://deploy:pw@hooks.example.com", "must be a URL without a user or password"),
     ],
     ids=[
         "a-word",
@@ -247,6 +250,9 @@ def test_a_log_level_is_read_in_any_case(value: str, level: str) -> None:
         "a-query",
         "an-empty-query",
         "a-fragment",
+        "an-unclosed-bracket",
+        "a-bracketed-host-that-is-no-address",
+        "userinfo",
     ],
 )
 @pytest.mark.parametrize("name", URLS)
@@ -323,3 +329,8 @@ def test_a_number_that_is_not_finite_stops_a_process_in_one_line_and_exit_2(
     code, line = refusal(ENTRY_POINTS[name], env, tmp_path)
     assert code == 2
     assert line.endswith(f"TASKLEDGER_{variable} must be a finite positive number (got 'nan')")
+
+
+@pytest.mark.parametrize("value", [",", " , ,"])
+def test_a_provider_list_naming_none_is_refused(value: str) -> None:
+    assert refused(PROVIDERS=value).startswith("TASKLEDGER_PROVIDERS names no provider")
