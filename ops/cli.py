@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -28,6 +29,7 @@ from ops.supervisor import (
     supervise,
     workers_of,
 )
+from receiver.metrics import given_multiprocess_dir
 from schemas.clock import utc_now
 from schemas.database import (
     checked_url,
@@ -46,7 +48,7 @@ from schemas.errors import (
     LedgerError,
     StorageUnavailable,
 )
-from schemas.media.storage import open_store
+from schemas.media.storage import make_s3_spool_dir, open_store
 from schemas.migrate import head_revision, upgrade
 from schemas.retention import PruneReport, RetentionPolicy
 from schemas.settings import (
@@ -290,6 +292,10 @@ def _checked_settings(environ: Mapping[str, str], workers: int | None) -> str:
     The database's URL."""
     Settings.from_environ(environ).check_secrets()
     RelaySettings.from_environ(environ)
+    archive = archive_settings(environ)
+    if archive.enabled and urlsplit(archive.url).scheme.lower() == "s3":
+        make_s3_spool_dir(Path(archive.spool_dir))
+    given_multiprocess_dir(environ)
     url = _database_url(environ)
     count = workers_of(environ)
     if count > 1 and names_sqlite(url):

@@ -52,10 +52,13 @@ def _supervise(env: dict[str, str], web_env: dict[str, str], host: str, port: in
         signal.signal(signum, stop)
     # Each in a process group of its own: Ctrl-C reaches us alone, and each process gets one
     # SIGTERM from us (a second signal makes uvicorn skip its graceful shutdown).
+    # The workers' metrics directory is the web process's alone (its /metrics sums what is
+    # in it); the reconciler and the relay serve their own.
+    own = {k: v for k, v in env.items() if k != MULTIPROCESS_DIR_VARIABLE}
     procs = {
         name: subprocess.Popen(  # noqa: S603 - the Procfile's own commands
             shlex.split(expand(command, env)),
-            env=web_env if name == "web" else env,
+            env=web_env if name == "web" else own,
             process_group=0,
             preexec_fn=_ending_with(os.getpid()),  # runs in the child; this process has no threads
         )

@@ -172,17 +172,21 @@ def _alive(pid: int) -> bool:
 
 
 def multiprocess_dir(environ: Mapping[str, str]) -> str | None:
-    """`PROMETHEUS_MULTIPROC_DIR` when set (a directory, or a `ConfigError` in one line).
-    Several workers without it each count alone: said at start-up, as a warning."""
+    """`PROMETHEUS_MULTIPROC_DIR` when set (`given_multiprocess_dir`). Several workers
+    without it each count alone: said at start-up, as a warning."""
+    path = given_multiprocess_dir(environ)
+    if path is None and environ.get("WEB_CONCURRENCY", "1").strip() not in {"", "0", "1"}:
+        log.warning(
+            "metrics_of_one_worker",
+            detail=f"several workers, no {MULTIPROCESS_DIR_VARIABLE}: /metrics shows"
+            " the counts of whichever worker answers (`taskledger run` sets it)",
+        )
+    return path
+
+
+def given_multiprocess_dir(environ: Mapping[str, str]) -> str | None:
+    """`PROMETHEUS_MULTIPROC_DIR` when set: a directory, or a `ConfigError` in one line."""
     path = environ.get(MULTIPROCESS_DIR_VARIABLE, "").strip()
-    if not path:
-        if environ.get("WEB_CONCURRENCY", "1").strip() not in {"", "0", "1"}:
-            log.warning(
-                "metrics_of_one_worker",
-                detail=f"several workers, no {MULTIPROCESS_DIR_VARIABLE}: /metrics shows"
-                " the counts of whichever worker answers (`taskledger run` sets it)",
-            )
-        return None
-    if not Path(path).is_dir():
+    if path and not Path(path).is_dir():
         raise ConfigError(f"{MULTIPROCESS_DIR_VARIABLE}: {path} is not a directory")
-    return str(path)
+    return path or None

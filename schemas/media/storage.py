@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
 
 ARCHIVE_URL_VARIABLE = "TASKLEDGER_ARCHIVE_URL"
+SPOOL_DIR_VARIABLE = "TASKLEDGER_ARCHIVE_SPOOL_DIR"
 CHUNK_BYTES = 1024 * 1024
 """Size of the pieces `read` yields."""
 PART_BYTES = 5 * 1024 * 1024
@@ -188,7 +189,7 @@ class S3Store:
         self._where = _s3_where(bucket, prefix, config)
         self._store = _obstore_s3(bucket, prefix, config)
         self.spool_dir = spool_dir
-        _make_spool_dir(spool_dir)
+        make_s3_spool_dir(spool_dir)
 
     def describe(self) -> str:
         return self._where
@@ -358,6 +359,17 @@ def _stop(key: str, start: int, end: int | None, size: int) -> int:
     if start < 0 or start > stop:
         raise StorageError(f"range {start}-{end} outside {size} bytes", reason="bad_range", key=key)
     return stop
+
+
+def make_s3_spool_dir(path: Path) -> None:
+    """An S3 store's spool (`TASKLEDGER_ARCHIVE_SPOOL_DIR`), made if missing; one that cannot
+    be (under a file, not this user's) is a `ConfigError` in one line."""
+    try:
+        _make_spool_dir(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"{SPOOL_DIR_VARIABLE}: cannot use {path} ({exc.strerror or exc})"
+        ) from None
 
 
 def _make_spool_dir(path: Path) -> None:

@@ -78,6 +78,37 @@ def test_a_bad_setting_of_any_process_is_one_line_before_anything_starts(
     assert refused_run(tmp_path, **settings).startswith(f"taskledger: {says}")
 
 
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        (
+            {"ARCHIVE_URL": "s3://bucket/p", "ARCHIVE_SPOOL_DIR": "{file}/spool"},
+            "TASKLEDGER_ARCHIVE_SPOOL_DIR: cannot use {file}/spool",
+        ),
+        (
+            {"PROMETHEUS_MULTIPROC_DIR": "{file}"},
+            "PROMETHEUS_MULTIPROC_DIR: {file} is not a directory",
+        ),
+    ],
+    ids=["archive-spool-under-a-file", "metrics-directory-a-file"],
+)
+def test_a_directory_setting_naming_a_file_is_one_line_before_anything_starts(
+    tmp_path: Path, settings: dict[str, str], says: str
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    settings = {name: value.format(file=afile) for name, value in settings.items()}
+    prometheus = settings.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    database = tmp_path / "l.db"
+    env = service_environ(database, **settings)
+    if prometheus is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = prometheus
+    command = [TASKLEDGER, "run", "--port", str(free_port())]
+    code, line = refusal(command, env, project(tmp_path))
+    assert (code, line.startswith("taskledger: " + says.format(file=afile))) == (2, True), line
+    assert not database.exists()
+
+
 def test_several_workers_on_sqlite_are_refused_naming_the_option(tmp_path: Path) -> None:
     line = refused_run(tmp_path, "--workers", "2")
     assert line.startswith("taskledger: --workers 2: SQLite takes one writer per file")
