@@ -29,7 +29,6 @@ from ops.supervisor import (
     supervise,
     workers_of,
 )
-from receiver.metrics import given_multiprocess_dir
 from schemas.clock import utc_now
 from schemas.database import (
     checked_url,
@@ -59,6 +58,7 @@ from schemas.settings import (
     RelaySettings,
     Settings,
     archive_settings,
+    given_multiprocess_dir,
     provider_readers,
     retention_policy,
 )

@@ -21,15 +21,13 @@ from urllib.parse import urlsplit
 from ops.procfile import expand, procfile_commands
 from schemas.clock import utc_now
 from schemas.errors import EXIT_FAILED, ConfigError, DatabaseUnreachable, InUse
-from schemas.settings import PREFIX
+from schemas.settings import MULTIPROCESS_DIR_VARIABLE, PREFIX
 
 STOP_TIMEOUT_SECONDS = 20
 # How a process we asked to stop may end: by itself, or by the signal (uvicorn re-raises it).
 STOPPED_CLEANLY = frozenset({0, -signal.SIGTERM, -signal.SIGINT})
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 ANY_ADDRESS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not a bind
-# prometheus_client's variable: where the receiver's workers write their metrics.
-MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def supervise(environ: Mapping[str, str], *, host: str, port: int) -> int:

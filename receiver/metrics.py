@@ -15,11 +15,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
-from schemas.errors import ConfigError
+from schemas.settings import MULTIPROCESS_DIR_VARIABLE, given_multiprocess_dir
 
 # prometheus_client's own variable, read when it is imported: set before the workers start
 # (by `taskledger run`, or the environment), naming a directory that is empty then.
-MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 log = structlog.get_logger("taskledger.receiver")
 
@@ -182,11 +181,3 @@ def multiprocess_dir(environ: Mapping[str, str]) -> str | None:
             " the counts of whichever worker answers (`taskledger run` sets it)",
         )
     return path
-
-
-def given_multiprocess_dir(environ: Mapping[str, str]) -> str | None:
-    """`PROMETHEUS_MULTIPROC_DIR` when set: a directory, or a `ConfigError` in one line."""
-    path = environ.get(MULTIPROCESS_DIR_VARIABLE, "").strip()
-    if path and not Path(path).is_dir():
-        raise ConfigError(f"{MULTIPROCESS_DIR_VARIABLE}: {path} is not a directory")
-    return path or None

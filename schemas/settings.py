@@ -938,3 +938,15 @@ def _url_fault(url: str) -> str | None:
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return "must be a URL without a query (?...) or a fragment (#...)"
     return None
+
+
+# prometheus_client's variable: where the receiver's workers write their metrics.
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def given_multiprocess_dir(environ: Mapping[str, str]) -> str | None:
+    """`PROMETHEUS_MULTIPROC_DIR` when set: a directory, or a `ConfigError` in one line."""
+    path = environ.get(MULTIPROCESS_DIR_VARIABLE, "").strip()
+    if path and not Path(path).is_dir():
+        raise ConfigError(f"{MULTIPROCESS_DIR_VARIABLE}: {path} is not a directory")
+    return path or None

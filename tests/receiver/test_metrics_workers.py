@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.supervisor import MULTIPROCESS_DIR_VARIABLE, workers_metrics
+from ops.supervisor import workers_metrics
+from schemas.settings import MULTIPROCESS_DIR_VARIABLE
 from tests.ops.test_first_hour import TASKLEDGER, project, service_environ, started
 from tests.support.databases import temporary_database
 from tests.support.senders import apidot_body
