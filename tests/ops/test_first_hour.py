@@ -31,7 +31,7 @@ from ops.procfile import SOURCE_PROCFILE
 from ops.supervisor import public_url_mismatch
 from schemas.database import create_engine
 from schemas.migrate import head_revision, upgrade
-from tests.support.servers import free_port
+from tests.support.servers import free_fixed_port, free_port
 
 ROOT = SOURCE_PROCFILE.parent
 BIN = Path(sys.executable).parent
@@ -246,7 +246,7 @@ def test_a_second_run_on_the_same_sqlite_file_is_refused_naming_file_and_holder(
 def test_run_killed_with_sigkill_takes_its_processes_along(tmp_path: Path) -> None:
     """Nothing goes on serving without the SQLite file's lock: the port is freed, and the
     next run takes the file."""
-    cwd, port = project(tmp_path), free_port()
+    cwd, port = project(tmp_path), free_fixed_port()
     env = service_environ(tmp_path / "l.db")
     with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
         children = _children(service.process.pid)
@@ -260,7 +260,7 @@ def test_run_killed_with_sigkill_takes_its_processes_along(tmp_path: Path) -> No
         for pid in left:  # not to leave them serving after a failure
             os.kill(pid, signal.SIGKILL)
         assert not left
-    again = free_port()
+    again = free_fixed_port()
     with started([TASKLEDGER, "run", "--port", str(again)], env, cwd, again) as second:
         second.process.send_signal(signal.SIGINT)
         assert second.process.wait(timeout=START_SECONDS) == 0, second.output()
@@ -436,8 +436,8 @@ def test_a_database_a_newer_taskledger_migrated_is_one_line_and_exit_3(
 ) -> None:
     env = service_environ(from_the_future(tmp_path / "l.db"))
     args = ENTRY_POINTS.get(name) or [TASKLEDGER, *name.split()]
-    if name == "run":
-        args = [*args, "--port", str(free_port())]
+    if name == "run":  # a port below the ephemeral range: no outgoing connection takes it
+        args = [*args, "--port", str(free_fixed_port())]
     code, line = refusal(args, env, project(tmp_path))
     assert code == 3
     assert line.endswith(
@@ -481,7 +481,8 @@ def test_a_database_url_without_a_usable_database_is_one_line_and_exit_2(
 def test_a_database_under_a_file_is_one_line_and_exit_3_for_run(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     env = service_environ(tmp_path / "afile" / "l.db")
-    code, line = refusal([TASKLEDGER, "run", "--port", str(free_port())], env, project(tmp_path))
+    command = [TASKLEDGER, "run", "--port", str(free_fixed_port())]
+    code, line = refusal(command, env, project(tmp_path))
     assert code == 3
     assert line.startswith(f"taskledger: TASKLEDGER_DATABASE_URL: cannot use {tmp_path}/afile")
 

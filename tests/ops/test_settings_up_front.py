@@ -21,7 +21,7 @@ from tests.ops.test_first_hour import (
     service_environ,
 )
 from tests.support.databases import temporary_database
-from tests.support.servers import free_port
+from tests.support.servers import free_fixed_port, free_port
 from tests.support.service import migrate
 from tests.support.waiting import until
 
@@ -103,7 +103,7 @@ def test_a_directory_setting_naming_a_file_is_one_line_before_anything_starts(
     env = service_environ(database, **settings)
     if prometheus is not None:
         env["PROMETHEUS_MULTIPROC_DIR"] = prometheus
-    command = [TASKLEDGER, "run", "--port", str(free_port())]
+    command = [TASKLEDGER, "run", "--port", str(free_fixed_port())]
     code, line = refusal(command, env, project(tmp_path))
     assert (code, line.startswith("taskledger: " + says.format(file=afile))) == (2, True), line
     assert not database.exists()
