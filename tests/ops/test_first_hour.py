@@ -31,7 +31,7 @@ from ops.procfile import SOURCE_PROCFILE
 from ops.supervisor import public_url_mismatch
 from schemas.database import create_engine
 from schemas.migrate import head_revision, upgrade
-from tests.support.servers import free_fixed_port, free_port
+from tests.support.servers import free_fixed_port
 
 ROOT = SOURCE_PROCFILE.parent
 BIN = Path(sys.executable).parent
@@ -185,7 +185,7 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One `taskledger run --port` on a SQLite file in a fresh clone, with a .env as dev.py
     writes it; started once, as starting its three processes is the slow part."""
-    cwd, port = project(tmp_path_factory.mktemp("served")), free_port()
+    cwd, port = project(tmp_path_factory.mktemp("served")), free_fixed_port()
     env = service_environ(cwd / "l.db")
     run([TASKLEDGER, "init-env"], base_environ(), cwd)
     with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as running:
@@ -208,7 +208,7 @@ def test_run_issues_callback_urls_on_the_port_its_option_gives(served: Served) -
 
 
 def test_run_issues_callback_urls_on_the_port_the_port_variable_gives(tmp_path: Path) -> None:
-    cwd, port = project(tmp_path), free_port()
+    cwd, port = project(tmp_path), free_fixed_port()
     env = service_environ(tmp_path / "l.db") | {"PORT": str(port)}
     run([TASKLEDGER, "init-env"], base_environ(), cwd)  # a .env as dev.py writes it
     with started([TASKLEDGER, "run"], env, cwd, port) as service:
@@ -234,7 +234,7 @@ def test_a_public_url_on_another_loopback_port_is_warned_about(url: str, warned:
 def test_a_second_run_on_the_same_sqlite_file_is_refused_naming_file_and_holder(
     served: Served,
 ) -> None:
-    second = run([TASKLEDGER, "run", "--port", str(free_port())], served.env, served.cwd)
+    second = run([TASKLEDGER, "run", "--port", str(free_fixed_port())], served.env, served.cwd)
     assert second.returncode == 4
     (line,) = second.stderr.splitlines()
     assert str(served.cwd / "l.db") in line
@@ -281,7 +281,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_run_stops_cleanly_on_sigint_and_exits_0(tmp_path: Path) -> None:
-    cwd, port = project(tmp_path), free_port()
+    cwd, port = project(tmp_path), free_fixed_port()
     env = service_environ(tmp_path / "l.db")
     with started([TASKLEDGER, "run", "--port", str(port)], env, cwd, port) as service:
         service.process.send_signal(signal.SIGINT)
@@ -290,7 +290,7 @@ def test_run_stops_cleanly_on_sigint_and_exits_0(tmp_path: Path) -> None:
 
 
 def test_run_exits_with_the_code_of_the_process_that_failed(tmp_path: Path) -> None:
-    cwd, port = project(tmp_path), free_port()
+    cwd, port = project(tmp_path), free_fixed_port()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -311,7 +311,7 @@ def test_ctrl_c_of_dev_py_run_waits_for_everything_and_exits_130(tmp_path: Path)
     (tmp_path / ".venv" / "bin").symlink_to(BIN)
     stamp = hashlib.sha256((tmp_path / "pyproject.toml").read_bytes()).hexdigest()
     (tmp_path / ".venv" / ".taskledger-install").write_text(stamp)
-    port = free_port()
+    port = free_fixed_port()
     env = service_environ(tmp_path / "var" / "l.db")
     args = [sys.executable, "dev.py", "run", "--port", str(port)]
     log = tmp_path / "dev.log"
@@ -402,7 +402,7 @@ def refusal(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int
 @pytest.mark.parametrize("name", ["web", "reconciler", "relay", "db upgrade"])
 def test_an_unreachable_database_is_one_line_and_exit_3(tmp_path: Path, name: str) -> None:
     """(A receiver with a spool starts anyway: `tests/e2e/test_spool_outage.py`.)"""
-    url = f"postgresql://taskledger:hunter2@127.0.0.1:{free_port()}/ledger"
+    url = f"postgresql://taskledger:hunter2@127.0.0.1:{free_fixed_port()}/ledger"
     env = service_environ(tmp_path / "unused.db", DATABASE_URL=url, SPOOL_ENABLED="false")
     code, line = refusal(ENTRY_POINTS.get(name, UPGRADE), env, tmp_path)
     assert code == 3
@@ -566,7 +566,9 @@ def test_a_copy_of_env_example_is_refused_naming_each_placeholder(
             example[name] = real.get(name, fresh())
     example["TASKLEDGER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'l.db'}"
     (project(tmp_path) / ".env").write_text("".join(f"{k}={v}\n" for k, v in example.items()))
-    code, line = refusal([TASKLEDGER, "run", "--port", str(free_port())], base_environ(), tmp_path)
+    code, line = refusal(
+        [TASKLEDGER, "run", "--port", str(free_fixed_port())], base_environ(), tmp_path
+    )
     assert code == 2
     assert line.startswith(f"taskledger: {variable} holds a placeholder")
     assert not (tmp_path / "l.db").exists()  # refused before anything started

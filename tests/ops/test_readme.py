@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.ops.test_first_hour import BIN, ROOT, START_SECONDS, Started, wait_ready
-from tests.support.servers import free_port
+from tests.support.servers import free_fixed_port
 
 README = ROOT / "README.md"
 RUN_LINE = "python3 dev.py run"
@@ -86,7 +86,7 @@ def test_quickstart_and_using_it_work_pasted_into_a_fresh_shell(tmp_path: Path) 
     assert "localhost:8000" in using_it
 
     project = clone(tmp_path)
-    port = free_port()
+    port = free_fixed_port()
     env = fresh_shell(tmp_path, PORT=str(port))
     log = tmp_path / "run.log"
     with log.open("wb") as out:

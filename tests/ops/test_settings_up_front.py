@@ -21,7 +21,7 @@ from tests.ops.test_first_hour import (
     service_environ,
 )
 from tests.support.databases import temporary_database
-from tests.support.servers import free_fixed_port, free_port
+from tests.support.servers import free_fixed_port
 from tests.support.service import migrate
 from tests.support.waiting import until
 
@@ -35,7 +35,7 @@ def refused_run(tmp_path: Path, *args: str, **settings: str) -> str:
     nothing: no database, no migration, no process started."""
     database = tmp_path / "l.db"
     env = service_environ(database, **settings)
-    command = [TASKLEDGER, "run", "--port", str(free_port()), *args]
+    command = [TASKLEDGER, "run", "--port", str(free_fixed_port()), *args]
     code, line = refusal(command, env, project(tmp_path))
     assert code == 2, line
     assert not database.exists()  # refused before the database was migrated
@@ -117,7 +117,9 @@ def test_several_workers_on_sqlite_are_refused_naming_the_option(tmp_path: Path)
 def test_several_workers_on_sqlite_are_refused_naming_web_concurrency(tmp_path: Path) -> None:
     database = tmp_path / "l.db"
     env = service_environ(database) | {"WEB_CONCURRENCY": "3"}
-    code, line = refusal([TASKLEDGER, "run", "--port", str(free_port())], env, project(tmp_path))
+    code, line = refusal(
+        [TASKLEDGER, "run", "--port", str(free_fixed_port())], env, project(tmp_path)
+    )
     assert (code, line.split(":")[:2]) == (2, ["taskledger", " WEB_CONCURRENCY=3"])
     assert not database.exists()
 
