@@ -436,9 +436,14 @@ async def _refold(
     environ: Mapping[str, str], provider: str | None, since: datetime | None, dry_run: bool
 ) -> dict[str, int]:
     url = _database_url(environ)
+    readers = provider_readers(environ)
+    if provider is not None and provider not in readers:
+        raise ConfigError(
+            f"--provider {provider} is none of {PREFIX}PROVIDERS: {', '.join(readers)}"
+        )
     engine = create_engine(url)
     try:
-        store = LedgerStore(engine, utc_now, provider_readers(environ))
+        store = LedgerStore(engine, utc_now, readers)
         await require_current(store.ping, url)
         return await store.refold(provider=provider, since=since, dry_run=dry_run)
     finally:

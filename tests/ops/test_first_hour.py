@@ -446,6 +446,13 @@ def test_a_database_a_newer_taskledger_migrated_is_one_line_and_exit_3(
     )
 
 
+def test_refold_of_a_provider_not_configured_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = service_environ(migrated(tmp_path / "l.db"))
+    code, line = refusal([TASKLEDGER, "db", "refold", "--provider", "nope"], env, tmp_path)
+    said = "taskledger: --provider nope is none of TASKLEDGER_PROVIDERS: apidot"
+    assert (code, line) == (2, said)
+
+
 @pytest.mark.parametrize("name", ["db prune", "db refold"])
 def test_maintenance_on_a_database_not_migrated_is_one_line_and_exit_3(
     tmp_path: Path, name: str
