@@ -84,7 +84,9 @@ async def test_refold_dry_run_reports_and_changes_nothing(
     environ = {"TASKLEDGER_DATABASE_URL": database_url, "TASKLEDGER_PROVIDERS": "apidot"}
     assert await cli._refold(environ, None, None, dry_run=True) == {"seen": 1, "applied": 1}
     assert await _transitions(engine, ref) == ["submitted"]
-    assert await cli._refold(environ, "vidgo", None, dry_run=False) == {"seen": 0}
+    # Another configured provider's deliveries only: this one's are left alone.
+    both = environ | {"TASKLEDGER_PROVIDERS": "apidot,vidgo"}
+    assert await cli._refold(both, "vidgo", None, dry_run=False) == {"seen": 0}
 
 
 async def test_refold_without_an_upgrade_keeps_them_unrecognized(
