@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -185,8 +185,6 @@ async def receive_callback(inbox: Inbox, scope: Scope, receive: Receive) -> Answ
         task_ref=binding.task_ref,
         payload=payload,
     )
-    if not delivery.provider_task_id:
-        delivery = replace(delivery, delivery_key=unnamed_key(binding.task_ref, body))
     return await _store(inbox, delivery, started)
 
 
@@ -262,9 +260,13 @@ def _delivery(
     task_ref: str | None = None,
 ) -> Delivery:
     """An authenticated delivery, read as far as it can be: one that cannot be read is kept
-    all the same, raw, with the reason (whatever its content type says, it is tried as JSON)."""
+    all the same, raw, with the reason (whatever its content type says, it is tried as JSON).
+    A token callback (`task_ref`) whose body names no task id is keyed by `unnamed_key`."""
     received_at = inbox.clock()
     reading = read_payload(provider.reader, payload, received_at)
+    named = reading.observation.provider_task_id if reading.observation else reading.task_id
+    if task_ref is not None and not named:
+        key = unnamed_key(task_ref, body)
     return Delivery(
         provider=provider.name,
         delivery_key=key,
