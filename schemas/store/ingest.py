@@ -26,7 +26,7 @@ from schemas.states import Outcome
 from schemas.store.locks import lock_task_ids, order_transitions
 from schemas.store.outbox import message_rows
 from schemas.store.pg_ingest import PgSession
-from schemas.store.sqlite_ingest import STORED_DELIVERIES, SqliteSession, SqliteWriter, keys_json
+from schemas.store.sqlite_ingest import STORED_DELIVERIES, LedgerWriter, keys_json
 from schemas.store.transactions import Database, UniqueRace, driver_write
 from schemas.tables import (
     ARTIFACT,
@@ -45,7 +45,7 @@ RACE_BACKOFF_SECONDS = 0.005
 
 
 async def ingest(
-    db: Database, sqlite: SqliteWriter | None, evidence: Sequence[Evidence]
+    db: Database, sqlite: LedgerWriter | None, evidence: Sequence[Evidence]
 ) -> list[Stored]:
     """Store and merge a batch in one transaction (through `sqlite` when the ledger is a
     SQLite file); a lost unique race retries the batch."""
@@ -62,13 +62,11 @@ async def ingest(
 
 
 async def _ingest_once(
-    db: Database, sqlite: SqliteWriter | None, items: list[Evidence], now: datetime
+    db: Database, sqlite: LedgerWriter | None, items: list[Evidence], now: datetime
 ) -> list[Stored]:
     readers = db.readers
     if sqlite is not None:
-        return await sqlite.run(
-            lambda conn: fold_batch(SqliteSession(conn, TASK_FIELDS), items, now, readers)
-        )
+        return await sqlite.run(lambda session: fold_batch(session, items, now, readers))
     if db.locks_rows:
         keys = {item.identity for item in items if isinstance(item, Delivery)}
         async with driver_write(db.engine) as conn:

@@ -34,7 +34,7 @@ from schemas.store.notifications import AttemptResult, DispatchJob, Endpoint
 from schemas.store.queries import Cursor, DeliveryCursor, DeliveryFilter, TaskFilter
 from schemas.store.registration import NewTask
 from schemas.store.rows import ArchiveJob, Artifact, Claim, DeliveryEntry, PollEntry, Task, Timeline
-from schemas.store.sqlite_ingest import SqliteWriter
+from schemas.store.sqlite_ingest import LedgerWriter
 from schemas.store.transactions import Database
 
 POSTGRES_INGEST_WRITERS = 4
@@ -48,7 +48,7 @@ class LedgerStore:
     ) -> None:
         self._db = Database(engine, clock, dict(readers or {}))
         file = sqlite_file(engine)
-        self._sqlite = SqliteWriter(file) if file is not None else None
+        self._sqlite = LedgerWriter(file, ingest.TASK_FIELDS) if file is not None else None
 
     @property
     def engine(self) -> AsyncEngine:

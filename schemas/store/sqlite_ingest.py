@@ -68,6 +68,9 @@ Decoder = Callable[[Any], Any]
 # at 1M tasks (a 0.97 GiB file) that walk took 5% of the receiver's CPU with 32 MiB of
 # cache, 1.3% with 8 and 0.6% with 4, while reads from the OS's cache grew by less.
 WRITER_CACHE_KIB = 8 * 1024
+# Task rows kept between batches (`KeptTasks`), about 1.5 KiB each: callbacks come for the
+# tasks submitted in the last minutes, a few thousand at a time on a busy ledger.
+KEPT_TASKS = 4096
 _QUOTE = sqlite_dialect.dialect().identifier_preparer.quote
 
 
@@ -248,13 +251,89 @@ def _task_update(changed: tuple[str, ...]) -> tuple[str, _Row]:
     return f"UPDATE task SET {assigns} WHERE ref = ?", _TASKS.row([*changed, "ref"])
 
 
-class SqliteSession:
-    """The three steps of an ingest (load tasks, load deliveries, write) on one connection."""
+class KeptTasks:
+    """The task rows the ledger's batches last read or wrote, as committed, by ref: a batch
+    takes a task from here instead of reading and decoding its row again (a tenth of a
+    callback's instructions in process).
 
-    def __init__(self, conn: sqlite3.Connection, task_fields: tuple[str, ...]) -> None:
+    They are trusted only while no other connection has written to the database since
+    this one's previous batch. `PRAGMA data_version` says so: it changes, for a
+    connection, whenever any other connection (another thread's, another process's: the
+    API's, the reconciler's claims, another worker's batches, `db refold`) has committed.
+    It is read under the batch's write lock, so nobody can commit between that check and
+    the batch's own COMMIT. A batch's rows enter only once its COMMIT has returned; a batch
+    that fails or is cancelled empties the whole lot.
+
+    The rows are the fold's to read, never to change: `TaskWork.of` copies each.
+    """
+
+    def __init__(self, size: int = KEPT_TASKS) -> None:
+        self._size = size
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._refs: dict[tuple[str, str], str] = {}  # (provider, provider task id) -> ref
+        self._version: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def check(self, conn: sqlite3.Connection) -> None:
+        """Forget every row if another connection has committed since the last check (call
+        it with the write lock held)."""
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        if version != self._version:
+            self.clear()
+            self._version = version
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self._refs.clear()
+        self._version = None
+
+    def get(self, ref: str) -> dict[str, Any] | None:
+        return self._rows.get(ref)
+
+    def named(self, pair: tuple[str, str]) -> dict[str, Any] | None:
+        """The row of the task that has this (provider, provider task id), if kept."""
+        ref = self._refs.get(pair)
+        row = None if ref is None else self._rows.get(ref)
+        if row is None or (row["provider"], row["provider_task_id"]) != pair:
+            return None
+        return row
+
+    def keep(self, rows: dict[str, dict[str, Any]]) -> None:
+        """Rows as a batch that has just committed left them, each the newest kept."""
+        kept = self._rows
+        for ref, row in rows.items():
+            kept.pop(ref, None)
+            kept[ref] = row
+            if row["provider_task_id"] is not None:
+                self._refs[(row["provider"], row["provider_task_id"])] = ref
+        while len(kept) > self._size:
+            oldest = kept.pop(next(iter(kept)))
+            pair = (oldest["provider"], oldest["provider_task_id"])
+            if self._refs.get(pair) == oldest["ref"]:
+                del self._refs[pair]
+
+
+class SqliteSession:
+    """The three steps of an ingest (load tasks, load deliveries, write) on one connection.
+
+    With `kept`, tasks are taken from the rows earlier batches left where they can be, and
+    `touched` collects the rows this batch leaves, for `KeptTasks.keep` after its COMMIT."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        task_fields: tuple[str, ...],
+        kept: KeptTasks | None = None,
+    ) -> None:
         self._conn = conn
         self._task_fields = task_fields
         self._task_reader = _task_reader(task_fields)
+        self._kept = KeptTasks(0) if kept is None else kept
+        if kept is not None:
+            kept.check(conn)
+        self.touched: dict[str, dict[str, Any]] = {}
 
     def tasks(
         self, refs: set[str], pairs: set[tuple[str, str]], *, lock: bool = True
@@ -264,17 +343,35 @@ class SqliteSession:
 
         The tasks a pair names are read whole at once (one statement, not a lookup of
         their refs and then of them: signed events name tasks by id alone)."""
-        found = {row["ref"]: row for row in self._by_pairs(pairs)} if pairs else {}
-        missing = sorted(refs - found.keys())
+        kept = self._kept
+        found: dict[str, dict[str, Any]] = {}
+        unknown = set()
+        for pair in pairs:
+            row = kept.named(pair)
+            if row is None:
+                unknown.add(pair)
+            else:
+                found[row["ref"]] = row
+        read = self._by_pairs(unknown) if unknown else []
+        for row in read:
+            found[row["ref"]] = row
+        missing = []
+        for ref in sorted(refs - found.keys()):
+            row = kept.get(ref)
+            if row is None:
+                missing.append(ref)
+            else:
+                found[ref] = row
         if missing:
             rows = self._conn.execute(
                 f"SELECT {self._task_reader.select} FROM task "
                 f"WHERE ref IN ({_marks(len(missing))})",
                 missing,
             )
-            for values in rows:
-                row = self._task_reader.decode(values)
-                found[row["ref"]] = row
+            read += [self._task_reader.decode(values) for values in rows]
+        for row in read:
+            found[row["ref"]] = row
+            self.touched[row["ref"]] = row
         return [found[ref] for ref in sorted(found)]
 
     def _by_pairs(self, pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -400,8 +497,10 @@ class SqliteSession:
     def _update_tasks(self, tasks: list[TaskWork]) -> None:
         """Each task's changed columns only, one statement per set of columns."""
         by_shape: dict[tuple[str, ...], list[TaskWork]] = {}
+        touched = self.touched
         for work in tasks:
             by_shape.setdefault(work.changed_fields(self._task_fields), []).append(work)
+            touched[work.row["ref"]] = work.row
         for changed, works in by_shape.items():
             if changed:
                 statement, row = _task_update(changed)
@@ -470,6 +569,35 @@ def _settle(done: asyncio.Future[None], error: Exception | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
+
+
+class LedgerWriter:
+    """The ledger's SQLite writer: its batches, each on a `SqliteSession`, and the task
+    rows they leave (`KeptTasks`)."""
+
+    def __init__(self, file: SqliteFile, task_fields: tuple[str, ...]) -> None:
+        self.writer = SqliteWriter(file)  # its connection, one transaction at a time
+        self._task_fields = task_fields
+        self.kept = KeptTasks()
+
+    async def run(self, work: Callable[[SqliteSession], T]) -> T:
+        sessions: list[SqliteSession] = []
+
+        def batch(conn: sqlite3.Connection) -> T:
+            sessions.append(SqliteSession(conn, self._task_fields, self.kept))
+            return work(sessions[0])
+
+        try:
+            result = await self.writer.run(batch)
+        except BaseException:
+            self.kept.clear()  # rolled back, or its COMMIT's fate unknown to this caller
+            raise
+        self.kept.keep(sessions[0].touched)
+        return result
+
+    async def close(self) -> None:
+        self.kept.clear()
+        await self.writer.close()
 
 
 class SqliteWriter:

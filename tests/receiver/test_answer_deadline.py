@@ -215,7 +215,7 @@ async def _cap_sqlite_pages(store: LedgerStore, *, grow: bool) -> None:
 
     writer = store._sqlite  # fault injection: the limit only holds on this connection
     assert writer is not None
-    await writer.run(cap)
+    await writer.writer.run(cap)
 
 
 async def _pg_admin(statement: str, database: str | None) -> None:
