@@ -61,7 +61,10 @@ ANSWER_KEEP_CHARS = 500
 UNFOLDED_OUTCOMES = ("unrecognized", "held", "foreign")
 # An artifact waiting for the archiver: the few rows the archive's due query reads.
 ARTIFACT_PENDING_WHERE = "state = 'pending'"
-UNFOLDED_WHERE = "outcome IN ('unrecognized', 'held', 'foreign')"
+# Three comparisons, not an IN list: SQLite evaluates a partial index's condition on every
+# INSERT into its table, and an IN list builds an ephemeral table each time (migration
+# 0010). Queries repeat it word for word, so that each database matches the index to them.
+UNFOLDED_WHERE = "(" + " OR ".join(f"outcome = '{word}'" for word in UNFOLDED_OUTCOMES) + ")"
 
 
 class TaskRow(SQLModel, table=True):

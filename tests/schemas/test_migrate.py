@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.database import create_engine
 from schemas.migrate import current_revision, head_revision, upgrade
+from schemas.store.ingest import UNFOLDED
 from schemas.store.queries import DeliveryFilter, taskless_query
-from schemas.tables import DELIVERY, METADATA, TASK
+from schemas.tables import DELIVERY, METADATA, TASK, UNFOLDED_OUTCOMES
 from tests.conftest import FakeClock
 
 DELIVERY_ROW = {
@@ -179,5 +180,33 @@ async def test_the_deliveries_with_no_task_are_listed_from_their_own_index(
             assert "ix_delivery_taskless" in plan, plan
             assert "TEMP B-TREE" not in plan, plan
             assert "Sort" not in plan, plan
+    finally:
+        await engine.dispose()
+
+
+async def test_the_unfolded_deliveries_index_has_no_in_list_and_serves_its_queries(
+    database_url: str,
+) -> None:
+    """Migration 0010: the partial index's condition is three comparisons (SQLite evaluates
+    it for every delivery written, and an IN list costs an ephemeral table each time), and
+    the held and unfolded deliveries of a task are still found through it."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        if engine.dialect.name == "sqlite":
+            query = "SELECT sql FROM sqlite_master WHERE name = 'ix_delivery_unfolded'"
+        else:
+            query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_delivery_unfolded'"
+        async with engine.connect() as conn:
+            definition = str((await conn.exec_driver_sql(query)).scalar_one())
+        assert " IN (" not in definition.upper()
+        assert "ANY (" not in definition.upper()
+        assert all(f"'{word}'" in definition for word in UNFOLDED_OUTCOMES)
+        held = (
+            sa.select(DELIVERY.c.id)
+            .where(DELIVERY.c.task_ref == "tl_a", UNFOLDED, DELIVERY.c.outcome == "held")
+            .order_by(DELIVERY.c.id)
+        )
+        assert "ix_delivery_unfolded" in await _plan(engine, held)
     finally:
         await engine.dispose()
