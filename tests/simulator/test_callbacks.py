@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import orjson
@@ -21,7 +20,7 @@ from tests.simulator.support import (
     truth_of,
     wait_until,
 )
-from tests.support.servers import free_port
+from tests.support.servers import free_fixed_port
 
 SUCCEEDING = Lifecycle(min_duration_s=0.1, max_duration_s=0.2, failed_weight=0, cancelled_weight=0)
 WITH_PROGRESS = Lifecycle(min_duration_s=0.2, max_duration_s=0.3, progress_callbacks=True)
@@ -180,12 +179,13 @@ async def test_gateway_gives_up_after_three_retries() -> None:
 
 
 async def test_transport_errors_are_retried_then_given_up() -> None:
-    dead_url = f"http://127.0.0.1:{free_port()}/callbacks/evolink/token"
+    # Below the ephemeral range: no other test's connection can come to hold this port.
+    dead_url = f"http://127.0.0.1:{free_fixed_port()}/callbacks/evolink/token"
     lifecycle = Lifecycle(min_duration_s=0.05, max_duration_s=0.1)
     async with running(make_config(lifecycle=lifecycle)) as run:
         task_id = await run.submit("evolink", dead_url)
         await run.wait_terminal("evolink", task_id)
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: run.sim.stats()["callbacks"]["failed"] == 1)
         await run.sim.drain()
         stats = run.sim.stats()
     assert stats["callbacks"]["transport_errors"] == 4
@@ -205,9 +205,9 @@ async def test_delayed_callback_still_arrives_after_its_delay(receiver: Receiver
 async def test_callbacks_go_only_to_the_url_given_at_submit(receiver: Receiver) -> None:
     async with running(make_config(receiver)) as run:
         await run.submit("evolink", f"{receiver.url}/callbacks/evolink/mine")
-        await run.submit("apidot")
+        silent = await run.submit("apidot")
         await receiver.wait_for(1)
-        await asyncio.sleep(0.4)
+        await run.wait_terminal("apidot", silent)  # its callback, had it one, was due by now
         await run.sim.drain()
     assert [request.path for request in receiver.requests] == ["/callbacks/evolink/mine"]
 
