@@ -18,6 +18,11 @@ per batch instead of one per statement. A lock held by another process is waited
 for with `asyncio.sleep`, never by blocking the loop (the connection's busy timeout
 is 0). Everything else, and PostgreSQL, goes through SQLAlchemy.
 
+Callbacks come for the same few thousand recent tasks over and over, and this connection
+is nearly always the only one writing: the task rows a batch leaves are kept in memory
+for the next (`KeptTasks`), trusted only while `PRAGMA data_version` says no other
+connection has committed since.
+
 Every statement below is assembled only from the tables' own column names and `?`
 placeholders; values are always bound, never formatted in (hence the S608 waivers).
 """
