@@ -246,3 +246,26 @@ def test_a_task_is_not_found_by_a_provider_id_it_no_longer_has() -> None:
 
     assert kept.named(("apidot", "old")) is None
     assert kept.named(("apidot", "new")) == _row("a", "new")
+
+
+async def test_two_writers_taking_turns_on_one_task_lose_no_change(
+    engine: AsyncEngine, store: LedgerStore
+) -> None:
+    """Two stores on one file (two processes' writers, each with its own kept rows) take
+    turns with progress reports for the same task: each sees the other's commits, so every
+    report moves the task on from the last one, and its version counts every one of them."""
+    other = LedgerStore(engine, FakeClock(NOW), sessions.READERS)
+    try:
+        before = fresh_rows(engine)[KNOWN]["version"]
+        outcomes = []
+        for n in range(40):
+            writer_now = store if n % 3 else other  # uneven turns: runs of two, then one
+            [stored] = await writer_now.ingest([report(KNOWN, f"turn-{n}", State.RUNNING, 31 + n)])
+            outcomes.append(stored.outcome)
+    finally:
+        await other.close()
+
+    row = fresh_rows(engine)[KNOWN]
+    assert outcomes == [Outcome.APPLIED] * 40
+    assert row["progress"] == 70  # the seeded callback said 30: each report is above it
+    assert row["version"] == before + 40
