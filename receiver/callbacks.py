@@ -264,8 +264,7 @@ def _delivery(
     A token callback (`task_ref`) whose body names no task id is keyed by `unnamed_key`."""
     received_at = inbox.clock()
     reading = read_payload(provider.reader, payload, received_at)
-    named = reading.observation.provider_task_id if reading.observation else reading.task_id
-    if task_ref is not None and not named:
+    if task_ref is not None and not reading.task_id:  # the id read, or the body's hint
         key = unnamed_key(task_ref, body)
     return Delivery(
         provider=provider.name,

@@ -358,8 +358,7 @@ class SqliteSession:
             else:
                 found[row["ref"]] = row
         read = self._by_pairs(unknown) if unknown else []
-        for row in read:
-            found[row["ref"]] = row
+        found.update((row["ref"], row) for row in read)
         missing = []
         for ref in sorted(refs - found.keys()):
             row = kept.get(ref)
@@ -373,10 +372,10 @@ class SqliteSession:
                 f"WHERE ref IN ({_marks(len(missing))})",
                 missing,
             )
-            read += [self._task_reader.decode(values) for values in rows]
-        for row in read:
-            found[row["ref"]] = row
-            self.touched[row["ref"]] = row
+            fetched = [self._task_reader.decode(values) for values in rows]
+            found.update((row["ref"], row) for row in fetched)
+            read += fetched
+        self.touched.update((row["ref"], row) for row in read)
         return [found[ref] for ref in sorted(found)]
 
     def _by_pairs(self, pairs: set[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -453,6 +452,7 @@ class SqliteSession:
                 [(n, stamp, *key) for key, n in writes.duplicates.items()],
             )
         self._update_tasks(tasks)
+        self.touched.update((work.ref, work.row) for work in tasks)  # as this batch leaves them
         if writes.transitions:
             self._insert_transitions(writes.transitions)
         if writes.messages:
@@ -502,10 +502,8 @@ class SqliteSession:
     def _update_tasks(self, tasks: list[TaskWork]) -> None:
         """Each task's changed columns only, one statement per set of columns."""
         by_shape: dict[tuple[str, ...], list[TaskWork]] = {}
-        touched = self.touched
         for work in tasks:
             by_shape.setdefault(work.changed_fields(self._task_fields), []).append(work)
-            touched[work.row["ref"]] = work.row
         for changed, works in by_shape.items():
             if changed:
                 statement, row = _task_update(changed)
@@ -586,18 +584,16 @@ class LedgerWriter:
         self.kept = KeptTasks()
 
     async def run(self, work: Callable[[SqliteSession], T]) -> T:
-        sessions: list[SqliteSession] = []
-
-        def batch(conn: sqlite3.Connection) -> T:
-            sessions.append(SqliteSession(conn, self._task_fields, self.kept))
-            return work(sessions[0])
+        def batch(conn: sqlite3.Connection) -> tuple[T, dict[str, dict[str, Any]]]:
+            session = SqliteSession(conn, self._task_fields, self.kept)
+            return work(session), session.touched
 
         try:
-            result = await self.writer.run(batch)
+            result, touched = await self.writer.run(batch)
         except BaseException:
             self.kept.clear()  # rolled back, or its COMMIT's fate unknown to this caller
             raise
-        self.kept.keep(sessions[0].touched)
+        self.kept.keep(touched)
         return result
 
     async def close(self) -> None:
