@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from schemas import logs
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body
 from tests.support.service import running_service, settings_for
@@ -44,6 +45,7 @@ async def test_a_stored_delivery_is_a_line_only_at_debug(
     level: str,
     lines: int,
 ) -> None:
+    logs.configure(level, json=True)  # as the web process does at start
     async with running_service(settings_for(database_url, log_level=level), clock) as service:
         task = await service.register("apidot", provider_task_id="task-debug")
         capsys.readouterr()
