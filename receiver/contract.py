@@ -247,7 +247,9 @@ class Task(TypedDict):
 
 
 class TaskStory(Task):
-    """A task with its timeline: evidence, transitions, outputs and the events it sent."""
+    """A task with its timeline: evidence, transitions, outputs and the events it sent. Of
+    its deliveries, polls and transitions the newest 500 of each are shown; `omitted` counts
+    the older ones left out, by kind."""
 
     timeline: dict[str, Any]
 

@@ -159,8 +159,7 @@ async def poll_payload(request: Request) -> Response:
     ref = task_ref(request)
     number = _row_id(request)
     store: LedgerStore = request.app.state.store
-    timeline = await store.timeline(ref)
-    poll = next((p for p in timeline.polls if p.id == number), None)
+    poll = await store.poll(ref, number)
     if poll is None:
         raise NotFound("this task has no such poll", task_ref=ref)
     shown = {

@@ -33,7 +33,14 @@ from ops.console.render import (
     task_table,
     text,
 )
-from ops.console.timeline import TASK_FIELDS, facts_table, task_facts, timeline, timeline_table
+from ops.console.timeline import (
+    TASK_FIELDS,
+    facts_table,
+    left_out,
+    task_facts,
+    timeline,
+    timeline_table,
+)
 from schemas.errors import ConfigError
 from schemas.settings import PREFIX
 from schemas.states import State
@@ -253,7 +260,7 @@ def show_command(api: AdminApi, args: argparse.Namespace) -> int:
     if args.json:
         print_json(task)
         return 0
-    show(facts_table(task_facts(task)), "", timeline_table(timeline(task)))
+    show(facts_table(task_facts(task)), "", timeline_table(timeline(task)), *left_out(task))
     return 0
 
 

@@ -233,6 +233,13 @@ def facts_table(facts: Iterable[tuple[str, str]]) -> Table:
     return table
 
 
+def left_out(task: Mapping[str, Any]) -> list[str]:
+    """A line saying how many older entries of each kind the service left out, if any."""
+    omitted = as_mapping(as_mapping(task.get("timeline")).get("omitted"))
+    counts = [f"{kind} {n}" for kind, n in omitted.items() if isinstance(n, int) and n > 0]
+    return [f"older entries not shown: {', '.join(counts)}"] if counts else []
+
+
 def timeline_table(entries: Iterable[Entry]) -> Table:
     table = new_table("at (UTC)", "event", "detail", wrap=("detail",))
     for entry in entries:

@@ -271,6 +271,10 @@ class LedgerStore:
         """A page of the deliveries kept with no task, newest first."""
         return await queries.taskless_deliveries(self._db, where, limit, after)
 
+    async def poll(self, ref: str, poll_id: int) -> PollEntry | None:
+        """One kept poll of the task `ref`; None if the task has no such poll."""
+        return await queries.poll(self._db, ref, poll_id)
+
     async def taskless_delivery(self, delivery_id: int) -> dict[str, Any] | None:
         """A delivery kept with no task, with its body; None if none has the id."""
         return await queries.taskless_delivery(self._db, delivery_id)

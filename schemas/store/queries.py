@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schemas.audit import ProviderAudit, histogram, hour_buckets
 from schemas.fold import POLL_FLAGS
@@ -44,6 +45,8 @@ _same_provider_task = sa.and_(
     DELIVERY.c.provider_task_id == TASK.c.provider_task_id,
 )
 _TIMELINE_DELIVERY = [c for c in DELIVERY.c if c.name != "body"]
+# A task's timeline shows the newest this many of its deliveries, polls and transitions.
+TIMELINE_MAX = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,35 +78,82 @@ async def get(db: Database, ref: str) -> Task | None:
 
 
 async def timeline(db: Database, ref: str) -> Timeline:
-    """A task's deliveries, polls and transitions, each in the order they happened."""
+    """A task's deliveries, polls and transitions, each in the order they happened: the
+    newest `TIMELINE_MAX` of each. A provider that calls back without end (or a sender
+    holding the task's callback URL) must not make one task's page unbounded."""
     async with db.read() as conn:
         # Through the task: its provider id leads to its deliveries by the unique index;
         # those kept without being folded in are found by the small partial index.
-        folded = await conn.execute(
-            sa.select(*_TIMELINE_DELIVERY)
-            .select_from(DELIVERY.join(TASK, _same_provider_task))
-            .where(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
+        folded = DELIVERY.join(TASK, _same_provider_task)
+        folded_where = sa.and_(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
+        unfolded_where = sa.and_(DELIVERY.c.task_ref == ref, UNFOLDED)
+        deliveries = {
+            row["id"]: row
+            for source, where in ((folded, folded_where), (DELIVERY, unfolded_where))
+            for row in await _newest(
+                conn, sa.select(*_TIMELINE_DELIVERY).select_from(source).where(where), DELIVERY.c.id
+            )
+        }
+        polls = await _newest(
+            conn, sa.select(OBSERVATION).where(OBSERVATION.c.task_ref == ref), OBSERVATION.c.id
         )
-        unfolded = await conn.execute(
-            sa.select(*_TIMELINE_DELIVERY).where(DELIVERY.c.task_ref == ref, UNFOLDED)
-        )
-        deliveries = {row["id"]: row for row in folded.mappings()}
-        deliveries.update((row["id"], row) for row in unfolded.mappings())
-        polls = await conn.execute(
-            sa.select(OBSERVATION).where(OBSERVATION.c.task_ref == ref).order_by(OBSERVATION.c.id)
-        )
-        transitions = await conn.execute(
-            sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref).order_by(TRANSITION.c.seq)
+        transitions = await _newest(
+            conn, sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref), TRANSITION.c.seq
         )
         outputs = await conn.execute(
             sa.select(ARTIFACT).where(ARTIFACT.c.task_ref == ref).order_by(ARTIFACT.c.id)
         )
+        kept = sorted(deliveries)[-TIMELINE_MAX:]
+        omitted = {"deliveries": 0, "polls": 0, "transitions": 0}
+        if len(deliveries) > TIMELINE_MAX:
+            either = sa.union(
+                sa.select(DELIVERY.c.id).select_from(folded).where(folded_where),
+                sa.select(DELIVERY.c.id).where(unfolded_where),
+            ).subquery()
+            omitted["deliveries"] = await _count(conn, either, sa.true()) - len(kept)
+        if len(polls) > TIMELINE_MAX:
+            omitted["polls"] = (
+                await _count(conn, OBSERVATION, OBSERVATION.c.task_ref == ref) - TIMELINE_MAX
+            )
+        if len(transitions) > TIMELINE_MAX:
+            omitted["transitions"] = (
+                await _count(conn, TRANSITION, TRANSITION.c.task_ref == ref) - TIMELINE_MAX
+            )
         return Timeline(
-            deliveries=[DeliveryEntry(**deliveries[key]) for key in sorted(deliveries)],
-            polls=[PollEntry(**row) for row in polls.mappings()],
-            transitions=[TransitionEntry(**row) for row in transitions.mappings()],
+            deliveries=[DeliveryEntry(**deliveries[key]) for key in kept],
+            polls=[PollEntry(**row) for row in polls[-TIMELINE_MAX:]],
+            transitions=[TransitionEntry(**row) for row in transitions[-TIMELINE_MAX:]],
             artifacts=[Artifact(**row) for row in outputs.mappings()],
+            omitted=omitted,
         )
+
+
+async def poll(db: Database, ref: str, poll_id: int) -> PollEntry | None:
+    async with db.read() as conn:
+        found = await conn.execute(
+            sa.select(OBSERVATION).where(OBSERVATION.c.id == poll_id, OBSERVATION.c.task_ref == ref)
+        )
+        row = found.mappings().first()
+        return None if row is None else PollEntry(**row)
+
+
+async def _newest(
+    conn: AsyncConnection, query: sa.Select[Any], order: sa.ColumnElement[Any]
+) -> list[Mapping[str, Any]]:
+    """Up to `TIMELINE_MAX` + 1 rows of `query`, the newest by `order`, oldest first (one
+    more than is shown tells that some were left out)."""
+    found = await conn.execute(query.order_by(order.desc()).limit(TIMELINE_MAX + 1))
+    return list(reversed(found.mappings().all()))
+
+
+async def _count(
+    conn: AsyncConnection, source: sa.FromClause, where: sa.ColumnElement[bool]
+) -> int:
+    return int(
+        (
+            await conn.execute(sa.select(sa.func.count()).select_from(source).where(where))
+        ).scalar_one()
+    )
 
 
 async def summary(db: Database) -> dict[str, Any]:

@@ -141,9 +141,12 @@ class ArchiveJob:
 
 @dataclass(frozen=True, slots=True)
 class Timeline:
-    """A task's deliveries, polls, transitions and archived outputs, each in order."""
+    """A task's deliveries, polls, transitions and archived outputs, each in order: the
+    newest `TIMELINE_MAX` of each kind, and how many older ones were left out (`omitted`,
+    by kind, zero when none)."""
 
     deliveries: list[DeliveryEntry]
     polls: list[PollEntry]
     transitions: list[TransitionEntry]
     artifacts: list[Artifact] = field(default_factory=list)
+    omitted: dict[str, int] = field(default_factory=dict)

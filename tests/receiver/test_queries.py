@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from ops.cli import main
 from schemas.ledger import Poll
 from schemas.states import State
-from schemas.store import LedgerStore
+from schemas.store import LedgerStore, queries
 from schemas.wire import Observation
 from tests.conftest import FakeClock
 from tests.support.senders import apidot_body, openai_event, signed_headers
@@ -34,9 +34,11 @@ async def callback(service: Service, task: dict[str, object], body: bytes) -> in
     return (await service.http.post(path, content=body, headers=JSON)).status_code
 
 
-async def poll(engine: AsyncEngine, clock: FakeClock, ref: str, state: State) -> None:
+async def poll(
+    engine: AsyncEngine, clock: FakeClock, ref: str, state: State, task_id: str = "t-story"
+) -> None:
     store = LedgerStore(engine, clock)
-    observation = Observation("t-story", state, 100)
+    observation = Observation(task_id, state, 100)
     await store.ingest([Poll(ref, clock(), None, observation, 200, "{}")])
 
 
@@ -64,6 +66,45 @@ async def test_task_story_shows_duplicates_conflict_and_recovery_in_order(
         ("succeeded", "poll"),
     ]
     assert (shown["state"], shown["conflict"], shown["recovered"]) == ("succeeded", True, False)
+
+
+async def test_a_task_story_shows_the_newest_of_each_kind_and_counts_the_rest(
+    service: Service,
+    clock: FakeClock,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A task that gets callbacks without end has a bounded page: the newest entries of each
+    kind, and how many older ones were left out (an unread delivery counted once, though two
+    reads find it)."""
+    monkeypatch.setattr(queries, "TIMELINE_MAX", 3)
+    task = await service.register("apidot", provider_task_id="t-long")
+    ref = str(task["ref"])
+    for progress in range(1, 6):
+        clock.advance(1)
+        assert await callback(service, task, apidot_body("t-long", "running", progress)) == 200
+    clock.advance(1)
+    assert await callback(service, task, b'{"code": 200, "data": {"task_id": "t-long"}}') == 200
+    for state in (State.RUNNING, State.RUNNING, State.RUNNING, State.SUCCEEDED):
+        clock.advance(1)
+        await poll(engine, clock, ref, state, "t-long")
+    timeline = (await service.task(ref))["timeline"]
+    assert [(d["state"], d["outcome"]) for d in timeline["deliveries"]] == [
+        ("running", "applied"),
+        ("running", "applied"),
+        (None, "unrecognized"),
+    ]
+    assert [p["state"] for p in timeline["polls"]] == ["running", "running", "succeeded"]
+    assert [t["to_state"] for t in timeline["transitions"]] == ["submitted", "running", "succeeded"]
+    assert timeline["omitted"] == {"deliveries": 3, "polls": 1, "transitions": 0}
+    capsys.readouterr()
+    argv = ["show", ref, "--url", service.base_url, "--token", ADMIN_TOKEN]
+    assert await asyncio.to_thread(main, argv) == 0
+    assert "older entries not shown: deliveries 3, polls 1" in capsys.readouterr().out
+    untouched = await service.register("apidot", provider_task_id="t-short")
+    shown = (await service.task(str(untouched["ref"])))["timeline"]
+    assert shown["omitted"] == {"deliveries": 0, "polls": 0, "transitions": 0}
 
 
 async def test_task_list_filters_and_pages_by_cursor(service: Service, clock: FakeClock) -> None:
