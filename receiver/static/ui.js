@@ -1178,6 +1178,11 @@ function drawTimeline(task) {
     { title: "detail", value: (e) => e.detail, wrap: true },
     { title: "", value: (e) => (e.attrs["data-payload"] ? payloadButton(e.attrs["data-payload"]) : "") },
   ], entries, "Nothing happened to this task yet.", (e) => ({ "data-kind": e.kind, ...e.attrs }));
+  // The service shows the newest entries of each kind; it counts the older ones it left out.
+  const omitted = Object.entries((task.timeline || {}).omitted || {}).filter(([, n]) => n > 0);
+  const note = byId("panel-omitted");
+  note.textContent = omitted.length ? `Older entries not shown: ${omitted.map(([kind, n]) => `${kind} ${n}`).join(", ")}.` : "";
+  note.hidden = omitted.length === 0;
 }
 
 // ---------------------------------------------------------------- raw payloads (admins)

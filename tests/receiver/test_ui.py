@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from itsdangerous import TimestampSigner
@@ -27,13 +28,14 @@ from schemas.ledger import Poll, Reader
 from schemas.media.storage import LocalStore, content_key
 from schemas.settings import ArchiveSettings
 from schemas.states import State
-from schemas.store import ArchivedFile, ArtifactState, Attempt, AttemptResult, LedgerStore
+from schemas.store import ArchivedFile, ArtifactState, Attempt, AttemptResult, LedgerStore, queries
 from schemas.wire import Observation, WireFormat
 from schemas.wire.openai import content_paths
 from simulator import Faults, Lifecycle, SimConfig
 from simulator.files import Video, png
 from tests.conftest import FakeClock
 from tests.support.databases import unavailable
+from tests.support.senders import apidot_body
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
 from tests.support.system import System, running_system
 from tests.support.waiting import eventually
@@ -939,3 +941,37 @@ def artifact(name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     print(f"\nscreenshot: {ARTIFACTS / name}")
     return ARTIFACTS / name
+
+
+async def test_task_panel_says_how_many_older_entries_the_timeline_left_out(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The newest entries of each kind are drawn; a line counts the older ones."""
+    monkeypatch.setattr(queries, "TIMELINE_MAX", 2)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    async with running_service(settings_for(database_url), clock) as service:
+        task = await service.register("apidot", provider_task_id="t-many")
+        path = urlsplit(str(task["callback_url"])).path
+        for progress in range(1, 6):
+            body = apidot_body("t-many", "running", progress)
+            answer = await service.http.post(
+                path, content=body, headers={"content-type": "application/json"}
+            )
+            assert answer.status_code == 200
+        quiet = await service.register("apidot", provider_task_id="t-few")
+        async with browser_session(60) as browser:
+            page = await new_page(browser)
+            await sign_in(page, f"{service.base_url}/ui")
+            errors = watch_errors(page)
+            note = page.locator("#panel-omitted")
+            for ref, shown in ((task["ref"], "deliveries 3"), (quiet["ref"], None)):
+                await page.fill("#ref-input", str(ref))
+                await page.click("#open-task button[type=submit]")
+                await page.wait_for_selector(f"#panel[data-state=ready][data-ref='{ref}']")
+                if shown is None:
+                    assert await note.is_hidden()
+                else:
+                    assert shown in await note.inner_text()
+                    assert await page.locator("#panel-timeline tr[data-kind=delivery]").count() == 2
+                await page.click("#panel-close")
+            assert errors == []
