@@ -479,18 +479,24 @@ def _strict_urls(
 
 
 def _strict_url(definition: Definition, item: object, name: str, rest: FieldPath | None) -> str:
+    """One result URL: `item`, or the string at `rest` in it. Only an http(s) URL is a
+    result: any other (`javascript:...`, a bare word) refuses the body."""
     if isinstance(item, str) and 0 < len(item.strip()) <= URL_MAX_CHARS:
-        return item.strip()
-    if not isinstance(item, dict) or rest is None:
+        url = item.strip()
+    elif not isinstance(item, dict) or rest is None:
         inside = f" or an object with '{rest.text}'" if rest else ""
         raise _fail(definition, name, f"must be a URL{inside}, not {kind(item)}")
-    url = _read(rest, item)
-    name = f"{name}.{rest.text}"
-    if not isinstance(url, str) or not url.strip():
-        raise _fail(definition, name, f"must be a non-empty string, not {kind(url)}")
-    if len(url.strip()) > URL_MAX_CHARS:
-        raise _fail(definition, name, f"is longer than {URL_MAX_CHARS} characters")
-    return url.strip()
+    else:
+        value = _read(rest, item)
+        name = f"{name}.{rest.text}"
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(definition, name, f"must be a non-empty string, not {kind(value)}")
+        url = value.strip()
+        if len(url) > URL_MAX_CHARS:
+            raise _fail(definition, name, f"is longer than {URL_MAX_CHARS} characters")
+    if not url[:8].lower().startswith(_WEB_SCHEMES):
+        raise _fail(definition, name, "must be an http(s) URL")
+    return url
 
 
 def _provider_time(read: _Readers, body: dict[str, Any], finished: Any) -> Any:

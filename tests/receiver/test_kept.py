@@ -83,6 +83,23 @@ async def test_unknown_status_word_is_kept_and_the_task_polled_at_once(
     assert task["next_poll_at"] == clock().isoformat()
 
 
+async def test_apidot_result_url_that_is_not_http_is_kept_unrecognized(service: Service) -> None:
+    """A finished callback whose file URL is `javascript:` is kept raw, and the task gets no
+    result from it."""
+    ref, path = await service.task_with_callback("apidot", provider_task_id="task-js")
+    file = {"file_url": "javascript:alert(1)", "file_type": "video"}
+    data = {"task_id": "task-js", "status": "finished", "progress": 100, "files": [file]}
+    counted = await _unrecognized(service, "bad_field")
+    response = await service.http.post(path, content=orjson.dumps({"code": 200, "data": data}))
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "unrecognized"}
+    assert await _unrecognized(service, "bad_field") == counted + 1
+    task = await service.task(ref)
+    (kept,) = _deliveries(task)
+    assert "must be an http(s) URL" in kept["reason"]
+    assert (task["state"], task["result"]) == ("submitted", None)
+
+
 async def test_a_resent_unreadable_callback_is_stored_once_and_counted(service: Service) -> None:
     ref, path = await service.task_with_callback("apidot", provider_task_id="task-x")
     for _ in range(3):

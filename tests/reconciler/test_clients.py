@@ -336,7 +336,8 @@ async def test_fetch_status_dates_result_urls_by_the_providers_lifetime() -> Non
 
 
 async def test_fetch_status_uses_the_kinds_default_lifetime() -> None:
-    body = {"code": 200, "data": {"task_id": GATEWAY_ID, "status": "finished", "files": ["u"]}}
+    files = ["https://cdn.example/a.mp4"]
+    body = {"code": 200, "data": {"task_id": GATEWAY_ID, "status": "finished", "files": files}}
     async with rig(answer(200, body), kind=APIDOT) as r:
         found = await r.client.fetch_status(GATEWAY_ID)
     assert found.observation is not None

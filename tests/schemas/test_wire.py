@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote
@@ -341,6 +342,35 @@ def test_apidot_answer_with_error_code_is_rejected_with_its_message() -> None:
 def test_apidot_file_without_url_is_rejected() -> None:
     with pytest.raises(WireFormatError, match=r"field 'data\.files\[0\]\.file_url'"):
         normalize_status(APIDOT, apidot_body(files=[{"file_type": "video"}]))
+
+
+SCRIPT = "javascript:alert(1)"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "body", "field"),
+    [
+        (APIDOT, apidot_body(files=[{"file_url": SCRIPT}]), "data.files[0].file_url"),
+        (APIDOT, apidot_body(files=[{"file_url": " video "}]), "data.files[0].file_url"),
+        (EVOLINK, evolink_body(results=[MP4, SCRIPT]), "results[1]"),
+        (EVOLINK, evolink_body(results=[{"url": "video"}]), "results[0].url"),
+        (AIVIDEOAPI, aivideoapi_body(output={"urls": ["ftp://cdn.example/a"]}), "output.urls[0]"),
+    ],
+    ids=["apidot-javascript", "apidot-bare-word", "evolink-javascript", "evolink-bare-word", "ftp"],
+)
+def test_strict_result_url_that_is_not_http_is_rejected(
+    fmt: WireFormat, body: object, field: str
+) -> None:
+    message = rf"field '{re.escape(field)}' must be an http\(s\) URL"
+    with pytest.raises(WireFormatError, match=message) as caught:
+        normalize_callback(fmt, body)
+    assert caught.value.reason == "bad_field"
+
+
+def test_strict_result_url_scheme_is_read_in_any_case() -> None:
+    url = "HTTPS://cdn.example.com/out/clip.mp4"
+    observation = normalize_callback(APIDOT, apidot_body(files=[{"file_url": f" {url} "}]))
+    assert observation.result_urls == (url,)
 
 
 def test_apidot_body_without_data_is_rejected() -> None:
