@@ -1,5 +1,6 @@
-"""`python -m bench.instructions [--requests N] [--concurrency C]`: the instructions a
-callback costs in process, against the durable floor's, counted by valgrind's callgrind.
+"""`python -m bench.instructions [--kind token|signed] [--requests N] [--concurrency C]`: the
+instructions a callback costs in process, against the durable floor's, counted by valgrind's
+callgrind.
 
 Timings on this host drift by two within a day for the same code; instructions do not.
 Each handler runs in its own process under callgrind: its ASGI app is driven straight (no
@@ -7,9 +8,10 @@ HTTP, no sockets: the server's share is the same for every handler), C requests 
 on uvloop, first a warm-up, then N requests between two calls of `getppid`, at which
 callgrind cuts its profile. The count between them, divided by N, is printed with the
 ratio of the two, and each process's batches (taskledger's mean batch size says whether
-both ran alike). Token callbacks of the ingest benchmark's gateway, each one distinct, on
-SQLite with synchronous=FULL. It takes about five minutes; valgrind is installed with
-apt-get, as root, when missing.
+both ran alike). Token callbacks of the ingest benchmark's gateway, or (`--kind signed`) its
+signed `video.completed` webhooks, signed before the run; the warm-up's and the measured
+requests all distinct; on SQLite with synchronous=FULL. It takes about five minutes;
+valgrind is installed with apt-get, as root, when missing.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+from standardwebhooks import Webhook
 
 from bench import baselines, ledger
 
@@ -47,6 +52,11 @@ TASKS = 500
 WARM_UP = 500
 MARKS = "getppid"  # the libc call callgrind cuts its profile at (`os.getppid`)
 HANDLERS = ("floor", "taskledger")
+KINDS = ("token", "signed")
+# One request of a run: its path, body and headers beyond the content's type and length.
+Header = tuple[bytes, bytes]
+Request = tuple[str, bytes, Sequence[Header]]
+Requests = Callable[[int], Request]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +74,10 @@ class Counted:
 # -- inside callgrind: one handler driven ------------------------------------------------
 
 
-async def _post(app: Any, path: str, body: bytes) -> int:
+async def _post(app: Any, path: str, body: bytes, extra: Sequence[Header] = ()) -> int:
     """One POST straight into the ASGI app; its status."""
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    headers += extra
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -100,52 +111,83 @@ async def _post(app: Any, path: str, body: bytes) -> int:
     return status[0]
 
 
-async def _drive(app: Any, targets: Sequence[tuple[str, str]], count: int, at_once: int) -> int:
-    """`count` distinct callbacks, `at_once` clients; how many were not 2xx."""
-    sent = 0
+def token_callback(targets: Sequence[tuple[str, str]]) -> Requests:
+    """The `n`th token callback: the gateway body of the ingest benchmark, each distinct."""
+
+    def request(n: int) -> Request:
+        path, task_id = targets[n % len(targets)]
+        return path, (GATEWAY_BODY % (task_id, n // len(targets) % 99 + 1, n)).encode(), ()
+
+    return request
+
+
+def signed_webhooks(secret: str, count: int, first: int) -> Requests:
+    """`count` distinct `video.completed` events of the ingest benchmark's signed runs, for
+    `TASKS` videos, signed before they are sent (the signing is not the handler's cost)."""
+    hook, now = Webhook(secret), datetime.now(UTC)
+    made = []
+    for n in range(first, first + count):
+        msg_id = f"msg-instructions-{n}"
+        event = {
+            "id": f"evt-instructions-{n}",
+            "object": "event",
+            "created_at": int(now.timestamp()),
+            "type": "video.completed",
+            "data": {"id": f"video_{n % TASKS}"},
+        }
+        body = orjson.dumps(event)
+        signature = hook.sign(msg_id=msg_id, timestamp=now, data=body.decode())
+        headers = [
+            (b"webhook-id", msg_id.encode()),
+            (b"webhook-timestamp", b"%d" % int(now.timestamp())),
+            (b"webhook-signature", signature.encode()),
+        ]
+        made.append(("/webhooks/openai", body, headers))
+    return lambda n: made[n - first]
+
+
+async def _drive(app: Any, request: Requests, count: int, at_once: int, first: int = 0) -> int:
+    """Requests `first` to `first + count`, `at_once` clients; how many were not 2xx."""
+    sent = first
     failed = 0
 
     async def client() -> None:
         nonlocal sent, failed
-        while sent < count:
+        while sent < first + count:
             n = sent
             sent += 1
-            path, task_id = targets[n % len(targets)]
-            body = (GATEWAY_BODY % (task_id, n // len(targets) % 99 + 1, n)).encode()
-            failed += not 200 <= await _post(app, path, body) < 300
+            path, body, headers = request(n)
+            failed += not 200 <= await _post(app, path, body, headers) < 300
 
     await asyncio.gather(*[client() for _ in range(at_once)])
     return failed
 
 
-async def _register(app: Any, admin: str) -> list[tuple[str, str]]:
+async def _register(app: Any, admin: str, kind: str) -> list[tuple[str, str]]:
     transport = httpx.ASGITransport(app=app)
     headers = {"authorization": f"Bearer {admin}"}
+    provider = ledger.GATEWAY if kind == "token" else "openai"
     async with httpx.AsyncClient(transport=transport, base_url="http://t", headers=headers) as http:
         targets = []
         for i in range(TASKS):
-            task_id = f"instructions-{i}"
-            body = {"provider": ledger.GATEWAY, "owner": "bench", "provider_task_id": task_id}
+            task_id = f"instructions-{i}" if kind == "token" else f"video_{i}"
+            body = {"provider": provider, "owner": "bench", "provider_task_id": task_id}
             answer = await http.post("/v1/tasks", json=body)
             answer.raise_for_status()
             targets.append((httpx.URL(answer.json()["callback_url"]).path, task_id))
     return targets
 
 
-def _inner(handler: str, requests: int, at_once: int, directory: Path) -> None:
+def _inner(handler: str, kind: str, requests: int, at_once: int, directory: Path) -> None:
     import uvloop
 
     url = f"sqlite+aiosqlite:///{directory / handler}.db"
     batches = [0, 0]
-    admin = ""
+    secrets = ledger.Secrets()
     if handler == "floor":
         os.environ[baselines.FLOOR_DATABASE_URL] = url
         app: Any = baselines.floor_app()
-        targets = [(f"/callbacks/{ledger.GATEWAY}/t{i}", f"t{i}") for i in range(TASKS)]
     else:
-        targets = []
-        secrets = ledger.Secrets()
-        admin = secrets.admin
         os.environ.update(secrets.receiver_env(url) | {"TASKLEDGER_LOG_LEVEL": "warning"})
         ledger.migrate(url)
         from receiver import writer
@@ -161,13 +203,24 @@ def _inner(handler: str, requests: int, at_once: int, directory: Path) -> None:
         writer.GroupCommitWriter._commit = counted  # type: ignore[method-assign]
         app = create_app()
 
+    async def requests_of() -> Requests:
+        if kind == "signed":  # the floor takes any path and keeps the body alone
+            if handler != "floor":
+                await _register(app, secrets.admin, kind)
+            return signed_webhooks(secrets.webhook, WARM_UP + requests, 0)
+        if handler == "floor":
+            return token_callback(
+                [(f"/callbacks/{ledger.GATEWAY}/t{i}", f"t{i}") for i in range(TASKS)]
+            )
+        return token_callback(await _register(app, secrets.admin, kind))
+
     async def measure() -> int:
         async with app.router.lifespan_context(app):
-            ready = targets if handler == "floor" else await _register(app, admin)
-            await _drive(app, ready, WARM_UP, at_once)
+            request = await requests_of()
+            await _drive(app, request, WARM_UP, at_once)
             batches[:] = [0, 0]
             os.getppid()  # callgrind: the measured part starts
-            failed = await _drive(app, ready, requests, at_once)
+            failed = await _drive(app, request, requests, at_once, first=WARM_UP)
             os.getppid()  # callgrind: and ends
             return failed
 
@@ -192,7 +245,7 @@ def ensure_valgrind() -> str:
     return shutil.which("valgrind") or sys.exit("bench.instructions: valgrind did not install")
 
 
-def count(handler: str, requests: int, at_once: int, directory: Path) -> Counted:
+def count(handler: str, kind: str, requests: int, at_once: int, directory: Path) -> Counted:
     valgrind = ensure_valgrind()
     out = directory / f"callgrind-{handler}"
     command = [
@@ -205,6 +258,8 @@ def count(handler: str, requests: int, at_once: int, directory: Path) -> Counted
         "bench.instructions",
         "--inner",
         handler,
+        "--kind",
+        kind,
         "--requests",
         str(requests),
         "--concurrency",
@@ -225,17 +280,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--kind", choices=KINDS, default="token", help="token callbacks or signed webhooks"
+    )
     parser.add_argument("--inner", choices=HANDLERS, help=argparse.SUPPRESS)
     parser.add_argument("--directory", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
-        _inner(args.inner, args.requests, args.concurrency, args.directory)
+        _inner(args.inner, args.kind, args.requests, args.concurrency, args.directory)
         return 0
     with tempfile.TemporaryDirectory(prefix="taskledger-instructions-") as scratch:
         floor, ours = (
-            count(handler, args.requests, args.concurrency, Path(scratch)) for handler in HANDLERS
+            count(handler, args.kind, args.requests, args.concurrency, Path(scratch))
+            for handler in HANDLERS
         )
-    print(f"{args.requests} token callbacks, {args.concurrency} at a time, SQLite, in process")
+    what = "token callbacks" if args.kind == "token" else "signed webhooks"
+    print(f"{args.requests} {what}, {args.concurrency} at a time, SQLite, in process")
     for counted in (floor, ours):
         print(
             f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a request"
