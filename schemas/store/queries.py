@@ -84,47 +84,34 @@ async def timeline(db: Database, ref: str) -> Timeline:
     async with db.read() as conn:
         # Through the task: its provider id leads to its deliveries by the unique index;
         # those kept without being folded in are found by the small partial index.
-        folded = DELIVERY.join(TASK, _same_provider_task)
-        folded_where = sa.and_(TASK.c.ref == ref, DELIVERY.c.task_ref == ref)
-        unfolded_where = sa.and_(DELIVERY.c.task_ref == ref, UNFOLDED)
-        deliveries = {
-            row["id"]: row
-            for source, where in ((folded, folded_where), (DELIVERY, unfolded_where))
-            for row in await _newest(
-                conn, sa.select(*_TIMELINE_DELIVERY).select_from(source).where(where), DELIVERY.c.id
-            )
-        }
-        polls = await _newest(
-            conn, sa.select(OBSERVATION).where(OBSERVATION.c.task_ref == ref), OBSERVATION.c.id
+        ids = sa.union(
+            sa.select(DELIVERY.c.id)
+            .select_from(DELIVERY.join(TASK, _same_provider_task))
+            .where(TASK.c.ref == ref, DELIVERY.c.task_ref == ref),
+            sa.select(DELIVERY.c.id).where(DELIVERY.c.task_ref == ref, UNFOLDED),
         )
-        transitions = await _newest(
-            conn, sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref), TRANSITION.c.seq
+        deliveries, omitted_deliveries = await _newest(
+            conn, sa.select(*_TIMELINE_DELIVERY).where(DELIVERY.c.id.in_(ids)), "id"
+        )
+        polls, omitted_polls = await _newest(
+            conn, sa.select(OBSERVATION).where(OBSERVATION.c.task_ref == ref), "id"
+        )
+        transitions, omitted_transitions = await _newest(
+            conn, sa.select(TRANSITION).where(TRANSITION.c.task_ref == ref), "seq"
         )
         outputs = await conn.execute(
             sa.select(ARTIFACT).where(ARTIFACT.c.task_ref == ref).order_by(ARTIFACT.c.id)
         )
-        kept = sorted(deliveries)[-TIMELINE_MAX:]
-        omitted = {"deliveries": 0, "polls": 0, "transitions": 0}
-        if len(deliveries) > TIMELINE_MAX:
-            either = sa.union(
-                sa.select(DELIVERY.c.id).select_from(folded).where(folded_where),
-                sa.select(DELIVERY.c.id).where(unfolded_where),
-            ).subquery()
-            omitted["deliveries"] = await _count(conn, either, sa.true()) - len(kept)
-        if len(polls) > TIMELINE_MAX:
-            omitted["polls"] = (
-                await _count(conn, OBSERVATION, OBSERVATION.c.task_ref == ref) - TIMELINE_MAX
-            )
-        if len(transitions) > TIMELINE_MAX:
-            omitted["transitions"] = (
-                await _count(conn, TRANSITION, TRANSITION.c.task_ref == ref) - TIMELINE_MAX
-            )
         return Timeline(
-            deliveries=[DeliveryEntry(**deliveries[key]) for key in kept],
-            polls=[PollEntry(**row) for row in polls[-TIMELINE_MAX:]],
-            transitions=[TransitionEntry(**row) for row in transitions[-TIMELINE_MAX:]],
+            deliveries=[DeliveryEntry(**row) for row in deliveries],
+            polls=[PollEntry(**row) for row in polls],
+            transitions=[TransitionEntry(**row) for row in transitions],
             artifacts=[Artifact(**row) for row in outputs.mappings()],
-            omitted=omitted,
+            omitted={
+                "deliveries": omitted_deliveries,
+                "polls": omitted_polls,
+                "transitions": omitted_transitions,
+            },
         )
 
 
@@ -138,22 +125,17 @@ async def poll(db: Database, ref: str, poll_id: int) -> PollEntry | None:
 
 
 async def _newest(
-    conn: AsyncConnection, query: sa.Select[Any], order: sa.ColumnElement[Any]
-) -> list[Mapping[str, Any]]:
-    """Up to `TIMELINE_MAX` + 1 rows of `query`, the newest by `order`, oldest first (one
-    more than is shown tells that some were left out)."""
-    found = await conn.execute(query.order_by(order.desc()).limit(TIMELINE_MAX + 1))
-    return list(reversed(found.mappings().all()))
-
-
-async def _count(
-    conn: AsyncConnection, source: sa.FromClause, where: sa.ColumnElement[bool]
-) -> int:
-    return int(
-        (
-            await conn.execute(sa.select(sa.func.count()).select_from(source).where(where))
-        ).scalar_one()
-    )
+    conn: AsyncConnection, query: sa.Select[Any], key: str
+) -> tuple[list[dict[str, Any]], int]:
+    """The newest `TIMELINE_MAX` rows of `query` by its column `key`, oldest first, and how
+    many older ones it has (counted only when there are any)."""
+    rows = query.subquery()
+    found = await conn.execute(sa.select(rows).order_by(rows.c[key].desc()).limit(TIMELINE_MAX + 1))
+    newest = [dict(row) for row in found.mappings()]
+    if len(newest) <= TIMELINE_MAX:
+        return list(reversed(newest)), 0
+    total = await conn.scalar(sa.select(sa.func.count()).select_from(rows))
+    return list(reversed(newest[:TIMELINE_MAX])), int(total or 0) - TIMELINE_MAX
 
 
 async def summary(db: Database) -> dict[str, Any]:
