@@ -1,6 +1,6 @@
-"""`python -m bench.instructions [--kind token|signed] [--requests N] [--concurrency C]`: the
-instructions a callback costs in process, against the durable floor's, counted by valgrind's
-callgrind.
+"""`python -m bench.instructions [--kind token|signed] [--database sqlite|postgresql]
+[--requests N] [--concurrency C]`: the instructions a callback costs in process, against the
+durable floor's, counted by valgrind's callgrind.
 
 Timings on this host drift by two within a day for the same code; instructions do not.
 Each handler runs in its own process under callgrind: its ASGI app is driven straight (no
@@ -10,8 +10,10 @@ callgrind cuts its profile. The count between them, divided by N, is printed wit
 ratio of the two, and each process's batches (taskledger's mean batch size says whether
 both ran alike). Token callbacks of the ingest benchmark's gateway, or (`--kind signed`) its
 signed `video.completed` webhooks, signed before the run; the warm-up's and the measured
-requests all distinct; on SQLite with synchronous=FULL. It takes about five minutes;
-valgrind is installed with apt-get, as root, when missing.
+requests all distinct; on SQLite with synchronous=FULL, or (`--database postgresql`) on a
+database of its own on the local PostgreSQL, against its floor there (`pg_floor_app`): the
+receiver's instructions only, not the server's. It takes about five minutes; valgrind is
+installed with apt-get, as root, when missing.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ WARM_UP = 500
 MARKS = "getppid"  # the libc call callgrind cuts its profile at (`os.getppid`)
 HANDLERS = ("floor", "taskledger")
 KINDS = ("token", "signed")
+DATABASES = ("sqlite", "postgresql")
 # One request of a run: its path, body and headers beyond the content's type and length.
 Header = tuple[bytes, bytes]
 Request = tuple[str, bytes, Sequence[Header]]
@@ -178,10 +181,9 @@ async def _register(app: Any, admin: str, kind: str) -> list[tuple[str, str]]:
     return targets
 
 
-def _inner(handler: str, kind: str, requests: int, at_once: int, directory: Path) -> None:
+def _inner(handler: str, kind: str, requests: int, at_once: int, url: str) -> None:
     import uvloop
 
-    url = f"sqlite+aiosqlite:///{directory / handler}.db"
     batches = [0, 0]
     secrets = ledger.Secrets()
     if handler == "floor":
@@ -245,9 +247,22 @@ def ensure_valgrind() -> str:
     return shutil.which("valgrind") or sys.exit("bench.instructions: valgrind did not install")
 
 
-def count(handler: str, kind: str, requests: int, at_once: int, directory: Path) -> Counted:
+def count(
+    handler: str, kind: str, requests: int, at_once: int, directory: Path, database: str
+) -> Counted:
     valgrind = ensure_valgrind()
     out = directory / f"callgrind-{handler}"
+    with (
+        ledger.sqlite_url(directory, handler)
+        if database == "sqlite"
+        else ledger.postgres_url(f"instructions_{handler}")
+    ) as url:
+        return _counted(valgrind, out, handler, kind, requests, at_once, url)
+
+
+def _counted(
+    valgrind: str, out: Path, handler: str, kind: str, requests: int, at_once: int, url: str
+) -> Counted:
     command = [
         valgrind,
         "--tool=callgrind",
@@ -264,8 +279,8 @@ def count(handler: str, kind: str, requests: int, at_once: int, directory: Path)
         str(requests),
         "--concurrency",
         str(at_once),
-        "--directory",
-        str(directory),
+        "--url",
+        url,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     said = [line for line in done.stdout.splitlines() if line.startswith("BATCHES")]
@@ -283,19 +298,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--kind", choices=KINDS, default="token", help="token callbacks or signed webhooks"
     )
+    parser.add_argument("--database", choices=DATABASES, default="sqlite")
     parser.add_argument("--inner", choices=HANDLERS, help=argparse.SUPPRESS)
-    parser.add_argument("--directory", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
-        _inner(args.inner, args.kind, args.requests, args.concurrency, args.directory)
+        _inner(args.inner, args.kind, args.requests, args.concurrency, args.url)
         return 0
     with tempfile.TemporaryDirectory(prefix="taskledger-instructions-") as scratch:
         floor, ours = (
-            count(handler, args.kind, args.requests, args.concurrency, Path(scratch))
+            count(handler, args.kind, args.requests, args.concurrency, Path(scratch), args.database)
             for handler in HANDLERS
         )
     what = "token callbacks" if args.kind == "token" else "signed webhooks"
-    print(f"{args.requests} {what}, {args.concurrency} at a time, SQLite, in process")
+    where = "SQLite" if args.database == "sqlite" else "PostgreSQL"
+    print(f"{args.requests} {what}, {args.concurrency} at a time, {where}, in process")
     for counted in (floor, ours):
         print(
             f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a request"

@@ -4,11 +4,13 @@ hot path: the same reads, the same rows written, column for column."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.database import create_engine
@@ -18,6 +20,7 @@ from schemas.states import State
 from schemas.store.ingest import TASK_FIELDS, CoreSession, fold_batch, fold_batch_async
 from schemas.store.pg_ingest import PgSession
 from schemas.store.transactions import driver_write
+from schemas.tables import DELIVERY, MESSAGE, TASK
 from tests.schemas.test_ingest_sessions import (
     HELD_FOR,
     KNOWN,
@@ -82,6 +85,18 @@ def _with_resends(items: list[Evidence]) -> list[Evidence]:
     return [*items, fresh, fresh, callback(KNOWN, "k-1", "t-1", State.QUEUED)]
 
 
+def _with_odd_values(items: list[Evidence]) -> list[Evidence]:
+    """The batch, plus a delivery whose body is not text and whose headers need escaping in
+    JSON: the rows travel to PostgreSQL as JSON, the bodies as bytes beside it."""
+    odd = replace(
+        callback(KNOWN, "k-4", "t-1", State.RUNNING),
+        body=b'\x00\xff\xfe{"quote": "\\"", "nul": "\\u0000"}\n',
+        headers={"content-type": "text/plain", "x-note": 'a "quote", a \\ and \u2028 \u2603'},
+        received_at=NOW.replace(microsecond=123456),
+    )
+    return [*items, odd]
+
+
 async def test_asyncpg_session_writes_what_core_writes(tmp_path: Path) -> None:
     """Column for column (ids, `seq`s and event ids aside: sequences and randomness)."""
     seen = []
@@ -91,13 +106,19 @@ async def test_asyncpg_session_writes_what_core_writes(tmp_path: Path) -> None:
             try:
                 await upgrade(engine)
                 await seeded(engine)
-                stored = await _ingest(engine, kind, _with_resends(batch()))
-                seen.append((stored, _comparable(await tables(engine))))
+                stored = await _ingest(engine, kind, _with_odd_values(_with_resends(batch())))
+                seen.append((stored, _comparable(await tables(engine)), await _json_nulls(url)))
             finally:
                 await engine.dispose()
-    (core_stored, core_tables), (pg_stored, pg_tables) = seen
+    (core_stored, core_tables, core_nulls), (pg_stored, pg_tables, pg_nulls) = seen
     assert pg_stored == core_stored
     assert pg_tables == core_tables
+    assert pg_nulls == core_nulls  # None stored as JSON null, not SQL NULL, as SQLAlchemy does
+    assert any(pg_nulls.values())
+    odd = next(row for row in pg_tables["delivery"] if row["delivery_key"] == "k-4")
+    assert odd["body"].startswith(b"\x00\xff\xfe")
+    assert odd["headers"]["x-note"].endswith("\u2603")
+    assert odd["received_at"].microsecond == 123456
     duplicates = {row["delivery_key"]: row["duplicate_count"] for row in pg_tables["delivery"]}
     assert (duplicates["k-3"], duplicates["k-1"]) == (1, 2)
 
@@ -111,6 +132,24 @@ async def _ingest(engine: AsyncEngine, kind: str, items: list[Evidence]) -> list
     # As an ingest does: the batch's keys given up front, read with its tasks.
     keys = {item.identity for item in items if isinstance(item, Delivery)}
     return await in_pg_session(engine, lambda s: fold_batch_async(s, items, NOW, READERS), keys)
+
+
+async def _json_nulls(url: str) -> dict[str, tuple[int, int]]:
+    """Each JSON column of the tables ingest writes: its rows holding SQL NULL, and JSON null."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        found = {}
+        for table in (TASK, DELIVERY, MESSAGE):
+            for column in table.c:
+                if isinstance(column.type, sa.JSON):
+                    found[f"{table.name}.{column.name}"] = await conn.fetchrow(
+                        f"SELECT count(*) FILTER (WHERE {column.name} IS NULL), "
+                        f"count(*) FILTER (WHERE json_typeof({column.name}) = 'null') "
+                        f"FROM {table.name}"
+                    )
+        return {name: tuple(counts) for name, counts in found.items()}
+    finally:
+        await conn.close()
 
 
 def _comparable(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
