@@ -160,9 +160,13 @@ _DUPLICATES = (
     "FROM unnest(${p}::text[], ${t}::text[], ${k}::text[], ${n}::int[]) AS w(p, t, k, n) "
     "WHERE d.provider = w.p AND d.provider_task_id = w.t AND d.delivery_key = w.k"
 )
+# Its text arrays travel as JSON, as the rows written do (`_Columns`), in their order.
+_TEXTS = (
+    "ARRAY(SELECT v FROM json_array_elements_text(${}::json) WITH ORDINALITY AS e(v, i) ORDER BY i)"
+)
 _LOAD = (
-    "SELECT tasks, seen FROM taskledger_ingest_load($1::int, $2::int[], $3::text[], "
-    "$4::text[], $5::text[], $6::text[], $7::text[], $8::text[])"
+    "SELECT tasks, seen FROM taskledger_ingest_load($1::int, $2::int[], "  # noqa: S608
+    f"{', '.join(_TEXTS.format(n) for n in range(3, 9))})"
 )
 # The task columns that hold times: JSON carries them as ISO 8601 text.
 _TASK_TIMES = frozenset(c.name for c in TASK.c if isinstance(c.type, UTCDateTime))
@@ -300,9 +304,12 @@ class PgSession:
         self, refs: list[str], providers: list[str], ids: list[str]
     ) -> list[dict[str, Any]]:
         keys = sorted(self._keys)
-        key_arrays = [[key[i] for key in keys] for i in range(3)]
+        texts = [refs, providers, ids, *([key[i] for key in keys] for i in range(3))]
         tasks, seen = await self._conn.fetchrow(
-            _LOAD, TASK_ID_LOCK_NAMESPACE, self._lock_keys, refs, providers, ids, *key_arrays
+            _LOAD,
+            TASK_ID_LOCK_NAMESPACE,
+            self._lock_keys,
+            *(orjson.dumps(values).decode() for values in texts),
         )
         self._lock_keys = []
         self._seen = {
