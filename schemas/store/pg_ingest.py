@@ -157,7 +157,7 @@ _ARTIFACTS = _Columns(
 )
 _DUPLICATES = (
     "UPDATE delivery AS d SET duplicate_count = d.duplicate_count + w.n, last_seen_at = ${now} "
-    "FROM unnest(${p}::text[], ${t}::text[], ${k}::text[], ${n}::int[]) AS w(p, t, k, n) "
+    "FROM json_to_recordset(${rows}::json) AS w(p text, t text, k text, n int) "
     "WHERE d.provider = w.p AND d.provider_task_id = w.t AND d.delivery_key = w.k"
 )
 # Its text arrays travel as JSON, as the rows written do (`_Columns`), in their order.
@@ -411,10 +411,11 @@ class PgSession:
         statement: _Statement, duplicates: dict[DeliveryId, int], now: datetime
     ) -> None:
         first = statement.next
-        keys = sorted(duplicates)
-        sql = _DUPLICATES.format(now=first, p=first + 1, t=first + 2, k=first + 3, n=first + 4)
-        columns = [list(column) for column in zip(*keys, strict=True)]
-        statement.add(sql, [now, *columns, [duplicates[key] for key in keys]])
+        rows = [
+            {"p": p, "t": t, "k": k, "n": duplicates[p, t, k]} for p, t, k in sorted(duplicates)
+        ]
+        sql = _DUPLICATES.format(now=first, rows=first + 1)
+        statement.add(sql, [now, orjson.dumps(rows).decode()])
 
 
 def _by_shape(updates: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
