@@ -310,7 +310,7 @@ async def _store(inbox: Inbox, delivery: Delivery, started: float) -> Answer:
             task_ref=stored.task_ref,
         )
     elapsed = time.perf_counter() - started
-    inbox.metrics.delivered(delivery.provider, stored.outcome.value, elapsed)
+    inbox.metrics.delivered(delivery.provider, stored.outcome._value_, elapsed)
     if delivery.unread is not None and stored.outcome is not Outcome.DUPLICATE:
         inbox.metrics.unrecognized.labels(delivery.provider, delivery.unread.reason).inc()
         inbox.log.info(

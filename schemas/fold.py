@@ -62,6 +62,9 @@ _AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.S
 # A task row's words as members, by a dict (the enum's call costs a microsecond a task).
 _STATES = {state.value: state for state in State}
 _SOURCES = {source.value: source for source in Source}
+# Rows take an enum's value as `_value_`: the same value as `.value`, without its
+# descriptor, a Python call on 3.11 (2% of a callback's instructions, `bench.instructions`).
+_UNMATCHED = Outcome.UNMATCHED.value
 
 
 @dataclass(slots=True)
@@ -223,7 +226,7 @@ class Fold:
         elif outcome is Outcome.UNRECOGNIZED and work is not None:
             work.poll_now = work.changed = True  # the provider's endpoint may say what it meant
         outcome = outcome or Outcome.UNMATCHED
-        row["outcome"] = outcome.value
+        row["outcome"] = outcome._value_
         row["reason"] = reason
         row["task_ref"] = work.ref if work else None
         return outcome
@@ -283,9 +286,9 @@ class Fold:
             "provider_task_id": item.provider_task_id,
             "body": item.body,
             "headers": item.headers,
-            "auth": item.auth.value,
-            "state": observation.state.value if observation else None,
-            "outcome": Outcome.UNMATCHED.value,
+            "auth": item.auth._value_,
+            "state": observation.state._value_ if observation else None,
+            "outcome": _UNMATCHED,
             "reason": None,
             "duplicate_count": 0,
             "received_at": item.received_at,
@@ -464,7 +467,12 @@ class Fold:
                 work.row["recovered"] = True
             work.transitions += 1
             transition = Transition(
-                work.ref, before.state.value, after.state.value, source.value, source_row, self.now
+                work.ref,
+                before.state._value_,
+                after.state._value_,
+                source._value_,
+                source_row,
+                self.now,
             )
             self.writes.transitions.append(transition)
             self._notify(work, events.event_of(after.state), transition)
@@ -494,10 +502,10 @@ class Fold:
 
     @staticmethod
     def _write_snapshot(row: dict[str, Any], snapshot: Snapshot) -> None:
-        row["state"] = snapshot.state.value
+        row["state"] = snapshot.state._value_
         row["progress"] = snapshot.progress
         row["result"] = snapshot.result
-        row["state_source"] = snapshot.source.value
+        row["state_source"] = snapshot.source._value_
         row["authority"] = snapshot.authority
         row["confirmed"] = snapshot.confirmed
         row["conflict"] = snapshot.conflict
