@@ -63,7 +63,7 @@ _AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.S
 _STATES = {state.value: state for state in State}
 _SOURCES = {source.value: source for source in Source}
 # Rows take an enum's value as `_value_`: the same value as `.value`, without its
-# descriptor, a Python call on 3.11 (2% of a callback's instructions, `bench.instructions`).
+# descriptor, a Python call on 3.11 (1.5-2% of a callback's instructions, `bench.instructions`).
 _UNMATCHED = Outcome.UNMATCHED.value
 
 
