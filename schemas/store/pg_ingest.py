@@ -56,7 +56,8 @@ _QUOTE = _DIALECT.identifier_preparer.quote
 
 
 def _encode_json(value: Any) -> str:
-    return orjson.dumps(value).decode()  # None is stored as JSON null, as SQLAlchemy does
+    """A parameter's JSON text: times as RFC 3339 (naive ones as UTC), bytes refused."""
+    return orjson.dumps(value, option=orjson.OPT_NAIVE_UTC).decode()
 
 
 def _decode_json(value: Any) -> Any:
@@ -119,9 +120,15 @@ class _Columns:
     def params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
         fields = self._fields
         records = [{name: row[name] for name in fields} for row in rows]
-        params: list[Any] = [orjson.dumps(records, option=orjson.OPT_NAIVE_UTC).decode()]
+        params: list[Any] = [_encode_json(records)]
         params.extend([row[name] for row in rows] for name in self._bytes)
         return params
+
+    def assignments(self) -> str:
+        """`column = value` for every column but the first, which names the row to update."""
+        return ", ".join(
+            f"{q} = {value}" for q, value in zip(self.quoted[1:], self.value_list[1:], strict=True)
+        )
 
     def insert(self, first: int, tail: str = "") -> str:
         return (
@@ -220,10 +227,7 @@ def _task_columns(task_fields: tuple[str, ...]) -> _Columns:
 def _task_update(task_fields: tuple[str, ...], first: int) -> str:
     """Every field the fold may change, for each changed task, its parameters from `first`."""
     columns = _task_columns(task_fields)
-    assigns = ", ".join(
-        f"{q} = {value}"
-        for q, value in zip(columns.quoted[1:], columns.value_list[1:], strict=True)
-    )
+    assigns = columns.assignments()
     return f"UPDATE task AS t SET {assigns} FROM {columns.source(first)} WHERE t.ref = w.ref"  # noqa: S608
 
 
@@ -231,10 +235,7 @@ def _task_update(task_fields: tuple[str, ...], first: int) -> str:
 def _delivery_update(changed: tuple[str, ...]) -> tuple[str, _Columns]:
     """An UPDATE of stored deliveries folded in again (rare: one statement per shape)."""
     columns = _Columns(DELIVERY, ["id", *changed])
-    assigns = ", ".join(
-        f"{q} = {value}"
-        for q, value in zip(columns.quoted[1:], columns.value_list[1:], strict=True)
-    )
+    assigns = columns.assignments()
     statement = f"UPDATE delivery AS d SET {assigns} FROM {columns.source(1)} WHERE d.id = w.id"  # noqa: S608
     return statement, columns
 
@@ -309,7 +310,7 @@ class PgSession:
             _LOAD,
             TASK_ID_LOCK_NAMESPACE,
             self._lock_keys,
-            *(orjson.dumps(values).decode() for values in texts),
+            *map(_encode_json, texts),
         )
         self._lock_keys = []
         self._seen = {
@@ -415,7 +416,7 @@ class PgSession:
             {"p": p, "t": t, "k": k, "n": duplicates[p, t, k]} for p, t, k in sorted(duplicates)
         ]
         sql = _DUPLICATES.format(now=first, rows=first + 1)
-        statement.add(sql, [now, orjson.dumps(rows).decode()])
+        statement.add(sql, [now, _encode_json(rows)])
 
 
 def _by_shape(updates: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
