@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -263,32 +263,45 @@ def count(
 def _counted(
     valgrind: str, out: Path, handler: str, kind: str, requests: int, at_once: int, url: str
 ) -> Counted:
-    command = [
-        valgrind,
-        "--tool=callgrind",
-        f"--dump-before={MARKS}",
-        f"--callgrind-out-file={out}",
-        sys.executable,
-        "-m",
-        "bench.instructions",
-        "--inner",
-        handler,
-        "--kind",
-        kind,
-        "--requests",
-        str(requests),
-        "--concurrency",
-        str(at_once),
-        "--url",
-        url,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    said = [line for line in done.stdout.splitlines() if line.startswith("BATCHES")]
+    args = ["--inner", handler, "--kind", kind, "--requests", str(requests)]
+    args += ["--concurrency", str(at_once), "--url", url]
+    said, instructions = callgrind(valgrind, out, "bench.instructions", args)
+    batches = [line.removeprefix("BATCHES ") for line in said if line.startswith("BATCHES")]
+    if not batches:
+        sys.exit(f"bench.instructions: {handler} did not say its batches")
+    return Counted(handler, instructions, requests, batches[0])
+
+
+def callgrind(
+    valgrind: str,
+    out: Path,
+    module: str,
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+) -> tuple[list[str], int]:
+    """`python -m module args` under callgrind: the lines it printed, and its instructions
+    between its two calls of `getppid`. A run that fails ends this one, with its errors."""
+    command = [valgrind, "--tool=callgrind", f"--dump-before={MARKS}"]
+    command += [f"--callgrind-out-file={out}", sys.executable, "-m", module, *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     part = Path(f"{out}.2")  # part 1 ends at the first mark, part 2 at the second
-    if done.returncode != 0 or not said or not part.exists():
-        sys.exit(f"bench.instructions: {handler} failed (exit {done.returncode}):\n{done.stderr}")
+    if done.returncode != 0 or not part.exists():
+        sys.exit(f"{module}: {' '.join(args[:2])} failed (exit {done.returncode}):\n{done.stderr}")
     totals = [line for line in part.read_text().splitlines() if line.startswith("totals:")]
-    return Counted(handler, int(totals[0].split()[1]), requests, said[0].removeprefix("BATCHES "))
+    return done.stdout.splitlines(), int(totals[0].split()[1])
+
+
+def report(
+    what: str, database: str, unit: str, baseline: Counted, ours: Counted, against: str
+) -> None:
+    """What was counted, and where; both counts, each a `unit`; and their ratio."""
+    print(f"{what}, {'SQLite' if database == 'sqlite' else 'PostgreSQL'}, in process")
+    for counted in (baseline, ours):
+        print(
+            f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a {unit}"
+            f"  ({counted.batches})"
+        )
+    print(f"  ratio       {ours.per_request / baseline.per_request:.2f}x {against}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,14 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for handler in HANDLERS
         )
     what = "token callbacks" if args.kind == "token" else "signed webhooks"
-    where = "SQLite" if args.database == "sqlite" else "PostgreSQL"
-    print(f"{args.requests} {what}, {args.concurrency} at a time, {where}, in process")
-    for counted in (floor, ours):
-        print(
-            f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a request"
-            f"  ({counted.batches})"
-        )
-    print(f"  ratio       {ours.per_request / floor.per_request:.2f}x the floor's")
+    what = f"{args.requests} {what}, {args.concurrency} at a time"
+    report(what, args.database, "request", floor, ours, "the floor's")
     return 0
 
 
