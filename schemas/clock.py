@@ -5,8 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import orjson
+
 Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def iso(when: datetime) -> str:
+    """`when.isoformat()`, the same text. A time in UTC, as the ledger's are, is written by
+    orjson: `isoformat` formats through C's printf, about 7,000 instructions a call, and
+    the ledger writes several times a delivery."""
+    if when.tzinfo is UTC:
+        return orjson.dumps(when)[1:-1].decode()
+    return when.isoformat()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from schemas.clock import iso
 from schemas.states import State
 
 # Bumped only for a change that could break a consumer; new fields keep the version.
@@ -61,7 +62,7 @@ def envelope(event_type: str, data: dict[str, Any], at: datetime) -> dict[str, A
     the task (with `seq`, the transition's place in the change feed, once known)."""
     return {
         "type": event_type,
-        "timestamp": at.isoformat(),
+        "timestamp": iso(at),
         "schema_version": SCHEMA_VERSION,
         "data": data,
     }
@@ -69,4 +70,4 @@ def envelope(event_type: str, data: dict[str, Any], at: datetime) -> dict[str, A
 
 def jsonable(value: Any) -> Any:
     """Times as ISO 8601; everything else as it is (already JSON)."""
-    return value.isoformat() if isinstance(value, datetime) else value
+    return iso(value) if isinstance(value, datetime) else value

@@ -44,6 +44,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from schemas.clock import iso
 from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Transition, Writes
@@ -85,11 +86,13 @@ _QUOTE = sqlite_dialect.dialect().identifier_preparer.quote
 def _encode_when(value: datetime | None) -> str | None:
     if value is None:
         return None
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the ledger")
-        value = value.astimezone(UTC)
-    return value.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the ledger")
+    # As `isoformat(" ", "microseconds")` without the "+00:00", through `iso` (cheaper).
+    text = iso(value.astimezone(UTC))
+    if value.microsecond:
+        return f"{text[:10]} {text[11:26]}"
+    return f"{text[:10]} {text[11:19]}.000000"
 
 
 @functools.lru_cache(maxsize=4096)

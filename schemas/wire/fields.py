@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from schemas import clock
 from schemas.errors import WireFormatError
 from schemas.states import State
 from schemas.tables import TASK_ID_MAX_CHARS
@@ -157,7 +158,7 @@ def url_expiry(
 
 
 def iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat()
+    return clock.iso(when.astimezone(UTC))
 
 
 def without(request: Mapping[str, object], *keys: str) -> dict[str, object]:

@@ -88,3 +88,23 @@ async def test_an_answer_past_the_cap_is_not_read_further(
     async with server:
         with pytest.raises(AnswerTooLarge):
             await asyncio.wait_for(session_kind.request("GET", url, {}), timeout=30)
+
+
+
+async def declared_then_held(writer: asyncio.StreamWriter) -> None:
+    """Two bytes declared and sent, the connection then held open (bounded: 20 s)."""
+    writer.write(HEAD + b"content-length: 2\r\n\r\n{}")
+    await writer.drain()
+    await asyncio.sleep(20)
+
+
+@pytest.mark.parametrize("session_kind", ["aiohttp", "httpx"], indirect=True)
+async def test_an_answer_is_read_as_far_as_it_declares_without_waiting_for_more(
+    session_kind: Session,
+) -> None:
+    server, url = await served(declared_then_held)
+    async with server:
+        started = asyncio.get_running_loop().time()
+        answer = await asyncio.wait_for(session_kind.request("GET", url, {}), timeout=30)
+        assert asyncio.get_running_loop().time() - started < 5
+    assert answer.content == b"{}"
