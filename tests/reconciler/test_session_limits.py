@@ -90,7 +90,6 @@ async def test_an_answer_past_the_cap_is_not_read_further(
             await asyncio.wait_for(session_kind.request("GET", url, {}), timeout=30)
 
 
-
 async def declared_then_held(writer: asyncio.StreamWriter) -> None:
     """Two bytes declared and sent, the connection then held open (bounded: 20 s)."""
     writer.write(HEAD + b"content-length: 2\r\n\r\n{}")
