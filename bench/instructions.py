@@ -1,6 +1,6 @@
 """`python -m bench.instructions [--kind token|signed] [--database sqlite|postgresql]
-[--requests N] [--concurrency C]`: the instructions a callback costs in process, against the
-durable floor's, counted by valgrind's callgrind.
+[--requests N] [--concurrency C] [--clock ROUNDS]`: the instructions a callback costs in
+process, against the durable floor's, counted by valgrind's callgrind.
 
 Timings on this host drift by two within a day for the same code; instructions do not.
 Each handler runs in its own process under callgrind: its ASGI app is driven straight (no
@@ -14,6 +14,12 @@ requests all distinct; on SQLite with synchronous=FULL, or (`--database postgres
 database of its own on the local PostgreSQL, against its floor there (`pg_floor_app`): the
 receiver's instructions only, not the server's. It takes about five minutes; valgrind is
 installed with apt-get, as root, when missing.
+
+`--clock ROUNDS` counts no instructions: the same processes run without callgrind, floor and
+taskledger by turns, ROUNDS times each, and it prints each one's requests a second and CPU a
+request, and taskledger's share of the floor's rate. On PostgreSQL that rate includes the
+server's work and the round trips, which callgrind does not see: the batch's latency, on
+which a receiver at c=16 waits.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -181,6 +190,23 @@ async def _register(app: Any, admin: str, kind: str) -> list[tuple[str, str]]:
     return targets
 
 
+def postgres_cpu() -> float:
+    """The CPU seconds every `postgres` process on this host has used (each backend's user
+    and system time, from /proc): a local server's share of a run, as a difference."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # ended, or not ours to read
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
 def _inner(handler: str, kind: str, requests: int, at_once: int, url: str) -> None:
     import uvloop
 
@@ -216,19 +242,28 @@ def _inner(handler: str, kind: str, requests: int, at_once: int, url: str) -> No
             )
         return token_callback(await _register(app, secrets.admin, kind))
 
+    clock = [0.0, 0.0, 0.0]
+
     async def measure() -> int:
         async with app.router.lifespan_context(app):
             request = await requests_of()
             await _drive(app, request, WARM_UP, at_once)
             batches[:] = [0, 0]
             os.getppid()  # callgrind: the measured part starts
+            clock[:] = [time.perf_counter(), time.process_time(), postgres_cpu()]
             failed = await _drive(app, request, requests, at_once, first=WARM_UP)
+            clock[:] = [
+                time.perf_counter() - clock[0],
+                time.process_time() - clock[1],
+                postgres_cpu() - clock[2],
+            ]
             os.getppid()  # callgrind: and ends
             return failed
 
     failed = uvloop.run(measure())
     shape = f"{batches[0]} batches of {batches[1] / batches[0]:.1f}" if batches[0] else "-"
     print(f"BATCHES {shape}, {failed} failed", flush=True)
+    print(f"CLOCK {clock[0]} {clock[1]} {clock[2]}", flush=True)
 
 
 # -- outside: each handler under callgrind -------------------------------------------------
@@ -247,29 +282,76 @@ def ensure_valgrind() -> str:
     return shutil.which("valgrind") or sys.exit("bench.instructions: valgrind did not install")
 
 
+def _database(directory: Path, database: str, handler: str) -> AbstractContextManager[str]:
+    """A fresh ledger of its own for one run of a handler, removed after it."""
+    if database == "sqlite":
+        return ledger.sqlite_url(directory, handler)
+    return ledger.postgres_url(f"instructions_{handler}")
+
+
+def _inner_args(handler: str, kind: str, requests: int, at_once: int, url: str) -> list[str]:
+    args = ["--inner", handler, "--kind", kind, "--requests", str(requests)]
+    return [*args, "--concurrency", str(at_once), "--url", url]
+
+
 def count(
     handler: str, kind: str, requests: int, at_once: int, directory: Path, database: str
 ) -> Counted:
     valgrind = ensure_valgrind()
     out = directory / f"callgrind-{handler}"
-    with (
-        ledger.sqlite_url(directory, handler)
-        if database == "sqlite"
-        else ledger.postgres_url(f"instructions_{handler}")
-    ) as url:
-        return _counted(valgrind, out, handler, kind, requests, at_once, url)
+    with _database(directory, database, handler) as url:
+        args = _inner_args(handler, kind, requests, at_once, url)
+        said, instructions = callgrind(valgrind, out, "bench.instructions", args)
+    return Counted(handler, instructions, requests, _said(said, "BATCHES", handler))
 
 
-def _counted(
-    valgrind: str, out: Path, handler: str, kind: str, requests: int, at_once: int, url: str
-) -> Counted:
-    args = ["--inner", handler, "--kind", kind, "--requests", str(requests)]
-    args += ["--concurrency", str(at_once), "--url", url]
-    said, instructions = callgrind(valgrind, out, "bench.instructions", args)
-    batches = [line.removeprefix("BATCHES ") for line in said if line.startswith("BATCHES")]
-    if not batches:
-        sys.exit(f"bench.instructions: {handler} did not say its batches")
-    return Counted(handler, instructions, requests, batches[0])
+def _said(lines: Sequence[str], key: str, handler: str) -> str:
+    found = [line.removeprefix(f"{key} ") for line in lines if line.startswith(key)]
+    if not found:
+        sys.exit(f"bench.instructions: {handler} did not say its {key.lower()}")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class Clocked:
+    """One handler's run on the clock: requests a second, and its process's CPU a request."""
+
+    handler: str
+    rate: float
+    cpu_us: float
+    server_us: float
+
+
+def clocked(
+    handler: str, kind: str, requests: int, at_once: int, directory: Path, database: str
+) -> Clocked:
+    """One run of a handler's inner process, not under callgrind: its wall clock and CPU
+    between the marks (the database's own CPU is not the process's)."""
+    with _database(directory, database, handler) as url:
+        command = [sys.executable, "-m", "bench.instructions"]
+        command += _inner_args(handler, kind, requests, at_once, url)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"bench.instructions: {handler} failed (exit {done.returncode}):\n{done.stderr}")
+    seconds, cpu, server = map(float, _said(done.stdout.splitlines(), "CLOCK", handler).split())
+    return Clocked(handler, requests / seconds, cpu / requests * 1e6, server / requests * 1e6)
+
+
+def _clocked(run: Clocked, database: str) -> str:
+    server = "" if database == "sqlite" else f" + {run.server_us:>3.0f}"
+    return f"{run.rate:>7,.0f}/s {run.cpu_us:>4.0f}{server} µs"
+
+
+def clock_report(what: str, database: str, rounds: list[tuple[Clocked, Clocked]]) -> None:
+    """Each round's pair, then the medians and the median of the rounds' ratios."""
+    print(f"{what}, {'SQLite' if database == 'sqlite' else 'PostgreSQL'}, in process, on the clock")
+    server = "" if database == "sqlite" else " + PostgreSQL's"
+    print(f"  requests a second, and CPU a request: the process's{server}")
+    for floor, ours in rounds:
+        pair = f"floor {_clocked(floor, database)}   taskledger {_clocked(ours, database)}"
+        print(f"  {pair}   {ours.rate / floor.rate:.0%}")
+    ratio = statistics.median(ours.rate / floor.rate for floor, ours in rounds)
+    print(f"  median      taskledger {ratio:.0%} of the floor's requests a second")
 
 
 def callgrind(
@@ -312,19 +394,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kind", choices=KINDS, default="token", help="token callbacks or signed webhooks"
     )
     parser.add_argument("--database", choices=DATABASES, default="sqlite")
+    parser.add_argument(
+        "--clock",
+        type=int,
+        metavar="ROUNDS",
+        help="not instructions: requests a second and CPU, ROUNDS runs of each, alternating",
+    )
     parser.add_argument("--inner", choices=HANDLERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner:
         _inner(args.inner, args.kind, args.requests, args.concurrency, args.url)
         return 0
-    with tempfile.TemporaryDirectory(prefix="taskledger-instructions-") as scratch:
-        floor, ours = (
-            count(handler, args.kind, args.requests, args.concurrency, Path(scratch), args.database)
-            for handler in HANDLERS
-        )
     what = "token callbacks" if args.kind == "token" else "signed webhooks"
     what = f"{args.requests} {what}, {args.concurrency} at a time"
+    run = (args.kind, args.requests, args.concurrency)
+    with tempfile.TemporaryDirectory(prefix="taskledger-instructions-") as scratch:
+        if args.clock:
+            # Alternating, so the host's drift falls on both alike.
+            rounds = [
+                (
+                    clocked("floor", *run, Path(scratch), args.database),
+                    clocked("taskledger", *run, Path(scratch), args.database),
+                )
+                for _ in range(args.clock)
+            ]
+            clock_report(what, args.database, rounds)
+            return 0
+        floor, ours = (count(handler, *run, Path(scratch), args.database) for handler in HANDLERS)
     report(what, args.database, "request", floor, ours, "the floor's")
     return 0
 

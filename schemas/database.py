@@ -90,7 +90,8 @@ _FILES: weakref.WeakKeyDictionary[sa.Engine, SqliteFile] = weakref.WeakKeyDictio
 # costed on the statistics of that moment: a ledger that started empty (or whose
 # statistics lag, autovacuum being off or behind) kept reading its deliveries by
 # sequential scan as they grew into the hundreds of thousands. Planning these short
-# statements costs far less than one such scan.
+# statements costs far less than one such scan. The ingest's transaction, whose statements
+# are all keyed, is planned once and by index instead (`store.transactions.INGEST_BEGIN`).
 POSTGRES_SESSION = {"plan_cache_mode": "force_custom_plan"}
 
 # How connections reach PostgreSQL, named by the URL's `pooling` parameter: `session` (the

@@ -225,10 +225,20 @@ def _task_columns(task_fields: tuple[str, ...]) -> _Columns:
 
 @functools.cache
 def _task_update(task_fields: tuple[str, ...], first: int) -> str:
-    """Every field the fold may change, for each changed task, its parameters from `first`."""
+    """Every field the fold may change, for each changed task, its parameters from `first`.
+
+    The tasks are found by primary key first (`ref = ANY(...)`), then joined to their new
+    values. Joined alone, the planner takes `json_to_recordset` for 100 rows (its fixed
+    guess) and, on a ledger of a few thousand tasks, reads the whole task table for a
+    batch of 16: 0.4-0.9 ms of a 1.7 ms statement, measured by `EXPLAIN ANALYZE`.
+    """
     columns = _task_columns(task_fields)
     assigns = columns.assignments()
-    return f"UPDATE task AS t SET {assigns} FROM {columns.source(first)} WHERE t.ref = w.ref"  # noqa: S608
+    refs = f"ARRAY(SELECT r.ref FROM json_to_recordset(${first}::json) AS r(ref text))"  # noqa: S608
+    return (
+        f"UPDATE task AS t SET {assigns} FROM {columns.source(first)} "  # noqa: S608
+        f"WHERE t.ref = w.ref AND t.ref = ANY({refs})"
+    )
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from schemas.ledger import Delivery, DeliveryId, Evidence, Stored
 from schemas.migrate import upgrade
 from schemas.states import State
 from schemas.store.ingest import TASK_FIELDS, CoreSession, fold_batch, fold_batch_async
-from schemas.store.pg_ingest import PgSession
+from schemas.store.pg_ingest import PgSession, _decode_json, _task_columns, _task_update
 from schemas.store.transactions import driver_write
 from schemas.tables import DELIVERY, MESSAGE, TASK
 from tests.schemas.test_ingest_sessions import (
@@ -182,3 +182,76 @@ async def test_a_connection_the_server_closed_is_replaced_before_a_write(
     for _ in range(3):  # the pool's connections, whether asyncpg has seen them close or not
         async with driver_write(engine) as driver:
             assert await driver.fetchval("SELECT 1") == 1
+
+
+async def _settings(driver: Any) -> tuple[str, str]:
+    return (
+        await driver.fetchval("SHOW plan_cache_mode"),
+        await driver.fetchval("SHOW enable_seqscan"),
+    )
+
+
+async def test_an_ingest_plans_its_statements_once_by_index_and_only_in_its_transaction(
+    engine: AsyncEngine,
+) -> None:
+    """The ingest's transaction plans once per connection and never by sequential scan;
+    every other transaction on the same connections keeps the session's own settings."""
+    async with driver_write(engine) as driver:
+        assert await _settings(driver) == ("force_generic_plan", "off")
+    for _ in range(2):  # the pool's connection, then a new one
+        async with engine.connect() as conn:
+            raw: Any = (await conn.get_raw_connection()).driver_connection
+            assert await _settings(raw) == ("force_custom_plan", "on")
+            await conn.invalidate()
+
+
+def _scans_of(plan: dict[str, Any], relation: str) -> list[dict[str, Any]]:
+    scan = plan.get("Relation Name") == relation and "Scan" in plan["Node Type"]
+    found = [plan] if scan else []
+    for child in plan.get("Plans", []):
+        found += _scans_of(child, relation)
+    return found
+
+
+def _keyed(scan: dict[str, Any]) -> bool:
+    """A scan that reaches its rows through an index's condition (a bitmap scan through its
+    index child's), not by reading the whole table or index."""
+    if "Index Cond" in scan:
+        return True
+    return any(_keyed(child) for child in scan.get("Plans", []))
+
+
+async def test_a_batch_updates_its_tasks_by_primary_key_on_a_ledger_of_thousands(
+    engine: AsyncEngine,
+) -> None:
+    """Joined to `json_to_recordset` alone (which the planner takes for 100 rows), the
+    update of a batch's tasks read the whole task table of a small ledger; it finds them
+    by primary key, under the session's settings and under the ingest's."""
+    await seeded(engine)
+    columns = [c.name for c in TASK.c]
+    copied = ", ".join(
+        f"'{name[:2]}' || g || task.{name}" if name in ("ref", "provider_task_id") else name
+        for name in columns
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                f"INSERT INTO task ({', '.join(columns)}) SELECT {copied} "
+                "FROM task, generate_series(1, 1500) AS g WHERE task.provider_task_id = 't-1'"
+            )
+        )
+        await conn.execute(sa.text("ANALYZE task"))
+    reader = _task_columns(TASK_FIELDS)
+    update = _task_update(TASK_FIELDS, 1)
+    for ingest_settings in (False, True):
+        async with driver_write(engine) as driver:
+            if not ingest_settings:
+                await driver.execute("RESET plan_cache_mode; RESET enable_seqscan")
+                assert await _settings(driver) == ("force_custom_plan", "on")
+            records = await driver.fetch(
+                f"SELECT {reader.select} FROM task ORDER BY ref DESC LIMIT 16"
+            )
+            rows = [reader.decode(record) for record in records]
+            plan = await driver.fetchval(f"EXPLAIN (FORMAT JSON) {update}", *reader.params(rows))
+            (scan,) = _scans_of(_decode_json(plan)[0]["Plan"], "task")
+            assert _keyed(scan), scan
