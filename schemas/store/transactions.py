@@ -214,11 +214,13 @@ async def _started(engine: AsyncEngine) -> tuple[AsyncConnection, Any, Any]:
 
 # The ingest's statements are keyed reads and writes of one batch (its tasks by primary or
 # unique key, its deliveries by their unique key): an index is always the right way in, so
-# for its transaction alone each is planned once per connection (a generic plan) and never
-# by sequential scan. The session's `force_custom_plan` (`schemas.database`) planned them
-# again at every run: the write, the load's three statements and the delivery foreign key's
-# check for each row, about 0.7 ms of PostgreSQL's CPU for a batch of 16, a quarter of it.
-# Sent with BEGIN, in one round trip; both end with the transaction.
+# for its transaction alone each is planned once per connection (a generic plan) and by
+# index wherever one serves, whatever the statistics said when it was planned. The
+# session's `force_custom_plan` (`schemas.database`) planned them again at every run: the
+# write, the load's three statements and the delivery foreign key's check for each row,
+# about 0.7 ms of planning for a batch of 16. With one plan each, PostgreSQL's CPU a
+# callback fell by 40-45% (`python -m bench.instructions --database postgresql --clock 3`).
+# Sent with BEGIN, in one round trip; both settings end with the transaction.
 INGEST_BEGIN = (
     "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
 )
