@@ -337,14 +337,18 @@ def clocked(
     return Clocked(handler, requests / seconds, cpu / requests * 1e6, server / requests * 1e6)
 
 
+def _place(database: str) -> str:
+    return "SQLite" if database == "sqlite" else "PostgreSQL"
+
+
 def _clocked(run: Clocked, database: str) -> str:
     server = "" if database == "sqlite" else f" + {run.server_us:>3.0f}"
     return f"{run.rate:>7,.0f}/s {run.cpu_us:>4.0f}{server} µs"
 
 
 def clock_report(what: str, database: str, rounds: list[tuple[Clocked, Clocked]]) -> None:
-    """Each round's pair, then the medians and the median of the rounds' ratios."""
-    print(f"{what}, {'SQLite' if database == 'sqlite' else 'PostgreSQL'}, in process, on the clock")
+    """Each round's pair, then the median of the rounds' ratios."""
+    print(f"{what}, {_place(database)}, in process, on the clock")
     server = "" if database == "sqlite" else " + PostgreSQL's"
     print(f"  requests a second, and CPU a request: the process's{server}")
     for floor, ours in rounds:
@@ -377,7 +381,7 @@ def report(
     what: str, database: str, unit: str, baseline: Counted, ours: Counted, against: str
 ) -> None:
     """What was counted, and where; both counts, each a `unit`; and their ratio."""
-    print(f"{what}, {'SQLite' if database == 'sqlite' else 'PostgreSQL'}, in process")
+    print(f"{what}, {_place(database)}, in process")
     for counted in (baseline, ours):
         print(
             f"  {counted.handler:<11} {counted.per_request:>10,.0f} instructions a {unit}"

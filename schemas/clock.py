@@ -21,3 +21,8 @@ def iso(when: datetime) -> str:
     if when.tzinfo is UTC:
         return orjson.dumps(when)[1:-1].decode()
     return when.isoformat()
+
+
+def utc_iso(when: datetime) -> str:
+    """`iso` of an aware time, in UTC (the text the ledger stores and sends)."""
+    return iso(when.astimezone(UTC))

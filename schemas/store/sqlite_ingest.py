@@ -44,7 +44,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from schemas.clock import iso
+from schemas.clock import utc_iso
 from schemas.database import SqliteFile
 from schemas.errors import StorageUnavailable
 from schemas.fold import TaskWork, Transition, Writes
@@ -89,7 +89,7 @@ def _encode_when(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the ledger")
     # As `isoformat(" ", "microseconds")` without the "+00:00", through `iso` (cheaper).
-    text = iso(value.astimezone(UTC))
+    text = utc_iso(value)
     if value.microsecond:
         return f"{text[:10]} {text[11:26]}"
     return f"{text[:10]} {text[11:19]}.000000"

@@ -157,8 +157,7 @@ def url_expiry(
     return {} if expires_at is None else {"expires_at": iso(expires_at)}
 
 
-def iso(when: datetime) -> str:
-    return clock.iso(when.astimezone(UTC))
+iso = clock.utc_iso
 
 
 def without(request: Mapping[str, object], *keys: str) -> dict[str, object]:
