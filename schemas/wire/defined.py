@@ -53,12 +53,15 @@ def spec_of(definition: Definition) -> WireSpec:
     return WireSpec(
         submit_path=definition.submit.path,
         status_path=definition.poll.path,
-        read_status=partial(read_status, definition),
+        read_status=partial(read_answer, definition),
         read_task_id=partial(read_task_id, definition),
         build_submit=partial(build_submit, definition),
         read_callback=partial(read_callback, definition),
-        # Without `submit.task_id` the submit answer reads as a status body.
-        read_submit=partial(read_submit, definition) if definition.submit.task_id else None,
+        # Without `submit.task_id` the submit answer reads as a status body, its envelope's
+        # code always checked: a code other than success there refuses our request.
+        read_submit=partial(
+            read_submit if definition.submit.task_id else _read_submit_status, definition
+        ),
     )
 
 
@@ -99,16 +102,33 @@ def read_status(
     )
 
 
-def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> Observation:
-    """A callback body. Its envelope's code reports on the task, not on a request of ours:
-    a failed task's callback comes with an error code (kie: 501 and `state: "fail"`), so a
-    code other than success refuses only a body whose task names no status."""
+def read_answer(
+    definition: Definition,
+    body: object,
+    missing: State | None,
+    lifetime: Lifetime,
+    *,
+    asked: str | None = None,
+) -> Observation:
+    """A status answer or a callback. Its envelope's code may report on the task, not on
+    our request: a failed task comes with an error code in both (kie: 501 and `state:
+    "fail"`, its task-detail page and its callbacks alike), so a code other than success
+    refuses only a body whose task names no status (a rate limit, an unknown task)."""
     try:
-        observation = read_status(definition, body, None, lifetime)
+        return read_status(definition, body, missing, lifetime, asked=asked)
     except WireFormatError as exc:
         if exc.reason != _REFUSED_IN_BODY or not _names_status(definition, body):
             raise
-        observation = read_status(definition, body, None, lifetime, envelope=False)
+        return read_status(definition, body, missing, lifetime, envelope=False, asked=asked)
+
+
+def _read_submit_status(definition: Definition, body: object) -> Observation:
+    return read_status(definition, body, State.QUEUED, UNKNOWN_LIFETIME)
+
+
+def read_callback(definition: Definition, body: object, lifetime: Lifetime) -> Observation:
+    """A callback body (`read_answer`); a thin one must name an outcome."""
+    observation = read_answer(definition, body, None, lifetime)
     if definition.callback_shape == "thin" and not observation.needs_fetch:
         raise IgnoredEvent("a thin callback that names no outcome", reason="ignored")
     return observation

@@ -99,7 +99,7 @@ def normalize_status(
     """
     lifetime = Lifetime(result_ttl_seconds, now)
     if task_id is not None and isinstance(fmt, Definition):
-        return defined.read_status(fmt, body, None, lifetime, asked=task_id)
+        return defined.read_answer(fmt, body, None, lifetime, asked=task_id)
     return spec(fmt).read_status(body, None, lifetime)
 
 

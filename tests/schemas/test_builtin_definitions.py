@@ -16,9 +16,12 @@ from schemas.ledger import NOT_READ_AS_JSON, Reader, parse_payload, read_payload
 from schemas.settings import BUILTIN_PROVIDERS_DIR, builtin_definitions
 from schemas.states import State
 from schemas.wire import (
+    WireFormat,
     build_submit_body,
     normalize_callback,
     normalize_result,
+    normalize_status,
+    parse_submit_response,
     result_path,
     status_path,
     submit_path,
@@ -140,6 +143,39 @@ def test_a_kie_failure_callback_reads_as_failed_and_names_its_task() -> None:
         normalize_callback(kind("kie"), {"code": 501, "msg": "no", "data": {"taskId": "t-1"}})
     assert caught.value.reason == "provider_error"
     assert task_id_hint(kind("kie"), {"code": 501, "data": {"taskId": "t-1"}}) == "t-1"
+
+
+def test_a_kie_failure_polled_reads_as_failed_as_its_callback_does() -> None:
+    """kie's task-detail page answers a failed task with code 501 (or 422) in its envelope
+    and `state: "fail"`: the task's outcome, not an error of the poll, which retried would
+    never end."""
+    body = {
+        "code": 501,
+        "msg": "Generation failed",
+        "data": {"taskId": "t-1", "state": "fail", "failCode": "501", "failMsg": "policy"},
+    }
+    for asked in ("t-1", None):
+        seen = normalize_status(kind("kie"), body, task_id=asked)
+        assert (seen.provider_task_id, seen.state, seen.error_code, seen.error_message) == (
+            "t-1",
+            State.FAILED,
+            "501",
+            "policy",
+        )
+    # An envelope's code on a body whose task names no status is the endpoint's refusal.
+    for refused in ({"code": 404, "msg": "task not found", "data": None}, {"code": 429}):
+        with pytest.raises(WireFormatError) as caught:
+            normalize_status(kind("kie"), refused, task_id="t-1")
+        assert caught.value.reason == "provider_error"
+
+
+def test_a_submit_answer_refused_by_its_envelope_stays_refused_whatever_it_names() -> None:
+    """A submit answer read as a status body: a code other than success refuses our
+    request, even beside a status word (no task was made to have one)."""
+    body = {"code": 402, "message": "insufficient_credits", "data": {"status": "failed"}}
+    with pytest.raises(WireFormatError) as caught:
+        parse_submit_response(WireFormat.APIDOT, body)
+    assert caught.value.reason == "provider_error"
 
 
 @pytest.mark.parametrize(

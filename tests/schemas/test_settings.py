@@ -77,7 +77,7 @@ def test_a_provider_without_a_default_kind_names_its_variable() -> None:
 
 @pytest.mark.parametrize(
     ("name", "ttl", "signed"),
-    [("replicate", 3600.0, True), ("fal", 604800.0, False), ("kie", 1200.0, False)],
+    [("replicate", 3600.0, True), ("fal", 604800.0, False), ("kie", 86400.0, False)],
 )
 def test_a_provider_named_like_a_builtin_definition_is_of_its_kind(
     name: str, ttl: float, signed: bool
