@@ -136,10 +136,11 @@ def precedence(state: State, progress: int, authority: int) -> tuple[int, int, i
 
 def merge(current: Snapshot, report: Report) -> Decision:
     """Fold one report into the current snapshot. Pure: no I/O, no clock."""
-    progress = max(current.progress, _clamp(report.progress))
+    reported = _progress_of(report)
+    progress = max(current.progress, reported)
     conflict = _contradicts(current.state, report.state)
     mine = precedence(current.state, current.progress, current.authority)
-    theirs = precedence(report.state, _clamp(report.progress), report.authority)
+    theirs = precedence(report.state, reported, report.authority)
     if theirs > mine:
         won = Snapshot(
             state=report.state,
@@ -185,8 +186,13 @@ def _contradicts(a: State, b: State) -> bool:
     return a in REAL_TERMINAL and b in REAL_TERMINAL and a is not b
 
 
-def _clamp(progress: int) -> int:
-    return min(100, max(0, progress))
+def _progress_of(report: Report) -> int:
+    """A report's progress, 0..100; a success is done, whether or not its body says so
+    (Replicate, fal and kie send no percentage). Of the report alone, so that the order
+    reports come in cannot change what the ledger ends with."""
+    if report.state is State.SUCCEEDED:
+        return 100
+    return min(100, max(0, report.progress))
 
 
 # What a task keeps from an earlier result when a later one does not say it again: the

@@ -131,6 +131,17 @@ def test_merge_clamps_progress_into_percent() -> None:
     assert decision.snapshot.progress == 100
 
 
+@pytest.mark.parametrize("source", [Source.WEBHOOK, Source.POLL])
+def test_a_success_is_done_whatever_percentage_its_body_said(source: Source) -> None:
+    """Replicate, fal and kie report no percentage: their success must not read as 0%."""
+    running = merge(Snapshot(), Report(State.RUNNING, source, progress=40)).snapshot
+    done = merge(running, Report(State.SUCCEEDED, source)).snapshot
+    assert (done.state, done.progress) == (State.SUCCEEDED, 100)
+    # A failure or a cancellation keeps how far the task got.
+    for end in (State.FAILED, State.CANCELLED):
+        assert merge(running, Report(end, source)).snapshot.progress == 40
+
+
 reports = st.builds(
     Report,
     state=st.sampled_from(ALL_STATES),
