@@ -11,6 +11,7 @@ Ctrl-C stops everything started and exits 130.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -50,15 +51,26 @@ def run(*args: object) -> None:
 
 
 def call(*args: object) -> int:
-    """Run one of our tools and wait for it to end, even through Ctrl-C: the terminal sends
-    SIGINT to the tool too, and it stops in its own way. 130 when interrupted."""
-    interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    """Run one of our tools and wait for it to end. The tool runs in a process group of
+    its own, and SIGINT, SIGTERM and SIGHUP sent to dev.py (Ctrl-C in a terminal, a
+    `kill`, a closed terminal) are passed on to it once: it stops in its own way, its
+    children with it, before dev.py ends. 128 + the signal's number when stopped so."""
+    child = subprocess.Popen([str(a) for a in args], cwd=ROOT, process_group=0)  # noqa: S603
+    stopped_by: list[int] = []
+
+    def forward(number: int, _frame: object) -> None:
+        stopped_by.append(number)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(number)
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {number: signal.signal(number, forward) for number in forwarded}
     try:
-        code = subprocess.call([str(a) for a in args], cwd=ROOT)  # noqa: S603 - our own tools
+        code = child.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
-    return EXIT_INTERRUPTED if interrupted else code
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 128 + stopped_by[0] if stopped_by else code
 
 
 def ensure_chromium() -> None:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import urlsplit
@@ -29,7 +29,7 @@ from ops.supervisor import (
     supervise,
     workers_of,
 )
-from schemas.clock import utc_now
+from schemas.clock import aware, utc_now
 from schemas.database import (
     checked_url,
     create_engine,
@@ -222,7 +222,10 @@ def _moment(raw: str) -> datetime:
         moment = datetime.fromisoformat(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date or time: {raw!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return aware(moment)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"not a time of years 1 to 9999 in UTC: {raw!r}") from None
 
 
 def _days(raw: str) -> float:

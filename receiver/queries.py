@@ -24,6 +24,7 @@ from receiver.bodies import SHOWN_CHARS
 from receiver.contract import trimmed_owner
 from receiver.errors import NotFound, ReceiverError, Unprocessable
 from receiver.openapi import TasklessDelivery
+from schemas.clock import aware
 from schemas.endpoint_urls import redact
 from schemas.settings import Settings
 from schemas.states import State
@@ -394,9 +395,8 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise Unprocessable(f"{name} must be an ISO-8601 time") from None
-    value = value if value.tzinfo else value.replace(tzinfo=UTC)
     try:
-        value.astimezone(UTC)  # the ledger compares in UTC: 9999-12-31T23:00-05:00 is past it
+        value = aware(value)
     except OverflowError:
         raise Unprocessable(f"{name} must be an ISO-8601 time in years 1 to 9999 UTC") from None
     return value

@@ -26,3 +26,11 @@ def iso(when: datetime) -> str:
 def utc_iso(when: datetime) -> str:
     """`iso` of an aware time, in UTC (the text the ledger stores and sends)."""
     return iso(when.astimezone(UTC))
+
+
+def aware(moment: datetime) -> datetime:
+    """`moment` with a zone (UTC when it names none); `OverflowError` when it is not a time
+    of years 1 to 9999 in UTC, which the ledger compares in (9999-12-31T23:00-05:00 is not)."""
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment.astimezone(UTC)
+    return moment

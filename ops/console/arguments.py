@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
-from datetime import UTC, datetime
+from datetime import datetime
+
+from schemas.clock import aware
 
 _ID = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -15,7 +17,10 @@ def iso_time(raw: str) -> str:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time: {raw!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+    try:
+        return aware(when).isoformat()
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"not a time of years 1 to 9999 in UTC: {raw!r}") from None
 
 
 def identifier(raw: str) -> str:

@@ -790,3 +790,23 @@ def test_a_filter_too_long_for_a_url_is_one_line(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("since", "why"),
+    [
+        ("0001-01-01T00:00:00+14:00", "not a time of years 1 to 9999 in UTC"),
+        ("9999-12-31T23:59:59-14:00", "not a time of years 1 to 9999 in UTC"),
+        ("yesterday", "not an ISO 8601 date or time"),
+    ],
+    ids=["before-year-1", "after-year-9999", "no-time"],
+)
+def test_a_refold_since_no_time_of_the_ledger_is_refused_as_an_argument(
+    capsys: pytest.CaptureFixture[str], since: str, why: str
+) -> None:
+    """The ledger compares in UTC: a time that leaves years 1 to 9999 there is refused before
+    anything opens the database (it had ended as a bare "database error")."""
+    with pytest.raises(SystemExit) as exited:
+        main(["db", "refold", "--since", since, "--dry-run"])
+    assert exited.value.code == 2
+    assert f"argument --since: {why}: {since!r}" in capsys.readouterr().err.splitlines()[-1]

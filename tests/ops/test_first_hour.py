@@ -302,9 +302,18 @@ def test_run_exits_with_the_code_of_the_process_that_failed(tmp_path: Path) -> N
     assert "Traceback" not in answer.stdout + answer.stderr
 
 
-def test_ctrl_c_of_dev_py_run_waits_for_everything_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("whole_group", "number"),
+    [(True, signal.SIGINT), (False, signal.SIGTERM), (False, signal.SIGINT)],
+    ids=["ctrl-c", "kill", "kill-int"],
+)
+def test_a_signal_to_dev_py_run_stops_everything_before_it_exits(
+    tmp_path: Path, whole_group: bool, number: signal.Signals
+) -> None:
     """dev.py copied beside a copy of the project's files and its virtualenv's scripts, as it
-    finds them after a first run (so nothing is installed, and the clone is left alone)."""
+    finds them after a first run (so nothing is installed, and the clone is left alone).
+    Ctrl-C in a terminal signals the whole group; a supervisor's `kill` (or `kill -INT`)
+    signals dev.py alone: either way the service stops with it, and it exits 128 + N."""
     for name in ("dev.py", "pyproject.toml", "Procfile"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / ".venv").mkdir()
@@ -316,7 +325,7 @@ def test_ctrl_c_of_dev_py_run_waits_for_everything_and_exits_130(tmp_path: Path)
     args = [sys.executable, "dev.py", "run", "--port", str(port)]
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
-        # Its own session, like a terminal's job: Ctrl-C is SIGINT to the whole group.
+        # Its own session, like a terminal's job.
         process = subprocess.Popen(
             args,
             env=env,
@@ -328,12 +337,18 @@ def test_ctrl_c_of_dev_py_run_waits_for_everything_and_exits_130(tmp_path: Path)
     running = Started(process, f"http://127.0.0.1:{port}", log)
     try:
         wait_ready(running)
-        os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=START_SECONDS) == 130, running.output()
+        if whole_group:
+            os.killpg(process.pid, number)
+        else:
+            process.send_signal(number)
+        assert process.wait(timeout=START_SECONDS) == 128 + number, running.output()
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=START_SECONDS)
+            process.terminate()  # passed on to the service, which stops
+            try:
+                process.wait(timeout=START_SECONDS)
+            finally:
+                os.killpg(process.pid, signal.SIGKILL)
     assert "Traceback" not in running.output()
     assert "KeyboardInterrupt" not in running.output()
     with pytest.raises(httpx.TransportError):  # the receiver stopped with it
