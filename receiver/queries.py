@@ -416,7 +416,7 @@ def _flag(raw: str | None, name: str) -> bool | None:
         return True
     if raw.lower() in ("false", "0", "no"):
         return False
-    raise ReceiverError(f"{name} must be one of: true, false")
+    raise ReceiverError(f"{name} must be true or false (or 1 or 0, yes or no)")
 
 
 def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:

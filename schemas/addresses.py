@@ -208,7 +208,13 @@ def _split(url: str) -> tuple[SplitResult, str]:
     """The URL's parts, and its host as an HTTP client connects to it."""
     try:
         parts = urlsplit(url)
+    except ValueError as exc:
+        raise BlockedURL("the URL has no usable host", reason="no_host") from exc
+    try:
         _ = parts.port  # raises for a port that is not a number in range
+    except ValueError as exc:
+        raise BlockedURL("the URL's port is not a number up to 65535", reason="no_host") from exc
+    try:
         host = parts.hostname or ""
         if not host.isascii():
             # Clients map a host through IDNA first (UTS #46): to them `127。0。0。1` and

@@ -358,8 +358,8 @@ def bearer(token: str) -> dict[str, str]:
     ("query", "named"),
     [
         ({"state": "bogus"}, "state must be one of: submitted, queued, running"),
-        ({"conflict": "maybe"}, "conflict must be one of: true, false"),
-        ({"stuck": "often"}, "stuck must be one of: true, false"),
+        ({"conflict": "maybe"}, "conflict must be true or false (or 1 or 0, yes or no)"),
+        ({"stuck": "often"}, "stuck must be true or false (or 1 or 0, yes or no)"),
     ],
     ids=["state", "conflict", "stuck"],
 )

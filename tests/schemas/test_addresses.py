@@ -350,3 +350,11 @@ def test_parse_networks_of_nothing_is_empty() -> None:
 def test_parse_networks_names_what_is_wrong(text: str, named: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(named)):
         parse_networks(text)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://cdn.example.com:99999/v.mp4", "https://cdn.example.com:x/"]
+)
+def test_a_port_out_of_range_is_named_as_the_port(url: str) -> None:
+    with pytest.raises(BlockedURL, match="the URL's port is not a number up to 65535"):
+        POLICY.check_url(url)
