@@ -18,6 +18,8 @@ import structlog
 REDACTED_KEYS = frozenset(
     {"token", "secret", "signature", "authorization", "prompt", "body", "url", "callback_url"}
 )
+# uvicorn's server loggers (not its access log, which would print callback tokens).
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error")
 # Keys a `Throttle` keeps at most (keys come from a few providers and reasons, but a name
 # in a URL is the sender's to choose).
 THROTTLE_KEYS_MAX = 1024
@@ -32,20 +34,40 @@ def configure(level: str = "info", json: bool | None = None) -> None:
         else structlog.dev.ConsoleRenderer()
     )
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    shared: list[structlog.typing.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        drop_sensitive,
+        structlog.processors.format_exc_info,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            drop_sensitive,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_stdout_logger,
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stdout, force=True)
+    # Lines of stdlib loggers (libraries', and uvicorn's own: "Started server process",
+    # "Invalid HTTP request received") in the same shape, not as plain text among them.
+    handler = _StdoutHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)
+    for name in UVICORN_LOGGERS:  # configured by uvicorn before it loads the app
+        uvicorn = logging.getLogger(name)
+        uvicorn.handlers.clear()
+        uvicorn.propagate = True
+
+
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler writing to whatever `sys.stdout` is at the moment, as `_Stdout`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
 
 
 def _json_line(event: structlog.typing.EventDict, **_options: object) -> str:

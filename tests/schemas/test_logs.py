@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 
+import orjson
 import pytest
 import structlog
 
@@ -82,3 +84,31 @@ def test_a_throttle_lets_one_line_a_key_through_each_period_and_counts_the_rest(
     now[0] += 10.0
     assert throttle.due("full") == 5  # the lines left out, told with the next one
     assert throttle.due("full") is None
+
+
+def test_uvicorn_and_library_lines_are_json_lines_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn configures its loggers before it loads the app; once the app configures
+    logging, uvicorn's own lines come out as the app's do (not its access log)."""
+    server = logging.getLogger("uvicorn.error")
+    server.addHandler(logging.StreamHandler(io.StringIO()))  # as uvicorn's set-up leaves it
+    server.propagate = False
+    server.setLevel(logging.INFO)
+    stream = capture(monkeypatch)
+    server.info("Started server process [%d]", 42)
+    logging.getLogger("some.library").warning("careful: token=%s", "x")
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["event"], line["level"], line["logger"]) for line in lines] == [
+        ("Started server process [42]", "info", "uvicorn.error"),
+        ("careful: token=x", "warning", "some.library"),
+    ]
+    assert all("timestamp" in line for line in lines)
+
+
+def test_uvicorn_access_log_is_left_as_uvicorn_set_it() -> None:
+    """`--no-access-log` leaves it without handlers and not propagating: it would print
+    every callback's path, token included."""
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    logs.configure("info", json=True)
+    assert (access.handlers, access.propagate) == ([], False)
