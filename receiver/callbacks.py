@@ -203,9 +203,10 @@ async def receive_webhook(inbox: Inbox, scope: Scope, receive: Receive) -> Answe
     body = await read_body(
         receive, headers, inbox.settings.max_body_bytes, inbox.settings.body_timeout_seconds
     )
-    webhook_id = inbox.verifiers[provider.name].verify(body, headers)
+    verifier = inbox.verifiers[provider.name]
+    webhook_id = verifier.verify(body, headers)
     if webhook_id is None:
-        raise Unauthenticated("the webhook signature does not verify")
+        raise Unauthenticated(verifier.refusal(body, headers))
     key = delivery_key(webhook_id)
     delivery = _delivery(
         inbox, scope, provider, body, Auth.SIGNATURE, key=key, payload=parse_payload(body)

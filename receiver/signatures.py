@@ -19,6 +19,8 @@ from starlette.datastructures import Headers
 from schemas.settings import WEBHOOK_TOLERANCE_SECONDS, webhook_key
 
 MAX_SIGNATURES = 16
+# A Unix time in seconds has 10 digits until 2286: more is no time to compare.
+_STAMP_MAX_DIGITS = 12
 
 
 class SignatureVerifier:
@@ -68,6 +70,31 @@ class SignatureVerifier:
             if any(hmac.compare_digest(expected, candidate) for candidate in offered):
                 return _text(raw_id)
         return None
+
+    def refusal(self, body: bytes, headers: Mapping[str, str]) -> str:
+        """Why a delivery that did not verify was refused, for its 401 (off the hot path):
+        a missing header, a timestamp off this server's clock, or the signature itself.
+        It tells a sender what to mend, nothing a forger could not read in the spec."""
+        missing = [
+            name
+            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+            if not headers.get(name, "")
+        ]
+        if missing:
+            return f"the webhook has no {', '.join(missing)} header"
+        stamp = headers.get("webhook-timestamp", "")
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= _STAMP_MAX_DIGITS):
+            return "the webhook-timestamp header is not a time in Unix seconds"
+        off = self._clock().timestamp() - int(stamp)
+        if abs(off) > self._tolerance:
+            when = "old" if off > 0 else "ahead of this server's clock"
+            return (
+                f"the webhook-timestamp is {abs(off):.0f} s {when}, past the"
+                f" {self._tolerance:g} s allowed (a replay, or a clock that is off)"
+            )
+        if not _offered_signatures(_all(headers, "webhook-signature")):
+            return "the webhook-signature header holds no v1 signature"
+        return "the webhook signature does not verify (another secret, or an altered body)"
 
 
 def _offered_signatures(headers: list[str]) -> list[bytes]:

@@ -52,6 +52,40 @@ async def test_timestamp_outside_tolerance_is_401(service: Service, clock: FakeC
 
 
 @pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"webhook-id": ""}, "the webhook has no webhook-id header"),
+        (
+            {"webhook-timestamp": "", "webhook-signature": ""},
+            "the webhook has no webhook-timestamp, webhook-signature header",
+        ),
+        ({"webhook-timestamp": "soon"}, "the webhook-timestamp header is not a time in Unix"),
+        ({"webhook-timestamp": "9" * 40}, "the webhook-timestamp header is not a time in Unix"),
+        ({"age": "301"}, "the webhook-timestamp is 301 s old, past the 300 s allowed"),
+        ({"age": "-400"}, "is 400 s ahead of this server's clock, past the 300 s allowed"),
+        ({"webhook-signature": "v2,abc"}, "the webhook-signature header holds no v1 signature"),
+        ({"body": "altered"}, "the webhook signature does not verify (another secret, or an"),
+    ],
+    ids=["no-id", "no-timestamp-nor-signature", "word", "huge", "old", "ahead", "v2", "altered"],
+)
+async def test_a_refused_webhook_is_told_what_to_mend(
+    service: Service, clock: FakeClock, change: dict[str, str], said: str
+) -> None:
+    """Each check a webhook failed gets its own 401 message (a clock off by minutes is not a
+    wrong secret); nothing is stored either way."""
+    body = openai_event("video_1")
+    headers = dict(signed_headers(body, clock()))
+    change = dict(change)  # the parameter's own is shared by each database's run
+    clock.advance(float(change.pop("age", "0")))
+    if change.pop("body", None):
+        body = body.replace(b"video_1", b"video_2")
+    headers.update(change)
+    response = await service.http.post("/webhooks/openai", content=body, headers=headers)
+    assert (response.status_code, response.json()["error"]) == (401, "unauthenticated")
+    assert said in response.json()["message"]
+
+
+@pytest.mark.parametrize(
     "signature",
     [
         b"",
