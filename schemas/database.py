@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -121,13 +122,14 @@ DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 
 
 def checked_url(url: str) -> str:
-    """`url`, trimmed, once it names a database taskledger runs on (and a `pooling` it
-    knows); otherwise a `ConfigError` in one line naming the variable."""
+    """`url`, trimmed, once it names a database taskledger runs on (a SQLite file, or a
+    PostgreSQL database and only parameters it knows); otherwise a `ConfigError` in one line
+    naming the variable (never the URL's password)."""
     url = url.strip()
     example = "sqlite:///path/to/ledger.db or postgresql://user@host:5432/name"
     try:
         parsed = make_url(normalize_url(url))
-        _ = parsed.port  # a host or port that does not parse ("[::1", "h:x") fails here
+        port = parsed.port  # a host or port that does not parse ("[::1", "h:x") fails here
     except (sa.exc.ArgumentError, ValueError):
         raise ConfigError(f"{DATABASE_URL_VARIABLE} is not a database URL: use {example}") from None
     backend = parsed.get_backend_name()
@@ -136,13 +138,79 @@ def checked_url(url: str) -> str:
             f"{DATABASE_URL_VARIABLE} names {parsed.drivername}, which taskledger does not run"
             f" on: use {example}"
         )
+    if port is not None and not 1 <= port <= 65535:
+        # The driver would fail deep inside its connect (an OverflowError), not in one line.
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE} names port {port}, which is not a TCP port (1 to 65535)"
+        )
+    if backend == "sqlite":
+        _refuse_in_memory(parsed)
     if backend == "postgresql" and not parsed.database:
         # The driver would pick one (the user's name): tables would land in another database.
         raise ConfigError(
             f"{DATABASE_URL_VARIABLE} names no database: give its name, as in {example}"
         )
+    if backend == "postgresql":
+        _check_parameters(parsed)
     pooling_of(url)
     return url
+
+
+def _refuse_in_memory(parsed: URL) -> None:
+    """A SQLite database in memory lives and dies with one connection of one process: the
+    receiver and the reconciler would each see their own, and nothing would be kept."""
+    database = parsed.database or ""
+    if (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or (parsed.query.get("mode") == "memory")
+    ):
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE} names an in-memory SQLite database, which keeps nothing"
+            " and which the receiver and the reconciler cannot share: name a file, as in"
+            " sqlite:///path/to/ledger.db"
+        )
+
+
+# The parameters a PostgreSQL URL may carry: `pooling` (ours), `sslmode` (libpq's, given to
+# asyncpg as its `ssl`) or `ssl` (asyncpg's own name for it), and `host` for the directory
+# of the server's unix socket. asyncpg refuses any other with a traceback, or takes it as a
+# string where it wants a number.
+SSLMODE_PARAMETER = "sslmode"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+URL_PARAMETERS = (POOLING_PARAMETER, SSLMODE_PARAMETER, "ssl", "host")
+
+
+def _check_parameters(parsed: URL) -> None:
+    """Each query parameter of a PostgreSQL URL is one taskledger takes, given once, with a
+    value it takes; the line names the parameter, never its value unless it is a mode."""
+    for name, value in parsed.query.items():
+        if name not in URL_PARAMETERS:
+            raise ConfigError(
+                f"{DATABASE_URL_VARIABLE}: the parameter {name!r} is not one taskledger takes"
+                f" (it takes {', '.join(URL_PARAMETERS)})"
+            )
+        if not isinstance(value, str):
+            raise ConfigError(f"{DATABASE_URL_VARIABLE}: the parameter {name!r} is given twice")
+    if SSLMODE_PARAMETER in parsed.query and "ssl" in parsed.query:
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE}: give {SSLMODE_PARAMETER} or ssl, not both (they are one"
+            " setting)"
+        )
+    for name in (SSLMODE_PARAMETER, "ssl"):
+        mode = parsed.query.get(name)
+        if mode is not None and mode not in SSL_MODES:
+            raise ConfigError(
+                f"{DATABASE_URL_VARIABLE}: {name} must be one of {', '.join(SSL_MODES)}"
+                f" (got {mode!r})"
+            )
+    host = parsed.query.get("host")
+    if host is not None and not str(host).startswith("/"):
+        raise ConfigError(
+            f"{DATABASE_URL_VARIABLE}: the parameter 'host' takes the directory of the server's"
+            " socket (/var/run/postgresql); name a TCP host before the database, as in"
+            " postgresql://user@host:5432/name"
+        )
 
 
 def names_sqlite(url: str) -> bool:
@@ -235,6 +303,7 @@ def create_engine(
                 f"{DATABASE_URL_VARIABLE}: {POOLING_PARAMETER}={pooling} is for PostgreSQL"
             )
         return _sqlite_engine(url, synchronous, busy_timeout_ms)
+    url = _asyncpg_url(url)
     connect_args: dict[str, Any] = {"server_settings": POSTGRES_SESSION}
     if pooling == "transaction":
         connect_args = {**TRANSACTION_POOLING, "prepared_statement_name_func": _statement_name}
@@ -278,6 +347,17 @@ def pooling_of(url: str) -> tuple[str, str]:
     return bare.render_as_string(hide_password=False), str(mode)
 
 
+def _asyncpg_url(url: str) -> str:
+    """libpq's `sslmode` as asyncpg takes it: its `ssl` argument, which takes the same modes
+    (SQLAlchemy gives the URL's parameters to asyncpg's `connect` as they are)."""
+    parsed = make_url(url)
+    mode = parsed.query.get(SSLMODE_PARAMETER)
+    if mode is None:
+        return url
+    bare = parsed.difference_update_query([SSLMODE_PARAMETER])
+    return bare.update_query_dict({"ssl": mode}).render_as_string(hide_password=False)
+
+
 def _statement_name() -> str:
     """A prepared statement's name, unique across every client of the pooler."""
     return f"__taskledger_{uuid.uuid4().hex}__"
@@ -302,8 +382,14 @@ def _sqlite_engine(url: str, synchronous: str, busy_timeout_ms: int) -> AsyncEng
                 f"{DATABASE_URL_VARIABLE}: cannot create the directory of {database}"
                 f" ({_cause(exc)})"
             ) from None
+    engine: AsyncEngine  # (the creator below opens connections once it is made)
     engine = create_async_engine(
-        url, json_serializer=_dumps, json_deserializer=orjson.loads, pool_size=5, max_overflow=5
+        url,
+        json_serializer=_dumps,
+        json_deserializer=orjson.loads,
+        pool_size=5,
+        max_overflow=5,
+        async_creator=lambda: _aiosqlite_connection(engine),
     )
     file = SqliteFile(database or ":memory:", synchronous.upper(), busy_timeout_ms)
     if database and database != ":memory:":
@@ -321,6 +407,23 @@ def _sqlite_engine(url: str, synchronous: str, busy_timeout_ms: int) -> AsyncEng
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+async def _aiosqlite_connection(engine: AsyncEngine) -> aiosqlite.Connection:
+    """An aiosqlite connection to the engine's file, opened as SQLAlchemy opens one, except
+    that one that fails to open waits for aiosqlite's thread to end: aiosqlite stops the
+    thread without waiting, and a thread that answers after the event loop closed (a process
+    that refuses to start, `asyncio.run` returning) prints a traceback of its own."""
+    sync = engine.sync_engine
+    args, kwargs = sync.dialect.create_connect_args(sync.url)
+    connection = aiosqlite.connect(*args, **kwargs)
+    thread = connection._thread
+    thread.daemon = True  # as SQLAlchemy does: a connection never closed does not hold exit
+    try:
+        return await connection
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(thread.join, START_CHECK_SECONDS))
+        raise
 
 
 def _dumps(value: Any) -> str:
