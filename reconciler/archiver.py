@@ -26,6 +26,7 @@ import structlog
 from reconciler.clients import join_url
 from reconciler.fetch import Fetched, FetchError, SafeFetcher
 from reconciler.metrics import ReconcilerMetrics
+from reconciler.process import fault_site
 from reconciler.retry import RetryPolicy
 from schemas.errors import StorageUnavailable
 from schemas.media import plan
@@ -214,6 +215,18 @@ class Archiver:
             return self._fetch_failed(job, exc)
         except StorageError as exc:
             return self._retry(job, None, f"the archive refused the file: {exc}")
+        except Exception as exc:  # ours, a library's surprise, the spool's disk: this one alone
+            # Where, not what: a message may quote the source URL and its signed token.
+            log.error(
+                "artifact_attempt_broke",
+                task_ref=artifact.task_ref,
+                provider=artifact.provider,
+                error=type(exc).__name__,
+                at=fault_site(exc),
+            )
+            error = f"the archiver failed on it ({type(exc).__name__})"
+            self.metrics.archive_failures.labels(artifact.provider, "internal_error").inc()
+            return self._retry(job, None, error)
 
     async def _copy(
         self, job: ArchiveJob, provider: ProviderSettings, source: plan.Source
@@ -264,11 +277,19 @@ def _request(
     """The URL to fetch, the provider's credentials, and the only origin they may go to:
     the provider's own API (its scheme, host and port; OpenAI's content is fetched with
     the key, a gateway's CDN URL without it)."""
-    api = frozenset({provider.base_url} if urlsplit(provider.base_url).hostname else ())
+    api = frozenset({provider.base_url} if _names_host(provider.base_url) else ())
     headers = request_headers(provider.kind, provider.api_key) if provider.api_key else {}
     if source.kind == plan.CONTENT:
         return join_url(provider.base_url, source.location), headers, api
     return source.location, headers, api
+
+
+def _names_host(url: str) -> bool:
+    """Whether `url` parses and names a host (`http://[::1` does not parse)."""
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:
+        return False
 
 
 def _missed(error: str | None) -> Attempt:

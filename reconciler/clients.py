@@ -23,7 +23,14 @@ import httpx
 import orjson
 import structlog
 
-from reconciler.errors import BadAnswer, ProviderError, ProviderUnavailable, RateLimited, Rejected
+from reconciler.errors import (
+    BadAnswer,
+    ProviderError,
+    ProviderUnavailable,
+    RateLimited,
+    Rejected,
+    Unsendable,
+)
 from reconciler.limits import Clock, Deadline, RateLimiter, Sleep
 from reconciler.retry import RetryPolicy, parse_http_date
 from reconciler.sessions import (
@@ -33,6 +40,7 @@ from reconciler.sessions import (
     AiohttpSession,
     Answer,
     AnswerTooLarge,
+    CannotSend,
     HttpxSession,
     Session,
 )
@@ -76,7 +84,8 @@ _NOT_SENT = (
     aiohttp.ClientConnectorError,
     aiohttp.ConnectionTimeoutError,
 )
-# A configuration fault (bad base URL, unusable API key): asking again will not help.
+# A configuration fault (bad base URL, unusable API key): asking again will not help. (More
+# such faults come as `CannotSend`: the libraries raise them as Python's own errors.)
 _UNSENDABLE = (
     httpx.InvalidURL,
     httpx.UnsupportedProtocol,
@@ -155,6 +164,9 @@ class ProviderClient:
         kind, key = settings.kind, settings.api_key
         self._headers = {"accept": "application/json", **request_headers(kind, key)}
         self._poll_headers = {"accept": "application/json", **request_headers(kind, key, poll=True)}
+        # The faults of our requests logged since the last answer: each is logged once, not
+        # once a task (a bad setting fails every request alike).
+        self._faults_logged: set[str] = set()
 
     @property
     def name(self) -> str:
@@ -347,11 +359,32 @@ class ProviderClient:
         one `accept` takes raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
+        async with self.limiter.slot(deadline):
+            response = await self._request(session, method, url, sent, json, idempotent)
+        if self._faults_logged:
+            self._faults_logged.clear()  # an answer: a fault that comes again is news
+        if not (200 <= response.status_code < 300 or accept(response)):
+            self._check(response, idempotent=idempotent)
+        return response
+
+    async def _request(
+        self,
+        session: Session,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        json: object,
+        idempotent: bool,
+    ) -> Answer:
+        """`session.request`, whatever it raises translated to a `ProviderError`: no fault
+        of one request (a setting no request can carry, a library's surprise) gets past the
+        task it was for."""
         try:
-            async with self.limiter.slot(deadline):
-                response = await session.request(method, url, sent, json)
+            return await session.request(method, url, headers, json)
         except _UNSENDABLE as exc:
-            raise self._failure(Rejected, "request cannot be sent", exc, False) from exc
+            raise self._unsendable(method, type(exc).__name__) from exc
+        except CannotSend as exc:
+            raise self._unsendable(method, str(exc)) from exc
         except AnswerTooLarge as exc:
             # Asked again at the task's next poll, not at once: it would be as large.
             raise self._failure(ProviderUnavailable, "answer too large", exc, False) from exc
@@ -361,9 +394,27 @@ class ProviderClient:
             raise self._failure(ProviderUnavailable, "timed out", exc, idempotent) from exc
         except _TRANSPORT_FAILED as exc:
             raise self._failure(ProviderUnavailable, "transport failed", exc, idempotent) from exc
-        if not (200 <= response.status_code < 300 or accept(response)):
-            self._check(response, idempotent=idempotent)
-        return response
+        except Exception as exc:
+            # Neither library's own error nor one of a request's making: the request may
+            # have left (a submit then must not go again), and a poll may pass next time.
+            error = self._failure(ProviderUnavailable, "request failed", exc, idempotent)
+            self._log_fault("provider_request_failed", method, type(exc).__name__)
+            raise error from exc
+
+    def _unsendable(self, method: str, error: str) -> Unsendable:
+        self._log_fault("provider_request_unsendable", method, error)
+        return Unsendable(
+            f"{self.name}: request cannot be sent ({error})", provider=self.name, retryable=False
+        )
+
+    def _log_fault(self, event: str, method: str, error: str) -> None:
+        """Log a fault of our requests once until an answer comes (never the URL or a
+        header: the error's name only)."""
+        key = f"{event}:{method}:{error}"
+        if key in self._faults_logged:
+            return
+        self._faults_logged.add(key)
+        log.error(event, provider=self.name, method=method, error=error)
 
     def _check(self, response: Answer, *, idempotent: bool) -> None:
         code = response.status_code

@@ -49,5 +49,12 @@ class Rejected(ProviderError):
     default_retryable = False
 
 
+class Unsendable(Rejected):
+    """A request that could not be made: the provider's base URL or API key is one no HTTP
+    request can carry (a host IDNA cannot encode, a control character in the key, an
+    unknown scheme). Nothing reached the provider; the same request fails the same way
+    until the setting is changed."""
+
+
 class BadAnswer(ProviderError):
     """A 2xx answer whose body does not match the provider's wire format."""

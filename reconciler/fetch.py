@@ -241,7 +241,7 @@ class SafeFetcher:
         within `limits.total_timeout_seconds`. Raises `FetchError`, after which `sink` may
         hold part of a body."""
         target = self._checked(url, allowed_hosts)
-        trusted = frozenset(origin(httpx.URL(given)) for given in credential_origins)
+        trusted = _origins(credential_origins)
         deadline = asyncio.get_running_loop().time() + self.limits.total_timeout_seconds
         redirects = 0
         while True:
@@ -268,7 +268,8 @@ class SafeFetcher:
         try:
             target = httpx.URL(url) if base is None else base.join(url)
             parts = self.policy.check_url(url if base is None else str(target))
-        except httpx.InvalidURL as exc:
+            _ = target.host  # a request reads it: IDNA must decode it (`xn--a` it cannot)
+        except (httpx.InvalidURL, ValueError) as exc:  # ValueError: UnicodeError, IDNAError
             raise FetchError("the URL cannot be parsed", reason="no_host", host=hint) from exc
         except BlockedURL as exc:
             raise _blocked(exc, hint) from exc
@@ -288,7 +289,12 @@ class SafeFetcher:
         headers = {"user-agent": USER_AGENT, "accept": "*/*", "accept-encoding": IDENTITY}
         if origin(target) in trusted:
             headers.update(credentials)
-        return httpx.Request("GET", target, headers=headers, extensions={"timeout": self._timeout})
+        try:
+            return httpx.Request(
+                "GET", target, headers=headers, extensions={"timeout": self._timeout}
+            )
+        except Exception as exc:  # a credential no header carries (not ASCII, say)
+            raise _unmade(exc, _host(target)) from exc
 
     async def _hop(
         self, request: httpx.Request, sink: BinaryIO, redirects: int, deadline: float
@@ -311,6 +317,11 @@ class SafeFetcher:
             raise _blocked(exc, host) from exc
         except httpx.HTTPError as exc:
             raise _failed(exc, host) from exc
+        except (ValueError, OverflowError, ExceptionGroup) as exc:
+            # Python's own errors out of the libraries, for a request they cannot make.
+            if isinstance(exc, ExceptionGroup) and not _all_mismade(exc):
+                raise
+            raise _unmade(exc, host) from exc
 
     async def _answer(
         self, response: httpx.Response, sink: BinaryIO, redirects: int
@@ -434,6 +445,36 @@ def _failed(exc: httpx.HTTPError, host: str) -> FetchError:
     broken = isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError)
     message = f"the exchange with {host} failed ({what})"
     return FetchError(message, reason="protocol", host=host, retryable=broken)
+
+
+def _unmade(exc: BaseException, host: str) -> FetchError:
+    """A request the libraries cannot make (a header they cannot encode, say): named by the
+    error's type only; made again, it would fail again."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # anyio's group: named by what it holds
+    message = f"the request to {host} cannot be made ({type(exc).__name__})"
+    return FetchError(message, reason="protocol", host=host)
+
+
+def _all_mismade(group: BaseExceptionGroup[BaseException]) -> bool:
+    return all(
+        _all_mismade(inner)
+        if isinstance(inner, BaseExceptionGroup)
+        else isinstance(inner, ValueError | OverflowError)
+        for inner in group.exceptions
+    )
+
+
+def _origins(urls: Iterable[str]) -> frozenset[str]:
+    """The origins of `urls`; one that does not parse names no origin (nothing is sent
+    with credentials to it)."""
+    found = set()
+    for url in urls:
+        try:
+            found.add(origin(httpx.URL(url)))
+        except (httpx.InvalidURL, ValueError):
+            continue
+    return frozenset(found)
 
 
 def _overdue(host: str, total_seconds: float) -> FetchError:

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from reconciler.clients import ProviderClient, ProviderClients, StatusAnswer
-from reconciler.errors import ProviderError, RateLimited
+from reconciler.errors import ProviderError, RateLimited, Unsendable
 from reconciler.limits import Deadline, DeadlineReached
 from reconciler.metrics import ReconcilerMetrics, label_value
 from reconciler.retry import RetryPolicy
@@ -299,7 +300,38 @@ class Reconciler:
             else:
                 self._give_back(claim, provider, batch, exc.ready_in_seconds)
             return
+        except Exception as exc:  # not a provider's error: ours, or a library's surprise
+            evidence = self._broken(claim, provider, exc)
         batch.add(claim, evidence)
+
+    def _broken(self, claim: Claim, provider: ProviderSettings, exc: Exception) -> Evidence:
+        """A claim whose handling raised what no provider error is: logged with its cause,
+        and recorded, so that its neighbours' answers are written and the loop goes on. A
+        poll fails and is asked again rarely; a submit may have been sent: it is `unknown`
+        (never sent twice), as after an answer that may have come from a created task."""
+        # Where, not what: a message may quote a URL or a header with the API key.
+        log.error(
+            "reconcile_failed",
+            task_ref=claim.ref,
+            provider=provider.name,
+            error=type(exc).__name__,
+            at=fault_site(exc),
+        )
+        now = self.clock()
+        error = f"{provider.name}: the reconciler failed on it ({type(exc).__name__})"
+        if claim.submission == SubmissionStatus.PENDING.value:
+            self.metrics.submits.labels(provider.name, SubmissionStatus.UNKNOWN.value).inc()
+            after = now + timedelta(seconds=provider.expected_seconds)
+            return Submission(claim.ref, now, SubmissionStatus.UNKNOWN, after, error=error)
+        self.metrics.polls.labels(provider.name, "internal_error").inc()
+        delay = self.policy.after_refusal(claim.poll_attempts + 1)
+        return Poll(
+            claim.ref,
+            now,
+            self._capped(claim, provider, now, delay),
+            error=error,
+            attention=_overdue(claim, provider, now, error),
+        )
 
     def _skip(self, claim: Claim, batch: _Batch) -> None:
         """A claim left as it was by a stop; its lease is given back with the others."""
@@ -462,7 +494,9 @@ class Reconciler:
         self, claim: Claim, provider: ProviderSettings, exc: ProviderError
     ) -> Submission:
         now = self.clock()
-        if exc.retryable:
+        if exc.retryable or isinstance(exc, Unsendable):
+            # An unsendable one never left: it goes once its provider's setting is mended
+            # (asked again rarely, as after a refusal), or it expires unsent.
             status, retry = SubmissionStatus.PENDING, self._after_error(exc, claim)
         elif exc.status_code is not None and 400 <= exc.status_code < 500:
             status, retry = SubmissionStatus.REJECTED, None
@@ -625,6 +659,16 @@ def _submit_answers(pending: Sequence[tuple[Claim, Evidence]]) -> list[tuple[Cla
         for claim, evidence in pending
         if isinstance(evidence, Submission) and evidence.status is not SubmissionStatus.PENDING
     ]
+
+
+def fault_site(exc: BaseException) -> str:
+    """Where `exc` was raised (`file:line in function`, the innermost frame): enough to find
+    a fault, without its message (which may quote a URL or a credential)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 def _why_unread(answer: StatusAnswer) -> str | None:

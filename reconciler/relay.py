@@ -18,14 +18,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
 from standardwebhooks.webhooks import Webhook
 
 from reconciler.brokers import AmqpSink, NatsSink
-from reconciler.process import new_owner
+from reconciler.process import fault_site, new_owner
 from reconciler.relay_metrics import RelayMetrics
 from reconciler.retry import RetryPolicy
 from reconciler.sinks import HttpSink, Sink
@@ -52,6 +52,12 @@ RECORD_ATTEMPTS = 3
 # Attempts written in one transaction at most.
 RECORD_BATCH = 200
 OUTAGE = RetryPolicy(base_delay_seconds=0.5, max_delay_seconds=30.0)
+# The longest wait a retry is planned for: a hundred years, the most the settings take
+# (`schemas.settings.MAX_SECONDS`). A longer one is no date (`datetime` ends in 9999).
+MAX_RETRY_DELAY_SECONDS = 36_500 * 86_400.0
+# A retry planned past `datetime`'s end is planned at this (a day short of it, so that
+# it is a date in any time zone).
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 class UnusableSecret(Exception):
@@ -72,11 +78,24 @@ class RetrySchedule:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def retry_at(self, failed_attempts: int, now: datetime) -> datetime | None:
+        """When to try again after `failed_attempts` failed attempts (None: never). Any
+        delay is a date: at most `MAX_RETRY_DELAY_SECONDS` ahead, never past `_LATEST`."""
         if not 1 <= failed_attempts <= len(self.delays_seconds):
             return None
         delay = self.delays_seconds[failed_attempts - 1]
         spread = delay * self.jitter
-        return now + timedelta(seconds=max(0.0, delay + self.rng.uniform(-spread, spread)))
+        return _later(now, delay + self.rng.uniform(-spread, spread))
+
+
+def _later(now: datetime, seconds: float) -> datetime:
+    """`now` plus `seconds`, taken within [0, MAX_RETRY_DELAY_SECONDS] (a NaN, as from an
+    infinite delay's jitter, as the most), and no later than `_LATEST`."""
+    wait = MAX_RETRY_DELAY_SECONDS if math.isnan(seconds) else seconds
+    wait = min(max(0.0, wait), MAX_RETRY_DELAY_SECONDS)
+    try:
+        return now + timedelta(seconds=wait)
+    except OverflowError:
+        return max(now, _LATEST if now.tzinfo is not None else _LATEST.replace(tzinfo=None))
 
 
 def signed_headers(job: DispatchJob, body: bytes, now: datetime) -> dict[str, str]:
@@ -137,16 +156,26 @@ class _Recorder:
     async def _write_all(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[:RECORD_BATCH], self._waiting[RECORD_BATCH:]
-            try:
-                written = await self._write([(job, result) for job, result, _ in batch])
-            except Exception as exc:  # the store's bug: each waiter hears of it
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-                continue
+            await self._settle(batch)
+
+    async def _settle(
+        self, batch: list[tuple[DispatchJob, AttemptResult, asyncio.Future[bool]]]
+    ) -> None:
+        try:
+            written = await self._write([(job, result) for job, result, _ in batch])
+        except Exception as exc:  # the store's bug, or an attempt it will not take
+            if len(batch) > 1:
+                # Each alone: one attempt the store refuses must not undo its neighbours.
+                for item in batch:
+                    await self._settle([item])
+                return
             for _, _, done in batch:
                 if not done.done():
-                    done.set_result(written)
+                    done.set_exception(exc)
+            return
+        for _, _, done in batch:
+            if not done.done():
+                done.set_result(written)
 
     async def _write(self, batch: list[tuple[DispatchJob, AttemptResult]]) -> bool:
         relay = self._relay
@@ -351,15 +380,20 @@ class Relay:
     async def _attempt(self, job: DispatchJob) -> AttemptResult:
         """Sign and send `job` once; the result with its retry planned."""
         now = self.clock()
-        body = orjson.dumps(job.payload)
         try:
+            body = orjson.dumps(job.payload)
             headers = signed_headers(job, body, now)
             result = await self._sink(job.endpoint.kind).deliver(job, body, headers)
         except UnusableSecret as exc:
             result = AttemptResult(False, error=str(exc))
         except Exception as exc:  # a sink's bug: this dispatch fails alone, and is retried
-            log.exception("sink_failed", kind=job.endpoint.kind, endpoint=job.endpoint.id)
-            result = AttemptResult(False, error=f"the {job.endpoint.kind} sink failed: {exc!r}")
+            # Named by its type and place only: a message may quote the endpoint's URL,
+            # credentials and all (`amqp://user:password@...`).
+            kind, error = job.endpoint.kind, type(exc).__name__
+            log.error(
+                "sink_failed", kind=kind, endpoint=job.endpoint.id, error=error, at=fault_site(exc)
+            )
+            result = AttemptResult(False, error=f"the {kind} sink failed ({error})")
         if result.gone:  # before the gate lets the next one through
             self._disable(job.endpoint.id, "the endpoint answered 410 Gone")
         if result.delivered or result.gone:
