@@ -239,7 +239,7 @@ def _days(raw: str) -> float:
 
 
 def _port(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise argparse.ArgumentTypeError(f"not a TCP port number: {raw!r}")
     return int(raw)
 

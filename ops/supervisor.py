@@ -137,7 +137,7 @@ def workers_of(env: Mapping[str, str]) -> int:
     raw = env.get("WEB_CONCURRENCY", "").strip()
     if not raw:
         return 1
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise ConfigError(f"WEB_CONCURRENCY must be a whole number of workers (got {raw!r})")
     return int(raw)
 

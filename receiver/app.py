@@ -46,7 +46,7 @@ from schemas import logs
 from schemas.clock import utc_now
 from schemas.database import create_engine, describe, require_current
 from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, StorageUnavailable
-from schemas.settings import Settings, unknown_settings
+from schemas.settings import Settings, check_spool_dir, unknown_settings
 from schemas.store import LedgerStore
 
 log = structlog.get_logger("taskledger.receiver")
@@ -102,6 +102,7 @@ def create_app(
     metrics = ReceiverMetrics(metrics_dir)
     # Opened once, with the app (a bad archive URL stops the factory as a bad setting does).
     media = artifacts.open_archive(settings, os.environ)
+    check_spool_dir(settings)  # the receiver's alone: it keeps callbacks there in an outage
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -26,7 +26,8 @@ async def healthz(_request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready: the database takes writes; or, on PostgreSQL, it does not but the local spool
     has room (`spooling`): a load balancer routing on this keeps the receiver in rotation
-    through a failover, which is what the spool is for."""
+    through a failover, which is what the spool is for. Not ready while callbacks go to a
+    spool that failed to write them (its directory unusable): each would be answered 503."""
     inbox: Inbox | None = getattr(request.app.state, "inbox", None)
     spool = inbox.spool if inbox is not None else None
     try:
@@ -34,9 +35,19 @@ async def readyz(request: Request) -> Response:
     except Overloaded as exc:
         if spool is None or spool.size >= spool.max_bytes:
             raise
+        _spool_writes(spool, exc)
         spooling = contract.Readiness(status="spooling", reason=exc.message, depth=spool.depth)
         return JSONResponse(_with_quarantine(spooling, spool))
+    if spool is not None and spool.engaged:
+        _spool_writes(spool, None)
     return JSONResponse(_with_quarantine(contract.Readiness(status="ready"), spool))
+
+
+def _spool_writes(spool: Spool, cause: Overloaded | None) -> None:
+    """Refuse readiness while the spool's latest append failed (`Spool.failure`)."""
+    failure = spool.failure
+    if failure is not None:
+        raise Overloaded(f"the local spool cannot write: {failure}") from cause
 
 
 def _with_quarantine(answer: contract.Readiness, spool: Spool | None) -> contract.Readiness:

@@ -59,6 +59,8 @@ MAX_SLOTS = 1024
 # A spooled delivery whose replay fails this many times with an error other than the
 # database being unavailable (which waits, uncounted) goes to quarantine.
 MAX_ATTEMPTS = 3
+# A failed append is shown (`/readyz`) until an append succeeds, or this long after it.
+FAILURE_SHOWN_SECONDS = 30.0
 
 
 class SpoolFull(Overloaded):
@@ -102,12 +104,26 @@ class Spool:
         self.size = 0
         # Entries in quarantine in this database's spool files, waiting for an operator.
         self.quarantined = 0
+        # The loop time and cause of the latest failed append, None once one succeeds.
+        self._append_failure: tuple[float, str] | None = None
 
     @property
     def engaged(self) -> bool:
         """Whether a delivery goes to the spool rather than the writer: the database is
         known to be down, or deliveries wait here already (a newer one must not pass them)."""
         return self._down or self.depth > 0 or bool(self._pending)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the latest append failed (the directory cannot be written: removed, a full
+        disk, its permissions); None once an append succeeds, or `FAILURE_SHOWN_SECONDS`
+        after the failure (the next callback spooled tries again)."""
+        if self._append_failure is None:
+            return None
+        at, reason = self._append_failure
+        if asyncio.get_running_loop().time() - at > FAILURE_SHOWN_SECONDS:
+            return None
+        return reason
 
     def note_down(self, reason: str) -> None:
         """The database failed a write: spool from now on, until the drain finds it back."""
@@ -197,8 +213,11 @@ class Spool:
             await (await self._own()).append(rows)
         except Exception as exc:
             log.error("spool_append_failed", size=len(rows), error=type(exc).__name__)
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            self._append_failure = (asyncio.get_running_loop().time(), reason)
             _settle(batch, Overloaded("the local spool is unavailable"))
         else:
+            self._append_failure = None
             self._counted(len(rows), sum(row[-1] for row in rows))
             _settle(batch, None)
             self._entries.set()

@@ -7,7 +7,9 @@ import binascii
 import difflib
 import functools
 import math
+import os
 import re
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -16,8 +18,11 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+import idna
+from yarl import URL
+
 from schemas.addresses import AddressPolicy, parse_networks
-from schemas.database import checked_url
+from schemas.database import checked_url, names_sqlite
 from schemas.definition import Definition, load_definitions
 from schemas.errors import ConfigError
 from schemas.ledger import Reader
@@ -92,6 +97,9 @@ S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # A host a provider's outputs may come from: a name (`cdn.example.com`), one below a domain
 # (`*.r2.dev`), or an address, as `schemas.addresses.host_allowed` compares them.
 HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+# A provider's name is part of variable names (`TASKLEDGER_PROVIDER_<NAME>_API_KEY`), of
+# callback paths (`/callbacks/<name>/...`) and of metric labels: written so, in any case.
+PROVIDER_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,16 +431,20 @@ class Settings:
 
     def check_secrets(self) -> None:
         """Refuse, naming the setting, a secret copied from `.env.example` (`change-me`,
-        `whsec_...`), an admin token anyone could guess, and a provider whose callbacks
-        could not be verified (fal's without its user id). The processes and `taskledger
-        run` call it at start-up; settings built for a test may hold short secrets."""
+        `whsec_...`), an admin token anyone could guess, an admin token or API key no HTTP
+        header can carry, a provider whose callbacks could not be verified (fal's without
+        its user id), and a spool directory the receiver could not write. The processes
+        and `taskledger run` call it at start-up; settings built for a test may hold short
+        secrets."""
         _refuse_placeholders("CALLBACK_SECRETS", self.callback_secrets)
         _refuse_placeholders("ADMIN_TOKEN", (self.admin_token,))
+        _refuse_unsendable("ADMIN_TOKEN", self.admin_token)
         for provider in self.providers.values():
             key = f"PROVIDER_{provider.name.upper()}_"
             _refuse_placeholders(key + "WEBHOOK_SECRETS", provider.webhook_secrets)
             _check_webhook_keys(key + "WEBHOOK_SECRETS", provider)
             _refuse_placeholders(key + "API_KEY", (provider.api_key,))
+            _refuse_unsendable(key + "API_KEY", provider.api_key)
             check_key_set(provider)
         token = self.admin_token
         if len(token) < ADMIN_TOKEN_MIN_CHARS or len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
@@ -495,11 +507,27 @@ def provider_readers(environ: Mapping[str, str]) -> dict[str, Reader]:
 
 
 def _providers(env: _Env) -> dict[str, ProviderSettings]:
-    names = [n for n in env.text("PROVIDERS", DEFAULT_PROVIDERS).split(",") if n.strip()]
-    if not names:  # "," and the like: the reconciler would have nothing to do, and stop
-        raise ConfigError(f"{PREFIX}PROVIDERS names no provider: list some, as {DEFAULT_PROVIDERS}")
+    names = _provider_names(env, "PROVIDERS")
     kinds = _kinds(env)
-    return {name.strip().lower(): _provider(env, name.strip().lower(), kinds) for name in names}
+    return {name: _provider(env, name, kinds) for name in names}
+
+
+def _provider_names(env: _Env, name: str) -> list[str]:
+    """The providers listed, lowercased: each once, and each of letters, digits and `_`
+    (a name is part of variable names and of callback paths)."""
+    names = [n.strip() for n in env.text(name, DEFAULT_PROVIDERS).split(",") if n.strip()]
+    if not names:  # "," and the like: the reconciler would have nothing to do, and stop
+        raise ConfigError(f"{PREFIX}{name} names no provider: list some, as {DEFAULT_PROVIDERS}")
+    seen: set[str] = set()
+    for given in names:
+        if not PROVIDER_NAME.fullmatch(given):
+            raise ConfigError(
+                f"{PREFIX}{name}: a provider's name is letters a-z, digits and _ (got {given!r})"
+            )
+        if given.lower() in seen:
+            raise ConfigError(f"{PREFIX}{name} lists {given.lower()} twice")
+        seen.add(given.lower())
+    return [given.lower() for given in names]
 
 
 def _kinds(env: _Env) -> dict[str, Kind]:
@@ -667,6 +695,39 @@ def _check_callback_secrets(secrets: tuple[str, ...]) -> None:
                 f" {CALLBACK_SECRET_MIN_CHARS} characters, each secret"
                 f" (`taskledger init-env` writes one; or `{KEYGEN_COMMAND}`)"
             )
+
+
+def _refuse_unsendable(name: str, value: str) -> None:
+    """A secret sent in an HTTP header (`Authorization: Bearer ...`) is printable ASCII: a
+    control character is refused by the HTTP client at the first request, and a character
+    beyond ASCII is sent as bytes the other side reads as other characters."""
+    if any(not " " <= char <= "~" for char in value):
+        raise ConfigError(
+            f"{PREFIX}{name} must be printable ASCII, without control characters: an HTTP"
+            " header carries it"
+        )
+
+
+def check_spool_dir(settings: Settings) -> None:
+    """The receiver's spool directory, made if missing and written to, when it keeps one (on
+    PostgreSQL, unless off): one it could not write would turn every callback of an outage
+    away (503), the outage the spool is for. Checked like the archive's directory."""
+    spool = settings.spool
+    if not spool.enabled or names_sqlite(settings.database_url):
+        return
+    path = Path(spool.dir)
+    try:
+        if path.exists() and not path.is_dir():
+            raise NotADirectoryError(0, "not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=path, prefix=".taskledger-probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"{PREFIX}SPOOL_DIR: cannot use {path} ({exc.strerror or exc}): the receiver"
+            " keeps callbacks there while PostgreSQL is down"
+        ) from None
 
 
 def _refuse_placeholders(name: str, values: tuple[str, ...]) -> None:
@@ -859,6 +920,9 @@ class _Env:
             ) from None
         if any(not 0 <= value < float("inf") for value in values):
             raise ConfigError(f"{PREFIX}{name} must be seconds, none negative (got {raw!r})")
+        if any(value > MAX_SECONDS for value in values):
+            limit = _limit(MAX_SECONDS, name)
+            raise ConfigError(f"{PREFIX}{name} must be seconds, each at most {limit} (got {raw!r})")
         return values
 
     def networks(self, name: str) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -872,7 +936,7 @@ class _Env:
         raw = self.text(name, "")
         if not raw:
             return None
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
             raise ConfigError(f"{PREFIX}{name} must be a TCP port number (got {raw!r})")
         return int(raw)
 
@@ -919,6 +983,27 @@ def _limit(at_most: float, name: str) -> str:
     return str(whole)
 
 
+def _host_sendable(host: str) -> bool:
+    """Whether the HTTP clients (httpx, aiohttp) can send a request to `host`: each encodes
+    a name to ASCII (IDNA) as it parses the URL, and the resolver encodes that again with
+    Python's `idna` codec, which refuses an empty label (`a..b`) or one over 63 characters."""
+    try:
+        ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        by_aiohttp = URL(f"http://{host}/").raw_host or ""
+        by_aiohttp.encode("idna")
+        # httpx encodes a name that is not ASCII by IDNA 2008, which refuses symbols (`☃`).
+        by_httpx = host if host.isascii() else idna.encode(host.lower()).decode("ascii")
+        by_httpx.encode("idna")
+    except (idna.IDNAError, ValueError):  # UnicodeError is a ValueError
+        return False
+    return bool(by_httpx and by_aiohttp)
+
+
 def _url_fault(url: str) -> str | None:
     """What keeps `url` from being a base URL; None when nothing does. The URL is shown only
     when it cannot hold a credential (no user part, no query)."""
@@ -935,6 +1020,8 @@ def _url_fault(url: str) -> str | None:
         return "must be a URL without a user or password (credentials have settings of their own)"
     if any(char.isspace() for char in url):
         return "must be a URL without spaces"
+    if not _host_sendable(host):
+        return f"must name a host an HTTP client can reach (got {host!r})"
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         return "must be a URL without a query (?...) or a fragment (#...)"
     return None
