@@ -432,10 +432,9 @@ class Settings:
     def check_secrets(self) -> None:
         """Refuse, naming the setting, a secret copied from `.env.example` (`change-me`,
         `whsec_...`), an admin token anyone could guess, an admin token or API key no HTTP
-        header can carry, a provider whose callbacks could not be verified (fal's without
-        its user id), and a spool directory the receiver could not write. The processes
-        and `taskledger run` call it at start-up; settings built for a test may hold short
-        secrets."""
+        header can carry, and a provider whose callbacks could not be verified (fal's
+        without its user id). The processes and `taskledger run` call it at start-up;
+        settings built for a test may hold short secrets."""
         _refuse_placeholders("CALLBACK_SECRETS", self.callback_secrets)
         _refuse_placeholders("ADMIN_TOKEN", (self.admin_token,))
         _refuse_unsendable("ADMIN_TOKEN", self.admin_token)
