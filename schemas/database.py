@@ -253,8 +253,11 @@ def refuse_unknown(revision: str | None, url: str) -> None:
 
 
 async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -> None:
-    """Start-up: the database answers and is at the newest migration."""
-    revision, head = await reachable_revision(ping, url), head_revision()
+    """Start-up: the database answers and is at the newest migration. A SQLite file that
+    is not there is not made by asking it (SQLite would make an empty one)."""
+    head = head_revision()
+    _refuse_missing_file(url, head)
+    revision = await reachable_revision(ping, url)
     refuse_unknown(revision, url)
     if revision != head:
         raise DatabaseNotMigrated(
@@ -264,12 +267,29 @@ async def require_current(ping: Callable[[], Awaitable[str | None]], url: str) -
     _require_writable(url)
 
 
-def _require_writable(url: str) -> None:
-    """SQLite opens a file this process may not write read-only, without a word: it would
-    start, say it is ready, and refuse every write. Start-up says so instead."""
+def _refuse_missing_file(url: str, head: str | None) -> None:
+    file = sqlite_path(url)
+    if file is not None and not os.path.exists(file):
+        raise DatabaseNotMigrated(
+            f"{DATABASE_URL_VARIABLE}: {describe(url)} is at migration none (there is no such"
+            f" file), not {head}: run `taskledger db upgrade`"
+        )
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a (checked) SQLite URL names; None for any other database."""
     parsed = make_url(normalize_url(url))
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    return path
+
+
+def _require_writable(url: str) -> None:
+    """SQLite opens a file this process may not write read-only, without a word: it would
+    start, say it is ready, and refuse every write. Start-up says so instead."""
+    path = sqlite_path(url)
+    if path is None:
         return
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise DatabaseUnreachable(

@@ -432,8 +432,19 @@ def test_a_database_not_migrated_is_one_line_and_exit_3(tmp_path: Path, name: st
     code, line = refusal(ENTRY_POINTS[name], env, tmp_path)
     assert code == 3
     assert line.endswith(
-        f"is at migration none, not {head_revision()}: run `taskledger db upgrade`"
+        f"is at migration none (there is no such file), not {head_revision()}: run"
+        " `taskledger db upgrade`"
     )
+    assert not (tmp_path / "empty.db").exists()  # asking did not make one
+
+
+@pytest.mark.parametrize("name", ["db prune", "db refold"])
+def test_maintenance_of_a_ledger_file_not_there_makes_none(tmp_path: Path, name: str) -> None:
+    env = service_environ(tmp_path / "typo.db")
+    code, line = refusal([TASKLEDGER, *name.split(), "--dry-run"], env, tmp_path)
+    assert code == 3
+    assert "typo.db is at migration none (there is no such file)" in line
+    assert not (tmp_path / "typo.db").exists()
 
 
 def from_the_future(database: Path) -> Path:
