@@ -114,3 +114,27 @@ class AnswerDeadline:
             return
         with write_deadline(asyncio.get_running_loop().time() + self.seconds):
             await self.app(scope, receive, send)
+
+
+class Remembered:
+    """A reason (a refusal, a failure) remembered for `seconds` of loop time, or until
+    cleared: what `/readyz` reports of a writer or a spool that no later event corrected."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._noted: tuple[float, str] | None = None
+
+    def note(self, reason: str) -> None:
+        self._noted = (asyncio.get_running_loop().time(), reason)
+
+    def clear(self) -> None:
+        self._noted = None
+
+    @property
+    def reason(self) -> str | None:
+        if self._noted is None:
+            return None
+        at, reason = self._noted
+        if asyncio.get_running_loop().time() - at > self._seconds:
+            return None
+        return reason

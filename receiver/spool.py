@@ -105,7 +105,7 @@ class Spool:
         # Entries in quarantine in this database's spool files, waiting for an operator.
         self.quarantined = 0
         # The loop time and cause of the latest failed append, None once one succeeds.
-        self._append_failure: tuple[float, str] | None = None
+        self._append_failure = deadlines.Remembered(FAILURE_SHOWN_SECONDS)
 
     @property
     def engaged(self) -> bool:
@@ -118,12 +118,7 @@ class Spool:
         """Why the latest append failed (the directory cannot be written: removed, a full
         disk, its permissions); None once an append succeeds, or `FAILURE_SHOWN_SECONDS`
         after the failure (the next callback spooled tries again)."""
-        if self._append_failure is None:
-            return None
-        at, reason = self._append_failure
-        if asyncio.get_running_loop().time() - at > FAILURE_SHOWN_SECONDS:
-            return None
-        return reason
+        return self._append_failure.reason
 
     def note_down(self, reason: str) -> None:
         """The database failed a write: spool from now on, until the drain finds it back."""
@@ -214,10 +209,10 @@ class Spool:
         except Exception as exc:
             log.error("spool_append_failed", size=len(rows), error=type(exc).__name__)
             reason = getattr(exc, "strerror", None) or type(exc).__name__
-            self._append_failure = (asyncio.get_running_loop().time(), reason)
+            self._append_failure.note(reason)
             _settle(batch, Overloaded("the local spool is unavailable"))
         else:
-            self._append_failure = None
+            self._append_failure.clear()
             self._counted(len(rows), sum(row[-1] for row in rows))
             _settle(batch, None)
             self._entries.set()

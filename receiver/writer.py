@@ -71,7 +71,7 @@ class GroupCommitWriter:
     ) -> None:
         self._ingest = ingest
         self._answer_within = answer_within
-        self._refused: tuple[float, str] | None = None
+        self._refused = deadlines.Remembered(REFUSAL_SHOWN_SECONDS)
         # While the database refuses, every batch fails alike: a line every 10 s says so.
         self._failures_logged = Throttle()
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
@@ -136,12 +136,7 @@ class GroupCommitWriter:
     def refusal(self) -> str | None:
         """Why the database refused the latest batch, other than by being busy; None once a
         batch commits, or `REFUSAL_SHOWN_SECONDS` after the refusal."""
-        if self._refused is None:
-            return None
-        at, reason = self._refused
-        if asyncio.get_running_loop().time() - at > REFUSAL_SHOWN_SECONDS:
-            return None
-        return reason
+        return self._refused.reason
 
     async def _run(self) -> None:
         while True:
@@ -211,7 +206,7 @@ class GroupCommitWriter:
                     exc_info=not expected,
                 )
             return
-        self._refused = None
+        self._refused.clear()
         self._on_commit(len(batch))
         for (_, future, _), result in zip(batch, results, strict=True):
             if not future.done():
@@ -220,7 +215,7 @@ class GroupCommitWriter:
     def _note_failure(self, exc: Exception) -> None:
         """Remember a refusal by the database; a busy one, or a bug, says nothing of it."""
         if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy):
-            self._refused = (asyncio.get_running_loop().time(), str(exc))
+            self._refused.note(str(exc))
 
 
 def _unexpired(batch: list[_Item], now: float) -> list[_Item]:

@@ -26,7 +26,7 @@ import structlog
 from reconciler.clients import join_url
 from reconciler.fetch import Fetched, FetchError, SafeFetcher
 from reconciler.metrics import ReconcilerMetrics
-from reconciler.process import fault_site
+from reconciler.process import fault
 from reconciler.retry import RetryPolicy
 from schemas.errors import StorageUnavailable
 from schemas.media import plan
@@ -221,8 +221,7 @@ class Archiver:
                 "artifact_attempt_broke",
                 task_ref=artifact.task_ref,
                 provider=artifact.provider,
-                error=type(exc).__name__,
-                at=fault_site(exc),
+                **fault(exc),
             )
             error = f"the archiver failed on it ({type(exc).__name__})"
             self.metrics.archive_failures.labels(artifact.provider, "internal_error").inc()

@@ -314,8 +314,7 @@ class Reconciler:
             "reconcile_failed",
             task_ref=claim.ref,
             provider=provider.name,
-            error=type(exc).__name__,
-            at=fault_site(exc),
+            **fault(exc),
         )
         now = self.clock()
         error = f"{provider.name}: the reconciler failed on it ({type(exc).__name__})"
@@ -659,6 +658,12 @@ def _submit_answers(pending: Sequence[tuple[Claim, Evidence]]) -> list[tuple[Cla
         for claim, evidence in pending
         if isinstance(evidence, Submission) and evidence.status is not SubmissionStatus.PENDING
     ]
+
+
+def fault(exc: BaseException) -> dict[str, str]:
+    """A fault's fields for a log line: its type and where it was raised, never its
+    message (which may quote a URL or a credential)."""
+    return {"error": type(exc).__name__, "at": fault_site(exc)}
 
 
 def fault_site(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ import structlog
 from standardwebhooks.webhooks import Webhook
 
 from reconciler.brokers import AmqpSink, NatsSink
-from reconciler.process import fault_site, new_owner
+from reconciler.process import fault, new_owner
 from reconciler.relay_metrics import RelayMetrics
 from reconciler.retry import RetryPolicy
 from reconciler.sinks import HttpSink, Sink
@@ -390,9 +390,7 @@ class Relay:
             # Named by its type and place only: a message may quote the endpoint's URL,
             # credentials and all (`amqp://user:password@...`).
             kind, error = job.endpoint.kind, type(exc).__name__
-            log.error(
-                "sink_failed", kind=kind, endpoint=job.endpoint.id, error=error, at=fault_site(exc)
-            )
+            log.error("sink_failed", kind=kind, endpoint=job.endpoint.id, **fault(exc))
             result = AttemptResult(False, error=f"the {kind} sink failed ({error})")
         if result.gone:  # before the gate lets the next one through
             self._disable(job.endpoint.id, "the endpoint answered 410 Gone")
