@@ -245,10 +245,13 @@ def task_ref(request: Request) -> str:
     return ref
 
 
-def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str:
-    """Where the provider should call back: our signed per-task URL, or the project webhook."""
+def callback_url(request: Request, provider: ProviderSettings, ref: str) -> str | None:
+    """Where the provider should call back: our signed per-task URL, or the project webhook
+    (none while its secrets are not set: every webhook would be refused)."""
     settings: Settings = request.app.state.settings
     if provider.kind.signs_callbacks:
+        if not provider.takes_webhooks:
+            return None
         return f"{settings.public_base_url}/webhooks/{provider.name}"
     tokens: CallbackTokens = request.app.state.inbox.tokens
     return f"{settings.public_base_url}/callbacks/{provider.name}/{tokens.make(ref, provider.name)}"

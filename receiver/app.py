@@ -46,7 +46,7 @@ from schemas import logs
 from schemas.clock import utc_now
 from schemas.database import create_engine, describe, require_current
 from schemas.errors import ConfigError, DatabaseNotMigrated, DatabaseUnreachable, StorageUnavailable
-from schemas.settings import Settings, check_spool_dir, unknown_settings
+from schemas.settings import Settings, check_spool_dir, unknown_settings, warn_webhooks_refused
 from schemas.store import LedgerStore
 
 log = structlog.get_logger("taskledger.receiver")
@@ -137,6 +137,7 @@ def create_app(
             providers=sorted(settings.providers),
             archive=archive,
         )
+        warn_webhooks_refused(log, settings)
         try:
             yield
         finally:

@@ -31,7 +31,7 @@ from schemas.definition import Definition
 from schemas.errors import ConstraintViolation, StorageUnavailable
 from schemas.fold import LAST_ERROR_MARK, NOT_POLLABLE, OVERDUE, POLL_FLAGS, UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
-from schemas.settings import PREFIX, ProviderSettings, Settings
+from schemas.settings import PREFIX, ProviderSettings, Settings, warn_webhooks_refused
 from schemas.states import REAL_TERMINAL, TERMINAL, Outcome, State
 from schemas.store import Claim, LedgerStore
 from schemas.tokens import CallbackTokens
@@ -135,6 +135,7 @@ class Reconciler:
         for name in names:
             if self.clients.get(name) is None:
                 log.warning("provider_not_pollable", provider=name, missing=_base_url_setting(name))
+        warn_webhooks_refused(log, self.settings)
         loops = [
             asyncio.create_task(self._provider_loop(provider), name=f"passes-{provider.name}")
             for provider in self.settings.providers.values()
@@ -480,11 +481,14 @@ class Reconciler:
 
     def _callback_url(self, claim: Claim, provider: ProviderSettings) -> str | None:
         """The task's own token URL; for a signing kind that takes a URL per request
-        (Replicate's `webhook`), the signed route; None for one configured elsewhere."""
+        (Replicate's `webhook`), the signed route; None for one configured elsewhere, or
+        whose webhooks could not be verified (no secrets: the task is polled instead)."""
         base = self.settings.public_base_url
         if not provider.kind.signs_callbacks:
             token = self._tokens.make(claim.ref, provider.name)
             return f"{base}/callbacks/{provider.name}/{token}"
+        if not provider.takes_webhooks:
+            return None
         if isinstance(provider.kind, Definition) and provider.kind.submit.callback != "none":
             return f"{base}/webhooks/{provider.name}"
         return None

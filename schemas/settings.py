@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import idna
@@ -354,6 +354,18 @@ class ProviderSettings:
     def reader(self) -> Reader:
         return Reader(self.kind, self.result_ttl_seconds, self.archive)
 
+    @property
+    def takes_webhooks(self) -> bool:
+        """Whether its callbacks can be taken. A kind that signs them (Standard Webhooks:
+        OpenAI, Replicate) needs its secrets: without them every webhook is refused, so
+        none is asked for, and its tasks are learned by polling alone."""
+        return not self.kind.signs_callbacks or bool(self.webhook_secrets)
+
+    @property
+    def secrets_setting(self) -> str:
+        """The variable its webhook secrets are read from."""
+        return f"{PREFIX}PROVIDER_{self.name.upper()}_WEBHOOK_SECRETS"
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -645,6 +657,19 @@ def webhook_key(secret: str, raw_unprefixed: bool = False) -> bytes:
     if not key:
         raise ValueError("a secret must not be empty")
     return key
+
+
+def warn_webhooks_refused(log: Any, settings: Settings) -> None:
+    """A warning line at start-up for each provider whose webhooks would all be refused (a
+    kind that signs them, without its secrets): none is asked for, its tasks are polled."""
+    for provider in settings.providers.values():
+        if not provider.takes_webhooks:
+            log.warning(
+                "webhooks_refused",
+                provider=provider.name,
+                missing=provider.secrets_setting,
+                learned_by="polling alone",
+            )
 
 
 def unprefixed_is_raw(kind: Kind) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -27,7 +26,13 @@ from ops.console.render import text, yes_no
 from ops.console.timeline import TASK_FIELDS
 from ops.envfile import load_environ
 from schemas.clock import utc_now
-from schemas.settings import PREFIX, builtin_definitions, provider_readers
+from schemas.settings import (
+    PREFIX,
+    builtin_definitions,
+    provider_readers,
+    unprefixed_is_raw,
+    webhook_key,
+)
 from schemas.states import State
 from schemas.wire import Kind
 from schemas.wire.examples import NoExample, callback_body
@@ -180,7 +185,7 @@ def _signed(
                 f"{_secret_name(name)} is not set here: send-test signs {name}'s callbacks"
                 f" with it, as {name} does"
             )
-        signed = standard_webhooks_headers(keys[0], body, now, _secret_name(name))
+        signed = standard_webhooks_headers(keys[0], body, now, _secret_name(name), kind)
         return Callback(url, body, headers | signed, "signed (Standard Webhooks)")
     if scheme == "hmac-fields" and keys:
         signed = hmac_fields_headers(keys[0], task_id, now)
@@ -189,14 +194,17 @@ def _signed(
 
 
 def standard_webhooks_headers(
-    secret: str, body: bytes, now: datetime, setting: str
+    secret: str, body: bytes, now: datetime, setting: str, kind: Kind
 ) -> dict[str, str]:
-    """`webhook-id`, `-timestamp` and `-signature`, as a Standard Webhooks sender sends."""
+    """`webhook-id`, `-timestamp` and `-signature`, as a Standard Webhooks sender sends,
+    with the key the receiver reads the secret as (an unprefixed OpenAI secret is its own
+    bytes, as OpenAI's SDK takes it)."""
     msg_id = f"msg_{secrets.token_hex(12)}"
     try:
-        signature = Webhook(secret).sign(msg_id=msg_id, timestamp=now, data=body)
-    except (ValueError, binascii.Error) as exc:
-        raise CommandError(f"{setting} is not a Standard Webhooks secret (whsec_…)") from exc
+        key = webhook_key(secret, raw_unprefixed=unprefixed_is_raw(kind))
+    except ValueError as exc:
+        raise CommandError(f"{setting} is not a Standard Webhooks secret: {exc}") from exc
+    signature = Webhook(key).sign(msg_id=msg_id, timestamp=now, data=body)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(now.timestamp())),

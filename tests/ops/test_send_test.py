@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import structlog
 from standardwebhooks import Webhook
@@ -100,6 +101,22 @@ def test_an_openai_callback_is_a_signed_thin_event_without_the_admin_token(
     assert payload["type"] == "video.completed"
     assert payload["data"] == {"id": "task-0042"}
     assert "signed (Standard Webhooks)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "secret", ["rawsecret_0123456789abcdef", "abcdEFGH12345678abcdEFGH12345678"]
+)
+def test_an_unprefixed_openai_secret_signs_as_openai_s_sdk_reads_it(
+    monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    """OpenAI's SDK takes a secret without `whsec_` as its own bytes, and so does the
+    receiver: send-test signs with that key (base64 or not), which the SDK then verifies."""
+    monkeypatch.setenv("TASKLEDGER_PROVIDER_OPENAI_WEBHOOK_SECRETS", secret)
+    provider = Provider(task_of("openai"))
+    assert provider.run("openai", "tl_0001", "succeeded") == 0
+    sent = provider.sent
+    sdk = openai.OpenAI(api_key="sk-test", webhook_secret=secret)
+    sdk.webhooks.verify_signature(sent.content, dict(sent.headers))
 
 
 def test_a_replicate_callback_is_the_prediction_signed_with_its_own_secret() -> None:

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 import sqlalchemy as sa
 import structlog.testing
 from prometheus_client import generate_latest
 
+from ops.envfile import webhook_secret
 from reconciler.clients import ProviderClients
 from reconciler.metrics import ReconcilerMetrics
 from reconciler.process import Reconciler
@@ -22,7 +24,7 @@ from reconciler.retry import RetryPolicy
 from schemas.clock import utc_now
 from schemas.database import create_engine
 from schemas.migrate import upgrade
-from schemas.settings import ProviderSettings, Settings
+from schemas.settings import ProviderSettings, Settings, builtin_definitions
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import TASK
 from schemas.wire import WireFormat
@@ -241,6 +243,50 @@ async def test_start_up_names_the_pollable_providers_and_those_not_configured(
     assert (started["pollable"], started["not_configured"]) == (["apidot"], ["evolink"])
     (warned,) = [line for line in logs if line["event"] == "provider_not_pollable"]
     assert warned["missing"] == "TASKLEDGER_PROVIDER_EVOLINK_BASE_URL"
+
+
+@pytest.mark.parametrize("secrets", [(), (webhook_secret(),)], ids=["no-secret", "secret"])
+async def test_replicate_is_asked_for_webhooks_only_when_they_can_be_verified(
+    store: LedgerStore, clock: FakeClock, secrets: tuple[str, ...]
+) -> None:
+    """Replicate signs every webhook: without its secret each would be refused, so none is
+    asked for (the task is polled), and start-up names the missing setting."""
+    kind = builtin_definitions()["replicate"]
+    provider = ProviderSettings(
+        "replicate", kind, base_url="https://api.example", webhook_secrets=secrets
+    )
+    settings = Settings(
+        callback_secrets=("s",),
+        admin_token="t",
+        providers={"replicate": provider},
+        public_base_url="https://hooks.example",
+    )
+    await store.register(
+        NewTask(provider="replicate", model="o/m", request={"input": {}}, submit=True)
+    )
+    sent: list[dict[str, object]] = []
+
+    def provider_answers(request: httpx.Request) -> httpx.Response:
+        sent.append(orjson.loads(request.content))
+        return httpx.Response(201, json={"id": "p-1", "status": "starting"})
+
+    transport = httpx.MockTransport(provider_answers)
+    async with ProviderClients.open(settings.providers.values(), transport=transport) as clients:
+        reconciler = Reconciler(settings, store, clients, clock=clock)
+        await reconciler.run_pass()
+        reconciler.stopping.set()
+        with structlog.testing.capture_logs() as logs:
+            await reconciler.run()
+    [body] = sent
+    warned = [line for line in logs if line["event"] == "webhooks_refused"]
+    if secrets:
+        assert body["webhook"] == "https://hooks.example/webhooks/replicate"
+        assert warned == []
+    else:
+        assert "webhook" not in body
+        assert [line["missing"] for line in warned] == [
+            "TASKLEDGER_PROVIDER_REPLICATE_WEBHOOK_SECRETS"
+        ]
 
 
 @pytest.mark.parametrize(
