@@ -317,6 +317,8 @@ class SafeFetcher:
             raise _blocked(exc, host) from exc
         except httpx.HTTPError as exc:
             raise _failed(exc, host) from exc
+        except httpx.InvalidURL as exc:
+            raise _bad_location(host) from exc
         except (ValueError, OverflowError, ExceptionGroup) as exc:
             # Python's own errors out of the libraries, for a request they cannot make.
             if isinstance(exc, ExceptionGroup) and not _all_mismade(exc):
@@ -434,8 +436,21 @@ def _status_error(response: httpx.Response) -> FetchError:
     )
 
 
+def _bad_location(host: str) -> FetchError:
+    """A redirect to a URL that cannot be read: httpx reads a redirect's `Location` even
+    when it is not to follow it (raising `InvalidURL`, or `RemoteProtocolError` with the
+    message below). It will name the same URL again: not retried."""
+    message = f"{host} redirected to a URL that cannot be read"
+    return FetchError(message, reason="protocol", host=host)
+
+
+_BAD_LOCATION = "Invalid URL in location header"
+
+
 def _failed(exc: httpx.HTTPError, host: str) -> FetchError:
     """A transport failure, named by its type only (httpx messages may quote the URL)."""
+    if isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith(_BAD_LOCATION):
+        return _bad_location(host)
     what = type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
         return FetchError(f"{host} timed out ({what})", reason="timeout", host=host, retryable=True)

@@ -26,14 +26,18 @@ HOST_SHOWN_CHARS = 64  # of a host a refusal names
 _NUMBER_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.IGNORECASE)
 IPNetwork = IPv4Network | IPv6Network
 
-# Cloud instance metadata services (AWS/GCP/Azure, AWS over IPv6, Alibaba): refused even
-# inside an allowed network, so allowing a private range never opens them.
+# Cloud instance metadata and credential services: refused even inside an allowed network,
+# so allowing a private range never opens them.
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     {
         ip_address("169.254.169.254"),  # AWS, GCP, Azure, Oracle, DigitalOcean ...
         ip_address("fd00:ec2::254"),  # AWS over IPv6
         ip_address("100.100.100.200"),  # Alibaba Cloud
         ip_address("168.63.129.16"),  # Azure's WireServer: a public address, a platform API
+        ip_address("169.254.170.2"),  # AWS ECS task credentials
+        ip_address("169.254.170.23"),  # AWS EKS Pod Identity
+        ip_address("fd00:ec2::23"),  # AWS EKS Pod Identity over IPv6
+        ip_address("192.0.0.192"),  # Oracle Cloud's metadata
     }
 )
 # Spelled out rather than left to `ipaddress.is_global`, whose lists changed between
@@ -211,9 +215,11 @@ def _split(url: str) -> tuple[SplitResult, str]:
     except ValueError as exc:
         raise BlockedURL("the URL has no usable host", reason="no_host") from exc
     try:
-        _ = parts.port  # raises for a port that is not a number in range
-    except ValueError as exc:
-        raise BlockedURL("the URL's port is not a number up to 65535", reason="no_host") from exc
+        port = parts.port  # raises for a port that is not a number in range
+    except ValueError:
+        port = 0
+    if port == 0:  # `:0` is no port anything listens on, nor the scheme's default
+        raise BlockedURL("the URL's port is not a number from 1 to 65535", reason="no_host")
     try:
         host = parts.hostname or ""
         if not host.isascii():

@@ -185,6 +185,8 @@ def _address(parts: SplitResult) -> tuple[str, int]:
         port = parts.port
     except ValueError as exc:
         raise EndpointUrlError(f"a {parts.scheme} URL has an invalid port") from exc
+    if port == 0:
+        raise EndpointUrlError(f"a {parts.scheme} URL's port must be from 1 to 65535")
     if not parts.hostname:
         raise EndpointUrlError(f"a {parts.scheme} URL needs a host")
     return parts.hostname, port or DEFAULT_PORTS[parts.scheme]

@@ -283,6 +283,7 @@ REFUSED_URLS: list[tuple[str, Any, str]] = [
     ("localhost", "https://localhost/hook", "not a public address"),
     ("resolves-private", "https://hooks.internal.example/hook", "10.1.2.3 is not a public address"),
     ("userinfo", "https://user:pw@hooks.product.example/hook", "userinfo"),
+    ("port-zero", "https://93.184.216.34:0/hook", "port is not a number from 1 to 65535"),
     ("ftp", "ftp://hooks.product.example/hook", "scheme 'ftp'"),
     ("nats-no-subject", "nats://127.0.0.1:4222", "needs a subject"),
     ("amqp-no-exchange", "amqp://127.0.0.1/", "needs ?exchange="),

@@ -459,6 +459,7 @@ def test_parse_broker_url_reads_a_target(url: str, target: Any) -> None:
         pytest.param("nats://host/a%20b", "whitespace", id="nats-space"),
         pytest.param("nats://host:99999/a", "invalid port", id="nats-port-range"),
         pytest.param("nats://host:port/a", "invalid port", id="nats-port-name"),
+        pytest.param("nats://host:0/a", "port must be from 1 to 65535", id="nats-port-zero"),
         pytest.param("nats:///a", "needs a host", id="nats-no-host"),
         pytest.param("nats://host/a?x=1", "no query", id="nats-query"),
         pytest.param("amqp://host/?routing_key=k", "needs ?exchange", id="amqp-no-exchange"),

@@ -284,6 +284,18 @@ async def test_redirect_to_a_name_of_a_blocked_address_is_refused_unconnected(
     assert recorder.hosts == ["127.0.0.1"]
 
 
+@pytest.mark.parametrize(
+    "location", ["http:127.0.0.2:18080/b", "http://[::1", "http://127.0.0.1:99999/"]
+)
+async def test_a_redirect_to_a_malformed_url_fails_for_good(
+    fetcher: SafeFetcher, recorder: Recorder, base_url: str, location: str
+) -> None:
+    error = await refused(fetcher, redirect_to(base_url, location))
+    assert (error.reason, error.retryable) in {("protocol", False), ("no_host", False)}
+    assert location not in str(error)
+    assert recorder.hosts == ["127.0.0.1"]
+
+
 async def test_redirect_to_another_scheme_is_refused(fetcher: SafeFetcher, base_url: str) -> None:
     error = await refused(fetcher, redirect_to(base_url, "file:///etc/passwd"))
     assert error.reason == "scheme"

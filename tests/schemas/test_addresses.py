@@ -154,8 +154,24 @@ def test_allowed_networks_open_only_themselves() -> None:
         ("fc00::/7", "fd00:ec2::254%eth0"),
         ("100.64.0.0/10", "100.100.100.200"),
         ("168.63.0.0/16", "168.63.129.16"),
+        ("169.254.0.0/16", "169.254.170.2"),
+        ("169.254.0.0/16", "169.254.170.23"),
+        ("fd00::/8", "fd00:ec2::23"),
+        ("0.0.0.0/0", "::ffff:169.254.170.2"),
+        ("192.0.0.0/24", "192.0.0.192"),
     ],
-    ids=["aws", "aws-v6", "aws-v6-with-a-zone", "alibaba", "azure-wireserver"],
+    ids=[
+        "aws",
+        "aws-v6",
+        "aws-v6-with-a-zone",
+        "alibaba",
+        "azure-wireserver",
+        "aws-ecs-credentials",
+        "aws-eks-pod-identity",
+        "aws-eks-pod-identity-v6",
+        "aws-ecs-mapped",
+        "oracle",
+    ],
 )
 def test_metadata_addresses_stay_refused_inside_an_allowed_network(
     network: str, address: str
@@ -353,8 +369,9 @@ def test_parse_networks_names_what_is_wrong(text: str, named: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://cdn.example.com:99999/v.mp4", "https://cdn.example.com:x/"]
+    "url",
+    ["https://cdn.example.com:99999/v.mp4", "https://cdn.example.com:x/", "https://8.8.8.8:0/x"],
 )
 def test_a_port_out_of_range_is_named_as_the_port(url: str) -> None:
-    with pytest.raises(BlockedURL, match="the URL's port is not a number up to 65535"):
+    with pytest.raises(BlockedURL, match="the URL's port is not a number from 1 to 65535"):
         POLICY.check_url(url)
