@@ -21,6 +21,7 @@ from receiver.errors import (
     NotJson,
     Unprocessable,
 )
+from schemas.json_text import holds_nul_escape, storable_json
 from schemas.settings import BODY_TIMEOUT_SECONDS
 
 FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
@@ -81,6 +82,8 @@ def parse_json(headers: Headers, body: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise MalformedBody("the body must be a JSON object")
     _check_exact(body)
+    if holds_nul_escape(body) and storable_json(body) != payload:
+        raise Unprocessable("a string in the body holds NUL (\\u0000), which is not stored")
     return payload
 
 

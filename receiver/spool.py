@@ -28,7 +28,7 @@ from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
 from schemas.clock import Clock, utc_now
 from schemas.database import names_sqlite
-from schemas.errors import StorageUnavailable
+from schemas.errors import StorageUnavailable, ValueRefused
 from schemas.ledger import Delivery, Reader, Stored
 from schemas.migrate import head_revision
 from schemas.settings import Settings
@@ -344,7 +344,7 @@ class Spool:
         """The database being unavailable (down, or refusing writes: read-only, disk full)
         is waited out, however long; any other error is tried `MAX_ATTEMPTS` times, then
         the entry goes to quarantine and those after it drain on at once."""
-        if isinstance(error, StorageUnavailable):
+        if isinstance(error, StorageUnavailable) and not isinstance(error, ValueRefused):
             log.warning("spool_drain_refused", detail=str(error), depth=self.depth)
             self.note_down(str(error))
         else:

@@ -26,13 +26,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import structlog
 
 from receiver import deadlines
 from receiver.errors import Conflict, Overloaded
-from schemas.errors import ConstraintViolation, StorageUnavailable
-from schemas.ledger import Delivery, Stored
+from schemas.errors import ConstraintViolation, StorageUnavailable, ValueRefused
+from schemas.ledger import Delivery, Stored, Unread
 from schemas.logs import Throttle
 from schemas.settings import ANSWER_DEADLINE_SECONDS
 from schemas.write_deadline import WriteBusy, write_deadline
@@ -181,13 +182,20 @@ class GroupCommitWriter:
                 results = await self._ingest([delivery for delivery, _, _ in batch])
         except Exception as exc:
             self._note_failure(exc)
-            expected = isinstance(exc, StorageUnavailable)
+            expected = isinstance(exc, StorageUnavailable) and not isinstance(exc, ValueRefused)
             if not expected and len(batch) > 1:
                 # Not the database: some delivery broke the batch. Each gets its own try,
                 # so one poison delivery cannot turn its neighbours away.
                 log.warning("batch_split", size=len(batch), error=type(exc).__name__)
                 for item in batch:
                     await self._commit([item])
+                return
+            raw = _kept_raw(batch[0], exc) if isinstance(exc, ValueRefused) else None
+            if raw is not None:
+                # What was read from it could not be stored: the delivery itself is kept,
+                # unread, as a body no reader understood would be.
+                log.warning("delivery_kept_raw", provider=raw[0].provider, detail=str(exc))
+                await self._commit([raw])
                 return
             if isinstance(exc, ConstraintViolation):
                 # This one delivery breaks a unique key: it alone is refused, precisely.
@@ -213,9 +221,21 @@ class GroupCommitWriter:
                 future.set_result(result)
 
     def _note_failure(self, exc: Exception) -> None:
-        """Remember a refusal by the database; a busy one, or a bug, says nothing of it."""
-        if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy):
+        """Remember a refusal by the database; a busy one, a bug, or one delivery's value
+        it cannot store says nothing of it."""
+        if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy | ValueRefused):
             self._refused.note(str(exc))
+
+
+def _kept_raw(item: _Item, exc: ValueRefused) -> _Item | None:
+    """`item` with its delivery's reading left out, for the database to keep the body as it
+    came; None when there was no reading to leave out."""
+    delivery, future, deadline = item
+    if delivery.observation is None:
+        return None
+    problem = f"what was read from it could not be stored ({exc}); kept as it came"
+    unread = Unread("not_storable", problem)
+    return replace(delivery, observation=None, unread=unread), future, deadline
 
 
 def _unexpired(batch: list[_Item], now: float) -> list[_Item]:

@@ -47,6 +47,7 @@ from reconciler.sessions import (
 from schemas.clock import utc_now
 from schemas.definition import Definition
 from schemas.errors import WireFormatError
+from schemas.json_text import storable_json
 from schemas.settings import ProviderSettings
 from schemas.states import REAL_TERMINAL
 from schemas.tables import BODY_KEEP_CHARS
@@ -116,7 +117,7 @@ def _NOTHING_ELSE(response: Answer) -> bool:
 
 def _json_or_none(content: bytes) -> object:
     try:
-        return orjson.loads(content)
+        return storable_json(content)
     except orjson.JSONDecodeError:
         return None
 
@@ -462,7 +463,7 @@ class ProviderClient:
 
     def _json(self, response: Answer, *, retryable: bool) -> object:
         try:
-            body: object = orjson.loads(response.content)
+            body: object = storable_json(response.content)
         except orjson.JSONDecodeError as exc:
             error = self._error(BadAnswer, "body is not JSON", response, retryable=retryable)
             raise error from exc

@@ -73,6 +73,12 @@ class StorageUnavailable(LedgerError):
     """The database could not be reached or refused the write; retry later."""
 
 
+class ValueRefused(StorageUnavailable):
+    """PostgreSQL refused a value a write carried (a data exception, SQLSTATE class 22: a
+    character or a number it cannot store). The write's fault, not the database's: a
+    batch holding it is split, so that it fails alone (still a 503 to an API caller)."""
+
+
 class ConstraintViolation(LedgerError):
     """A write broke a unique key on every try: the evidence itself is at fault, not the
     database; its neighbours in a batch are written without it."""

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from schemas.json_text import storable_json
+
 _SEGMENT = re.compile(r"(?P<key>[^.\[\]|]+)(?P<rest>(?:\[\d*\]|\|json)*)")
 _SUFFIX = re.compile(r"\[(?P<index>\d*)\]|\|json")
 _MISSING: Any = object()
@@ -103,7 +105,7 @@ def _step(value: Any, step: Step) -> Any:
         return _MISSING
     if isinstance(value, str | bytes):
         try:
-            return orjson.loads(value)
+            return storable_json(value)
         except orjson.JSONDecodeError:
             return _MISSING
     if isinstance(value, dict | list):

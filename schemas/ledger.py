@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import IgnoredEvent, WireFormatError
+from schemas.json_text import storable_json
 from schemas.records import record
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
 from schemas.wire import ID_MAX_CHARS, Kind, Observation, normalize_callback, task_id_hint
@@ -105,7 +106,7 @@ def parse_payload(body: bytes) -> Any:
     """The body as JSON, or `NOT_JSON` (a UTF-8 byte order mark before it is skipped, as
     RFC 8259 lets a reader do; the body is kept as it came)."""
     try:
-        return orjson.loads(body[3:] if body.startswith(_BOM) else body)
+        return storable_json(body[3:] if body.startswith(_BOM) else body)
     except orjson.JSONDecodeError:
         return NOT_JSON
 

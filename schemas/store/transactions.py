@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from schemas.clock import Clock
 from schemas.database import READ_ONLY, sqlite_file
-from schemas.errors import LedgerError, StorageUnavailable
+from schemas.errors import LedgerError, StorageUnavailable, ValueRefused
 from schemas.ledger import Reader
 from schemas.write_deadline import WriteBusy, take_turn
 from schemas.write_deadline import current as current_deadline
@@ -261,9 +261,22 @@ def _driver_error(exc: BaseException) -> BaseException:
     """An asyncpg error in the store's terms (`exc` itself when it is not the database's)."""
     if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
         return UniqueRace()
+    if _refuses_a_value(exc):
+        return ValueRefused(f"the database refused a value: {fault(exc)}")
     if isinstance(exc, (asyncpg.PostgresError, *_CONNECTION_ERRORS)):
         return StorageUnavailable(f"database error: {fault(exc)}")
     return exc
+
+
+def _refuses_a_value(exc: BaseException) -> bool:
+    """Whether PostgreSQL refused a value of the statement (a data exception), as asyncpg
+    raises it or as SQLAlchemy's adapter wraps it (the adapter's error caused by it)."""
+    error: BaseException | None = getattr(exc, "orig", None) or exc
+    while error is not None:
+        if isinstance(error, asyncpg.DataError):
+            return True
+        error = error.__cause__
+    return False
 
 
 # What an operator should read for the SQLite result codes a write meets in production.
@@ -327,6 +340,8 @@ def _translate(exc: BaseException | None) -> None:
         return
     if isinstance(exc, IntegrityError):
         raise UniqueRace() from exc
+    if _refuses_a_value(exc):
+        raise ValueRefused(f"the database refused a value: {fault(exc)}") from exc
     if isinstance(exc, SQLAlchemyError | OSError):
         raise StorageUnavailable(f"database error: {fault(exc)}") from exc
 
