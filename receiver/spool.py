@@ -415,16 +415,15 @@ class _Replay:
 async def _replay(ledger: Ledger, entries: list[Entry]) -> _Replay:
     """`ledger.ingest` of `entries`, as far as it goes in their order. On an error other
     than the database being unavailable (a bug; a delivery breaking a unique key on every
-    try, which is not dropped: it was answered 202 already), the batch is halved until the
-    first entry that fails alone is found; those before it are committed, it and those
-    after it are not."""
+    try, which is not dropped: it was answered 202 already; a value the database refuses),
+    the batch is halved until the first entry that fails alone is found; those before it
+    are committed, it and those after it are not."""
     try:
         with write_deadline(asyncio.get_running_loop().time() + DRAIN_WRITE_SECONDS):
             results = list(await ledger.ingest([entry.delivery for entry in entries]))
-    except StorageUnavailable as exc:
-        return _Replay([], [], entries[0], exc)
     except Exception as exc:
-        if len(entries) == 1:
+        down = isinstance(exc, StorageUnavailable) and not isinstance(exc, ValueRefused)
+        if down or len(entries) == 1:
             return _Replay([], [], entries[0], exc)
         return await _halved(ledger, entries)
     return _Replay(entries, results)

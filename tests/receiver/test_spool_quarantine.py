@@ -18,7 +18,7 @@ from receiver import spool as spool_module
 from receiver.metrics import ReceiverMetrics
 from receiver.spool import MAX_ATTEMPTS, Spool
 from schemas.clock import utc_now
-from schemas.errors import ConstraintViolation, StorageUnavailable
+from schemas.errors import ConstraintViolation, StorageUnavailable, ValueRefused
 from schemas.ledger import Delivery, Reader, Stored
 from schemas.settings import SpoolSettings
 from schemas.spool_file import SpoolFile, encode, quarantined, replay_quarantined, spool_directory
@@ -122,6 +122,7 @@ def sample(metrics: ReceiverMetrics, name: str, **labels: str) -> float:
     [
         pytest.param(RuntimeError("poisoned"), id="bug"),
         pytest.param(ConstraintViolation("poisoned"), id="unique-key-every-try"),
+        pytest.param(ValueRefused("poisoned"), id="a-value-the-database-refuses"),
     ],
 )
 async def test_a_delivery_that_keeps_failing_is_quarantined_and_the_rest_drain_in_order(
