@@ -63,7 +63,8 @@ from schemas.settings import (
     retention_policy,
 )
 from schemas.states import Outcome
-from schemas.store import LedgerStore, backup_sqlite
+from schemas.store import BackupReport, LedgerStore, backup_sqlite
+from schemas.store.retention import prunable_archive_files
 
 RUN_HELP = """\
 Start every process of the Procfile (web, reconciler, relay) with the environment over
@@ -95,15 +96,19 @@ PRUNE_HELP = """\
 Remove old evidence of finished tasks, a few hundred rows per short transaction,
 while the service runs. Polls and callback bodies go after TASKLEDGER_RETENTION_DAYS
 (30); callback rows, with the keys that detect resends, go only after
-max(TASKLEDGER_RETENTION_DAYS, TASKLEDGER_DEDUP_KEEP_DAYS) (7 at least). Open tasks,
-tasks themselves and their transitions (the audit trail) are never pruned.
+max(TASKLEDGER_RETENTION_DAYS, TASKLEDGER_DEDUP_KEEP_DAYS) (7 at least), as do the
+Idempotency-Keys of registrations. A delivery kept `unrecognized` is kept whole until
+it is read (by `taskledger db refold`). Open tasks, tasks themselves and their
+transitions (the audit trail) are never pruned.
 Archived outputs go after TASKLEDGER_ARCHIVE_RETENTION_DAYS (90): their files are
 deleted from the archive (a file two outputs share stays while one still holds it),
 their rows stay, marked `pruned`, with their size and SHA-256.
+The report names both retentions; --dry-run counts what would go, archive files too.
 """
 BACKUP_HELP = """\
 Copy the SQLite database named by TASKLEDGER_DATABASE_URL to PATH while the service
-runs (one consistent snapshot), then check the copy and print its row counts.
+runs (one consistent snapshot), then check the copy (integrity_check,
+foreign_key_check) and print both results and every table's row count.
 For PostgreSQL use pg_dump.
 
 To restore: stop the service, replace the database file with the copy, delete any
@@ -368,7 +373,7 @@ def _database(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             policy = retention_policy(environ, retention_days=args.retention_days)
             archive = archive_settings(environ)
             report = asyncio.run(_prune(environ, policy, archive, args.batch_size, args.dry_run))
-            print(format_prune(report, policy))
+            print(format_prune(report, policy, archive))
             return 0
         if args.db_command == "backup":
             return _backup(environ, args.path)
@@ -418,7 +423,8 @@ async def _prune_archive(
     before = store.clock() - timedelta(days=archive.retention_days)
     if report.dry_run:
         count, _ = await store.prune_artifacts(before, dry_run=True)
-        return replace(report, artifacts_pruned=count)
+        files = await prunable_archive_files(store.engine, before)
+        return replace(report, artifacts_pruned=count, files_deleted=files)
     media = open_store(archive.url, environ, spool_dir=Path(archive.spool_dir))
     pruned = deleted = 0
     try:
@@ -462,21 +468,26 @@ def format_refold(counts: dict[str, int], dry_run: bool) -> str:
     return "\n".join(lines)
 
 
-def format_prune(report: PruneReport, policy: RetentionPolicy) -> str:
+def format_prune(report: PruneReport, policy: RetentionPolicy, archive: ArchiveSettings) -> str:
+    """What was pruned (or would be), under which retentions: the ledger's and the
+    archive's, each named, since the artifact rows follow the archive's alone."""
     verb = "would prune (dry run)" if report.dry_run else "pruned"
     rows = [
         ("bodies stripped", report.bodies_stripped),
         ("deliveries deleted", report.deliveries_deleted),
         ("observations deleted", report.observations_deleted),
+        ("idempotency keys deleted", report.idempotency_keys_deleted),
         ("batches", report.batches),
         ("artifacts pruned", report.artifacts_pruned),
         ("archive files deleted", report.files_deleted),
     ]
+    kept = f"{archive.retention_days:g} days" if archive.enabled else "off"
     head = (
         f"taskledger: {verb}, retention {policy.retention_days:g} days,"
-        f" dedup keys kept {max(policy.retention_days, policy.dedup_keep_days):g} days"
+        f" dedup keys kept {max(policy.retention_days, policy.dedup_keep_days):g} days,"
+        f" archive retention {kept}"
     )
-    return "\n".join([head, *(f"  {name:<22}{count:>10}" for name, count in rows)])
+    return "\n".join([head, *(f"  {name:<26}{count:>10}" for name, count in rows)])
 
 
 def _backup(environ: Mapping[str, str], target: Path) -> int:
@@ -486,10 +497,21 @@ def _backup(environ: Mapping[str, str], target: Path) -> int:
         return 1
     report = backup_sqlite(source, target)
     print(f"taskledger: backed up {source} to {target}")
-    print(f"  integrity_check       {report.integrity}")
-    for table, count in report.counts.items():
-        print(f"  {table:<22}{count:>10}")
+    print(format_backup(report))
     return 0
+
+
+def format_backup(report: BackupReport) -> str:
+    """The copy's checks, then every table's row count (a table the copy lacks, from a
+    migration it has not had, is named as absent)."""
+    faults = report.foreign_key_faults
+    lines = [
+        f"  {'integrity_check':<22}{report.integrity}",
+        f"  {'foreign_key_check':<22}{'ok' if faults == 0 else f'{faults} faults'}",
+    ]
+    lines += [f"  {table:<22}{count:>10}" for table, count in report.counts.items()]
+    lines += [f"  {table:<22}{'absent':>10}" for table in report.missing]
+    return "\n".join(lines)
 
 
 def sqlite_path(url: str) -> Path:

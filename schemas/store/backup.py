@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from schemas.errors import StorageUnavailable
-
-_BACKUP_COUNTS = {
-    "task": "SELECT count(*) FROM task",
-    "delivery": "SELECT count(*) FROM delivery",
-    "transition": "SELECT count(*) FROM transition",
-}
+from schemas.tables import METADATA
 
 
 @dataclass(frozen=True, slots=True)
 class BackupReport:
-    """A checked SQLite copy: `integrity_check`'s answer, foreign key faults, row counts."""
+    """A checked SQLite copy: `integrity_check`'s answer, foreign key faults, the row count
+    of each of the schema's tables, and those of its tables the copy has not (a database
+    at an older migration)."""
 
     path: Path
     integrity: str
     foreign_key_faults: int
     counts: dict[str, int]
+    missing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -53,21 +51,33 @@ def backup_sqlite(source: Path, target: Path) -> BackupReport:
             f"{report.foreign_key_faults} foreign key faults): left at {partial}"
         )
     partial.replace(target)
-    return BackupReport(target, report.integrity, report.foreign_key_faults, report.counts)
+    return replace(report, path=target)
 
 
 def check_sqlite(path: Path) -> BackupReport:
-    """`PRAGMA integrity_check`, `PRAGMA foreign_key_check` and row counts of a SQLite file."""
+    """`PRAGMA integrity_check`, `PRAGMA foreign_key_check`, and the row count of every
+    table of the schema (`schemas.tables`: a table added there is counted too)."""
     try:
         with contextlib.closing(_open_sqlite(path, "ro")) as conn:
             integrity = "; ".join(str(row[0]) for row in conn.execute("PRAGMA integrity_check"))
             faults = len(conn.execute("PRAGMA foreign_key_check").fetchall())
-            counts = {
-                name: int(conn.execute(sql).fetchone()[0]) for name, sql in _BACKUP_COUNTS.items()
-            }
+            counts, missing = _row_counts(conn)
     except sqlite3.Error as exc:
         raise StorageUnavailable(f"cannot check {path.name}: {exc}") from exc
-    return BackupReport(path, integrity, faults, counts)
+    return BackupReport(path, integrity, faults, counts, missing)
+
+
+def _row_counts(conn: sqlite3.Connection) -> tuple[dict[str, int], tuple[str, ...]]:
+    """Each schema table's rows, in the schema's order; the tables the file lacks."""
+    present = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    counts: dict[str, int] = {}
+    for name in METADATA.tables:  # the schema's own names, never input
+        if name in present:
+            query = f'SELECT count(*) FROM "{name}"'  # noqa: S608
+            counts[name] = int(conn.execute(query).fetchone()[0])
+    return counts, tuple(name for name in METADATA.tables if name not in present)
 
 
 def _copy_sqlite(source: Path, target: Path) -> None:

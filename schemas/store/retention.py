@@ -1,5 +1,5 @@
 """Retention applied: finished tasks' old evidence removed or stripped in short batches,
-by the cutoffs of `schemas.retention`'s policy.
+by the cutoffs of `schemas.retention`'s policy; and the archive files a prune would delete.
 """
 
 from __future__ import annotations
@@ -10,13 +10,23 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.retention import PruneReport, RetentionCutoffs
-from schemas.states import TERMINAL
-from schemas.store.transactions import Database
-from schemas.tables import DELIVERY, IDEMPOTENCY, OBSERVATION, TASK
+from schemas.states import TERMINAL, Outcome
+from schemas.store.artifacts import ArtifactState
+from schemas.store.transactions import Database, Transaction
+from schemas.tables import ARTIFACT, DELIVERY, IDEMPOTENCY, OBSERVATION, TASK
 
 _TERMINAL_STATES = sorted(state.value for state in TERMINAL)
+# A delivery kept `unrecognized` has not been read: its body is all there is of it, and
+# `db refold` reads it again once a release understands it. Retention never takes it
+# (neither its body nor its row) while it stays unread; once read, it goes as any other.
+# That is bounded: only an authenticated callback no reader understood is kept so (a
+# provider's new status word or shape, not its everyday traffic); each one is counted in
+# `taskledger_unrecognized_deliveries_total` and `/v1/audit`, and the release that reads
+# them, with `db refold`, hands them back to retention.
+_UNREAD = DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +54,13 @@ def _prune_stages(cutoffs: RetentionCutoffs) -> tuple[_PruneStage, ...]:
             DELIVERY.c.task_ref.is_(None),
             _finished_before(DELIVERY.c.task_ref, cutoffs.keys_before),
         ),
+        sa.not_(_UNREAD),
     )
     body_expired = sa.and_(
         DELIVERY.c.last_seen_at < cutoffs.bodies_before,
         _finished_before(DELIVERY.c.task_ref, cutoffs.bodies_before),
         sa.or_(DELIVERY.c.body != b"", DELIVERY.c.headers.is_not(None)),
+        sa.not_(_UNREAD),
         sa.not_(keys_expired),
     )
     polls_expired = sa.and_(
@@ -80,8 +92,9 @@ async def prune(
     Deliveries last seen before `cutoffs.keys_before` go (unmatched ones too); younger
     ones of tasks finished before `cutoffs.bodies_before` keep their dedup key and
     counters but lose body and headers; their polls go; so do idempotency keys made
-    before `cutoffs.keys_before`. Open tasks' evidence, tasks and transitions are never
-    touched. A dry run counts and changes nothing.
+    before `cutoffs.keys_before`. Open tasks' evidence, deliveries not read yet (kept
+    `unrecognized`), tasks and transitions are never touched. A dry run counts and
+    changes nothing.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive (got {batch_size})")
@@ -133,4 +146,25 @@ async def _prunable_ids(db: Database, stage: _PruneStage, after: int, limit: int
 async def _count_prunable(db: Database, stage: _PruneStage) -> int:
     query = sa.select(sa.func.count()).select_from(stage.table).where(stage.where)
     async with db.read() as conn:
+        return int(await conn.scalar(query) or 0)
+
+
+async def prunable_archive_files(engine: AsyncEngine, before: datetime) -> int:
+    """How many archive files pruning the artifacts archived before `before` deletes: the
+    files they hold that no artifact archived since also holds (equal outputs share one
+    file, which `artifacts.prune` keeps while an archived artifact holds it). What a dry
+    run reports."""
+    archived = ArtifactState.ARCHIVED.value
+    holder = ARTIFACT.alias("holder")
+    held_since = sa.exists().where(
+        holder.c.storage_key == ARTIFACT.c.storage_key,
+        holder.c.state == archived,
+        sa.or_(holder.c.archived_at.is_(None), holder.c.archived_at >= before),
+    )
+    query = sa.select(sa.func.count(sa.distinct(ARTIFACT.c.storage_key))).where(
+        ARTIFACT.c.state == archived,
+        ARTIFACT.c.archived_at < before,
+        sa.not_(held_since),
+    )
+    async with Transaction(engine, read_only=True) as conn:
         return int(await conn.scalar(query) or 0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,6 +46,21 @@ async def write_one(store: LedgerStore, n: int) -> None:
         task_ref=str(row.ref),
     )
     await store.ingest([delivery])
+
+
+def printed_counts(out: str) -> dict[str, str]:
+    """What `db backup` printed beside each name, its checks and its tables."""
+    lines = [line.split() for line in out.splitlines() if line.startswith("  ")]
+    return {words[0]: " ".join(words[1:]) for words in lines}
+
+
+def tables_of(path: Path) -> set[str]:
+    """The tables in a SQLite file, the migrations' bookkeeping aside."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        names = {
+            name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+    return names - {"alembic_version", "sqlite_sequence"}
 
 
 async def backup_while_writing(store: LedgerStore, source: Path, target: Path) -> BackupReport:
@@ -100,11 +117,46 @@ async def test_backup_command_prints_ok_and_counts(
     out = capsys.readouterr().out
     assert code == 0
     assert "integrity_check       ok" in out
-    assert [line.split() for line in out.splitlines()[-3:]] == [
-        ["task", "1"],
-        ["delivery", "1"],
-        ["transition", "2"],
-    ]
+    counts = printed_counts(out)
+    assert (counts["task"], counts["delivery"], counts["transition"]) == ("1", "1", "2")
+
+
+async def test_backup_command_prints_the_foreign_key_check_and_every_tables_count(
+    live: tuple[Path, LedgerStore],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source, store = live
+    await write_one(store, 1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TASKLEDGER_DATABASE_URL", f"sqlite:///{source}")
+    code = await asyncio.to_thread(main, ["db", "backup", str(tmp_path / "copy.db")])
+    printed = printed_counts(capsys.readouterr().out)
+    assert code == 0
+    assert printed.pop("integrity_check") == "ok"
+    assert printed.pop("foreign_key_check") == "ok"
+    assert set(printed) == tables_of(tmp_path / "copy.db")
+    assert (printed["observation"], printed["api_key"], printed["idempotency_key"]) == ("0",) * 3
+
+
+async def test_backup_of_a_ledger_at_an_older_migration_names_the_tables_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "ledger.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{source}")
+    await upgrade(engine, "0006")  # before API keys and idempotency keys
+    await engine.dispose()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TASKLEDGER_DATABASE_URL", f"sqlite:///{source}")
+    code = await asyncio.to_thread(main, ["db", "backup", str(tmp_path / "copy.db")])
+    printed = printed_counts(capsys.readouterr().out)
+    assert code == 0
+    assert (printed["task"], printed["api_key"], printed["idempotency_key"]) == (
+        "0",
+        "absent",
+        "absent",
+    )
 
 
 def test_backup_command_refuses_an_existing_target(

@@ -12,22 +12,26 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ops import cli
 from ops.cli import main
 from schemas.database import create_engine
 from schemas.errors import ConfigError
-from schemas.ledger import Auth, Delivery, Poll
+from schemas.ledger import Auth, Delivery, Poll, Reader, read_delivery
 from schemas.retention import PruneReport, RetentionCutoffs, RetentionPolicy
 from schemas.settings import retention_policy
 from schemas.states import Outcome, State
 from schemas.store import LedgerStore, NewTask
 from schemas.tables import DELIVERY
-from schemas.wire import Observation
+from schemas.wire import Observation, WireFormat, registry
 from tests.conftest import FakeClock
+from tests.support.senders import apidot_body
 
 DAY_SECONDS = 86_400
 # Bodies go after 30 days, dedup keys after 60: the window where only keys remain.
 SPLIT = RetentionPolicy(retention_days=30, dedup_keep_days=60)
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
+# A status word this release cannot read, and the next one learns.
+NEW_WORD = "rendering"
 
 
 def callback(task_id: str, key: str, state: State, now: datetime, ref: str | None) -> Delivery:
@@ -260,6 +264,61 @@ async def test_ingestion_keeps_succeeding_during_a_large_prune(
     assert len((await store.timeline(live)).deliveries) == 61
 
 
+# -- deliveries not read yet -------------------------------------------------------
+
+
+async def kept_unread(store: LedgerStore, task_id: str, ref: str | None) -> bytes:
+    """A callback whose status word this release cannot read, kept `unrecognized`."""
+    body = apidot_body(task_id, NEW_WORD, 40)
+    raw = Delivery("apidot", f"{task_id}-new", body, {}, Auth.TOKEN, None, store.clock(), ref)
+    [stored] = await store.ingest([read_delivery(raw, Reader(WireFormat.APIDOT))])
+    assert stored.outcome is Outcome.UNRECOGNIZED
+    return body
+
+
+async def unread_bodies(engine: AsyncEngine) -> list[bytes]:
+    query = sa.select(DELIVERY.c.body).where(DELIVERY.c.outcome == Outcome.UNRECOGNIZED.value)
+    async with engine.connect() as conn:
+        return [bytes(body) for body in await conn.scalars(query)]
+
+
+@pytest.mark.parametrize("of_a_task", [True, False], ids=["finished-task", "no-task"])
+async def test_prune_keeps_an_unread_delivery_for_refold_to_read(
+    store: LedgerStore,
+    engine: AsyncEngine,
+    database_url: str,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    of_a_task: bool,
+) -> None:
+    ref = await finished_task(store, "t-1") if of_a_task else None
+    body = await kept_unread(store, "t-1" if of_a_task else "nobody", ref)
+    later(clock, 365)
+    await store.prune(SPLIT.cutoffs(clock()))
+    assert await unread_bodies(engine) == [body]
+    monkeypatch.setitem(registry.DEFINITIONS[WireFormat.APIDOT].states, NEW_WORD, State.RUNNING)
+    environ = {"TASKLEDGER_DATABASE_URL": database_url, "TASKLEDGER_PROVIDERS": "apidot"}
+    counts = await cli._refold(environ, None, None, dry_run=False)
+    assert counts["seen"] == 1
+    assert Outcome.UNRECOGNIZED.value not in counts
+
+
+async def test_a_delivery_once_read_is_pruned_as_any_other(
+    store: LedgerStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await kept_unread(store, "nobody", None)
+    later(clock, 61)
+    kept = await store.prune(SPLIT.cutoffs(clock()))
+    monkeypatch.setitem(registry.DEFINITIONS[WireFormat.APIDOT].states, NEW_WORD, State.RUNNING)
+    reading = LedgerStore(store.engine, clock, {"apidot": Reader(WireFormat.APIDOT)})
+    try:
+        assert await reading.refold() == {"seen": 1, "unmatched": 1}
+    finally:
+        await reading.close()
+    gone = await store.prune(SPLIT.cutoffs(clock()))
+    assert (kept.deliveries_deleted, gone.deliveries_deleted) == (0, 1)
+
+
 # -- the command -----------------------------------------------------------------
 
 
@@ -278,6 +337,7 @@ async def test_prune_command_prints_what_it_removed(
     assert "would prune (dry run)" in out
     assert len(re.findall(r"deliveries deleted +2\n", out)) == 2
     assert len(re.findall(r"observations deleted +1\n", out)) == 2
+    assert len(re.findall(r"idempotency keys deleted +0\n", out)) == 2
 
 
 async def _seed_old_finished_task(url: str) -> None:
