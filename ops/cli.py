@@ -64,7 +64,6 @@ from schemas.settings import (
 )
 from schemas.states import Outcome
 from schemas.store import BackupReport, LedgerStore, backup_sqlite
-from schemas.store.retention import prunable_archive_files
 
 RUN_HELP = """\
 Start every process of the Procfile (web, reconciler, relay) with the environment over
@@ -422,9 +421,8 @@ async def _prune_archive(
         return report
     before = store.clock() - timedelta(days=archive.retention_days)
     if report.dry_run:
-        count, _ = await store.prune_artifacts(before, dry_run=True)
-        files = await prunable_archive_files(store.engine, before)
-        return replace(report, artifacts_pruned=count, files_deleted=files)
+        count, keys = await store.prune_artifacts(before, dry_run=True)
+        return replace(report, artifacts_pruned=count, files_deleted=len(keys))
     media = open_store(archive.url, environ, spool_dir=Path(archive.spool_dir))
     pruned = deleted = 0
     try:

@@ -429,11 +429,23 @@ async def prune(
 ) -> tuple[int, list[str]]:
     """Mark up to `limit` artifacts archived before `before` as pruned: how many, and the
     storage keys no archived artifact holds any more (content-addressed: equal outputs
-    share one file), for the caller to delete. A dry run counts them all, changes nothing."""
-    old = sa.and_(ARTIFACT.c.state == ArtifactState.ARCHIVED.value, ARTIFACT.c.archived_at < before)
+    share one file), for the caller to delete. A dry run counts them all, and names the
+    files a real run would delete (those no artifact archived since holds), changing
+    nothing."""
+    archived = ArtifactState.ARCHIVED.value
+    old = sa.and_(ARTIFACT.c.state == archived, ARTIFACT.c.archived_at < before)
     if dry_run:
+        holder = ARTIFACT.alias("holder")
+        held_since = sa.exists().where(
+            holder.c.storage_key == ARTIFACT.c.storage_key,
+            holder.c.state == archived,
+            sa.or_(holder.c.archived_at.is_(None), holder.c.archived_at >= before),
+        )
+        files = sa.select(ARTIFACT.c.storage_key).where(old, sa.not_(held_since)).distinct()
         async with db.read() as conn:
-            return int(await conn.scalar(sa.select(sa.func.count()).where(old)) or 0), []
+            count = int(await conn.scalar(sa.select(sa.func.count()).where(old)) or 0)
+            unheld = [key for (key,) in await conn.execute(files) if key]
+        return count, sorted(unheld)
     async with db.write() as conn:
         rows = (
             await conn.execute(

@@ -1,5 +1,5 @@
 """Retention applied: finished tasks' old evidence removed or stripped in short batches,
-by the cutoffs of `schemas.retention`'s policy; and the archive files a prune would delete.
+by the cutoffs of `schemas.retention`'s policy.
 """
 
 from __future__ import annotations
@@ -10,13 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.retention import PruneReport, RetentionCutoffs
 from schemas.states import TERMINAL, Outcome
-from schemas.store.artifacts import ArtifactState
-from schemas.store.transactions import Database, Transaction
-from schemas.tables import ARTIFACT, DELIVERY, IDEMPOTENCY, OBSERVATION, TASK
+from schemas.store.transactions import Database
+from schemas.tables import DELIVERY, IDEMPOTENCY, OBSERVATION, TASK
 
 _TERMINAL_STATES = sorted(state.value for state in TERMINAL)
 # A delivery kept `unrecognized` has not been read: its body is all there is of it, and
@@ -146,25 +144,4 @@ async def _prunable_ids(db: Database, stage: _PruneStage, after: int, limit: int
 async def _count_prunable(db: Database, stage: _PruneStage) -> int:
     query = sa.select(sa.func.count()).select_from(stage.table).where(stage.where)
     async with db.read() as conn:
-        return int(await conn.scalar(query) or 0)
-
-
-async def prunable_archive_files(engine: AsyncEngine, before: datetime) -> int:
-    """How many archive files pruning the artifacts archived before `before` deletes: the
-    files they hold that no artifact archived since also holds (equal outputs share one
-    file, which `artifacts.prune` keeps while an archived artifact holds it). What a dry
-    run reports."""
-    archived = ArtifactState.ARCHIVED.value
-    holder = ARTIFACT.alias("holder")
-    held_since = sa.exists().where(
-        holder.c.storage_key == ARTIFACT.c.storage_key,
-        holder.c.state == archived,
-        sa.or_(holder.c.archived_at.is_(None), holder.c.archived_at >= before),
-    )
-    query = sa.select(sa.func.count(sa.distinct(ARTIFACT.c.storage_key))).where(
-        ARTIFACT.c.state == archived,
-        ARTIFACT.c.archived_at < before,
-        sa.not_(held_since),
-    )
-    async with Transaction(engine, read_only=True) as conn:
         return int(await conn.scalar(query) or 0)
