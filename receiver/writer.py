@@ -235,7 +235,8 @@ def _kept_raw(item: _Item, exc: ValueRefused) -> _Item | None:
         return None
     problem = f"what was read from it could not be stored ({exc}); kept as it came"
     unread = Unread("not_storable", problem)
-    return replace(delivery, observation=None, unread=unread), future, deadline
+    kept = replace(delivery, observation=None, unread=unread, task_id=delivery.provider_task_id)
+    return kept, future, deadline
 
 
 def _unexpired(batch: list[_Item], now: float) -> list[_Item]:

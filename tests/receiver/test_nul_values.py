@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -19,12 +18,13 @@ from reconciler.clients import ProviderClients
 from reconciler.process import Reconciler
 from schemas.errors import ValueRefused
 from schemas.json_text import NUL_READ_AS, storable_json
-from schemas.ledger import Auth, Delivery, Stored
+from schemas.ledger import Delivery, Stored
 from schemas.settings import ProviderSettings, Settings
-from schemas.states import Outcome, State
+from schemas.states import Outcome
 from schemas.store import LedgerStore, NewTask
-from schemas.wire import Observation, WireFormat
+from schemas.wire import WireFormat
 from tests.conftest import FakeClock
+from tests.receiver.test_writer import delivery
 from tests.support.service import Service
 
 NUL_FAILURE = (
@@ -120,19 +120,6 @@ async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
     assert tasks[0].result["error"]["message"] == f"bad{NUL_READ_AS}thing"
 
 
-def _delivery(key: str) -> Delivery:
-    return Delivery(
-        provider="apidot",
-        delivery_key=key,
-        body=b"{}",
-        headers={},
-        auth=Auth.TOKEN,
-        observation=Observation(key, State.RUNNING),
-        received_at=datetime.now(UTC),
-        task_id=key,
-    )
-
-
 async def test_a_value_the_database_refuses_fails_alone_and_its_delivery_is_kept_unread() -> None:
     """What a database refuses of one delivery's reading: its neighbours are stored, and
     so is it, without the reading (as an unread body is)."""
@@ -148,7 +135,7 @@ async def test_a_value_the_database_refuses_fails_alone_and_its_delivery_is_kept
     await writer.start()
     try:
         results = await asyncio.gather(
-            *(writer.submit(_delivery(key)) for key in ("a", "poison", "b"))
+            *(writer.submit(delivery(key)) for key in ("a", "poison", "b"))
         )
     finally:
         await writer.stop()
@@ -159,5 +146,5 @@ async def test_a_value_the_database_refuses_fails_alone_and_its_delivery_is_kept
     assert poison.observation is None
     assert poison.unread is not None
     assert poison.unread.reason == "not_storable"
-    assert poison.provider_task_id == "poison"
+    assert poison.provider_task_id == "t"
     assert writer.refusal is None  # one delivery's value says nothing of the database
