@@ -109,6 +109,8 @@ _E = TypeVar("_E", bound=ProviderError)
 _PathOf = Callable[[Any, str, str], str]
 # Which answers other than 2xx a request takes as answers rather than as errors.
 Accept = Callable[[Answer], bool]
+# Awaited once the limiter has admitted a request, just before it goes out.
+BeforeSend = Callable[[], Awaitable[None]]
 
 
 def _NOTHING_ELSE(response: Answer) -> bool:
@@ -275,6 +277,7 @@ class ProviderClient:
         callback_url: str | None,
         *,
         deadline: Deadline | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Observation:
         """Create a task; the observation carries the provider's task id.
 
@@ -286,6 +289,9 @@ class ProviderClient:
         raises `ProviderUnavailable` with `retryable=False`, and so does an unreadable 2xx
         (`BadAnswer`); the caller must find out from the provider before submitting again.
         `deadline` as for `fetch_status`: `DeadlineReached` means nothing was sent.
+        `before_send`, if given, is awaited each time the limiter has admitted an attempt,
+        just before it goes out (the reconciler records there that the request is leaving);
+        what it raises leaves `submit` with that attempt unsent.
         """
         path = self._submit_path(callback_url, model)
         body = build_submit_body(self.settings.kind, model, request, callback_url)
@@ -293,7 +299,13 @@ class ProviderClient:
 
         async def send() -> Answer:
             return await self._send(
-                self._submits, "POST", path, idempotent=False, json=body, deadline=within
+                self._submits,
+                "POST",
+                path,
+                idempotent=False,
+                json=body,
+                deadline=within,
+                before_send=before_send,
             )
 
         response = await self._with_retries(send, (ProviderUnavailable, RateLimited), within)
@@ -355,12 +367,15 @@ class ProviderClient:
         headers: dict[str, str] | None = None,
         accept: Accept = _NOTHING_ELSE,
         deadline: Deadline,
+        before_send: BeforeSend | None = None,
     ) -> Answer:
-        """One request on `session`, within the limiter by `deadline`; any answer but 2xx or
-        one `accept` takes raises."""
+        """One request on `session`, within the limiter by `deadline` (`before_send` awaited
+        once it is admitted); any answer but 2xx or one `accept` takes raises."""
         url = join_url(self.settings.base_url, path)
         sent = headers or self._headers
         async with self.limiter.slot(deadline):
+            if before_send is not None:
+                await before_send()
             response = await self._request(session, method, url, sent, json, idempotent)
         if self._faults_logged:
             self._faults_logged.clear()  # an answer: a fault that comes again is news

@@ -303,6 +303,9 @@ class Reconciler:
             return
         except Exception as exc:  # not a provider's error: ours, or a library's surprise
             evidence = self._broken(claim, provider, exc)
+        if evidence is None:
+            batch.report.skipped += 1  # a submit withheld: nothing to record
+            return
         batch.add(claim, evidence)
 
     def _broken(self, claim: Claim, provider: ProviderSettings, exc: Exception) -> Evidence:
@@ -364,13 +367,14 @@ class Reconciler:
         client: ProviderClient | None,
         provider: ProviderSettings,
         deadline: Deadline,
-    ) -> Evidence:
+    ) -> Evidence | None:
         now = self.clock()
         too_old = now >= claim.created_at + timedelta(seconds=provider.max_age_seconds)
         if too_old and claim.state not in REAL_TERMINAL:
             return Expiry(claim.ref, now, _lost_reason(provider, claim))
         if claim.submission == SubmissionStatus.SENDING.value:
-            # Claimed for sending by a reconciler that stopped before recording the answer.
+            # Its request may have left, sent by a reconciler that stopped before recording
+            # the answer (marked `sending` only once its limiter had admitted it).
             return Submission(
                 claim.ref, now, SubmissionStatus.UNKNOWN, now, error=INTERRUPTED_SUBMIT
             )
@@ -464,14 +468,20 @@ class Reconciler:
 
     async def _submit(
         self, claim: Claim, client: ProviderClient, provider: ProviderSettings, deadline: Deadline
-    ) -> Submission:
+    ) -> Submission | None:
+        """Send a claimed submission, marked `sending` once its provider's limiter admits it
+        (the rest of the pass's submissions stay `pending` meanwhile); None if it was
+        withheld, unsent: its lease or its submission moved on, or the mark failed."""
         url = self._callback_url(claim, provider)
+        sending = _Sending(self.store, self.owner, claim)
         try:
             observation = await client.submit(
-                claim.model, claim.request or {}, url, deadline=deadline
+                claim.model, claim.request or {}, url, deadline=deadline, before_send=sending.mark
             )
         except ProviderError as exc:
             return self._submit_failed(claim, provider, exc)
+        except _Withheld:
+            return None
         self.metrics.submits.labels(provider.name, "sent").inc()
         now = self.clock()
         first_poll = now + timedelta(seconds=provider.expected_seconds)
@@ -513,6 +523,44 @@ class Reconciler:
             )
         next_poll = now + timedelta(seconds=retry) if retry is not None else None
         return Submission(claim.ref, now, status, next_poll, error=str(exc))
+
+
+class _Withheld(Exception):
+    """A submit not sent after all: its `sending` mark was refused or not written."""
+
+
+class _Sending:
+    """A claimed submission's `sending` mark: written, in a short transaction of its own,
+    once its provider's limiter has admitted the request and before the request goes out.
+    A reconciler that dies so leaves `sending` (to become `unknown`, never sent again) only
+    the requests that may have left; the rest of its claims stay `pending` for whoever
+    takes the leases over."""
+
+    def __init__(self, store: LedgerStore, owner: str, claim: Claim) -> None:
+        self.store = store
+        self.owner = owner
+        self.claim = claim
+        self.marked = False
+
+    async def mark(self) -> None:
+        """Mark the submission (once: a retry after an answer that proves nothing was made,
+        a 429, a 503 or no connection, goes under the same mark), or raise `_Withheld` when
+        it must not go: this reconciler's lease on it has passed, the submission is no
+        longer `pending`, or the mark could not be written."""
+        if self.marked:
+            return
+        claim = self.claim
+        try:
+            self.marked = await self.store.mark_sending(self.owner, claim.ref)
+        except StorageUnavailable as exc:
+            # Written or not, nothing has been sent: the lease's next holder settles it.
+            log.warning(
+                "submit_withheld", task_ref=claim.ref, provider=claim.provider, error=str(exc)
+            )
+            raise _Withheld from exc
+        if not self.marked:
+            log.info("submit_withheld", task_ref=claim.ref, provider=claim.provider)
+            raise _Withheld
 
 
 class _Batch:

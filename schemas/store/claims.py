@@ -1,5 +1,5 @@
-"""The reconciler's leases: claiming due tasks, giving them back, and what the due query
-costs and how far behind it is.
+"""The reconciler's leases: claiming due tasks, marking a claimed submission as it goes out,
+giving them back, and what the due query costs and how far behind it is.
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ from schemas.store.transactions import Database
 from schemas.tables import TASK
 
 _CLAIM_COLUMNS = [TASK.c[field.name] for field in fields(Claim)]
-_SENDING = sa.literal(SubmissionStatus.SENDING.value)
-# A submission claimed is a submission being sent: should this reconciler die before
-# recording the answer, it is never sent a second time.
-_CLAIMED_SUBMISSION = sa.case(
-    (TASK.c.submission == SubmissionStatus.PENDING.value, _SENDING),
-    else_=TASK.c.submission,
-)
 
 
 async def claim_due(
@@ -30,8 +23,10 @@ async def claim_due(
 ) -> list[Claim]:
     """Lease up to `limit` of `provider`'s tasks whose poll is due, oldest due first.
 
-    The partial index on (provider, next_poll_at) holds only tasks with a poll
-    scheduled, so the cost follows the due tasks, not the ledger's size.
+    A submission claimed stays `pending`: only `mark_sending`, just before its request
+    goes out, makes it `sending` (should this reconciler die, whoever takes the lease over
+    sends the rest). The partial index on (provider, next_poll_at) holds only tasks with a
+    poll scheduled, so the cost follows the due tasks, not the ledger's size.
     """
     now = db.clock()
     async with db.write() as conn:
@@ -43,13 +38,30 @@ async def claim_due(
             await conn.execute(
                 TASK.update()
                 .where(TASK.c.ref.in_([claim.ref for claim in claims]))
-                .values(
-                    lease_owner=owner,
-                    lease_until=now + timedelta(seconds=lease_seconds),
-                    submission=_CLAIMED_SUBMISSION,
-                )
+                .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
             )
     return claims
+
+
+async def mark_sending(db: Database, owner: str, ref: str) -> bool:
+    """Mark the submission of `ref` `sending`, committed before its request goes out: from
+    here on it is never sent a second time, should `owner` die before recording the answer.
+
+    Only while `owner` still holds the task's lease and the submission is still `pending`;
+    False otherwise (the lease has passed on, or the submission has moved on): then it
+    must not be sent.
+    """
+    now = db.clock()
+    async with db.write() as conn:
+        result = await conn.execute(
+            TASK.update()
+            .where(TASK.c.ref == ref)
+            .where(TASK.c.lease_owner == owner)
+            .where(TASK.c.lease_until > now)
+            .where(TASK.c.submission == SubmissionStatus.PENDING.value)
+            .values(submission=SubmissionStatus.SENDING.value)
+        )
+    return int(result.rowcount) == 1
 
 
 async def release(db: Database, owner: str) -> int:

@@ -111,6 +111,10 @@ class LedgerStore:
         """Lease `provider`'s due tasks, oldest due first: `claims.claim_due`."""
         return await claims.claim_due(self._db, owner, provider, limit, lease_seconds)
 
+    async def mark_sending(self, owner: str, ref: str) -> bool:
+        """Mark a leased submission `sending` just before it goes: `claims.mark_sending`."""
+        return await claims.mark_sending(self._db, owner, ref)
+
     async def release(self, owner: str) -> int:
         """Give back every lease `owner` still holds (a clean shutdown)."""
         return await claims.release(self._db, owner)

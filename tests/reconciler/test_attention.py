@@ -136,6 +136,7 @@ async def test_a_submission_left_sending_by_a_dead_reconciler_is_never_sent_agai
 ) -> None:
     row = await store.register(NewTask("evolink", model="sora-2", submit=True))
     await store.claim_due("dead-reconciler", "evolink", 10, lease_seconds=30)
+    assert await store.mark_sending("dead-reconciler", row.ref)  # its request then left
     clock.advance(31)  # its lease expires
 
     def created(_request: httpx.Request) -> httpx.Response:

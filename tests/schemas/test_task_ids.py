@@ -50,15 +50,6 @@ async def deliveries(store: LedgerStore, ref: str) -> list[dict[str, object]]:
     return (await store.timeline(ref)).deliveries
 
 
-async def test_a_claimed_submission_is_marked_sending_so_it_is_never_sent_twice(
-    store: LedgerStore,
-) -> None:
-    ref = await submitting(store)
-    task = await store.get(ref)
-    assert task is not None
-    assert task.submission == SubmissionStatus.SENDING.value
-
-
 async def test_a_wrong_id_before_the_submit_answer_is_held_then_foreign(
     store: LedgerStore, clock: FakeClock
 ) -> None:
