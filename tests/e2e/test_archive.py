@@ -145,8 +145,14 @@ async def test_every_succeeded_output_is_archived_before_expiry_or_missed_with_i
         wanted = expected_outcome(real["fault"])
         if row["state"] != wanted:
             problems.append(
-                (task["provider"], row["name"], row["state"], real["fault"])
-                + (row["attempts"], row["last_error"])
+                (
+                    task["provider"],
+                    row["name"],
+                    row["state"],
+                    real["fault"],
+                    row["attempts"],
+                    row["last_error"],
+                )
             )
         elif row["state"] == "archived":
             assert row["sha256"] == real["sha256"] == hashes[row["storage_key"]]
