@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import IgnoredEvent, WireFormatError
-from schemas.json_text import storable_json
+from schemas.json_text import NUL_READ_AS, storable_json
 from schemas.records import record
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
 from schemas.wire import ID_MAX_CHARS, Kind, Observation, normalize_callback, task_id_hint
@@ -141,8 +141,9 @@ def read_delivery(delivery: Delivery, reader: Reader) -> Delivery:
 
 
 def _storable(task_id: str | None) -> str | None:
-    """A task id the ledger can hold (PostgreSQL text holds no NUL), or None."""
-    if not task_id or len(task_id) > ID_MAX_CHARS or "\x00" in task_id:
+    """A task id the ledger can hold, or None: none holds NUL (PostgreSQL's text cannot),
+    nor the character a NUL is read as (`storable_json`), which would make it another id."""
+    if not task_id or len(task_id) > ID_MAX_CHARS or "\x00" in task_id or NUL_READ_AS in task_id:
         return None
     return task_id
 
