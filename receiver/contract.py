@@ -63,6 +63,15 @@ Names = Annotated[list[Name], Field(min_length=1, max_length=FILTER_MAX_ITEMS)]
 Scope = Literal["read", "write", "admin"]
 Time = Annotated[str, Field(description="ISO 8601, with its offset")]
 
+# Query parameters: what the list routes take, read by their validators (`receiver.queries`)
+# and by the description (`receiver.openapi`) alike.
+MAX_PAGE = 500
+MAX_SEQ = 2**62
+MAX_WAIT_SECONDS = 30.0
+EXPORT_FORMATS = ("jsonl", "csv")
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
 
 # How deep a task's `request` may nest: the ledger writes it as JSON, whose encoder stops at
 # 254 levels (a deeper one would fail the write, not the request); no real one comes near.
@@ -331,7 +340,7 @@ class Secret(TypedDict):
 class Failure(TypedDict):
     at: Time
     status_code: int | None
-    latency_ms: int | None
+    latency_ms: float | None  # with its fraction: 3.954
     error: str | None
     answer: str | None
     msg_id: str

@@ -35,8 +35,7 @@ def _answers(*codes: int, ok: Any = None, ok_code: int = 200) -> dict[str, Any]:
 
 
 _REASONS = {
-    400: "malformed body, an unknown field, or a filter's unknown value (the answer names the"
-    " allowed ones)",
+    400: "malformed body, or an unknown field (the answer names the allowed ones)",
     401: "not authenticated",
     403: "another task's callback",
     404: "unknown provider, source, task or delivery",
@@ -45,16 +44,38 @@ _REASONS = {
     " its Idempotency-Key came before with another body)",
     413: "body too large",
     415: "not JSON, or compressed (a Content-Encoding other than identity)",
-    422: "invalid parameters: a value refused, or a query parameter the operation does not take"
-    " or given twice (the answer names the ones it takes)",
+    422: "invalid parameters: a value refused (the answer says what it must be: a filter's"
+    " words, a number's bounds), or a query parameter the operation does not take or given"
+    " twice (the answer names the ones it takes)",
     503: "storage unavailable (and the local spool full or off) or writer saturated; retry"
     " after Retry-After",
 }
 
 
+TEXT: dict[str, Any] = {"type": "string"}
+TIME_VALUE = {"type": "string", "format": "date-time"}
+FLAG_VALUE = {"type": "string", "enum": [*contract.TRUE_WORDS, *contract.FALSE_WORDS]}
+# What each query parameter takes, from the constants its validator reads (any other: text).
+# A filter left empty filters nothing, and a flag is read in any case, as its validator says.
+QUERY_VALUES: dict[str, dict[str, Any]] = {
+    "state": {"type": "string", "enum": [state.value for state in State]},
+    "outcome": {"type": "string", "enum": list(TASKLESS_OUTCOMES)},
+    "format": {"type": "string", "enum": list(contract.EXPORT_FORMATS)},
+    "since": TIME_VALUE,
+    "until": TIME_VALUE,
+    "conflict": FLAG_VALUE,
+    "recovered": FLAG_VALUE,
+    "stuck": FLAG_VALUE,
+    "limit": {"type": "integer", "minimum": 1, "maximum": contract.MAX_PAGE},
+    "after": {"type": "integer", "minimum": 0, "maximum": contract.MAX_SEQ},
+    "wait": {"type": "number", "minimum": 0, "maximum": contract.MAX_WAIT_SECONDS},
+}
+
+
 def _query(*names: str) -> list[dict[str, Any]]:
     return [
-        {"name": n, "in": "query", "required": False, "schema": {"type": "string"}} for n in names
+        {"name": n, "in": "query", "required": False, "schema": QUERY_VALUES.get(n, TEXT)}
+        for n in names
     ]
 
 
@@ -64,8 +85,9 @@ OWNER_FILTER = {
 }
 CURSOR = {
     **_query("cursor")[0],
-    "description": "the next_cursor of the previous page of this same list, in the same order"
-    " (stuck or not); another list's, or another order's, is refused (422)",
+    "description": "the next_cursor of the previous page of this same list: the same filters"
+    " (every parameter but limit), so the same order (stuck or not); another list's, or one"
+    " given with other filters, is refused (422)",
 }
 
 
@@ -212,7 +234,7 @@ IDEMPOTENCY_KEY = {
     "description": "1 to 200 printable ASCII characters, the caller's own",
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
-SINCE_REQUIRED = {"name": "since", "in": "query", "required": True, "schema": {"type": "string"}}
+SINCE_REQUIRED = {**_query("since")[0], "required": True}
 REQUEUED = contract.ref(contract.Requeued)
 ENDPOINT = contract.ref(contract.Endpoint)
 KEY = contract.ref(contract.ApiKey)
@@ -246,7 +268,7 @@ PATHS: dict[str, Any] = {
                 *_query("since", "until", "conflict", "recovered", "stuck", "limit"),
                 CURSOR,
             ],
-            "responses": _answers(400, 401, 422, 503, ok=contract.ref(contract.TaskPage)),
+            "responses": _answers(401, 422, 503, ok=contract.ref(contract.TaskPage)),
         },
     },
     "/v1/tasks/{ref}": {
@@ -286,7 +308,7 @@ PATHS: dict[str, Any] = {
             " owner: none; headers for the admin scope)",
             "security": BEARER,
             "parameters": [*_query("provider", "outcome", "since", "until", "limit"), CURSOR],
-            "responses": _answers(400, 401, 422, 503, ok=TASKLESS_PAGE),
+            "responses": _answers(401, 422, 503, ok=TASKLESS_PAGE),
         }
     },
     "/v1/deliveries/{id}": {
@@ -308,9 +330,10 @@ PATHS: dict[str, Any] = {
                 *_query("since", "until", "conflict", "recovered", "stuck"),
             ],
             "responses": {
-                **_answers(400, 401, 422, 503),
+                **_answers(401, 422, 503),
                 "200": {
-                    "description": "one task a line (format=jsonl), or CSV with a header row",
+                    "description": "one task a line (format=jsonl), or CSV with a header row"
+                    " (a text cell a spreadsheet would read as a formula starts with ')",
                     "content": {
                         "application/x-ndjson": {"schema": {"type": "string"}},
                         "text/csv": {"schema": {"type": "string"}},

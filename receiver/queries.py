@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import hashlib
 import io
 from collections.abc import AsyncIterator
 from dataclasses import fields, replace
@@ -21,8 +22,16 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from receiver.admin import artifact_json, jsonable, task_json
 from receiver.auth import Principal, authorize
 from receiver.bodies import SHOWN_CHARS
-from receiver.contract import trimmed_owner
-from receiver.errors import NotFound, ReceiverError, Unprocessable
+from receiver.contract import (
+    EXPORT_FORMATS,
+    FALSE_WORDS,
+    MAX_PAGE,
+    MAX_SEQ,
+    MAX_WAIT_SECONDS,
+    TRUE_WORDS,
+    trimmed_owner,
+)
+from receiver.errors import NotFound, Unprocessable
 from receiver.openapi import TasklessDelivery
 from schemas.clock import aware
 from schemas.endpoint_urls import redact
@@ -32,15 +41,15 @@ from schemas.store import Artifact, DeliveryEntry, LedgerStore, Task, TaskFilter
 from schemas.store.keys import KeyScope
 from schemas.store.queries import TASKLESS_OUTCOMES, Cursor, DeliveryCursor, DeliveryFilter
 
-MAX_PAGE = 500
 ROW_ID_MAX = 2**63 - 1  # a BIGINT: past it no row has the id
 REF_MAX_CHARS = 40  # a task's ref in the ledger
 # The listings a cursor may belong to: tasks newest first, stuck tasks oldest first, and
-# the deliveries with no task. A cursor names its own, and another refuses it.
+# the deliveries with no task. A cursor names its own and a digest of its filters, and
+# another listing, or the same with other filters, refuses it.
 TASKS, STUCK_TASKS, DELIVERIES = "tasks", "stuck_tasks", "deliveries"
+FILTERS_DIGEST_CHARS = 16  # of a SHA-256 in hex: to tell lists apart, not to sign them
 CURSOR_MAX_CHARS = 256  # the longest this API returns is under 200
 _FORGED = "cursor is not one this API returned"
-MAX_WAIT_SECONDS = 30.0
 FEED_RECHECK_SECONDS = 0.5
 STATES = tuple(state.value for state in State)
 EXPORT_COLUMNS = (
@@ -62,6 +71,9 @@ EXPORT_COLUMNS = (
     "error_message",
     "artifacts",
 )
+
+# A text cell starting with one of these is a formula to a spreadsheet (OWASP's CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 # The export's columns a task holds as they are (the others are derived from it).
 _EXPORTED_FIELDS = tuple(name for name in EXPORT_COLUMNS if name in {f.name for f in fields(Task)})
@@ -87,16 +99,18 @@ class ChangeSignal:
 async def list_tasks(request: Request) -> Response:
     principal = await authorize(request, KeyScope.READ)
     params = request.query_params
-    where = owned(task_filter(params), principal)
+    asked = task_filter(params)
+    where = owned(asked, principal)
     limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
-    ordering = STUCK_TASKS if where and where.stuck else TASKS
-    cursor = _task_cursor(params.get("cursor"), ordering)
+    ordering = STUCK_TASKS if asked.stuck else TASKS
+    listed = where or asked  # another owner's list: none of its tasks, but still that list
+    cursor = _task_cursor(params.get("cursor"), ordering, listed)
     store: LedgerStore = request.app.state.store
     tasks, after = await store.list_tasks(where, limit, cursor) if where else ([], None)
     return JSONResponse(
         {
             "tasks": [task_json(task) for task in tasks],
-            "next_cursor": _encode_cursor(ordering, after),
+            "next_cursor": _encode_cursor(ordering, listed, after),
         }
     )
 
@@ -110,7 +124,7 @@ async def list_deliveries(request: Request) -> Response:
     params = request.query_params
     where = delivery_filter(params)
     limit = _integer(params.get("limit"), "limit", 50, 1, MAX_PAGE)
-    cursor = _delivery_cursor(params.get("cursor"))
+    cursor = _delivery_cursor(params.get("cursor"), where)
     found: list[DeliveryEntry] = []
     after = None
     if principal.owner is None:
@@ -120,7 +134,7 @@ async def list_deliveries(request: Request) -> Response:
     return JSONResponse(
         {
             "deliveries": [taskless_json(entry, admin) for entry in found],
-            "next_cursor": _encode_cursor(DELIVERIES, after),
+            "next_cursor": _encode_cursor(DELIVERIES, where, after),
         }
     )
 
@@ -170,7 +184,7 @@ def delivery_filter(params: Any) -> DeliveryFilter:
 async def changes(request: Request) -> Response:
     principal = await authorize(request, KeyScope.READ)
     params = request.query_params
-    after = _integer(params.get("after"), "after", 0, 0, 2**62)
+    after = _integer(params.get("after"), "after", 0, 0, MAX_SEQ)
     limit = _integer(params.get("limit"), "limit", 100, 1, MAX_PAGE)
     wait = _number(params.get("wait"), "wait", 0.0, 0.0, MAX_WAIT_SECONDS)
     store: LedgerStore = request.app.state.store
@@ -238,7 +252,7 @@ async def notifications_audit(store: LedgerStore) -> dict[str, Any]:
 async def export(request: Request) -> Response:
     principal = await authorize(request, KeyScope.READ)
     params = request.query_params
-    kind = _choice(params.get("format") or "jsonl", "format", ("jsonl", "csv"))
+    kind = _choice(params.get("format") or "jsonl", "format", EXPORT_FORMATS)
     where = owned(task_filter(params), principal)
     store: LedgerStore = request.app.state.store
     rows = _rows(store, store.pages(where) if where else _no_pages())
@@ -304,7 +318,12 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
-    return " ".join(value) if isinstance(value, list) else value
+    """A CSV cell: a list as one text; a text a spreadsheet would run as a formula (a
+    provider's error, an owner's name) behind a `'`, so that it shows as text."""
+    text = " ".join(value) if isinstance(value, list) else value
+    if isinstance(text, str) and text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
 
 
 async def _no_pages() -> AsyncIterator[list[Task]]:
@@ -403,20 +422,20 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
 
 
 def _choice(raw: str, name: str, allowed: tuple[str, ...]) -> str:
-    """`raw` if it is one of `allowed`; a 400 naming them if not."""
+    """`raw` if it is one of `allowed`; a 422 naming them if not."""
     if raw not in allowed:
-        raise ReceiverError(f"{name} must be one of: {', '.join(allowed)}")
+        raise Unprocessable(f"{name} must be one of: {', '.join(allowed)}")
     return raw
 
 
 def _flag(raw: str | None, name: str) -> bool | None:
     if raw is None or raw == "":
         return None
-    if raw.lower() in ("true", "1", "yes"):
+    if raw.lower() in TRUE_WORDS:
         return True
-    if raw.lower() in ("false", "0", "no"):
+    if raw.lower() in FALSE_WORDS:
         return False
-    raise ReceiverError(f"{name} must be true or false (or 1 or 0, yes or no)")
+    raise Unprocessable(f"{name} must be true or false (or 1 or 0, yes or no)")
 
 
 def _integer(raw: str | None, name: str, default: int, low: int, high: int) -> int:
@@ -441,18 +460,33 @@ def _number(raw: str | None, name: str, default: float, low: float, high: float)
     return value
 
 
-def _encode_cursor(ordering: str, after: tuple[datetime, str | int] | None) -> str | None:
+def _encode_cursor(
+    ordering: str, where: TaskFilter | DeliveryFilter, after: tuple[datetime, str | int] | None
+) -> str | None:
     """The last row of a page as its next page's cursor: the listing and order it belongs
-    to, the row's time and its key (a task's ref, a delivery's id)."""
+    to, the digest of its filters, the row's time and its key (a task's ref, a delivery's
+    id)."""
     if after is None:
         return None
-    shown = [ordering, after[0].isoformat(), after[1]]
+    shown = [ordering, _filters_digest(where), after[0].isoformat(), after[1]]
     return base64.urlsafe_b64encode(orjson.dumps(shown)).decode()
 
 
-def _task_cursor(raw: str | None, ordering: str) -> Cursor | None:
-    """A cursor of the task list in `ordering`: a time and a task's ref."""
-    after = _cursor(raw, ordering)
+def _filters_digest(where: TaskFilter | DeliveryFilter) -> str:
+    """A short digest of a list's filters, the same however the query wrote them
+    (`conflict=1` or `conflict=true`, a time in any zone)."""
+    shown = {field.name: _canonical(getattr(where, field.name)) for field in fields(where)}
+    return hashlib.sha256(orjson.dumps(shown)).hexdigest()[:FILTERS_DIGEST_CHARS]
+
+
+def _canonical(value: object) -> object:
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+
+def _task_cursor(raw: str | None, ordering: str, where: TaskFilter) -> Cursor | None:
+    """A cursor of the task list in `ordering` with the filters `where`: a time and a
+    task's ref."""
+    after = _cursor(raw, ordering, where)
     if after is None:
         return None
     when, ref = after
@@ -461,9 +495,10 @@ def _task_cursor(raw: str | None, ordering: str) -> Cursor | None:
     return when, ref
 
 
-def _delivery_cursor(raw: str | None) -> DeliveryCursor | None:
-    """A cursor of the delivery list: a time and a delivery's id (not a task's ref)."""
-    after = _cursor(raw, DELIVERIES)
+def _delivery_cursor(raw: str | None, where: DeliveryFilter) -> DeliveryCursor | None:
+    """A cursor of the delivery list with the filters `where`: a time and a delivery's id
+    (not a task's ref)."""
+    after = _cursor(raw, DELIVERIES, where)
     if after is None:
         return None
     when, number = after
@@ -472,9 +507,13 @@ def _delivery_cursor(raw: str | None) -> DeliveryCursor | None:
     return when, number
 
 
-def _cursor(raw: str | None, ordering: str) -> tuple[datetime, object] | None:
-    """A cursor's time and key, if it is one of the listing in `ordering`: another's would
-    start its page at a row of another order (a page that is silently wrong)."""
+def _cursor(
+    raw: str | None, ordering: str, where: TaskFilter | DeliveryFilter
+) -> tuple[datetime, object] | None:
+    """A cursor's time and key, if it is one of the listing in `ordering` with the filters
+    `where`: another's would start its page at a row of another order or another list (a
+    page that is silently wrong). A cursor of the shape before filters had a digest is
+    refused as any that this API did not return."""
     if not raw:
         return None
     if len(raw) > CURSOR_MAX_CHARS:
@@ -483,11 +522,16 @@ def _cursor(raw: str | None, ordering: str) -> tuple[datetime, object] | None:
         shown = orjson.loads(base64.urlsafe_b64decode(raw.encode()))
     except (ValueError, orjson.JSONDecodeError):
         raise Unprocessable(_FORGED) from None
-    if not (isinstance(shown, list) and len(shown) == 3 and isinstance(shown[1], str)):
+    if not (isinstance(shown, list) and len(shown) == 4 and isinstance(shown[2], str)):
         raise Unprocessable(_FORGED)
-    kind, when, key = shown
+    kind, digest, when, key = shown
     if kind != ordering:
         raise Unprocessable(f"cursor is not one of this list in this order ({ordering})")
+    if digest != _filters_digest(where):
+        raise Unprocessable(
+            "cursor is not one of this list: it was given with other filters; keep every"
+            " parameter but limit as it was, or start again without a cursor"
+        )
     return _cursor_time(when), key
 
 

@@ -13,6 +13,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,10 @@ from schemathesis import Case
 from schemathesis.checks import response_schema_conformance
 from schemathesis.core.result import Err
 
+from schemas.ledger import Poll
+from schemas.states import State
+from schemas.store import AttemptResult, LedgerStore
+from schemas.wire import Observation
 from tests.conftest import FakeClock
 from tests.support.service import ADMIN_TOKEN, Service, running_service, settings_for
 
@@ -41,22 +46,35 @@ CASES = settings(
 
 
 @pytest.fixture
-async def service(database_url: str, clock: FakeClock) -> AsyncIterator[Service]:
+async def service(
+    database_url: str, clock: FakeClock, store: LedgerStore
+) -> AsyncIterator[Service]:
     async with running_service(settings_for(database_url), clock) as service:
-        await seed(service)
+        await seed(service, store, clock)
         yield service
 
 
-async def seed(service: Service) -> None:
+async def seed(service: Service, store: LedgerStore, clock: FakeClock) -> None:
     """Something in every list, so that answers with rows are checked against their schema
-    too: tasks with and without a provider id, an API key (the endpoint list stays empty:
-    an endpoint's URL must resolve outside, and tests stay off the network)."""
+    too: tasks with and without a provider id, an API key, an endpoint with a failed try (put
+    in the ledger: through the API its URL must resolve outside, and tests stay off the
+    network)."""
     await service.register("apidot")
-    await service.register("openai", provider_task_id="video_seeded")
+    seeded = await service.register("openai", provider_task_id="video_seeded")
     answer = await service.http.post(
         "/v1/keys", json={"name": "seeded", "scope": "read"}, headers=service.admin
     )
     assert answer.status_code == 201, answer.text
+    await store.create_endpoint(
+        {"id": "ep_seeded", "kind": "http", "url": "https://hooks.example.com/taskledger"}
+        | {"secrets": [{"secret": "whsec_c2VlZGVk", "expires_at": None}]}
+    )
+    done = Observation("video_seeded", State.SUCCEEDED, 100)
+    await store.ingest([Poll(seeded["ref"], clock(), None, done, 200, "{}")])
+    await store.fan_out(10)
+    (job,) = await store.claim_dispatches("relay", 10, 30)
+    failed = AttemptResult(False, 500, 3.954, "oops", "HTTP 500")  # a latency has a fraction
+    await store.record_dispatch(job, "relay", failed, timedelta(days=1))
 
 
 async def test_no_operation_answers_a_server_error(service: Service) -> None:
@@ -113,13 +131,11 @@ def documented_503(response: schemathesis.Response) -> bool:
 
 
 def bound_long_poll(case: Case[Any]) -> None:
-    """`GET /v1/changes?wait=30` is valid and would hold each case for 30 s."""
-    wait = (case.query or {}).get("wait")
-    if not isinstance(wait, str):
-        return
+    """`GET /v1/changes?wait=30` is valid and would hold each case for 30 s (a number, as
+    the description gives it, or any text)."""
     try:
-        seconds = float(wait)
-    except ValueError:
+        seconds = float((case.query or {})["wait"])
+    except (KeyError, TypeError, ValueError):
         return
     if math.isfinite(seconds) and seconds > LONG_POLL_CAP_SECONDS:
         case.query["wait"] = str(LONG_POLL_CAP_SECONDS)

@@ -239,13 +239,13 @@ async def test_the_list_pages_newest_first_by_cursor(service: Service, clock: Fa
 # -- refusals ---------------------------------------------------------------------------------
 
 
-async def test_an_unknown_outcome_is_400_naming_those_a_delivery_with_no_task_can_have(
+async def test_an_unknown_outcome_is_422_naming_those_a_delivery_with_no_task_can_have(
     service: Service,
 ) -> None:
     response = await service.http.get(
         "/v1/deliveries", params={"outcome": "applied"}, headers=service.admin
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     allowed = ", ".join(TASKLESS_OUTCOMES)
     assert response.json()["message"] == f"outcome must be one of: {allowed}"
 
@@ -338,7 +338,7 @@ async def test_a_key_limited_to_an_owner_sees_no_delivery_with_no_task(
     page = await listed(service, key)
     assert page == {"deliveries": [], "next_cursor": None}
     refused = await service.http.get("/v1/deliveries", params={"outcome": "x"}, headers=key)
-    assert refused.status_code == 400
+    assert refused.status_code == 422
 
 
 async def test_a_delivery_with_its_body_is_for_the_admin_scope_only(

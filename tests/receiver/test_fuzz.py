@@ -577,7 +577,7 @@ async def test_task_id_with_nul_is_kept_unrecognized(fuzzer: Fuzzer) -> None:
 # (case, method, path, the answer): admin input holding a NUL.
 NUL_INPUTS = [
     ("list-owner", "GET", "/v1/tasks?owner=%00", 422),
-    ("list-state", "GET", "/v1/tasks?state=a%00", 400),  # not a state: refused naming the states
+    ("list-state", "GET", "/v1/tasks?state=a%00", 422),  # not a state: refused naming the states
     ("export-provider", "GET", "/v1/export?provider=%00", 422),
     ("show-ref", "GET", "/v1/tasks/tl_%00", 404),
     ("patch-ref", "PATCH", "/v1/tasks/tl_%00", 404),

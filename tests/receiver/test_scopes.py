@@ -363,17 +363,17 @@ def bearer(token: str) -> dict[str, str]:
     ],
     ids=["state", "conflict", "stuck"],
 )
-async def test_a_list_filter_with_an_unknown_value_is_400_naming_the_allowed_ones(
+async def test_a_list_filter_with_an_unknown_value_is_422_naming_the_allowed_ones(
     service: Service, query: dict[str, str], named: str
 ) -> None:
     response = await service.http.get("/v1/tasks", params=query, headers=service.admin)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert named in response.json()["message"]
 
 
-async def test_an_export_in_an_unknown_format_is_400_naming_the_formats(service: Service) -> None:
+async def test_an_export_in_an_unknown_format_is_422_naming_the_formats(service: Service) -> None:
     response = await service.http.get("/v1/export", params={"format": "xml"}, headers=service.admin)
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert response.json()["message"] == "format must be one of: jsonl, csv"
 
 
