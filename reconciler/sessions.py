@@ -173,9 +173,12 @@ def _name(exc: BaseException) -> str:
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     """`_capped` for aiohttp: an answer whose `Content-Length` is within the cap is read
-    whole (aiohttp's parser reads that many bytes and no more), without the chunks' loop."""
+    whole (aiohttp's parser reads that many bytes and no more), without the chunks' loop;
+    unless it is compressed, when that length is not what it inflates to (a few MB of
+    gzip can be gigabytes): then its inflated bytes are counted as they come."""
     declared = response.headers.get("content-length", "")
-    if _is_count(declared) and int(declared) <= ANSWER_MAX_BYTES:
+    compressed = response.headers.get("content-encoding", "identity").lower() != "identity"
+    if _is_count(declared) and int(declared) <= ANSWER_MAX_BYTES and not compressed:
         return await response.read()
     return await _capped(response.headers, response.content.iter_chunked(1 << 16))
 

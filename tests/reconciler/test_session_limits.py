@@ -5,6 +5,7 @@ pass or fill the reconciler's memory. Against a real server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -38,6 +39,14 @@ async def endless(writer: asyncio.StreamWriter) -> None:
         writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         await writer.drain()
     writer.write(b"0\r\n\r\n")
+
+
+async def compressed_bomb(writer: asyncio.StreamWriter) -> None:
+    """A few KB of gzip, its length declared, inflating to four times the cap."""
+    body = gzip.compress(b" " * (sessions.ANSWER_MAX_BYTES * 4))
+    writer.write(HEAD + b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n" % len(body))
+    writer.write(body)
+    await writer.drain()
 
 
 @pytest.fixture
@@ -80,7 +89,11 @@ async def test_an_answer_that_drips_ends_at_its_deadline(
 
 
 @pytest.mark.parametrize("session_kind", ["aiohttp", "httpx"], indirect=True)
-@pytest.mark.parametrize("behaviour", [declared_huge, endless], ids=["declared", "endless"])
+@pytest.mark.parametrize(
+    "behaviour",
+    [declared_huge, endless, compressed_bomb],
+    ids=["declared", "endless", "compressed"],
+)
 async def test_an_answer_past_the_cap_is_not_read_further(
     session_kind: Session, behaviour: Behaviour
 ) -> None:
