@@ -28,7 +28,7 @@ from reconciler.limits import Deadline, DeadlineReached
 from reconciler.metrics import ReconcilerMetrics, label_value
 from reconciler.retry import RetryPolicy
 from schemas.definition import Definition
-from schemas.errors import ConstraintViolation, StorageUnavailable
+from schemas.errors import ConstraintViolation, StorageUnavailable, ValueRefused
 from schemas.fold import LAST_ERROR_MARK, NOT_POLLABLE, OVERDUE, POLL_FLAGS, UNRECOGNIZED_ATTENTION
 from schemas.ledger import Evidence, Expiry, Poll, Stored, Submission, SubmissionStatus
 from schemas.settings import PREFIX, ProviderSettings, Settings, warn_webhooks_refused
@@ -618,16 +618,13 @@ class _Batch:
             await self.write(pending)
 
     async def write(self, pending: Sequence[tuple[Claim, Evidence]]) -> None:
-        """One transaction; should the batch break a unique key, each item alone, so that
-        one faulty answer never drops its neighbours (a lost submit answer would mean a
-        task the provider bills but the ledger cannot follow)."""
+        """One transaction; should the batch break a unique key, or hold a value the
+        database refuses, each item alone, so that one faulty answer never drops its
+        neighbours (a lost submit answer would mean a task the provider bills but the
+        ledger cannot follow)."""
         try:
             results = await self.store.ingest([evidence for _, evidence in pending])
-        except StorageUnavailable:
-            # A poll is asked again; a submit answer cannot be: keep it, and say what it was.
-            self.unrecorded.keep(_submit_answers(pending))
-            raise
-        except ConstraintViolation:
+        except (ValueRefused, ConstraintViolation):
             if len(pending) == 1:
                 claim, _ = pending[0]
                 log.error("evidence_refused", task_ref=claim.ref, provider=self.provider)
@@ -636,6 +633,10 @@ class _Batch:
             for item in pending:
                 await self.write([item])
             return
+        except StorageUnavailable:
+            # A poll is asked again; a submit answer cannot be: keep it, and say what it was.
+            self.unrecorded.keep(_submit_answers(pending))
+            raise
         for (claim, evidence), stored in zip(pending, results, strict=True):
             self._count(claim, evidence, stored)
 

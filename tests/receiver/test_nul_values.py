@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -103,6 +104,8 @@ async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
         task_id = request.url.params.get("task_id") or request.url.path.rsplit("/", 1)[-1]
         if task_id == "t-0":
             return httpx.Response(200, content=NUL_FAILURE % b"t-0")
+        if task_id == "t-1":  # not JSON: kept as text, for the poll's error
+            return httpx.Response(200, content=b"<html>\x00 upstream error</html>")
         body = {"code": 200, "data": {"task_id": task_id, "status": "finished", "files": []}}
         return httpx.Response(200, json=body)
 
@@ -112,10 +115,12 @@ async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
     tasks = [await store.get(ref) for ref in refs]
     assert [task.state if task else None for task in tasks] == [
         "failed",
-        "succeeded",
+        "submitted",
         "succeeded",
         "succeeded",
     ]
+    [poll] = (await store.timeline(refs[1])).polls
+    assert poll.body == f"<html>{NUL_READ_AS} upstream error</html>"
     assert tasks[0] is not None
     assert tasks[0].result["error"]["message"] == f"bad{NUL_READ_AS}thing"
 
@@ -148,3 +153,47 @@ async def test_a_value_the_database_refuses_fails_alone_and_its_delivery_is_kept
     assert poison.unread.reason == "not_storable"
     assert poison.provider_task_id == "t"
     assert writer.refusal is None  # one delivery's value says nothing of the database
+
+
+class _Refusing:
+    """The real store, but a write holding the evidence of `poisoned` is refused as
+    PostgreSQL refuses a value it cannot store."""
+
+    def __init__(self, store: LedgerStore, poisoned: str) -> None:
+        self._store = store
+        self.poisoned = poisoned
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def ingest(self, evidence: Sequence[Any]) -> list[Stored]:
+        if any(getattr(item, "task_ref", None) == self.poisoned for item in evidence):
+            raise ValueRefused("the database refused a value: DataError (SQLSTATE 22P05)")
+        return await self._store.ingest(evidence)
+
+
+async def test_a_poll_the_database_refuses_fails_its_own_task_alone(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    provider = ProviderSettings(
+        "apidot", WireFormat.APIDOT, base_url="https://api.example", expected_seconds=1
+    )
+    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"apidot": provider})
+    refs = [
+        (await store.register(NewTask("apidot", provider_task_id=f"t-{i}", expected_seconds=1))).ref
+        for i in range(4)
+    ]
+    clock.advance(2)
+
+    def answers(request: httpx.Request) -> httpx.Response:
+        task_id = request.url.params.get("task_id") or request.url.path.rsplit("/", 1)[-1]
+        body = {"code": 200, "data": {"task_id": task_id, "status": "finished", "files": []}}
+        return httpx.Response(200, json=body)
+
+    refusing = cast(LedgerStore, _Refusing(store, refs[0]))
+    transport = httpx.MockTransport(answers)
+    async with ProviderClients.open(settings.providers.values(), transport=transport) as clients:
+        report = await Reconciler(settings, refusing, clients, clock=clock).run_pass()
+    states = [task.state if task else None for task in [await store.get(ref) for ref in refs]]
+    assert states == ["submitted", "succeeded", "succeeded", "succeeded"]
+    assert report.errors == 1
