@@ -107,7 +107,7 @@ def parse_http_date(text: str) -> datetime | None:
     names no zone; None if unreadable."""
     try:
         moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # a year or hour past any
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 

@@ -128,8 +128,10 @@ def test_a_refusal_is_asked_again_rarely_and_never_past_the_longest_poll_delay()
         ("Sun, 22 Nov 2026 12:00:05 +0200", NOW + timedelta(seconds=5)),
         ("tomorrow", None),
         ("", None),
+        ("Mon, 01 Jan 99999999999999999999 00:00:00 GMT", None),
+        ("Mon, 01 Jan 2025 99999999999:00:00 GMT", None),
     ],
-    ids=["gmt", "no-zone-is-utc", "offset", "words", "empty"],
+    ids=["gmt", "no-zone-is-utc", "offset", "words", "empty", "year-past-any", "hour-past-any"],
 )
 def test_parse_http_date_reads_an_http_date_as_an_aware_datetime(
     text: str, expected: datetime | None
