@@ -28,6 +28,7 @@ from schemas.wire.fields import (
     moment,
     number,
     short_text,
+    text_problem,
     url_expiry,
     without,
 )
@@ -158,13 +159,10 @@ def _task_id(
         return asked  # fal's status answer names no request id (its docs' example)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        problem = f"must be a non-empty string, not {kind(value)}"
+    problem = text_problem(value, ID_MAX_CHARS)
+    if problem is not None:
         raise _fail(definition, _where(definition, "task_id", task, at), problem)
-    if len(value.strip()) > ID_MAX_CHARS:
-        problem = f"is longer than {ID_MAX_CHARS} characters"
-        raise _fail(definition, _where(definition, "task_id", task, at), problem)
-    return value.strip()
+    return str(value).strip()
 
 
 def build_submit(

@@ -12,6 +12,7 @@ import orjson
 
 from schemas import clock
 from schemas.errors import WireFormatError
+from schemas.json_text import NUL_READ_AS
 from schemas.states import State
 from schemas.tables import TASK_ID_MAX_CHARS
 from schemas.wire.formats import WireFormat
@@ -61,11 +62,10 @@ class Fields:
 
     def text(self, key: str, max_chars: int = ID_MAX_CHARS) -> str:
         value = self.body.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"must be a non-empty string, not {kind(value)}")
-        if len(value.strip()) > max_chars:
-            raise self.fail(key, f"is longer than {max_chars} characters")
-        return value.strip()
+        problem = text_problem(value, max_chars)
+        if problem is not None:
+            raise self.fail(key, problem)
+        return str(value).strip()
 
     def text_of(self, *keys: str) -> str:
         """The first of `keys` the body gives, read as `text`: one field, several spellings."""
@@ -162,6 +162,22 @@ iso = clock.utc_iso
 
 def without(request: Mapping[str, object], *keys: str) -> dict[str, object]:
     return {key: value for key, value in request.items() if key not in keys}
+
+
+def text_problem(value: object, max_chars: int) -> str | None:
+    """Why `value` is no id (or URL) a body can give, or None: it must be a string, not
+    blank, of at most `max_chars` characters, and hold no NUL (read as U+FFFD: kept so,
+    it would be another id than the provider's)."""
+    if not isinstance(value, str):
+        return f"must be a non-empty string, not {kind(value)}"
+    text = value.strip()
+    if not text:
+        return "must not be empty or blank"
+    if len(text) > max_chars:
+        return f"is longer than {max_chars} characters"
+    if NUL_READ_AS in text:
+        return "holds NUL"
+    return None
 
 
 def kind(value: object) -> str:

@@ -498,6 +498,23 @@ async def test_submit_returns_the_providers_task_id(kind: WireFormat) -> None:
     )
 
 
+@pytest.mark.parametrize("kind", list(SUBMITTED), ids=str)
+@pytest.mark.parametrize("task_id", ["", "   ", "run-nul\u0000id"], ids=["empty", "blank", "nul"])
+async def test_a_submit_answer_whose_task_id_cannot_be_kept_proves_nothing(
+    kind: WireFormat, task_id: str
+) -> None:
+    """Neither kept as another id (a NUL read as U+FFFD) nor taken for a refusal: the
+    task may exist at the provider, so the submission is unknown, never sent again."""
+    answer_body = orjson.dumps(SUBMITTED[kind]).replace(
+        orjson.dumps(STATUS_BODIES[kind][0]), orjson.dumps(task_id)
+    )
+    async with rig(httpx.Response(200, content=answer_body), kind=kind) as r:
+        with pytest.raises(BadAnswer) as caught:
+            await r.client.submit("sora-2", {"prompt": "a cat"}, None)
+    assert caught.value.retryable is False
+    assert ("holds NUL" if "\0" in task_id else "empty or blank") in str(caught.value)
+
+
 async def test_evolink_submit_keeps_the_credits_it_reserved() -> None:
     body = {**SUBMITTED[EVOLINK], "usage": {"billing_rule": "per_call", "credits_reserved": 7}}
     async with rig(answer(200, body), kind=EVOLINK) as r:
