@@ -517,7 +517,8 @@ class Reconciler:
             status, retry = SubmissionStatus.UNKNOWN, provider.expected_seconds
         self.metrics.submits.labels(provider.name, label_value(status.value)).inc()
         if status is not SubmissionStatus.PENDING:
-            # Its ledger row keeps the outcome, not the cause: the operator reads it here.
+            # The cause is kept on the task too, as its attention (an unknown submission's)
+            # or its error (a rejected one's).
             log.warning(
                 "submit_failed", task_ref=claim.ref, submission=status.value, error=str(exc)
             )

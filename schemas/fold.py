@@ -51,7 +51,10 @@ UNRECOGNIZED_ATTENTION = "provider answers unrecognized"
 # LAST_ERROR_MARK. Moot once the task's end is confirmed: settling it clears them.
 NOT_POLLABLE = "not pollable"
 OVERDUE = "overdue"
-POLL_FLAGS = (NOT_POLLABLE, OVERDUE)
+# A submit that may have reached the provider, its answer never read: why, on the task.
+SUBMIT_UNKNOWN = "submitted, answer unknown"
+# The flags a task loses once it settles.
+POLL_FLAGS = (NOT_POLLABLE, OVERDUE, SUBMIT_UNKNOWN)
 LAST_ERROR_MARK = "; last poll error: "
 _AWAITING_ANSWER = frozenset({SubmissionStatus.PENDING.value, SubmissionStatus.SENDING.value})
 
@@ -418,6 +421,8 @@ class Fold:
         elif item.status is SubmissionStatus.REJECTED:
             report = Report(State.FAILED, Source.API, result={"error": {"message": item.error}})
             outcome = self._merge(work, report, None, Source.API)
+        elif item.status is SubmissionStatus.UNKNOWN and item.error:
+            self._attend(work, f"{SUBMIT_UNKNOWN}: {item.error}")
         self._settle_held(work, item.status)
         self._reschedule(work, item.next_poll_at)
         work.row["poll_attempts"] = 0

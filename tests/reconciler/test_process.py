@@ -23,6 +23,7 @@ from reconciler.process import Reconciler
 from reconciler.retry import RetryPolicy
 from schemas.clock import utc_now
 from schemas.database import create_engine
+from schemas.fold import SUBMIT_UNKNOWN
 from schemas.migrate import upgrade
 from schemas.settings import ProviderSettings, Settings, builtin_definitions
 from schemas.store import LedgerStore, NewTask
@@ -218,6 +219,9 @@ async def test_a_submit_that_may_have_reached_the_provider_is_never_sent_again(
         "submitted",
         None,
     )
+    assert unknown.attention is not None
+    assert unknown.attention.startswith(SUBMIT_UNKNOWN + ": ")  # why, on the task itself
+    assert "server error" in unknown.attention
     [failed] = [line for line in logs if line["event"] == "submit_failed"]
     assert failed["task_ref"] == row.ref
     assert failed["submission"] == "unknown"
