@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from receiver import (
     admin,
@@ -58,6 +58,10 @@ log = structlog.get_logger("taskledger.receiver")
 # thousand connections that send nothing would turn every callback away.
 IN_FLIGHT_MAX = 2048
 _BUSY = answer_of(Overloaded("too many requests in flight"))
+# Every `/v1` answer, and every refusal but the callback routes' own: never sniffed as
+# another type, never kept by a cache (a task's answer holds its callback URL and token).
+API_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+API_PREFIX = "/v1/"
 
 
 class ReceiverApp(Starlette):
@@ -156,7 +160,7 @@ def create_app(
         {**ui.OPENAPI_PATHS, **artifacts.OPENAPI_PATHS, **dashboard.OPENAPI_PATHS},
     )
     app = ReceiverApp(
-        routes=query_checked(routes(), described),
+        routes=wrapped_routes(routes(), described),
         lifespan=lifespan,
         # Admin writes answer within the same deadline as callbacks, counted from arrival.
         middleware=[Middleware(AnswerDeadline, seconds=settings.answer_deadline_seconds)],
@@ -260,23 +264,50 @@ def routes() -> list[Route]:
     ]
 
 
-def query_checked(found: list[Route], described: Mapping[str, Any]) -> list[Route]:
+def wrapped_routes(found: list[Route], described: Mapping[str, Any]) -> list[Route]:
     """`found`, each route whose operations' query is checked (`openapi.query_names`, from
-    the description served: the docs and the check never disagree) behind a `QueryCheck`."""
+    the description served: the docs and the check never disagree) behind a `QueryCheck`,
+    and each `/v1` route's answers given `API_HEADERS` (`ApiHeaders`). The callback routes
+    are left as they are."""
     names = openapi.query_names(described)
-    return [_query_checked(route, names) for route in found]
+    return [_wrapped_route(route, names) for route in found]
 
 
-def _query_checked(route: Route, names: Mapping[tuple[str, str], tuple[str, ...]]) -> Route:
+def _wrapped_route(route: Route, names: Mapping[tuple[str, str], tuple[str, ...]]) -> Route:
     taken = {m: names[m, route.path] for m in route.methods or () if (m, route.path) in names}
-    if not taken:
-        return route
     if "GET" in taken:
         taken.setdefault("HEAD", taken["GET"])  # Starlette answers HEAD with the GET route
-    check = Middleware(QueryCheck, taken=taken)
+    middleware = [Middleware(ApiHeaders)] if route.path.startswith(API_PREFIX) else []
+    if taken:
+        middleware.append(Middleware(QueryCheck, taken=taken))
+    if not middleware:
+        return route
     return Route(
-        route.path, route.endpoint, methods=route.methods, name=route.name, middleware=[check]
+        route.path, route.endpoint, methods=route.methods, name=route.name, middleware=middleware
     )
+
+
+class ApiHeaders:
+    """Adds to a `/v1` route's answer each of `API_HEADERS` it does not set itself (an
+    archived file keeps its own caching). A refusal raised before the endpoint answers is
+    `_refused`'s, which adds them too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                given = {name.lower() for name, _ in headers}
+                headers += [header for header in _API_RAW_HEADERS if header[0] not in given]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+_API_RAW_HEADERS = [(name.lower().encode(), value.encode()) for name, value in API_HEADERS.items()]
 
 
 class QueryCheck:
@@ -297,7 +328,8 @@ class QueryCheck:
 async def _refused(request: Request, exc: Exception) -> Response:
     """Every error of the other routes: the same answers as the callback endpoints give."""
     answer = answer_of(refusal(exc, "other"))
-    return Response(answer.body, answer.status, answer.headers, "application/json")
+    headers = {**answer.headers, **API_HEADERS}
+    return Response(answer.body, answer.status, headers, "application/json")
 
 
 async def _unrouted(request: Request, exc: Exception) -> Response:
@@ -305,7 +337,7 @@ async def _unrouted(request: Request, exc: Exception) -> Response:
     (404), or its routes take other methods (405, with `Allow` naming them)."""
     if not isinstance(exc, HTTPException):  # registered for this class only
         return await _refused(request, exc)
-    headers = dict(exc.headers or {})
+    headers = {**(exc.headers or {}), **API_HEADERS}
     if exc.status_code == 405:
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)

@@ -38,6 +38,9 @@ MEDIA_SALT = "taskledger.artifact.media"
 MEDIA_QUERY_NAME = "token"
 # Content-addressed (its ETag is its SHA-256): a file at one address never changes.
 FILE_CACHE_CONTROL = "private, max-age=31536000, immutable"
+# A file opened straight in the browser runs nothing (no script, no plugin, no fetch),
+# while the browser's own viewer of a video or an image still loads the file itself.
+FILE_CSP = "default-src 'none'; media-src 'self'; img-src 'self'; style-src 'unsafe-inline'"
 INLINE_FAMILIES = ("video/", "image/", "audio/")
 _FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _RANGE_DIGITS_MAX = 18  # past this many digits a position is past any file
@@ -280,6 +283,7 @@ def _file_headers(ref: str, name: str, stored: StoredFile) -> dict[str, str]:
         "Content-Type": stored.content_type,
         "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{filename}"',
         "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": FILE_CSP,
     }
 
 

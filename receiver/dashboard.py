@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from receiver import contract
 from receiver.admin import jsonable, task_ref
-from receiver.auth import authorize
+from receiver.auth import Principal, authorize, listed_prefix
 from receiver.errors import NotFound, Unprocessable
 from receiver.openapi import ERROR
 from receiver.queries import owned, parse_time, row_id
@@ -91,18 +91,34 @@ def fitting_bucket(span: timedelta) -> int:
 
 
 async def provider_health(request: Request) -> Response:
-    """Each provider: whether taskledger can poll it (a base URL), and its last poll error."""
+    """Each provider: whether taskledger can poll it (a base URL), and its last poll error;
+    and who is asking (`viewer`), for the dashboard's header."""
     principal = await authorize(request, KeyScope.READ)
     settings: Settings = request.app.state.settings
     store: LedgerStore = request.app.state.store
     errors = await store.last_poll_errors()
     names = sorted({*settings.providers, *errors})
     shown = [health_json(name, settings.provider(name), errors.get(name)) for name in names]
-    if principal.owner is not None:  # the failed poll may be another owner's task
+    if principal.owner is not None:
         for entry in shown:
-            if entry["last_poll_error"]:
-                entry["last_poll_error"]["task_ref"] = None
-    return JSONResponse({"providers": shown})
+            entry["last_poll_error"] = withheld(entry["last_poll_error"])
+    return JSONResponse({"providers": shown, "viewer": viewer_json(principal)})
+
+
+def withheld(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A last poll error as a key limited to one owner sees it: the failed poll may be
+    another owner's task, whose ref and error text (which can quote its prompt) it must not
+    see; only when it failed, and how."""
+    if error is None:
+        return None
+    return {**error, "task_ref": None, "error": None}
+
+
+def viewer_json(principal: Principal) -> dict[str, Any]:
+    """Who the caller is: its scope, the owner it is limited to, its key's listed prefix
+    (None: the admin token)."""
+    key = listed_prefix(principal.key_id) if principal.key_id else None
+    return {"scope": principal.scope.value, "owner": principal.owner, "key": key}
 
 
 def health_json(
@@ -254,7 +270,10 @@ OPENAPI_PATHS: dict[str, Any] = {
         422,
     ),
     "/v1/dashboard/providers": _operation(
-        "Each provider: pollable or not configured, and its last poll error", [], 401
+        "Each provider: pollable or not configured, and its last poll error (for a key limited"
+        " to an owner, when and how only: it may be another owner's task); and who asks",
+        [],
+        401,
     ),
     "/v1/tasks/{ref}/deliveries/{id}": _operation(
         "A delivery's kept headers and raw body (UTF-8 text, else base64); admin only",

@@ -3,6 +3,7 @@
 A browser cannot send a bearer token on navigation, so `POST /ui/login` trades the admin
 token or an API key (any scope reads) for a signed, HttpOnly, SameSite=Strict session cookie
 that `/ui` and the `/v1` reads accept, with the key's scope and owner (`receiver.auth`).
+A sign-in or sign-out a browser says came from another site is refused (login CSRF).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -30,6 +32,10 @@ from receiver.errors import NotFound, Unauthenticated
 from schemas.settings import Settings
 
 LOGIN_BODY_LIMIT_BYTES = 4096
+# What `Sec-Fetch-Site` says of a form this service's own page sent, or a typed-in request.
+OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+CROSS_SITE_MESSAGE = "Refused: that form was sent from another site. Sign in on this page."
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "ui.js": "text/javascript; charset=utf-8",
@@ -72,7 +78,8 @@ _LOGIN_STYLE_HASH = base64.b64encode(hashlib.sha256(LOGIN_STYLE.encode()).digest
 PAGE_HEADERS = {
     "Content-Security-Policy": _csp("'self'"),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not `no-referrer`: with it a browser sends `Origin: null` with the page's own forms.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 LOGIN_HEADERS = {**PAGE_HEADERS, "Content-Security-Policy": _csp(f"'sha256-{_LOGIN_STYLE_HASH}'")}
@@ -84,6 +91,10 @@ PRESIGNED_PAGE_HEADERS = {
 
 
 _HTML_401 = {"description": "not signed in: a sign-in form", "content": {"text/html": {}}}
+_HTML_403 = {
+    "description": "the browser says the form came from another site: a sign-in form",
+    "content": {"text/html": {}},
+}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -106,6 +117,7 @@ OPENAPI_PATHS = {
             "responses": {
                 "303": {"description": "signed in: go to /ui"},
                 "401": _HTML_401,
+                "403": _HTML_403,
                 "408": _error("the form not received in time"),
                 "413": _error("the form too large"),
                 "422": _error(f"not a {FORM_MEDIA_TYPE} form"),
@@ -115,7 +127,7 @@ OPENAPI_PATHS = {
     "/ui/logout": {
         "post": {
             "summary": "End the session",
-            "responses": {"303": {"description": "signed out: go to /ui"}},
+            "responses": {"303": {"description": "signed out: go to /ui"}, "403": _HTML_403},
         }
     },
     "/ui/static/{name}": {
@@ -164,6 +176,8 @@ async def serve_static(request: Request) -> Response:
 async def log_in(request: Request) -> Response:
     """Trade the admin token or an API key (form field `token`) for a session cookie naming
     it, then go to `/ui`."""
+    if sent_from_elsewhere(request):
+        return login_page(CROSS_SITE_MESSAGE, status_code=403)
     offered = await _form_token(request)
     signer = session_signer(request)
     principal = await token_principal(request, offered) if offered else None
@@ -183,6 +197,8 @@ async def log_in(request: Request) -> Response:
 
 
 async def log_out(request: Request) -> Response:
+    if sent_from_elsewhere(request):
+        return login_page(CROSS_SITE_MESSAGE, status_code=403)
     response = RedirectResponse("/ui", status_code=303, headers=PAGE_HEADERS)
     response.delete_cookie(
         SESSION_COOKIE, path="/", secure=_is_https(request), httponly=True, samesite="strict"
@@ -190,11 +206,48 @@ async def log_out(request: Request) -> Response:
     return response
 
 
-def login_page(message: str | None) -> HTMLResponse:
-    """The 401 answer of `/ui`: a form that posts the token to `/ui/login`."""
+def login_page(message: str | None, status_code: int = 401) -> HTMLResponse:
+    """The sign-in page, `message` its error: a form that posts the token to `/ui/login`;
+    `/ui`'s 401 answer, and a refused sign-in's."""
     shown = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
     body = LOGIN_PAGE.format(style=LOGIN_STYLE, message=shown)
-    return HTMLResponse(body, status_code=401, headers=LOGIN_HEADERS)
+    return HTMLResponse(body, status_code=status_code, headers=LOGIN_HEADERS)
+
+
+def sent_from_elsewhere(request: Request) -> bool:
+    """Whether the browser says the request came from another site: a `Sec-Fetch-Site` other
+    than same-origin or none, or an `Origin` that is not this service's. A client that sends
+    neither header (curl) is taken at its word."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.strip().lower() not in OWN_FETCH_SITES:
+        return True
+    origin = request.headers.get("origin")
+    return origin is not None and _origin_of(origin) not in _own_origins(request)
+
+
+def _own_origins(request: Request) -> set[tuple[str, str, int]]:
+    """The request's own scheme and host, and `TASKLEDGER_PUBLIC_BASE_URL`'s (behind a proxy
+    the two differ)."""
+    settings: Settings = request.app.state.settings
+    found = {
+        _origin_of(f"{request.url.scheme}://{request.url.netloc}"),
+        _origin_of(settings.public_base_url),
+    }
+    return {origin for origin in found if origin is not None}
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, the port filled in; None for anything else
+    (`Origin: null` too)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
 
 
 async def _form_token(request: Request) -> str:

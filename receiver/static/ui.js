@@ -340,14 +340,28 @@ function pollingState(p) {
   return cell;
 }
 
+// A key limited to one owner is told when and how the last poll failed, not which task's
+// it was nor its text: the API leaves both null then.
 function lastPollError(p) {
   const error = p.last_poll_error;
   if (!error) return "none";
   const cell = el("span", { class: "poll-error" });
   const status = error.http_status === null || error.http_status === undefined ? "no answer" : `HTTP ${error.http_status}`;
-  cell.append(el("span", { class: "when" }, `${fmtTime(error.at)} · ${status} · `), refButton(error.task_ref));
-  cell.append(el("span", { class: "reason" }, clip(error.error ?? "", 240)));
+  cell.append(el("span", { class: "when" }, `${fmtTime(error.at)} · ${status}`));
+  if (error.task_ref) cell.append(el("span", { class: "when" }, " · "), refButton(error.task_ref));
+  const text = error.error ?? "task and error text withheld: shown to keys of every owner only";
+  cell.append(el("span", { class: error.error ? "reason" : "hint dispatch" }, clip(text, 240)));
   return cell;
+}
+
+// Who this session is, from the providers' answer: the admin token, or a key's scope and owner.
+function drawViewer(viewer) {
+  const shown = byId("viewer");
+  if (!viewer) return;
+  const owner = viewer.owner === null ? "every owner" : `owner ${viewer.owner}`;
+  shown.textContent = viewer.key ? `signed in: ${viewer.scope} key ${viewer.key} · ${owner}` : "signed in: admin token";
+  shown.dataset.scope = viewer.scope;
+  shown.hidden = false;
 }
 
 function drawHealth(body) {
@@ -844,7 +858,7 @@ async function loadCharts(bounds) {
   const drawn = [];
   if (audit.value) drawn.push(() => drawAudit(audit.value));
   if (series.value) drawn.push(() => drawOutcomes(series.value), () => drawMissedOverTime(series.value));
-  if (health.value) drawn.push(() => drawHealth(health.value));
+  if (health.value) drawn.push(() => drawHealth(health.value), () => drawViewer(health.value.viewer));
   for (const draw of drawn) draw();
   const failed = [audit, series, health].filter((r) => r.status === "rejected");
   if (failed.length) throw failed[0].reason;
@@ -1212,6 +1226,14 @@ async function probePayloadAccess() {
   for (const button of byId("panel-timeline").querySelectorAll("button.payload")) button.hidden = payloadAccess !== true;
 }
 
+// Characters that reorder or hide text (bidi embeddings, overrides, isolates and marks):
+// in a raw payload each is shown as its `\uXXXX` escape, so `\u202Egnp.exe` never reads exe.png.
+const BIDI_CONTROLS = /[\u061C\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+
+function visibleControls(text) {
+  return text.replace(BIDI_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`);
+}
+
 function payloadText(payload) {
   let body = payload.body ?? "";
   if (payload.encoding === "utf-8") {
@@ -1223,7 +1245,7 @@ function payloadText(payload) {
   }
   const headers = payload.headers && Object.keys(payload.headers).length ? `headers ${JSON.stringify(payload.headers, null, 2)}\n\n` : "";
   const encoding = payload.encoding === "base64" ? "body (not UTF-8: base64)" : "body";
-  return `${headers}${encoding}\n${body}`;
+  return visibleControls(`${headers}${encoding}\n${body}`);
 }
 
 async function togglePayload(button) {

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from receiver.app import create_app
 from receiver.artifacts import (
+    FILE_CSP,
     MEDIA_TOKEN_MAX_AGE_SECONDS,
     RangeNotSatisfiable,
     Span,
@@ -204,6 +205,17 @@ async def test_get_streams_the_whole_file(service: Service, video: str) -> None:
     assert answer.headers["etag"] == f'"{hashlib.sha256(VIDEO).hexdigest()}"'
     assert answer.headers["content-disposition"] == f'inline; filename="{video}-output-1.mp4"'
     assert answer.headers["cache-control"].startswith("private, max-age=")
+
+
+async def test_a_file_opened_in_the_browser_runs_nothing_and_keeps_its_caching(
+    service: Service, video: str
+) -> None:
+    answer = await get(service, file_path(video), range="bytes=0-15")
+    assert answer.status_code == 206
+    assert answer.headers["content-security-policy"] == FILE_CSP
+    assert "script" not in FILE_CSP  # default-src 'none': none runs
+    assert answer.headers.get_list("cache-control") == ["private, max-age=31536000, immutable"]
+    assert answer.headers.get_list("x-content-type-options") == ["nosniff"]
 
 
 # (case, Range header, the slice of the file it asks for).

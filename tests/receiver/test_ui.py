@@ -145,6 +145,69 @@ async def test_logout_ends_the_session(service: Service) -> None:
     assert (await service.http.get("/ui")).status_code == 401
 
 
+# Headers a browser sends with a form another site's page posts here (login CSRF).
+CROSS_SITE = [
+    {"sec-fetch-site": "cross-site", "origin": "https://attacker.example"},
+    {"sec-fetch-site": "same-site"},
+    {"origin": "https://attacker.example"},
+    {"origin": "null"},  # a sandboxed frame, or a page that sends no referrer
+]
+CROSS_SITE_IDS = ["cross-site", "same-site", "other-origin", "null-origin"]
+
+
+@pytest.mark.parametrize("sent", CROSS_SITE, ids=CROSS_SITE_IDS)
+async def test_a_sign_in_posted_from_another_site_is_refused(
+    service: Service, sent: dict[str, str]
+) -> None:
+    response = await service.http.post(
+        "/ui/login", content=f"token={ADMIN_TOKEN}", headers={**FORM, **sent}
+    )
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    assert 'role="alert">Refused: that form was sent from another site' in response.text
+
+
+@pytest.mark.parametrize("sent", CROSS_SITE, ids=CROSS_SITE_IDS)
+async def test_a_sign_out_posted_from_another_site_keeps_the_session(
+    service: Service, sent: dict[str, str]
+) -> None:
+    await log_in(service)
+    response = await service.http.post("/ui/logout", headers=sent)
+    assert response.status_code == 403
+    assert "set-cookie" not in response.headers
+    assert (await service.http.get("/ui")).status_code == 200
+
+
+def own_page(service: Service, case: str) -> dict[str, str]:
+    """Headers a browser sends with the form of this service's own sign-in page."""
+    return {
+        "same-origin": {"sec-fetch-site": "same-origin", "origin": service.base_url},
+        "typed-in": {"sec-fetch-site": "none"},
+        # Behind a proxy the request names the upstream host: the public base URL is ours.
+        "public-base-url": {"host": "upstream.internal:8000", "origin": service.base_url},
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["same-origin", "typed-in", "public-base-url"])
+async def test_a_sign_in_from_this_services_own_page_is_accepted(
+    service: Service, case: str
+) -> None:
+    response = await service.http.post(
+        "/ui/login", content=f"token={ADMIN_TOKEN}", headers={**FORM, **own_page(service, case)}
+    )
+    assert response.status_code == 303, response.text
+    assert SESSION_COOKIE in response.cookies
+
+
+async def test_a_sign_in_from_another_port_of_this_host_is_refused(service: Service) -> None:
+    port = urlsplit(service.base_url).port
+    origin = f"http://127.0.0.1:{(port or 80) + 1}"
+    response = await service.http.post(
+        "/ui/login", content=f"token={ADMIN_TOKEN}", headers={**FORM, "origin": origin}
+    )
+    assert response.status_code == 403
+
+
 async def test_only_the_dashboards_own_files_are_served(service: Service) -> None:
     response = await service.http.get("/ui/static/ui.py", headers=service.admin)
     assert response.status_code == 404
@@ -763,6 +826,17 @@ async def check_outputs(page: Page, base_url: str, ref: str) -> None:
     ]
     await screenshot(page, "dashboard-outputs.png")
     assert errors == []
+    await check_opened_in_a_tab(page, base_url + str(await thumbnail.get_attribute("src")))
+
+
+async def check_opened_in_a_tab(page: Page, image_url: str) -> None:
+    """An output opened straight in a tab (its listing's `url`) shows there: the file's
+    own policy lets the browser's image viewer load it, and nothing else."""
+    tab = await page.context.new_page()
+    errors = watch_errors(tab)
+    await tab.goto(image_url)
+    await tab.wait_for_function("() => document.images[0]?.naturalWidth === 320")
+    assert [error for error in errors if "Content Security Policy" in error] == []
 
 
 async def fetch_without_cookie(page: Page, source: str) -> dict[str, Any]:
@@ -975,3 +1049,107 @@ async def test_task_panel_says_how_many_older_entries_the_timeline_left_out(
                     assert await page.locator("#panel-timeline tr[data-kind=delivery]").count() == 2
                 await page.click("#panel-close")
             assert errors == []
+
+
+# -- forms from other sites, and who is signed in ----------------------------------------------
+
+ATTACKER = "http://attacker.example"
+
+
+async def read_key(service: Service, owner: str) -> str:
+    body = {"name": f"reader of {owner}", "scope": "read", "owner": owner}
+    made = await service.http.post("/v1/keys", json=body, headers=service.admin)
+    assert made.status_code == 201, made.text
+    return str(made.json()["key"])
+
+
+async def post_from_another_site(page: Page, action: str, token: str | None = None) -> int:
+    """What the service answers a form that a page of another site posts to it at once."""
+    field = f'<input name="token" value="{token}">' if token else ""
+    form = f'<form method="post" action="{action}">{field}</form>'
+    html = f"{form}<script>document.forms[0].submit()</script>"
+    await page.route(
+        f"{ATTACKER}/", lambda route: route.fulfill(body=html, content_type="text/html")
+    )
+    async with page.expect_response(action) as answered:
+        await page.goto(f"{ATTACKER}/")
+    return (await answered.value).status
+
+
+async def session_subject(page: Page) -> str | None:
+    """Who the browser's session cookie names (`admin`, or a key's id)."""
+    for cookie in await page.context.cookies():
+        if cookie["name"] == SESSION_COOKIE:
+            return cookie["value"].split(".")[0]
+    return None
+
+
+async def test_another_sites_page_can_neither_swap_nor_end_the_session(
+    service: Service,
+) -> None:
+    """Login CSRF: the victim's admin session survives a page that posts the attacker's own
+    key to `/ui/login`, and one that posts to `/ui/logout`."""
+    attackers_key = await read_key(service, "team-b")
+    async with browser_session(60) as browser:
+        page = await new_page(browser)
+        await sign_in(page, f"{service.base_url}/ui")
+        for action, token in (("/ui/login", attackers_key), ("/ui/logout", None)):
+            assert await post_from_another_site(page, f"{service.base_url}{action}", token) == 403
+            assert await session_subject(page) == "admin"
+        await page.goto(f"{service.base_url}/ui")
+        await page.wait_for_selector("body[data-state=ready]")
+        assert await page.locator("#viewer").inner_text() == "signed in: admin token"
+
+
+async def test_the_header_names_a_keys_scope_and_owner(service: Service) -> None:
+    key = await read_key(service, "team-b")
+    async with browser_session(60) as browser:
+        page = await new_page(browser)
+        await page.goto(f"{service.base_url}/ui")
+        await page.fill("#token", key)
+        await page.click("button[type=submit]")
+        await page.wait_for_selector("#viewer:not([hidden])")
+        key_id = key.split("_")[1]
+        shown = await page.locator("#viewer").inner_text()
+        assert shown == f"signed in: read key tlk_{key_id}_… · owner team-b"
+
+
+# -- bidi controls: isolated in tables, escaped in raw payloads ---------------------------------
+
+RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: "\u202egnp.exe" reads "exe.png"
+
+
+async def test_a_right_to_left_override_is_escaped_in_the_payload_and_isolated_in_cells(
+    service: Service, database_url: str, clock: FakeClock
+) -> None:
+    owner = f"{RLO}gnp.exe"
+    ref = (await service.register("apidot", owner=owner, provider_task_id="t-rlo"))["ref"]
+    answer = json.dumps({"task_id": "t-rlo", "file": f"{RLO}gnp.exe"}, ensure_ascii=False)
+    await ingest_poll(database_url, clock, ref, Observation("t-rlo", State.RUNNING, 40), answer)
+    async with browser_session(60) as browser:
+        page = await new_page(browser)
+        await sign_in(page, f"{service.base_url}/ui#task={ref}")
+        await shown_ref(page, ref)
+        row = page.locator("#panel-timeline tr[data-kind=poll]")
+        await row.locator("button.payload").click()
+        shown = await row.locator("xpath=following-sibling::tr[1]").locator("pre").inner_text()
+        assert '"file": "\\u202Egnp.exe"' in shown
+        assert RLO not in shown
+        assert await bidi_of(page) == {"cell": "isolate", "dd": "isolate", "payload": "plaintext"}
+
+
+async def bidi_of(page: Page) -> dict[str, str]:
+    """The computed `unicode-bidi` of the task list's owner cell, a summary value and the
+    payload viewer."""
+    return dict(
+        await page.evaluate(
+            """(owner) => {
+              const bidi = (node) => getComputedStyle(node).unicodeBidi;
+              const cell = [...document.querySelectorAll('#tasks td')]
+                .find((td) => td.textContent === owner);
+              return { cell: bidi(cell), dd: bidi(document.querySelector('#panel-summary dd')),
+                       payload: bidi(document.querySelector('pre.payload')) };
+            }""",
+            f"{RLO}gnp.exe",
+        )
+    )
