@@ -8,23 +8,28 @@ import orjson
 
 # JSON's only spelling of NUL in a string, and what it is read as: PostgreSQL keeps no NUL
 # in text, and one such value refused the write of a whole batch of callbacks.
-_NUL_ESCAPE = b"\\u0000"
+NUL_ESCAPE = b"\\u0000"
+_NUL_ESCAPE_TEXT = NUL_ESCAPE.decode()
 NUL_READ_AS = "\ufffd"
 
 
 def holds_nul_escape(content: bytes | str) -> bool:
     """Whether JSON text may hold a NUL: it spells out `\\u0000` somewhere."""
     if isinstance(content, str):
-        return _NUL_ESCAPE.decode() in content
-    return _NUL_ESCAPE in content
+        return _NUL_ESCAPE_TEXT in content
+    return NUL_ESCAPE in content
 
 
 def storable_json(content: bytes | str) -> Any:
     """`orjson.loads`, with each NUL in a string (a key too) read as U+FFFD, as both
     databases can store it. Only a body that spells one out is walked for it."""
     value = orjson.loads(content)
-    if not holds_nul_escape(content):
-        return value
+    return without_nul(value) if holds_nul_escape(content) else value
+
+
+def without_nul(value: Any) -> Any:
+    """Parsed JSON with each NUL in its strings, keys included, replaced by U+FFFD (lists
+    and objects changed in place): call it only when the text spelled one out."""
     if isinstance(value, str):
         return value.replace("\0", NUL_READ_AS)
     containers = [value]

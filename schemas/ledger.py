@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from schemas.errors import IgnoredEvent, WireFormatError
-from schemas.json_text import NUL_READ_AS, storable_json
+from schemas.json_text import NUL_ESCAPE, NUL_READ_AS, without_nul
 from schemas.records import record
 from schemas.states import REAL_TERMINAL, Outcome, Report, Snapshot, Source, State
 from schemas.wire import ID_MAX_CHARS, Kind, Observation, normalize_callback, task_id_hint
@@ -106,9 +106,10 @@ def parse_payload(body: bytes) -> Any:
     """The body as JSON, or `NOT_JSON` (a UTF-8 byte order mark before it is skipped, as
     RFC 8259 lets a reader do; the body is kept as it came)."""
     try:
-        return storable_json(body[3:] if body.startswith(_BOM) else body)
+        payload = orjson.loads(body[3:] if body.startswith(_BOM) else body)
     except orjson.JSONDecodeError:
         return NOT_JSON
+    return without_nul(payload) if NUL_ESCAPE in body else payload  # `storable_json`, inline
 
 
 def read_payload(reader: Reader, payload: Any, received_at: datetime) -> Reading:

@@ -62,10 +62,11 @@ class Fields:
 
     def text(self, key: str, max_chars: int = ID_MAX_CHARS) -> str:
         value = self.body.get(key)
-        problem = text_problem(value, max_chars)
-        if problem is not None:
-            raise self.fail(key, problem)
-        return str(value).strip()
+        if isinstance(value, str):  # the common case first, without a call (`text_problem`)
+            text = value.strip()
+            if text and len(text) <= max_chars and NUL_READ_AS not in text:
+                return text
+        raise self.fail(key, text_problem(value, max_chars) or "is not text")
 
     def text_of(self, *keys: str) -> str:
         """The first of `keys` the body gives, read as `text`: one field, several spellings."""
