@@ -696,7 +696,14 @@ function dispatchCount(endpoint, state) {
 }
 
 async function loadEndpoints() {
-  const body = await api("/v1/endpoints");
+  let body;
+  try {
+    body = await api("/v1/endpoints");
+  } catch (error) {
+    if (error.status !== 403) throw error;
+    byId("endpoints-card").hidden = true; // the admin's card: a key may not read endpoints
+    return;
+  }
   const endpoints = body.endpoints || [];
   fillTable(byId("endpoints"), [
     { title: "endpoint", value: endpointName, wrap: true },

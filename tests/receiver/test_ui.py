@@ -1108,10 +1108,11 @@ async def test_the_header_names_a_keys_scope_and_owner(service: Service) -> None
         await page.goto(f"{service.base_url}/ui")
         await page.fill("#token", key)
         await page.click("button[type=submit]")
-        await page.wait_for_selector("#viewer:not([hidden])")
+        await page.wait_for_selector("body[data-state=ready]")  # no card it may not read
         key_id = key.split("_")[1]
         shown = await page.locator("#viewer").inner_text()
         assert shown == f"signed in: read key tlk_{key_id}_… · owner team-b"
+        assert await page.locator("#endpoints-card").is_hidden()
 
 
 # -- bidi controls: isolated in tables, escaped in raw payloads ---------------------------------
