@@ -15,6 +15,7 @@ from typing import Any
 from schemas.definition import Definition, Result
 from schemas.errors import IgnoredEvent, WireFormatError
 from schemas.fieldpath import Field, FieldPath
+from schemas.json_text import NUL_READ_AS
 from schemas.states import State
 from schemas.wire.fields import (
     CODE_MAX_CHARS,
@@ -159,10 +160,12 @@ def _task_id(
         return asked  # fal's status answer names no request id (its docs' example)
     if isinstance(value, int) and not isinstance(value, bool) and definition.strict is None:
         value = str(value)
-    problem = text_problem(value, ID_MAX_CHARS)
-    if problem is not None:
-        raise _fail(definition, _where(definition, "task_id", task, at), problem)
-    return str(value).strip()
+    if isinstance(value, str):  # the common case first, without a call (`text_problem`)
+        text = value.strip()
+        if text and len(text) <= ID_MAX_CHARS and NUL_READ_AS not in text:
+            return text
+    problem = text_problem(value, ID_MAX_CHARS) or "is not text"
+    raise _fail(definition, _where(definition, "task_id", task, at), problem)
 
 
 def build_submit(
