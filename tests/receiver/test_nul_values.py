@@ -87,9 +87,8 @@ async def test_an_api_body_holding_nul_is_refused_naming_it(strict: Service) -> 
     assert "NUL" in answer.json()["message"]
 
 
-async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
-    store: LedgerStore, clock: FakeClock
-) -> None:
+async def four_due_apidot_tasks(store: LedgerStore, clock: FakeClock) -> tuple[Settings, list[str]]:
+    """An apidot account with a base URL, and four of its tasks due for a poll."""
     provider = ProviderSettings(
         "apidot", WireFormat.APIDOT, base_url="https://api.example", expected_seconds=1
     )
@@ -99,6 +98,17 @@ async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
         for i in range(4)
     ]
     clock.advance(2)
+    return settings, refs
+
+
+def apidot_finished(task_id: str) -> bytes:
+    return orjson.dumps({"code": 200, "data": {"task_id": task_id, "status": "finished"}})
+
+
+async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    settings, refs = await four_due_apidot_tasks(store, clock)
 
     def answers(request: httpx.Request) -> httpx.Response:
         task_id = request.url.params.get("task_id") or request.url.path.rsplit("/", 1)[-1]
@@ -106,8 +116,7 @@ async def test_a_poll_answer_holding_nul_settles_with_its_neighbours(
             return httpx.Response(200, content=NUL_FAILURE % b"t-0")
         if task_id == "t-1":  # not JSON: kept as text, for the poll's error
             return httpx.Response(200, content=b"<html>\x00 upstream error</html>")
-        body = {"code": 200, "data": {"task_id": task_id, "status": "finished", "files": []}}
-        return httpx.Response(200, json=body)
+        return httpx.Response(200, content=apidot_finished(task_id))
 
     transport = httpx.MockTransport(answers)
     async with ProviderClients.open(settings.providers.values(), transport=transport) as clients:
@@ -175,20 +184,11 @@ class _Refusing:
 async def test_a_poll_the_database_refuses_fails_its_own_task_alone(
     store: LedgerStore, clock: FakeClock
 ) -> None:
-    provider = ProviderSettings(
-        "apidot", WireFormat.APIDOT, base_url="https://api.example", expected_seconds=1
-    )
-    settings = Settings(callback_secrets=("s",), admin_token="t", providers={"apidot": provider})
-    refs = [
-        (await store.register(NewTask("apidot", provider_task_id=f"t-{i}", expected_seconds=1))).ref
-        for i in range(4)
-    ]
-    clock.advance(2)
+    settings, refs = await four_due_apidot_tasks(store, clock)
 
     def answers(request: httpx.Request) -> httpx.Response:
         task_id = request.url.params.get("task_id") or request.url.path.rsplit("/", 1)[-1]
-        body = {"code": 200, "data": {"task_id": task_id, "status": "finished", "files": []}}
-        return httpx.Response(200, json=body)
+        return httpx.Response(200, content=apidot_finished(task_id))
 
     refusing = cast(LedgerStore, _Refusing(store, refs[0]))
     transport = httpx.MockTransport(answers)
