@@ -402,6 +402,12 @@ async def release(db: Database, owner: str) -> int:
 # -- operators ---------------------------------------------------------------------------
 
 
+def _sent_again(now: datetime) -> dict[str, Any]:
+    """A dispatch sent again by an operator: now, with the whole retry schedule before it
+    (its earlier attempts stay in the attempts' log)."""
+    return {"state": DispatchState.PENDING.value, "next_attempt_at": now, "attempts": 0}
+
+
 async def retry_message(db: Database, msg_id: str) -> int | None:
     """Send a message again to every endpoint it was dispatched to, now; how many
     dispatches (None: no such message)."""
@@ -412,23 +418,47 @@ async def retry_message(db: Database, msg_id: str) -> int | None:
         result = await conn.execute(
             DISPATCH.update()
             .where(DISPATCH.c.message_id == found)
-            .values(state=DispatchState.PENDING.value, next_attempt_at=db.clock())
+            .values(**_sent_again(db.clock()))
         )
     return int(result.rowcount)
 
 
 async def recover(db: Database, endpoint_id: str, since: datetime) -> int:
-    """Send again, now, what failed for an endpoint among the messages made since `since`."""
+    """Send an endpoint, now, every message made since `since` that it wants and has not
+    had: what failed, and what was made while it was disabled (fanned out to the enabled
+    endpoints only); how many."""
     made_since = sa.select(MESSAGE.c.id).where(MESSAGE.c.created_at >= since)
+    now = db.clock()
     async with db.write() as conn:
         result = await conn.execute(
             DISPATCH.update()
             .where(DISPATCH.c.endpoint_id == endpoint_id)
             .where(DISPATCH.c.state == DispatchState.FAILED.value)
             .where(DISPATCH.c.message_id.in_(made_since))
-            .values(state=DispatchState.PENDING.value, next_attempt_at=db.clock())
+            .values(**_sent_again(now))
         )
-    return int(result.rowcount)
+        row = (
+            (await conn.execute(sa.select(*_ENDPOINT_COLUMNS).where(ENDPOINT.c.id == endpoint_id)))
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return int(result.rowcount)
+        endpoint = _endpoint(row)
+        had = sa.select(DISPATCH.c.message_id).where(DISPATCH.c.endpoint_id == endpoint_id)
+        missed = await conn.execute(
+            sa.select(MESSAGE.c.id, MESSAGE.c.event_type, MESSAGE.c.payload, MESSAGE.c.unconfirmed)
+            .where(MESSAGE.c.created_at >= since, MESSAGE.c.fanned_out, MESSAGE.c.id.not_in(had))
+            .order_by(MESSAGE.c.id)
+        )
+        new = [
+            _new_dispatch(message["id"], endpoint.id, now)
+            for message in missed.mappings()
+            if endpoint.wants(message)
+        ]
+        if new:
+            await conn.execute(DISPATCH.insert(), new)
+    return int(result.rowcount) + len(new)
 
 
 async def backlog(db: Database) -> tuple[int, datetime | None, int]:

@@ -216,6 +216,40 @@ async def test_recover_resends_what_failed_since_a_time(
     assert job.event_type == "task.succeeded"
 
 
+async def test_recover_sends_what_was_made_while_the_endpoint_was_disabled(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    """Messages fanned out while an endpoint was disabled had no dispatch for it: once it
+    is enabled, recover sends each one it wants, once, beside what failed."""
+    await endpoint(store)
+    since = clock()
+    await store.update_endpoint("ep_1", {"enabled": False})
+    for number in range(3):
+        ref = await task(store, f"t-{number}")
+        await store.ingest([polled(ref, State.RUNNING, clock, f"t-{number}")])
+    await store.fan_out(10)
+    await store.update_endpoint("ep_1", {"enabled": True})
+    assert await store.claim_dispatches("relay", 10, 30) == []  # none was made for it
+    assert await store.recover_endpoint("ep_1", since) == 3
+    assert len(await store.claim_dispatches("relay", 10, 30)) == 3
+    assert await store.recover_endpoint("ep_1", since) == 0  # each once
+
+
+async def test_a_message_sent_again_gets_the_whole_retry_schedule(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    await endpoint(store)
+    ref = await task(store)
+    await store.ingest([polled(ref, State.RUNNING, clock)])
+    await store.fan_out(10)
+    (job,) = await store.claim_dispatches("relay", 10, 30)
+    await store.record_dispatch(job, "relay", AttemptResult(False, 500, error="x"), DAY)
+    (message,) = await store.messages_of_task(ref)
+    assert await store.retry_message(message["msg_id"]) == 1
+    (again,) = await store.claim_dispatches("relay", 10, 30)
+    assert again.attempts == 0  # a retry schedule counted from here, not one try more
+
+
 async def test_every_event_matches_the_json_schema_that_ships(
     store: LedgerStore, clock: FakeClock
 ) -> None:
