@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from receiver import app as app_module
+from receiver.server import HEAD_MAX_BYTES, HEADERS_MAX
 from tests.conftest import FakeClock
 from tests.ops.test_first_hour import service_environ
 from tests.support.senders import apidot_body
@@ -59,6 +60,34 @@ async def test_a_late_request_head_is_answered_408_and_closed(
     answer = await answer_to(port, sent)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert answer.endswith(b'"message":"the request head took too long"}')
+
+
+HEAD_START = b"POST /callbacks/apidot/x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        HEAD_START + b"X-Big: " + b"a" * (HEAD_MAX_BYTES + 1),  # unfinished, in many reads
+        HEAD_START + b"X-h: v\r\n" * (HEADERS_MAX + 1) + b"Content-Length: 0\r\n\r\n",
+    ],
+    ids=["bytes", "header-lines"],
+)
+async def test_a_head_too_large_is_answered_431_and_closed_at_once(
+    receiver: tuple[str, dict[str, str]], head: bytes
+) -> None:
+    """Before the head's timeout (which answers 408), nothing of it kept: a head of small
+    headers, fed for the whole timeout, had grown a receiver to 3.7 GB."""
+    port = int(receiver[0].rsplit(":", 1)[1])
+    answer = await answer_to(port, head)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+async def test_a_head_within_the_bounds_is_served(receiver: tuple[str, dict[str, str]]) -> None:
+    port = int(receiver[0].rsplit(":", 1)[1])
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+    answer = await answer_to(port, head + b"X-h: v\r\n" * (HEADERS_MAX - 3) + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
 async def test_idle_connections_do_not_keep_callbacks_out(
