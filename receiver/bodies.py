@@ -19,6 +19,7 @@ from receiver.errors import (
     Compressed,
     MalformedBody,
     NotJson,
+    Overloaded,
     Unprocessable,
 )
 from schemas.json_text import holds_nul_escape, storable_json
@@ -148,18 +149,37 @@ def _media_type(headers: Headers) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+class _Held:
+    """The bytes of the bodies this process is reading now, against `BODIES_MAX_BYTES`."""
+
+    size = 0
+
+
+# All bodies read at once, in bytes, past which a request is answered 503 (retry): each is
+# bounded, but 2,000 connections holding a body of 1 MiB each, unauthenticated until it is
+# read, had taken a receiver to 2.4 GB, never given back. A callback is a few KB.
+BODIES_MAX_BYTES = 128 * 1024 * 1024
+_HELD = _Held()
+
+
 async def _read_limited(receive: Receive, limit: int) -> bytes:
     # ASGI messages straight from `receive`: a small body is one message, no generator.
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnect()
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect()
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            _HELD.size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the body exceeds {limit} bytes")
+            if _HELD.size > BODIES_MAX_BYTES:
+                raise Overloaded("too many request bodies are being read at once")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        _HELD.size -= size
