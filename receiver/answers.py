@@ -9,8 +9,8 @@ import orjson
 import structlog
 from starlette.types import Send
 
-from receiver.errors import Overloaded, ReceiverError
-from schemas.errors import StorageUnavailable
+from receiver.errors import Overloaded, ReceiverError, Unprocessable
+from schemas.errors import StorageUnavailable, ValueRefused
 
 log = structlog.get_logger("taskledger.receiver")
 _JSON = (b"content-type", b"application/json")
@@ -51,6 +51,8 @@ def refusal(exc: Exception, path_kind: str) -> ReceiverError:
         return exc
     if isinstance(exc, StorageUnavailable):
         return Overloaded(f"storage unavailable: {exc}")
+    if isinstance(exc, ValueRefused):  # a value of the request's that the database cannot hold
+        return Unprocessable(str(exc))
     log.error("request_crashed", path_kind=path_kind, error=type(exc).__name__, exc_info=exc)
     return Overloaded("unexpected error")
 

@@ -28,7 +28,7 @@ from receiver.errors import Overloaded
 from receiver.metrics import ReceiverMetrics
 from schemas.clock import Clock, utc_now
 from schemas.database import names_sqlite
-from schemas.errors import StorageUnavailable, ValueRefused
+from schemas.errors import StorageUnavailable
 from schemas.ledger import Delivery, Reader, Stored
 from schemas.migrate import head_revision
 from schemas.settings import Settings
@@ -344,7 +344,7 @@ class Spool:
         """The database being unavailable (down, or refusing writes: read-only, disk full)
         is waited out, however long; any other error is tried `MAX_ATTEMPTS` times, then
         the entry goes to quarantine and those after it drain on at once."""
-        if isinstance(error, StorageUnavailable) and not isinstance(error, ValueRefused):
+        if isinstance(error, StorageUnavailable):
             log.warning("spool_drain_refused", detail=str(error), depth=self.depth)
             self.note_down(str(error))
         else:
@@ -421,9 +421,10 @@ async def _replay(ledger: Ledger, entries: list[Entry]) -> _Replay:
     try:
         with write_deadline(asyncio.get_running_loop().time() + DRAIN_WRITE_SECONDS):
             results = list(await ledger.ingest([entry.delivery for entry in entries]))
+    except StorageUnavailable as exc:
+        return _Replay([], [], entries[0], exc)
     except Exception as exc:
-        down = isinstance(exc, StorageUnavailable) and not isinstance(exc, ValueRefused)
-        if down or len(entries) == 1:
+        if len(entries) == 1:
             return _Replay([], [], entries[0], exc)
         return await _halved(ledger, entries)
     return _Replay(entries, results)

@@ -182,7 +182,7 @@ class GroupCommitWriter:
                 results = await self._ingest([delivery for delivery, _, _ in batch])
         except Exception as exc:
             self._note_failure(exc)
-            expected = isinstance(exc, StorageUnavailable) and not isinstance(exc, ValueRefused)
+            expected = isinstance(exc, StorageUnavailable)
             if not expected and len(batch) > 1:
                 # Not the database: some delivery broke the batch. Each gets its own try,
                 # so one poison delivery cannot turn its neighbours away.
@@ -221,9 +221,8 @@ class GroupCommitWriter:
                 future.set_result(result)
 
     def _note_failure(self, exc: Exception) -> None:
-        """Remember a refusal by the database; a busy one, a bug, or one delivery's value
-        it cannot store says nothing of it."""
-        if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy | ValueRefused):
+        """Remember a refusal by the database; a busy one, or a bug, says nothing of it."""
+        if isinstance(exc, StorageUnavailable) and not isinstance(exc, WriteBusy):
             self._refused.note(str(exc))
 
 

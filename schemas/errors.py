@@ -73,10 +73,10 @@ class StorageUnavailable(LedgerError):
     """The database could not be reached or refused the write; retry later."""
 
 
-class ValueRefused(StorageUnavailable):
+class ValueRefused(LedgerError):
     """PostgreSQL refused a value a write carried (a data exception, SQLSTATE class 22: a
-    character or a number it cannot store). The write's fault, not the database's: a
-    batch holding it is split, so that it fails alone (still a 503 to an API caller)."""
+    character or a number it cannot store). The write's fault, not the database's: like
+    any error but an outage, it splits the batch holding it, so that it fails alone."""
 
 
 class ConstraintViolation(LedgerError):

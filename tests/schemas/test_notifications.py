@@ -16,6 +16,7 @@ from schemas import events
 from schemas.ledger import Auth, Delivery, Poll
 from schemas.states import State
 from schemas.store import AttemptResult, LedgerStore, NewTask
+from schemas.store.notifications import DispatchJob
 from schemas.tables import MESSAGE, TRANSITION
 from schemas.wire import Observation
 from tests.conftest import FakeClock
@@ -135,14 +136,20 @@ async def test_relays_never_share_a_dispatch(store: LedgerStore, clock: FakeCloc
     assert len(ids) == len(set(ids)) == 30
 
 
-async def test_a_failure_waits_for_its_retry_and_a_spent_schedule_fails(
-    store: LedgerStore, clock: FakeClock
-) -> None:
+async def one_dispatch_claimed(store: LedgerStore, clock: FakeClock) -> tuple[str, DispatchJob]:
+    """An endpoint, a task that ran, and the one dispatch of its event, claimed."""
     await endpoint(store)
     ref = await task(store)
     await store.ingest([polled(ref, State.RUNNING, clock)])
     await store.fan_out(10)
     (job,) = await store.claim_dispatches("relay", 10, 30)
+    return ref, job
+
+
+async def test_a_failure_waits_for_its_retry_and_a_spent_schedule_fails(
+    store: LedgerStore, clock: FakeClock
+) -> None:
+    ref, job = await one_dispatch_claimed(store, clock)
     retry = AttemptResult(False, 500, 12.0, "oops", "HTTP 500", clock() + timedelta(seconds=5))
     assert await store.record_dispatch(job, "relay", retry, DAY)
     assert await store.claim_dispatches("relay", 10, 30) == []
@@ -238,11 +245,7 @@ async def test_recover_sends_what_was_made_while_the_endpoint_was_disabled(
 async def test_a_message_sent_again_gets_the_whole_retry_schedule(
     store: LedgerStore, clock: FakeClock
 ) -> None:
-    await endpoint(store)
-    ref = await task(store)
-    await store.ingest([polled(ref, State.RUNNING, clock)])
-    await store.fan_out(10)
-    (job,) = await store.claim_dispatches("relay", 10, 30)
+    ref, job = await one_dispatch_claimed(store, clock)
     await store.record_dispatch(job, "relay", AttemptResult(False, 500, error="x"), DAY)
     (message,) = await store.messages_of_task(ref)
     assert await store.retry_message(message["msg_id"]) == 1
