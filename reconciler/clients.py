@@ -47,7 +47,7 @@ from reconciler.sessions import (
 from schemas.clock import utc_now
 from schemas.definition import Definition
 from schemas.errors import WireFormatError
-from schemas.json_text import NUL_READ_AS, storable_json
+from schemas.json_text import storable_json, storable_text
 from schemas.settings import ProviderSettings
 from schemas.states import REAL_TERMINAL
 from schemas.tables import BODY_KEEP_CHARS
@@ -615,7 +615,7 @@ def join_url(base_url: str, path: str) -> str:
 def _trimmed(response: Answer) -> str:
     """The start of an answer's body as text, kept for the ledger: a NUL read as U+FFFD,
     as in JSON (`storable_json`), since PostgreSQL's text holds none."""
-    return response.text[:BODY_KEEP_CHARS].replace("\0", NUL_READ_AS)
+    return storable_text(response.text[:BODY_KEEP_CHARS])
 
 
 def _server_time(response: Answer) -> datetime | None:

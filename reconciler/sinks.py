@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from schemas.addresses import AddressPolicy, BlockedURL
+from schemas.json_text import storable_text
 from schemas.settings import NotifySettings
 from schemas.store import AttemptResult, DispatchJob, Endpoint
 
@@ -158,7 +159,7 @@ async def _answer_of(response: aiohttp.ClientResponse) -> str:
             break
         kept += chunk
     # Kept as text: no NUL (PostgreSQL's text holds none; one would fail the attempt's row).
-    return kept.decode(errors="replace").replace("\x00", "\ufffd").strip()
+    return storable_text(kept.decode(errors="replace")).strip()
 
 
 def _answered(status: int, answer: str, latency_ms: float) -> AttemptResult:

@@ -13,6 +13,11 @@ _NUL_ESCAPE_TEXT = NUL_ESCAPE.decode()
 NUL_READ_AS = "\ufffd"
 
 
+def storable_text(text: str) -> str:
+    """`text` with each NUL read as U+FFFD, as the ledger can keep it."""
+    return text.replace("\0", NUL_READ_AS)
+
+
 def holds_nul_escape(content: bytes | str) -> bool:
     """Whether JSON text may hold a NUL: it spells out `\\u0000` somewhere."""
     if isinstance(content, str):
@@ -31,7 +36,7 @@ def without_nul(value: Any) -> Any:
     """Parsed JSON with each NUL in its strings, keys included, replaced by U+FFFD (lists
     and objects changed in place): call it only when the text spelled one out."""
     if isinstance(value, str):
-        return value.replace("\0", NUL_READ_AS)
+        return storable_text(value)
     containers = [value]
     while containers:  # by hand, not by recursion: JSON nests up to 1,024 levels
         node = containers.pop()
